@@ -1,0 +1,57 @@
+use std::path::PathBuf;
+
+/// An error of the embedded store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data dir cannot be created or used.
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        /// The dir.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    /// A topic that was not declared.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The data dir was created with another partition count for a topic.
+    #[error(
+        "topic {topic:?} has {existing} partitions in this data dir, not {requested}; use a fresh --data-dir"
+    )]
+    PartitionMismatch {
+        /// The topic.
+        topic: String,
+        /// Partitions on disk.
+        existing: u32,
+        /// Partitions requested.
+        requested: u32,
+    },
+    /// A stored value could not be decoded.
+    #[error("corrupt value under {key:?}: {message}")]
+    Corrupt {
+        /// Where.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operator's state could not be restored.
+    #[error(transparent)]
+    Restore(#[from] clickpulse_engine::operator::RestoreError),
+    /// The replay's input differs from the one this data dir was replaying.
+    #[error(
+        "this data dir was replaying another input ({stored}); now given {given}. Use --reset or a fresh --data-dir"
+    )]
+    ReplayInputChanged {
+        /// The fingerprint on disk.
+        stored: String,
+        /// The fingerprint given.
+        given: String,
+    },
+}
+
+pub(crate) fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Storage(e.into())
+}

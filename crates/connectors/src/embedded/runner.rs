@@ -1,0 +1,308 @@
+//! Runners that drive the engine's operators over the [`EmbeddedStore`].
+//!
+//! Each runner loops: read a batch, let the operator process it, then commit the outputs, the
+//! operator's state changes and the new offsets in one transaction. A failed commit is retried
+//! with backoff (the batch is kept), so nothing is lost or applied twice; shutdown is checked
+//! between batches, so a stopping stage always finishes the batch it started.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clickpulse_engine::click::Click;
+use clickpulse_engine::metrics::StageMetrics;
+use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
+use clickpulse_engine::reader::DeadLetter;
+use clickpulse_engine::replay::{Pacer, ReplayPlan, Speed};
+use clickpulse_engine::topics;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::error::StoreError;
+use super::store::{CommitBatch, EmbeddedStore, OffsetCommit};
+
+/// Knobs shared by the runners.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most records per commit.
+    pub batch_size: usize,
+    /// How long an idle stage sleeps before looking for input again (it is woken earlier by
+    /// appends).
+    pub idle_wait: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            batch_size: 2_000,
+            idle_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The runner's own counters for a stage, persisted with its offsets.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct RunnerCounts {
+    events: u64,
+    dead_letters: u64,
+}
+
+fn runner_key(stage: &str) -> String {
+    format!("runner/{stage}")
+}
+
+fn operator_prefix(stage: &str) -> String {
+    format!("op/{stage}/")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Commits `batch`, retrying with backoff until it succeeds or shutdown is requested.
+fn commit_with_retry(
+    store: &EmbeddedStore,
+    batch: &CommitBatch,
+    stage: &str,
+    metrics: &StageMetrics,
+    shutdown: &AtomicBool,
+) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.commit(batch) {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                metrics.error();
+                if shutdown.load(Ordering::Relaxed) {
+                    return Err(error);
+                }
+                warn!(%error, stage, retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs `op` over its input topic until `shutdown` is set.
+pub fn run_operator<O: Operator>(
+    store: &EmbeddedStore,
+    mut op: O,
+    metrics: &StageMetrics,
+    shutdown: &AtomicBool,
+    config: &RunnerConfig,
+) -> Result<(), StoreError> {
+    let stage = op.name();
+    let input = op.input_topic();
+    let prefix = operator_prefix(stage);
+    for (key, value) in store.state_with_prefix(&prefix)? {
+        op.restore(&key, &value)?;
+    }
+    let counts_key = runner_key(stage);
+    let mut counts: RunnerCounts = match store.state(&counts_key)? {
+        Some(bytes) => decode(&counts_key, &bytes)?,
+        None => RunnerCounts::default(),
+    };
+    let partitions = store.partitions(input)?;
+    let mut positions = (0..partitions)
+        .map(|p| store.committed(stage, input, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    info!(stage, input, events = counts.events, "Stage started.");
+    metrics.record(counts.events, counts.dead_letters, op.stats());
+    let per_partition = (config.batch_size / partitions as usize).max(1);
+    let mut emitter = Emitter::default();
+    let mut changes = StateChanges::new();
+    while !shutdown.load(Ordering::Relaxed) {
+        let generation = store.append_generation();
+        let mut batch = CommitBatch::default();
+        let mut consumed = 0;
+        for p in 0..partitions {
+            let records = store.fetch(input, p, positions[p as usize], per_partition)?;
+            let Some(last) = records.last() else { continue };
+            let next = last.offset + 1;
+            for record in records {
+                consumed += 1;
+                match serde_json::from_slice::<O::Input>(&record.value) {
+                    Ok(event) => op.process(event, &mut emitter),
+                    Err(error) => {
+                        counts.dead_letters += 1;
+                        let letter = DeadLetter::new(
+                            &format!("{input}/{p}"),
+                            record.offset,
+                            format!("stage {stage} cannot decode the record: {error}"),
+                            &record.value,
+                        );
+                        emitter.emit(topics::DEAD_LETTERS, &record.key, &letter);
+                    }
+                }
+            }
+            positions[p as usize] = next;
+            batch.offsets.push(OffsetCommit {
+                group: stage.to_owned(),
+                topic: input.to_owned(),
+                partition: p,
+                next_offset: next,
+            });
+        }
+        let lag = (0..partitions)
+            .map(|p| {
+                store
+                    .end_offset(input, p)
+                    .saturating_sub(positions[p as usize])
+            })
+            .sum();
+        metrics.set_lag(lag);
+        if consumed == 0 {
+            store.wait_for_appends(generation, config.idle_wait);
+            continue;
+        }
+        counts.events += consumed;
+        batch.appends = emitter
+            .drain()
+            .map(|o| (o.topic.to_owned(), o.key, o.value))
+            .collect();
+        op.checkpoint(&mut changes);
+        batch
+            .state
+            .extend(changes.drain(..).map(|(k, v)| (format!("{prefix}{k}"), v)));
+        batch.state.push((
+            counts_key.clone(),
+            Some(serde_json::to_vec(&counts).expect("counts serialize")),
+        ));
+        commit_with_retry(store, &batch, stage, metrics, shutdown)?;
+        metrics.record(counts.events, counts.dead_letters, op.stats());
+    }
+    info!(stage, events = counts.events, "Stage stopped.");
+    Ok(())
+}
+
+/// What the replay stage replays: the log sorted by event time, the rows that could not be read,
+/// and a fingerprint naming the input so a data dir is never resumed on another log.
+#[derive(Debug, Clone)]
+pub struct ReplayInput {
+    /// Valid clicks in event-time order.
+    pub clicks: Vec<Click>,
+    /// Rows that could not be read.
+    pub malformed: Vec<DeadLetter>,
+    /// Identifies the input (file names, sizes, counts).
+    pub fingerprint: String,
+}
+
+/// The replay stage's persisted position and counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ReplayState {
+    fingerprint: String,
+    position: u64,
+    events: u64,
+    malformed: u64,
+    dead_letters_written: bool,
+    event_time_ms: Option<i64>,
+}
+
+const REPLAY_STATE: &str = "replay/state";
+
+/// Replays `input` into `click-data` at `speed` until it ends (or forever with a looping plan)
+/// or `shutdown` is set. The position is committed with each batch, so a restart resumes at
+/// the first event not yet published.
+pub fn run_replay(
+    store: &EmbeddedStore,
+    input: &ReplayInput,
+    plan: &ReplayPlan,
+    speed: Speed,
+    metrics: &StageMetrics,
+    shutdown: &AtomicBool,
+    config: &RunnerConfig,
+) -> Result<(), StoreError> {
+    let mut state: ReplayState = match store.state(REPLAY_STATE)? {
+        Some(bytes) => decode(REPLAY_STATE, &bytes)?,
+        None => ReplayState {
+            fingerprint: input.fingerprint.clone(),
+            ..ReplayState::default()
+        },
+    };
+    if state.fingerprint != input.fingerprint {
+        return Err(StoreError::ReplayInputChanged {
+            stored: state.fingerprint,
+            given: input.fingerprint.clone(),
+        });
+    }
+    info!(position = state.position, events = plan.len(), %speed, "Replay started.");
+    let mut pacer = Pacer::new(speed);
+    let details = |s: &ReplayState, pacer: &Pacer| {
+        json!({
+            "position": s.position,
+            "pass": if plan.is_empty() { 0 } else { s.position / plan.len() },
+            "log_events": plan.len(),
+            "malformed": s.malformed,
+            "speed": pacer.speed().to_string(),
+            "event_time_ms": s.event_time_ms,
+        })
+    };
+    metrics.record(state.events, state.malformed, details(&state, &pacer));
+    while !shutdown.load(Ordering::Relaxed) {
+        let mut batch = CommitBatch::default();
+        if !state.dead_letters_written {
+            for letter in &input.malformed {
+                let value = serde_json::to_vec(letter).expect("dead letter serializes");
+                batch.appends.push((
+                    topics::DEAD_LETTERS.to_owned(),
+                    letter.source.clone(),
+                    value,
+                ));
+            }
+            state.malformed = input.malformed.len() as u64;
+            state.dead_letters_written = true;
+        }
+        let started = Instant::now();
+        let mut wait = None;
+        let mut done = false;
+        while batch.appends.len() < config.batch_size
+            && started.elapsed() < Duration::from_millis(200)
+        {
+            let Some((index, shift)) = plan.at(state.position) else {
+                done = true;
+                break;
+            };
+            let mut click = input.clicks[index].clone();
+            click.ts_ms += shift;
+            let due_in = pacer.wait_for(click.ts_ms, Instant::now());
+            if !due_in.is_zero() {
+                wait = Some(due_in);
+                break;
+            }
+            let value = serde_json::to_vec(&click).expect("click serializes");
+            state.event_time_ms = Some(click.ts_ms);
+            batch
+                .appends
+                .push((topics::CLICK_DATA.to_owned(), click.visitor, value));
+            state.position += 1;
+            state.events += 1;
+        }
+        if !batch.appends.is_empty() {
+            batch.state.push((
+                REPLAY_STATE.to_owned(),
+                Some(serde_json::to_vec(&state).expect("replay state serializes")),
+            ));
+            commit_with_retry(store, &batch, "replay", metrics, shutdown)?;
+        }
+        metrics.record(state.events, state.malformed, details(&state, &pacer));
+        if done {
+            if !metrics.is_done() {
+                info!(
+                    events = state.events,
+                    malformed = state.malformed,
+                    "Replay reached the end of the log."
+                );
+            }
+            metrics.set_done(true);
+            thread::sleep(config.idle_wait);
+        } else if let Some(wait) = wait {
+            thread::sleep(wait.min(config.idle_wait));
+        }
+    }
+    Ok(())
+}

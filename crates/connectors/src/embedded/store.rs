@@ -1,0 +1,468 @@
+//! [`EmbeddedStore`]: topics, offsets, state and lookups in one `redb` file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use clickpulse_engine::lookups::{Lookups, Product, User};
+use clickpulse_engine::topics::partition_for;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::{Value, json};
+
+use super::error::{StoreError, db};
+
+const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const META: TableDefinition<&str, u32> = TableDefinition::new("topic_partitions");
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_users");
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_products");
+
+type TopicTable<'a> = TableDefinition<'a, (u32, u64), (&'static str, &'static [u8])>;
+
+fn topic_table(name: &str) -> TopicTable<'_> {
+    TableDefinition::new(name)
+}
+
+/// The database file inside the data dir.
+pub const DB_FILE: &str = "clickpulse.redb";
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Its key (visitor id).
+    pub key: String,
+    /// Its value (JSON).
+    pub value: Vec<u8>,
+}
+
+/// A consumer group's position: the next offset it will read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// Consumer group (the stage's name).
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Next offset to read.
+    pub next_offset: u64,
+}
+
+/// Everything one stage commits at once.
+#[derive(Debug, Default)]
+pub struct CommitBatch {
+    /// Records to append: (topic, key, value); the partition follows from the key.
+    pub appends: Vec<(String, String, Vec<u8>)>,
+    /// State changes: key → value, `None` deletes.
+    pub state: Vec<(String, Option<Vec<u8>>)>,
+    /// Consumed offsets.
+    pub offsets: Vec<OffsetCommit>,
+}
+
+/// Durable partitioned topics and state in a local data dir.
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+    partitions: HashMap<String, u32>,
+    /// Next offset of each (topic table name, partition).
+    ends: Mutex<HashMap<(String, u32), u64>>,
+    /// Bumped on every commit that appends; consumers wait on it.
+    appended: (Mutex<u64>, Condvar),
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` with these topics and partition counts.
+    pub fn open(dir: &Path, topics: &[(&str, u32)]) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let database = Database::create(&path).map_err(db)?;
+        let mut partitions = HashMap::new();
+        let mut ends = HashMap::new();
+        let txn = database.begin_write().map_err(db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            for &(topic, requested) in topics {
+                let requested = requested.max(1);
+                let existing = meta.get(topic).map_err(db)?.map(|v| v.value());
+                match existing {
+                    Some(existing) if existing != requested => {
+                        return Err(StoreError::PartitionMismatch {
+                            topic: topic.to_owned(),
+                            existing,
+                            requested,
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        meta.insert(topic, requested).map_err(db)?;
+                    }
+                }
+                partitions.insert(topic.to_owned(), requested);
+                let table = txn.open_table(topic_table(topic)).map_err(db)?;
+                for p in 0..requested {
+                    let end = table
+                        .range((p, 0)..=(p, u64::MAX))
+                        .map_err(db)?
+                        .next_back()
+                        .transpose()
+                        .map_err(db)?
+                        .map_or(0, |(k, _)| k.value().1 + 1);
+                    ends.insert((topic.to_owned(), p), end);
+                }
+            }
+            txn.open_table(OFFSETS).map_err(db)?;
+            txn.open_table(STATE).map_err(db)?;
+            txn.open_table(USERS).map_err(db)?;
+            txn.open_table(PRODUCTS).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(EmbeddedStore {
+            db: database,
+            path,
+            partitions,
+            ends: Mutex::new(ends),
+            appended: (Mutex::new(0), Condvar::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Partition count of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<u32, StoreError> {
+        self.partitions
+            .get(topic)
+            .copied()
+            .ok_or_else(|| StoreError::UnknownTopic(topic.to_owned()))
+    }
+
+    /// The next offset to be written in a partition.
+    pub fn end_offset(&self, topic: &str, partition: u32) -> u64 {
+        self.ends
+            .lock()
+            .expect("ends lock")
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Reads up to `max` records of a partition from offset `from`.
+    pub fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.partitions(topic)?;
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(topic_table(topic)).map_err(db)?;
+        let mut records = Vec::with_capacity(max.min(4096));
+        for entry in table
+            .range((partition, from)..=(partition, u64::MAX))
+            .map_err(db)?
+        {
+            let (k, v) = entry.map_err(db)?;
+            let (key, value) = v.value();
+            records.push(StoredRecord {
+                offset: k.value().1,
+                key: key.to_owned(),
+                value: value.to_vec(),
+            });
+            if records.len() >= max {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    /// The committed position of a consumer group on a partition (0 if none).
+    pub fn committed(&self, group: &str, topic: &str, partition: u32) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(OFFSETS).map_err(db)?;
+        Ok(table
+            .get(offset_key(group, topic, partition).as_str())
+            .map_err(db)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// One state value.
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(STATE).map_err(db)?;
+        Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every state entry whose key starts with `prefix`, with the prefix removed.
+    pub fn state_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(STATE).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let Some(rest) = k.value().strip_prefix(prefix) else {
+                break;
+            };
+            out.push((rest.to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Appends records, changes state and advances offsets in one durable transaction.
+    pub fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        if batch.appends.is_empty() && batch.state.is_empty() && batch.offsets.is_empty() {
+            return Ok(());
+        }
+        let mut ends = self.ends.lock().expect("ends lock");
+        let mut new_ends: HashMap<(String, u32), u64> = HashMap::new();
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut by_topic: HashMap<&str, Vec<(&str, &[u8])>> = HashMap::new();
+            for (topic, key, value) in &batch.appends {
+                by_topic
+                    .entry(topic.as_str())
+                    .or_default()
+                    .push((key.as_str(), value.as_slice()));
+            }
+            for (topic, records) in by_topic {
+                let n = self.partitions(topic)?;
+                let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
+                for (key, value) in records {
+                    let p = partition_for(key, n);
+                    let slot = (topic.to_owned(), p);
+                    let end = new_ends
+                        .entry(slot.clone())
+                        .or_insert_with(|| ends.get(&slot).copied().unwrap_or(0));
+                    table.insert((p, *end), (key, value)).map_err(db)?;
+                    *end += 1;
+                }
+            }
+            let mut state = txn.open_table(STATE).map_err(db)?;
+            for (key, value) in &batch.state {
+                match value {
+                    Some(v) => state.insert(key.as_str(), v.as_slice()).map_err(db)?,
+                    None => state.remove(key.as_str()).map_err(db)?,
+                };
+            }
+            let mut offsets = txn.open_table(OFFSETS).map_err(db)?;
+            for o in &batch.offsets {
+                offsets
+                    .insert(
+                        offset_key(&o.group, &o.topic, o.partition).as_str(),
+                        o.next_offset,
+                    )
+                    .map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        let appended = !new_ends.is_empty();
+        ends.extend(new_ends);
+        drop(ends);
+        if appended {
+            let (lock, cvar) = &self.appended;
+            *lock.lock().expect("notify lock") += 1;
+            cvar.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Waits until some commit appends records, or `timeout` passes.
+    pub fn wait_for_appends(&self, seen: u64, timeout: Duration) -> u64 {
+        let (lock, cvar) = &self.appended;
+        let generation = lock.lock().expect("notify lock");
+        let (generation, _) = cvar
+            .wait_timeout_while(generation, timeout, |g| *g == seen)
+            .expect("notify lock");
+        *generation
+    }
+
+    /// The current append generation, to pass to [`EmbeddedStore::wait_for_appends`].
+    pub fn append_generation(&self) -> u64 {
+        *self.appended.0.lock().expect("notify lock")
+    }
+
+    /// Deletes a partition's records below `before` (retention); offsets never change.
+    pub fn trim(&self, topic: &str, partition: u32, before: u64) -> Result<u64, StoreError> {
+        self.partitions(topic)?;
+        let txn = self.db.begin_write().map_err(db)?;
+        let removed;
+        {
+            let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
+            let mut n = 0;
+            table
+                .retain_in((partition, 0)..(partition, before), |_, _| {
+                    n += 1;
+                    false
+                })
+                .map_err(db)?;
+            removed = n;
+        }
+        txn.commit().map_err(db)?;
+        Ok(removed)
+    }
+
+    /// Replaces the lookups with `lookups`.
+    pub fn save_lookups(&self, lookups: &Lookups) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut users = txn.open_table(USERS).map_err(db)?;
+            users.retain(|_, _| false).map_err(db)?;
+            for (id, user) in lookups.users() {
+                let v = serde_json::to_vec(user).expect("user serializes");
+                users.insert(id, v.as_slice()).map_err(db)?;
+            }
+            let mut products = txn.open_table(PRODUCTS).map_err(db)?;
+            products.retain(|_, _| false).map_err(db)?;
+            for p in lookups.products() {
+                let v = serde_json::to_vec(&*p).expect("product serializes");
+                products.insert(p.id.as_str(), v.as_slice()).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Reads the lookups into memory.
+    pub fn load_lookups(&self) -> Result<Lookups, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let corrupt = |key: &str, e: serde_json::Error| StoreError::Corrupt {
+            key: key.to_owned(),
+            message: e.to_string(),
+        };
+        let mut users = Vec::new();
+        for entry in txn.open_table(USERS).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let user: User =
+                serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+            users.push((k.value().to_owned(), user));
+        }
+        let mut products = Vec::new();
+        for entry in txn.open_table(PRODUCTS).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let product: Product =
+                serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+            products.push(product);
+        }
+        Ok(Lookups::from_parts(users, products))
+    }
+
+    /// Record counts per topic (offsets written, including trimmed ones).
+    pub fn topic_summary(&self) -> Value {
+        let ends = self.ends.lock().expect("ends lock");
+        let mut names: Vec<_> = self.partitions.keys().collect();
+        names.sort();
+        let topics: serde_json::Map<String, Value> = names
+            .into_iter()
+            .map(|topic| {
+                let n = self.partitions[topic];
+                let per: Vec<u64> = (0..n).map(|p| ends.get(&(topic.clone(), p)).copied().unwrap_or(0)).collect();
+                (
+                    topic.clone(),
+                    json!({"partitions": n, "records": per.iter().sum::<u64>(), "end_offsets": per}),
+                )
+            })
+            .collect();
+        Value::Object(topics)
+    }
+}
+
+fn offset_key(group: &str, topic: &str, partition: u32) -> String {
+    format!("{group}\u{0}{topic}\u{0}{partition}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(
+        appends: &[(&str, &str)],
+        state: &[(&str, &str)],
+        offsets: &[(&str, &str, u32, u64)],
+    ) -> CommitBatch {
+        CommitBatch {
+            appends: appends
+                .iter()
+                .map(|(k, v)| ("t".to_owned(), k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            state: state
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.as_bytes().to_vec())))
+                .collect(),
+            offsets: offsets
+                .iter()
+                .map(|(g, t, p, o)| OffsetCommit {
+                    group: g.to_string(),
+                    topic: t.to_string(),
+                    partition: *p,
+                    next_offset: *o,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn appends_are_partitioned_by_key_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path(), &[("t", 4)]).unwrap();
+            store
+                .commit(&batch(
+                    &[("alice", "1"), ("bob", "2"), ("alice", "3")],
+                    &[("op/x", "7")],
+                    &[("g", "t", 0, 5)],
+                ))
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), &[("t", 4)]).unwrap();
+        let p = partition_for("alice", 4);
+        let alice = store.fetch("t", p, 0, 10).unwrap();
+        let values: Vec<_> = alice
+            .iter()
+            .filter(|r| r.key == "alice")
+            .map(|r| r.value.clone())
+            .collect();
+        assert_eq!(values, [b"1".to_vec(), b"3".to_vec()]);
+        let total: u64 = (0..4).map(|p| store.end_offset("t", p)).sum();
+        assert_eq!(total, 3);
+        assert_eq!(store.committed("g", "t", 0).unwrap(), 5);
+        assert_eq!(
+            store.state_with_prefix("op/").unwrap(),
+            [("x".to_owned(), b"7".to_vec())]
+        );
+        assert!(
+            EmbeddedStore::open(dir.path(), &[("t", 4)]).is_err(),
+            "a data dir is used by one process at a time"
+        );
+        drop(store);
+        assert!(matches!(
+            EmbeddedStore::open(dir.path(), &[("t", 2)]),
+            Err(StoreError::PartitionMismatch {
+                existing: 4,
+                requested: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn trim_removes_old_records_but_keeps_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        store
+            .commit(&batch(&[("a", "1"), ("a", "2"), ("a", "3")], &[], &[]))
+            .unwrap();
+        assert_eq!(store.trim("t", 0, 2).unwrap(), 2);
+        let left = store.fetch("t", 0, 0, 10).unwrap();
+        assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
+        store.commit(&batch(&[("a", "4")], &[], &[])).unwrap();
+        assert_eq!(store.end_offset("t", 0), 4);
+    }
+}

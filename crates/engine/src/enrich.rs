@@ -1,0 +1,525 @@
+//! Enrichment: what the lookups and the request tell about a page view.
+//!
+//! [`Enricher::enrich`] is the pure per-event core: product id from the URL, category and title
+//! from the catalogue (`Unknown` when the product is in neither file), gender and age (whole
+//! years at the event's UTC date) from the users lookup unless the live event supplies them,
+//! country as a lower-case ISO 3166-1 alpha-3 code (the log's own column, or derived offline
+//! from the IP with the `iptocc` table), and a device class from the user agent (`woothee`).
+//! [`EnrichOperator`] wraps it as a stream stage with its counters.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{Datelike, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use crate::click::{Click, Device, EnrichedClick};
+use crate::lookups::{LookupSource, product_id_from_url};
+use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::topics;
+
+/// Category and title of a product in neither lookup file.
+pub const UNKNOWN: &str = "Unknown";
+/// Country of a click whose country cannot be determined.
+pub const UNKNOWN_COUNTRY: &str = "unknown";
+
+/// How many distinct user agents / strings the caches keep before starting afresh.
+const CACHE_LIMIT: usize = 10_000;
+
+/// The pure enrichment core. Holds only caches, never per-visitor state.
+pub struct Enricher {
+    ua_parser: woothee::parser::Parser,
+    devices: HashMap<Box<str>, Device>,
+    interned: HashMap<Box<str>, Arc<str>>,
+    unknown: Arc<str>,
+}
+
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Enricher {
+    /// A new enricher with empty caches.
+    pub fn new() -> Self {
+        Enricher {
+            ua_parser: woothee::parser::Parser::new(),
+            devices: HashMap::new(),
+            interned: HashMap::new(),
+            unknown: Arc::from(UNKNOWN),
+        }
+    }
+
+    /// Enriches one click.
+    pub fn enrich(&mut self, click: Click, lookups: &impl LookupSource) -> EnrichedClick {
+        let product_id = product_id_from_url(&click.url);
+        let (product_id, category, title) = match lookups.product(product_id) {
+            Some(p) => (self.intern(&p.id), p.category.clone(), p.title.clone()),
+            None => (
+                self.intern(product_id),
+                self.unknown.clone(),
+                self.unknown.clone(),
+            ),
+        };
+        let user = lookups.user(&click.visitor);
+        let gender = click.gender.or(user.map(|u| u.gender)).unwrap_or_default();
+        let age = click.age.or_else(|| {
+            let birth = user?.birth_date?;
+            age_on(birth, event_date(click.ts_ms)?)
+        });
+        let country = self.country(&click);
+        let device = self.device(&click.user_agent);
+        EnrichedClick {
+            ts_ms: click.ts_ms,
+            visitor: click.visitor,
+            ip: click.ip,
+            url: click.url,
+            product_id,
+            category,
+            title,
+            known_visitor: user.is_some(),
+            gender,
+            age,
+            country,
+            city: click.city,
+            region: click.region,
+            device,
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(v) = self.interned.get(s) {
+            return v.clone();
+        }
+        if self.interned.len() >= CACHE_LIMIT {
+            self.interned.clear();
+        }
+        let v: Arc<str> = Arc::from(s);
+        self.interned.insert(s.into(), v.clone());
+        v
+    }
+
+    fn country(&mut self, click: &Click) -> Arc<str> {
+        if let Some(c) = click
+            .country
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            let code = if c.len() == 2 {
+                alpha2_to_alpha3(c)
+            } else {
+                Some(c.to_ascii_lowercase())
+            };
+            if let Some(code) = code {
+                return self.intern(&code);
+            }
+        }
+        match country_from_ip(&click.ip) {
+            Some(code) => self.intern(&code),
+            None => self.intern(UNKNOWN_COUNTRY),
+        }
+    }
+
+    fn device(&mut self, user_agent: &str) -> Device {
+        if let Some(d) = self.devices.get(user_agent) {
+            return *d;
+        }
+        let device = classify_user_agent(&self.ua_parser, user_agent);
+        if self.devices.len() >= CACHE_LIMIT {
+            self.devices.clear();
+        }
+        self.devices.insert(user_agent.into(), device);
+        device
+    }
+}
+
+/// The UTC date of an event time in unix milliseconds.
+pub fn event_date(ts_ms: i64) -> Option<NaiveDate> {
+    chrono::DateTime::from_timestamp_millis(ts_ms).map(|t| t.date_naive())
+}
+
+/// Age in whole years on `date` of someone born on `birth`; `None` if born after `date`.
+///
+/// A 29 February birthday counts as reached on 1 March in common years.
+pub fn age_on(birth: NaiveDate, date: NaiveDate) -> Option<u32> {
+    let mut years = date.year() - birth.year();
+    if (date.month(), date.day()) < (birth.month(), birth.day()) {
+        years -= 1;
+    }
+    u32::try_from(years).ok()
+}
+
+/// Lower-case alpha-3 code for an IP address, from the offline RIR delegation table.
+pub fn country_from_ip(ip: &str) -> Option<String> {
+    let ip: IpAddr = ip.trim().parse().ok()?;
+    alpha2_to_alpha3(iptocc::country_code(ip)?)
+}
+
+fn alpha2_to_alpha3(alpha2: &str) -> Option<String> {
+    celes::Country::from_alpha2(alpha2)
+        .ok()
+        .map(|c| c.alpha3.to_ascii_lowercase())
+}
+
+/// Classifies a user agent as Desktop, Mobile, Tablet, Bot or Other.
+///
+/// woothee recognises browsers, crawlers and phones; it files tablets under `smartphone`, so
+/// iPads, Kindles and Android devices without `Mobile` in their agent are told apart here.
+pub fn classify_user_agent(parser: &woothee::parser::Parser, user_agent: &str) -> Device {
+    let ua = user_agent.trim();
+    if ua.is_empty() {
+        return Device::Other;
+    }
+    let lower = ua.to_ascii_lowercase();
+    let Some(result) = parser.parse(ua) else {
+        return if ["bot", "spider", "crawl", "slurp"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            Device::Bot
+        } else {
+            Device::Other
+        };
+    };
+    match result.category {
+        "crawler" => Device::Bot,
+        "pc" => Device::Desktop,
+        "smartphone" | "mobilephone" => {
+            let tablet = lower.contains("ipad")
+                || lower.contains("tablet")
+                || lower.contains("kindle")
+                || lower.contains("silk/")
+                || (lower.contains("android") && !lower.contains("mobile"));
+            if tablet {
+                Device::Tablet
+            } else {
+                Device::Mobile
+            }
+        }
+        _ if ["bot", "spider", "crawl"].iter().any(|w| lower.contains(w)) => Device::Bot,
+        _ => Device::Other,
+    }
+}
+
+/// Counters of the enrichment stage, persisted with its offsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrichStats {
+    /// Clicks enriched.
+    pub events: u64,
+    /// Clicks whose product is in neither lookup file.
+    pub unknown_product_events: u64,
+    /// Clicks from visitors with a users record.
+    pub known_visitor_events: u64,
+}
+
+/// The enrichment stage: `click-data` → `enriched-click-data`.
+pub struct EnrichOperator<L> {
+    enricher: Enricher,
+    lookups: L,
+    stats: EnrichStats,
+}
+
+impl<L: LookupSource> EnrichOperator<L> {
+    /// A stage reading lookups from `lookups`.
+    pub fn new(lookups: L) -> Self {
+        EnrichOperator {
+            enricher: Enricher::new(),
+            lookups,
+            stats: EnrichStats::default(),
+        }
+    }
+
+    /// The stage's counters.
+    pub fn counters(&self) -> EnrichStats {
+        self.stats
+    }
+
+    /// Enriches one click and counts it.
+    pub fn enrich(&mut self, click: Click) -> EnrichedClick {
+        let enriched = self.enricher.enrich(click, &self.lookups);
+        self.stats.events += 1;
+        if &*enriched.category == UNKNOWN {
+            self.stats.unknown_product_events += 1;
+        }
+        if enriched.known_visitor {
+            self.stats.known_visitor_events += 1;
+        }
+        enriched
+    }
+}
+
+const STATS_KEY: &str = "stats";
+
+impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
+    type Input = Click;
+
+    fn name(&self) -> &'static str {
+        "enrich"
+    }
+
+    fn input_topic(&self) -> &'static str {
+        topics::CLICK_DATA
+    }
+
+    fn process(&mut self, input: Click, out: &mut Emitter) {
+        let enriched = self.enrich(input);
+        out.emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);
+    }
+
+    fn checkpoint(&mut self, changes: &mut StateChanges) {
+        changes.push((
+            STATS_KEY.to_owned(),
+            Some(serde_json::to_vec(&self.stats).expect("stats serialize")),
+        ));
+    }
+
+    fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        if key == STATS_KEY {
+            self.stats = serde_json::from_slice(value).map_err(|e| RestoreError {
+                operator: "enrich",
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.stats).expect("stats serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::click::Gender;
+    use crate::lookups::{Lookups, Product, User};
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    fn ts(y: i32, m: u32, d: u32, h: u32) -> i64 {
+        date(y, m, d)
+            .and_hms_opt(h, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    fn lookups() -> Lookups {
+        Lookups::from_parts(
+            [
+                (
+                    "F30".to_owned(),
+                    User {
+                        gender: Gender::F,
+                        birth_date: Some(date(1982, 3, 10)),
+                    },
+                ),
+                (
+                    "NODATE".to_owned(),
+                    User {
+                        gender: Gender::M,
+                        birth_date: None,
+                    },
+                ),
+            ],
+            [Product {
+                id: "VD55177927".to_owned(),
+                category: Arc::from("clothing"),
+                title: Arc::from("Red Shirt"),
+                description: String::new(),
+                image: None,
+                price: Some(20.0),
+            }],
+        )
+    }
+
+    fn click(visitor: &str, url: &str, ts_ms: i64) -> Click {
+        Click {
+            ts_ms,
+            visitor: visitor.to_owned(),
+            url: url.to_owned(),
+            ip: "99.46.44.132".to_owned(),
+            user_agent:
+                "Mozilla/5.0 (Windows NT 6.1; WOW64; rv:10.0.2) Gecko/20100101 Firefox/10.0.2"
+                    .to_owned(),
+            city: None,
+            country: Some("usa".to_owned()),
+            region: None,
+            gender: None,
+            age: None,
+        }
+    }
+
+    #[test]
+    fn age_turns_over_on_the_birthday_in_utc() {
+        assert_eq!(age_on(date(1982, 3, 10), date(2012, 3, 9)), Some(29));
+        assert_eq!(age_on(date(1982, 3, 10), date(2012, 3, 10)), Some(30));
+        assert_eq!(age_on(date(1984, 2, 29), date(2013, 2, 28)), Some(28));
+        assert_eq!(age_on(date(1984, 2, 29), date(2013, 3, 1)), Some(29));
+        assert_eq!(age_on(date(2013, 1, 1), date(2012, 3, 10)), None);
+        // 23:00 on the 9th UTC is still the 9th, whatever the visitor's local time.
+        let mut e = Enricher::new();
+        let before = e.enrich(
+            click(
+                "F30",
+                "http://www.acme.com/SH1/VD55177927",
+                ts(2012, 3, 9, 23),
+            ),
+            &lookups(),
+        );
+        let on = e.enrich(
+            click(
+                "F30",
+                "http://www.acme.com/SH1/VD55177927",
+                ts(2012, 3, 10, 0),
+            ),
+            &lookups(),
+        );
+        assert_eq!((before.age, on.age), (Some(29), Some(30)));
+    }
+
+    #[test]
+    fn known_and_unknown_visitors_and_products() {
+        let mut e = Enricher::new();
+        let known = e.enrich(
+            click(
+                "F30",
+                "http://www.acme.com/SH1/VD55177927",
+                ts(2012, 3, 1, 8),
+            ),
+            &lookups(),
+        );
+        assert_eq!(
+            (
+                &*known.category,
+                &*known.title,
+                known.gender,
+                known.known_visitor
+            ),
+            ("clothing", "Red Shirt", Gender::F, true)
+        );
+        let nodate = e.enrich(
+            click("NODATE", "http://www.acme.com/SH1/VD55177927", 0),
+            &lookups(),
+        );
+        assert_eq!(
+            (nodate.gender, nodate.age, nodate.known_visitor),
+            (Gender::M, None, true)
+        );
+        let stranger = e.enrich(click("X", "http://www.acme.com/SH1/VD999", 0), &lookups());
+        assert_eq!(
+            (&*stranger.product_id, &*stranger.category, &*stranger.title),
+            ("VD999", UNKNOWN, UNKNOWN)
+        );
+        assert_eq!(
+            (stranger.gender, stranger.age, stranger.known_visitor),
+            (Gender::U, None, false)
+        );
+    }
+
+    #[test]
+    fn live_gender_and_age_override_the_lookups() {
+        let mut e = Enricher::new();
+        let mut c = click(
+            "F30",
+            "http://www.acme.com/SH1/VD55177927",
+            ts(2012, 3, 1, 8),
+        );
+        c.gender = Some(Gender::M);
+        c.age = Some(40);
+        let enriched = e.enrich(c, &lookups());
+        assert_eq!((enriched.gender, enriched.age), (Gender::M, Some(40)));
+    }
+
+    #[test]
+    fn country_from_column_or_ip() {
+        let mut e = Enricher::new();
+        let mut c = click("X", "http://www.acme.com/", 0);
+        assert_eq!(&*e.enrich(c.clone(), &lookups()).country, "usa");
+        c.country = None;
+        c.ip = "8.8.8.8".to_owned();
+        assert_eq!(&*e.enrich(c.clone(), &lookups()).country, "usa");
+        c.ip = "1.0.16.1".to_owned();
+        assert_eq!(&*e.enrich(c.clone(), &lookups()).country, "jpn");
+        c.ip = "127.0.0.1".to_owned();
+        assert_eq!(&*e.enrich(c.clone(), &lookups()).country, UNKNOWN_COUNTRY);
+        c.ip = "garbage".to_owned();
+        assert_eq!(&*e.enrich(c.clone(), &lookups()).country, UNKNOWN_COUNTRY);
+        c.country = Some("DE".to_owned());
+        assert_eq!(&*e.enrich(c, &lookups()).country, "deu");
+    }
+
+    #[test]
+    fn user_agent_classes() {
+        let p = woothee::parser::Parser::new();
+        let cases = [
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_6_8) AppleWebKit/534.52.7 (KHTML, like Gecko) Version/5.1.2 Safari/534.52.7",
+                Device::Desktop,
+            ),
+            (
+                "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0)",
+                Device::Desktop,
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 5_1 like Mac OS X) AppleWebKit/534.46 (KHTML, like Gecko) Version/5.1 Mobile/9B176 Safari/7534.48.3",
+                Device::Mobile,
+            ),
+            (
+                "Mozilla/5.0 (Linux; U; Android 2.3.6; en-us; Nexus S Build/GRK39F) AppleWebKit/533.1 (KHTML, like Gecko) Version/4.0 Mobile Safari/533.1",
+                Device::Mobile,
+            ),
+            (
+                "Mozilla/5.0 (iPad; CPU OS 5_1 like Mac OS X) AppleWebKit/534.46 (KHTML, like Gecko) Version/5.1 Mobile/9B176 Safari/7534.48.3",
+                Device::Tablet,
+            ),
+            (
+                "Mozilla/5.0 (Linux; U; Android 3.2; en-us; Xoom Build/HTK75D) AppleWebKit/534.13 (KHTML, like Gecko) Version/4.0 Safari/534.13",
+                Device::Tablet,
+            ),
+            (
+                "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+                Device::Bot,
+            ),
+            ("MyCustomSpider/1.0", Device::Bot),
+            ("", Device::Other),
+            ("curl/7.88.1", Device::Other),
+        ];
+        for (ua, expected) in cases {
+            assert_eq!(classify_user_agent(&p, ua), expected, "{ua}");
+        }
+    }
+
+    #[test]
+    fn operator_counts_and_restores_its_stats() {
+        let mut op = EnrichOperator::new(lookups());
+        let mut out = Emitter::default();
+        op.process(
+            click("F30", "http://www.acme.com/SH1/VD55177927", 0),
+            &mut out,
+        );
+        op.process(click("X", "http://www.acme.com/SH1/VD999", 0), &mut out);
+        assert_eq!(out.outputs().len(), 2);
+        assert_eq!(out.outputs()[1].topic, topics::ENRICHED_CLICK_DATA);
+        let mut changes = Vec::new();
+        op.checkpoint(&mut changes);
+        let mut restored = EnrichOperator::new(lookups());
+        for (k, v) in &changes {
+            restored.restore(k, v.as_deref().unwrap()).unwrap();
+        }
+        assert_eq!(
+            restored.counters(),
+            EnrichStats {
+                events: 2,
+                unknown_product_events: 1,
+                known_visitor_events: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! The Clickpulse engine: the data model, the log readers and the operators, with no network
+//! dependencies. Every operator has a pure per-event core that a unit test drives without a
+//! runtime, a broker or a disk; the backends in `clickpulse-connectors` only move data to and
+//! from them.
+//!
+//! # Layout
+//! - [`click`]: the records that flow through the topics ([`Click`], [`EnrichedClick`]).
+//! - [`reader`]: streaming readers for the Omniture TSV log and the JSON-lines click format;
+//!   malformed rows become [`DeadLetter`]s and never stop a run.
+//! - [`replay`]: event-time ordering, pacing at N× real time and endless looping.
+//! - [`lookups`]: visitor demographics and the product catalogue, parsed from their files.
+//! - [`enrich`]: the enrichment operator (category, title, age, gender, country, device).
+//! - [`operator`]: the operator trait every stage implements and the [`Emitter`] it writes to.
+//! - [`topics`]: topic names and the visitor-keyed partitioner shared by every backend.
+//! - [`metrics`]: live per-stage counters the HTTP server reports.
+
+pub mod click;
+pub mod enrich;
+pub mod lookups;
+pub mod metrics;
+pub mod operator;
+pub mod reader;
+pub mod replay;
+pub mod topics;
+
+pub use click::{Click, Device, EnrichedClick, Gender};
+pub use enrich::{EnrichOperator, Enricher};
+pub use lookups::{LookupSource, Lookups, Product, User};
+pub use operator::{Emitter, Operator, Output};
+pub use reader::{DeadLetter, LogRecord};

@@ -1,0 +1,89 @@
+//! The operator trait every stream stage implements.
+//!
+//! An operator is a plain struct with a per-event [`Operator::process`] that writes its outputs
+//! to an [`Emitter`]; it knows nothing about topics' storage, brokers or threads. A runner (the
+//! embedded one in `clickpulse-connectors`, the in-process backtest, later the Kafka one) feeds
+//! it records, publishes what it emitted and persists what [`Operator::checkpoint`] returns in
+//! the same atomic step as the consumed offsets, so a restarted operator resumes exactly where
+//! its last commit left it.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One record an operator emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Destination topic.
+    pub topic: &'static str,
+    /// Partitioning key (the visitor id).
+    pub key: String,
+    /// Serialized value (JSON).
+    pub value: Vec<u8>,
+}
+
+/// Collects what an operator emits while processing a batch.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    outputs: Vec<Output>,
+}
+
+impl Emitter {
+    /// Emits `value` as JSON to `topic` under `key`.
+    pub fn emit<T: Serialize>(&mut self, topic: &'static str, key: &str, value: &T) {
+        let value = serde_json::to_vec(value).expect("operator outputs serialize to JSON");
+        self.outputs.push(Output {
+            topic,
+            key: key.to_owned(),
+            value,
+        });
+    }
+
+    /// The outputs emitted so far.
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// Takes the outputs emitted so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.outputs.drain(..)
+    }
+}
+
+/// State changes an operator reports at a checkpoint: key → new value, `None` to delete.
+pub type StateChanges = Vec<(String, Option<Vec<u8>>)>;
+
+/// An error restoring an operator's state.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore state {key:?} of operator {operator}: {message}")]
+pub struct RestoreError {
+    /// The operator.
+    pub operator: &'static str,
+    /// The state key.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A stream operator with a pure per-event core.
+pub trait Operator: Send {
+    /// The record type it consumes (JSON on the topic).
+    type Input: DeserializeOwned;
+
+    /// The stage's name: in metrics, logs and state keys.
+    fn name(&self) -> &'static str;
+
+    /// The topic it consumes.
+    fn input_topic(&self) -> &'static str;
+
+    /// Processes one record, emitting any outputs.
+    fn process(&mut self, input: Self::Input, out: &mut Emitter);
+
+    /// Appends the state that changed since the last checkpoint.
+    fn checkpoint(&mut self, changes: &mut StateChanges);
+
+    /// Restores one state entry written by [`Operator::checkpoint`].
+    fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError>;
+
+    /// Counters for the stats endpoint and the backtest report.
+    fn stats(&self) -> serde_json::Value;
+}

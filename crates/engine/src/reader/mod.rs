@@ -1,0 +1,218 @@
+//! Streaming readers for click logs.
+//!
+//! Two formats, each plain or gzip-compressed (detected from the content, not the name):
+//! - the Omniture/Hortonworks TSV log ([`tsv`]): 178 (or 53) tab-separated columns, optional
+//!   header line;
+//! - JSON lines of [`Click`](crate::Click) ([`jsonl`]), the live collector's format.
+//!
+//! Readers hold one line at a time, so memory stays constant whatever the file size. A row that
+//! cannot be read becomes a [`DeadLetter`] carrying its source, line number and reason; it is
+//! counted and never stops the run. Only an I/O error (an unreadable file, a truncated gzip
+//! stream) is a [`ReaderError`].
+
+pub mod jsonl;
+pub mod tsv;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
+use serde::{Deserialize, Serialize};
+
+use crate::click::Click;
+
+/// What a reader yields for one input line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    /// A valid page view.
+    Click(Click),
+    /// A row that could not be read, with where and why.
+    Malformed(DeadLetter),
+}
+
+/// A record that could not be processed, kept with its origin and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where it came from: a file name, `collector`, or a topic name.
+    pub source: String,
+    /// Position in the source: 1-based line number for files, offset for topics.
+    pub position: u64,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The start of the raw record (lossy UTF-8, at most [`DEAD_LETTER_RAW_BYTES`] bytes).
+    pub raw: String,
+}
+
+/// How much of a rejected record a dead letter keeps.
+pub const DEAD_LETTER_RAW_BYTES: usize = 512;
+
+impl DeadLetter {
+    /// A dead letter for `raw` bytes at `position` of `source`.
+    pub fn new(source: &str, position: u64, reason: impl Into<String>, raw: &[u8]) -> Self {
+        let raw = &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)];
+        DeadLetter {
+            source: source.to_owned(),
+            position,
+            reason: reason.into(),
+            raw: String::from_utf8_lossy(raw).into_owned(),
+        }
+    }
+}
+
+/// An error that stops reading a source.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    /// The file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Reading failed part-way (for example a truncated gzip stream).
+    #[error("cannot read {name} after line {line}: {source}")]
+    Read {
+        /// The source's name.
+        name: String,
+        /// The last line read successfully.
+        line: u64,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// The two log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Omniture/Hortonworks TSV.
+    Tsv,
+    /// JSON lines of clicks.
+    JsonLines,
+}
+
+/// A streaming reader over one log, whichever its format.
+pub struct LogReader {
+    inner: Inner,
+}
+
+enum Inner {
+    Tsv(tsv::TsvReader<Box<dyn BufRead + Send>>),
+    Json(jsonl::JsonLinesReader<Box<dyn BufRead + Send>>),
+}
+
+impl LogReader {
+    /// Opens a log file; gzip and the format are detected from its first bytes.
+    pub fn open(path: &Path) -> Result<Self, ReaderError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| ReaderError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        Self::from_reader(&name, file)
+    }
+
+    /// Reads a log from any byte source (a file, bundled bytes, a socket).
+    pub fn from_reader(
+        name: &str,
+        reader: impl Read + Send + 'static,
+    ) -> Result<Self, ReaderError> {
+        let read_err = |source| ReaderError::Read {
+            name: name.to_owned(),
+            line: 0,
+            source,
+        };
+        let mut stream = decompress(reader).map_err(read_err)?;
+        let format = sniff_format(stream.fill_buf().map_err(read_err)?);
+        let inner = match format {
+            LogFormat::Tsv => Inner::Tsv(tsv::TsvReader::new(name, stream)),
+            LogFormat::JsonLines => Inner::Json(jsonl::JsonLinesReader::new(name, stream)),
+        };
+        Ok(LogReader { inner })
+    }
+
+    /// The detected format.
+    pub fn format(&self) -> LogFormat {
+        match self.inner {
+            Inner::Tsv(_) => LogFormat::Tsv,
+            Inner::Json(_) => LogFormat::JsonLines,
+        }
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<LogRecord, ReaderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            Inner::Tsv(r) => r.next(),
+            Inner::Json(r) => r.next(),
+        }
+    }
+}
+
+/// A buffered stream over `reader`, gunzipped if it starts with the gzip magic bytes.
+pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn BufRead + Send>> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let is_gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if is_gzip {
+        Box::new(BufReader::with_capacity(
+            256 * 1024,
+            MultiGzDecoder::new(buffered),
+        ))
+    } else {
+        Box::new(buffered)
+    })
+}
+
+/// JSON lines start with `{` (after optional whitespace); everything else is read as TSV.
+fn sniff_format(head: &[u8]) -> LogFormat {
+    match head.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => LogFormat::JsonLines,
+        _ => LogFormat::Tsv,
+    }
+}
+
+/// Reads the next line into `buf` without its line ending; `Ok(false)` at the end.
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<bool> {
+    buf.clear();
+    if reader.read_until(b'\n', buf)? == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn detects_gzip_and_json_lines() {
+        let line = br#"{"ts_ms":1000,"visitor":"v1","url":"http://www.acme.com/SH5/VD1"}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(line).unwrap();
+        let bytes = gz.finish().unwrap();
+        let reader = LogReader::from_reader("x.jsonl.gz", io::Cursor::new(bytes)).unwrap();
+        assert_eq!(reader.format(), LogFormat::JsonLines);
+        let records: Vec<_> = reader.map(Result::unwrap).collect();
+        assert!(matches!(&records[..], [LogRecord::Click(c)] if c.visitor == "v1"));
+    }
+
+    #[test]
+    fn truncated_gzip_is_a_read_error_not_a_panic() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&b"1\t2\t3\n".repeat(10_000)).unwrap();
+        let mut bytes = gz.finish().unwrap();
+        bytes.truncate(bytes.len() / 2);
+        let reader = LogReader::from_reader("cut.tsv.gz", io::Cursor::new(bytes)).unwrap();
+        assert!(reader.into_iter().any(|r| r.is_err()));
+    }
+}

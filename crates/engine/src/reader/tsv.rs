@@ -1,0 +1,272 @@
+//! The Omniture/Hortonworks TSV log (see `data/README.md` for the column layout).
+//!
+//! Columns used (1-based): 1 unix seconds, 8 IP, 13 URL, 14 `{visitor}`, 44 user agent,
+//! 50/51/53 city/country/state. Rows have 178 columns (the Hortonworks export) or 53 (the
+//! trimmed export); any row with at least 53 is read. A first line whose first column is not a
+//! number is a header and is skipped.
+
+use std::io::BufRead;
+
+use super::{DeadLetter, LogRecord, ReaderError, read_line};
+use crate::click::Click;
+
+/// The fewest columns a row may have (column 53 is the state).
+pub const MIN_COLUMNS: usize = 53;
+
+const COL_TIME: usize = 0;
+const COL_IP: usize = 7;
+const COL_URL: usize = 12;
+const COL_VISITOR: usize = 13;
+const COL_USER_AGENT: usize = 43;
+const COL_CITY: usize = 49;
+const COL_COUNTRY: usize = 50;
+const COL_STATE: usize = 52;
+
+/// Streaming reader for the Omniture TSV log.
+pub struct TsvReader<R> {
+    name: String,
+    inner: R,
+    line: u64,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl<R: BufRead> TsvReader<R> {
+    /// Reads `inner`, naming it `name` in dead letters and errors.
+    pub fn new(name: &str, inner: R) -> Self {
+        TsvReader {
+            name: name.to_owned(),
+            inner,
+            line: 0,
+            buf: Vec::with_capacity(4096),
+            failed: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for TsvReader<R> {
+    type Item = Result<LogRecord, ReaderError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            match read_line(&mut self.inner, &mut self.buf) {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(source) => {
+                    self.failed = true;
+                    return Some(Err(ReaderError::Read {
+                        name: self.name.clone(),
+                        line: self.line,
+                        source,
+                    }));
+                }
+            }
+            self.line += 1;
+            if self.buf.is_empty() {
+                continue;
+            }
+            match parse_row(&self.buf) {
+                Ok(click) => return Some(Ok(LogRecord::Click(click))),
+                Err(RowError::Header) if self.line == 1 => continue,
+                Err(e) => {
+                    let reason = e.reason();
+                    return Some(Ok(LogRecord::Malformed(DeadLetter::new(
+                        &self.name, self.line, reason, &self.buf,
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// Why a row was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RowError {
+    InvalidUtf8(usize),
+    TooFewColumns(usize),
+    /// The time column is not a number: a header on line 1, malformed elsewhere.
+    Header,
+    TimeOutOfRange,
+    EmptyVisitor,
+    EmptyUrl,
+}
+
+impl RowError {
+    fn reason(&self) -> String {
+        match self {
+            RowError::InvalidUtf8(at) => format!("invalid UTF-8 at byte {at}"),
+            RowError::TooFewColumns(n) => {
+                format!("too few columns: {n}, need at least {MIN_COLUMNS}")
+            }
+            RowError::Header => "non-numeric time in column 1".to_owned(),
+            RowError::TimeOutOfRange => "time in column 1 is out of range".to_owned(),
+            RowError::EmptyVisitor => "empty visitor id in column 14".to_owned(),
+            RowError::EmptyUrl => "empty URL in column 13".to_owned(),
+        }
+    }
+}
+
+/// Parses one TSV row (without its line ending) into a click.
+fn parse_row(row: &[u8]) -> Result<Click, RowError> {
+    let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
+    let mut wanted: [&str; 8] = [""; 8];
+    let mut columns = 0;
+    for (i, field) in row.split('\t').enumerate() {
+        columns = i + 1;
+        let slot = match i {
+            COL_TIME => 0,
+            COL_IP => 1,
+            COL_URL => 2,
+            COL_VISITOR => 3,
+            COL_USER_AGENT => 4,
+            COL_CITY => 5,
+            COL_COUNTRY => 6,
+            COL_STATE => 7,
+            _ => continue,
+        };
+        wanted[slot] = field;
+    }
+    if columns < MIN_COLUMNS {
+        return Err(RowError::TooFewColumns(columns));
+    }
+    let [time, ip, url, visitor, user_agent, city, country, state] = wanted;
+    let secs: i64 = time.trim().parse().map_err(|_| RowError::Header)?;
+    let ts_ms = secs
+        .checked_mul(1000)
+        .filter(|t| *t >= 0)
+        .ok_or(RowError::TimeOutOfRange)?;
+    let visitor = visitor
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim();
+    if visitor.is_empty() {
+        return Err(RowError::EmptyVisitor);
+    }
+    if url.trim().is_empty() {
+        return Err(RowError::EmptyUrl);
+    }
+    let optional = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty()).then(|| s.to_owned())
+    };
+    Ok(Click {
+        ts_ms,
+        visitor: visitor.to_owned(),
+        url: url.trim().to_owned(),
+        ip: ip.trim().to_owned(),
+        user_agent: user_agent.to_owned(),
+        city: optional(city),
+        country: optional(country).map(|c| c.to_ascii_lowercase()),
+        region: optional(state),
+        gender: None,
+        age: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row with `n` columns and the used ones filled in.
+    pub(crate) fn row(n: usize, time: &str, visitor: &str) -> String {
+        let mut cols = vec![String::new(); n];
+        cols[COL_TIME] = time.to_owned();
+        cols[1] = "2012-03-01 00:00:19".to_owned();
+        cols[COL_IP] = "99.46.44.132".to_owned();
+        cols[COL_URL] = "http://www.acme.com/SH55126545/VD55170364".to_owned();
+        cols[COL_VISITOR] = visitor.to_owned();
+        cols[COL_USER_AGENT] =
+            "Mozilla/5.0 (Windows NT 6.1; WOW64; rv:10.0.2) Gecko/20100101 Firefox/10.0.2"
+                .to_owned();
+        cols[COL_CITY] = "dallas".to_owned();
+        cols[COL_COUNTRY] = "USA".to_owned();
+        cols[COL_STATE] = "tx".to_owned();
+        cols.join("\t")
+    }
+
+    fn read(text: &[u8]) -> Vec<LogRecord> {
+        TsvReader::new("t.tsv", text).map(Result::unwrap).collect()
+    }
+
+    fn reasons(records: &[LogRecord]) -> Vec<(u64, String)> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                LogRecord::Malformed(d) => Some((d.position, d.reason.clone())),
+                LogRecord::Click(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_178_and_53_column_rows() {
+        let text = format!(
+            "{}\n{}\r\n",
+            row(178, "1330588819", "{ABC}"),
+            row(53, "1330588820", "{DEF}")
+        );
+        let records = read(text.as_bytes());
+        assert_eq!(records.len(), 2);
+        let LogRecord::Click(c) = &records[0] else {
+            panic!()
+        };
+        assert_eq!(c.ts_ms, 1_330_588_819_000);
+        assert_eq!(c.visitor, "ABC");
+        assert_eq!(c.ip, "99.46.44.132");
+        assert_eq!(c.country.as_deref(), Some("usa"));
+        assert_eq!(c.city.as_deref(), Some("dallas"));
+        assert_eq!(c.region.as_deref(), Some("tx"));
+        let LogRecord::Click(c) = &records[1] else {
+            panic!()
+        };
+        assert_eq!(c.visitor, "DEF");
+    }
+
+    #[test]
+    fn skips_a_header_line_but_not_a_bad_time_later() {
+        let mut header = row(178, "Unix Timestamp", "Visitor Unique ID");
+        header.push('\n');
+        let text = format!(
+            "{header}{}\n{}\n",
+            row(178, "1330588819", "{A}"),
+            row(178, "soon", "{B}")
+        );
+        let records = read(text.as_bytes());
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            reasons(&records),
+            [(3, "non-numeric time in column 1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_rows_become_dead_letters_with_line_numbers() {
+        let mut text = Vec::new();
+        text.extend_from_slice(row(178, "1330588819", "{A}").as_bytes());
+        text.push(b'\n');
+        text.extend_from_slice(b"1330588819\tonly\tthree\n");
+        text.extend_from_slice(row(178, "1330588819", "{}").as_bytes());
+        text.push(b'\n');
+        let mut bad_utf8 = row(178, "1330588819", "{B}").into_bytes();
+        bad_utf8[30] = 0xff;
+        text.extend_from_slice(&bad_utf8);
+        text.push(b'\n');
+        text.extend_from_slice(b"\n");
+        text.extend_from_slice(row(178, "1330588821", "{C}").as_bytes());
+        let records = read(&text);
+        assert_eq!(records.len(), 5, "the blank line is skipped, nothing else");
+        assert_eq!(
+            reasons(&records),
+            [
+                (2, "too few columns: 3, need at least 53".to_owned()),
+                (3, "empty visitor id in column 14".to_owned()),
+                (4, "invalid UTF-8 at byte 30".to_owned()),
+            ]
+        );
+        assert!(matches!(&records[4], LogRecord::Click(c) if c.visitor == "C"));
+    }
+}

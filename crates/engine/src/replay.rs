@@ -1,0 +1,216 @@
+//! Replaying a log in event time.
+//!
+//! The real log is grouped by visitor session, not sorted by time, so a replay first orders it
+//! by event time with a stable sort (ties keep file order). [`ReplayPlan`] then maps a replay
+//! position (0, 1, 2, … across loops) to the event to emit and its shifted timestamp, and
+//! [`Pacer`] says when, in wall-clock time, that event is due at a given speed. Both are pure,
+//! so the replay stage's position is a single number that is committed with its output.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::click::Click;
+
+/// One day in milliseconds: loops shift time by whole days so the daily cycle stays real.
+const DAY_MS: i64 = 86_400_000;
+
+/// Orders clicks by event time; clicks with the same timestamp keep their order.
+pub fn sort_by_event_time(clicks: &mut [Click]) {
+    clicks.sort_by_key(|c| c.ts_ms);
+}
+
+/// How fast to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    /// As fast as the pipeline can take it.
+    Max,
+    /// N× real time (event-time gaps divided by N).
+    Factor(f64),
+}
+
+impl FromStr for Speed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(Speed::Max);
+        }
+        match s.trim_end_matches(['x', 'X']).parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => Ok(Speed::Factor(f)),
+            _ => Err(format!(
+                "speed must be a positive number or `max`, not {s:?}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Speed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Speed::Max => f.write_str("max"),
+            Speed::Factor(x) => write!(f, "{x}x"),
+        }
+    }
+}
+
+/// Maps replay positions to events of a time-sorted log, looping if asked.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    len: u64,
+    loop_forever: bool,
+    shift_ms: i64,
+}
+
+impl ReplayPlan {
+    /// A plan over `sorted` (already in event-time order).
+    pub fn new(sorted: &[Click], loop_forever: bool) -> Self {
+        let shift_ms = match (sorted.first(), sorted.last()) {
+            (Some(first), Some(last)) => {
+                let span = last.ts_ms - first.ts_ms + 1;
+                (span + DAY_MS - 1).div_euclid(DAY_MS).max(1) * DAY_MS
+            }
+            _ => DAY_MS,
+        };
+        ReplayPlan {
+            len: sorted.len() as u64,
+            loop_forever,
+            shift_ms,
+        }
+    }
+
+    /// Events in one pass.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How far each loop shifts event time: the log's span rounded up to whole days.
+    pub fn loop_shift_ms(&self) -> i64 {
+        self.shift_ms
+    }
+
+    /// The event index and time shift for `position`, or `None` once a single pass is over.
+    pub fn at(&self, position: u64) -> Option<(usize, i64)> {
+        if self.len == 0 {
+            return None;
+        }
+        let pass = position / self.len;
+        if pass > 0 && !self.loop_forever {
+            return None;
+        }
+        let index = (position % self.len) as usize;
+        Some((index, pass as i64 * self.shift_ms))
+    }
+}
+
+/// Decides when an event is due in wall-clock time at a replay speed.
+///
+/// The pacer anchors the first event it sees to the wall clock; each later event is due
+/// `(ts - anchor_ts) / speed` after that. A restart re-anchors, so a resumed replay does not
+/// try to catch up on the time it was down.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    speed: Speed,
+    anchor: Option<(i64, Instant)>,
+}
+
+impl Pacer {
+    /// A pacer at `speed`.
+    pub fn new(speed: Speed) -> Self {
+        Pacer {
+            speed,
+            anchor: None,
+        }
+    }
+
+    /// The speed.
+    pub fn speed(&self) -> Speed {
+        self.speed
+    }
+
+    /// How long to wait, from `now`, before emitting an event with time `ts_ms`.
+    pub fn wait_for(&mut self, ts_ms: i64, now: Instant) -> Duration {
+        let Speed::Factor(factor) = self.speed else {
+            return Duration::ZERO;
+        };
+        let (anchor_ts, anchor_wall) = *self.anchor.get_or_insert((ts_ms, now));
+        let offset_ms = (ts_ms - anchor_ts).max(0) as f64 / factor;
+        let due = anchor_wall + Duration::from_secs_f64(offset_ms / 1000.0);
+        due.saturating_duration_since(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn click(ts_ms: i64, visitor: &str) -> Click {
+        Click {
+            ts_ms,
+            visitor: visitor.to_owned(),
+            url: "http://www.acme.com/".to_owned(),
+            ip: String::new(),
+            user_agent: String::new(),
+            city: None,
+            country: None,
+            region: None,
+            gender: None,
+            age: None,
+        }
+    }
+
+    #[test]
+    fn sort_is_stable_for_equal_timestamps() {
+        let mut clicks = vec![
+            click(30, "a"),
+            click(10, "b"),
+            click(30, "c"),
+            click(10, "d"),
+            click(20, "e"),
+        ];
+        sort_by_event_time(&mut clicks);
+        let order: Vec<_> = clicks.iter().map(|c| c.visitor.as_str()).collect();
+        assert_eq!(order, ["b", "d", "e", "a", "c"]);
+    }
+
+    #[test]
+    fn plan_stops_after_one_pass_or_loops_with_whole_day_shifts() {
+        let clicks = vec![click(1_000, "a"), click(DAY_MS + 5_000, "b")];
+        let once = ReplayPlan::new(&clicks, false);
+        assert_eq!(once.at(1), Some((1, 0)));
+        assert_eq!(once.at(2), None);
+        let looped = ReplayPlan::new(&clicks, true);
+        assert_eq!(looped.loop_shift_ms(), 2 * DAY_MS);
+        assert_eq!(looped.at(2), Some((0, 2 * DAY_MS)));
+        assert_eq!(looped.at(5), Some((1, 4 * DAY_MS)));
+        assert_eq!(ReplayPlan::new(&[], true).at(0), None);
+    }
+
+    #[test]
+    fn pacer_divides_event_time_gaps_by_the_speed() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Speed::Factor(60.0));
+        assert_eq!(pacer.wait_for(0, start), Duration::ZERO);
+        // One minute of event time is one second at 60x.
+        assert_eq!(pacer.wait_for(60_000, start), Duration::from_secs(1));
+        assert_eq!(
+            pacer.wait_for(60_000, start + Duration::from_secs(2)),
+            Duration::ZERO
+        );
+        let mut max = Pacer::new(Speed::Max);
+        assert_eq!(max.wait_for(10_000_000, start), Duration::ZERO);
+    }
+
+    #[test]
+    fn speed_parses_numbers_and_max() {
+        assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));
+        assert_eq!("3600".parse::<Speed>(), Ok(Speed::Factor(3600.0)));
+        assert_eq!("10x".parse::<Speed>(), Ok(Speed::Factor(10.0)));
+        assert!("0".parse::<Speed>().is_err());
+        assert!("fast".parse::<Speed>().is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Clickpulse's HTTP server.
+//!
+//! # Layout
+//! - [`app`] builds the router from an [`AppState`]; `main` only binds a socket and calls
+//!   [`serve`], so tests drive the router with `oneshot` and no socket.
+//! - [`AppError`] is the one error type handlers return: clients get a status and a clear
+//!   message, never internals.
+//!
+//! Endpoints:
+//! - `GET /api/health`: `{"status":"ok"}` while the process serves.
+//! - `GET /api/stats`: per-stage counters, events/s, lag and topic sizes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clickpulse_engine::metrics::PipelineMetrics;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Live counters of the running pipeline.
+    pub metrics: Arc<PipelineMetrics>,
+    /// What runs: `embedded` or `distributed`, shown in stats.
+    pub mode: &'static str,
+}
+
+/// The error every handler returns; rendered as `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Something failed inside; details are logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Internal(detail) => {
+                tracing::error!(detail = %detail, "Request failed.");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/stats", get(stats))
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let mut snapshot = state.metrics.snapshot();
+    if let Value::Object(map) = &mut snapshot {
+        map.insert("mode".to_owned(), Value::from(state.mode));
+    }
+    Ok(Json(snapshot))
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get_json(router: Router, uri: &str) -> (StatusCode, Value) {
+        let response = router
+            .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_and_stats() {
+        let metrics = Arc::new(PipelineMetrics::default());
+        metrics
+            .stage("enrich")
+            .record(42, 1, json!({"unknown_product_events": 3}));
+        let router = app(AppState {
+            metrics,
+            mode: "embedded",
+        });
+        let (status, body) = get_json(router.clone(), "/api/health").await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let (status, body) = get_json(router, "/api/stats").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["mode"], "embedded");
+        assert_eq!(body["stages"]["enrich"]["events"], 42);
+        assert_eq!(body["stages"]["enrich"]["dead_letters"], 1);
+        assert_eq!(
+            body["stages"]["enrich"]["details"]["unknown_product_events"],
+            3
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! The real data shipped inside the binary (see `data/README.md` for sources and licences), so
+//! `clickpulse demo` works from any directory without a checkout.
+
+/// The acme.com Omniture log, parts 1 and 4 (gzipped TSV).
+pub(crate) const LOGS: [(&str, &[u8]); 2] = [
+    (
+        "Omniture.1.tsv.gz",
+        include_bytes!("../data/omniture/Omniture.1.tsv.gz"),
+    ),
+    (
+        "Omniture.4.tsv.gz",
+        include_bytes!("../data/omniture/Omniture.4.tsv.gz"),
+    ),
+];
+
+/// Visitor demographics, gzipped JSON lines.
+pub(crate) const USERS_JSON_GZ: &[u8] = include_bytes!("../data/users.json.gz");
+/// The product catalogue.
+pub(crate) const PRODUCTS_JSON: &[u8] = include_bytes!("../data/products.json");
+/// The original URL → category table.
+pub(crate) const PRODUCTS_TSV: &[u8] = include_bytes!("../data/products.tsv");

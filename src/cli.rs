@@ -1,0 +1,91 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use clickpulse_engine::replay::Speed;
+
+/// Real-time clickstream analytics and behaviour-triggered personalization.
+#[derive(Debug, Parser)]
+#[command(name = "clickpulse", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the whole pipeline embedded: replay the bundled log in event time, enrich, and serve
+    /// HTTP. State lives durably in the data dir; a restart resumes where it stopped.
+    Demo(DemoArgs),
+    /// Run the same operators over whole log files as fast as possible and report.
+    Backtest(BacktestArgs),
+    /// Manage the lookups (visitor demographics, product catalogue).
+    #[command(subcommand)]
+    Lookups(LookupsCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where durable state lives [default: $XDG_DATA_HOME/clickpulse or ~/.local/share/clickpulse].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address to serve HTTP on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Replay speed: N× real time, or `max`.
+    #[arg(long, default_value = "300")]
+    pub(crate) speed: Speed,
+    /// Replay forever, shifting each pass by the log's span (whole days).
+    #[arg(long = "loop")]
+    pub(crate) loop_forever: bool,
+    /// Logs to replay (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    #[arg(long = "log", value_name = "FILE")]
+    pub(crate) logs: Vec<PathBuf>,
+    /// Partitions per topic (fixed when the data dir is created).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) partitions: u32,
+    /// Most records per commit.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) batch_size: usize,
+    /// Delete the data dir's contents first.
+    #[arg(long)]
+    pub(crate) reset: bool,
+    /// Exit once the replay has ended and every stage has caught up (for scripts and tests).
+    #[arg(long)]
+    pub(crate) exit_when_done: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BacktestArgs {
+    /// Log files (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    #[arg(long = "log", value_name = "FILE")]
+    pub(crate) logs: Vec<PathBuf>,
+    /// Folder with the lookup files (users.json[.gz], products.json, products.tsv)
+    /// [default: the bundled copies].
+    #[arg(long = "data", value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write each malformed row as a JSON dead letter to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dead_letters_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LookupsCommand {
+    /// Load users and products into the data dir's state store.
+    Load(LookupsLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LookupsLoadArgs {
+    /// The data dir to load into [default: as for `demo`].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Folder with users.json[.gz], products.json and products.tsv [default: the bundled copies].
+    #[arg(long = "data", value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+}

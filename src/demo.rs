@@ -1,0 +1,236 @@
+//! `clickpulse demo`: the embedded live pipeline.
+//!
+//! One process, zero external services: the replay and every stage run as threads over the
+//! durable [`EmbeddedStore`] in the data dir, and the HTTP server runs on tokio. Each stage
+//! commits its outputs, state and offsets atomically, so a `kill -9` and a restart continue
+//! exactly where the last commit left off.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clickpulse_connectors::embedded::EmbeddedStore;
+use clickpulse_connectors::embedded::runner::{RunnerConfig, run_operator, run_replay};
+use clickpulse_engine::enrich::EnrichOperator;
+use clickpulse_engine::metrics::PipelineMetrics;
+use clickpulse_engine::replay::ReplayPlan;
+use clickpulse_engine::topics;
+use clickpulse_server::AppState;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::{error, info, warn};
+
+use crate::cli::DemoArgs;
+use crate::inputs;
+
+/// The topics of the embedded pipeline and their partition counts.
+pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
+    vec![
+        (topics::CLICK_DATA, partitions),
+        (topics::ENRICHED_CLICK_DATA, partitions),
+        (topics::SPECIAL_OFFERS, partitions),
+        (topics::DEAD_LETTERS, 1),
+    ]
+}
+
+pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
+    if args.partitions == 0 || args.batch_size == 0 {
+        bail!("--partitions and --batch-size must be at least 1");
+    }
+    let dir = inputs::data_dir(args.data_dir.clone());
+    if args.reset && dir.exists() {
+        let db = dir.join(clickpulse_connectors::embedded::DB_FILE);
+        if db.exists() {
+            std::fs::remove_file(&db).with_context(|| format!("cannot reset {}", db.display()))?;
+        }
+    }
+    let store = Arc::new(
+        EmbeddedStore::open(&dir, &topic_layout(args.partitions))
+            .with_context(|| format!("cannot open the data dir {}", dir.display()))?,
+    );
+    info!(data_dir = %dir.display(), "Data dir opened.");
+    let mut lookups = store.load_lookups()?;
+    if lookups.user_count() == 0 && lookups.product_count() == 0 {
+        let (bundled, report) = inputs::read_lookups(None)?;
+        store.save_lookups(&bundled)?;
+        info!(
+            users = report.users,
+            products = report.products,
+            "Bundled lookups loaded into the state store."
+        );
+        lookups = bundled;
+    }
+    let input = Arc::new(inputs::read_logs(&args.logs, |_| {})?);
+    let plan = ReplayPlan::new(&input.clicks, args.loop_forever);
+    info!(
+        events = input.clicks.len(),
+        malformed = input.malformed.len(),
+        "Log read and sorted by event time."
+    );
+
+    let metrics = Arc::new(PipelineMetrics::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let config = RunnerConfig {
+        batch_size: args.batch_size,
+        ..RunnerConfig::default()
+    };
+    let replay_metrics = metrics.stage("replay");
+    let enrich_metrics = metrics.stage("enrich");
+    let mut workers = Vec::new();
+    {
+        let (store, input, shutdown, failed, config, m) = (
+            store.clone(),
+            input.clone(),
+            shutdown.clone(),
+            failed.clone(),
+            config.clone(),
+            replay_metrics.clone(),
+        );
+        let speed = args.speed;
+        workers.push(
+            thread::Builder::new()
+                .name("replay".into())
+                .spawn(move || {
+                    if let Err(e) = run_replay(&store, &input, &plan, speed, &m, &shutdown, &config)
+                    {
+                        error!(error = %e, stage = "replay", "Stage failed.");
+                        failed.store(true, Ordering::SeqCst);
+                        shutdown.store(true, Ordering::SeqCst);
+                    }
+                })?,
+        );
+    }
+    {
+        let (store, shutdown, failed, config, m) = (
+            store.clone(),
+            shutdown.clone(),
+            failed.clone(),
+            config.clone(),
+            enrich_metrics.clone(),
+        );
+        workers.push(
+            thread::Builder::new()
+                .name("enrich".into())
+                .spawn(move || {
+                    if let Err(e) =
+                        run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &config)
+                    {
+                        error!(error = %e, stage = "enrich", "Stage failed.");
+                        failed.store(true, Ordering::SeqCst);
+                        shutdown.store(true, Ordering::SeqCst);
+                    }
+                })?,
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let total = input.clicks.len() as u64;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        info!(address = %listener.local_addr()?, "Serving HTTP.");
+        let router = clickpulse_server::app(AppState {
+            metrics: metrics.clone(),
+            mode: "embedded",
+        });
+        let stop = stop_signal(
+            shutdown.clone(),
+            metrics.clone(),
+            store.clone(),
+            args.exit_when_done,
+            total,
+        );
+        clickpulse_server::serve(listener, router, stop).await?;
+        anyhow::Ok(())
+    });
+    shutdown.store(true, Ordering::SeqCst);
+    for worker in workers {
+        if worker.join().is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+    }
+    result?;
+    if failed.load(Ordering::SeqCst) {
+        bail!("a stage failed; see the log above");
+    }
+    info!(
+        replayed = replay_metrics.events(),
+        enriched = enrich_metrics.events(),
+        "Stopped cleanly."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C, SIGTERM, a failed stage, or (with `--exit-when-done`) once the replay
+/// ended and every stage caught up. Meanwhile it refreshes the topic summary and the progress bar.
+async fn stop_signal(
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<PipelineMetrics>,
+    store: Arc<EmbeddedStore>,
+    exit_when_done: bool,
+    total: u64,
+) {
+    let progress = progress_bar(total);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        #[cfg(unix)]
+        let terminate = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = &mut ctrl_c => { info!("Ctrl-C: shutting down."); break; }
+            _ = terminate => { info!("SIGTERM: shutting down."); break; }
+            _ = tick.tick() => {
+                if shutdown.load(Ordering::SeqCst) {
+                    warn!("Shutting down after a stage failure.");
+                    break;
+                }
+                metrics.set_topics(store.topic_summary());
+                let replay = metrics.stage("replay");
+                if let Some(pb) = &progress {
+                    pb.set_position(replay.events() % total.max(1));
+                }
+                let enrich = metrics.stage("enrich");
+                if exit_when_done && replay.is_done() && enrich.lag() == 0 && enrich.events() >= replay.events() {
+                    info!("Replay ended and every stage caught up.");
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    shutdown.store(true, Ordering::SeqCst);
+}
+
+fn progress_bar(total: u64) -> Option<ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("replay {bar:40} {pos}/{len} events ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}

@@ -1,0 +1,110 @@
+//! Reading logs and lookups from files or the bundled copies.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clickpulse_connectors::embedded::runner::ReplayInput;
+use clickpulse_engine::lookups::{LoadReport, Lookups};
+use clickpulse_engine::reader::{self, DeadLetter, LogReader, LogRecord};
+use clickpulse_engine::replay::sort_by_event_time;
+
+use crate::bundled;
+
+/// Reads every log (bundled if `paths` is empty), in order, into a time-sorted replay input.
+pub(crate) fn read_logs(
+    paths: &[PathBuf],
+    mut on_malformed: impl FnMut(&DeadLetter),
+) -> Result<ReplayInput> {
+    let mut clicks = Vec::new();
+    let mut malformed = Vec::new();
+    let mut names = Vec::new();
+    let mut consume = |reader: LogReader, name: String| -> Result<()> {
+        for record in reader {
+            match record.with_context(|| format!("reading {name}"))? {
+                LogRecord::Click(click) => clicks.push(click),
+                LogRecord::Malformed(letter) => {
+                    on_malformed(&letter);
+                    malformed.push(letter);
+                }
+            }
+        }
+        Ok(())
+    };
+    if paths.is_empty() {
+        for (name, bytes) in bundled::LOGS {
+            consume(LogReader::from_reader(name, bytes)?, name.to_owned())?;
+            names.push(format!("bundled:{name}"));
+        }
+    } else {
+        for path in paths {
+            let reader = LogReader::open(path)?;
+            consume(reader, path.display().to_string())?;
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            names.push(format!("{}:{size}", path.display()));
+        }
+    }
+    sort_by_event_time(&mut clicks);
+    let fingerprint = format!(
+        "{} ({} events, {} malformed)",
+        names.join(","),
+        clicks.len(),
+        malformed.len()
+    );
+    Ok(ReplayInput {
+        clicks,
+        malformed,
+        fingerprint,
+    })
+}
+
+/// Loads the lookups from a folder, or the bundled copies when `dir` is `None`.
+pub(crate) fn read_lookups(dir: Option<&Path>) -> Result<(Lookups, LoadReport)> {
+    let mut lookups = Lookups::default();
+    let mut report = match dir {
+        None => {
+            let users = reader::decompress(bundled::USERS_JSON_GZ)?;
+            let report = lookups.load_users("users.json", users)?;
+            lookups.load_products_json("products.json", bundled::PRODUCTS_JSON)?;
+            lookups.load_products_tsv("products.tsv", bundled::PRODUCTS_TSV)?;
+            report
+        }
+        Some(dir) => {
+            let users_path = ["users.json", "users.json.gz"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.exists())
+                .with_context(|| format!("no users.json or users.json.gz in {}", dir.display()))?;
+            let users = reader::decompress(open(&users_path)?)?;
+            let report = lookups.load_users(&users_path.display().to_string(), users)?;
+            let products = dir.join("products.json");
+            lookups.load_products_json(&products.display().to_string(), open(&products)?)?;
+            let tsv = dir.join("products.tsv");
+            if tsv.exists() {
+                lookups.load_products_tsv(&tsv.display().to_string(), open(&tsv)?)?;
+            }
+            report
+        }
+    };
+    report.products = lookups.product_count() as u64;
+    Ok((lookups, report))
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The data dir to use: the one given, else `$XDG_DATA_HOME/clickpulse`, else
+/// `~/.local/share/clickpulse`, else `./clickpulse-data`.
+pub(crate) fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = given {
+        return dir;
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("clickpulse");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/clickpulse");
+    }
+    PathBuf::from("clickpulse-data")
+}

@@ -1,0 +1,50 @@
+//! `clickpulse`: real-time clickstream analytics and behaviour-triggered personalization.
+//!
+//! The binary wires the workspace's crates together: `clickpulse-engine` (operators),
+//! `clickpulse-connectors` (where records and state live) and `clickpulse-server` (HTTP).
+//!
+//! # Layout
+//! - `cli`: the command line (clap derive), validated into plain values in one place.
+//! - `bundled`: the real data shipped inside the binary (logs, lookups, images).
+//! - `inputs`: reading logs and lookups from files or the bundled copies.
+//! - `demo`: the embedded live pipeline with its HTTP server.
+//! - `backtest`: the same operators over whole logs, as fast as possible.
+//! - `lookups_cmd`: `clickpulse lookups load`.
+
+mod backtest;
+mod bundled;
+mod cli;
+mod demo;
+mod inputs;
+mod lookups_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        cli::Command::Demo(args) => demo::run(args),
+        cli::Command::Backtest(args) => backtest::run(args),
+        cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
