@@ -21,6 +21,8 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run the same operators over whole log files as fast as possible and report.
     Backtest(BacktestArgs),
+    /// Print what a data dir holds: per-stage counters, offsets and topic sizes (JSON).
+    Status(StatusArgs),
     /// Manage the lookups (visitor demographics, product catalogue).
     #[command(subcommand)]
     Lookups(LookupsCommand),
@@ -49,6 +51,9 @@ pub(crate) struct DemoArgs {
     /// Most records per commit.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) batch_size: usize,
+    /// Records kept per topic partition once every consumer has read them.
+    #[arg(long, default_value_t = 100_000, value_name = "RECORDS")]
+    pub(crate) retention: u64,
     /// Delete the data dir's contents first.
     #[arg(long)]
     pub(crate) reset: bool,
@@ -88,4 +93,11 @@ pub(crate) struct LookupsLoadArgs {
     /// Folder with users.json[.gz], products.json and products.tsv [default: the bundled copies].
     #[arg(long = "data", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The data dir [default: as for `demo`].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clickpulse_connectors::embedded::EmbeddedStore;
-use clickpulse_connectors::embedded::runner::{RunnerConfig, run_operator, run_replay};
+use clickpulse_connectors::embedded::runner::{RunnerConfig, apply_retention, run_operator, run_replay};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::replay::ReplayPlan;
@@ -126,6 +126,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         );
     }
 
+    {
+        let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
+        workers.push(thread::Builder::new().name("retention".into()).spawn(move || {
+            retention_loop(&store, &shutdown, keep);
+        })?);
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -220,6 +227,34 @@ async fn stop_signal(
         pb.finish_and_clear();
     }
     shutdown.store(true, Ordering::SeqCst);
+}
+
+/// Which consumer groups read each topic: records are deleted once all of them have passed.
+/// Dead letters are never deleted.
+const CONSUMERS: [(&str, &[&str]); 3] = [
+    (topics::CLICK_DATA, &["enrich"]),
+    (topics::ENRICHED_CLICK_DATA, &[]),
+    (topics::SPECIAL_OFFERS, &[]),
+];
+
+/// Every few seconds, deletes consumed records beyond the newest `keep` of each partition, so
+/// the data dir stays bounded however long the demo loops.
+fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
+    let mut last = std::time::Instant::now();
+    while !shutdown.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(200));
+        if last.elapsed() < Duration::from_secs(10) {
+            continue;
+        }
+        last = std::time::Instant::now();
+        for (topic, groups) in CONSUMERS {
+            match apply_retention(store, topic, groups, keep) {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(topic, removed, "Retention deleted consumed records."),
+                Err(error) => warn!(%error, topic, "Retention failed."),
+            }
+        }
+    }
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {

@@ -10,6 +10,7 @@
 //! - `demo`: the embedded live pipeline with its HTTP server.
 //! - `backtest`: the same operators over whole logs, as fast as possible.
 //! - `lookups_cmd`: `clickpulse lookups load`.
+//! - `status`: `clickpulse status`, a data dir's durable counters.
 
 mod backtest;
 mod bundled;
@@ -17,6 +18,7 @@ mod cli;
 mod demo;
 mod inputs;
 mod lookups_cmd;
+mod status;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Backtest(args) => backtest::run(args),
+        cli::Command::Status(args) => status::run(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
     };
     match result {

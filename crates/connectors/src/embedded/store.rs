@@ -106,14 +106,7 @@ impl EmbeddedStore {
                 partitions.insert(topic.to_owned(), requested);
                 let table = txn.open_table(topic_table(topic)).map_err(db)?;
                 for p in 0..requested {
-                    let end = table
-                        .range((p, 0)..=(p, u64::MAX))
-                        .map_err(db)?
-                        .next_back()
-                        .transpose()
-                        .map_err(db)?
-                        .map_or(0, |(k, _)| k.value().1 + 1);
-                    ends.insert((topic.to_owned(), p), end);
+                    ends.insert((topic.to_owned(), p), partition_end(&table, p)?);
                 }
             }
             txn.open_table(OFFSETS).map_err(db)?;
@@ -289,9 +282,11 @@ impl EmbeddedStore {
         *self.appended.0.lock().expect("notify lock")
     }
 
-    /// Deletes a partition's records below `before` (retention); offsets never change.
+    /// Deletes a partition's records below `before` (retention); offsets never change, and the
+    /// last record is always kept so the partition's end survives a restart.
     pub fn trim(&self, topic: &str, partition: u32, before: u64) -> Result<u64, StoreError> {
         self.partitions(topic)?;
+        let before = before.min(self.end_offset(topic, partition).saturating_sub(1));
         let txn = self.db.begin_write().map_err(db)?;
         let removed;
         {
@@ -354,6 +349,27 @@ impl EmbeddedStore {
         Ok(Lookups::from_parts(users, products))
     }
 
+    /// Record counts of every topic the data dir has, read from disk (for `clickpulse status`).
+    pub fn topic_summary_on_disk(&self) -> Result<Value, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let mut topics = serde_json::Map::new();
+        for entry in meta.iter().map_err(db)? {
+            let (name, partitions) = entry.map_err(db)?;
+            let (name, partitions) = (name.value().to_owned(), partitions.value());
+            let table = txn.open_table(topic_table(&name)).map_err(db)?;
+            let mut per = Vec::new();
+            for p in 0..partitions {
+                per.push(partition_end(&table, p)?);
+            }
+            topics.insert(
+                name,
+                json!({"partitions": partitions, "records": per.iter().sum::<u64>(), "end_offsets": per}),
+            );
+        }
+        Ok(Value::Object(topics))
+    }
+
     /// Record counts per topic (offsets written, including trimmed ones).
     pub fn topic_summary(&self) -> Value {
         let ends = self.ends.lock().expect("ends lock");
@@ -372,6 +388,20 @@ impl EmbeddedStore {
             .collect();
         Value::Object(topics)
     }
+}
+
+/// The next offset of a partition: one past its last record (retention always keeps the last).
+fn partition_end<T>(table: &T, partition: u32) -> Result<u64, StoreError>
+where
+    T: ReadableTable<(u32, u64), (&'static str, &'static [u8])>,
+{
+    Ok(table
+        .range((partition, 0)..=(partition, u64::MAX))
+        .map_err(db)?
+        .next_back()
+        .transpose()
+        .map_err(db)?
+        .map_or(0, |(k, _)| k.value().1 + 1))
 }
 
 fn offset_key(group: &str, topic: &str, partition: u32) -> String {
@@ -460,6 +490,7 @@ mod tests {
             .commit(&batch(&[("a", "1"), ("a", "2"), ("a", "3")], &[], &[]))
             .unwrap();
         assert_eq!(store.trim("t", 0, 2).unwrap(), 2);
+        assert_eq!(store.trim("t", 0, 100).unwrap(), 0, "the last record stays");
         let left = store.fetch("t", 0, 0, 10).unwrap();
         assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
         store.commit(&batch(&[("a", "4")], &[], &[])).unwrap();

@@ -1,0 +1,31 @@
+//! `clickpulse status`: what a data dir holds, read from its durable state (the pipeline must
+//! not be running on it: the store is opened by one process at a time).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clickpulse_connectors::embedded::EmbeddedStore;
+use serde_json::{Map, Value, json};
+
+use crate::cli::StatusArgs;
+use crate::inputs;
+
+pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
+    let dir = inputs::data_dir(args.data_dir);
+    let store = EmbeddedStore::open(&dir, &[])
+        .with_context(|| format!("cannot open the data dir {} (is a pipeline running on it?)", dir.display()))?;
+    let mut state = Map::new();
+    for (key, value) in store.state_with_prefix("")? {
+        let value: Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!({"bytes": value.len()}));
+        state.insert(key, value);
+    }
+    let lookups = store.load_lookups()?;
+    let status = json!({
+        "data_dir": dir.display().to_string(),
+        "topics": store.topic_summary_on_disk()?,
+        "state": state,
+        "lookups": {"users": lookups.user_count(), "products": lookups.product_count()},
+    });
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(ExitCode::SUCCESS)
+}

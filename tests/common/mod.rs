@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: running the real `clickpulse` binary.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_clickpulse"))
+}
+
+/// The repository's bundled data folder.
+pub fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(path)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `clickpulse args…` to completion and returns its output, failing on a non-zero exit.
+pub fn run_ok(args: &[&str]) -> Output {
+    let output = Command::new(bin()).args(args).output().expect("run clickpulse");
+    assert!(
+        output.status.success(),
+        "clickpulse {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `clickpulse args…` and parses its standard output as JSON.
+pub fn run_json(args: &[&str]) -> Value {
+    let output = run_ok(args);
+    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+/// Starts `clickpulse args…` in the background.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn clickpulse")
+}
+
+/// GETs `http://127.0.0.1:{port}{path}` as JSON, or `None` while the server is not up.
+pub fn get_json(port: u16, path: &str) -> Option<Value> {
+    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    let body = response.body_mut().read_to_string().ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
