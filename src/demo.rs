@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clickpulse_connectors::embedded::EmbeddedStore;
-use clickpulse_connectors::embedded::runner::{RunnerConfig, apply_retention, run_operator, run_replay};
+use clickpulse_connectors::embedded::runner::{
+    RunnerConfig, apply_retention, run_operator, run_replay,
+};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::replay::ReplayPlan;
@@ -128,9 +130,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
 
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
-        workers.push(thread::Builder::new().name("retention".into()).spawn(move || {
-            retention_loop(&store, &shutdown, keep);
-        })?);
+        workers.push(
+            thread::Builder::new()
+                .name("retention".into())
+                .spawn(move || {
+                    retention_loop(&store, &shutdown, keep);
+                })?,
+        );
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -250,7 +256,9 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
         for (topic, groups) in CONSUMERS {
             match apply_retention(store, topic, groups, keep) {
                 Ok(0) => {}
-                Ok(removed) => tracing::debug!(topic, removed, "Retention deleted consumed records."),
+                Ok(removed) => {
+                    tracing::debug!(topic, removed, "Retention deleted consumed records.")
+                }
                 Err(error) => warn!(%error, topic, "Retention failed."),
             }
         }

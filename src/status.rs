@@ -12,11 +12,16 @@ use crate::inputs;
 
 pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
     let dir = inputs::data_dir(args.data_dir);
-    let store = EmbeddedStore::open(&dir, &[])
-        .with_context(|| format!("cannot open the data dir {} (is a pipeline running on it?)", dir.display()))?;
+    let store = EmbeddedStore::open(&dir, &[]).with_context(|| {
+        format!(
+            "cannot open the data dir {} (is a pipeline running on it?)",
+            dir.display()
+        )
+    })?;
     let mut state = Map::new();
     for (key, value) in store.state_with_prefix("")? {
-        let value: Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!({"bytes": value.len()}));
+        let value: Value =
+            serde_json::from_slice(&value).unwrap_or_else(|_| json!({"bytes": value.len()}));
         state.insert(key, value);
     }
     let lookups = store.load_lookups()?;

@@ -8,7 +8,14 @@ use common::*;
 fn real_log_counts_are_exact() {
     let part1 = data("omniture/Omniture.1.tsv.gz");
     let part4 = data("omniture/Omniture.4.tsv.gz");
-    let report = run_json(&["backtest", "--log", part1.to_str().unwrap(), "--log", part4.to_str().unwrap(), "--json"]);
+    let report = run_json(&[
+        "backtest",
+        "--log",
+        part1.to_str().unwrap(),
+        "--log",
+        part4.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(report["events"], 116_607);
     assert_eq!(report["visitors"], 12_569);
     assert_eq!(report["known_visitors"], 7_965);
@@ -17,7 +24,10 @@ fn real_log_counts_are_exact() {
     // Without --log the bundled copies are used: the same log.
     let bundled = run_json(&["backtest", "--json"]);
     assert_eq!(bundled["events"], report["events"]);
-    assert_eq!(bundled["unknown_product_events"], report["unknown_product_events"]);
+    assert_eq!(
+        bundled["unknown_product_events"],
+        report["unknown_product_events"]
+    );
 }
 
 #[test]
@@ -33,7 +43,14 @@ fn bad_rows_are_counted_and_written_as_dead_letters() {
     };
     std::fs::write(&log, format!("{good}\nnot\ta\trow\n{good}\n")).unwrap();
     let dead = tmp.path().join("dead.jsonl");
-    let report = run_json(&["backtest", "--log", log.to_str().unwrap(), "--json", "--dead-letters-out", dead.to_str().unwrap()]);
+    let report = run_json(&[
+        "backtest",
+        "--log",
+        log.to_str().unwrap(),
+        "--json",
+        "--dead-letters-out",
+        dead.to_str().unwrap(),
+    ]);
     assert_eq!(report["events"], 2);
     assert_eq!(report["malformed"], 1);
     let letters = std::fs::read_to_string(dead).unwrap();

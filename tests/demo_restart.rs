@@ -28,34 +28,71 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
     let (reference, crashed) = (reference.to_str().unwrap(), crashed.to_str().unwrap());
 
     let port = free_port().to_string();
-    run_ok(&["demo", "--data-dir", reference, "--speed", "max", "--exit-when-done", "--listen", &format!("127.0.0.1:{port}")]);
+    run_ok(&[
+        "demo",
+        "--data-dir",
+        reference,
+        "--speed",
+        "max",
+        "--exit-when-done",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
     let expected = status(reference);
     assert_eq!(expected["topics"]["click-data"]["records"], 116_607);
-    assert_eq!(expected["topics"]["enriched-click-data"]["records"], 116_607);
+    assert_eq!(
+        expected["topics"]["enriched-click-data"]["records"],
+        116_607
+    );
     assert_eq!(expected["state"]["replay/state"]["events"], 116_607);
     assert_eq!(expected["state"]["runner/enrich"]["events"], 116_607);
 
     // Small batches make the replay take long enough to be killed in the middle.
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&["demo", "--data-dir", crashed, "--speed", "max", "--batch-size", "50", "--listen", &listen]);
-    let at_kill = wait_for(Duration::from_secs(60), "the replay to be under way", || {
-        let stats = get_json(port, "/api/stats")?;
-        let replayed = stats["stages"]["replay"]["events"].as_u64()?;
-        let enriched = stats["stages"]["enrich"]["events"].as_u64()?;
-        (replayed > 5_000 && enriched > 0).then_some(replayed)
-    });
+    let mut child = spawn(&[
+        "demo",
+        "--data-dir",
+        crashed,
+        "--speed",
+        "max",
+        "--batch-size",
+        "50",
+        "--listen",
+        &listen,
+    ]);
+    let at_kill = wait_for(
+        Duration::from_secs(60),
+        "the replay to be under way",
+        || {
+            let stats = get_json(port, "/api/stats")?;
+            let replayed = stats["stages"]["replay"]["events"].as_u64()?;
+            let enriched = stats["stages"]["enrich"]["events"].as_u64()?;
+            (replayed > 5_000 && enriched > 0).then_some(replayed)
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let after_kill = status(crashed);
-    let replayed_at_kill = after_kill["state"]["replay/state"]["events"].as_u64().unwrap();
+    let replayed_at_kill = after_kill["state"]["replay/state"]["events"]
+        .as_u64()
+        .unwrap();
     assert!(
         replayed_at_kill < 116_607,
         "the kill must land mid-replay (stats said {at_kill}, disk says {replayed_at_kill})"
     );
 
     let port = free_port().to_string();
-    run_ok(&["demo", "--data-dir", crashed, "--speed", "max", "--exit-when-done", "--listen", &format!("127.0.0.1:{port}")]);
+    run_ok(&[
+        "demo",
+        "--data-dir",
+        crashed,
+        "--speed",
+        "max",
+        "--exit-when-done",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
     assert_eq!(comparable(&status(crashed)), comparable(&expected));
 }
 
@@ -77,7 +114,18 @@ fn malformed_rows_go_to_the_dead_letter_topic_once_and_the_rest_flows() {
     let dir = dir.to_str().unwrap();
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
-    let args = ["demo", "--data-dir", dir, "--log", log.to_str().unwrap(), "--speed", "max", "--exit-when-done", "--listen", &listen];
+    let args = [
+        "demo",
+        "--data-dir",
+        dir,
+        "--log",
+        log.to_str().unwrap(),
+        "--speed",
+        "max",
+        "--exit-when-done",
+        "--listen",
+        &listen,
+    ];
     run_ok(&args);
     run_ok(&args); // a second start replays nothing again
     let s = status(dir);
@@ -88,9 +136,24 @@ fn malformed_rows_go_to_the_dead_letter_topic_once_and_the_rest_flows() {
 
     // The same data dir refuses another log instead of mixing two replays.
     let other = tmp.path().join("other.jsonl");
-    std::fs::write(&other, "{\"ts_ms\":1,\"visitor\":\"C\",\"url\":\"http://x/\"}\n").unwrap();
+    std::fs::write(
+        &other,
+        "{\"ts_ms\":1,\"visitor\":\"C\",\"url\":\"http://x/\"}\n",
+    )
+    .unwrap();
     let output = std::process::Command::new(bin())
-        .args(["demo", "--data-dir", dir, "--log", other.to_str().unwrap(), "--speed", "max", "--exit-when-done", "--listen", &listen])
+        .args([
+            "demo",
+            "--data-dir",
+            dir,
+            "--log",
+            other.to_str().unwrap(),
+            "--speed",
+            "max",
+            "--exit-when-done",
+            "--listen",
+            &listen,
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());

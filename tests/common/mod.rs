@@ -16,17 +16,26 @@ pub fn bin() -> PathBuf {
 
 /// The repository's bundled data folder.
 pub fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(path)
 }
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `clickpulse args…` to completion and returns its output, failing on a non-zero exit.
 pub fn run_ok(args: &[&str]) -> Output {
-    let output = Command::new(bin()).args(args).output().expect("run clickpulse");
+    let output = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run clickpulse");
     assert!(
         output.status.success(),
         "clickpulse {args:?} failed: {}\n{}",
@@ -54,7 +63,9 @@ pub fn spawn(args: &[&str]) -> Child {
 
 /// GETs `http://127.0.0.1:{port}{path}` as JSON, or `None` while the server is not up.
 pub fn get_json(port: u16, path: &str) -> Option<Value> {
-    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
     let body = response.body_mut().read_to_string().ok()?;
     serde_json::from_str(&body).ok()
 }

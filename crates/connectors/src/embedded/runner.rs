@@ -310,7 +310,12 @@ pub fn run_replay(
 /// Deletes the records of `topic` that every consumer group in `groups` has already consumed,
 /// keeping at least the newest `keep` records of each partition for inspection. Returns how
 /// many records were deleted.
-pub fn apply_retention(store: &EmbeddedStore, topic: &str, groups: &[&str], keep: u64) -> Result<u64, StoreError> {
+pub fn apply_retention(
+    store: &EmbeddedStore,
+    topic: &str,
+    groups: &[&str],
+    keep: u64,
+) -> Result<u64, StoreError> {
     let mut removed = 0;
     for p in 0..store.partitions(topic)? {
         let end = store.end_offset(topic, p);
@@ -353,7 +358,11 @@ mod tests {
     #[test]
     fn replay_and_enrich_run_to_the_end_then_retention_trims_what_was_consumed() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = [(topics::CLICK_DATA, 2), (topics::ENRICHED_CLICK_DATA, 2), (topics::DEAD_LETTERS, 1)];
+        let layout = [
+            (topics::CLICK_DATA, 2),
+            (topics::ENRICHED_CLICK_DATA, 2),
+            (topics::DEAD_LETTERS, 1),
+        ];
         let store = Arc::new(EmbeddedStore::open(dir.path(), &layout).unwrap());
         let input = ReplayInput {
             clicks: (0..10).map(click).collect(),
@@ -369,22 +378,53 @@ mod tests {
         let plan = ReplayPlan::new(&input.clicks, false);
         let (replay, enrich) = (metrics.stage("replay"), metrics.stage("enrich"));
         thread::scope(|s| {
-            s.spawn(|| run_replay(&store, &input, &plan, Speed::Max, &replay, &shutdown, &config).unwrap());
-            s.spawn(|| run_operator(&store, EnrichOperator::new(Lookups::default()), &enrich, &shutdown, &config).unwrap());
+            s.spawn(|| {
+                run_replay(
+                    &store,
+                    &input,
+                    &plan,
+                    Speed::Max,
+                    &replay,
+                    &shutdown,
+                    &config,
+                )
+                .unwrap()
+            });
+            s.spawn(|| {
+                run_operator(
+                    &store,
+                    EnrichOperator::new(Lookups::default()),
+                    &enrich,
+                    &shutdown,
+                    &config,
+                )
+                .unwrap()
+            });
             let started = Instant::now();
             while enrich.events() < 10 {
-                assert!(started.elapsed() < Duration::from_secs(10), "pipeline did not finish");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "pipeline did not finish"
+                );
                 thread::sleep(Duration::from_millis(5));
             }
             shutdown.store(true, Ordering::SeqCst);
         });
         assert!(replay.is_done());
-        let enriched: u64 = (0..2).map(|p| store.end_offset(topics::ENRICHED_CLICK_DATA, p)).sum();
+        let enriched: u64 = (0..2)
+            .map(|p| store.end_offset(topics::ENRICHED_CLICK_DATA, p))
+            .sum();
         assert_eq!(enriched, 10);
         assert_eq!(store.end_offset(topics::DEAD_LETTERS, 0), 1);
         // Everything was consumed by enrich; each partition keeps only its last record.
-        assert_eq!(apply_retention(&store, topics::CLICK_DATA, &["enrich"], 0).unwrap(), 8);
+        assert_eq!(
+            apply_retention(&store, topics::CLICK_DATA, &["enrich"], 0).unwrap(),
+            8
+        );
         // A group that has read nothing holds everything back.
-        assert_eq!(apply_retention(&store, topics::ENRICHED_CLICK_DATA, &["nobody"], 0).unwrap(), 0);
+        assert_eq!(
+            apply_retention(&store, topics::ENRICHED_CLICK_DATA, &["nobody"], 0).unwrap(),
+            0
+        );
     }
 }
