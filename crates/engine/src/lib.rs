@@ -10,6 +10,8 @@
 //! - [`replay`]: event-time ordering, pacing at N× real time and endless looping.
 //! - [`lookups`]: visitor demographics and the product catalogue, parsed from their files.
 //! - [`enrich`]: the enrichment operator (category, title, age, gender, country, device).
+//! - [`pattern`]: behaviour patterns declared in files, compiled to state machines, and the
+//!   detection operator that emits special offers.
 //! - [`operator`]: the operator trait every stage implements and the [`Emitter`] it writes to.
 //! - [`topics`]: topic names and the visitor-keyed partitioner shared by every backend.
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
@@ -19,6 +21,7 @@ pub mod enrich;
 pub mod lookups;
 pub mod metrics;
 pub mod operator;
+pub mod pattern;
 pub mod reader;
 pub mod replay;
 pub mod topics;

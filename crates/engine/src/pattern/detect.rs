@@ -1,0 +1,470 @@
+//! The detection operator: every active pattern over every visitor's views.
+//!
+//! Per visitor it keeps one slot per pattern with a live [`Match`] and, for patterns with a
+//! frequency cap, the time of the last offer. An idle visitor (no live match, no cap pending)
+//! has no entry at all. Offers are emitted to `special-offers` with a deterministic `offer_id`
+//! (a hash of visitor, pattern, version, match start and completing view time), so reprocessing
+//! after a crash yields the same ids and downstream can de-duplicate.
+//!
+//! Pattern reloads: a slot whose pattern changed version is dropped on the visitor's next view
+//! (in-flight matches of the old version do not complete under the new rules); the frequency
+//! cap carries over. A removed pattern's slots are dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::{Cause, Match, Pattern};
+use super::{PatternRegistry, PatternSet};
+use crate::click::EnrichedClick;
+use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::topics;
+
+/// A special offer for one visitor (topic `special-offers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Deterministic id: same input, same id.
+    pub offer_id: String,
+    /// Visitor id.
+    pub visitor: String,
+    /// Pattern name.
+    pub pattern: String,
+    /// Pattern version (content hash of its file).
+    pub pattern_version: String,
+    /// The offer (`offer1`, `offer2`, …).
+    pub offer: String,
+    /// Event time of the completing view.
+    pub ts_ms: i64,
+}
+
+/// One entry of the transition log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// Event time of the view.
+    pub ts_ms: i64,
+    /// Visitor id.
+    pub visitor: String,
+    /// Pattern name.
+    pub pattern: String,
+    /// From state.
+    pub from: String,
+    /// To state (`offer` when the offer was reached).
+    pub to: String,
+    /// Why.
+    pub cause: Cause,
+    /// The view's product.
+    pub product_id: String,
+    /// The view's category.
+    pub category: String,
+    /// The offer emitted, if this step emitted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer: Option<String>,
+}
+
+/// A bounded log of recent transitions, globally and per visitor.
+#[derive(Debug)]
+pub struct TransitionLog {
+    global: VecDeque<TransitionRecord>,
+    per_visitor: HashMap<String, VecDeque<TransitionRecord>>,
+    visitor_order: VecDeque<String>,
+    global_cap: usize,
+    per_visitor_cap: usize,
+    visitors_cap: usize,
+}
+
+impl Default for TransitionLog {
+    fn default() -> Self {
+        Self::new(1_000, 50, 10_000)
+    }
+}
+
+impl TransitionLog {
+    /// A log keeping `global_cap` entries overall and `per_visitor_cap` for each of the
+    /// `visitors_cap` most recently started visitors.
+    pub fn new(global_cap: usize, per_visitor_cap: usize, visitors_cap: usize) -> Self {
+        TransitionLog {
+            global: VecDeque::new(),
+            per_visitor: HashMap::new(),
+            visitor_order: VecDeque::new(),
+            global_cap,
+            per_visitor_cap,
+            visitors_cap,
+        }
+    }
+
+    /// Adds an entry.
+    pub fn push(&mut self, record: TransitionRecord) {
+        if !self.per_visitor.contains_key(&record.visitor) {
+            if self.visitor_order.len() >= self.visitors_cap
+                && let Some(old) = self.visitor_order.pop_front()
+            {
+                self.per_visitor.remove(&old);
+            }
+            self.visitor_order.push_back(record.visitor.clone());
+        }
+        let mine = self.per_visitor.entry(record.visitor.clone()).or_default();
+        if mine.len() >= self.per_visitor_cap {
+            mine.pop_front();
+        }
+        mine.push_back(record.clone());
+        if self.global.len() >= self.global_cap {
+            self.global.pop_front();
+        }
+        self.global.push_back(record);
+    }
+
+    /// The newest entries (newest first), of one visitor or of everyone.
+    pub fn recent(&self, visitor: Option<&str>, limit: usize) -> Vec<TransitionRecord> {
+        let source = match visitor {
+            Some(v) => match self.per_visitor.get(v) {
+                Some(q) => q,
+                None => return Vec::new(),
+            },
+            None => &self.global,
+        };
+        source.iter().rev().take(limit).cloned().collect()
+    }
+}
+
+/// Counters of the detection stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectStats {
+    /// Views processed.
+    pub events: u64,
+    /// Offers emitted.
+    pub offers: u64,
+    /// Offers reached but suppressed by a frequency cap.
+    pub offers_suppressed: u64,
+    /// Offers emitted per pattern.
+    pub offers_by_pattern: BTreeMap<String, u64>,
+    /// Highest event time seen.
+    pub watermark_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Slot {
+    pattern: String,
+    version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    live: Option<Match>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_offer_ms: Option<i64>,
+}
+
+/// Everything Clickpulse keeps about one visitor's pattern progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct VisitorState {
+    slots: Vec<Slot>,
+}
+
+/// How far behind the highest event time a visitor's views may arrive before its expired
+/// matches are swept (sweeping is only memory hygiene: an expired match is discarded on the
+/// visitor's next view anyway).
+const SWEEP_GRACE_MS: i64 = 3_600_000;
+/// Views between sweeps.
+const SWEEP_EVERY: u64 = 10_000;
+
+/// Per-pattern audience tracking for backtests.
+#[derive(Debug, Default)]
+struct AudienceTracker {
+    in_audience: HashMap<String, HashSet<String>>,
+    offered: HashMap<String, HashSet<String>>,
+}
+
+/// The detection stage: `enriched-click-data` → `special-offers`.
+pub struct DetectOperator {
+    registry: PatternRegistry,
+    set: Arc<PatternSet>,
+    generation: u64,
+    visitors: HashMap<String, VisitorState>,
+    dirty: HashSet<String>,
+    log: Option<Arc<Mutex<TransitionLog>>>,
+    stats: DetectStats,
+    since_sweep: u64,
+    audience: Option<AudienceTracker>,
+}
+
+impl DetectOperator {
+    /// A detector running the registry's current patterns (and picking up replacements).
+    pub fn new(registry: PatternRegistry) -> Self {
+        let set = registry.current();
+        DetectOperator {
+            generation: registry.generation(),
+            registry,
+            set,
+            visitors: HashMap::new(),
+            dirty: HashSet::new(),
+            log: None,
+            stats: DetectStats::default(),
+            since_sweep: 0,
+            audience: None,
+        }
+    }
+
+    /// Also writes every transition to `log`.
+    pub fn with_log(mut self, log: Arc<Mutex<TransitionLog>>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Also tracks, per pattern, which visitors were in the audience and which got an offer.
+    pub fn with_audience_tracking(mut self) -> Self {
+        self.audience = Some(AudienceTracker::default());
+        self
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &DetectStats {
+        &self.stats
+    }
+
+    /// Visitors with live state.
+    pub fn active_visitors(&self) -> usize {
+        self.visitors.len()
+    }
+
+    /// Per pattern: (visitors in the audience, visitors who got an offer). Empty unless
+    /// [`DetectOperator::with_audience_tracking`] was used.
+    pub fn audience_counts(&self) -> BTreeMap<String, (usize, usize)> {
+        let Some(a) = &self.audience else {
+            return BTreeMap::new();
+        };
+        self.set
+            .patterns()
+            .iter()
+            .map(|p| {
+                let n =
+                    |m: &HashMap<String, HashSet<String>>| m.get(&p.name).map_or(0, HashSet::len);
+                (p.name.clone(), (n(&a.in_audience), n(&a.offered)))
+            })
+            .collect()
+    }
+
+    /// Runs one view through every pattern; returns the offers it earned.
+    pub fn detect(&mut self, click: &EnrichedClick) -> Vec<Offer> {
+        let generation = self.registry.generation();
+        if generation != self.generation {
+            self.set = self.registry.current();
+            self.generation = generation;
+        }
+        self.stats.events += 1;
+        self.stats.watermark_ms = Some(
+            self.stats
+                .watermark_ms
+                .map_or(click.ts_ms, |w| w.max(click.ts_ms)),
+        );
+        let mut offers = Vec::new();
+        let set = self.set.clone();
+        let mut state = self.visitors.remove(&click.visitor).unwrap_or_default();
+        let before = state.clone();
+        state.slots.retain(|s| set.get(&s.pattern).is_some());
+        for pattern in set.patterns() {
+            let index = match state.slots.iter().position(|s| s.pattern == pattern.name) {
+                Some(i) => i,
+                None => {
+                    state.slots.push(Slot {
+                        pattern: pattern.name.clone(),
+                        version: pattern.version.clone(),
+                        ..Slot::default()
+                    });
+                    state.slots.len() - 1
+                }
+            };
+            let slot = &mut state.slots[index];
+            if slot.version != pattern.version {
+                slot.version = pattern.version.clone();
+                slot.live = None;
+            }
+            let outcome = pattern.advance(&mut slot.live, click);
+            if let Some(tracker) = self.audience.as_mut()
+                && outcome.in_audience
+            {
+                tracker
+                    .in_audience
+                    .entry(pattern.name.clone())
+                    .or_default()
+                    .insert(click.visitor.clone());
+            }
+            let mut emitted = None;
+            if let Some((offer, started_ms)) = outcome.offer {
+                let capped = match (pattern.frequency_cap_ms, slot.last_offer_ms) {
+                    (Some(cap), Some(last)) => click.ts_ms - last < cap,
+                    _ => false,
+                };
+                if capped {
+                    self.stats.offers_suppressed += 1;
+                } else {
+                    if pattern.frequency_cap_ms.is_some() {
+                        slot.last_offer_ms = Some(click.ts_ms);
+                    }
+                    let o = make_offer(click, pattern, &offer, started_ms);
+                    self.stats.offers += 1;
+                    *self
+                        .stats
+                        .offers_by_pattern
+                        .entry(pattern.name.clone())
+                        .or_default() += 1;
+                    if let Some(tracker) = self.audience.as_mut() {
+                        tracker
+                            .offered
+                            .entry(pattern.name.clone())
+                            .or_default()
+                            .insert(click.visitor.clone());
+                    }
+                    emitted = Some(o.offer.clone());
+                    offers.push(o);
+                }
+            }
+            if let Some(log) = &self.log {
+                let mut log = log.lock().expect("transition log lock");
+                for step in &outcome.steps {
+                    let to_offer = step.to.is_none();
+                    log.push(TransitionRecord {
+                        ts_ms: click.ts_ms,
+                        visitor: click.visitor.clone(),
+                        pattern: pattern.name.clone(),
+                        from: pattern.state_name(Some(step.from)).to_owned(),
+                        to: pattern.state_name(step.to).to_owned(),
+                        cause: step.cause,
+                        product_id: click.product_id.to_string(),
+                        category: click.category.to_string(),
+                        offer: if to_offer { emitted.clone() } else { None },
+                    });
+                }
+            }
+        }
+        state.slots.retain(|s| !is_idle(&set, s, click.ts_ms));
+        if state != before {
+            self.dirty.insert(click.visitor.clone());
+        }
+        if !state.slots.is_empty() {
+            self.visitors.insert(click.visitor.clone(), state);
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.sweep();
+        }
+        offers
+    }
+
+    /// Drops state that can no longer matter: matches expired well before the watermark.
+    fn sweep(&mut self) {
+        let Some(watermark) = self.stats.watermark_ms else {
+            return;
+        };
+        let now = watermark - SWEEP_GRACE_MS;
+        let set = self.set.clone();
+        let dirty = &mut self.dirty;
+        self.visitors.retain(|visitor, state| {
+            let before = state.slots.len();
+            for slot in &mut state.slots {
+                if let (Some(m), Some(p)) = (&slot.live, set.get(&slot.pattern))
+                    && p.is_expired(m, now)
+                {
+                    slot.live = None;
+                }
+            }
+            state.slots.retain(|s| !is_idle(&set, s, now));
+            if state.slots.len() != before || state.slots.is_empty() {
+                dirty.insert(visitor.clone());
+            }
+            !state.slots.is_empty()
+        });
+    }
+}
+
+/// A slot with no live match and no frequency cap still running holds nothing worth keeping.
+fn is_idle(set: &PatternSet, slot: &Slot, now_ms: i64) -> bool {
+    if slot.live.is_some() {
+        return false;
+    }
+    match (
+        slot.last_offer_ms,
+        set.get(&slot.pattern).and_then(|p| p.frequency_cap_ms),
+    ) {
+        (Some(last), Some(cap)) => now_ms - last >= cap,
+        _ => true,
+    }
+}
+
+fn make_offer(click: &EnrichedClick, pattern: &Pattern, offer: &str, started_ms: i64) -> Offer {
+    let key = format!(
+        "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+        click.visitor, pattern.name, pattern.version, started_ms, click.ts_ms
+    );
+    Offer {
+        offer_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes())),
+        visitor: click.visitor.clone(),
+        pattern: pattern.name.clone(),
+        pattern_version: pattern.version.clone(),
+        offer: offer.to_owned(),
+        ts_ms: click.ts_ms,
+    }
+}
+
+const STATS_KEY: &str = "stats";
+const VISITOR_PREFIX: &str = "v/";
+
+impl Operator for DetectOperator {
+    type Input = EnrichedClick;
+
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+
+    fn input_topic(&self) -> &'static str {
+        topics::ENRICHED_CLICK_DATA
+    }
+
+    fn process(&mut self, input: EnrichedClick, out: &mut Emitter) {
+        for offer in self.detect(&input) {
+            out.emit(topics::SPECIAL_OFFERS, &offer.visitor, &offer);
+        }
+    }
+
+    fn checkpoint(&mut self, changes: &mut StateChanges) {
+        for visitor in self.dirty.drain() {
+            let value = self
+                .visitors
+                .get(&visitor)
+                .map(|s| serde_json::to_vec(s).expect("visitor state serializes"));
+            changes.push((format!("{VISITOR_PREFIX}{visitor}"), value));
+        }
+        changes.push((
+            STATS_KEY.to_owned(),
+            Some(serde_json::to_vec(&self.stats).expect("stats serialize")),
+        ));
+    }
+
+    fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        let err = |e: serde_json::Error| RestoreError {
+            operator: "detect",
+            key: key.to_owned(),
+            message: e.to_string(),
+        };
+        if key == STATS_KEY {
+            self.stats = serde_json::from_slice(value).map_err(err)?;
+        } else if let Some(visitor) = key.strip_prefix(VISITOR_PREFIX) {
+            self.visitors.insert(
+                visitor.to_owned(),
+                serde_json::from_slice(value).map_err(err)?,
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).expect("stats serialize");
+        v["active_visitors"] = self.visitors.len().into();
+        v["patterns"] = self
+            .set
+            .patterns()
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "version": p.version}))
+            .collect::<Vec<_>>()
+            .into();
+        v
+    }
+}

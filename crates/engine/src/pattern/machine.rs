@@ -1,0 +1,535 @@
+//! Compiled patterns and the per-visitor state machine that runs them.
+//!
+//! A [`Pattern`] is plain data: states, and for each state an ordered list of [`Transition`]s
+//! guarded by a [`Condition`]. [`Condition`] is an `enum` evaluated by a `match` — no closures —
+//! so patterns loaded at run time cost the same as hand-written ones, can be explained back to
+//! people, and serialize with their state.
+//!
+//! # Semantics (one view of one visitor, for one pattern)
+//! 1. A live match whose first recorded view is `within` or longer ago (event time) has expired:
+//!    it is discarded, and the view is evaluated from `init`. (So expired state can be dropped
+//!    at any time without changing a result.)
+//! 2. With `ignore_refresh`, a view of the product of the match's last recorded view is a page
+//!    refresh: ignored entirely.
+//! 3. A view matching `abort_if` ends the match (back to `init`); it starts nothing.
+//! 4. From `init`, a view starts a match only if the visitor is in the audience and a transition
+//!    from `init` accepts it. From another state, the first transition (in file order) whose
+//!    condition holds is taken; the view is recorded (last product, products seen, the first
+//!    product of each state entered).
+//! 5. A view no transition accepts resets the match to `init` under strict contiguity (the view
+//!    starts nothing); under relaxed contiguity it is skipped.
+//! 6. Reaching `offer` emits the offer chosen by the offer rules (unless the frequency cap
+//!    suppresses it) and returns to `init`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::click::EnrichedClick;
+
+/// Index of a state in [`Pattern::states`]; 0 is `init`.
+pub type StateId = u16;
+
+/// The initial state.
+pub const INIT: StateId = 0;
+
+/// A field of an enriched click that conditions can test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// Product category.
+    Category,
+    /// Product id.
+    Product,
+    /// Product title.
+    Title,
+    /// Country (lower-case alpha-3).
+    Country,
+    /// City.
+    City,
+    /// State or region.
+    Region,
+    /// Device class.
+    Device,
+    /// Gender `M`/`F`/`U`.
+    Gender,
+    /// Visitor id.
+    Visitor,
+    /// Page URL.
+    Url,
+}
+
+impl Field {
+    /// Every field with its name in pattern files.
+    pub const ALL: [(&'static str, Field); 10] = [
+        ("category", Field::Category),
+        ("product", Field::Product),
+        ("title", Field::Title),
+        ("country", Field::Country),
+        ("city", Field::City),
+        ("region", Field::Region),
+        ("device", Field::Device),
+        ("gender", Field::Gender),
+        ("visitor", Field::Visitor),
+        ("url", Field::Url),
+    ];
+
+    /// The field's name in pattern files.
+    pub fn name(self) -> &'static str {
+        Field::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    fn value(self, click: &EnrichedClick) -> &str {
+        match self {
+            Field::Category => &click.category,
+            Field::Product => &click.product_id,
+            Field::Title => &click.title,
+            Field::Country => &click.country,
+            Field::City => click.city.as_deref().unwrap_or(""),
+            Field::Region => click.region.as_deref().unwrap_or(""),
+            Field::Device => click.device.as_str(),
+            Field::Gender => match click.gender {
+                crate::Gender::M => "M",
+                crate::Gender::F => "F",
+                crate::Gender::U => "U",
+            },
+            Field::Visitor => &click.visitor,
+            Field::Url => &click.url,
+        }
+    }
+}
+
+/// A predicate over a view (and the match it would extend).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Always true.
+    True,
+    /// Every condition holds.
+    All(Vec<Condition>),
+    /// At least one condition holds.
+    Any(Vec<Condition>),
+    /// The condition does not hold.
+    Not(Box<Condition>),
+    /// The field equals one of the values (ASCII case-insensitive).
+    OneOf(Field, Vec<String>),
+    /// The age is known and within `min..=max`.
+    AgeBetween(u32, u32),
+    /// Whether the visitor has a users record.
+    KnownVisitor(bool),
+    /// The product differs from the first product recorded in that state in this match.
+    ProductDiffersFrom(StateId),
+    /// The product is the first product recorded in that state in this match.
+    ProductSameAs(StateId),
+    /// The product was not recorded in this match yet.
+    ProductNotSeen,
+}
+
+impl Condition {
+    /// Evaluates the condition for `click`, extending `current` (if a match is live).
+    pub fn eval(&self, click: &EnrichedClick, current: Option<&Match>) -> bool {
+        match self {
+            Condition::True => true,
+            Condition::All(cs) => cs.iter().all(|c| c.eval(click, current)),
+            Condition::Any(cs) => cs.iter().any(|c| c.eval(click, current)),
+            Condition::Not(c) => !c.eval(click, current),
+            Condition::OneOf(field, values) => {
+                let v = field.value(click);
+                values.iter().any(|x| x.eq_ignore_ascii_case(v))
+            }
+            Condition::AgeBetween(min, max) => {
+                click.age.is_some_and(|a| (*min..=*max).contains(&a))
+            }
+            Condition::KnownVisitor(known) => click.known_visitor == *known,
+            Condition::ProductDiffersFrom(state) => current
+                .and_then(|m| m.first_product_of(*state))
+                .is_none_or(|p| **p != *click.product_id),
+            Condition::ProductSameAs(state) => current
+                .and_then(|m| m.first_product_of(*state))
+                .is_some_and(|p| **p == *click.product_id),
+            Condition::ProductNotSeen => current.is_none_or(|m| !m.has_seen(&click.product_id)),
+        }
+    }
+
+    fn describe(&self, states: &[String], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |f: &mut fmt::Formatter<'_>, cs: &[Condition], sep: &str| -> fmt::Result {
+            for (i, c) in cs.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(sep)?;
+                }
+                c.describe(states, f)?;
+            }
+            Ok(())
+        };
+        match self {
+            Condition::True => f.write_str("any view"),
+            Condition::All(cs) => list(f, cs, " and "),
+            Condition::Any(cs) => {
+                f.write_str("(")?;
+                list(f, cs, " or ")?;
+                f.write_str(")")
+            }
+            Condition::Not(c) => {
+                f.write_str("not ")?;
+                c.describe(states, f)
+            }
+            Condition::OneOf(field, values) => {
+                write!(f, "{} is {}", field.name(), values.join(" or "))
+            }
+            Condition::AgeBetween(min, max) => write!(f, "aged {min}–{max}"),
+            Condition::KnownVisitor(true) => f.write_str("a known visitor"),
+            Condition::KnownVisitor(false) => f.write_str("an unknown visitor"),
+            Condition::ProductDiffersFrom(s) => {
+                write!(f, "a different product than at {}", states[*s as usize])
+            }
+            Condition::ProductSameAs(s) => {
+                write!(f, "the same product as at {}", states[*s as usize])
+            }
+            Condition::ProductNotSeen => f.write_str("a product not yet seen in this match"),
+        }
+    }
+}
+
+/// Where a transition leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Another (or the same) state.
+    State(StateId),
+    /// The offer: emit it and return to `init`.
+    Offer,
+}
+
+/// A guarded edge of the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The guard.
+    pub when: Condition,
+    /// The destination.
+    pub to: Target,
+}
+
+/// Strict: a view that fits no transition resets the match. Relaxed: it is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Contiguity {
+    /// Unrelated views reset the match.
+    #[default]
+    Strict,
+    /// Unrelated views are skipped.
+    Relaxed,
+}
+
+/// Which offer to emit, by the completing view's visitor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferRule {
+    /// Checked in order; the first that holds chooses the offer.
+    pub rules: Vec<(Condition, String)>,
+    /// The offer when no rule holds.
+    pub default: String,
+}
+
+impl OfferRule {
+    /// The offer for `click`.
+    pub fn choose(&self, click: &EnrichedClick) -> &str {
+        self.rules
+            .iter()
+            .find(|(c, _)| c.eval(click, None))
+            .map_or(self.default.as_str(), |(_, o)| o.as_str())
+    }
+}
+
+/// A validated, compiled behaviour pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    /// Unique name (`[a-z0-9_-]+`).
+    pub name: String,
+    /// Content hash of the file it came from: changes whenever the file does.
+    pub version: String,
+    /// What it is for, in words.
+    pub description: String,
+    /// Where it came from.
+    pub source: String,
+    /// Every transition must happen less than this long after the match's first view.
+    pub within_ms: Option<i64>,
+    /// Strict or relaxed contiguity.
+    pub contiguity: Contiguity,
+    /// Whether a view of the last recorded product is ignored as a page refresh.
+    pub ignore_refresh: bool,
+    /// Who may start a match.
+    pub audience: Condition,
+    /// Views that abort a match.
+    pub abort_if: Option<Condition>,
+    /// State names; index 0 is `init`.
+    pub states: Vec<String>,
+    /// Outgoing transitions of each state, in priority order.
+    pub transitions: Vec<Vec<Transition>>,
+    /// Which offer to emit.
+    pub offer: OfferRule,
+    /// At most one offer per visitor per this many milliseconds.
+    pub frequency_cap_ms: Option<i64>,
+}
+
+impl Pattern {
+    /// A readable explanation generated from the declaration (shown in the shop and the CLI).
+    pub fn explain(&self) -> String {
+        Explain(self).to_string()
+    }
+}
+
+struct Explain<'a>(&'a Pattern);
+
+impl fmt::Display for Explain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.0;
+        let describe = |c: &Condition, f: &mut fmt::Formatter<'_>| c.describe(&p.states, f);
+        f.write_str("Visitors who are ")?;
+        describe(&p.audience, f)?;
+        f.write_str(" start a match.")?;
+        for (from, edges) in p.transitions.iter().enumerate() {
+            for t in edges {
+                write!(f, " From {}, a view where ", p.states[from])?;
+                describe(&t.when, f)?;
+                match t.to {
+                    Target::State(s) if s as usize == from => {
+                        write!(f, " stays at {}.", p.states[from])?
+                    }
+                    Target::State(s) => write!(f, " leads to {}.", p.states[s as usize])?,
+                    Target::Offer => f.write_str(" earns the offer.")?,
+                }
+            }
+        }
+        if let Some(ms) = p.within_ms {
+            write!(
+                f,
+                " Everything must happen within {} of the first view.",
+                humantime::format_duration(std::time::Duration::from_millis(ms as u64))
+            )?;
+        }
+        match p.contiguity {
+            Contiguity::Strict => f.write_str(" Any other view starts over.")?,
+            Contiguity::Relaxed => f.write_str(" Other views in between are ignored.")?,
+        }
+        if p.ignore_refresh {
+            f.write_str(" Reloading the same product page does not count.")?;
+        }
+        if let Some(abort) = &p.abort_if {
+            f.write_str(" The match is abandoned on a view where ")?;
+            describe(abort, f)?;
+            f.write_str(".")?;
+        }
+        f.write_str(" Offer: ")?;
+        for (c, offer) in &p.offer.rules {
+            write!(f, "{offer} if ")?;
+            describe(c, f)?;
+            f.write_str(", else ")?;
+        }
+        write!(f, "{}.", p.offer.default)?;
+        if let Some(ms) = p.frequency_cap_ms {
+            write!(
+                f,
+                " At most one offer per visitor every {}.",
+                humantime::format_duration(std::time::Duration::from_millis(ms as u64))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A live match of one visitor against one pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    /// Current state (never `init`: an idle visitor has no match at all).
+    pub state: StateId,
+    /// Event time of the match's first recorded view.
+    pub started_ms: i64,
+    /// Product of the last recorded view.
+    pub last_product: Arc<str>,
+    /// The first product recorded in each state entered.
+    pub entered: Vec<(StateId, Arc<str>)>,
+    /// Every product recorded in this match.
+    pub seen: Vec<Arc<str>>,
+}
+
+impl Match {
+    fn first_product_of(&self, state: StateId) -> Option<&Arc<str>> {
+        self.entered
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, p)| p)
+    }
+
+    fn has_seen(&self, product: &str) -> bool {
+        self.seen.iter().any(|p| &**p == product)
+    }
+
+    fn record(&mut self, state: StateId, product: &Arc<str>) {
+        self.state = state;
+        self.last_product = product.clone();
+        if self.first_product_of(state).is_none() {
+            self.entered.push((state, product.clone()));
+        }
+        if !self.has_seen(product) {
+            self.seen.push(product.clone());
+        }
+    }
+}
+
+/// Why a match changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A transition accepted the view.
+    Transition,
+    /// No transition accepted the view (strict contiguity).
+    Reset,
+    /// The match ran past `within`.
+    Expired,
+    /// An `abort_if` view.
+    Aborted,
+}
+
+/// One state change, for the transition log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// From state (name).
+    pub from: StateId,
+    /// To state; `None` for the offer.
+    pub to: Option<StateId>,
+    /// Why.
+    pub cause: Cause,
+}
+
+/// The result of one view for one pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// State changes, in order (an expiry may precede a new start).
+    pub steps: Vec<Step>,
+    /// The offer reached, if any: the chosen offer and when the match started.
+    pub offer: Option<(String, i64)>,
+    /// Whether the visitor was in the audience when evaluated from `init`.
+    pub in_audience: bool,
+}
+
+impl Pattern {
+    /// Runs one view through the state machine. `current` is the visitor's match (`None` when
+    /// idle) and is updated in place.
+    pub fn advance(&self, current: &mut Option<Match>, click: &EnrichedClick) -> Outcome {
+        let mut out = Outcome::default();
+        if let (Some(m), Some(within)) = (current.as_ref(), self.within_ms)
+            && click.ts_ms - m.started_ms >= within
+        {
+            out.steps.push(Step {
+                from: m.state,
+                to: Some(INIT),
+                cause: Cause::Expired,
+            });
+            *current = None;
+        }
+        if let Some(m) = current.as_mut() {
+            if self.ignore_refresh && *m.last_product == *click.product_id {
+                return out;
+            }
+            if self
+                .abort_if
+                .as_ref()
+                .is_some_and(|c| c.eval(click, Some(m)))
+            {
+                out.steps.push(Step {
+                    from: m.state,
+                    to: Some(INIT),
+                    cause: Cause::Aborted,
+                });
+                *current = None;
+                return out;
+            }
+            let from = m.state;
+            let taken = self.transitions[from as usize]
+                .iter()
+                .find(|t| t.when.eval(click, Some(m)));
+            match taken.map(|t| t.to) {
+                Some(Target::State(to)) => {
+                    m.record(to, &click.product_id);
+                    out.steps.push(Step {
+                        from,
+                        to: Some(to),
+                        cause: Cause::Transition,
+                    });
+                }
+                Some(Target::Offer) => {
+                    out.steps.push(Step {
+                        from,
+                        to: None,
+                        cause: Cause::Transition,
+                    });
+                    out.offer = Some((self.offer.choose(click).to_owned(), m.started_ms));
+                    *current = None;
+                }
+                None if self.contiguity == Contiguity::Relaxed => {}
+                None => {
+                    out.steps.push(Step {
+                        from,
+                        to: Some(INIT),
+                        cause: Cause::Reset,
+                    });
+                    *current = None;
+                }
+            }
+            return out;
+        }
+        if self.abort_if.as_ref().is_some_and(|c| c.eval(click, None)) {
+            return out;
+        }
+        out.in_audience = self.audience.eval(click, None);
+        if !out.in_audience {
+            return out;
+        }
+        let Some(t) = self.transitions[INIT as usize]
+            .iter()
+            .find(|t| t.when.eval(click, None))
+        else {
+            return out;
+        };
+        match t.to {
+            Target::State(to) => {
+                let mut m = Match {
+                    state: to,
+                    started_ms: click.ts_ms,
+                    last_product: click.product_id.clone(),
+                    entered: Vec::new(),
+                    seen: Vec::new(),
+                };
+                m.record(to, &click.product_id);
+                *current = Some(m);
+                out.steps.push(Step {
+                    from: INIT,
+                    to: Some(to),
+                    cause: Cause::Transition,
+                });
+            }
+            Target::Offer => {
+                out.steps.push(Step {
+                    from: INIT,
+                    to: None,
+                    cause: Cause::Transition,
+                });
+                out.offer = Some((self.offer.choose(click).to_owned(), click.ts_ms));
+            }
+        }
+        out
+    }
+
+    /// Whether a match has expired by event time `now_ms` (so it can be dropped).
+    pub fn is_expired(&self, m: &Match, now_ms: i64) -> bool {
+        self.within_ms.is_some_and(|w| now_ms - m.started_ms >= w)
+    }
+
+    /// The name of a state, `offer` for the offer.
+    pub fn state_name(&self, state: Option<StateId>) -> &str {
+        match state {
+            Some(s) => &self.states[s as usize],
+            None => "offer",
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Behaviour patterns: declared in files, compiled to state machines, run per visitor.
+//!
+//! - [`spec`]: the TOML pattern format and its validation (errors name file, line and field).
+//! - [`machine`]: the compiled [`Pattern`] (an `enum`/`match` state machine) and its semantics.
+//! - [`detect`]: the detection operator — per-visitor matches over every active pattern,
+//!   deterministic offers, the transition log.
+//! - [`PatternSet`] / [`PatternRegistry`]: the active patterns, swapped atomically on reload.
+
+pub mod detect;
+pub mod machine;
+pub mod spec;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub use detect::{DetectOperator, Offer, TransitionLog, TransitionRecord};
+pub use machine::Pattern;
+pub use spec::parse_pattern;
+
+/// A pattern file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PatternError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0 when it concerns the whole file).
+    pub line: usize,
+    /// The field, as a path (`transition[2].when.category`); empty for syntax errors.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Errors of a whole load: every bad file is reported, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PatternErrors(pub Vec<PatternError>);
+
+impl fmt::Display for PatternErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A set of patterns with unique names, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatternSet {
+    patterns: Vec<Arc<Pattern>>,
+}
+
+impl PatternSet {
+    /// A set of already-compiled patterns; duplicate names are an error.
+    pub fn new(mut patterns: Vec<Pattern>) -> Result<Self, PatternErrors> {
+        patterns.sort_by(|a, b| a.name.cmp(&b.name));
+        let errors: Vec<PatternError> = patterns
+            .windows(2)
+            .filter(|w| w[0].name == w[1].name)
+            .map(|w| PatternError {
+                file: w[1].source.clone(),
+                line: 0,
+                field: "name".to_owned(),
+                message: format!(
+                    "pattern name {:?} is also used by {}",
+                    w[1].name, w[0].source
+                ),
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(PatternErrors(errors));
+        }
+        Ok(PatternSet {
+            patterns: patterns.into_iter().map(Arc::new).collect(),
+        })
+    }
+
+    /// Parses `(file name, text)` pairs, reporting every error.
+    pub fn parse<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, PatternErrors> {
+        let mut patterns = Vec::new();
+        let mut errors = Vec::new();
+        for (file, text) in files {
+            match parse_pattern(file, text) {
+                Ok(p) => patterns.push(p),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PatternErrors(errors));
+        }
+        Self::new(patterns)
+    }
+
+    /// Loads a pattern file, or every `*.toml` file of a directory.
+    pub fn load(path: &Path) -> Result<Self, PatternErrors> {
+        let io_error = |file: &Path, e: std::io::Error| {
+            PatternErrors(vec![PatternError {
+                file: file.display().to_string(),
+                line: 0,
+                field: String::new(),
+                message: e.to_string(),
+            }])
+        };
+        let files = pattern_files(path).map_err(|e| io_error(path, e))?;
+        let mut texts = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|e| io_error(file, e))?;
+            texts.push((file.display().to_string(), text));
+        }
+        Self::parse(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))
+    }
+
+    /// The patterns, by name.
+    pub fn patterns(&self) -> &[Arc<Pattern>] {
+        &self.patterns
+    }
+
+    /// The pattern called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Pattern>> {
+        self.patterns.iter().find(|p| p.name == name)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+}
+
+/// The pattern files at `path`: the file itself, or a directory's `*.toml` files sorted by name.
+pub fn pattern_files(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        std::fs::metadata(path)?;
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The active pattern set, shared between the detector and whoever reloads it.
+#[derive(Debug, Clone, Default)]
+pub struct PatternRegistry {
+    inner: Arc<(RwLock<Arc<PatternSet>>, AtomicU64)>,
+}
+
+impl PatternRegistry {
+    /// A registry holding `set`.
+    pub fn new(set: PatternSet) -> Self {
+        PatternRegistry {
+            inner: Arc::new((RwLock::new(Arc::new(set)), AtomicU64::new(1))),
+        }
+    }
+
+    /// The active set.
+    pub fn current(&self) -> Arc<PatternSet> {
+        self.inner.0.read().expect("pattern registry lock").clone()
+    }
+
+    /// Bumped on every replacement.
+    pub fn generation(&self) -> u64 {
+        self.inner.1.load(Ordering::Acquire)
+    }
+
+    /// Replaces the active set.
+    pub fn replace(&self, set: PatternSet) {
+        *self.inner.0.write().expect("pattern registry lock") = Arc::new(set);
+        self.inner.1.fetch_add(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,173 @@
+//! Golden scenarios for the behaviour patterns: one test per folder of `tests/scenarios/`.
+//!
+//! Each folder holds `views.txt` (who the visitors are and what they view) and `expected.txt`
+//! (every state transition the patterns make, in order, with the offers). Views go through the
+//! real enrichment (so ages come from birth dates at the event's UTC date) and the real
+//! detection operator.
+//!
+//! `views.txt`:
+//! ```text
+//! patterns seed-clothes-shoes-clothes        # files of patterns/ (or a pattern.toml here)
+//! start 2012-03-10T00:00:00Z                 # time origin of the +seconds below
+//! visitor ann F 1982-03-10                   # id, gender, birth date (or -); no line = unknown
+//! +0 ann C1 clothing                         # +seconds, visitor, product, category
+//! ```
+//! `expected.txt`: `+seconds visitor pattern from -> to cause [offer]`, one per transition.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate};
+use clickpulse_engine::Enricher;
+use clickpulse_engine::click::{Click, Gender};
+use clickpulse_engine::lookups::{Lookups, Product, User};
+use clickpulse_engine::pattern::{DetectOperator, PatternRegistry, PatternSet, TransitionLog};
+
+fn repo_patterns() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../patterns")
+}
+
+fn run_scenario(name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scenarios")
+        .join(name);
+    let views = std::fs::read_to_string(dir.join("views.txt")).expect("views.txt");
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("expected.txt");
+
+    let mut start_ms = 0;
+    let mut pattern_files = Vec::new();
+    let mut users = Vec::new();
+    let mut products = Vec::new();
+    let mut clicks = Vec::new();
+    for line in views.lines() {
+        let line = line.split('#').next().unwrap().trim();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            [] => {}
+            ["patterns", names @ ..] => pattern_files.extend(
+                names
+                    .iter()
+                    .map(|n| repo_patterns().join(format!("{n}.toml"))),
+            ),
+            ["start", t] => start_ms = DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis(),
+            ["visitor", id, gender, birth] => users.push((
+                id.to_string(),
+                User {
+                    gender: gender.parse::<Gender>().unwrap(),
+                    birth_date: (*birth != "-")
+                        .then(|| NaiveDate::parse_from_str(birth, "%Y-%m-%d").unwrap()),
+                },
+            )),
+            [t, visitor, product, category] if t.starts_with('+') => {
+                let secs: i64 = t[1..].parse().unwrap();
+                products.push(Product {
+                    id: product.to_string(),
+                    category: Arc::from(*category),
+                    title: Arc::from(*product),
+                    description: String::new(),
+                    image: None,
+                    price: None,
+                });
+                clicks.push(Click {
+                    ts_ms: start_ms + secs * 1000,
+                    visitor: visitor.to_string(),
+                    url: format!("http://www.acme.com/SH55126545/{product}"),
+                    ip: String::new(),
+                    user_agent: String::new(),
+                    city: None,
+                    country: Some("usa".into()),
+                    region: None,
+                    gender: None,
+                    age: None,
+                });
+            }
+            other => panic!("{name}/views.txt: cannot read {other:?}"),
+        }
+    }
+    if dir.join("pattern.toml").exists() {
+        pattern_files.push(dir.join("pattern.toml"));
+    }
+    let texts: Vec<(String, String)> = pattern_files
+        .iter()
+        .map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    let set = PatternSet::parse(texts.iter().map(|(f, t)| (f.as_str(), t.as_str()))).unwrap();
+    let lookups = Lookups::from_parts(users, products);
+    let log = Arc::new(Mutex::new(TransitionLog::new(100_000, 100_000, 100_000)));
+    let mut detector = DetectOperator::new(PatternRegistry::new(set)).with_log(log.clone());
+    let mut enricher = Enricher::new();
+    for click in clicks {
+        let enriched = enricher.enrich(click, &lookups);
+        detector.detect(&enriched);
+    }
+    let mut actual = String::new();
+    let mut records = log.lock().unwrap().recent(None, usize::MAX);
+    records.reverse();
+    for r in records {
+        let cause = serde_json::to_value(r.cause).unwrap();
+        write!(
+            actual,
+            "+{} {} {} {} -> {} {}",
+            (r.ts_ms - start_ms) / 1000,
+            r.visitor,
+            r.pattern,
+            r.from,
+            r.to,
+            cause.as_str().unwrap()
+        )
+        .unwrap();
+        if let Some(offer) = r.offer {
+            write!(actual, " {offer}").unwrap();
+        }
+        actual.push('\n');
+    }
+    let expected: String = expected
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{}\n", l.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .collect();
+    assert_eq!(
+        actual, expected,
+        "scenario {name}: transitions differ (left: actual, right: expected.txt)"
+    );
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_scenario(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_scenario_folder_has_a_test() {
+            let listed = [$(stringify!($name)),*];
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                assert!(listed.contains(&name.as_str()), "scenario folder {name} has no test in scenarios!()");
+            }
+        }
+    };
+}
+
+scenarios!(
+    three_step_every_row,
+    three_step_male_gets_offer1,
+    three_step_back_to_first_clothing,
+    refresh_is_ignored,
+    unrelated_view_resets,
+    thirty_minute_edge,
+    age_edges_on_birthdays,
+    unknown_visitors_never_match,
+    offer_can_be_earned_again,
+    five_step_every_row,
+    five_step_shoes_must_be_new,
+    five_step_reset_view_starts_nothing,
+    steps_with_repeat_distinct_and_abort,
+    relaxed_contiguity_and_frequency_cap,
+);
