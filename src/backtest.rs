@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clickpulse_engine::enrich::EnrichOperator;
+use clickpulse_engine::enrich::{EnrichOperator, event_date};
+use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry};
 use serde_json::{Value, json};
 
 use crate::cli::BacktestArgs;
@@ -27,6 +28,7 @@ pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
 
 fn backtest(args: &BacktestArgs) -> Result<Value> {
     let (lookups, _) = inputs::read_lookups(args.data.as_deref())?;
+    let patterns = inputs::read_patterns(args.patterns.as_deref())?;
     let mut dead_letters = match &args.dead_letters_out {
         Some(path) => {
             Some(BufWriter::new(File::create(path).with_context(|| {
@@ -53,10 +55,13 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
         out.flush().context("cannot write dead letters")?;
     }
     let mut enrich = EnrichOperator::new(lookups);
+    let mut detect = DetectOperator::new(PatternRegistry::new(patterns)).with_audience_tracking();
+    let mut offers: Vec<Offer> = Vec::new();
     let mut visitors = HashSet::new();
     let mut known_visitors = HashSet::new();
     for click in input.clicks.iter().cloned() {
         let enriched = enrich.enrich(click);
+        offers.extend(detect.detect(&enriched));
         if enriched.known_visitor && !known_visitors.contains(enriched.visitor.as_str()) {
             known_visitors.insert(enriched.visitor.clone());
         }
@@ -65,9 +70,45 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
         }
     }
     let elapsed = started.elapsed();
+    offers.sort_by(|a, b| {
+        (a.ts_ms, &a.visitor, &a.offer_id).cmp(&(b.ts_ms, &b.visitor, &b.offer_id))
+    });
+    if let Some(path) = &args.offers_out {
+        write_offers(path, &offers)?;
+    }
+    let mut offers_per_day = std::collections::BTreeMap::new();
+    for o in &offers {
+        let day = event_date(o.ts_ms).map_or_else(|| "invalid".to_owned(), |d| d.to_string());
+        *offers_per_day.entry(day).or_insert(0u64) += 1;
+    }
+    let audience: serde_json::Map<String, Value> = detect
+        .audience_counts()
+        .into_iter()
+        .map(|(pattern, (in_audience, offered))| {
+            let share = if in_audience == 0 {
+                0.0
+            } else {
+                offered as f64 / in_audience as f64
+            };
+            (
+                pattern,
+                json!({
+                    "audience_visitors": in_audience,
+                    "visitors_with_offer": offered,
+                    "share": (share * 10_000.0).round() / 10_000.0,
+                }),
+            )
+        })
+        .collect();
+    let detect_stats = detect.counters();
     let counters = enrich.counters();
     let events = counters.events;
     Ok(json!({
+        "offers": offers.len(),
+        "offers_by_pattern": detect_stats.offers_by_pattern,
+        "offers_suppressed": detect_stats.offers_suppressed,
+        "offers_per_day": offers_per_day,
+        "audience": audience,
         "events": events,
         "malformed": input.malformed.len(),
         "visitors": visitors.len(),
@@ -81,6 +122,18 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     }))
 }
 
+fn write_offers(path: &std::path::Path, offers: &[Offer]) -> Result<()> {
+    let mut out = BufWriter::new(
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    for offer in offers {
+        serde_json::to_writer(&mut out, offer)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn print_summary(report: &Value) {
     println!("events                  {}", report["events"]);
     println!("malformed rows          {}", report["malformed"]);
@@ -90,6 +143,16 @@ fn print_summary(report: &Value) {
         "unknown-product events  {}",
         report["unknown_product_events"]
     );
+    println!("offers                  {}", report["offers"]);
+    if let Some(by) = report["offers_by_pattern"].as_object() {
+        for (pattern, n) in by {
+            let a = &report["audience"][pattern];
+            println!(
+                "  {pattern:<38} {n} ({} of {} audience visitors)",
+                a["visitors_with_offer"], a["audience_visitors"]
+            );
+        }
+    }
     println!(
         "throughput              {} events/s ({} ms)",
         report["events_per_second"], report["elapsed_ms"]

@@ -19,3 +19,15 @@ pub(crate) const USERS_JSON_GZ: &[u8] = include_bytes!("../data/users.json.gz");
 pub(crate) const PRODUCTS_JSON: &[u8] = include_bytes!("../data/products.json");
 /// The original URL → category table.
 pub(crate) const PRODUCTS_TSV: &[u8] = include_bytes!("../data/products.tsv");
+
+/// The seed behaviour patterns (copied into a new data dir's `patterns/` folder).
+pub(crate) const PATTERNS: [(&str, &str); 2] = [
+    (
+        "seed-clothes-shoes-clothes.toml",
+        include_str!("../patterns/seed-clothes-shoes-clothes.toml"),
+    ),
+    (
+        "seed-5-step.toml",
+        include_str!("../patterns/seed-5-step.toml"),
+    ),
+];

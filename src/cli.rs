@@ -21,6 +21,12 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Run the same operators over whole log files as fast as possible and report.
     Backtest(BacktestArgs),
+    /// Work with behaviour pattern files.
+    #[command(subcommand)]
+    Patterns(PatternsCommand),
+    /// Read a topic of a data dir.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// Print what a data dir holds: per-stage counters, offsets and topic sizes (JSON).
     Status(StatusArgs),
     /// Manage the lookups (visitor demographics, product catalogue).
@@ -54,6 +60,14 @@ pub(crate) struct DemoArgs {
     /// Records kept per topic partition once every consumer has read them.
     #[arg(long, default_value_t = 100_000, value_name = "RECORDS")]
     pub(crate) retention: u64,
+    /// Pattern directory, watched for changes [default: DATA_DIR/patterns, seeded with the
+    /// bundled seed patterns].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) patterns: Option<PathBuf>,
+    /// Bearer token for admin endpoints [default: generated at first start, kept in
+    /// DATA_DIR/admin-token].
+    #[arg(long, env = "CLICKPULSE_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
     /// Delete the data dir's contents first.
     #[arg(long)]
     pub(crate) reset: bool,
@@ -71,6 +85,12 @@ pub(crate) struct BacktestArgs {
     /// [default: the bundled copies].
     #[arg(long = "data", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
+    /// Pattern file or directory [default: the bundled seed patterns].
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub(crate) patterns: Option<PathBuf>,
+    /// Write every offer as a JSON line, sorted by (ts_ms, visitor).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) offers_out: Option<PathBuf>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub(crate) json: bool,
@@ -100,4 +120,34 @@ pub(crate) struct StatusArgs {
     /// The data dir [default: as for `demo`].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PatternsCommand {
+    /// Validate pattern files and explain what each one does; reports every error at once.
+    Check(PatternsCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PatternsCheckArgs {
+    /// A pattern file or a directory of them.
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicsCommand {
+    /// Print a topic's records as JSON lines (partition by partition, in offset order).
+    Dump(TopicsDumpArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TopicsDumpArgs {
+    /// The topic (click-data, enriched-click-data, special-offers, dead-letters).
+    pub(crate) topic: String,
+    /// The data dir [default: as for `demo`].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print at most this many records per partition.
+    #[arg(long, default_value_t = u64::MAX)]
+    pub(crate) limit: u64,
 }

@@ -6,26 +6,27 @@
 //! exactly where the last commit left off.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clickpulse_connectors::embedded::EmbeddedStore;
 use clickpulse_connectors::embedded::runner::{
     RunnerConfig, apply_retention, run_operator, run_replay,
 };
+use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
+use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::ReplayPlan;
 use clickpulse_engine::topics;
-use clickpulse_server::AppState;
+use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{error, info, warn};
 
 use crate::cli::DemoArgs;
-use crate::inputs;
+use crate::{bundled, inputs};
 
 /// The topics of the embedded pipeline and their partition counts.
 pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
@@ -72,6 +73,24 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         "Log read and sorted by event time."
     );
 
+    let pattern_dir = PatternDir::new(
+        &args
+            .patterns
+            .clone()
+            .unwrap_or_else(|| dir.join("patterns")),
+    )
+    .context("cannot create the pattern directory")?;
+    seed_patterns(&pattern_dir)?;
+    let registry = PatternRegistry::new(
+        pattern_dir
+            .load()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("invalid patterns in {}", pattern_dir.path().display()))?,
+    );
+    let admin_token = admin_token(&dir, args.admin_token.clone())?;
+    let transition_log = Arc::new(Mutex::new(TransitionLog::default()));
+    let last_pattern_error = Arc::new(Mutex::new(None));
+
     let metrics = Arc::new(PipelineMetrics::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
@@ -79,64 +98,85 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         batch_size: args.batch_size,
         ..RunnerConfig::default()
     };
-    let replay_metrics = metrics.stage("replay");
-    let enrich_metrics = metrics.stage("enrich");
     let mut workers = Vec::new();
+    let mut spawn = |name: &'static str,
+                     work: Box<dyn FnOnce() -> Result<(), StoreError> + Send>|
+     -> Result<()> {
+        let (shutdown, failed) = (shutdown.clone(), failed.clone());
+        workers.push(thread::Builder::new().name(name.into()).spawn(move || {
+            if let Err(e) = work() {
+                error!(error = %e, stage = name, "Stage failed.");
+                failed.store(true, Ordering::SeqCst);
+                shutdown.store(true, Ordering::SeqCst);
+            }
+        })?);
+        Ok(())
+    };
     {
-        let (store, input, shutdown, failed, config, m) = (
+        let (store, input, shutdown, config, m) = (
             store.clone(),
             input.clone(),
             shutdown.clone(),
-            failed.clone(),
             config.clone(),
-            replay_metrics.clone(),
+            metrics.stage("replay"),
         );
         let speed = args.speed;
-        workers.push(
-            thread::Builder::new()
-                .name("replay".into())
-                .spawn(move || {
-                    if let Err(e) = run_replay(&store, &input, &plan, speed, &m, &shutdown, &config)
-                    {
-                        error!(error = %e, stage = "replay", "Stage failed.");
-                        failed.store(true, Ordering::SeqCst);
-                        shutdown.store(true, Ordering::SeqCst);
-                    }
-                })?,
-        );
+        spawn(
+            "replay",
+            Box::new(move || run_replay(&store, &input, &plan, speed, &m, &shutdown, &config)),
+        )?;
     }
     {
-        let (store, shutdown, failed, config, m) = (
+        let (store, shutdown, config, m) = (
             store.clone(),
             shutdown.clone(),
-            failed.clone(),
             config.clone(),
-            enrich_metrics.clone(),
+            metrics.stage("enrich"),
         );
-        workers.push(
-            thread::Builder::new()
-                .name("enrich".into())
-                .spawn(move || {
-                    if let Err(e) =
-                        run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &config)
-                    {
-                        error!(error = %e, stage = "enrich", "Stage failed.");
-                        failed.store(true, Ordering::SeqCst);
-                        shutdown.store(true, Ordering::SeqCst);
-                    }
-                })?,
-        );
+        spawn(
+            "enrich",
+            Box::new(move || {
+                run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &config)
+            }),
+        )?;
     }
-
+    {
+        let (store, shutdown, config, m) = (
+            store.clone(),
+            shutdown.clone(),
+            config.clone(),
+            metrics.stage("detect"),
+        );
+        let detector = DetectOperator::new(registry.clone()).with_log(transition_log.clone());
+        spawn(
+            "detect",
+            Box::new(move || run_operator(&store, detector, &m, &shutdown, &config)),
+        )?;
+    }
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
-        workers.push(
-            thread::Builder::new()
-                .name("retention".into())
-                .spawn(move || {
-                    retention_loop(&store, &shutdown, keep);
-                })?,
+        spawn(
+            "retention",
+            Box::new(move || {
+                retention_loop(&store, &shutdown, keep);
+                Ok(())
+            }),
+        )?;
+    }
+    {
+        let (dir, registry, shutdown, last_error) = (
+            pattern_dir.clone(),
+            registry.clone(),
+            shutdown.clone(),
+            last_pattern_error.clone(),
         );
+        spawn(
+            "pattern-watch",
+            Box::new(move || {
+                watch_patterns(&dir, &registry, &shutdown, &last_error);
+                Ok(())
+            }),
+        )?;
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +192,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         let router = clickpulse_server::app(AppState {
             metrics: metrics.clone(),
             mode: "embedded",
+            patterns: Some(PatternAdmin {
+                registry: registry.clone(),
+                dir: pattern_dir.clone(),
+                log: transition_log.clone(),
+                last_error: last_pattern_error.clone(),
+            }),
+            admin_token: Some(Arc::from(admin_token.as_str())),
         });
         let stop = stop_signal(
             shutdown.clone(),
@@ -174,8 +221,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         bail!("a stage failed; see the log above");
     }
     info!(
-        replayed = replay_metrics.events(),
-        enriched = enrich_metrics.events(),
+        replayed = metrics.stage("replay").events(),
+        enriched = metrics.stage("enrich").events(),
+        detected = metrics.stage("detect").events(),
         "Stopped cleanly."
     );
     Ok(ExitCode::SUCCESS)
@@ -221,8 +269,7 @@ async fn stop_signal(
                 if let Some(pb) = &progress {
                     pb.set_position(replay.events() % total.max(1));
                 }
-                let enrich = metrics.stage("enrich");
-                if exit_when_done && replay.is_done() && enrich.lag() == 0 && enrich.events() >= replay.events() {
+                if exit_when_done && replay.is_done() && caught_up(&metrics, replay.events()) {
                     info!("Replay ended and every stage caught up.");
                     break;
                 }
@@ -239,7 +286,7 @@ async fn stop_signal(
 /// Dead letters are never deleted.
 const CONSUMERS: [(&str, &[&str]); 3] = [
     (topics::CLICK_DATA, &["enrich"]),
-    (topics::ENRICHED_CLICK_DATA, &[]),
+    (topics::ENRICHED_CLICK_DATA, &["detect"]),
     (topics::SPECIAL_OFFERS, &[]),
 ];
 
@@ -263,6 +310,94 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
             }
         }
     }
+}
+
+/// The stages downstream of the replay, in order: each consumes what the one before produced.
+const STAGES: [&str; 2] = ["enrich", "detect"];
+
+/// Whether every stage has consumed everything (each stage forwards every event it consumes).
+fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
+    STAGES.iter().all(|name| {
+        let stage = metrics.stage(name);
+        stage.lag() == 0 && stage.events() >= replayed
+    })
+}
+
+/// Writes the bundled seed patterns into an empty, new pattern directory.
+fn seed_patterns(dir: &PatternDir) -> Result<()> {
+    let empty = std::fs::read_dir(dir.path())?.next().is_none();
+    if empty {
+        for (file, text) in bundled::PATTERNS {
+            std::fs::write(dir.path().join(file), text)?;
+        }
+        info!(dir = %dir.path().display(), "Seed patterns written.");
+    }
+    Ok(())
+}
+
+/// Polls the pattern directory once a second; a valid change replaces the active patterns, an
+/// invalid one is logged (and shown in `/api/patterns`) while the old patterns keep running.
+/// Polling works on every filesystem and a second is well within what a marketer notices.
+fn watch_patterns(
+    dir: &PatternDir,
+    registry: &PatternRegistry,
+    shutdown: &AtomicBool,
+    last_error: &Mutex<Option<String>>,
+) {
+    let mut seen = dir.fingerprint();
+    while !shutdown.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(250));
+        let now = dir.fingerprint();
+        if now == seen {
+            continue;
+        }
+        thread::sleep(Duration::from_millis(100)); // let a writer finish
+        seen = dir.fingerprint();
+        match dir.load() {
+            Ok(set) if set == *registry.current() => {}
+            Ok(set) => {
+                let names: Vec<String> = set
+                    .patterns()
+                    .iter()
+                    .map(|p| format!("{}@{}", p.name, p.version))
+                    .collect();
+                info!(patterns = ?names, "Patterns reloaded.");
+                registry.replace(set);
+                *last_error.lock().expect("last error lock") = None;
+            }
+            Err(errors) => {
+                warn!(%errors, "Pattern change rejected; the previous patterns keep running.");
+                *last_error.lock().expect("last error lock") = Some(errors.to_string());
+            }
+        }
+    }
+}
+
+/// The admin token: given, else the one saved in the data dir, else a new random one (saved
+/// with mode 0600 and shown once).
+fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<String> {
+    if let Some(token) = given.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot generate an admin token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &token).with_context(|| format!("cannot save {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!(
+        "Generated an admin token (saved to {}; shown only now): {token}",
+        path.display()
+    );
+    Ok(token)
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clickpulse_connectors::embedded::runner::ReplayInput;
 use clickpulse_engine::lookups::{LoadReport, Lookups};
+use clickpulse_engine::pattern::PatternSet;
 use clickpulse_engine::reader::{self, DeadLetter, LogReader, LogRecord};
 use clickpulse_engine::replay::sort_by_event_time;
 
@@ -107,4 +108,14 @@ pub(crate) fn data_dir(given: Option<PathBuf>) -> PathBuf {
         return PathBuf::from(home).join(".local/share/clickpulse");
     }
     PathBuf::from("clickpulse-data")
+}
+
+/// Loads patterns from a file or directory, or the bundled seed patterns when `path` is `None`.
+/// Every invalid file is reported.
+pub(crate) fn read_patterns(path: Option<&Path>) -> Result<PatternSet> {
+    let set = match path {
+        Some(path) => PatternSet::load(path),
+        None => PatternSet::parse(bundled::PATTERNS),
+    };
+    Ok(set?)
 }

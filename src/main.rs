@@ -10,7 +10,8 @@
 //! - `demo`: the embedded live pipeline with its HTTP server.
 //! - `backtest`: the same operators over whole logs, as fast as possible.
 //! - `lookups_cmd`: `clickpulse lookups load`.
-//! - `status`: `clickpulse status`, a data dir's durable counters.
+//! - `patterns_cmd`: `clickpulse patterns check`.
+//! - `status`: `clickpulse status` and `topics dump`: what a data dir holds.
 
 mod backtest;
 mod bundled;
@@ -18,6 +19,7 @@ mod cli;
 mod demo;
 mod inputs;
 mod lookups_cmd;
+mod patterns_cmd;
 mod status;
 
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Backtest(args) => backtest::run(args),
         cli::Command::Status(args) => status::run(args),
+        cli::Command::Topics(cli::TopicsCommand::Dump(args)) => status::dump(args),
+        cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
     };
     match result {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clickpulse_connectors::embedded::EmbeddedStore;
 use serde_json::{Map, Value, json};
 
-use crate::cli::StatusArgs;
+use crate::cli::{StatusArgs, TopicsDumpArgs};
 use crate::inputs;
 
 pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
@@ -32,5 +32,43 @@ pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
         "lookups": {"users": lookups.user_count(), "products": lookups.product_count()},
     });
     println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(data_dir: Option<std::path::PathBuf>) -> Result<(std::path::PathBuf, EmbeddedStore)> {
+    let dir = inputs::data_dir(data_dir);
+    let store = EmbeddedStore::open(&dir, &[]).with_context(|| {
+        format!(
+            "cannot open the data dir {} (is a pipeline running on it?)",
+            dir.display()
+        )
+    })?;
+    Ok((dir, store))
+}
+
+pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let (_, store) = open(args.data_dir)?;
+    let partitions = store.partitions_on_disk(&args.topic)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for p in 0..partitions {
+        let mut next = 0;
+        let mut printed = 0;
+        while printed < args.limit {
+            let batch = store.fetch(&args.topic, p, next, 10_000)?;
+            let Some(last) = batch.last() else { break };
+            next = last.offset + 1;
+            for record in batch
+                .iter()
+                .take((args.limit - printed).min(usize::MAX as u64) as usize)
+            {
+                out.write_all(&record.value)?;
+                out.write_all(b"\n")?;
+                printed += 1;
+            }
+        }
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,12 @@
 //! Endpoints:
 //! - `GET /api/health`: `{"status":"ok"}` while the process serves.
 //! - `GET /api/stats`: per-stage counters, events/s, lag and topic sizes.
+//! - `GET /api/patterns`: the active patterns, their versions and explanations.
+//! - `PUT /api/patterns/{name}` (admin): validate and activate a pattern file (TOML body).
+//! - `DELETE /api/patterns/{name}` (admin): remove a pattern.
+//! - `GET /api/patterns/log?visitor=&limit=`: recent state-machine transitions.
+
+mod patterns;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use clickpulse_engine::metrics::PipelineMetrics;
 use serde_json::{Value, json};
@@ -29,7 +35,13 @@ pub struct AppState {
     pub metrics: Arc<PipelineMetrics>,
     /// What runs: `embedded` or `distributed`, shown in stats.
     pub mode: &'static str,
+    /// The pattern registry and its directory, when the detection stage runs here.
+    pub patterns: Option<patterns::PatternAdmin>,
+    /// The bearer token admin endpoints require.
+    pub admin_token: Option<Arc<str>>,
 }
+
+pub use patterns::PatternAdmin;
 
 /// The error every handler returns; rendered as `{"error": message}`.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +49,12 @@ pub enum AppError {
     /// The request is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// The request lacks a valid admin token.
+    #[error("this endpoint needs `Authorization: Bearer <admin token>`")]
+    Unauthorized,
+    /// Nothing here.
+    #[error("{0}")]
+    NotFound(String),
     /// Something failed inside; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -46,6 +64,8 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Internal(detail) => {
                 tracing::error!(detail = %detail, "Request failed.");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -60,6 +80,12 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
+        .route("/api/patterns", get(patterns::list))
+        .route("/api/patterns/log", get(patterns::log))
+        .route(
+            "/api/patterns/{name}",
+            put(patterns::put).delete(patterns::delete),
+        )
         .with_state(state)
 }
 
@@ -73,6 +99,25 @@ async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
         map.insert("mode".to_owned(), Value::from(state.mode));
     }
     Ok(Json(snapshot))
+}
+
+/// Checks `Authorization: Bearer <token>` against the admin token (constant-time).
+fn require_admin(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), AppError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(AppError::Unauthorized);
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -113,6 +158,8 @@ mod tests {
         let router = app(AppState {
             metrics,
             mode: "embedded",
+            patterns: None,
+            admin_token: None,
         });
         let (status, body) = get_json(router.clone(), "/api/health").await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));

@@ -155,7 +155,9 @@ impl EmbeddedStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        self.partitions(topic)?;
+        if self.partitions(topic).is_err() {
+            self.partitions_on_disk(topic)?;
+        }
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(topic_table(topic)).map_err(db)?;
         let mut records = Vec::with_capacity(max.min(4096));
@@ -347,6 +349,17 @@ impl EmbeddedStore {
             products.push(product);
         }
         Ok(Lookups::from_parts(users, products))
+    }
+
+    /// The partition count of a topic as recorded in the data dir (for tools that open the
+    /// store without declaring topics).
+    pub fn partitions_on_disk(&self, topic: &str) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        meta.get(topic)
+            .map_err(db)?
+            .map(|v| v.value())
+            .ok_or_else(|| StoreError::UnknownTopic(topic.to_owned()))
     }
 
     /// Record counts of every topic the data dir has, read from disk (for `clickpulse status`).

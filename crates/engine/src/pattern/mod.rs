@@ -109,18 +109,10 @@ impl PatternSet {
 
     /// Loads a pattern file, or every `*.toml` file of a directory.
     pub fn load(path: &Path) -> Result<Self, PatternErrors> {
-        let io_error = |file: &Path, e: std::io::Error| {
-            PatternErrors(vec![PatternError {
-                file: file.display().to_string(),
-                line: 0,
-                field: String::new(),
-                message: e.to_string(),
-            }])
-        };
-        let files = pattern_files(path).map_err(|e| io_error(path, e))?;
+        let files = pattern_files(path).map_err(|e| io_errors(path, e))?;
         let mut texts = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|e| io_error(file, e))?;
+            let text = std::fs::read_to_string(file).map_err(|e| io_errors(file, e))?;
             texts.push((file.display().to_string(), text));
         }
         Self::parse(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))
@@ -186,4 +178,112 @@ impl PatternRegistry {
         *self.inner.0.write().expect("pattern registry lock") = Arc::new(set);
         self.inner.1.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// A directory of pattern files: the live source of truth that hot reload watches and the
+/// admin API writes to.
+#[derive(Debug, Clone)]
+pub struct PatternDir {
+    dir: std::path::PathBuf,
+}
+
+impl PatternDir {
+    /// The directory `dir` (created if missing).
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(PatternDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads every pattern file.
+    pub fn load(&self) -> Result<PatternSet, PatternErrors> {
+        PatternSet::load(&self.dir)
+    }
+
+    /// Names, sizes and modification times of the files: changes when any file does.
+    pub fn fingerprint(&self) -> String {
+        let mut out = String::new();
+        for file in pattern_files(&self.dir).unwrap_or_default() {
+            let meta = std::fs::metadata(&file).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            out.push_str(&format!(
+                "{}:{:?}:{:?};",
+                file.display(),
+                meta.map(|m| m.len()),
+                modified
+            ));
+        }
+        out
+    }
+
+    fn file_for(&self, name: &str) -> Result<std::path::PathBuf, PatternErrors> {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(PatternErrors(vec![PatternError {
+                file: name.to_owned(),
+                line: 0,
+                field: "name".to_owned(),
+                message: "pattern names use only a-z, 0-9, - and _".to_owned(),
+            }]));
+        }
+        Ok(self.dir.join(format!("{name}.toml")))
+    }
+
+    /// Validates `text` as pattern `name` together with the other files, then writes it
+    /// atomically (temporary file + rename). Returns the new set; on error nothing is written.
+    pub fn write(&self, name: &str, text: &str) -> Result<PatternSet, PatternErrors> {
+        let path = self.file_for(name)?;
+        let display = path.display().to_string();
+        let pattern = parse_pattern(&display, text).map_err(|e| PatternErrors(vec![e]))?;
+        if pattern.name != name {
+            return Err(PatternErrors(vec![PatternError {
+                file: display,
+                line: 0,
+                field: "name".to_owned(),
+                message: format!(
+                    "the file declares name {:?}, but is stored as {name:?}",
+                    pattern.name
+                ),
+            }]));
+        }
+        let mut files = Vec::new();
+        for file in pattern_files(&self.dir).map_err(|e| io_errors(&self.dir, e))? {
+            if file != path {
+                let text = std::fs::read_to_string(&file).map_err(|e| io_errors(&file, e))?;
+                files.push((file.display().to_string(), text));
+            }
+        }
+        files.push((display.clone(), text.to_owned()));
+        let set = PatternSet::parse(files.iter().map(|(f, t)| (f.as_str(), t.as_str())))?;
+        let tmp = self.dir.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_errors(&path, e))?;
+        Ok(set)
+    }
+
+    /// Deletes pattern `name`. Returns the remaining set.
+    pub fn delete(&self, name: &str) -> Result<PatternSet, PatternErrors> {
+        let path = self.file_for(name)?;
+        std::fs::remove_file(&path).map_err(|e| io_errors(&path, e))?;
+        self.load()
+    }
+}
+
+fn io_errors(path: &Path, e: std::io::Error) -> PatternErrors {
+    PatternErrors(vec![PatternError {
+        file: path.display().to_string(),
+        line: 0,
+        field: String::new(),
+        message: e.to_string(),
+    }])
 }

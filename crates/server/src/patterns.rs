@@ -1,0 +1,299 @@
+//! The pattern endpoints: list, hot-swap, delete, and the transition log.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use clickpulse_engine::pattern::{PatternDir, PatternErrors, PatternRegistry, TransitionLog};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{AppError, AppState, require_admin};
+
+/// What the pattern endpoints work on.
+#[derive(Clone)]
+pub struct PatternAdmin {
+    /// The active patterns, shared with the detection stage.
+    pub registry: PatternRegistry,
+    /// Where pattern files live.
+    pub dir: PatternDir,
+    /// Recent transitions, written by the detection stage.
+    pub log: Arc<Mutex<TransitionLog>>,
+    /// The last reload error of the directory watcher, if the directory is currently invalid.
+    pub last_error: Arc<Mutex<Option<String>>>,
+}
+
+fn admin(state: &AppState) -> Result<&PatternAdmin, AppError> {
+    state.patterns.as_ref().ok_or_else(|| {
+        AppError::NotFound("pattern detection does not run in this process".to_owned())
+    })
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let admin = admin(&state)?;
+    let set = admin.registry.current();
+    let patterns: Vec<Value> = set
+        .patterns()
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "version": p.version,
+                "description": p.description,
+                "explanation": p.explain(),
+                "source": p.source,
+                "states": p.states,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "dir": admin.dir.path().display().to_string(),
+        "patterns": patterns,
+        "last_error": admin.last_error.lock().expect("last error lock").clone(),
+    })))
+}
+
+fn rejected(errors: PatternErrors) -> AppError {
+    AppError::BadRequest(format!(
+        "pattern rejected; the active patterns keep running:\n{errors}"
+    ))
+}
+
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&state, &headers)?;
+    let admin = admin(&state)?.clone();
+    let (set, version) = tokio::task::spawn_blocking(move || {
+        let set = admin.dir.write(&name, &body)?;
+        let version = set
+            .get(&name)
+            .map(|p| p.version.clone())
+            .unwrap_or_default();
+        admin.registry.replace(set.clone());
+        *admin.last_error.lock().expect("last error lock") = None;
+        Ok::<_, PatternErrors>((set, version))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))?
+    .map_err(rejected)?;
+    tracing::info!(
+        version,
+        patterns = set.patterns().len(),
+        "Pattern activated through the API."
+    );
+    Ok(Json(
+        json!({"version": version, "active": set.patterns().iter().map(|p| &p.name).collect::<Vec<_>>()}),
+    ))
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&state, &headers)?;
+    let admin = admin(&state)?.clone();
+    if admin.registry.current().get(&name).is_none() {
+        return Err(AppError::NotFound(format!("no active pattern {name:?}")));
+    }
+    let set = tokio::task::spawn_blocking(move || {
+        let set = admin.dir.delete(&name)?;
+        admin.registry.replace(set.clone());
+        Ok::<_, PatternErrors>(set)
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))?
+    .map_err(rejected)?;
+    Ok(Json(
+        json!({"active": set.patterns().iter().map(|p| &p.name).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LogQuery {
+    visitor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn log(
+    State(state): State<AppState>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Value>, AppError> {
+    let admin = admin(&state)?;
+    let limit = q.limit.unwrap_or(100).min(1_000);
+    let visitor = q.visitor.as_deref().filter(|v| !v.is_empty());
+    let records = admin
+        .log
+        .lock()
+        .expect("transition log lock")
+        .recent(visitor, limit);
+    Ok(Json(json!({"visitor": visitor, "transitions": records})))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clickpulse_engine::metrics::PipelineMetrics;
+    use clickpulse_engine::pattern::PatternSet;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const PATTERN: &str =
+        "name = \"shoes\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
+
+    fn setup() -> (tempfile::TempDir, PatternAdmin, Router) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PatternDir::new(tmp.path()).unwrap();
+        let admin = PatternAdmin {
+            registry: PatternRegistry::new(PatternSet::default()),
+            dir,
+            log: Arc::new(Mutex::new(TransitionLog::default())),
+            last_error: Arc::new(Mutex::new(None)),
+        };
+        let router = crate::app(AppState {
+            metrics: Arc::new(PipelineMetrics::default()),
+            mode: "embedded",
+            patterns: Some(admin.clone()),
+            admin_token: Some(Arc::from("secret")),
+        });
+        (tmp, admin, router)
+    }
+
+    async fn send(
+        router: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn put_needs_the_token_validates_and_activates() {
+        let (tmp, admin, router) = setup();
+        let (status, _) = send(&router, "PUT", "/api/patterns/shoes", None, PATTERN).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = send(
+            &router,
+            "PUT",
+            "/api/patterns/shoes",
+            Some("wrong"),
+            PATTERN,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        let (status, body) = send(
+            &router,
+            "PUT",
+            "/api/patterns/shoes",
+            Some("secret"),
+            PATTERN,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(admin.registry.current().patterns().len(), 1);
+        assert!(tmp.path().join("shoes.toml").exists());
+
+        let broken = PATTERN.replace("category", "categry");
+        let (status, body) = send(
+            &router,
+            "PUT",
+            "/api/patterns/shoes",
+            Some("secret"),
+            &broken,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("step[0].when.categry"),
+            "{body}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("shoes.toml")).unwrap(),
+            PATTERN,
+            "old file kept"
+        );
+
+        let (status, body) = send(
+            &router,
+            "PUT",
+            "/api/patterns/boots",
+            Some("secret"),
+            PATTERN,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "the name in the file must match: {body}"
+        );
+
+        let (status, body) = send(&router, "GET", "/api/patterns", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["patterns"][0]["name"], "shoes");
+        assert!(
+            body["patterns"][0]["explanation"]
+                .as_str()
+                .unwrap()
+                .contains("category is shoes")
+        );
+
+        let (status, _) = send(&router, "DELETE", "/api/patterns/shoes", Some("secret"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(admin.registry.current().is_empty());
+    }
+
+    #[tokio::test]
+    async fn log_filters_by_visitor() {
+        let (_tmp, admin, router) = setup();
+        for visitor in ["a", "b", "a"] {
+            admin
+                .log
+                .lock()
+                .unwrap()
+                .push(clickpulse_engine::pattern::TransitionRecord {
+                    ts_ms: 1,
+                    visitor: visitor.to_owned(),
+                    pattern: "p".to_owned(),
+                    from: "init".to_owned(),
+                    to: "s".to_owned(),
+                    cause: clickpulse_engine::pattern::machine::Cause::Transition,
+                    product_id: "x".to_owned(),
+                    category: "c".to_owned(),
+                    offer: None,
+                });
+        }
+        let (_, body) = send(&router, "GET", "/api/patterns/log?visitor=a", None, "").await;
+        assert_eq!(body["transitions"].as_array().unwrap().len(), 2);
+        let (_, body) = send(&router, "GET", "/api/patterns/log", None, "").await;
+        assert_eq!(body["transitions"].as_array().unwrap().len(), 3);
+    }
+}
