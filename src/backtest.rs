@@ -55,7 +55,9 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
         out.flush().context("cannot write dead letters")?;
     }
     let mut enrich = EnrichOperator::new(lookups);
-    let mut detect = DetectOperator::new(PatternRegistry::new(patterns)).with_audience_tracking();
+    let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
+        .with_audience_tracking()
+        .without_checkpoints();
     let mut offers: Vec<Offer> = Vec::new();
     let mut visitors = HashSet::new();
     let mut known_visitors = HashSet::new();

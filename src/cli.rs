@@ -24,6 +24,8 @@ pub(crate) enum Command {
     /// Work with behaviour pattern files.
     #[command(subcommand)]
     Patterns(PatternsCommand),
+    /// Run a benchmark and print its figures.
+    Bench(BenchArgs),
     /// Read a topic of a data dir.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -150,4 +152,20 @@ pub(crate) struct TopicsDumpArgs {
     /// Print at most this many records per partition.
     #[arg(long, default_value_t = u64::MAX)]
     pub(crate) limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    pub(crate) command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Pattern state memory per visitor (active and idle) and detection throughput.
+    Patterns {
+        /// Distinct visitors.
+        #[arg(long, default_value_t = 1_000_000)]
+        visitors: usize,
+    },
 }

@@ -8,12 +8,14 @@
 //! - `bundled`: the real data shipped inside the binary (logs, lookups, images).
 //! - `inputs`: reading logs and lookups from files or the bundled copies.
 //! - `demo`: the embedded live pipeline with its HTTP server.
+//! - `bench`: benchmarks that print figures.
 //! - `backtest`: the same operators over whole logs, as fast as possible.
 //! - `lookups_cmd`: `clickpulse lookups load`.
 //! - `patterns_cmd`: `clickpulse patterns check`.
 //! - `status`: `clickpulse status` and `topics dump`: what a data dir holds.
 
 mod backtest;
+mod bench;
 mod bundled;
 mod cli;
 mod demo;
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Backtest(args) => backtest::run(args),
+        cli::Command::Bench(args) => bench::run(args),
         cli::Command::Status(args) => status::run(args),
         cli::Command::Topics(cli::TopicsCommand::Dump(args)) => status::dump(args),
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),

@@ -20,13 +20,20 @@ fn comparable(status: &Value) -> Value {
     let mut s = status.clone();
     let map = s.as_object_mut().unwrap();
     map.remove("data_dir");
-    map["state"].as_object_mut().unwrap().retain(|key, _| !key.starts_with("op/detect/v/"));
+    map["state"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|key, _| !key.starts_with("op/detect/v/"));
     s
 }
 
 fn offers(dir: &str) -> Vec<String> {
     let out = run_ok(&["topics", "dump", "special-offers", "--data-dir", dir]);
-    let mut lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     lines.sort();
     lines
 }

@@ -144,8 +144,8 @@ pub struct DetectStats {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Slot {
-    pattern: String,
-    version: String,
+    pattern: Arc<str>,
+    version: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     live: Option<Match>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +183,7 @@ pub struct DetectOperator {
     stats: DetectStats,
     since_sweep: u64,
     audience: Option<AudienceTracker>,
+    checkpointing: bool,
 }
 
 impl DetectOperator {
@@ -199,6 +200,7 @@ impl DetectOperator {
             stats: DetectStats::default(),
             since_sweep: 0,
             audience: None,
+            checkpointing: true,
         }
     }
 
@@ -211,6 +213,13 @@ impl DetectOperator {
     /// Also tracks, per pattern, which visitors were in the audience and which got an offer.
     pub fn with_audience_tracking(mut self) -> Self {
         self.audience = Some(AudienceTracker::default());
+        self
+    }
+
+    /// Stops tracking which visitors changed since the last checkpoint (for in-process runs
+    /// such as backtests that never checkpoint).
+    pub fn without_checkpoints(mut self) -> Self {
+        self.checkpointing = false;
         self
     }
 
@@ -256,25 +265,25 @@ impl DetectOperator {
         );
         let mut offers = Vec::new();
         let set = self.set.clone();
-        let mut state = self.visitors.remove(&click.visitor).unwrap_or_default();
-        let before = state.clone();
-        state.slots.retain(|s| set.get(&s.pattern).is_some());
+        // Take the visitor's slots out (keeping the key's allocation) and put back what is left.
+        let (key, mut slots) = match self.visitors.remove_entry(click.visitor.as_str()) {
+            Some((key, state)) => (Some(key), state.slots),
+            None => (None, Vec::new()),
+        };
+        let before = slots.len();
+        slots.retain(|s| set.get(&s.pattern).is_some());
+        let mut changed = slots.len() != before;
         for pattern in set.patterns() {
-            let index = match state.slots.iter().position(|s| s.pattern == pattern.name) {
-                Some(i) => i,
-                None => {
-                    state.slots.push(Slot {
-                        pattern: pattern.name.clone(),
-                        version: pattern.version.clone(),
-                        ..Slot::default()
-                    });
-                    state.slots.len() - 1
-                }
+            let index = slots.iter().position(|s| *s.pattern == *pattern.name);
+            let mut idle = Slot::default();
+            let slot = match index {
+                Some(i) => &mut slots[i],
+                None => &mut idle,
             };
-            let slot = &mut state.slots[index];
-            if slot.version != pattern.version {
-                slot.version = pattern.version.clone();
+            if index.is_some() && *slot.version != *pattern.version {
+                slot.version = Arc::from(pattern.version.as_str());
                 slot.live = None;
+                changed = true;
             }
             let outcome = pattern.advance(&mut slot.live, click);
             if let Some(tracker) = self.audience.as_mut()
@@ -316,10 +325,12 @@ impl DetectOperator {
                     offers.push(o);
                 }
             }
-            if let Some(log) = &self.log {
+            changed |= !outcome.steps.is_empty() || emitted.is_some();
+            if let Some(log) = &self.log
+                && !outcome.steps.is_empty()
+            {
                 let mut log = log.lock().expect("transition log lock");
                 for step in &outcome.steps {
-                    let to_offer = step.to.is_none();
                     log.push(TransitionRecord {
                         ts_ms: click.ts_ms,
                         visitor: click.visitor.clone(),
@@ -329,20 +340,33 @@ impl DetectOperator {
                         cause: step.cause,
                         product_id: click.product_id.to_string(),
                         category: click.category.to_string(),
-                        offer: if to_offer { emitted.clone() } else { None },
+                        offer: if step.to.is_none() {
+                            emitted.clone()
+                        } else {
+                            None
+                        },
                     });
                 }
             }
+            if index.is_none() && !is_idle(&set, &idle, click.ts_ms) {
+                idle.pattern = Arc::from(pattern.name.as_str());
+                idle.version = Arc::from(pattern.version.as_str());
+                slots.push(idle);
+            }
         }
-        state.slots.retain(|s| !is_idle(&set, s, click.ts_ms));
-        if state != before {
+        let before = slots.len();
+        slots.retain(|s| !is_idle(&set, s, click.ts_ms));
+        changed |= slots.len() != before;
+        if changed && self.checkpointing {
             self.dirty.insert(click.visitor.clone());
         }
-        if !state.slots.is_empty() {
-            self.visitors.insert(click.visitor.clone(), state);
+        if !slots.is_empty() {
+            let key = key.unwrap_or_else(|| click.visitor.clone());
+            self.visitors.insert(key, VisitorState { slots });
         }
         self.since_sweep += 1;
-        if self.since_sweep >= SWEEP_EVERY {
+        // Sweeping visits every visitor, so it runs once per that many views: O(1) amortized.
+        if self.since_sweep >= SWEEP_EVERY.max(self.visitors.len() as u64) {
             self.since_sweep = 0;
             self.sweep();
         }
@@ -357,6 +381,7 @@ impl DetectOperator {
         let now = watermark - SWEEP_GRACE_MS;
         let set = self.set.clone();
         let dirty = &mut self.dirty;
+        let checkpointing = self.checkpointing;
         self.visitors.retain(|visitor, state| {
             let before = state.slots.len();
             for slot in &mut state.slots {
@@ -367,7 +392,7 @@ impl DetectOperator {
                 }
             }
             state.slots.retain(|s| !is_idle(&set, s, now));
-            if state.slots.len() != before || state.slots.is_empty() {
+            if checkpointing && (state.slots.len() != before || state.slots.is_empty()) {
                 dirty.insert(visitor.clone());
             }
             !state.slots.is_empty()
