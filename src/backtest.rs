@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clickpulse_engine::enrich::{EnrichOperator, event_date};
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry};
+use clickpulse_engine::window::DashboardAggregator;
+use clickpulse_engine::window::dashboard::DashboardConfig;
 use serde_json::{Value, json};
 
 use crate::cli::BacktestArgs;
@@ -58,12 +60,29 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
         .with_audience_tracking()
         .without_checkpoints();
+    let mut dashboard = DashboardAggregator::new(DashboardConfig::default());
+    let wall = Instant::now();
     let mut offers: Vec<Offer> = Vec::new();
     let mut visitors = HashSet::new();
     let mut known_visitors = HashSet::new();
-    for click in input.clicks.iter().cloned() {
+    let until = args.until.unwrap_or(i64::MAX);
+    for (i, click) in input
+        .clicks
+        .iter()
+        .take_while(|c| c.ts_ms <= until)
+        .cloned()
+        .enumerate()
+    {
         let enriched = enrich.enrich(click);
-        offers.extend(detect.detect(&enriched));
+        let new_offers = detect.detect(&enriched);
+        dashboard.on_click(0, &enriched, wall);
+        for offer in &new_offers {
+            dashboard.on_offer(offer);
+        }
+        offers.extend(new_offers);
+        if i % 4096 == 0 {
+            dashboard.tick(wall); // keeps the window state bounded on long logs
+        }
         if enriched.known_visitor && !known_visitors.contains(enriched.visitor.as_str()) {
             known_visitors.insert(enriched.visitor.clone());
         }
@@ -71,6 +90,10 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
             visitors.insert(enriched.visitor);
         }
     }
+    match args.until {
+        Some(t) => dashboard.advance_to(t),
+        None => dashboard.flush(),
+    };
     let elapsed = started.elapsed();
     offers.sort_by(|a, b| {
         (a.ts_ms, &a.visitor, &a.offer_id).cmp(&(b.ts_ms, &b.visitor, &b.offer_id))
@@ -106,6 +129,8 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     let counters = enrich.counters();
     let events = counters.events;
     Ok(json!({
+        "dashboard": dashboard.snapshot(),
+        "late_events": dashboard.counters().1,
         "offers": offers.len(),
         "offers_by_pattern": detect_stats.offers_by_pattern,
         "offers_suppressed": detect_stats.offers_suppressed,

@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 use clickpulse_engine::click::{Device, EnrichedClick, Gender};
 use clickpulse_engine::pattern::{DetectOperator, PatternRegistry};
+use clickpulse_engine::window::DashboardAggregator;
+use clickpulse_engine::window::dashboard::DashboardConfig;
 
 use crate::cli::{BenchArgs, BenchCommand};
 use crate::inputs;
@@ -15,6 +17,7 @@ use crate::inputs;
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Patterns { visitors } => patterns(visitors),
+        BenchCommand::Windows { visitors, events } => windows(visitors, events),
     }
 }
 
@@ -109,6 +112,62 @@ fn patterns(visitors: usize) -> Result<ExitCode> {
     println!("detection throughput          {rate:.0} events/s (one core)");
     println!(
         "bench patterns: visitors={visitors} active_visitor_bytes={per_active:.0} idle_visitor_bytes=0 idle_entries={idle_entries} detect_events_per_second={rate:.0}"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Dashboard aggregation throughput, and window state for `visitors` distinct visitors all
+/// active within the last 30 minutes (so every distinct-visitor window holds all of them).
+fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
+    let mut agg = DashboardAggregator::new(DashboardConfig::default());
+    let wall = Instant::now();
+    let products: Vec<Arc<str>> = (0..31).map(|i| Arc::from(format!("VD{i:08}"))).collect();
+    let categories: Vec<Arc<str>> = ["clothing", "shoes", "handbags", "books"]
+        .iter()
+        .map(|c| Arc::from(*c))
+        .collect();
+    let names: Vec<String> = (0..visitors)
+        .map(|i| format!("{i:08X}-0000-4000-8000-000000000000"))
+        .collect();
+    let start_ms = 1_331_000_000_000i64;
+    // Spread the views over 25 minutes of event time.
+    let span_ms = 25 * 60_000i64;
+    let before = rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    for i in 0..events {
+        let ts = start_ms + (i as i64 * span_ms) / events as i64;
+        let mut click = view(
+            &names[i % visitors],
+            ts,
+            &products[i % 31],
+            &categories[i % 4],
+        );
+        click.device = [Device::Desktop, Device::Mobile, Device::Tablet, Device::Bot][i % 4];
+        agg.on_click((i % 4) as u32, &click, wall);
+        if i % 4096 == 0 {
+            agg.tick(wall);
+        }
+    }
+    agg.flush();
+    let secs = started.elapsed().as_secs_f64();
+    let snapshot = agg.snapshot();
+    let after = rss_bytes().unwrap_or(0);
+    let state = after.saturating_sub(before);
+    let rate = events as f64 / secs;
+    println!("events                         {events}");
+    println!(
+        "distinct visitors              {visitors} (active_visitors_30m = {})",
+        snapshot["active_visitors_30m"]
+    );
+    println!("aggregation throughput         {rate:.0} events/s (one core, all dashboard windows)");
+    println!(
+        "window state                   {:.1} MiB ({:.0} bytes per distinct visitor, RSS delta)",
+        state as f64 / 1048576.0,
+        state as f64 / visitors as f64
+    );
+    println!(
+        "bench windows: events={events} visitors={visitors} aggregate_events_per_second={rate:.0} state_bytes={state} state_bytes_per_visitor={:.0}",
+        state as f64 / visitors as f64
     );
     Ok(ExitCode::SUCCESS)
 }

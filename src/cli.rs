@@ -59,6 +59,14 @@ pub(crate) struct DemoArgs {
     /// Most records per commit.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) batch_size: usize,
+    /// Dashboard windows: how far (event time) a view may trail the newest one of its partition
+    /// and still count; later views are counted as late.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    pub(crate) allowed_lateness_ms: i64,
+    /// Dashboard windows: wall-clock silence after which a partition stops holding the
+    /// watermark back (and, when all are silent, every window closes).
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    pub(crate) idle_timeout_ms: u64,
     /// Records kept per topic partition once every consumer has read them.
     #[arg(long, default_value_t = 100_000, value_name = "RECORDS")]
     pub(crate) retention: u64,
@@ -87,6 +95,9 @@ pub(crate) struct BacktestArgs {
     /// [default: the bundled copies].
     #[arg(long = "data", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
+    /// Stop after the events with ts ≤ T (unix ms); the dashboard is then the snapshot as of T.
+    #[arg(long, value_name = "T")]
+    pub(crate) until: Option<i64>,
     /// Pattern file or directory [default: the bundled seed patterns].
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub(crate) patterns: Option<PathBuf>,
@@ -167,5 +178,14 @@ pub(crate) enum BenchCommand {
         /// Distinct visitors.
         #[arg(long, default_value_t = 1_000_000)]
         visitors: usize,
+    },
+    /// Dashboard aggregation throughput and window state for many distinct visitors.
+    Windows {
+        /// Distinct visitors (all active within 30 minutes).
+        #[arg(long, default_value_t = 1_000_000)]
+        visitors: usize,
+        /// Views.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
     },
 }

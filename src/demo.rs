@@ -21,6 +21,8 @@ use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::ReplayPlan;
 use clickpulse_engine::topics;
+use clickpulse_engine::window::dashboard::DashboardConfig;
+use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{error, info, warn};
@@ -153,6 +155,24 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_operator(&store, detector, &m, &shutdown, &config)),
         )?;
     }
+    let dashboard = DashboardHandle::default();
+    {
+        let (store, shutdown, config, m) = (
+            store.clone(),
+            shutdown.clone(),
+            config.clone(),
+            metrics.stage("aggregate"),
+        );
+        let window_config = DashboardConfig {
+            allowed_lateness_ms: args.allowed_lateness_ms,
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        };
+        let aggregator = AggregateOperator::new(window_config, dashboard.clone());
+        spawn(
+            "aggregate",
+            Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &config)),
+        )?;
+    }
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
         spawn(
@@ -199,6 +219,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 last_error: last_pattern_error.clone(),
             }),
             admin_token: Some(Arc::from(admin_token.as_str())),
+            dashboard: Some(dashboard.clone()),
         });
         let stop = stop_signal(
             shutdown.clone(),
@@ -286,8 +307,8 @@ async fn stop_signal(
 /// Dead letters are never deleted.
 const CONSUMERS: [(&str, &[&str]); 3] = [
     (topics::CLICK_DATA, &["enrich"]),
-    (topics::ENRICHED_CLICK_DATA, &["detect"]),
-    (topics::SPECIAL_OFFERS, &[]),
+    (topics::ENRICHED_CLICK_DATA, &["detect", "aggregate"]),
+    (topics::SPECIAL_OFFERS, &["aggregate"]),
 ];
 
 /// Every few seconds, deletes consumed records beyond the newest `keep` of each partition, so
@@ -313,14 +334,19 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
 }
 
 /// The stages downstream of the replay, in order: each consumes what the one before produced.
-const STAGES: [&str; 2] = ["enrich", "detect"];
+const STAGES: [&str; 3] = ["enrich", "detect", "aggregate"];
 
-/// Whether every stage has consumed everything (each stage forwards every event it consumes).
+/// Whether every stage has consumed everything (each stage forwards every event it consumes)
+/// and the aggregation has no event waiting for its watermark.
 fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
     STAGES.iter().all(|name| {
         let stage = metrics.stage(name);
         stage.lag() == 0 && stage.events() >= replayed
-    })
+    }) && metrics
+        .stage("aggregate")
+        .detail("pending")
+        .and_then(|p| p.as_u64())
+        == Some(0)
 }
 
 /// Writes the bundled seed patterns into an empty, new pattern directory.

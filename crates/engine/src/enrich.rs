@@ -220,6 +220,7 @@ pub struct EnrichOperator<L> {
     enricher: Enricher,
     lookups: L,
     stats: EnrichStats,
+    checkpointed: EnrichStats,
 }
 
 impl<L: LookupSource> EnrichOperator<L> {
@@ -229,6 +230,7 @@ impl<L: LookupSource> EnrichOperator<L> {
             enricher: Enricher::new(),
             lookups,
             stats: EnrichStats::default(),
+            checkpointed: EnrichStats::default(),
         }
     }
 
@@ -270,6 +272,10 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
+        if self.stats == self.checkpointed {
+            return;
+        }
+        self.checkpointed = self.stats;
         changes.push((
             STATS_KEY.to_owned(),
             Some(serde_json::to_vec(&self.stats).expect("stats serialize")),
@@ -283,6 +289,7 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
                 key: key.to_owned(),
                 message: e.to_string(),
             })?;
+            self.checkpointed = self.stats;
         }
         Ok(())
     }

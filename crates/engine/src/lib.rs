@@ -14,6 +14,7 @@
 //!   detection operator that emits special offers.
 //! - [`operator`]: the operator trait every stage implements and the [`Emitter`] it writes to.
 //! - [`topics`]: topic names and the visitor-keyed partitioner shared by every backend.
+//! - [`window`]: event-time windows, watermarks and the dashboard aggregation.
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
 
 pub mod click;
@@ -25,6 +26,7 @@ pub mod pattern;
 pub mod reader;
 pub mod replay;
 pub mod topics;
+pub mod window;
 
 pub use click::{Click, Device, EnrichedClick, Gender};
 pub use enrich::{EnrichOperator, Enricher};

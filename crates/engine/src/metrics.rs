@@ -84,6 +84,11 @@ impl StageMetrics {
         self.lag.load(Ordering::Relaxed)
     }
 
+    /// One field of the stage's details (as last recorded).
+    pub fn detail(&self, key: &str) -> Option<Value> {
+        self.details.lock().expect("metrics lock").get(key).cloned()
+    }
+
     /// Whether the stage is finished.
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Relaxed)

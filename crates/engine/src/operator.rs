@@ -75,10 +75,37 @@ pub trait Operator: Send {
     /// The topic it consumes.
     fn input_topic(&self) -> &'static str;
 
+    /// Every topic it consumes; by default just [`Operator::input_topic`].
+    fn input_topics(&self) -> Vec<&'static str> {
+        vec![self.input_topic()]
+    }
+
     /// Processes one record, emitting any outputs.
     fn process(&mut self, input: Self::Input, out: &mut Emitter);
 
-    /// Appends the state that changed since the last checkpoint.
+    /// Decodes and processes one raw record of `topic`/`partition`. The default decodes JSON
+    /// into [`Operator::Input`]; operators with several input topics override it. An `Err`
+    /// sends the record to the dead-letter topic with the message as the reason.
+    fn process_record(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        value: &[u8],
+        out: &mut Emitter,
+    ) -> Result<(), String> {
+        let _ = (topic, partition);
+        let input = serde_json::from_slice::<Self::Input>(value).map_err(|e| e.to_string())?;
+        self.process(input, out);
+        Ok(())
+    }
+
+    /// Called after every batch and while idle, with the wall clock: the place for timers such
+    /// as the idle-partition watermark fallback. No-op by default.
+    fn on_tick(&mut self, wall: std::time::Instant, out: &mut Emitter) {
+        let _ = (wall, out);
+    }
+
+    /// Appends the state that changed since the last checkpoint (nothing when nothing did).
     fn checkpoint(&mut self, changes: &mut StateChanges);
 
     /// Restores one state entry written by [`Operator::checkpoint`].

@@ -13,7 +13,11 @@
 //! - `PUT /api/patterns/{name}` (admin): validate and activate a pattern file (TOML body).
 //! - `DELETE /api/patterns/{name}` (admin): remove a pattern.
 //! - `GET /api/patterns/log?visitor=&limit=`: recent state-machine transitions.
+//! - `GET /api/dashboard`: the dashboard snapshot (event-time windows as of the watermark).
+//! - `GET /api/dashboard/stream`: the same as Server-Sent Events, at most one per second while
+//!   it changes.
 
+mod dashboard;
 mod patterns;
 
 use std::future::Future;
@@ -39,6 +43,8 @@ pub struct AppState {
     pub patterns: Option<patterns::PatternAdmin>,
     /// The bearer token admin endpoints require.
     pub admin_token: Option<Arc<str>>,
+    /// The dashboard snapshot, when the aggregation stage runs here.
+    pub dashboard: Option<clickpulse_engine::window::DashboardHandle>,
 }
 
 pub use patterns::PatternAdmin;
@@ -86,6 +92,8 @@ pub fn app(state: AppState) -> Router {
             "/api/patterns/{name}",
             put(patterns::put).delete(patterns::delete),
         )
+        .route("/api/dashboard", get(dashboard::snapshot))
+        .route("/api/dashboard/stream", get(dashboard::stream))
         .with_state(state)
 }
 
@@ -160,6 +168,7 @@ mod tests {
             mode: "embedded",
             patterns: None,
             admin_token: None,
+            dashboard: None,
         });
         let (status, body) = get_json(router.clone(), "/api/health").await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));

@@ -164,6 +164,7 @@ mod tests {
             mode: "embedded",
             patterns: Some(admin.clone()),
             admin_token: Some(Arc::from("secret")),
+            dashboard: None,
         });
         (tmp, admin, router)
     }

@@ -88,7 +88,7 @@ fn commit_with_retry(
     }
 }
 
-/// Runs `op` over its input topic until `shutdown` is set.
+/// Runs `op` over its input topics until `shutdown` is set.
 pub fn run_operator<O: Operator>(
     store: &EmbeddedStore,
     mut op: O,
@@ -97,7 +97,7 @@ pub fn run_operator<O: Operator>(
     config: &RunnerConfig,
 ) -> Result<(), StoreError> {
     let stage = op.name();
-    let input = op.input_topic();
+    let inputs = op.input_topics();
     let prefix = operator_prefix(stage);
     for (key, value) in store.state_with_prefix(&prefix)? {
         op.restore(&key, &value)?;
@@ -107,56 +107,68 @@ pub fn run_operator<O: Operator>(
         Some(bytes) => decode(&counts_key, &bytes)?,
         None => RunnerCounts::default(),
     };
-    let partitions = store.partitions(input)?;
-    let mut positions = (0..partitions)
-        .map(|p| store.committed(stage, input, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    info!(stage, input, events = counts.events, "Stage started.");
+    // (topic, partition, next offset) for every input partition.
+    let mut positions = Vec::new();
+    for topic in &inputs {
+        for p in 0..store.partitions(topic)? {
+            positions.push((*topic, p, store.committed(stage, topic, p)?));
+        }
+    }
+    info!(stage, inputs = ?inputs, events = counts.events, "Stage started.");
     metrics.record(counts.events, counts.dead_letters, op.stats());
-    let per_partition = (config.batch_size / partitions as usize).max(1);
+    let per_partition = (config.batch_size / positions.len().max(1)).max(1);
     let mut emitter = Emitter::default();
     let mut changes = StateChanges::new();
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
-        for p in 0..partitions {
-            let records = store.fetch(input, p, positions[p as usize], per_partition)?;
+        for (topic, p, position) in positions.iter_mut() {
+            let records = store.fetch(topic, *p, *position, per_partition)?;
             let Some(last) = records.last() else { continue };
             let next = last.offset + 1;
             for record in records {
                 consumed += 1;
-                match serde_json::from_slice::<O::Input>(&record.value) {
-                    Ok(event) => op.process(event, &mut emitter),
-                    Err(error) => {
-                        counts.dead_letters += 1;
-                        let letter = DeadLetter::new(
-                            &format!("{input}/{p}"),
-                            record.offset,
-                            format!("stage {stage} cannot decode the record: {error}"),
-                            &record.value,
-                        );
-                        emitter.emit(topics::DEAD_LETTERS, &record.key, &letter);
-                    }
+                if let Err(error) = op.process_record(topic, *p, &record.value, &mut emitter) {
+                    counts.dead_letters += 1;
+                    let letter = DeadLetter::new(
+                        &format!("{topic}/{p}"),
+                        record.offset,
+                        format!("stage {stage} cannot process the record: {error}"),
+                        &record.value,
+                    );
+                    emitter.emit(topics::DEAD_LETTERS, &record.key, &letter);
                 }
             }
-            positions[p as usize] = next;
+            *position = next;
             batch.offsets.push(OffsetCommit {
                 group: stage.to_owned(),
-                topic: input.to_owned(),
-                partition: p,
+                topic: topic.to_string(),
+                partition: *p,
                 next_offset: next,
             });
         }
-        let lag = (0..partitions)
-            .map(|p| {
-                store
-                    .end_offset(input, p)
-                    .saturating_sub(positions[p as usize])
-            })
+        op.on_tick(Instant::now(), &mut emitter);
+        let lag = positions
+            .iter()
+            .map(|(topic, p, position)| store.end_offset(topic, *p).saturating_sub(*position))
             .sum();
         metrics.set_lag(lag);
-        if consumed == 0 {
+        if consumed == 0 && emitter.outputs().is_empty() {
+            // Timers may have changed state without input (a watermark advancing on idleness):
+            // persist that too, so what is served is what a restart would restore.
+            op.checkpoint(&mut changes);
+            if !changes.is_empty() {
+                let batch = CommitBatch {
+                    state: changes
+                        .drain(..)
+                        .map(|(k, v)| (format!("{prefix}{k}"), v))
+                        .collect(),
+                    ..CommitBatch::default()
+                };
+                commit_with_retry(store, &batch, stage, metrics, shutdown)?;
+            }
+            metrics.record(counts.events, counts.dead_letters, op.stats());
             store.wait_for_appends(generation, config.idle_wait);
             continue;
         }

@@ -184,6 +184,7 @@ pub struct DetectOperator {
     since_sweep: u64,
     audience: Option<AudienceTracker>,
     checkpointing: bool,
+    checkpointed_events: u64,
 }
 
 impl DetectOperator {
@@ -201,6 +202,7 @@ impl DetectOperator {
             since_sweep: 0,
             audience: None,
             checkpointing: true,
+            checkpointed_events: 0,
         }
     }
 
@@ -450,6 +452,10 @@ impl Operator for DetectOperator {
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
+        if self.dirty.is_empty() && self.checkpointed_events == self.stats.events {
+            return;
+        }
+        self.checkpointed_events = self.stats.events;
         for visitor in self.dirty.drain() {
             let value = self
                 .visitors
@@ -471,6 +477,7 @@ impl Operator for DetectOperator {
         };
         if key == STATS_KEY {
             self.stats = serde_json::from_slice(value).map_err(err)?;
+            self.checkpointed_events = self.stats.events;
         } else if let Some(visitor) = key.strip_prefix(VISITOR_PREFIX) {
             self.visitors.insert(
                 visitor.to_owned(),

@@ -1,0 +1,660 @@
+//! The dashboard metrics, computed incrementally in event time.
+//!
+//! `now` is the watermark. Events wait in an [`EventTimeBuffer`] until the watermark passes
+//! them, so every structure holds exactly the events with `ts ≤ now`; "last N minutes" means
+//! `now − N < ts ≤ now`; minute and 30-minute buckets are aligned to the UTC epoch.
+//!
+//! | snapshot key | window |
+//! |---|---|
+//! | `page_views_per_minute` | tumbling 1 min, the 15 up to the one containing `now` |
+//! | `visitors_per_30min` | tumbling 30 min, distinct visitors, 16 buckets |
+//! | `top_products_1h`, `category_views_1h` | sliding 1 h |
+//! | `device_views_10m` | sliding 10 min |
+//! | `country_views_30m`, `active_visitors_30m` | sliding 30 min |
+//! | `active_visitors_5m` | sliding 5 min |
+//! | `active_visitors_per_minute_30m` | tumbling 1 min, distinct visitors, 30 buckets |
+//! | `latest_views` | the 10 newest views |
+//! | `offers_by_pattern_1h` | offers with `ts` in the last hour, by pattern |
+//!
+//! Distinct counts are exact (sets, not sketches). The result depends only on which events have
+//! `ts ≤ now`, never on how fast they arrived.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::MINUTE_MS;
+use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
+use super::watermark::{EventTimeBuffer, Watermarks};
+use crate::click::{Device, EnrichedClick};
+use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::pattern::Offer;
+use crate::topics;
+
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const HALF_HOUR_MS: i64 = 30 * MINUTE_MS;
+
+/// Knobs of the dashboard aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardConfig {
+    /// How far behind the newest event of a partition an event may arrive and still count.
+    pub allowed_lateness_ms: i64,
+    /// Wall-clock silence after which a partition stops holding the watermark back.
+    pub idle_timeout: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            allowed_lateness_ms: 5_000,
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the aggregation keeps of a view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct View {
+    ts_ms: i64,
+    visitor: Arc<str>,
+    ip: String,
+    country: Arc<str>,
+    product_id: Arc<str>,
+    category: Arc<str>,
+    title: Arc<str>,
+    device: Device,
+}
+
+impl From<&EnrichedClick> for View {
+    fn from(c: &EnrichedClick) -> Self {
+        View {
+            ts_ms: c.ts_ms,
+            visitor: Arc::from(c.visitor.as_str()),
+            ip: c.ip.clone(),
+            country: c.country.clone(),
+            product_id: c.product_id.clone(),
+            category: c.category.clone(),
+            title: c.title.clone(),
+            device: c.device,
+        }
+    }
+}
+
+/// Device classes shown on the dashboard: a Bot counts as Other.
+const DEVICE_CLASSES: [&str; 4] = ["Desktop", "Mobile", "Tablet", "Other"];
+
+fn device_slot(d: Device) -> usize {
+    match d {
+        Device::Desktop => 0,
+        Device::Mobile => 1,
+        Device::Tablet => 2,
+        Device::Bot | Device::Other => 3,
+    }
+}
+
+/// One second of views.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Pane {
+    products: HashMap<Arc<str>, u64>,
+    categories: HashMap<Arc<str>, u64>,
+    countries: HashMap<Arc<str>, u64>,
+    devices: [u64; 4],
+    visitors: HashSet<Arc<str>>,
+}
+
+/// Counts per key over the panes in a sliding window.
+#[derive(Debug, Clone, Default)]
+struct KeyCounts(HashMap<Arc<str>, u64>);
+
+impl KeyCounts {
+    fn add_all<'a>(&mut self, items: impl Iterator<Item = (&'a Arc<str>, u64)>) {
+        for (k, n) in items {
+            *self.0.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    fn remove_all<'a>(&mut self, items: impl Iterator<Item = (&'a Arc<str>, u64)>) {
+        for (k, n) in items {
+            if let Some(v) = self.0.get_mut(k) {
+                *v -= n;
+                if *v == 0 {
+                    self.0.remove(k);
+                }
+            }
+        }
+    }
+
+    /// `(key, count)` by count descending, then key ascending.
+    fn ranked(&self) -> Vec<(&Arc<str>, u64)> {
+        let mut v: Vec<_> = self.0.iter().map(|(k, n)| (k, *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct LastHour {
+    products: KeyCounts,
+    categories: KeyCounts,
+}
+
+impl PaneAggregate<Pane> for LastHour {
+    fn add(&mut self, p: &Pane) {
+        self.products
+            .add_all(p.products.iter().map(|(k, n)| (k, *n)));
+        self.categories
+            .add_all(p.categories.iter().map(|(k, n)| (k, *n)));
+    }
+    fn remove(&mut self, p: &Pane) {
+        self.products
+            .remove_all(p.products.iter().map(|(k, n)| (k, *n)));
+        self.categories
+            .remove_all(p.categories.iter().map(|(k, n)| (k, *n)));
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Devices([u64; 4]);
+
+impl PaneAggregate<Pane> for Devices {
+    fn add(&mut self, p: &Pane) {
+        for (a, b) in self.0.iter_mut().zip(p.devices) {
+            *a += b;
+        }
+    }
+    fn remove(&mut self, p: &Pane) {
+        for (a, b) in self.0.iter_mut().zip(p.devices) {
+            *a -= b;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Countries(KeyCounts);
+
+impl PaneAggregate<Pane> for Countries {
+    fn add(&mut self, p: &Pane) {
+        self.0.add_all(p.countries.iter().map(|(k, n)| (k, *n)));
+    }
+    fn remove(&mut self, p: &Pane) {
+        self.0.remove_all(p.countries.iter().map(|(k, n)| (k, *n)));
+    }
+}
+
+/// Distinct visitors: for each visitor, how many panes in the window contain it.
+#[derive(Debug, Clone, Default)]
+struct Visitors(KeyCounts);
+
+impl PaneAggregate<Pane> for Visitors {
+    fn add(&mut self, p: &Pane) {
+        self.0.add_all(p.visitors.iter().map(|v| (v, 1)));
+    }
+    fn remove(&mut self, p: &Pane) {
+        self.0.remove_all(p.visitors.iter().map(|v| (v, 1)));
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Minute {
+    views: u64,
+    visitors: HashSet<Arc<str>>,
+}
+
+/// The part of the aggregation that is checkpointed (sliding aggregates are rebuilt from panes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    watermark: Option<i64>,
+    buffer: EventTimeBuffer<View>,
+    panes: Panes<Pane>,
+    minutes: Option<Buckets<Minute>>,
+    half_hours: Option<Buckets<HashSet<Arc<str>>>>,
+    latest: VecDeque<View>,
+    offers: BTreeMap<i64, BTreeMap<String, String>>,
+    product_titles: HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
+    events: u64,
+    late_events: u64,
+    offers_seen: u64,
+}
+
+const MINUTE: WindowSpec = WindowSpec::Tumbling { size_ms: MINUTE_MS };
+const HALF_HOUR: WindowSpec = WindowSpec::Tumbling {
+    size_ms: HALF_HOUR_MS,
+};
+const LATEST: usize = 10;
+
+/// The dashboard aggregation's pure core.
+pub struct DashboardAggregator {
+    watermarks: Watermarks,
+    s: Persisted,
+    last_hour: Sliding<LastHour>,
+    devices_10m: Sliding<Devices>,
+    countries_30m: Sliding<Countries>,
+    visitors_30m: Sliding<Visitors>,
+    visitors_5m: Sliding<Visitors>,
+}
+
+impl DashboardAggregator {
+    /// An empty aggregation.
+    pub fn new(config: DashboardConfig) -> Self {
+        let s = Persisted {
+            minutes: Some(Buckets::new(MINUTE)),
+            half_hours: Some(Buckets::new(HALF_HOUR)),
+            ..Persisted::default()
+        };
+        Self::from_persisted(config, s)
+    }
+
+    fn from_persisted(config: DashboardConfig, mut s: Persisted) -> Self {
+        s.minutes = Some(
+            s.minutes
+                .take()
+                .unwrap_or_else(|| Buckets::new(MINUTE))
+                .with_spec(MINUTE),
+        );
+        s.half_hours = Some(
+            s.half_hours
+                .take()
+                .unwrap_or_else(|| Buckets::new(HALF_HOUR))
+                .with_spec(HALF_HOUR),
+        );
+        let mut watermarks = Watermarks::new(config.allowed_lateness_ms, config.idle_timeout);
+        watermarks.restore(s.watermark);
+        let mut agg = DashboardAggregator {
+            watermarks,
+            s,
+            last_hour: Sliding::new(HOUR_MS),
+            devices_10m: Sliding::new(10 * MINUTE_MS),
+            countries_30m: Sliding::new(HALF_HOUR_MS),
+            visitors_30m: Sliding::new(HALF_HOUR_MS),
+            visitors_5m: Sliding::new(5 * MINUTE_MS),
+        };
+        if let Some(now) = agg.s.watermark {
+            agg.advance_windows(now);
+        }
+        agg
+    }
+
+    /// The watermark: the dashboard's `now`.
+    pub fn now(&self) -> Option<i64> {
+        self.s.watermark
+    }
+
+    /// Views counted so far (applied or waiting), and late views (counted, not applied).
+    pub fn counters(&self) -> (u64, u64) {
+        (self.s.events, self.s.late_events)
+    }
+
+    /// Views waiting for the watermark.
+    pub fn pending(&self) -> usize {
+        self.s.buffer.len()
+    }
+
+    /// Takes one enriched click from input `partition`, seen at wall time `wall`.
+    pub fn on_click(&mut self, partition: u32, click: &EnrichedClick, wall: Instant) {
+        self.s.events += 1;
+        if self.watermarks.is_late(click.ts_ms) {
+            self.s.late_events += 1;
+            return;
+        }
+        self.watermarks.observe(partition, click.ts_ms, wall);
+        self.s.buffer.push(click.ts_ms, View::from(click));
+    }
+
+    /// Takes one offer (de-duplicated by `offer_id`).
+    pub fn on_offer(&mut self, offer: &Offer) {
+        let at = self.s.offers.entry(offer.ts_ms).or_default();
+        if at
+            .insert(offer.offer_id.clone(), offer.pattern.clone())
+            .is_none()
+        {
+            self.s.offers_seen += 1;
+        }
+    }
+
+    /// Advances the watermark at wall time `wall` and applies what it released. Returns whether
+    /// anything changed.
+    pub fn tick(&mut self, wall: Instant) -> bool {
+        match self.watermarks.advance(wall) {
+            Some(w) => self.move_to(w),
+            None => false,
+        }
+    }
+
+    /// End of input: applies every waiting event (`now` becomes the newest event time,
+    /// rounded up to a whole second).
+    pub fn flush(&mut self) -> bool {
+        match self.watermarks.flush() {
+            Some(w) => self.move_to(w),
+            None => false,
+        }
+    }
+
+    /// Moves the watermark to `ts` (floored to a whole second; never backwards), applying every
+    /// waiting event up to it: a snapshot "as of `ts`" (backtest `--until`).
+    pub fn advance_to(&mut self, ts: i64) -> bool {
+        let target = super::floor_to(ts, super::SECOND_MS);
+        match self.s.watermark {
+            Some(w) if w >= target => false,
+            _ => {
+                self.watermarks.restore(Some(target));
+                self.move_to(target)
+            }
+        }
+    }
+
+    fn move_to(&mut self, watermark: i64) -> bool {
+        if self.s.watermark == Some(watermark) && self.s.buffer.is_empty() {
+            return false;
+        }
+        for view in self.s.buffer.release(watermark) {
+            self.apply(view);
+        }
+        self.s.watermark = Some(watermark);
+        self.advance_windows(watermark);
+        true
+    }
+
+    fn apply(&mut self, v: View) {
+        let ts = v.ts_ms;
+        self.s.minutes.as_mut().expect("set").add(ts, |m| {
+            m.views += 1;
+            m.visitors.insert(v.visitor.clone());
+        });
+        self.s.half_hours.as_mut().expect("set").add(ts, |h| {
+            h.insert(v.visitor.clone());
+        });
+        let pane = self.s.panes.pane_for(ts);
+        *pane.products.entry(v.product_id.clone()).or_default() += 1;
+        *pane.categories.entry(v.category.clone()).or_default() += 1;
+        *pane.countries.entry(v.country.clone()).or_default() += 1;
+        pane.devices[device_slot(v.device)] += 1;
+        pane.visitors.insert(v.visitor.clone());
+        self.s
+            .product_titles
+            .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
+        self.s.latest.push_back(v);
+        if self.s.latest.len() > LATEST {
+            self.s.latest.pop_front();
+        }
+    }
+
+    fn advance_windows(&mut self, now: i64) {
+        let panes = &self.s.panes;
+        self.last_hour.advance(panes, now);
+        self.devices_10m.advance(panes, now);
+        self.countries_30m.advance(panes, now);
+        self.visitors_30m.advance(panes, now);
+        self.visitors_5m.advance(panes, now);
+        self.s.panes.evict_through(now - HOUR_MS);
+        let minute = MINUTE.latest_start(now);
+        self.s
+            .minutes
+            .as_mut()
+            .expect("set")
+            .evict_ended_by(minute - 29 * MINUTE_MS);
+        let half = HALF_HOUR.latest_start(now);
+        self.s
+            .half_hours
+            .as_mut()
+            .expect("set")
+            .evict_ended_by(half - 15 * HALF_HOUR_MS);
+        self.s.offers = self.s.offers.split_off(&(now - HOUR_MS + 1));
+        let titles_in_use: HashSet<&Arc<str>> = self.last_hour.value().products.0.keys().collect();
+        if self.s.product_titles.len() > 4 * titles_in_use.len().max(256) {
+            let keep: HashSet<Arc<str>> = titles_in_use.into_iter().cloned().collect();
+            self.s.product_titles.retain(|k, _| keep.contains(k));
+        }
+    }
+
+    /// The dashboard as of the watermark.
+    pub fn snapshot(&self) -> Value {
+        let Some(now) = self.s.watermark else {
+            return json!({
+                "now_ms": null,
+                "page_views_per_minute": [],
+                "visitors_per_30min": [],
+                "top_products_1h": [],
+                "category_views_1h": [],
+                "device_views_10m": {"Desktop": 0, "Mobile": 0, "Tablet": 0, "Other": 0},
+                "latest_views": [],
+                "active_visitors_30m": 0,
+                "active_visitors_5m": 0,
+                "active_visitors_per_minute_30m": [],
+                "country_views_30m": [],
+                "offers_by_pattern_1h": {},
+            });
+        };
+        let minutes = self.s.minutes.as_ref().expect("set");
+        let page_views: Vec<Value> = minutes
+            .last(now, 15)
+            .iter()
+            .map(|r| json!({"start_ms": r.start_ms, "views": r.value.map_or(0, |m| m.views), "final": r.is_final}))
+            .collect();
+        let visitors_per_minute: Vec<Value> = minutes
+            .last(now, 30)
+            .iter()
+            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, |m| m.visitors.len()), "final": r.is_final}))
+            .collect();
+        let half_hours: Vec<Value> = self
+            .s
+            .half_hours
+            .as_ref()
+            .expect("set")
+            .last(now, 16)
+            .iter()
+            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, HashSet::len), "final": r.is_final}))
+            .collect();
+        let top_products: Vec<Value> = self
+            .last_hour
+            .value()
+            .products
+            .ranked()
+            .into_iter()
+            .take(10)
+            .map(|(id, views)| {
+                let (title, category) = self
+                    .s
+                    .product_titles
+                    .get(id)
+                    .map_or(("Unknown", "Unknown"), |(t, c)| (&**t, &**c));
+                json!({"product_id": id, "title": title, "category": category, "views": views})
+            })
+            .collect();
+        let categories: Vec<Value> = self
+            .last_hour
+            .value()
+            .categories
+            .ranked()
+            .into_iter()
+            .map(|(category, views)| json!({"category": category, "views": views}))
+            .collect();
+        let devices = self.devices_10m.value().0;
+        let device_views: serde_json::Map<String, Value> = DEVICE_CLASSES
+            .iter()
+            .zip(devices)
+            .map(|(name, n)| (name.to_string(), Value::from(n)))
+            .collect();
+        let latest: Vec<Value> = self
+            .s
+            .latest
+            .iter()
+            .rev()
+            .map(|v| {
+                json!({"ts_ms": v.ts_ms, "visitor": v.visitor, "ip": v.ip, "country": v.country,
+                       "product_id": v.product_id, "category": v.category})
+            })
+            .collect();
+        let countries: Vec<Value> = self
+            .countries_30m
+            .value()
+            .0
+            .ranked()
+            .into_iter()
+            .map(|(country, views)| json!({"country": country, "views": views}))
+            .collect();
+        let mut offers: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, at) in self.s.offers.range(now - HOUR_MS + 1..=now) {
+            for pattern in at.values() {
+                *offers.entry(pattern.as_str()).or_default() += 1;
+            }
+        }
+        json!({
+            "now_ms": now,
+            "page_views_per_minute": page_views,
+            "visitors_per_30min": half_hours,
+            "top_products_1h": top_products,
+            "category_views_1h": categories,
+            "device_views_10m": device_views,
+            "latest_views": latest,
+            "active_visitors_30m": self.visitors_30m.value().0 .0.len(),
+            "active_visitors_5m": self.visitors_5m.value().0 .0.len(),
+            "active_visitors_per_minute_30m": visitors_per_minute,
+            "country_views_30m": countries,
+            "offers_by_pattern_1h": offers,
+        })
+    }
+
+    fn persisted(&mut self) -> &Persisted {
+        self.s.watermark = self.watermarks.current().or(self.s.watermark);
+        &self.s
+    }
+}
+
+/// The latest snapshot, shared with the HTTP server; `generation` changes with every update.
+#[derive(Debug, Clone, Default)]
+pub struct DashboardHandle {
+    inner: Arc<(RwLock<Arc<Value>>, AtomicU64)>,
+}
+
+impl DashboardHandle {
+    /// The latest snapshot (`null` before the first).
+    pub fn snapshot(&self) -> Arc<Value> {
+        self.inner.0.read().expect("dashboard lock").clone()
+    }
+
+    /// Bumped on every update.
+    pub fn generation(&self) -> u64 {
+        self.inner.1.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new snapshot.
+    pub fn publish(&self, snapshot: Value) {
+        *self.inner.0.write().expect("dashboard lock") = Arc::new(snapshot);
+        self.inner.1.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The aggregation stage: `enriched-click-data` and `special-offers` → the dashboard snapshot.
+///
+/// State keys (under `op/aggregate/` in the embedded store): `state` (the window state, JSON),
+/// `snapshot` (the latest dashboard snapshot, JSON, as served at `/api/dashboard`).
+pub struct AggregateOperator {
+    core: DashboardAggregator,
+    config: DashboardConfig,
+    handle: DashboardHandle,
+    dirty: bool,
+}
+
+impl AggregateOperator {
+    /// A stage publishing to `handle`.
+    pub fn new(config: DashboardConfig, handle: DashboardHandle) -> Self {
+        AggregateOperator {
+            core: DashboardAggregator::new(config),
+            config,
+            handle,
+            dirty: false,
+        }
+    }
+
+    fn publish(&mut self) {
+        self.handle.publish(self.core.snapshot());
+    }
+}
+
+const STATE_KEY: &str = "state";
+const SNAPSHOT_KEY: &str = "snapshot";
+
+impl Operator for AggregateOperator {
+    type Input = EnrichedClick;
+
+    fn name(&self) -> &'static str {
+        "aggregate"
+    }
+
+    fn input_topic(&self) -> &'static str {
+        topics::ENRICHED_CLICK_DATA
+    }
+
+    fn input_topics(&self) -> Vec<&'static str> {
+        vec![topics::ENRICHED_CLICK_DATA, topics::SPECIAL_OFFERS]
+    }
+
+    fn process(&mut self, input: EnrichedClick, _out: &mut Emitter) {
+        self.core.on_click(0, &input, Instant::now());
+        self.dirty = true;
+    }
+
+    fn process_record(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        value: &[u8],
+        _out: &mut Emitter,
+    ) -> Result<(), String> {
+        if topic == topics::SPECIAL_OFFERS {
+            let offer: Offer = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            self.core.on_offer(&offer);
+        } else {
+            let click: EnrichedClick = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            self.core.on_click(partition, &click, Instant::now());
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
+        if self.core.tick(wall) || self.dirty {
+            self.dirty = true;
+            self.publish();
+        }
+    }
+
+    fn checkpoint(&mut self, changes: &mut StateChanges) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let state = serde_json::to_vec(self.core.persisted()).expect("window state serializes");
+        changes.push((STATE_KEY.to_owned(), Some(state)));
+        let snapshot = serde_json::to_vec(&*self.handle.snapshot()).expect("snapshot serializes");
+        changes.push((SNAPSHOT_KEY.to_owned(), Some(snapshot)));
+    }
+
+    fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        if key == STATE_KEY {
+            let s: Persisted = serde_json::from_slice(value).map_err(|e| RestoreError {
+                operator: "aggregate",
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?;
+            self.core = DashboardAggregator::from_persisted(self.config, s);
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Value {
+        let (events, late) = self.core.counters();
+        json!({
+            "events": events,
+            "late_events": late,
+            "pending": self.core.pending(),
+            "watermark_ms": self.core.now(),
+            "offers": self.core.s.offers_seen,
+        })
+    }
+}

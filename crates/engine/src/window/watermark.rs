@@ -1,0 +1,186 @@
+//! Watermarks and the event-time buffer.
+//!
+//! Each input partition has a watermark `max event time seen − allowed lateness`; the stage's
+//! watermark is the minimum over active partitions, floored to a whole second and never moving
+//! back. A partition that has not delivered an event for `idle_timeout` of wall-clock time is
+//! idle and stops holding the others back (as Flink's `withIdleness`); when every partition is
+//! idle the stream has paused, so the watermark moves up to the newest event time and every
+//! window closes. An event at or below the watermark when it arrives is **late**: counted,
+//! never applied (so a window result, once final, stays final).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{SECOND_MS, ceil_to, floor_to};
+
+#[derive(Debug, Clone)]
+struct PartitionClock {
+    max_ts: i64,
+    last_event: Instant,
+}
+
+/// Per-partition watermarks.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    lateness_ms: i64,
+    idle_timeout: Duration,
+    partitions: HashMap<u32, PartitionClock>,
+    current: Option<i64>,
+}
+
+impl Watermarks {
+    /// Watermarks allowing `lateness_ms` of disorder, with partitions idle after `idle_timeout`.
+    pub fn new(lateness_ms: i64, idle_timeout: Duration) -> Self {
+        Watermarks {
+            lateness_ms: lateness_ms.max(0),
+            idle_timeout,
+            partitions: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// The current watermark (`None` before any event).
+    pub fn current(&self) -> Option<i64> {
+        self.current
+    }
+
+    /// Restores a watermark from a checkpoint (partitions re-register as events arrive).
+    pub fn restore(&mut self, watermark: Option<i64>) {
+        self.current = watermark;
+    }
+
+    /// Whether an event at `ts` would be late now.
+    pub fn is_late(&self, ts: i64) -> bool {
+        self.current.is_some_and(|w| ts <= w)
+    }
+
+    /// Records an event of `partition` seen at wall time `wall`.
+    pub fn observe(&mut self, partition: u32, ts: i64, wall: Instant) {
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: ts,
+            last_event: wall,
+        });
+        clock.max_ts = clock.max_ts.max(ts);
+        clock.last_event = wall;
+    }
+
+    /// Recomputes the watermark at wall time `wall`; returns it.
+    pub fn advance(&mut self, wall: Instant) -> Option<i64> {
+        let active: Vec<&PartitionClock> = self
+            .partitions
+            .values()
+            .filter(|c| wall.saturating_duration_since(c.last_event) < self.idle_timeout)
+            .collect();
+        let candidate = if active.is_empty() {
+            // Everything is idle: the stream paused; close every window up to the newest event.
+            self.partitions
+                .values()
+                .map(|c| ceil_to(c.max_ts, SECOND_MS))
+                .max()
+        } else {
+            active
+                .iter()
+                .map(|c| floor_to(c.max_ts - self.lateness_ms, SECOND_MS))
+                .min()
+        };
+        if let Some(c) = candidate {
+            self.current = Some(self.current.map_or(c, |w| w.max(c)));
+        }
+        self.current
+    }
+
+    /// Moves the watermark past every event seen (end of input, as in a backtest).
+    pub fn flush(&mut self) -> Option<i64> {
+        if let Some(c) = self
+            .partitions
+            .values()
+            .map(|c| ceil_to(c.max_ts, SECOND_MS))
+            .max()
+        {
+            self.current = Some(self.current.map_or(c, |w| w.max(c)));
+        }
+        self.current
+    }
+}
+
+/// Holds events until the watermark passes them, then releases them in event-time order
+/// (ties in arrival order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventTimeBuffer<T> {
+    pending: BTreeMap<i64, Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for EventTimeBuffer<T> {
+    fn default() -> Self {
+        EventTimeBuffer {
+            pending: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> EventTimeBuffer<T> {
+    /// Adds an event with time `ts`.
+    pub fn push(&mut self, ts: i64, event: T) {
+        self.pending.entry(ts).or_default().push(event);
+        self.len += 1;
+    }
+
+    /// Removes and returns every event with time ≤ `watermark`, in order.
+    pub fn release(&mut self, watermark: i64) -> Vec<T> {
+        let later = self.pending.split_off(&watermark.saturating_add(1));
+        let released: Vec<T> = std::mem::replace(&mut self.pending, later)
+            .into_values()
+            .flatten()
+            .collect();
+        self.len -= released.len();
+        released
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_is_the_minimum_over_active_partitions_minus_lateness() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.observe(0, 100_000, t0);
+        w.observe(1, 60_500, t0);
+        assert_eq!(w.advance(t0), Some(55_000));
+        assert!(w.is_late(55_000) && !w.is_late(55_001));
+        // Partition 1 goes idle: it no longer holds partition 0 back.
+        w.observe(0, 120_000, t0 + Duration::from_secs(11));
+        assert_eq!(w.advance(t0 + Duration::from_secs(11)), Some(115_000));
+        // Everything idle: the watermark reaches the newest event.
+        assert_eq!(w.advance(t0 + Duration::from_secs(30)), Some(120_000));
+        // Never backwards.
+        w.observe(1, 70_000, t0 + Duration::from_secs(31));
+        assert_eq!(w.advance(t0 + Duration::from_secs(31)), Some(120_000));
+    }
+
+    #[test]
+    fn buffer_releases_in_event_time_order() {
+        let mut b = EventTimeBuffer::default();
+        for (ts, name) in [(30, "c"), (10, "a"), (30, "d"), (20, "b"), (40, "e")] {
+            b.push(ts, name);
+        }
+        assert_eq!(b.release(30), ["a", "b", "c", "d"]);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.release(100), ["e"]);
+    }
+}

@@ -1,0 +1,116 @@
+//! The dashboard endpoints: the latest snapshot, and a Server-Sent-Events stream of it.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use clickpulse_engine::window::DashboardHandle;
+use futures_util::Stream;
+use serde_json::Value;
+
+use crate::{AppError, AppState};
+
+fn handle(state: &AppState) -> Result<DashboardHandle, AppError> {
+    state.dashboard.clone().ok_or_else(|| {
+        AppError::NotFound("the aggregation stage does not run in this process".to_owned())
+    })
+}
+
+pub(crate) async fn snapshot(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    Ok(Json((*handle(&state)?.snapshot()).clone()))
+}
+
+/// How often the stream looks for a new snapshot: at most one event per interval.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let handle = handle(&state)?;
+    let events = futures_util::stream::unfold((handle, None::<u64>), |(handle, last)| async move {
+        loop {
+            let generation = handle.generation();
+            if last != Some(generation) {
+                let data = serde_json::to_string(&*handle.snapshot())
+                    .unwrap_or_else(|_| "null".to_owned());
+                let event = Event::default().event("snapshot").data(data);
+                if last.is_some() {
+                    tokio::time::sleep(INTERVAL).await;
+                }
+                return Some((Ok(event), (handle, Some(generation))));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clickpulse_engine::metrics::PipelineMetrics;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn snapshot_and_stream_serve_the_latest_dashboard() {
+        let handle = DashboardHandle::default();
+        handle.publish(json!({"now_ms": 1000, "active_visitors_5m": 3}));
+        let router = crate::app(AppState {
+            metrics: Arc::new(PipelineMetrics::default()),
+            mode: "embedded",
+            patterns: None,
+            admin_token: None,
+            dashboard: Some(handle.clone()),
+        });
+        let response = router
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/api/dashboard")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["active_visitors_5m"],
+            3
+        );
+
+        let response = router
+            .oneshot(
+                Request::builder()
+                    .uri("/api/dashboard/stream")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let text = String::from_utf8(frame.to_vec()).unwrap();
+        assert!(text.starts_with("event: snapshot\ndata: {"), "{text}");
+        assert!(text.contains("\"now_ms\":1000"), "{text}");
+        // A new snapshot is pushed once published.
+        handle.publish(json!({"now_ms": 2000}));
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+        assert!(text.contains("\"now_ms\":2000"), "{text}");
+    }
+}

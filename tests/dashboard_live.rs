@@ -1,0 +1,78 @@
+//! The live dashboard is an exact event-time computation: the embedded pipeline's snapshot
+//! equals the backtest's at the same watermark, whatever the replay speed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    run_ok(&[
+        "demo",
+        "--data-dir",
+        dir,
+        "--speed",
+        "max",
+        "--exit-when-done",
+        "--idle-timeout-ms",
+        "300",
+        "--listen",
+        &listen,
+    ]);
+    let status = run_json(&["status", "--data-dir", dir]);
+    let live = &status["state"]["op/aggregate/snapshot"];
+    let backtest = run_json(&["backtest", "--json"]);
+    assert_eq!(
+        live["now_ms"], 1_331_881_176_000i64,
+        "now is the newest event time"
+    );
+    assert_eq!(live, &backtest["dashboard"]);
+    assert_eq!(status["state"]["runner/aggregate"]["events"], 116_607);
+}
+
+#[test]
+fn snapshot_at_speed_3600_equals_the_backtest_at_the_same_watermark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut demo = spawn(&[
+        "demo",
+        "--data-dir",
+        dir,
+        "--speed",
+        "3600",
+        "--idle-timeout-ms",
+        "60000",
+        "--listen",
+        &listen,
+    ]);
+    // Let a few hours of event time pass, then take the live snapshot.
+    let snapshot: Value = wait_for(
+        Duration::from_secs(60),
+        "six hours of event time on the dashboard",
+        || {
+            let s = get_json(port, "/api/dashboard")?;
+            let now = s["now_ms"].as_i64()?;
+            (now > 1_330_588_819_000 + 6 * 3_600_000).then_some(s)
+        },
+    );
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let now = snapshot["now_ms"].as_i64().unwrap();
+    let backtest = run_json(&["backtest", "--json", "--until", &now.to_string()]);
+    assert_eq!(snapshot, backtest["dashboard"]);
+    assert!(
+        snapshot["page_views_per_minute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["views"].as_u64() > Some(0))
+    );
+}
