@@ -12,19 +12,7 @@ use serde_json::Value;
 fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    run_ok(&[
-        "demo",
-        "--data-dir",
-        dir,
-        "--speed",
-        "max",
-        "--exit-when-done",
-        "--idle-timeout-ms",
-        "300",
-        "--listen",
-        &listen,
-    ]);
+    demo_to_end(dir, &[]);
     let status = run_json(&["status", "--data-dir", dir]);
     let live = &status["state"]["op/aggregate/snapshot"];
     let backtest = run_json(&["backtest", "--json"]);

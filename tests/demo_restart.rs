@@ -45,19 +45,7 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
     let crashed = tmp.path().join("crashed");
     let (reference, crashed) = (reference.to_str().unwrap(), crashed.to_str().unwrap());
 
-    let port = free_port().to_string();
-    run_ok(&[
-        "demo",
-        "--data-dir",
-        reference,
-        "--speed",
-        "max",
-        "--exit-when-done",
-        "--idle-timeout-ms",
-        "300",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    demo_to_end(reference, &[]);
     let expected = status(reference);
     assert_eq!(expected["topics"]["click-data"]["records"], 116_607);
     assert_eq!(
@@ -102,19 +90,7 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
         "the kill must land mid-replay (stats said {at_kill}, disk says {replayed_at_kill})"
     );
 
-    let port = free_port().to_string();
-    run_ok(&[
-        "demo",
-        "--data-dir",
-        crashed,
-        "--speed",
-        "max",
-        "--exit-when-done",
-        "--idle-timeout-ms",
-        "300",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    demo_to_end(crashed, &[]);
     assert_eq!(comparable(&status(crashed)), comparable(&expected));
     assert_eq!(offers(crashed), offers(reference));
 }
@@ -135,24 +111,9 @@ fn malformed_rows_go_to_the_dead_letter_topic_once_and_the_rest_flows() {
     .unwrap();
     let dir = tmp.path().join("data");
     let dir = dir.to_str().unwrap();
-    let port = free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "demo",
-        "--data-dir",
-        dir,
-        "--log",
-        log.to_str().unwrap(),
-        "--speed",
-        "max",
-        "--exit-when-done",
-        "--idle-timeout-ms",
-        "300",
-        "--listen",
-        &listen,
-    ];
-    run_ok(&args);
-    run_ok(&args); // a second start replays nothing again
+    let log = log.to_str().unwrap();
+    demo_to_end(dir, &["--log", log]);
+    demo_to_end(dir, &["--log", log]); // a second start replays nothing again
     let s = status(dir);
     assert_eq!(s["topics"]["click-data"]["records"], 2);
     assert_eq!(s["topics"]["enriched-click-data"]["records"], 2);
@@ -167,20 +128,7 @@ fn malformed_rows_go_to_the_dead_letter_topic_once_and_the_rest_flows() {
     )
     .unwrap();
     let output = std::process::Command::new(bin())
-        .args([
-            "demo",
-            "--data-dir",
-            dir,
-            "--log",
-            other.to_str().unwrap(),
-            "--speed",
-            "max",
-            "--exit-when-done",
-            "--idle-timeout-ms",
-            "300",
-            "--listen",
-            &listen,
-        ])
+        .args(demo_to_end_args(dir, &["--log", other.to_str().unwrap()]))
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -81,3 +81,31 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The arguments that run `clickpulse demo` on data dir `dir` as fast as possible until every
+/// stage has caught up, on a free port, followed by `extra`.
+pub fn demo_to_end_args(dir: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "demo",
+        "--data-dir",
+        dir,
+        "--speed",
+        "max",
+        "--exit-when-done",
+        "--idle-timeout-ms",
+        "300",
+        "--listen",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("127.0.0.1:{}", free_port()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs the demo on `dir` to the end of its input (see [`demo_to_end_args`]).
+pub fn demo_to_end(dir: &str, extra: &[&str]) -> Output {
+    let args = demo_to_end_args(dir, extra);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}

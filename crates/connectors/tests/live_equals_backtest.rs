@@ -81,18 +81,11 @@ fn clicks(views: &[(usize, i64, usize)]) -> Vec<Click> {
         .iter()
         .map(|&(visitor, gap_s, product)| {
             t += gap_s * 1000;
-            Click {
-                ts_ms: t,
-                visitor: format!("v{visitor}"),
-                url: format!("http://www.acme.com/SH1/{}", PRODUCTS[product].0),
-                ip: String::new(),
-                user_agent: String::new(),
-                city: None,
-                country: Some("usa".into()),
-                region: None,
-                gender: None,
-                age: None,
-            }
+            Click::new(
+                t,
+                format!("v{visitor}"),
+                format!("http://www.acme.com/SH1/{}", PRODUCTS[product].0),
+            )
         })
         .collect();
     sort_by_event_time(&mut out);

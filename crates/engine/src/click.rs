@@ -151,6 +151,22 @@ pub const MAX_FIELD_BYTES: usize = 4096;
 const MAX_TS_MS: i64 = 253_402_300_799_000;
 
 impl Click {
+    /// A page view with only the required fields set.
+    pub fn new(ts_ms: i64, visitor: impl Into<String>, url: impl Into<String>) -> Self {
+        Click {
+            ts_ms,
+            visitor: visitor.into(),
+            url: url.into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            city: None,
+            country: None,
+            region: None,
+            gender: None,
+            age: None,
+        }
+    }
+
     /// Checks what every source must guarantee before a click is published.
     pub fn validate(&self) -> Result<(), InvalidClick> {
         if self.visitor.trim().is_empty() {

@@ -149,18 +149,7 @@ mod tests {
     use super::*;
 
     fn click(ts_ms: i64, visitor: &str) -> Click {
-        Click {
-            ts_ms,
-            visitor: visitor.to_owned(),
-            url: "http://www.acme.com/".to_owned(),
-            ip: String::new(),
-            user_agent: String::new(),
-            city: None,
-            country: None,
-            region: None,
-            gender: None,
-            age: None,
-        }
+        Click::new(ts_ms, visitor, "http://www.acme.com/")
     }
 
     #[test]

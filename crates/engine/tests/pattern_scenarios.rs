@@ -69,18 +69,8 @@ fn run_scenario(name: &str) {
                     image: None,
                     price: None,
                 });
-                clicks.push(Click {
-                    ts_ms: start_ms + secs * 1000,
-                    visitor: visitor.to_string(),
-                    url: format!("http://www.acme.com/SH55126545/{product}"),
-                    ip: String::new(),
-                    user_agent: String::new(),
-                    city: None,
-                    country: Some("usa".into()),
-                    region: None,
-                    gender: None,
-                    age: None,
-                });
+                let url = format!("http://www.acme.com/SH55126545/{product}");
+                clicks.push(Click::new(start_ms + secs * 1000, *visitor, url));
             }
             other => panic!("{name}/views.txt: cannot read {other:?}"),
         }

@@ -353,18 +353,11 @@ mod tests {
     use super::*;
 
     fn click(i: i64) -> Click {
-        Click {
-            ts_ms: 1_000 * i,
-            visitor: format!("visitor-{}", i % 3),
-            url: "http://www.acme.com/".to_owned(),
-            ip: String::new(),
-            user_agent: String::new(),
-            city: None,
-            country: None,
-            region: None,
-            gender: None,
-            age: None,
-        }
+        Click::new(
+            1_000 * i,
+            format!("visitor-{}", i % 3),
+            "http://www.acme.com/",
+        )
     }
 
     #[test]
