@@ -45,11 +45,16 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
     /// Replay speed: N× real time, or `max`.
-    #[arg(long, default_value = "300")]
+    #[arg(long, default_value = "10")]
     pub(crate) speed: Speed,
     /// Replay forever, shifting each pass by the log's span (whole days).
     #[arg(long = "loop")]
     pub(crate) loop_forever: bool,
+    /// Replay the log's original timestamps from its first event. By default a new data dir
+    /// aligns the log with the present: shifted by whole days so today's time of day falls on
+    /// its first day, starting 8 hours back (to fill the dashboard), then in step with the clock.
+    #[arg(long)]
+    pub(crate) original_time: bool,
     /// Logs to replay (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,

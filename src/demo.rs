@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clickpulse_connectors::embedded::runner::{
-    RunnerConfig, apply_retention, run_operator, run_replay,
+    ReplayOptions, RunnerConfig, apply_retention, run_operator, run_replay,
 };
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
-use clickpulse_engine::replay::ReplayPlan;
+use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
@@ -29,6 +29,10 @@ use tracing::{error, info, warn};
 
 use crate::cli::DemoArgs;
 use crate::{bundled, inputs};
+
+/// How much of the log an aligned replay replays at once on a new data dir: the dashboard's
+/// longest window (16 half-hours) is full from the start.
+const WARMUP_MS: i64 = 8 * 3_600_000;
 
 /// The topics of the embedded pipeline and their partition counts.
 pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
@@ -68,7 +72,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         lookups = bundled;
     }
     let input = Arc::new(inputs::read_logs(&args.logs, |_| {})?);
-    let plan = ReplayPlan::new(&input.clicks, args.loop_forever);
     info!(
         events = input.clicks.len(),
         malformed = input.malformed.len(),
@@ -94,6 +97,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let last_pattern_error = Arc::new(Mutex::new(None));
 
     let metrics = Arc::new(PipelineMetrics::default());
+    let clock = Arc::new(EventClock::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
     let config = RunnerConfig {
@@ -122,10 +126,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             config.clone(),
             metrics.stage("replay"),
         );
-        let speed = args.speed;
+        let options = ReplayOptions {
+            speed: args.speed,
+            loop_forever: args.loop_forever,
+            align_warmup_ms: (!args.original_time).then_some(WARMUP_MS),
+        };
+        let clock = clock.clone();
         spawn(
             "replay",
-            Box::new(move || run_replay(&store, &input, &plan, speed, &m, &shutdown, &config)),
+            Box::new(move || run_replay(&store, &input, options, &clock, &m, &shutdown, &config)),
         )?;
     }
     {

@@ -32,6 +32,7 @@ fn snapshot_at_speed_3600_equals_the_backtest_at_the_same_watermark() {
     let listen = format!("127.0.0.1:{port}");
     let mut demo = spawn(&[
         "demo",
+        "--original-time",
         "--data-dir",
         dir,
         "--speed",

@@ -60,6 +60,7 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
     let listen = format!("127.0.0.1:{port}");
     let mut child = spawn(&[
         "demo",
+        "--original-time",
         "--data-dir",
         crashed,
         "--speed",

@@ -55,6 +55,7 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
     let listen = format!("127.0.0.1:{port}");
     let mut demo = spawn(&[
         "demo",
+        "--original-time",
         "--data-dir",
         data.to_str().unwrap(),
         "--patterns",

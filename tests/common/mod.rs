@@ -87,6 +87,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
 pub fn demo_to_end_args(dir: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "demo",
+        "--original-time",
         "--data-dir",
         dir,
         "--speed",

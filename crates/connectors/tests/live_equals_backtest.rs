@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use clickpulse_connectors::embedded::EmbeddedStore;
 use clickpulse_connectors::embedded::runner::{
-    ReplayInput, RunnerConfig, run_operator, run_replay,
+    ReplayInput, ReplayOptions, RunnerConfig, run_operator, run_replay,
 };
 use clickpulse_engine::click::{Click, Gender};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry, PatternSet};
-use clickpulse_engine::replay::{ReplayPlan, Speed, sort_by_event_time};
+use clickpulse_engine::replay::{EventClock, Speed, sort_by_event_time};
 use clickpulse_engine::topics;
 use proptest::prelude::*;
 
@@ -117,7 +117,12 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
         malformed: vec![],
         fingerprint: "prop".into(),
     };
-    let plan = ReplayPlan::new(&input.clicks, false);
+    let options = ReplayOptions {
+        speed: Speed::Max,
+        loop_forever: false,
+        align_warmup_ms: None,
+    };
+    let clock = EventClock::default();
     let config = RunnerConfig {
         batch_size,
         idle_wait: Duration::from_millis(2),
@@ -149,8 +154,8 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
             run_replay(
                 &store,
                 &input,
-                &plan,
-                Speed::Max,
+                options,
+                &clock,
                 &metrics.stage("replay"),
                 &stop_all,
                 &config,

@@ -8,7 +8,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::click::Click;
 
@@ -59,6 +60,7 @@ pub struct ReplayPlan {
     len: u64,
     loop_forever: bool,
     shift_ms: i64,
+    base_shift_ms: i64,
 }
 
 impl ReplayPlan {
@@ -75,7 +77,30 @@ impl ReplayPlan {
             len: sorted.len() as u64,
             loop_forever,
             shift_ms,
+            base_shift_ms: 0,
         }
+    }
+
+    /// Shifts every event by `base_shift_ms` (on top of the loop shift).
+    pub fn with_base_shift(mut self, base_shift_ms: i64) -> Self {
+        self.base_shift_ms = base_shift_ms;
+        self
+    }
+
+    /// Aligns a log with the present: the whole-day shift that puts `now_ms` on the log's second
+    /// (shifted) day — its first full day, since a log rarely starts at midnight — keeping each
+    /// event's time of day, and the first position at or after
+    /// `now_ms − warmup_ms`, so a replay starting there fills the recent windows at once and then
+    /// runs in step with the wall clock.
+    pub fn align_to(sorted: &[Click], now_ms: i64, warmup_ms: i64) -> (i64, u64) {
+        let Some(first) = sorted.first() else {
+            return (0, 0);
+        };
+        let first_full_day = first.ts_ms.div_euclid(DAY_MS) * DAY_MS + DAY_MS;
+        let shift = (now_ms - first_full_day).div_euclid(DAY_MS) * DAY_MS;
+        let from = now_ms - warmup_ms - shift;
+        let start = sorted.partition_point(|c| c.ts_ms < from) as u64;
+        (shift, start)
     }
 
     /// Events in one pass.
@@ -103,7 +128,7 @@ impl ReplayPlan {
             return None;
         }
         let index = (position % self.len) as usize;
-        Some((index, pass as i64 * self.shift_ms))
+        Some((index, self.base_shift_ms + pass as i64 * self.shift_ms))
     }
 }
 
@@ -127,6 +152,20 @@ impl Pacer {
         }
     }
 
+    /// A pacer at `speed` whose event time `ts_ms` is the wall time `wall`: earlier events are
+    /// due at once (a catch-up), later ones at `speed`.
+    pub fn anchored(speed: Speed, ts_ms: i64, wall: Instant) -> Self {
+        Pacer {
+            speed,
+            anchor: Some((ts_ms, wall)),
+        }
+    }
+
+    /// The anchor, once set.
+    pub fn anchor(&self) -> Option<(i64, Instant)> {
+        self.anchor
+    }
+
     /// The speed.
     pub fn speed(&self) -> Speed {
         self.speed
@@ -141,6 +180,37 @@ impl Pacer {
         let offset_ms = (ts_ms - anchor_ts).max(0) as f64 / factor;
         let due = anchor_wall + Duration::from_secs_f64(offset_ms / 1000.0);
         due.saturating_duration_since(now)
+    }
+}
+
+/// The pipeline's event-time clock: where the replay is, advancing with the wall clock at the
+/// replay's speed between events (1× after the end, or at `max`). Live clicks are stamped with
+/// it, so they land in the same event-time domain as the replayed traffic. Without a replay it
+/// is the wall clock.
+#[derive(Debug, Default)]
+pub struct EventClock {
+    anchor: Mutex<Option<(i64, Instant, f64)>>,
+}
+
+/// The wall clock as unix milliseconds.
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl EventClock {
+    /// Event time `ts_ms` is now (`wall`), advancing `rate` × wall time from here.
+    pub fn set(&self, ts_ms: i64, wall: Instant, rate: f64) {
+        *self.anchor.lock().expect("clock lock") = Some((ts_ms, wall, rate));
+    }
+
+    /// The current event time.
+    pub fn now_ms(&self) -> i64 {
+        match *self.anchor.lock().expect("clock lock") {
+            Some((ts, wall, rate)) => ts + (wall.elapsed().as_secs_f64() * 1000.0 * rate) as i64,
+            None => wall_clock_ms(),
+        }
     }
 }
 
@@ -192,6 +262,49 @@ mod tests {
         );
         let mut max = Pacer::new(Speed::Max);
         assert_eq!(max.wait_for(10_000_000, start), Duration::ZERO);
+    }
+
+    #[test]
+    fn aligning_keeps_the_time_of_day_and_starts_before_now() {
+        // The log starts at 20:00 on day 0; day 1 has events at 08:00, 12:00 and 20:00.
+        let h = 3_600_000;
+        let clicks = vec![
+            click(20 * h, "a"),
+            click(DAY_MS + 8 * h, "b"),
+            click(DAY_MS + 12 * h, "c"),
+            click(DAY_MS + 20 * h, "d"),
+        ];
+        // Now is 13:00 on day 100, with two hours of warm-up: day 1 becomes day 100 and the
+        // replay starts at its 12:00 event.
+        let (shift, start) = ReplayPlan::align_to(&clicks, 100 * DAY_MS + 13 * h, 2 * h);
+        assert_eq!((shift, start), (99 * DAY_MS, 2));
+        let plan = ReplayPlan::new(&clicks, true).with_base_shift(shift);
+        assert_eq!(plan.at(2), Some((2, 99 * DAY_MS)));
+        assert_eq!(
+            plan.at(4),
+            Some((0, 101 * DAY_MS)),
+            "loops add whole spans on top"
+        );
+    }
+
+    #[test]
+    fn anchored_pacer_catches_up_then_keeps_pace() {
+        let wall = Instant::now();
+        let mut pacer = Pacer::anchored(Speed::Factor(1.0), 1_000_000, wall);
+        assert_eq!(pacer.wait_for(900_000, wall), Duration::ZERO);
+        assert_eq!(pacer.wait_for(1_002_000, wall), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn event_clock_runs_at_the_replay_rate() {
+        let clock = EventClock::default();
+        assert!(
+            (clock.now_ms() - wall_clock_ms()).abs() < 1_000,
+            "wall clock without a replay"
+        );
+        clock.set(1_000_000, Instant::now() - Duration::from_secs(2), 60.0);
+        let now = clock.now_ms();
+        assert!((1_120_000..1_130_000).contains(&now), "{now}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use clickpulse_engine::click::Click;
 use clickpulse_engine::metrics::StageMetrics;
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
 use clickpulse_engine::reader::DeadLetter;
-use clickpulse_engine::replay::{Pacer, ReplayPlan, Speed};
+use clickpulse_engine::replay::{EventClock, Pacer, ReplayPlan, Speed, wall_clock_ms};
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -213,28 +213,56 @@ struct ReplayState {
     malformed: u64,
     dead_letters_written: bool,
     event_time_ms: Option<i64>,
+    /// Whole-day shift applied to every event (replays aligned with the present).
+    #[serde(default)]
+    base_shift_ms: i64,
+    /// Whether the replay is aligned with the wall clock.
+    #[serde(default)]
+    aligned: bool,
 }
 
 const REPLAY_STATE: &str = "replay/state";
 
-/// Replays `input` into `click-data` at `speed` until it ends (or forever with a looping plan)
-/// or `shutdown` is set. The position is committed with each batch, so a restart resumes at
-/// the first event not yet published.
+/// How a replay runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayOptions {
+    /// N× real time, or as fast as possible.
+    pub speed: Speed,
+    /// Start over (shifted by the log's span in whole days) at the end.
+    pub loop_forever: bool,
+    /// On first start, align the log with the present: shift it by whole days so today's time of
+    /// day falls on its first day, and start this many milliseconds before now (filling the
+    /// dashboard's windows at once). `None` replays the original timestamps from the start.
+    pub align_warmup_ms: Option<i64>,
+}
+
+/// Replays `input` into `click-data` until it ends (or forever when looping) or `shutdown` is
+/// set, keeping `clock` at the replay's event time. The position is committed with each batch,
+/// so a restart resumes at the first event not yet published.
 pub fn run_replay(
     store: &EmbeddedStore,
     input: &ReplayInput,
-    plan: &ReplayPlan,
-    speed: Speed,
+    options: ReplayOptions,
+    clock: &EventClock,
     metrics: &StageMetrics,
     shutdown: &AtomicBool,
     config: &RunnerConfig,
 ) -> Result<(), StoreError> {
     let mut state: ReplayState = match store.state(REPLAY_STATE)? {
         Some(bytes) => decode(REPLAY_STATE, &bytes)?,
-        None => ReplayState {
-            fingerprint: input.fingerprint.clone(),
-            ..ReplayState::default()
-        },
+        None => {
+            let mut fresh = ReplayState {
+                fingerprint: input.fingerprint.clone(),
+                ..ReplayState::default()
+            };
+            if let Some(warmup) = options.align_warmup_ms {
+                let (shift, start) = ReplayPlan::align_to(&input.clicks, wall_clock_ms(), warmup);
+                fresh.base_shift_ms = shift;
+                fresh.position = start;
+                fresh.aligned = true;
+            }
+            fresh
+        }
     };
     if state.fingerprint != input.fingerprint {
         return Err(StoreError::ReplayInputChanged {
@@ -242,8 +270,21 @@ pub fn run_replay(
             given: input.fingerprint.clone(),
         });
     }
-    info!(position = state.position, events = plan.len(), %speed, "Replay started.");
-    let mut pacer = Pacer::new(speed);
+    let plan =
+        ReplayPlan::new(&input.clicks, options.loop_forever).with_base_shift(state.base_shift_ms);
+    let speed = options.speed;
+    info!(position = state.position, events = plan.len(), %speed, aligned = state.aligned, "Replay started.");
+    // An aligned replay keeps event time in step with the wall clock (at `speed`), catching up
+    // on anything it missed while stopped; otherwise the first event anchors the pace.
+    let mut pacer = if state.aligned {
+        Pacer::anchored(speed, wall_clock_ms(), Instant::now())
+    } else {
+        Pacer::new(speed)
+    };
+    let rate = match speed {
+        Speed::Factor(f) => f,
+        Speed::Max => 1.0,
+    };
     let details = |s: &ReplayState, pacer: &Pacer| {
         json!({
             "position": s.position,
@@ -252,6 +293,7 @@ pub fn run_replay(
             "malformed": s.malformed,
             "speed": pacer.speed().to_string(),
             "event_time_ms": s.event_time_ms,
+            "aligned": s.aligned,
         })
     };
     metrics.record(state.events, state.malformed, details(&state, &pacer));
@@ -300,6 +342,16 @@ pub fn run_replay(
                 Some(serde_json::to_vec(&state).expect("replay state serializes")),
             ));
             commit_with_retry(store, &batch, "replay", metrics, shutdown)?;
+        }
+        // The clock follows the pacer's anchor while paced, the last event when at max speed.
+        match (speed, pacer.anchor()) {
+            (Speed::Factor(_), Some((ts, wall))) if !done => clock.set(ts, wall, rate),
+            _ if !batch.appends.is_empty() || !metrics.is_done() => {
+                if let Some(ts) = state.event_time_ms {
+                    clock.set(ts, Instant::now(), rate);
+                }
+            }
+            _ => {}
         }
         metrics.record(state.events, state.malformed, details(&state, &pacer));
         if done {
@@ -380,20 +432,16 @@ mod tests {
             batch_size: 3,
             idle_wait: Duration::from_millis(5),
         };
-        let plan = ReplayPlan::new(&input.clicks, false);
+        let options = ReplayOptions {
+            speed: Speed::Max,
+            loop_forever: false,
+            align_warmup_ms: None,
+        };
+        let clock = EventClock::default();
         let (replay, enrich) = (metrics.stage("replay"), metrics.stage("enrich"));
         thread::scope(|s| {
             s.spawn(|| {
-                run_replay(
-                    &store,
-                    &input,
-                    &plan,
-                    Speed::Max,
-                    &replay,
-                    &shutdown,
-                    &config,
-                )
-                .unwrap()
+                run_replay(&store, &input, options, &clock, &replay, &shutdown, &config).unwrap()
             });
             s.spawn(|| {
                 run_operator(
