@@ -72,6 +72,13 @@ pub(crate) struct DemoArgs {
     /// watermark back (and, when all are silent, every window closes).
     #[arg(long, default_value_t = 5_000, value_name = "MS")]
     pub(crate) idle_timeout_ms: u64,
+    /// Origins allowed to send page views to `POST /collect` from their pages (repeatable;
+    /// `*` for any). Same-origin pages (the demo shop) need none.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub(crate) cors_origins: Vec<String>,
+    /// Most live clicks waiting to be stored before the collector answers 503.
+    #[arg(long, default_value_t = 20_000, value_name = "CLICKS")]
+    pub(crate) collector_queue: usize,
     /// Records kept per topic partition once every consumer has read them.
     #[arg(long, default_value_t = 100_000, value_name = "RECORDS")]
     pub(crate) retention: u64,

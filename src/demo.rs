@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clickpulse_connectors::embedded::runner::{
-    ReplayOptions, RunnerConfig, apply_retention, run_operator, run_replay,
+    CollectedBatch, ReplayOptions, RunnerConfig, apply_retention, run_collector, run_operator,
+    run_replay,
 };
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
+use clickpulse_engine::click::Click;
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
@@ -23,8 +25,11 @@ use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
+use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::cli::DemoArgs;
@@ -96,6 +101,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let transition_log = Arc::new(Mutex::new(TransitionLog::default()));
     let last_pattern_error = Arc::new(Mutex::new(None));
 
+    let products = Arc::new(shop_products(&lookups));
     let metrics = Arc::new(PipelineMetrics::default());
     let clock = Arc::new(EventClock::default());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -182,6 +188,39 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &config)),
         )?;
     }
+    let hub = OfferHub::new(clickpulse_server::static_files::offer_image);
+    {
+        let (store, shutdown, config, m) = (
+            store.clone(),
+            shutdown.clone(),
+            config.clone(),
+            metrics.stage("web"),
+        );
+        let web = WebOperator::new(hub.clone());
+        spawn(
+            "web",
+            Box::new(move || run_operator(&store, web, &m, &shutdown, &config)),
+        )?;
+    }
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(4_096);
+    {
+        let (store, shutdown, config, m) = (
+            store.clone(),
+            shutdown.clone(),
+            config.clone(),
+            metrics.stage("collector"),
+        );
+        spawn(
+            "collector",
+            Box::new(move || run_collector(&store, &queue_rx, &m, &shutdown, &config)),
+        )?;
+    }
+    let sink = Arc::new(QueueSink {
+        queue: queue_tx,
+        in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max_in_flight: args.collector_queue,
+    });
+    let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
         spawn(
@@ -229,6 +268,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             }),
             admin_token: Some(Arc::from(admin_token.as_str())),
             dashboard: Some(dashboard.clone()),
+            collector: Some(Collector {
+                sink: sink.clone(),
+                clock: clock.clone(),
+            }),
+            web: Some(WebDelivery {
+                hub: hub.clone(),
+                tokens: OfferTokens::new(offer_secret.as_bytes()),
+            }),
+            products: products.clone(),
+            cors_origins: args.cors_origins.clone(),
         });
         let stop = stop_signal(
             shutdown.clone(),
@@ -317,7 +366,7 @@ async fn stop_signal(
 const CONSUMERS: [(&str, &[&str]); 3] = [
     (topics::CLICK_DATA, &["enrich"]),
     (topics::ENRICHED_CLICK_DATA, &["detect", "aggregate"]),
-    (topics::SPECIAL_OFFERS, &["aggregate"]),
+    (topics::SPECIAL_OFFERS, &["aggregate", "web"]),
 ];
 
 /// Every few seconds, deletes consumed records beyond the newest `keep` of each partition, so
@@ -356,6 +405,7 @@ fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
         .detail("pending")
         .and_then(|p| p.as_u64())
         == Some(0)
+        && metrics.stage("web").lag() == 0
 }
 
 /// Writes the bundled seed patterns into an empty, new pattern directory.
@@ -408,6 +458,24 @@ fn watch_patterns(
     }
 }
 
+/// A random secret kept in `path` (hex, mode 0600): read if present, else generated. Returns
+/// it and whether it was just generated.
+fn secret_file(path: &std::path::Path, bytes: usize) -> Result<(String, bool)> {
+    if let Ok(secret) = std::fs::read_to_string(path) {
+        return Ok((secret.trim().to_owned(), false));
+    }
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("cannot generate a secret: {e}"))?;
+    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, &secret).with_context(|| format!("cannot save {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((secret, true))
+}
+
 /// The admin token: given, else the one saved in the data dir, else a new random one (saved
 /// with mode 0600 and shown once).
 fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<String> {
@@ -415,24 +483,67 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
         return Ok(token);
     }
     let path = data_dir.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+    let (token, generated) = secret_file(&path, 24)?;
+    if generated {
+        eprintln!(
+            "Generated an admin token (saved to {}; shown only now): {token}",
+            path.display()
+        );
     }
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("cannot generate an admin token: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &token).with_context(|| format!("cannot save {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    eprintln!(
-        "Generated an admin token (saved to {}; shown only now): {token}",
-        path.display()
-    );
     Ok(token)
+}
+
+/// Feeds `POST /collect` into the collector stage through a queue bounded in clicks: when it is
+/// full the collector answers 503 instead of buffering without limit.
+struct QueueSink {
+    queue: std::sync::mpsc::SyncSender<CollectedBatch>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: usize,
+}
+
+impl ClickSink for QueueSink {
+    fn offer(&self, clicks: Vec<Click>) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
+        let n = clicks.len();
+        let before = self.in_flight.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.max_in_flight {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
+            return Err(SinkFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        let in_flight = self.in_flight.clone();
+        let batch = CollectedBatch {
+            clicks,
+            ack: Box::new(move |outcome| {
+                in_flight.fetch_sub(n, Ordering::SeqCst);
+                let _ = tx.send(outcome);
+            }),
+        };
+        self.queue.try_send(batch).map_err(|_| {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
+            SinkFull
+        })?;
+        Ok(rx)
+    }
+}
+
+/// The catalogue as the shop shows it (the home page is not a product).
+fn shop_products(lookups: &clickpulse_engine::lookups::Lookups) -> Vec<serde_json::Value> {
+    lookups
+        .products()
+        .iter()
+        .filter(|p| p.price.is_some())
+        .map(|p| {
+            let image = format!("products/{}.png", p.id);
+            serde_json::json!({
+                "id": p.id,
+                "category": p.category,
+                "title": p.title,
+                "description": p.description,
+                "price": p.price,
+                "image_url": format!("/images/{image}"),
+            })
+        })
+        .collect()
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {

@@ -65,11 +65,8 @@ mod tests {
         let handle = DashboardHandle::default();
         handle.publish(json!({"now_ms": 1000, "active_visitors_5m": 3}));
         let router = crate::app(AppState {
-            metrics: Arc::new(PipelineMetrics::default()),
-            mode: "embedded",
-            patterns: None,
-            admin_token: None,
             dashboard: Some(handle.clone()),
+            ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
         });
         let response = router
             .clone()

@@ -16,9 +16,16 @@
 //! - `GET /api/dashboard`: the dashboard snapshot (event-time windows as of the watermark).
 //! - `GET /api/dashboard/stream`: the same as Server-Sent Events, at most one per second while
 //!   it changes.
+//! - `GET /api/products`: the catalogue, with image URLs.
+//! - `POST /collect`: live page views ([`collector`]); `GET /clickpulse.js`: the snippet.
+//! - `POST /api/identity`, `GET /api/offers/stream?visitor=&token=`: offer delivery ([`offers`]).
+//! - `/`, `/pipeline`, `/shop`, `/shop/product/{id}`: the pages ([`static_files`]).
 
+pub mod collector;
 mod dashboard;
+pub mod offers;
 mod patterns;
+pub mod static_files;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +52,31 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// The dashboard snapshot, when the aggregation stage runs here.
     pub dashboard: Option<clickpulse_engine::window::DashboardHandle>,
+    /// The collector, when it runs here.
+    pub collector: Option<collector::Collector>,
+    /// Offer delivery, when the web stage runs here.
+    pub web: Option<offers::WebDelivery>,
+    /// The product catalogue for the shop.
+    pub products: Arc<Vec<Value>>,
+    /// Origins allowed to call `POST /collect` from other sites (`*` for any).
+    pub cors_origins: Vec<String>,
+}
+
+impl AppState {
+    /// A state with only metrics: every optional part off.
+    pub fn new(metrics: Arc<PipelineMetrics>, mode: &'static str) -> Self {
+        AppState {
+            metrics,
+            mode,
+            patterns: None,
+            admin_token: None,
+            dashboard: None,
+            collector: None,
+            web: None,
+            products: Arc::new(Vec::new()),
+            cors_origins: Vec::new(),
+        }
+    }
 }
 
 pub use patterns::PatternAdmin;
@@ -83,7 +115,26 @@ impl IntoResponse for AppError {
 
 /// The router.
 pub fn app(state: AppState) -> Router {
+    let cors = cors_layer(&state.cors_origins);
+    let collect = Router::new()
+        .route("/collect", axum::routing::post(collector::collect))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            collector::MAX_BODY_BYTES,
+        ))
+        .layer(cors);
     Router::new()
+        .merge(collect)
+        .route("/", get(static_files::dashboard))
+        .route("/pipeline", get(static_files::pipeline))
+        .route("/shop", get(static_files::shop))
+        .route("/shop/product/{id}", get(static_files::shop_product))
+        .route("/clickpulse.js", get(static_files::snippet))
+        .route("/assets/{*path}", get(static_files::asset))
+        .route("/vendor/{*path}", get(static_files::vendor))
+        .route("/images/{*path}", get(static_files::image))
+        .route("/api/products", get(products))
+        .route("/api/identity", axum::routing::post(offers::identity))
+        .route("/api/offers/stream", get(offers::stream))
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
         .route("/api/patterns", get(patterns::list))
@@ -95,6 +146,24 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dashboard", get(dashboard::snapshot))
         .route("/api/dashboard/stream", get(dashboard::stream))
         .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers([axum::http::header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<axum::http::HeaderValue> =
+            origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+async fn products(State(state): State<AppState>) -> Json<Value> {
+    Json(Value::Array(state.products.as_ref().clone()))
 }
 
 async fn health() -> Json<Value> {
@@ -134,9 +203,12 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]
@@ -163,13 +235,7 @@ mod tests {
         metrics
             .stage("enrich")
             .record(42, 1, json!({"unknown_product_events": 3}));
-        let router = app(AppState {
-            metrics,
-            mode: "embedded",
-            patterns: None,
-            admin_token: None,
-            dashboard: None,
-        });
+        let router = app(AppState::new(metrics, "embedded"));
         let (status, body) = get_json(router.clone(), "/api/health").await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
         let (status, body) = get_json(router, "/api/stats").await;

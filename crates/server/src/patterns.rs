@@ -160,11 +160,9 @@ mod tests {
             last_error: Arc::new(Mutex::new(None)),
         };
         let router = crate::app(AppState {
-            metrics: Arc::new(PipelineMetrics::default()),
-            mode: "embedded",
             patterns: Some(admin.clone()),
             admin_token: Some(Arc::from("secret")),
-            dashboard: None,
+            ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
         });
         (tmp, admin, router)
     }

@@ -371,6 +371,85 @@ pub fn run_replay(
     Ok(())
 }
 
+/// A batch of live clicks waiting for the collector, with what to call once it is durable (or
+/// failed).
+pub struct CollectedBatch {
+    /// The clicks.
+    pub clicks: Vec<Click>,
+    /// Called with the outcome after the commit.
+    pub ack: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+/// The collector stage: appends live clicks to `click-data`, committing everything waiting in
+/// the queue at once (group commit) and acknowledging each request only after its clicks are
+/// durable. Runs until `shutdown` is set and the queue is drained.
+pub fn run_collector(
+    store: &EmbeddedStore,
+    queue: &std::sync::mpsc::Receiver<CollectedBatch>,
+    metrics: &StageMetrics,
+    shutdown: &AtomicBool,
+    config: &RunnerConfig,
+) -> Result<(), StoreError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let key = runner_key("collector");
+    let mut counts: RunnerCounts = match store.state(&key)? {
+        Some(bytes) => decode(&key, &bytes)?,
+        None => RunnerCounts::default(),
+    };
+    metrics.record(
+        counts.events,
+        counts.dead_letters,
+        json!({"accepted": counts.events}),
+    );
+    loop {
+        let first = match queue.recv_timeout(config.idle_wait) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Timeout) if shutdown.load(Ordering::Relaxed) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut waiting = vec![first];
+        let mut n = waiting[0].clicks.len();
+        while n < config.batch_size {
+            match queue.try_recv() {
+                Ok(b) => {
+                    n += b.clicks.len();
+                    waiting.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut batch = CommitBatch::default();
+        for b in &waiting {
+            for click in &b.clicks {
+                let value = serde_json::to_vec(click).expect("click serializes");
+                batch
+                    .appends
+                    .push((topics::CLICK_DATA.to_owned(), click.visitor.clone(), value));
+            }
+        }
+        let before = counts;
+        counts.events += n as u64;
+        batch.state.push((
+            key.clone(),
+            Some(serde_json::to_vec(&counts).expect("counts serialize")),
+        ));
+        let outcome = commit_with_retry(store, &batch, "collector", metrics, shutdown);
+        if outcome.is_err() {
+            counts = before;
+        }
+        for b in waiting {
+            (b.ack)(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        outcome?;
+        metrics.record(
+            counts.events,
+            counts.dead_letters,
+            json!({"accepted": counts.events}),
+        );
+    }
+}
+
 /// Deletes the records of `topic` that every consumer group in `groups` has already consumed,
 /// keeping at least the newest `keep` records of each partition for inspection. Returns how
 /// many records were deleted.

@@ -1,0 +1,200 @@
+//! The live path end to end over HTTP: the collector takes page views, the pipeline detects the
+//! seed pattern, and the offer reaches that visitor's — and only that visitor's — offer stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn post(port: u16, path: &str, body: &str) -> (u16, Value, Option<String>) {
+    let mut response = ureq::post(&format!("http://127.0.0.1:{port}{path}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(body)
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        retry,
+    )
+}
+
+/// Opens a visitor's offer stream; offers arrive on the returned channel.
+fn subscribe(port: u16, visitor: &str, token: &str) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    let url = format!("http://127.0.0.1:{port}/api/offers/stream?visitor={visitor}&token={token}");
+    let response = ureq::get(&url).call().unwrap();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data: ")
+                && tx.send(serde_json::from_str(data).unwrap()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn identity(port: u16) -> (String, String) {
+    let (status, body, _) = post(port, "/api/identity", "");
+    assert_eq!(status, 200);
+    (
+        body["visitor"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn view(port: u16, visitor: &str, product: &str, gender: &str, age: u32) {
+    let body = json!({"visitor": visitor, "url": format!("http://127.0.0.1:{port}/shop/product/{product}"), "gender": gender, "age": age});
+    let (status, body, _) = post(port, "/collect", &body.to_string());
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn target_visitor_gets_the_offer_others_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut demo = spawn(&[
+        "demo",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--original-time",
+        "--speed",
+        "max",
+        "--listen",
+        &listen,
+    ]);
+    wait_for(Duration::from_secs(30), "the server", || {
+        get_json(port, "/api/health")
+    });
+
+    let (ann, ann_token) = identity(port);
+    let (bob, bob_token) = identity(port);
+    assert_ne!(ann, bob);
+    let ann_offers = subscribe(port, &ann, &ann_token);
+    let bob_offers = subscribe(port, &bob, &bob_token);
+
+    // A 30-year-old woman: clothing, shoes, other clothing.
+    view(port, &ann, "VD55177927", "F", 30);
+    view(port, &ann, "VD55179433", "F", 30);
+    let clicked = Instant::now();
+    view(port, &ann, "VD55156528", "F", 30);
+    let offer = ann_offers
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ann's offer");
+    println!(
+        "click -> offer on the visitor's stream: {:?}",
+        clicked.elapsed()
+    );
+    assert_eq!(offer["visitor"], ann.as_str());
+    assert_eq!(offer["pattern"], "seed-clothes-shoes-clothes");
+    assert_eq!(offer["offer"], "offer2");
+    assert_eq!(offer["image_url"], "/images/offers/offer2.png");
+
+    // A 20-year-old man doing the same gets nothing, and never sees ann's offer.
+    view(port, &bob, "VD55177927", "M", 20);
+    view(port, &bob, "VD55179433", "M", 20);
+    view(port, &bob, "VD55156528", "M", 20);
+    assert!(
+        bob_offers.recv_timeout(Duration::from_secs(2)).is_err(),
+        "bob is not in the audience"
+    );
+
+    // A late subscriber still gets the offer of the last minute, once.
+    let late = subscribe(port, &ann, &ann_token);
+    assert_eq!(
+        late.recv_timeout(Duration::from_secs(5)).unwrap()["offer_id"],
+        offer["offer_id"]
+    );
+    assert!(late.recv_timeout(Duration::from_millis(500)).is_err());
+
+    // Nobody reads ann's offers without her token.
+    let forged = ureq::get(&format!(
+        "http://127.0.0.1:{port}/api/offers/stream?visitor={ann}&token={bob_token}"
+    ))
+    .config()
+    .http_status_as_error(false)
+    .build()
+    .call()
+    .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+
+    // The transition log shows ann's machine.
+    let log = get_json(port, &format!("/api/patterns/log?visitor={ann}")).unwrap();
+    assert!(
+        log["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["to"] == "offer")
+    );
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+}
+
+#[test]
+fn collector_rejects_bad_input_and_sheds_load_with_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut demo = spawn(&[
+        "demo",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--original-time",
+        "--speed",
+        "max",
+        "--collector-queue",
+        "3",
+        "--listen",
+        &listen,
+    ]);
+    wait_for(Duration::from_secs(30), "the server", || {
+        get_json(port, "/api/health")
+    });
+
+    let (status, body, _) = post(port, "/collect", "{\"visitor\": \"v\"}");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `url`"),
+        "{body}"
+    );
+    let (status, _, _) = post(port, "/collect", &"x".repeat(300 * 1024));
+    assert_eq!(status, 413);
+    let (status, body, _) = post(
+        port,
+        "/collect",
+        &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+    );
+    assert_eq!(status, 400, "{body}");
+    // Four clicks do not fit a queue of three: 503 with Retry-After, nothing half-taken.
+    let four = json!([{"visitor":"a","url":"http://x/1"},{"visitor":"a","url":"http://x/2"},{"visitor":"a","url":"http://x/3"},{"visitor":"a","url":"http://x/4"}]);
+    let (status, _, retry) = post(port, "/collect", &four.to_string());
+    assert_eq!((status, retry.as_deref()), (503, Some("1")));
+    let (status, body, _) = post(
+        port,
+        "/collect",
+        "[{\"visitor\":\"a\",\"url\":\"http://x/1\"},{\"visitor\":\"b\",\"url\":\"http://x/2\"}]",
+    );
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(2)));
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+}
