@@ -66,11 +66,11 @@ pub(crate) struct DemoArgs {
     pub(crate) batch_size: usize,
     /// Dashboard windows: how far (event time) a view may trail the newest one of its partition
     /// and still count; later views are counted as late.
-    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub(crate) allowed_lateness_ms: i64,
     /// Dashboard windows: wall-clock silence after which a partition stops holding the
     /// watermark back (and, when all are silent, every window closes).
-    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    #[arg(long, default_value_t = 1_000, value_name = "MS")]
     pub(crate) idle_timeout_ms: u64,
     /// Origins allowed to send page views to `POST /collect` from their pages (repeatable;
     /// `*` for any). Same-origin pages (the demo shop) need none.

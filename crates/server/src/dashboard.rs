@@ -29,19 +29,24 @@ pub(crate) async fn stream(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let handle = handle(&state)?;
-    let events = futures_util::stream::unfold((handle, None::<u64>), |(handle, last)| async move {
+    // At most one event per INTERVAL: after sending, wait out the interval, then send the
+    // newest snapshot as soon as one differs from what was sent (read at send time, not before
+    // the wait, so it is never stale).
+    let state = (handle, None::<u64>, None::<tokio::time::Instant>);
+    let events = futures_util::stream::unfold(state, |(handle, last, sent_at)| async move {
+        if let Some(at) = sent_at {
+            tokio::time::sleep_until(at + INTERVAL).await;
+        }
         loop {
             let generation = handle.generation();
             if last != Some(generation) {
                 let data = serde_json::to_string(&*handle.snapshot())
                     .unwrap_or_else(|_| "null".to_owned());
                 let event = Event::default().event("snapshot").data(data);
-                if last.is_some() {
-                    tokio::time::sleep(INTERVAL).await;
-                }
-                return Some((Ok(event), (handle, Some(generation))));
+                let now = tokio::time::Instant::now();
+                return Some((Ok(event), (handle, Some(generation), Some(now))));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))

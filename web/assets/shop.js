@@ -1,0 +1,703 @@
+/*
+ * Clickpulse — "Acme Store" demo webshop (served at `/shop` and `/shop/product/{id}`).
+ *
+ *   - Identity: a visitor id + token from POST /api/identity, kept in localStorage
+ *     `clickpulse.identity` as {visitor, token, gender, age}; the sidebar edits gender and age.
+ *   - Every product page load sends one page view: POST /collect {visitor, url, gender, age}.
+ *   - Offers arrive over /api/offers/stream (SSE, event `offer`) and show as a modal, once per
+ *     offer_id (ids kept in localStorage `clickpulse.seenOffers`, last 50).
+ *
+ * Test hooks: toast [data-testid=view-sent] on 202, body[data-views-sent] counts them;
+ * window.__lastOfferAt is the time the newest offer popup was displayed.
+ */
+(function () {
+  "use strict";
+
+  const { el, fmtPrice } = CP;
+
+  const SEEN_KEY = "clickpulse.seenOffers";
+  const SEEN_LIMIT = 50;
+  const CART_KEY = "clickpulse.cartCount";
+
+  const state = {
+    identity: null,
+    identityReady: null, // Promise resolving to the identity
+    products: [],
+    offerSource: null,
+    offerRetry: null,
+    renewedAfter401: false,
+    offersReady: null, // resolves once the first offer stream is open (or has failed)
+    markOffersReady: null,
+    offerQueue: [],
+    pendingOffers: new Set(), // offer ids whose picture is loading
+    offerOpen: false,
+    viewsSent: 0,
+  };
+
+  // ------------------------------------------------------------------ routing
+
+  /** {view: "list"} or {view: "product", id} from the path. */
+  function route() {
+    const match = /^\/shop\/product\/([^/]+)\/?$/.exec(location.pathname);
+    if (match) {
+      let id = match[1];
+      try {
+        id = decodeURIComponent(id);
+      } catch (_) {
+        /* keep the raw segment */
+      }
+      return { view: "product", id };
+    }
+    return { view: "list" };
+  }
+
+  const productHref = (id) => `/shop/product/${encodeURIComponent(id)}`;
+
+  // ------------------------------------------------------------------ identity
+
+  function setIdentityStatus(text, isError = false) {
+    const node = document.getElementById("identity-status");
+    node.textContent = text;
+    node.style.color = isError ? "var(--red-700)" : "";
+  }
+
+  /** Load the stored identity, or create one (first visit). Resolves to the identity or null. */
+  function ensureIdentity() {
+    if (state.identityReady) return state.identityReady;
+    state.identityReady = (async () => {
+      const stored = CP.loadIdentity();
+      if (stored) {
+        state.identity = stored;
+        return stored;
+      }
+      try {
+        const fresh = await CP.requestIdentity();
+        state.identity = { ...fresh, gender: "F", age: 30 };
+        CP.saveIdentity(state.identity);
+        return state.identity;
+      } catch (err) {
+        setIdentityStatus("Could not create a visitor id. Retrying when you reload the page.", true);
+        state.identityReady = null;
+        return null;
+      }
+    })();
+    return state.identityReady;
+  }
+
+  /** Replace the visitor with a brand-new one (keeps the chosen age and gender). */
+  async function newVisitor(reason) {
+    const button = document.getElementById("new-visitor");
+    button.disabled = true;
+    try {
+      const fresh = await CP.requestIdentity();
+      const previous = state.identity || { gender: "F", age: 30 };
+      state.identity = { ...fresh, gender: previous.gender, age: previous.age };
+      state.identityReady = Promise.resolve(state.identity);
+      CP.saveIdentity(state.identity);
+      renderIdentity();
+      connectOffers();
+      setIdentityStatus(reason || "New visitor created. Its state machines start from scratch.");
+      CP.toast(`You are now ${state.identity.visitor}`, { testid: "identity-changed" });
+    } catch (err) {
+      setIdentityStatus("Could not create a new visitor. Please try again.", true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function renderIdentity() {
+    const identity = state.identity;
+    const idNode = document.getElementById("visitor-id");
+    const avatar = document.getElementById("identity-avatar");
+    const watch = document.getElementById("watch-live");
+    if (!identity) {
+      idNode.textContent = "Unavailable";
+      return;
+    }
+    idNode.textContent = identity.visitor;
+    idNode.title = identity.visitor;
+    avatar.textContent = identity.visitor.charAt(0) || "?";
+    document.body.dataset.visitor = identity.visitor;
+
+    const age = document.getElementById("identity-age");
+    age.value = String(identity.age);
+    document.getElementById("identity-age-value").textContent = String(identity.age);
+    for (const radio of document.querySelectorAll('input[name="gender"]')) {
+      radio.checked = radio.value === identity.gender;
+    }
+    watch.href = `/?visitor=${encodeURIComponent(identity.visitor)}#log`;
+  }
+
+  function setupIdentityControls() {
+    const age = document.getElementById("identity-age");
+    const ageValue = document.getElementById("identity-age-value");
+    const saveAge = () => {
+      const value = CP.clampAge(age.value);
+      ageValue.textContent = String(value);
+      if (state.identity && state.identity.age !== value) {
+        state.identity.age = value;
+        CP.saveIdentity(state.identity);
+      }
+    };
+    age.addEventListener("input", saveAge);
+    age.addEventListener("change", saveAge);
+
+    for (const radio of document.querySelectorAll('input[name="gender"]')) {
+      radio.addEventListener("change", () => {
+        if (radio.checked && state.identity) {
+          state.identity.gender = radio.value;
+          CP.saveIdentity(state.identity);
+        }
+      });
+    }
+
+    document.getElementById("new-visitor").addEventListener("click", () => newVisitor());
+
+    // Another tab may change the identity: follow it.
+    window.addEventListener("storage", (event) => {
+      if (event.key !== CP.IDENTITY_KEY) return;
+      const stored = CP.loadIdentity();
+      if (!stored) return;
+      const visitorChanged = !state.identity || stored.visitor !== state.identity.visitor;
+      state.identity = stored;
+      state.identityReady = Promise.resolve(stored);
+      renderIdentity();
+      if (visitorChanged) connectOffers();
+    });
+  }
+
+  // ------------------------------------------------------------------ offer rules
+
+  async function loadRules() {
+    const list = document.getElementById("offer-rules-list");
+    try {
+      const body = await CP.fetchJSON("/api/patterns");
+      const patterns = Array.isArray(body && body.patterns) ? body.patterns.filter(Boolean) : [];
+      if (patterns.length === 0) {
+        CP.replaceChildren(list, el("p", { className: "muted", text: "No behaviour patterns are active right now, so no offer can trigger." }));
+      } else {
+        CP.replaceChildren(
+          list,
+          patterns.map((p) =>
+            el("div", { className: "rule", dataset: { testid: "offer-rule", pattern: p.name || "" } }, [
+              el("div", {}, [
+                el("span", { className: "rule__name", text: p.name || "Unnamed pattern" }),
+                p.version ? el("span", { className: "rule__version", title: "Pattern version", text: `v${String(p.version).slice(0, 8)}` }) : null,
+              ]),
+              p.description ? el("div", { className: "rule__desc", text: p.description }) : null,
+              p.explanation ? el("p", { className: "rule__explanation", text: p.explanation }) : null,
+            ])
+          )
+        );
+      }
+    } catch (err) {
+      CP.replaceChildren(list, el("p", { className: "muted", text: "The offer rules could not be loaded right now." }));
+    }
+    list.removeAttribute("aria-busy");
+  }
+
+  // ------------------------------------------------------------------ catalogue
+
+  async function loadProducts() {
+    const products = await CP.fetchJSON("/api/products");
+    state.products = (Array.isArray(products) ? products : []).filter((p) => p && p.id);
+    return state.products;
+  }
+
+  function imageFor(product) {
+    if (product && typeof product.image_url === "string" && product.image_url.startsWith("/")) return product.image_url;
+    return CP.productImageUrl(product.id);
+  }
+
+  function productImage(product, { lazy = true, size = 250 } = {}) {
+    const img = el("img", { src: imageFor(product), alt: product.title || "", width: size, height: size, decoding: "async" });
+    if (lazy) img.loading = "lazy";
+    img.addEventListener("error", () => img.replaceWith(CP.imagePlaceholder("thumb")), { once: true });
+    return img;
+  }
+
+  function productCard(product, testid = "product-card") {
+    return el(
+      "a",
+      {
+        className: "product-card",
+        href: productHref(product.id),
+        dataset: { testid, productId: product.id, category: product.category || "" },
+      },
+      [
+        el("div", { className: "product-card__media" }, [productImage(product)]),
+        el("div", { className: "product-card__body" }, [
+          el("div", {}, [CP.categoryPill(product.category)]),
+          el("div", { className: "product-card__title", title: product.title || "", text: product.title || product.id }),
+          el("div", { className: "product-card__price", dataset: { testid: "product-price" }, text: fmtPrice(product.price) }),
+        ]),
+      ]
+    );
+  }
+
+  function loadError(retry) {
+    return el("div", { className: "card notice", dataset: { testid: "shop-error" } }, [
+      el("h2", { text: "The catalogue is not available right now" }),
+      el("p", { text: "Please try again in a moment." }),
+      el("p", { style: { marginTop: "14px" } }, [el("button", { type: "button", className: "btn btn--primary", text: "Try again", on: { click: retry } })]),
+    ]);
+  }
+
+  // ------------------------------------------------------------------ list view
+
+  async function showList() {
+    const main = document.getElementById("shop-main");
+    let products;
+    try {
+      products = await loadProducts();
+    } catch (err) {
+      CP.replaceChildren(main, loadError(() => location.reload()));
+      return;
+    }
+
+    // Categories present, most products first.
+    const counts = new Map();
+    for (const p of products) counts.set(p.category, (counts.get(p.category) || 0) + 1);
+    const categories = [...counts.keys()].sort((a, b) => counts.get(b) - counts.get(a) || String(a).localeCompare(String(b)));
+
+    const params = new URLSearchParams(location.search);
+    let selected = params.get("category");
+    if (!counts.has(selected)) selected = "";
+
+    const chip = (value, label, count) =>
+      el(
+        "button",
+        {
+          type: "button",
+          className: "chip",
+          dataset: { testid: "category-filter", category: value },
+          attrs: { "aria-pressed": String(value === selected) },
+          on: { click: () => select(value) },
+        },
+        [el("span", { text: label }), el("span", { className: "chip__count", text: String(count) })]
+      );
+    const chips = el("div", { className: "chips", dataset: { testid: "category-filters" }, attrs: { role: "group", "aria-label": "Filter by category" } }, [
+      chip("", "All", products.length),
+      ...categories.map((c) => chip(c, CP.categoryLabel(c), counts.get(c))),
+    ]);
+
+    const grid = el("div", { className: "product-grid", dataset: { testid: "product-grid" } }, products.map((p) => productCard(p)));
+    const heading = el("h2", { id: "list-title", text: "All products" });
+    const shown = el("span", { className: "muted", dataset: { testid: "product-count" } });
+
+    function select(value) {
+      selected = value;
+      for (const button of chips.children) button.setAttribute("aria-pressed", String(button.dataset.category === value));
+      let visible = 0;
+      for (const card of grid.children) {
+        const match = value === "" || card.dataset.category === value;
+        card.hidden = !match;
+        if (match) visible++;
+      }
+      heading.textContent = value === "" ? "All products" : CP.categoryLabel(value);
+      shown.textContent = `${visible} ${visible === 1 ? "product" : "products"}`;
+      // Keep the choice in the address bar so a reload (or Back) restores it.
+      const url = new URL(location.href);
+      if (value) url.searchParams.set("category", value);
+      else url.searchParams.delete("category");
+      history.replaceState(null, "", url.href);
+    }
+
+    CP.replaceChildren(main, [el("div", { className: "section-title" }, [heading, shown]), chips, products.length ? grid : el("div", { className: "card notice", text: "No products are available." })]);
+    select(selected);
+    document.body.dataset.view = "list";
+  }
+
+  // ------------------------------------------------------------------ product view
+
+  async function showProduct(id) {
+    const main = document.getElementById("shop-main");
+    document.body.dataset.view = "product";
+    // The page view does not wait for the catalogue.
+    sendPageView();
+
+    let products;
+    try {
+      products = await loadProducts();
+    } catch (err) {
+      CP.replaceChildren(main, [backLink(), loadError(() => location.reload())]);
+      return;
+    }
+    const product = products.find((p) => p.id === id);
+    if (!product) {
+      CP.replaceChildren(main, [
+        backLink(),
+        el("div", { className: "card notice", dataset: { testid: "product-not-found" } }, [
+          el("h2", { text: "We couldn't find that product" }),
+          el("p", { text: "It may have been removed from the catalogue." }),
+        ]),
+      ]);
+      document.title = "Product not found · Acme Store";
+      return;
+    }
+    document.title = `${product.title} · Acme Store`;
+
+    const addToCart = el("button", {
+      type: "button",
+      className: "btn btn--primary btn--lg",
+      dataset: { testid: "add-to-cart" },
+      on: { click: () => addedToCart(product) },
+    });
+    addToCart.append(cartIcon(), "Add to cart");
+
+    const detail = el("article", { className: "card product-detail", dataset: { testid: "product-detail", productId: product.id, category: product.category || "" } }, [
+      el("div", { className: "product-detail__media" }, [productImage(product, { lazy: false, size: 500 })]),
+      el("div", { className: "product-detail__info" }, [
+        el("div", {}, [CP.categoryPill(product.category)]),
+        el("h1", { className: "product-detail__title", dataset: { testid: "product-title" }, text: product.title || product.id }),
+        el("div", { className: "product-detail__price", dataset: { testid: "product-price" }, text: fmtPrice(product.price) }),
+        el("p", { className: "product-detail__desc", dataset: { testid: "product-description" }, text: product.description || "" }),
+        el("div", {}, [addToCart]),
+        el("ul", { className: "product-detail__perks" }, [
+          el("li", { text: "✓ Free shipping on orders over $50" }),
+          el("li", { text: "✓ Free returns within 30 days" }),
+          el("li", { text: `✓ Item number ${product.id}` }),
+        ]),
+      ]),
+    ]);
+
+    CP.replaceChildren(main, [backLink(), detail, relatedRow(product, products)]);
+  }
+
+  function backLink() {
+    return el("a", { className: "breadcrumb", href: "/shop", dataset: { testid: "back-to-products" } }, ["← ", "Back to all products"]);
+  }
+
+  function cartIcon() {
+    return CP.svg("svg", { width: "18", height: "18", viewBox: "0 0 24 24", fill: "none", stroke: "currentColor", "stroke-width": "2", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true" }, [
+      CP.svg("circle", { cx: "9", cy: "21", r: "1" }),
+      CP.svg("circle", { cx: "20", cy: "21", r: "1" }),
+      CP.svg("path", { d: "M1 1h4l2.68 13.39a2 2 0 0 0 2 1.61h9.72a2 2 0 0 0 2-1.61L23 6H6" }),
+    ]);
+  }
+
+  /**
+   * "You might also like": four other products of the same category; when the category has
+   * fewer, the row is completed with products from other categories.
+   */
+  function relatedRow(product, products) {
+    const others = products.filter((p) => p.id !== product.id);
+    const same = others.filter((p) => p.category === product.category);
+    const rest = others.filter((p) => p.category !== product.category);
+    const picks = same.slice(0, 4).concat(rest.slice(0, Math.max(0, 4 - same.length)));
+    if (picks.length === 0) return null;
+    return el("section", { className: "related", dataset: { testid: "related-products" }, attrs: { "aria-labelledby": "related-title" } }, [
+      el("div", { className: "section-title" }, [el("h2", { id: "related-title", text: "You might also like" })]),
+      el("div", { className: "product-grid" }, picks.map((p) => productCard(p, "related-product"))),
+    ]);
+  }
+
+  function readCart() {
+    try {
+      return Number(sessionStorage.getItem(CART_KEY)) || 0;
+    } catch (_) {
+      return 0;
+    }
+  }
+
+  function renderCart() {
+    document.getElementById("cart-count").textContent = String(readCart());
+  }
+
+  function addedToCart(product) {
+    const count = readCart() + 1;
+    try {
+      sessionStorage.setItem(CART_KEY, String(count));
+    } catch (_) {
+      /* purely visual */
+    }
+    renderCart();
+    CP.toast(`Added “${product.title}” to your cart`, { testid: "cart-toast" });
+  }
+
+  // ------------------------------------------------------------------ page views
+
+  /** POST one page view for this product page load; retries once on 503 (overload). */
+  async function sendPageView() {
+    const identity = await ensureIdentity();
+    // Listen for offers before sending the view that may trigger one (never wait long, though).
+    await Promise.race([state.offersReady, new Promise((resolve) => setTimeout(resolve, 2000))]);
+    if (!identity) {
+      CP.toast("Page view not sent: no visitor id", { kind: "error", testid: "view-failed" });
+      return;
+    }
+    const click = {
+      visitor: identity.visitor,
+      url: location.href,
+      gender: ["F", "M", "U"].includes(identity.gender) ? identity.gender : "U",
+      age: CP.clampAge(identity.age),
+    };
+    for (let attempt = 0; attempt < 2; attempt++) {
+      let result;
+      try {
+        result = await CP.postJSON("/collect", click);
+      } catch (err) {
+        CP.toast("Page view not sent: the server is not reachable", { kind: "error", testid: "view-failed" });
+        return;
+      }
+      if (result.status === 202) {
+        state.viewsSent += 1;
+        document.body.dataset.viewsSent = String(state.viewsSent);
+        CP.toast("Page view sent", { testid: "view-sent", ms: 3500 });
+        return;
+      }
+      if (result.status === 503 && attempt === 0) {
+        const retryAfter = Number(result.response.headers.get("Retry-After"));
+        const seconds = Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter, 10) : 1;
+        await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+        continue;
+      }
+      const reason = (result.body && result.body.error) || `HTTP ${result.status}`;
+      CP.toast(`Page view not sent: ${reason}`, { kind: "error", testid: "view-failed" });
+      return;
+    }
+  }
+
+  // ------------------------------------------------------------------ offers
+
+  function readSeen() {
+    try {
+      const list = JSON.parse(localStorage.getItem(SEEN_KEY) || "[]");
+      return Array.isArray(list) ? list.filter((x) => typeof x === "string") : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  function rememberSeen(offerId) {
+    const list = readSeen().filter((x) => x !== offerId);
+    list.push(offerId);
+    try {
+      localStorage.setItem(SEEN_KEY, JSON.stringify(list.slice(-SEEN_LIMIT)));
+    } catch (_) {
+      /* storage unavailable: duplicates are still filtered for this page via the queue */
+    }
+  }
+
+  /** (Re)open the offer stream for the current identity. */
+  async function connectOffers() {
+    clearTimeout(state.offerRetry);
+    if (state.offerSource) {
+      state.offerSource.close();
+      state.offerSource = null;
+    }
+    const identity = await ensureIdentity();
+    if (!identity || !identity.token || typeof EventSource !== "function") {
+      state.markOffersReady();
+      return;
+    }
+
+    const params = new URLSearchParams({ visitor: identity.visitor, token: identity.token });
+    const url = `/api/offers/stream?${params}`;
+    const source = new EventSource(url);
+    state.offerSource = source;
+    source.addEventListener("open", () => {
+      document.body.dataset.offersConnected = "true";
+      state.markOffersReady();
+    });
+    source.addEventListener("offer", (event) => {
+      let offer = null;
+      try {
+        offer = JSON.parse(event.data);
+      } catch (_) {
+        return;
+      }
+      receiveOffer(offer);
+    });
+    source.addEventListener("error", () => {
+      document.body.dataset.offersConnected = "false";
+      state.markOffersReady();
+      if (source.readyState !== EventSource.CLOSED || state.offerSource !== source) return;
+      // The browser gave up (non-200 answer). Find out why before trying again.
+      diagnoseOfferStream(url);
+    });
+  }
+
+  /** After the offer stream was refused: a 401 means the token is stale, so get a new visitor. */
+  async function diagnoseOfferStream(url) {
+    let status = 0;
+    const controller = new AbortController();
+    try {
+      const response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: controller.signal });
+      status = response.status;
+    } catch (_) {
+      status = 0;
+    } finally {
+      controller.abort(); // never read an event stream here
+    }
+    if (status === 401 && !state.renewedAfter401) {
+      state.renewedAfter401 = true;
+      await newVisitor("Your previous visitor id is no longer valid, so a new one was created.");
+      return;
+    }
+    state.offerRetry = setTimeout(connectOffers, 5000);
+  }
+
+  function receiveOffer(offer) {
+    if (!offer || typeof offer.offer_id !== "string" || offer.offer_id === "") return;
+    if (state.identity && offer.visitor && offer.visitor !== state.identity.visitor) return;
+    if (readSeen().includes(offer.offer_id)) return;
+    if (state.offerQueue.some((o) => o.offer_id === offer.offer_id)) return;
+    if (state.pendingOffers.has(offer.offer_id)) return;
+    // Load the picture first so the popup never opens with an empty frame (at most 1.5 s).
+    state.pendingOffers.add(offer.offer_id);
+    preloadImage(offerImage(offer), 1500).then((img) => {
+      state.pendingOffers.delete(offer.offer_id);
+      if (readSeen().includes(offer.offer_id)) return;
+      offer.$image = img;
+      state.offerQueue.push(offer);
+      showNextOffer();
+    });
+  }
+
+  /** Resolves to a loaded <img> (or one still loading after `timeoutMs`, or that failed). */
+  function preloadImage(src, timeoutMs) {
+    return new Promise((resolve) => {
+      const img = new Image(400, 400);
+      const done = () => resolve(img);
+      img.addEventListener("load", done, { once: true });
+      img.addEventListener("error", done, { once: true });
+      setTimeout(done, timeoutMs);
+      img.src = src;
+    });
+  }
+
+  function offerImage(offer) {
+    if (typeof offer.image_url === "string" && offer.image_url.startsWith("/")) return offer.image_url;
+    return `/images/offers/${encodeURIComponent(offer.offer || "offer1")}.png`;
+  }
+
+  /** The preloaded picture (so it is already complete when the popup shows), else a new one. */
+  function offerImageElement(offer) {
+    const img = offer.$image instanceof HTMLImageElement ? offer.$image : el("img", { src: offerImage(offer) });
+    img.className = "modal__image";
+    img.alt = "Your special offer";
+    img.width = 400;
+    img.height = 400;
+    img.dataset.testid = "offer-image";
+    return img;
+  }
+
+  function showNextOffer() {
+    if (state.offerOpen || state.offerQueue.length === 0) return;
+    const offer = state.offerQueue.shift();
+    state.offerOpen = true;
+    rememberSeen(offer.offer_id);
+
+    const previousFocus = document.activeElement;
+    const close = () => {
+      backdrop.remove();
+      document.removeEventListener("keydown", onKey);
+      state.offerOpen = false;
+      if (previousFocus && typeof previousFocus.focus === "function") previousFocus.focus();
+      showNextOffer();
+    };
+    const onKey = (event) => {
+      if (event.key === "Escape") close();
+      if (event.key === "Tab") trapFocus(event, backdrop);
+    };
+
+    const closeButton = el("button", {
+      type: "button",
+      className: "modal__close",
+      dataset: { testid: "offer-close" },
+      attrs: { "aria-label": "Close offer" },
+      on: { click: close },
+    });
+    closeButton.append(
+      CP.svg("svg", { width: "16", height: "16", viewBox: "0 0 24 24", fill: "none", stroke: "currentColor", "stroke-width": "2.4", "stroke-linecap": "round", "aria-hidden": "true" }, [
+        CP.svg("path", { d: "M18 6L6 18M6 6l12 12" }),
+      ])
+    );
+
+    const version = offer.pattern_version ? ` (version ${String(offer.pattern_version).slice(0, 8)})` : "";
+    const modal = el("div", { className: "modal" }, [
+      closeButton,
+      offerImageElement(offer),
+      el("div", { className: "modal__body" }, [
+        el("div", { className: "modal__eyebrow", text: "Just for you" }),
+        el("h2", { className: "modal__title", id: "offer-title", text: "A special offer just for you" }),
+        el("p", { className: "modal__fine", dataset: { testid: "offer-pattern" }, text: `Triggered by the pattern “${offer.pattern || "unknown"}”${version}. Offer ${offer.offer || ""}.` }),
+        el("div", { className: "modal__actions" }, [el("button", { type: "button", className: "btn btn--primary", text: "Continue shopping", on: { click: close } })]),
+      ]),
+    ]);
+    const backdrop = el(
+      "div",
+      {
+        className: "modal-backdrop",
+        dataset: { testid: "offer-popup", offerId: offer.offer_id, offer: offer.offer || "", pattern: offer.pattern || "" },
+        attrs: { role: "dialog", "aria-modal": "true", "aria-labelledby": "offer-title" },
+        on: {
+          click: (event) => {
+            if (event.target === backdrop) close();
+          },
+        },
+      },
+      [modal]
+    );
+
+    document.body.append(backdrop);
+    document.addEventListener("keydown", onKey);
+    window.__lastOfferAt = performance.timeOrigin + performance.now();
+    closeButton.focus();
+  }
+
+  /** Keep Tab inside the open dialog. */
+  function trapFocus(event, container) {
+    const focusable = [...container.querySelectorAll("button, a[href], input")];
+    if (focusable.length === 0) return;
+    const first = focusable[0];
+    const last = focusable[focusable.length - 1];
+    if (event.shiftKey && document.activeElement === first) {
+      event.preventDefault();
+      last.focus();
+    } else if (!event.shiftKey && document.activeElement === last) {
+      event.preventDefault();
+      first.focus();
+    }
+  }
+
+  // ------------------------------------------------------------------ boot
+
+  async function boot() {
+    state.offersReady = new Promise((resolve) => {
+      state.markOffersReady = resolve;
+    });
+    setupIdentityControls();
+    renderCart();
+    const where = route();
+
+    // The sidebar shows the stored identity at once; a first visit creates one.
+    const stored = CP.loadIdentity();
+    if (stored) {
+      state.identity = stored;
+      renderIdentity();
+    }
+    const identityPromise = ensureIdentity().then((identity) => {
+      if (identity) renderIdentity();
+      return identity;
+    });
+
+    loadRules();
+    connectOffers();
+
+    if (where.view === "product") showProduct(where.id);
+    else showList();
+
+    // Back/Forward may restore this page from the back-forward cache without reloading it:
+    // that is still a page view, and the offer stream has to be reopened.
+    window.addEventListener("pageshow", (event) => {
+      if (!event.persisted) return;
+      connectOffers();
+      if (where.view === "product") sendPageView();
+    });
+    await identityPromise;
+  }
+
+  boot();
+})();
