@@ -66,11 +66,15 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     let mut visitors = HashSet::new();
     let mut known_visitors = HashSet::new();
     let until = args.until.unwrap_or(i64::MAX);
+    let (first_event_ms, last_event_ms) = (
+        input.clicks.first().map(|c| c.ts_ms),
+        input.clicks.last().map(|c| c.ts_ms),
+    );
+    let malformed = input.malformed.len();
     for (i, click) in input
         .clicks
-        .iter()
+        .into_iter()
         .take_while(|c| c.ts_ms <= until)
-        .cloned()
         .enumerate()
     {
         let enriched = enrich.enrich(click);
@@ -137,13 +141,13 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
         "offers_per_day": offers_per_day,
         "audience": audience,
         "events": events,
-        "malformed": input.malformed.len(),
+        "malformed": malformed,
         "visitors": visitors.len(),
         "known_visitors": known_visitors.len(),
         "unknown_product_events": counters.unknown_product_events,
         "known_visitor_events": counters.known_visitor_events,
-        "first_event_ms": input.clicks.first().map(|c| c.ts_ms),
-        "last_event_ms": input.clicks.last().map(|c| c.ts_ms),
+        "first_event_ms": first_event_ms,
+        "last_event_ms": last_event_ms,
         "elapsed_ms": elapsed.as_millis() as u64,
         "events_per_second": (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
     }))

@@ -18,6 +18,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Patterns { visitors } => patterns(visitors),
         BenchCommand::Windows { visitors, events } => windows(visitors, events),
+        BenchCommand::Backtest { logs, runs } => backtest(&logs, runs),
     }
 }
 
@@ -168,6 +169,94 @@ fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
     println!(
         "bench windows: events={events} visitors={visitors} aggregate_events_per_second={rate:.0} state_bytes={state} state_bytes_per_visitor={:.0}",
         state as f64 / visitors as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backtest pipeline, phase by phase, on one core: read (decompress, parse, sort), enrich,
+/// detect (both seed patterns), aggregate (every dashboard window). Median of `runs`.
+fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
+    use clickpulse_engine::enrich::EnrichOperator;
+    let (lookups, _) = inputs::read_lookups(None)?;
+    let patterns = inputs::read_patterns(None)?;
+    let mut results: Vec<[f64; 5]> = Vec::new();
+    let mut events = 0usize;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let input = inputs::read_logs(logs, |_| {})?;
+        let read = t.elapsed().as_secs_f64();
+        events = input.clicks.len();
+        let t = Instant::now();
+        let mut enrich = EnrichOperator::new(lookups.clone());
+        let enriched: Vec<_> = input.clicks.into_iter().map(|c| enrich.enrich(c)).collect();
+        let enrich_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut detect =
+            DetectOperator::new(PatternRegistry::new(patterns.clone())).without_checkpoints();
+        let mut offers = 0usize;
+        for c in &enriched {
+            offers += detect.detect(c).len();
+        }
+        let detect_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut agg = DashboardAggregator::new(DashboardConfig::default());
+        let wall = Instant::now();
+        for (i, c) in enriched.iter().enumerate() {
+            agg.on_click(0, c, wall);
+            if i % 4096 == 0 {
+                agg.tick(wall);
+            }
+        }
+        agg.flush();
+        let aggregate_s = t.elapsed().as_secs_f64();
+        std::hint::black_box((offers, agg.snapshot()));
+        results.push([
+            read,
+            enrich_s,
+            detect_s,
+            aggregate_s,
+            read + enrich_s + detect_s + aggregate_s,
+        ]);
+    }
+    let median = |k: usize| {
+        let mut v: Vec<f64> = results.iter().map(|r| r[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rate = |secs: f64| events as f64 / secs.max(1e-9);
+    let names = [
+        "read+parse+sort",
+        "enrich",
+        "detect",
+        "aggregate",
+        "whole pipeline",
+    ];
+    println!(
+        "events: {events}, median of {} runs, one core",
+        results.len()
+    );
+    for (k, name) in names.iter().enumerate() {
+        println!(
+            "  {name:<16} {:>9.0} ms {:>12.0} events/s",
+            median(k) * 1000.0,
+            rate(median(k))
+        );
+    }
+    let processing = median(1) + median(2) + median(3);
+    println!(
+        "  {:<16} {:>9.0} ms {:>12.0} events/s (enrich + detect + aggregate, input in memory)",
+        "operators",
+        processing * 1000.0,
+        rate(processing)
+    );
+    println!(
+        "bench backtest: events={events} read_eps={:.0} enrich_eps={:.0} detect_eps={:.0} aggregate_eps={:.0} operators_eps={:.0} total_eps={:.0}",
+        rate(median(0)),
+        rate(median(1)),
+        rate(median(2)),
+        rate(median(3)),
+        rate(processing),
+        rate(median(4))
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -24,6 +24,8 @@ pub(crate) enum Command {
     /// Work with behaviour pattern files.
     #[command(subcommand)]
     Patterns(PatternsCommand),
+    /// Write a scale-test log in the Omniture layout with the real log's statistics.
+    Generate(GenerateArgs),
     /// Run a benchmark and print its figures.
     Bench(BenchArgs),
     /// Read a topic of a data dir.
@@ -191,6 +193,15 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         visitors: usize,
     },
+    /// The backtest pipeline's throughput, phase by phase, on one core.
+    Backtest {
+        /// Logs [default: the bundled real log].
+        #[arg(long = "log", value_name = "FILE")]
+        logs: Vec<PathBuf>,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Dashboard aggregation throughput and window state for many distinct visitors.
     Windows {
         /// Distinct visitors (all active within 30 minutes).
@@ -200,4 +211,23 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 2_000_000)]
         events: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// Distinct visitors.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) visitors: usize,
+    /// Days covered, from 2012-03-01.
+    #[arg(long, default_value_t = 15)]
+    pub(crate) days: u32,
+    /// Page views to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) events: u64,
+    /// Random seed: the same seed and arguments give the same file.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Output file (`.tsv`, or `.tsv.gz` to compress).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
 }

@@ -7,6 +7,7 @@
 //! - `cli`: the command line (clap derive), validated into plain values in one place.
 //! - `bundled`: the real data shipped inside the binary (logs, lookups, images).
 //! - `inputs`: reading logs and lookups from files or the bundled copies.
+//! - `generate`: scale-test logs with the real log's statistics.
 //! - `demo`: the embedded live pipeline with its HTTP server.
 //! - `bench`: benchmarks that print figures.
 //! - `backtest`: the same operators over whole logs, as fast as possible.
@@ -19,6 +20,7 @@ mod bench;
 mod bundled;
 mod cli;
 mod demo;
+mod generate;
 mod inputs;
 mod lookups_cmd;
 mod patterns_cmd;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Backtest(args) => backtest::run(args),
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::Generate(args) => generate::run(args),
         cli::Command::Status(args) => status::run(args),
         cli::Command::Topics(cli::TopicsCommand::Dump(args)) => status::dump(args),
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),

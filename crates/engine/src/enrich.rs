@@ -7,7 +7,7 @@
 //! from the IP with the `iptocc` table), and a device class from the user agent (`woothee`).
 //! [`EnrichOperator`] wraps it as a stream stage with its counters.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@
 //! Operators read lookups through [`LookupSource`], so the in-memory [`Lookups`] here and a
 //! Redis-backed cache are interchangeable.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 

@@ -10,7 +10,8 @@
 //! (in-flight matches of the old version do not complete under the new rules); the frequency
 //! cap carries over. A removed pattern's slots are dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -246,7 +247,7 @@ impl DetectOperator {
             .iter()
             .map(|p| {
                 let n =
-                    |m: &HashMap<String, HashSet<String>>| m.get(&p.name).map_or(0, HashSet::len);
+                    |m: &HashMap<String, HashSet<String>>| m.get(&p.name).map_or(0, |s| s.len());
                 (p.name.clone(), (n(&a.in_audience), n(&a.offered)))
             })
             .collect()

@@ -19,7 +19,8 @@
 //! Distinct counts are exact (sets, not sketches). The result depends only on which events have
 //! `ts ≤ now`, never on how fast they arrived.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -99,11 +100,31 @@ fn device_slot(d: Device) -> usize {
 /// One second of views.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Pane {
-    products: HashMap<Arc<str>, u64>,
-    categories: HashMap<Arc<str>, u64>,
-    countries: HashMap<Arc<str>, u64>,
+    products: SmallCounts,
+    categories: SmallCounts,
+    countries: SmallCounts,
     devices: [u64; 4],
-    visitors: HashSet<Arc<str>>,
+    /// One entry per view (repeats included): the sliding aggregates count occurrences, so
+    /// a pane never has to de-duplicate.
+    visitors: Vec<Arc<str>>,
+}
+
+/// Counts over a few keys (a catalogue's products, a handful of countries): a vector beats a
+/// hash map for the one-second panes, most of which hold one or two views.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct SmallCounts(Vec<(Arc<str>, u64)>);
+
+impl SmallCounts {
+    fn bump(&mut self, key: &Arc<str>) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((key.clone(), 1)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
+        self.0.iter().map(|(k, n)| (k, *n))
+    }
 }
 
 /// Counts per key over the panes in a sliding window.
@@ -144,16 +165,12 @@ struct LastHour {
 
 impl PaneAggregate<Pane> for LastHour {
     fn add(&mut self, p: &Pane) {
-        self.products
-            .add_all(p.products.iter().map(|(k, n)| (k, *n)));
-        self.categories
-            .add_all(p.categories.iter().map(|(k, n)| (k, *n)));
+        self.products.add_all(p.products.iter());
+        self.categories.add_all(p.categories.iter());
     }
     fn remove(&mut self, p: &Pane) {
-        self.products
-            .remove_all(p.products.iter().map(|(k, n)| (k, *n)));
-        self.categories
-            .remove_all(p.categories.iter().map(|(k, n)| (k, *n)));
+        self.products.remove_all(p.products.iter());
+        self.categories.remove_all(p.categories.iter());
     }
 }
 
@@ -178,10 +195,10 @@ struct Countries(KeyCounts);
 
 impl PaneAggregate<Pane> for Countries {
     fn add(&mut self, p: &Pane) {
-        self.0.add_all(p.countries.iter().map(|(k, n)| (k, *n)));
+        self.0.add_all(p.countries.iter());
     }
     fn remove(&mut self, p: &Pane) {
-        self.0.remove_all(p.countries.iter().map(|(k, n)| (k, *n)));
+        self.0.remove_all(p.countries.iter());
     }
 }
 
@@ -368,11 +385,11 @@ impl DashboardAggregator {
             h.insert(v.visitor.clone());
         });
         let pane = self.s.panes.pane_for(ts);
-        *pane.products.entry(v.product_id.clone()).or_default() += 1;
-        *pane.categories.entry(v.category.clone()).or_default() += 1;
-        *pane.countries.entry(v.country.clone()).or_default() += 1;
+        pane.products.bump(&v.product_id);
+        pane.categories.bump(&v.category);
+        pane.countries.bump(&v.country);
         pane.devices[device_slot(v.device)] += 1;
-        pane.visitors.insert(v.visitor.clone());
+        pane.visitors.push(v.visitor.clone());
         self.s
             .product_titles
             .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
@@ -446,7 +463,7 @@ impl DashboardAggregator {
             .expect("set")
             .last(now, 16)
             .iter()
-            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, HashSet::len), "final": r.is_final}))
+            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, |s| s.len()), "final": r.is_final}))
             .collect();
         let top_products: Vec<Value> = self
             .last_hour

@@ -1,0 +1,260 @@
+//! `clickpulse generate`: scale data in the Omniture layout whose statistics follow the real
+//! log.
+//!
+//! The model is fitted, deterministically, from the bundled real log and users: product (URL)
+//! popularity, views per session, gaps between views of a session, hour of day of session
+//! starts, each visitor's user agent and location (sampled from real rows), and the share of
+//! visitors with a users record (those get real user ids from `users.json`). Sessions are
+//! written one after another, grouped by visitor like the real log (not time-sorted), in the
+//! 53-column layout, in constant memory. Same arguments and seed, same bytes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use chrono::DateTime;
+use clickpulse_engine::reader::{LogReader, LogRecord};
+use rand::distr::Distribution;
+use rand::distr::weighted::WeightedIndex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::bundled;
+use crate::cli::GenerateArgs;
+use crate::inputs;
+
+const SESSION_GAP_S: i64 = 30 * 60;
+const COLUMNS: usize = 53;
+
+/// An empirical distribution: values with their counts, sampled in proportion.
+struct Empirical<T> {
+    values: Vec<T>,
+    index: WeightedIndex<u64>,
+}
+
+impl<T: Clone + Ord> Empirical<T> {
+    fn from_counts(counts: BTreeMap<T, u64>) -> Result<Self> {
+        let (values, weights): (Vec<T>, Vec<u64>) = counts.into_iter().unzip();
+        let index = WeightedIndex::new(&weights).context("an empty distribution")?;
+        Ok(Empirical { values, index })
+    }
+
+    fn sample(&self, rng: &mut ChaCha8Rng) -> &T {
+        &self.values[self.index.sample(rng)]
+    }
+}
+
+/// What the generator reproduces of the real log.
+struct Model {
+    urls: Empirical<String>,
+    session_views: Empirical<u32>,
+    gaps_s: Empirical<i64>,
+    start_hour: Empirical<u32>,
+    agents: Empirical<String>,
+    places: Empirical<(String, String, String, String)>,
+    known_share: f64,
+    user_ids: Vec<String>,
+}
+
+fn fit() -> Result<Model> {
+    let mut rows = Vec::new();
+    for (name, bytes) in bundled::LOGS {
+        for record in LogReader::from_reader(name, bytes)? {
+            if let LogRecord::Click(c) = record? {
+                rows.push(c);
+            }
+        }
+    }
+    let (lookups, _) = inputs::read_lookups(None)?;
+    let mut urls = BTreeMap::new();
+    let mut agents = BTreeMap::new();
+    let mut places = BTreeMap::new();
+    for c in &rows {
+        *urls.entry(c.url.clone()).or_insert(0u64) += 1;
+        *agents.entry(c.user_agent.clone()).or_insert(0u64) += 1;
+        let place = (
+            c.ip.clone(),
+            c.city.clone().unwrap_or_default(),
+            c.country.clone().unwrap_or_default(),
+            c.region.clone().unwrap_or_default(),
+        );
+        *places.entry(place).or_insert(0u64) += 1;
+    }
+    // Sessions: a visitor's views in time order, split at gaps of 30 minutes.
+    let mut by_visitor: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for c in &rows {
+        by_visitor
+            .entry(c.visitor.as_str())
+            .or_default()
+            .push(c.ts_ms / 1000);
+    }
+    let mut session_views = BTreeMap::new();
+    let mut gaps = BTreeMap::new();
+    let mut start_hour = BTreeMap::new();
+    let mut known = 0u64;
+    for (visitor, times) in &mut by_visitor {
+        if lookups_has(&lookups, visitor) {
+            known += 1;
+        }
+        times.sort_unstable();
+        let mut views = 0u32;
+        for (i, t) in times.iter().enumerate() {
+            let new_session = i == 0 || t - times[i - 1] >= SESSION_GAP_S;
+            if new_session {
+                if views > 0 {
+                    *session_views.entry(views).or_insert(0u64) += 1;
+                }
+                views = 0;
+                *start_hour.entry(((t / 3600) % 24) as u32).or_insert(0u64) += 1;
+            } else {
+                *gaps.entry(t - times[i - 1]).or_insert(0u64) += 1;
+            }
+            views += 1;
+        }
+        *session_views.entry(views).or_insert(0u64) += 1;
+    }
+    let mut user_ids: Vec<String> = lookups.users().map(|(id, _)| id.to_owned()).collect();
+    user_ids.sort();
+    Ok(Model {
+        urls: Empirical::from_counts(urls)?,
+        session_views: Empirical::from_counts(session_views)?,
+        gaps_s: Empirical::from_counts(gaps)?,
+        start_hour: Empirical::from_counts(start_hour)?,
+        agents: Empirical::from_counts(agents)?,
+        places: Empirical::from_counts(places)?,
+        known_share: known as f64 / by_visitor.len().max(1) as f64,
+        user_ids,
+    })
+}
+
+fn lookups_has(lookups: &clickpulse_engine::lookups::Lookups, visitor: &str) -> bool {
+    use clickpulse_engine::lookups::LookupSource;
+    lookups.user(visitor).is_some()
+}
+
+/// One generated visitor: its id, user agent and location stay the same across sessions.
+struct Visitor {
+    id: String,
+    agent: String,
+    place: (String, String, String, String),
+}
+
+fn guid(rng: &mut ChaCha8Rng) -> String {
+    let b: [u8; 16] = rng.random();
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn row(
+    out: &mut impl Write,
+    ts_s: i64,
+    v: &Visitor,
+    url: &str,
+    cols: &mut [String],
+) -> std::io::Result<()> {
+    for c in cols.iter_mut() {
+        c.clear();
+    }
+    cols[0] = ts_s.to_string();
+    cols[1] = DateTime::from_timestamp(ts_s - 8 * 3600, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default();
+    cols[7].push_str(&v.place.0);
+    cols[12].push_str(url);
+    cols[13] = format!("{{{}}}", v.id);
+    cols[43].push_str(&v.agent);
+    cols[49].push_str(&v.place.1);
+    cols[50].push_str(&v.place.2);
+    cols[52].push_str(&v.place.3);
+    out.write_all(cols.join("\t").as_bytes())?;
+    out.write_all(b"\n")
+}
+
+pub(crate) fn run(args: GenerateArgs) -> Result<ExitCode> {
+    if args.visitors == 0 || args.days == 0 {
+        bail!("--visitors and --days must be at least 1");
+    }
+    let started = Instant::now();
+    let model = fit()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let known =
+        ((args.visitors as f64 * model.known_share).round() as usize).min(model.user_ids.len());
+    let mut ids: Vec<String> = Vec::with_capacity(args.visitors);
+    // Real user ids for the known share (a seeded partial shuffle), random ids for the rest.
+    let mut pool = model.user_ids.clone();
+    for i in 0..known {
+        let j = rng.random_range(i..pool.len());
+        pool.swap(i, j);
+        ids.push(pool[i].clone());
+    }
+    while ids.len() < args.visitors {
+        ids.push(guid(&mut rng));
+    }
+    let visitors: Vec<Visitor> = ids
+        .into_iter()
+        .map(|id| Visitor {
+            id,
+            agent: model.agents.sample(&mut rng).clone(),
+            place: model.places.sample(&mut rng).clone(),
+        })
+        .collect();
+    let file =
+        File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let gz = args.out.extension().is_some_and(|e| e == "gz");
+    let mut out: Box<dyn Write> = if gz {
+        Box::new(BufWriter::with_capacity(
+            1 << 20,
+            flate2::write::GzEncoder::new(file, flate2::Compression::fast()),
+        ))
+    } else {
+        Box::new(BufWriter::with_capacity(1 << 20, file))
+    };
+    let start_day = 1_330_560_000i64; // 2012-03-01 00:00:00 UTC, like the real log
+    let mut cols = vec![String::new(); COLUMNS];
+    let mut written = 0u64;
+    while written < args.events {
+        let v = &visitors[rng.random_range(0..visitors.len())];
+        let day = rng.random_range(0..args.days as i64);
+        let hour = i64::from(*model.start_hour.sample(&mut rng));
+        let mut t = start_day + day * 86_400 + hour * 3_600 + rng.random_range(0..3_600);
+        let views = *model.session_views.sample(&mut rng);
+        for i in 0..views {
+            if written >= args.events {
+                break;
+            }
+            if i > 0 {
+                t += *model.gaps_s.sample(&mut rng);
+            }
+            row(&mut out, t, v, model.urls.sample(&mut rng), &mut cols)
+                .context("cannot write the log")?;
+            written += 1;
+        }
+    }
+    out.flush().context("cannot write the log")?;
+    drop(out);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {written} page views of {} visitors ({known} with a users record) over {} days to {} in {secs:.1} s",
+        visitors.len(),
+        args.days,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The path for a generated log in `dir` (used by benchmarks).
+#[allow(dead_code)]
+pub(crate) fn default_path(dir: &Path, events: u64) -> PathBuf {
+    dir.join(format!("generated-{events}.tsv"))
+}
