@@ -114,7 +114,9 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
     let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     let mut wanted: [&str; 8] = [""; 8];
     let mut columns = 0;
-    for (i, field) in row.split('\t').enumerate() {
+    // Only the first 53 columns matter: split no further (the rest of a 178-column row stays
+    // one unsplit piece, still counted as a column).
+    for (i, field) in row.splitn(MIN_COLUMNS + 1, '\t').enumerate() {
         columns = i + 1;
         let slot = match i {
             COL_TIME => 0,
