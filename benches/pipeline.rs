@@ -25,21 +25,30 @@ fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn get(port: u16, path: &str) -> Option<Value> {
-    let mut r = ureq::get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    let mut r = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
     serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
 }
 
 fn post(port: u16, path: &str, body: &str) -> Value {
-    let mut r = ureq::post(&format!("http://127.0.0.1:{port}{path}")).send(body).unwrap();
+    let mut r = ureq::post(&format!("http://127.0.0.1:{port}{path}"))
+        .send(body)
+        .unwrap();
     serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null)
 }
 
 fn peak_rss_kib(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -49,7 +58,14 @@ fn peak_rss_kib(child: &Child) -> u64 {
 
 fn demo(dir: &Path, port: u16, extra: &[&str]) -> Child {
     Command::new(bin())
-        .args(["demo", "--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--original-time"])
+        .args([
+            "demo",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--original-time",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -70,7 +86,15 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
 
 fn generate(path: &Path, events: u64) {
     let status = Command::new(bin())
-        .args(["generate", "--events", &events.to_string(), "--visitors", &(events / 10).max(1000).to_string(), "--out", path.to_str().unwrap()])
+        .args([
+            "generate",
+            "--events",
+            &events.to_string(),
+            "--visitors",
+            &(events / 10).max(1000).to_string(),
+            "--out",
+            path.to_str().unwrap(),
+        ])
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -78,31 +102,60 @@ fn generate(path: &Path, events: u64) {
 }
 
 fn live(tmp: &Path) {
-    let events: u64 = std::env::var("CLICKPULSE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: u64 = std::env::var("CLICKPULSE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let log = tmp.join("live.tsv");
     generate(&log, events);
     let port = free_port();
-    let mut child = demo(&tmp.join("live-data"), port, &["--log", log.to_str().unwrap(), "--speed", "max", "--idle-timeout-ms", "200"]);
-    wait("the server", Duration::from_secs(120), || get(port, "/api/health"));
+    let mut child = demo(
+        &tmp.join("live-data"),
+        port,
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--speed",
+            "max",
+            "--idle-timeout-ms",
+            "200",
+        ],
+    );
+    wait("the server", Duration::from_secs(120), || {
+        get(port, "/api/health")
+    });
     // The clock starts when the replay has published its first events (the log is read and
     // sorted before that) and stops when every stage has consumed everything.
     let started = wait("the replay to start", Duration::from_secs(120), || {
         let s = get(port, "/api/stats")?;
         (s["stages"]["replay"]["events"].as_u64()? > 0).then(Instant::now)
     });
-    wait("every stage to catch up", Duration::from_secs(1_800), || {
-        let s = get(port, "/api/stats")?;
-        let st = &s["stages"];
-        let all = ["enrich", "detect", "aggregate"].iter().all(|n| st[n]["events"].as_u64() >= Some(events));
-        (all && st["replay"]["done"].as_bool()? && st["web"]["lag"].as_u64()? == 0).then_some(())
-    });
+    wait(
+        "every stage to catch up",
+        Duration::from_secs(1_800),
+        || {
+            let s = get(port, "/api/stats")?;
+            let st = &s["stages"];
+            let all = ["enrich", "detect", "aggregate"]
+                .iter()
+                .all(|n| st[n]["events"].as_u64() >= Some(events));
+            (all && st["replay"]["done"].as_bool()? && st["web"]["lag"].as_u64()? == 0)
+                .then_some(())
+        },
+    );
     let secs = started.elapsed().as_secs_f64();
     let rss = peak_rss_kib(&child);
     child.kill().unwrap();
     child.wait().unwrap();
     let eps = events as f64 / secs;
-    println!("live embedded pipeline: {events} events through replay → enrich → detect → aggregate (+ web), durable, in {secs:.1} s = {eps:.0} events/s; peak RSS {} MiB", rss / 1024);
-    println!("bench live: events={events} seconds={secs:.2} events_per_second={eps:.0} peak_rss_mib={}", rss / 1024);
+    println!(
+        "live embedded pipeline: {events} events through replay → enrich → detect → aggregate (+ web), durable, in {secs:.1} s = {eps:.0} events/s; peak RSS {} MiB",
+        rss / 1024
+    );
+    println!(
+        "bench live: events={events} seconds={secs:.2} events_per_second={eps:.0} peak_rss_mib={}",
+        rss / 1024
+    );
 }
 
 /// Sends views and measures click → offer on the visitor's stream, `samples` times.
@@ -110,9 +163,16 @@ fn latency_samples(port: u16, samples: usize) -> Vec<f64> {
     let mut out = Vec::new();
     for _ in 0..samples {
         let id = post(port, "/api/identity", "");
-        let (visitor, token) = (id["visitor"].as_str().unwrap().to_owned(), id["token"].as_str().unwrap().to_owned());
+        let (visitor, token) = (
+            id["visitor"].as_str().unwrap().to_owned(),
+            id["token"].as_str().unwrap().to_owned(),
+        );
         let (tx, rx) = mpsc::channel();
-        let response = ureq::get(&format!("http://127.0.0.1:{port}/api/offers/stream?visitor={visitor}&token={token}")).call().unwrap();
+        let response = ureq::get(&format!(
+            "http://127.0.0.1:{port}/api/offers/stream?visitor={visitor}&token={token}"
+        ))
+        .call()
+        .unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(response.into_body().into_reader()).lines() {
                 let Ok(line) = line else { return };
@@ -147,12 +207,20 @@ fn latency(tmp: &Path) {
     let empty = tmp.join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let port = free_port();
-    let mut child = demo(&tmp.join("idle-data"), port, &["--log", empty.to_str().unwrap(), "--speed", "max"]);
-    wait("the server", Duration::from_secs(60), || get(port, "/api/health"));
+    let mut child = demo(
+        &tmp.join("idle-data"),
+        port,
+        &["--log", empty.to_str().unwrap(), "--speed", "max"],
+    );
+    wait("the server", Duration::from_secs(60), || {
+        get(port, "/api/health")
+    });
     let (p50, p99, max) = percentiles(latency_samples(port, 200));
     child.kill().unwrap();
     child.wait().unwrap();
-    println!("click → offer, idle: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (200 samples)");
+    println!(
+        "click → offer, idle: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (200 samples)"
+    );
     println!("bench latency_idle: samples=200 p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2}");
 
     // Loaded: a generated log replayed at the speed that makes ~10,000 events/s.
@@ -162,24 +230,46 @@ fn latency(tmp: &Path) {
     let span_s = 15.0 * 86_400.0;
     let speed = (10_000.0 * span_s / events as f64).round();
     let port = free_port();
-    let mut child = demo(&tmp.join("loaded-data"), port, &["--log", log.to_str().unwrap(), "--speed", &speed.to_string()]);
-    wait("the server", Duration::from_secs(120), || get(port, "/api/health"));
+    let mut child = demo(
+        &tmp.join("loaded-data"),
+        port,
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--speed",
+            &speed.to_string(),
+        ],
+    );
+    wait("the server", Duration::from_secs(120), || {
+        get(port, "/api/health")
+    });
     wait("the background replay", Duration::from_secs(120), || {
         let s = get(port, "/api/stats")?;
         (s["stages"]["replay"]["events_per_second"].as_f64()? > 1_000.0).then_some(())
     });
     let samples = latency_samples(port, 200);
-    let rate = get(port, "/api/stats").and_then(|s| s["stages"]["enrich"]["events_per_second"].as_f64()).unwrap_or(0.0);
+    let rate = get(port, "/api/stats")
+        .and_then(|s| s["stages"]["enrich"]["events_per_second"].as_f64())
+        .unwrap_or(0.0);
     let rss = peak_rss_kib(&child);
     child.kill().unwrap();
     child.wait().unwrap();
     let (p50, p99, max) = percentiles(samples);
-    println!("click → offer with {rate:.0} events/s of background replay: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (200 samples); peak RSS {} MiB", rss / 1024);
-    println!("bench latency_loaded: background_eps={rate:.0} samples=200 p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} peak_rss_mib={}", rss / 1024);
+    println!(
+        "click → offer with {rate:.0} events/s of background replay: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (200 samples); peak RSS {} MiB",
+        rss / 1024
+    );
+    println!(
+        "bench latency_loaded: background_eps={rate:.0} samples=200 p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2} peak_rss_mib={}",
+        rss / 1024
+    );
 }
 
 fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let run = |name: &str| which.is_empty() || which.iter().any(|w| name.contains(w.as_str()));
     let tmp = tempfile::tempdir().unwrap();
     if run("latency") {

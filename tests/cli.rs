@@ -1,0 +1,145 @@
+//! Command-line behaviour: clean shutdown on SIGTERM, loading custom lookups, pattern checks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut demo = spawn(&[
+        "demo",
+        "--original-time",
+        "--data-dir",
+        dir,
+        "--speed",
+        "max",
+        "--batch-size",
+        "50",
+        "--listen",
+        &listen,
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "the replay to be under way",
+        || {
+            let s = get_json(port, "/api/stats")?;
+            (s["stages"]["enrich"]["events"].as_u64()? > 1_000).then_some(())
+        },
+    );
+    let pid = demo.id().to_string();
+    let signalled = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = demo.wait().unwrap();
+    println!("SIGTERM to exit: {:?}", signalled.elapsed());
+    assert!(status.success(), "exit 0 after SIGTERM, got {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded"
+    );
+    // Whatever was committed is consistent: a restart finishes the log exactly.
+    demo_to_end(dir, &[]);
+    let s = run_json(&["status", "--data-dir", dir]);
+    assert_eq!(s["topics"]["enriched-click-data"]["records"], 116_607);
+    assert_eq!(s["state"]["runner/aggregate"]["events"], 116_607);
+}
+
+#[test]
+fn custom_lookups_load_into_the_data_dir_and_enrich_the_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lookups = tmp.path().join("lookups");
+    std::fs::create_dir_all(&lookups).unwrap();
+    std::fs::write(lookups.join("users.json"), "{\"userId\":\"V1\",\"gender\":\"F\",\"birthDate\":\"1982-03-01\"}\n{\"userId\":null,\"gender\":null,\"birthDate\":null}\n").unwrap();
+    std::fs::write(
+        lookups.join("products.json"),
+        r#"[{"id":"P1","category":"hats","title":"Top Hat","description":"","image":null,"price":9.5}]"#,
+    )
+    .unwrap();
+    let dir = tmp.path().join("data");
+    let dir = dir.to_str().unwrap();
+    let out = run_ok(&[
+        "lookups",
+        "load",
+        "--data-dir",
+        dir,
+        "--data",
+        lookups.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("loaded 1 users (1 empty records skipped) and 1 products"),
+        "{text}"
+    );
+    let log = tmp.path().join("views.jsonl");
+    std::fs::write(
+        &log,
+        "{\"ts_ms\":1330588819000,\"visitor\":\"V1\",\"url\":\"http://www.acme.com/SH1/P1\"}\n",
+    )
+    .unwrap();
+    demo_to_end(dir, &["--log", log.to_str().unwrap()]);
+    let dump = run_ok(&["topics", "dump", "enriched-click-data", "--data-dir", dir]);
+    let enriched: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(enriched["category"], "hats");
+    assert_eq!(enriched["title"], "Top Hat");
+    assert_eq!(enriched["gender"], "F");
+    assert_eq!(enriched["age"], 30);
+    // A broken lookups file is refused with its line.
+    std::fs::write(
+        lookups.join("users.json"),
+        "{\"userId\":\"V2\",\"gender\":\"Q\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "lookups",
+            "load",
+            "--data-dir",
+            dir,
+            "--data",
+            lookups.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("users.json:1: field gender"));
+}
+
+#[test]
+fn patterns_check_reports_every_error_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("a.toml"),
+        "name = \"a\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { colour = \"red\" }\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("b.toml"), "name = \"b\"\nwithin = \"soon\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { category = \"x\" }\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["patterns", "check", tmp.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a.toml:5: step[0].when.colour: unknown field"),
+        "{err}"
+    );
+    assert!(err.contains("b.toml:2: within:"), "{err}");
+    assert!(err.contains("2 error(s)"), "{err}");
+    let ok = run_ok(&[
+        "patterns",
+        "check",
+        &format!("{}/patterns", env!("CARGO_MANIFEST_DIR")),
+    ]);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("2 pattern(s) OK"));
+}
