@@ -10,7 +10,8 @@
 //!   background replay.
 //! - peak RSS of the demo process in each run.
 //!
-//! `CLICKPULSE_BENCH_EVENTS` sets the live benchmark's log size (default 1,000,000).
+//! `CLICKPULSE_BENCH_EVENTS` sets the live benchmark's log size (default 1,000,000);
+//! `CLICKPULSE_BENCH_BATCH` the demo's `--batch-size` (default 10,000, the demo's default).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -57,6 +58,7 @@ fn peak_rss_kib(child: &Child) -> u64 {
 }
 
 fn demo(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    let batch = std::env::var("CLICKPULSE_BENCH_BATCH").unwrap_or_else(|_| "10000".to_owned());
     Command::new(bin())
         .args([
             "demo",
@@ -66,6 +68,7 @@ fn demo(dir: &Path, port: u16, extra: &[&str]) -> Child {
             &format!("127.0.0.1:{port}"),
             "--original-time",
         ])
+        .args(["--batch-size", &batch])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

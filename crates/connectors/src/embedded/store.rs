@@ -18,10 +18,65 @@ const META: TableDefinition<&str, u32> = TableDefinition::new("topic_partitions"
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_users");
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_products");
 
-type TopicTable<'a> = TableDefinition<'a, (u32, u64), (&'static str, &'static [u8])>;
+/// A topic: `(partition, base offset) → segment`, one segment per partition per commit (see
+/// [`encode_segment`]), so a batch of N records costs one B-tree insert, not N.
+type TopicTable<'a> = TableDefinition<'a, (u32, u64), &'static [u8]>;
 
 fn topic_table(name: &str) -> TopicTable<'_> {
     TableDefinition::new(name)
+}
+
+/// Encodes records as a segment: `count: u32`, then per record `key_len: u32, key,
+/// value_len: u32, value` (little-endian).
+fn encode_segment(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let size = 4 + records
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for (key, value) in records {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// The number of records in a segment.
+fn segment_len(bytes: &[u8]) -> u64 {
+    bytes.get(..4).map_or(0, |b| {
+        u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    })
+}
+
+/// Decodes a segment into `(key, value)` pairs.
+fn decode_segment(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if bytes.len() < n {
+            return Err("segment truncated".to_owned());
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn len(bytes: &mut &[u8]) -> Result<usize, String> {
+        let b = take(bytes, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut rest = bytes;
+    let count = len(&mut rest)?;
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = len(&mut rest)?;
+        let key = std::str::from_utf8(take(&mut rest, n)?)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let n = len(&mut rest)?;
+        records.push((key, take(&mut rest, n)?.to_vec()));
+    }
+    Ok(records)
 }
 
 /// The database file inside the data dir.
@@ -161,19 +216,33 @@ impl EmbeddedStore {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(topic_table(topic)).map_err(db)?;
         let mut records = Vec::with_capacity(max.min(4096));
-        for entry in table
-            .range((partition, from)..=(partition, u64::MAX))
+        // Start at the segment holding `from`: the last one based at or before it.
+        let first = table
+            .range((partition, 0)..=(partition, from))
+            .map_err(db)?
+            .next_back()
+            .transpose()
+            .map_err(db)?
+            .map_or(from, |(k, _)| k.value().1);
+        'segments: for entry in table
+            .range((partition, first)..=(partition, u64::MAX))
             .map_err(db)?
         {
             let (k, v) = entry.map_err(db)?;
-            let (key, value) = v.value();
-            records.push(StoredRecord {
-                offset: k.value().1,
-                key: key.to_owned(),
-                value: value.to_vec(),
-            });
-            if records.len() >= max {
-                break;
+            let base = k.value().1;
+            let decoded = decode_segment(v.value()).map_err(|message| StoreError::Corrupt {
+                key: format!("{topic}/{partition}@{base}"),
+                message,
+            })?;
+            for (i, (key, value)) in decoded.into_iter().enumerate() {
+                let offset = base + i as u64;
+                if offset < from {
+                    continue;
+                }
+                records.push(StoredRecord { offset, key, value });
+                if records.len() >= max {
+                    break 'segments;
+                }
             }
         }
         Ok(records)
@@ -230,14 +299,21 @@ impl EmbeddedStore {
             for (topic, records) in by_topic {
                 let n = self.partitions(topic)?;
                 let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
+                let mut by_partition: std::collections::BTreeMap<u32, Vec<(&str, &[u8])>> =
+                    Default::default();
                 for (key, value) in records {
-                    let p = partition_for(key, n);
+                    by_partition
+                        .entry(partition_for(key, n))
+                        .or_default()
+                        .push((key, value));
+                }
+                for (p, records) in by_partition {
                     let slot = (topic.to_owned(), p);
-                    let end = new_ends
-                        .entry(slot.clone())
-                        .or_insert_with(|| ends.get(&slot).copied().unwrap_or(0));
-                    table.insert((p, *end), (key, value)).map_err(db)?;
-                    *end += 1;
+                    let base = ends.get(&slot).copied().unwrap_or(0);
+                    table
+                        .insert((p, base), encode_segment(&records).as_slice())
+                        .map_err(db)?;
+                    new_ends.insert(slot, base + records.len() as u64);
                 }
             }
             let mut state = txn.open_table(STATE).map_err(db)?;
@@ -294,10 +370,16 @@ impl EmbeddedStore {
         {
             let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
             let mut n = 0;
+            // Whole segments only: one that still holds an offset ≥ `before` stays.
             table
-                .retain_in((partition, 0)..(partition, before), |_, _| {
-                    n += 1;
-                    false
+                .retain_in((partition, 0)..(partition, before), |(_, base), segment| {
+                    let count = segment_len(segment);
+                    if base + count <= before {
+                        n += count;
+                        false
+                    } else {
+                        true
+                    }
                 })
                 .map_err(db)?;
             removed = n;
@@ -403,10 +485,11 @@ impl EmbeddedStore {
     }
 }
 
-/// The next offset of a partition: one past its last record (retention always keeps the last).
+/// The next offset of a partition: one past its last record (retention always keeps the last
+/// segment).
 fn partition_end<T>(table: &T, partition: u32) -> Result<u64, StoreError>
 where
-    T: ReadableTable<(u32, u64), (&'static str, &'static [u8])>,
+    T: ReadableTable<(u32, u64), &'static [u8]>,
 {
     Ok(table
         .range((partition, 0)..=(partition, u64::MAX))
@@ -414,7 +497,7 @@ where
         .next_back()
         .transpose()
         .map_err(db)?
-        .map_or(0, |(k, _)| k.value().1 + 1))
+        .map_or(0, |(k, v)| k.value().1 + segment_len(v.value())))
 }
 
 fn offset_key(group: &str, topic: &str, partition: u32) -> String {
@@ -496,17 +579,46 @@ mod tests {
     }
 
     #[test]
-    fn trim_removes_old_records_but_keeps_offsets() {
+    fn trim_removes_whole_consumed_segments_but_keeps_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        // Three commits: segments [0, 2), [2, 3) and [3, 5).
         store
-            .commit(&batch(&[("a", "1"), ("a", "2"), ("a", "3")], &[], &[]))
+            .commit(&batch(&[("a", "1"), ("a", "2")], &[], &[]))
             .unwrap();
-        assert_eq!(store.trim("t", 0, 2).unwrap(), 2);
-        assert_eq!(store.trim("t", 0, 100).unwrap(), 0, "the last record stays");
+        store.commit(&batch(&[("a", "3")], &[], &[])).unwrap();
+        store
+            .commit(&batch(&[("a", "4"), ("a", "5")], &[], &[]))
+            .unwrap();
+        assert_eq!(
+            store
+                .fetch("t", 0, 1, 3)
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            store.trim("t", 0, 1).unwrap(),
+            0,
+            "a segment with unconsumed records stays"
+        );
+        assert_eq!(store.trim("t", 0, 3).unwrap(), 3);
+        assert_eq!(
+            store.trim("t", 0, 100).unwrap(),
+            0,
+            "the last segment stays"
+        );
         let left = store.fetch("t", 0, 0, 10).unwrap();
-        assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
-        store.commit(&batch(&[("a", "4")], &[], &[])).unwrap();
-        assert_eq!(store.end_offset("t", 0), 4);
+        assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), [3, 4]);
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        store.commit(&batch(&[("a", "6")], &[], &[])).unwrap();
+        assert_eq!(
+            store.end_offset("t", 0),
+            6,
+            "offsets continue after trimming and reopening"
+        );
     }
 }
