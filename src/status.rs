@@ -63,7 +63,7 @@ pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
                 .iter()
                 .take((args.limit - printed).min(usize::MAX as u64) as usize)
             {
-                out.write_all(&record.value)?;
+                serde_json::to_writer(&mut out, &as_json(&args.topic, &record.value))?;
                 out.write_all(b"\n")?;
                 printed += 1;
             }
@@ -71,4 +71,18 @@ pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A topic record as JSON: decoded as the topic's record type.
+fn as_json(topic: &str, bytes: &[u8]) -> serde_json::Value {
+    use clickpulse_engine::codec::decode;
+    use clickpulse_engine::{Click, DeadLetter, EnrichedClick, pattern::Offer, topics};
+    let decoded = match topic {
+        topics::CLICK_DATA => decode::<Click>(bytes).map(|v| json!(v)),
+        topics::ENRICHED_CLICK_DATA => decode::<EnrichedClick>(bytes).map(|v| json!(v)),
+        topics::SPECIAL_OFFERS => decode::<Offer>(bytes).map(|v| json!(v)),
+        topics::DEAD_LETTERS => decode::<DeadLetter>(bytes).map(|v| json!(v)),
+        _ => Err(format!("unknown record type for topic {topic}")),
+    };
+    decoded.unwrap_or_else(|error| json!({"undecodable": error, "bytes": bytes.len()}))
 }

@@ -204,7 +204,7 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
             .fetch(topics::SPECIAL_OFFERS, p, 0, usize::MAX)
             .unwrap()
         {
-            offers.push(serde_json::from_slice::<Offer>(&r.value).unwrap());
+            offers.push(clickpulse_engine::codec::decode::<Offer>(&r.value).unwrap());
         }
     }
     offers.sort_by(|a, b| a.offer_id.cmp(&b.offer_id));

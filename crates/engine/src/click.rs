@@ -102,19 +102,19 @@ pub struct Click {
     #[serde(default)]
     pub user_agent: String,
     /// City, as the source knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub city: Option<String>,
     /// Country, lower-case ISO 3166-1 alpha-3 (`usa`), as the source knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub country: Option<String>,
     /// State or region, as the source knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub region: Option<String>,
     /// Gender supplied by a live event; overrides the lookups.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub gender: Option<Gender>,
     /// Age supplied by a live event; overrides the birth date in the lookups.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub age: Option<u32>,
 }
 

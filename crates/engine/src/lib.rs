@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`click`]: the records that flow through the topics ([`Click`], [`EnrichedClick`]).
+//! - [`codec`]: the binary encoding of records on embedded topics.
 //! - [`reader`]: streaming readers for the Omniture TSV log and the JSON-lines click format;
 //!   malformed rows become [`DeadLetter`]s and never stop a run.
 //! - [`replay`]: event-time ordering, pacing at N× real time and endless looping.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
 
 pub mod click;
+pub mod codec;
 pub mod enrich;
 pub mod lookups;
 pub mod metrics;

@@ -17,7 +17,7 @@ pub struct Output {
     pub topic: &'static str,
     /// Partitioning key (the visitor id).
     pub key: String,
-    /// Serialized value (JSON).
+    /// Encoded value ([`crate::codec`]).
     pub value: Vec<u8>,
 }
 
@@ -28,9 +28,9 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// Emits `value` as JSON to `topic` under `key`.
+    /// Emits `value` (encoded by [`crate::codec`]) to `topic` under `key`.
     pub fn emit<T: Serialize>(&mut self, topic: &'static str, key: &str, value: &T) {
-        let value = serde_json::to_vec(value).expect("operator outputs serialize to JSON");
+        let value = crate::codec::encode(value);
         self.outputs.push(Output {
             topic,
             key: key.to_owned(),
@@ -83,7 +83,7 @@ pub trait Operator: Send {
     /// Processes one record, emitting any outputs.
     fn process(&mut self, input: Self::Input, out: &mut Emitter);
 
-    /// Decodes and processes one raw record of `topic`/`partition`. The default decodes JSON
+    /// Decodes and processes one raw record of `topic`/`partition`. The default decodes it
     /// into [`Operator::Input`]; operators with several input topics override it. An `Err`
     /// sends the record to the dead-letter topic with the message as the reason.
     fn process_record(
@@ -94,7 +94,7 @@ pub trait Operator: Send {
         out: &mut Emitter,
     ) -> Result<(), String> {
         let _ = (topic, partition);
-        let input = serde_json::from_slice::<Self::Input>(value).map_err(|e| e.to_string())?;
+        let input = crate::codec::decode::<Self::Input>(value)?;
         self.process(input, out);
         Ok(())
     }

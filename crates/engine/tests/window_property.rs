@@ -237,7 +237,7 @@ proptest! {
                 Step::Click { partition, gap_ms, visitor, product, device, country } => {
                     clocks[partition as usize] += gap_ms;
                     let c = click(clocks[partition as usize], visitor, product, device, country);
-                    op.process_record(topics::ENRICHED_CLICK_DATA, partition, &serde_json::to_vec(&c).unwrap(), &mut out).unwrap();
+                    op.process_record(topics::ENRICHED_CLICK_DATA, partition, &clickpulse_engine::codec::encode(&c), &mut out).unwrap();
                     // A partition lagging more than the allowed lateness behind the others
                     // delivers late events: counted, not applied.
                     if watermark.is_some_and(|w| c.ts_ms <= w) {
@@ -249,7 +249,7 @@ proptest! {
                 Step::Late { visitor } => {
                     if let Some(w) = watermark {
                         let c = click(w - 1_000, visitor, 0, 0, 0);
-                        op.process_record(topics::ENRICHED_CLICK_DATA, 0, &serde_json::to_vec(&c).unwrap(), &mut out).unwrap();
+                        op.process_record(topics::ENRICHED_CLICK_DATA, 0, &clickpulse_engine::codec::encode(&c), &mut out).unwrap();
                         late_expected += 1;
                     }
                 }
@@ -264,7 +264,7 @@ proptest! {
                         ts_ms: ts,
                     };
                     let o = if dup && !offers.is_empty() { offers.last().unwrap().clone() } else { o };
-                    op.process_record(topics::SPECIAL_OFFERS, 0, &serde_json::to_vec(&o).unwrap(), &mut out).unwrap();
+                    op.process_record(topics::SPECIAL_OFFERS, 0, &clickpulse_engine::codec::encode(&o), &mut out).unwrap();
                     offers.push(o);
                 }
                 Step::Tick => {

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::Click;
+use clickpulse_engine::codec;
 use clickpulse_engine::metrics::StageMetrics;
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
 use clickpulse_engine::reader::DeadLetter;
@@ -301,7 +302,7 @@ pub fn run_replay(
         let mut batch = CommitBatch::default();
         if !state.dead_letters_written {
             for letter in &input.malformed {
-                let value = serde_json::to_vec(letter).expect("dead letter serializes");
+                let value = codec::encode(letter);
                 batch.appends.push((
                     topics::DEAD_LETTERS.to_owned(),
                     letter.source.clone(),
@@ -328,7 +329,7 @@ pub fn run_replay(
                 wait = Some(due_in);
                 break;
             }
-            let value = serde_json::to_vec(&click).expect("click serializes");
+            let value = codec::encode(&click);
             state.event_time_ms = Some(click.ts_ms);
             batch
                 .appends
@@ -422,7 +423,7 @@ pub fn run_collector(
         let mut batch = CommitBatch::default();
         for b in &waiting {
             for click in &b.clicks {
-                let value = serde_json::to_vec(click).expect("click serializes");
+                let value = codec::encode(click);
                 batch
                     .appends
                     .push((topics::CLICK_DATA.to_owned(), click.visitor.clone(), value));

@@ -623,10 +623,10 @@ impl Operator for AggregateOperator {
         _out: &mut Emitter,
     ) -> Result<(), String> {
         if topic == topics::SPECIAL_OFFERS {
-            let offer: Offer = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            let offer: Offer = crate::codec::decode(value)?;
             self.core.on_offer(&offer);
         } else {
-            let click: EnrichedClick = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            let click: EnrichedClick = crate::codec::decode(value)?;
             self.core.on_click(partition, &click, Instant::now());
         }
         self.dirty = true;
