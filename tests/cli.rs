@@ -10,20 +10,8 @@ use common::*;
 fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut demo = spawn(&[
-        "demo",
-        "--original-time",
-        "--data-dir",
-        dir,
-        "--speed",
-        "max",
-        "--batch-size",
-        "50",
-        "--listen",
-        &listen,
-    ]);
+    let mut demo = Demo::start(dir, &["--speed", "max", "--batch-size", "50"]);
+    let port = demo.port;
     wait_for(
         Duration::from_secs(60),
         "the replay to be under way",
@@ -32,7 +20,7 @@ fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
             (s["stages"]["enrich"]["events"].as_u64()? > 1_000).then_some(())
         },
     );
-    let pid = demo.id().to_string();
+    let pid = demo.child.id().to_string();
     let signalled = Instant::now();
     assert!(
         std::process::Command::new("kill")
@@ -41,7 +29,7 @@ fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
             .unwrap()
             .success()
     );
-    let status = demo.wait().unwrap();
+    let status = demo.child.wait().unwrap();
     println!("SIGTERM to exit: {:?}", signalled.elapsed());
     assert!(status.success(), "exit 0 after SIGTERM, got {status}");
     assert!(

@@ -28,20 +28,8 @@ fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
 fn snapshot_at_speed_3600_equals_the_backtest_at_the_same_watermark() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut demo = spawn(&[
-        "demo",
-        "--original-time",
-        "--data-dir",
-        dir,
-        "--speed",
-        "3600",
-        "--idle-timeout-ms",
-        "60000",
-        "--listen",
-        &listen,
-    ]);
+    let demo = Demo::start(dir, &["--speed", "3600", "--idle-timeout-ms", "60000"]);
+    let port = demo.port;
     // Let a few hours of event time pass, then take the live snapshot.
     let snapshot: Value = wait_for(
         Duration::from_secs(60),
@@ -52,8 +40,7 @@ fn snapshot_at_speed_3600_equals_the_backtest_at_the_same_watermark() {
             (now > 1_330_588_819_000 + 6 * 3_600_000).then_some(s)
         },
     );
-    demo.kill().unwrap();
-    demo.wait().unwrap();
+    drop(demo);
     let now = snapshot["now_ms"].as_i64().unwrap();
     let backtest = run_json(&["backtest", "--json", "--until", &now.to_string()]);
     assert_eq!(snapshot, backtest["dashboard"]);

@@ -56,20 +56,8 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
     assert_eq!(expected["state"]["runner/enrich"]["events"], 116_607);
 
     // Small batches make the replay take long enough to be killed in the middle.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&[
-        "demo",
-        "--original-time",
-        "--data-dir",
-        crashed,
-        "--speed",
-        "max",
-        "--batch-size",
-        "50",
-        "--listen",
-        &listen,
-    ]);
+    let mut child = Demo::start(crashed, &["--speed", "max", "--batch-size", "50"]);
+    let port = child.port;
     let at_kill = wait_for(
         Duration::from_secs(60),
         "the replay to be under way",
@@ -80,8 +68,8 @@ fn kill_9_mid_replay_then_restart_equals_an_uninterrupted_run() {
             (replayed > 5_000 && enriched > 0).then_some(replayed)
         },
     );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.child.kill().unwrap(); // SIGKILL
+    child.child.wait().unwrap();
     let after_kill = status(crashed);
     let replayed_at_kill = after_kill["state"]["replay/state"]["events"]
         .as_u64()

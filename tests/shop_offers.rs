@@ -67,21 +67,8 @@ fn view(port: u16, visitor: &str, product: &str, gender: &str, age: u32) {
 #[test]
 fn target_visitor_gets_the_offer_others_do_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut demo = spawn(&[
-        "demo",
-        "--data-dir",
-        tmp.path().to_str().unwrap(),
-        "--original-time",
-        "--speed",
-        "max",
-        "--listen",
-        &listen,
-    ]);
-    wait_for(Duration::from_secs(30), "the server", || {
-        get_json(port, "/api/health")
-    });
+    let demo = Demo::start(tmp.path().to_str().unwrap(), &["--speed", "max"]);
+    let port = demo.port;
 
     let (ann, ann_token) = identity(port);
     let (bob, bob_token) = identity(port);
@@ -143,30 +130,16 @@ fn target_visitor_gets_the_offer_others_do_not() {
             .iter()
             .any(|t| t["to"] == "offer")
     );
-    demo.kill().unwrap();
-    demo.wait().unwrap();
 }
 
 #[test]
 fn collector_rejects_bad_input_and_sheds_load_with_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut demo = spawn(&[
-        "demo",
-        "--data-dir",
+    let demo = Demo::start(
         tmp.path().to_str().unwrap(),
-        "--original-time",
-        "--speed",
-        "max",
-        "--collector-queue",
-        "3",
-        "--listen",
-        &listen,
-    ]);
-    wait_for(Duration::from_secs(30), "the server", || {
-        get_json(port, "/api/health")
-    });
+        &["--speed", "max", "--collector-queue", "3"],
+    );
+    let port = demo.port;
 
     let (status, body, _) = post(port, "/collect", "{\"visitor\": \"v\"}");
     assert_eq!(status, 400);
@@ -195,6 +168,4 @@ fn collector_rejects_bad_input_and_sheds_load_with_retry_after() {
         "[{\"visitor\":\"a\",\"url\":\"http://x/1\"},{\"visitor\":\"b\",\"url\":\"http://x/2\"}]",
     );
     assert_eq!((status, body["accepted"].as_u64()), (202, Some(2)));
-    demo.kill().unwrap();
-    demo.wait().unwrap();
 }

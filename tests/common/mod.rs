@@ -110,3 +110,47 @@ pub fn demo_to_end(dir: &str, extra: &[&str]) -> Output {
     let args = demo_to_end_args(dir, extra);
     run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// A `clickpulse demo` running in the background on a free port (killed when dropped).
+pub struct Demo {
+    /// Its HTTP port.
+    pub port: u16,
+    /// The process.
+    pub child: Child,
+}
+
+impl Demo {
+    /// Starts `demo --original-time --data-dir DIR --listen 127.0.0.1:PORT EXTRA…` and waits
+    /// until it answers `/api/health`.
+    pub fn start(dir: &str, extra: &[&str]) -> Demo {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "demo",
+            "--original-time",
+            "--data-dir",
+            dir,
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn(&args);
+        let demo = Demo { port, child };
+        wait_for(Duration::from_secs(60), "the demo to serve HTTP", || {
+            get_json(port, "/api/health")
+        });
+        demo
+    }
+
+    /// `GET path` as JSON.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        get_json(self.port, path)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

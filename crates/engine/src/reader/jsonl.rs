@@ -8,27 +8,19 @@
 
 use std::io::BufRead;
 
-use super::{DeadLetter, LogRecord, ReaderError, read_line};
+use super::{DeadLetter, Lines, LogRecord, ReaderError};
 use crate::click::Click;
 
 /// Streaming reader for JSON lines of clicks.
 pub struct JsonLinesReader<R> {
-    name: String,
-    inner: R,
-    line: u64,
-    buf: Vec<u8>,
-    failed: bool,
+    lines: Lines<R>,
 }
 
 impl<R: BufRead> JsonLinesReader<R> {
     /// Reads `inner`, naming it `name` in dead letters and errors.
     pub fn new(name: &str, inner: R) -> Self {
         JsonLinesReader {
-            name: name.to_owned(),
-            inner,
-            line: 0,
-            buf: Vec::with_capacity(1024),
-            failed: false,
+            lines: Lines::new(name, inner),
         }
     }
 }
@@ -45,31 +37,22 @@ impl<R: BufRead> Iterator for JsonLinesReader<R> {
     type Item = Result<LogRecord, ReaderError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
         loop {
-            match read_line(&mut self.inner, &mut self.buf) {
-                Ok(false) => return None,
-                Ok(true) => {}
-                Err(source) => {
-                    self.failed = true;
-                    return Some(Err(ReaderError::Read {
-                        name: self.name.clone(),
-                        line: self.line,
-                        source,
-                    }));
-                }
-            }
-            self.line += 1;
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
+            let line = match self.lines.next_line()? {
+                Ok(line) => line,
+                Err(e) => return Some(Err(e)),
+            };
+            if line.bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Some(Ok(match parse_click(&self.buf) {
+            return Some(Ok(match parse_click(line.bytes) {
                 Ok(click) => LogRecord::Click(click),
-                Err(reason) => {
-                    LogRecord::Malformed(DeadLetter::new(&self.name, self.line, reason, &self.buf))
-                }
+                Err(reason) => LogRecord::Malformed(DeadLetter::new(
+                    line.source,
+                    line.number,
+                    reason,
+                    line.bytes,
+                )),
             }));
         }
     }

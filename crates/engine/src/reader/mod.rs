@@ -174,6 +174,64 @@ fn sniff_format(head: &[u8]) -> LogFormat {
     }
 }
 
+/// One line of a source, without its line ending.
+pub(crate) struct Line<'a> {
+    /// 1-based line number.
+    pub(crate) number: u64,
+    /// The bytes.
+    pub(crate) bytes: &'a [u8],
+    /// The source's name, for dead letters.
+    pub(crate) source: &'a str,
+}
+
+/// Reads a source line by line, counting lines; an I/O error ends it (reported once). The
+/// format readers build on it.
+pub(crate) struct Lines<R> {
+    name: String,
+    inner: R,
+    number: u64,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl<R: BufRead> Lines<R> {
+    pub(crate) fn new(name: &str, inner: R) -> Self {
+        Lines {
+            name: name.to_owned(),
+            inner,
+            number: 0,
+            buf: Vec::with_capacity(4096),
+            failed: false,
+        }
+    }
+
+    /// The next line; `None` at the end, or after the read error it returned.
+    pub(crate) fn next_line(&mut self) -> Option<Result<Line<'_>, ReaderError>> {
+        if self.failed {
+            return None;
+        }
+        match read_line(&mut self.inner, &mut self.buf) {
+            Ok(false) => None,
+            Ok(true) => {
+                self.number += 1;
+                Some(Ok(Line {
+                    number: self.number,
+                    bytes: &self.buf,
+                    source: &self.name,
+                }))
+            }
+            Err(source) => {
+                self.failed = true;
+                Some(Err(ReaderError::Read {
+                    name: self.name.clone(),
+                    line: self.number,
+                    source,
+                }))
+            }
+        }
+    }
+}
+
 /// Reads the next line into `buf` without its line ending; `Ok(false)` at the end.
 fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<bool> {
     buf.clear();

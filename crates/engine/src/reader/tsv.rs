@@ -7,7 +7,7 @@
 
 use std::io::BufRead;
 
-use super::{DeadLetter, LogRecord, ReaderError, read_line};
+use super::{DeadLetter, Lines, LogRecord, ReaderError};
 use crate::click::Click;
 
 /// The fewest columns a row may have (column 53 is the state).
@@ -24,22 +24,14 @@ const COL_STATE: usize = 52;
 
 /// Streaming reader for the Omniture TSV log.
 pub struct TsvReader<R> {
-    name: String,
-    inner: R,
-    line: u64,
-    buf: Vec<u8>,
-    failed: bool,
+    lines: Lines<R>,
 }
 
 impl<R: BufRead> TsvReader<R> {
     /// Reads `inner`, naming it `name` in dead letters and errors.
     pub fn new(name: &str, inner: R) -> Self {
         TsvReader {
-            name: name.to_owned(),
-            inner,
-            line: 0,
-            buf: Vec::with_capacity(4096),
-            failed: false,
+            lines: Lines::new(name, inner),
         }
     }
 }
@@ -48,36 +40,24 @@ impl<R: BufRead> Iterator for TsvReader<R> {
     type Item = Result<LogRecord, ReaderError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
         loop {
-            match read_line(&mut self.inner, &mut self.buf) {
-                Ok(false) => return None,
-                Ok(true) => {}
-                Err(source) => {
-                    self.failed = true;
-                    return Some(Err(ReaderError::Read {
-                        name: self.name.clone(),
-                        line: self.line,
-                        source,
-                    }));
-                }
-            }
-            self.line += 1;
-            if self.buf.is_empty() {
+            let line = match self.lines.next_line()? {
+                Ok(line) => line,
+                Err(e) => return Some(Err(e)),
+            };
+            if line.bytes.is_empty() {
                 continue;
             }
-            match parse_row(&self.buf) {
-                Ok(click) => return Some(Ok(LogRecord::Click(click))),
-                Err(RowError::Header) if self.line == 1 => continue,
-                Err(e) => {
-                    let reason = e.reason();
-                    return Some(Ok(LogRecord::Malformed(DeadLetter::new(
-                        &self.name, self.line, reason, &self.buf,
-                    ))));
-                }
-            }
+            return Some(Ok(match parse_row(line.bytes) {
+                Ok(click) => LogRecord::Click(click),
+                Err(RowError::Header) if line.number == 1 => continue,
+                Err(e) => LogRecord::Malformed(DeadLetter::new(
+                    line.source,
+                    line.number,
+                    e.reason(),
+                    line.bytes,
+                )),
+            }));
         }
     }
 }
