@@ -199,6 +199,20 @@ fn latency_samples(port: u16, samples: usize) -> Vec<f64> {
     out
 }
 
+/// The replay speed at which the log's first `seconds` of wall time carry `rate` events/s on
+/// average (traffic follows the time of day, so the log's average density would be wrong).
+fn speed_for_rate(log: &Path, rate: f64, seconds: f64) -> f64 {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut ts: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.split('\t').next()?.parse().ok())
+        .collect();
+    ts.sort_unstable();
+    let wanted = ((rate * seconds) as usize).min(ts.len() - 1);
+    let span_s = (ts[wanted] - ts[0]).max(1) as f64;
+    (span_s / seconds).round()
+}
+
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
@@ -230,8 +244,7 @@ fn latency(tmp: &Path) {
     let log = tmp.join("background.tsv");
     let events = 2_000_000u64;
     generate(&log, events);
-    let span_s = 15.0 * 86_400.0;
-    let speed = (10_000.0 * span_s / events as f64).round();
+    let speed = speed_for_rate(&log, 10_000.0, 60.0);
     let port = free_port();
     let mut child = demo(
         &tmp.join("loaded-data"),
