@@ -36,6 +36,8 @@ pub(crate) enum Command {
     /// Manage the lookups (visitor demographics, product catalogue).
     #[command(subcommand)]
     Lookups(LookupsCommand),
+    /// Run stages of the distributed pipeline (Kafka-protocol broker + Redis) in this process.
+    Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +143,32 @@ pub(crate) struct LookupsLoadArgs {
     /// Folder with users.json[.gz], products.json and products.tsv [default: the bundled copies].
     #[arg(long = "data", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
+    /// Load into this Redis instead (`redis://host:port/db`, `rediss://` for TLS), in the keys
+    /// `visitor:{userId}` and `product:{id}`.
+    #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+    pub(crate) redis: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The deployment's configuration (TOML; see config/ and docs/deployment.md).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// Stages to run here: replay, collector, enrich, detect, aggregate, web, or all. Repeat
+    /// the flag (or separate with commas) for several.
+    #[arg(
+        long = "stage",
+        value_name = "STAGE",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub(crate) stages: Vec<String>,
+    /// This worker's id in metrics and leases [default: host name and process id].
+    #[arg(long, value_name = "ID")]
+    pub(crate) worker_id: Option<String>,
+    /// Address of the HTTP server (web and collector stages) [default: from the config].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

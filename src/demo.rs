@@ -37,7 +37,7 @@ use crate::{bundled, inputs};
 
 /// How much of the log an aligned replay replays at once on a new data dir: the dashboard's
 /// longest window (16 half-hours) is full from the start.
-const WARMUP_MS: i64 = 8 * 3_600_000;
+pub(crate) const WARMUP_MS: i64 = 8 * 3_600_000;
 
 /// The topics of the embedded pipeline and their partition counts.
 pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
@@ -409,7 +409,7 @@ fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
 }
 
 /// Writes the bundled seed patterns into an empty, new pattern directory.
-fn seed_patterns(dir: &PatternDir) -> Result<()> {
+pub(crate) fn seed_patterns(dir: &PatternDir) -> Result<()> {
     let empty = std::fs::read_dir(dir.path())?.next().is_none();
     if empty {
         for (file, text) in bundled::PATTERNS {
@@ -423,7 +423,7 @@ fn seed_patterns(dir: &PatternDir) -> Result<()> {
 /// Polls the pattern directory once a second; a valid change replaces the active patterns, an
 /// invalid one is logged (and shown in `/api/patterns`) while the old patterns keep running.
 /// Polling works on every filesystem and a second is well within what a marketer notices.
-fn watch_patterns(
+pub(crate) fn watch_patterns(
     dir: &PatternDir,
     registry: &PatternRegistry,
     shutdown: &AtomicBool,
@@ -527,7 +527,9 @@ impl ClickSink for QueueSink {
 }
 
 /// The catalogue as the shop shows it (the home page is not a product).
-fn shop_products(lookups: &clickpulse_engine::lookups::Lookups) -> Vec<serde_json::Value> {
+pub(crate) fn shop_products(
+    lookups: &clickpulse_engine::lookups::Lookups,
+) -> Vec<serde_json::Value> {
     lookups
         .products()
         .iter()

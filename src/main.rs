@@ -13,6 +13,7 @@
 //! - `backtest`: the same operators over whole logs, as fast as possible.
 //! - `lookups_cmd`: `clickpulse lookups load`.
 //! - `patterns_cmd`: `clickpulse patterns check`.
+//! - `run`: `clickpulse run`: stages of the distributed pipeline over Kafka and Redis.
 //! - `status`: `clickpulse status` and `topics dump`: what a data dir holds.
 
 mod backtest;
@@ -24,6 +25,7 @@ mod generate;
 mod inputs;
 mod lookups_cmd;
 mod patterns_cmd;
+mod run;
 mod status;
 
 use std::process::ExitCode;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         cli::Command::Topics(cli::TopicsCommand::Dump(args)) => status::dump(args),
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
+        cli::Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,

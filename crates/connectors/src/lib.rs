@@ -4,7 +4,11 @@
 //! - [`embedded`]: durable, partitioned topics and the state store in one local `redb` file,
 //!   with the runners that drive the engine's operators over them (what `clickpulse demo` uses).
 //!
-//! The distributed backends (Kafka topics, Redis state) implement the same contract: an
-//! operator's outputs, its state changes and its consumed offsets are committed together.
+//! - [`distributed`]: Kafka-protocol topics (librdkafka) and Redis state, each stage a worker
+//!   process in a consumer group (what `clickpulse run` uses).
+//!
+//! Both keep one contract: an operator's outputs, its state changes and its consumed offsets
+//! are committed so that a restart neither loses nor repeats a record's effects.
 
+pub mod distributed;
 pub mod embedded;

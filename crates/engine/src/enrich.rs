@@ -271,6 +271,16 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
         out.emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);
     }
 
+    fn prepare_batch(&mut self, values: &[&[u8]]) {
+        let clicks: Vec<Click> = values
+            .iter()
+            .filter_map(|v| crate::codec::decode::<Click>(v).ok())
+            .collect();
+        let visitors: Vec<&str> = clicks.iter().map(|c| c.visitor.as_str()).collect();
+        let products: Vec<&str> = clicks.iter().map(|c| product_id_from_url(&c.url)).collect();
+        self.lookups.prefetch(&visitors, &products);
+    }
+
     fn checkpoint(&mut self, changes: &mut StateChanges) {
         if self.stats == self.checkpointed {
             return;

@@ -53,6 +53,11 @@ pub trait LookupSource {
     fn user(&self, visitor: &str) -> Option<User>;
     /// The product's record, if any.
     fn product(&self, product_id: &str) -> Option<Arc<Product>>;
+    /// Makes the records of these visitors and products available before a batch is enriched
+    /// (a remote source fetches its cache misses in one round trip). No-op by default.
+    fn prefetch(&mut self, visitors: &[&str], product_ids: &[&str]) {
+        let _ = (visitors, product_ids);
+    }
 }
 
 /// An error reading a lookup file.

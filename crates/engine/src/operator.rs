@@ -99,6 +99,13 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Called with the raw records of a batch before any of them is processed: the place to
+    /// fetch what the batch will need from a remote store in one round trip (the enrichment's
+    /// Redis lookups). No-op by default.
+    fn prepare_batch(&mut self, values: &[&[u8]]) {
+        let _ = values;
+    }
+
     /// Called after every batch and while idle, with the wall clock: the place for timers such
     /// as the idle-partition watermark fallback. No-op by default.
     fn on_tick(&mut self, wall: std::time::Instant, out: &mut Emitter) {

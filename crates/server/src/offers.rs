@@ -58,6 +58,20 @@ struct HubState {
 /// Maps an offer name to its popup picture's URL.
 type ImageFor = dyn Fn(&str) -> Option<String> + Send + Sync;
 
+/// Records `offer_id` as seen (forgetting the oldest beyond [`SEEN_IDS`]); `false` if it was.
+fn mark_seen(s: &mut HubState, offer_id: &str) -> bool {
+    if !s.seen.insert(offer_id.to_owned()) {
+        return false;
+    }
+    s.seen_order.push_back(offer_id.to_owned());
+    if s.seen_order.len() > SEEN_IDS
+        && let Some(old) = s.seen_order.pop_front()
+    {
+        s.seen.remove(&old);
+    }
+    true
+}
+
 /// Fans offers out to subscribed browsers, once per `offer_id`.
 #[derive(Clone)]
 pub struct OfferHub {
@@ -76,18 +90,18 @@ impl OfferHub {
         }
     }
 
+    /// Marks `offer_id` as delivered earlier (restored from a checkpoint): it is not delivered
+    /// again.
+    pub fn remember(&self, offer_id: &str) {
+        mark_seen(&mut self.state.lock().expect("hub lock"), offer_id);
+    }
+
     /// Delivers an offer; returns `false` for a duplicate.
     pub fn deliver(&self, offer: Offer) -> bool {
         let mut s = self.state.lock().expect("hub lock");
-        if !s.seen.insert(offer.offer_id.clone()) {
+        if !mark_seen(&mut s, &offer.offer_id) {
             s.duplicates += 1;
             return false;
-        }
-        s.seen_order.push_back(offer.offer_id.clone());
-        if s.seen_order.len() > SEEN_IDS
-            && let Some(old) = s.seen_order.pop_front()
-        {
-            s.seen.remove(&old);
         }
         let delivered = Arc::new(DeliveredOffer {
             image_url: (self.image_for)(&offer.offer),
@@ -284,14 +298,23 @@ pub(crate) async fn stream(
 /// The web stage: `special-offers` → subscribed browsers.
 pub struct WebOperator {
     hub: OfferHub,
+    /// Offers delivered since the last checkpoint: persisted, so a restarted web stage that
+    /// reads them again never shows them twice.
+    newly_delivered: Vec<(String, i64)>,
 }
 
 impl WebOperator {
     /// A stage delivering to `hub`.
     pub fn new(hub: OfferHub) -> Self {
-        WebOperator { hub }
+        WebOperator {
+            hub,
+            newly_delivered: Vec::new(),
+        }
     }
 }
+
+/// State key prefix of a delivered offer id.
+pub const DELIVERED_PREFIX: &str = "delivered/";
 
 impl Operator for WebOperator {
     type Input = Offer;
@@ -305,12 +328,25 @@ impl Operator for WebOperator {
     }
 
     fn process(&mut self, input: Offer, _out: &mut Emitter) {
-        self.hub.deliver(input);
+        let (id, ts) = (input.offer_id.clone(), input.ts_ms);
+        if self.hub.deliver(input) {
+            self.newly_delivered.push((id, ts));
+        }
     }
 
-    fn checkpoint(&mut self, _changes: &mut StateChanges) {}
+    fn checkpoint(&mut self, changes: &mut StateChanges) {
+        for (id, ts) in self.newly_delivered.drain(..) {
+            changes.push((
+                format!("{DELIVERED_PREFIX}{id}"),
+                Some(ts.to_string().into_bytes()),
+            ));
+        }
+    }
 
-    fn restore(&mut self, _key: &str, _value: &[u8]) -> Result<(), RestoreError> {
+    fn restore(&mut self, key: &str, _value: &[u8]) -> Result<(), RestoreError> {
+        if let Some(id) = key.strip_prefix(DELIVERED_PREFIX) {
+            self.hub.remember(id);
+        }
         Ok(())
     }
 

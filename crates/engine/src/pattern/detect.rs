@@ -72,7 +72,12 @@ pub struct TransitionLog {
     global_cap: usize,
     per_visitor_cap: usize,
     visitors_cap: usize,
+    /// Entries not yet taken by [`TransitionLog::drain_outbox`], when an outbox is kept.
+    outbox: Option<VecDeque<TransitionRecord>>,
 }
+
+/// Most entries an outbox holds; older ones are dropped when nobody drains it.
+const OUTBOX_CAP: usize = 10_000;
 
 impl Default for TransitionLog {
     fn default() -> Self {
@@ -91,7 +96,23 @@ impl TransitionLog {
             global_cap,
             per_visitor_cap,
             visitors_cap,
+            outbox: None,
         }
+    }
+
+    /// Also keeps every new entry in an outbox, for shipping the log elsewhere (the distributed
+    /// detection stage copies it to a Redis stream).
+    pub fn with_outbox(mut self) -> Self {
+        self.outbox = Some(VecDeque::new());
+        self
+    }
+
+    /// Takes the entries added since the last call (oldest first).
+    pub fn drain_outbox(&mut self) -> Vec<TransitionRecord> {
+        self.outbox
+            .as_mut()
+            .map(|o| o.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// Adds an entry.
@@ -109,6 +130,12 @@ impl TransitionLog {
             mine.pop_front();
         }
         mine.push_back(record.clone());
+        if let Some(outbox) = self.outbox.as_mut() {
+            if outbox.len() >= OUTBOX_CAP {
+                outbox.pop_front();
+            }
+            outbox.push_back(record.clone());
+        }
         if self.global.len() >= self.global_cap {
             self.global.pop_front();
         }

@@ -1,0 +1,386 @@
+//! Kafka clients: configuration, topic creation, a producer whose batches are acknowledged as a
+//! whole, and the tail scan a worker runs when it takes over a partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use super::{DistributedError, KafkaConfig};
+
+/// Header carrying the input offset (or replay position) a record was produced from.
+pub const LINEAGE_HEADER: &str = "clickpulse-src";
+
+/// librdkafka properties shared by every client.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    let s = &config.security;
+    c.set("security.protocol", &s.protocol);
+    let password = std::env::var("CLICKPULSE_KAFKA_PASSWORD")
+        .ok()
+        .or_else(|| s.sasl_password.clone());
+    for (key, value) in [
+        ("sasl.mechanism", s.sasl_mechanism.clone()),
+        ("sasl.username", s.sasl_username.clone()),
+        ("sasl.password", password),
+        ("ssl.ca.location", s.ssl_ca_location.clone()),
+        (
+            "ssl.certificate.location",
+            s.ssl_certificate_location.clone(),
+        ),
+        ("ssl.key.location", s.ssl_key_location.clone()),
+    ] {
+        if let Some(value) = value {
+            c.set(key, value);
+        }
+    }
+    for (key, value) in &config.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The topics of the pipeline with their partition counts.
+pub fn topic_layout(config: &KafkaConfig) -> Vec<(String, u32)> {
+    let t = &config.topics;
+    vec![
+        (t.click_data.clone(), config.partitions),
+        (t.enriched_click_data.clone(), config.partitions),
+        (t.special_offers.clone(), config.partitions),
+        (t.dead_letters.clone(), config.dead_letter_partitions),
+    ]
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime builds")
+        .block_on(future)
+}
+
+/// Creates the pipeline's topics that are missing and checks the partition counts of those
+/// that exist. Retries while the brokers are unreachable, up to `wait`.
+pub fn ensure_topics(config: &KafkaConfig, wait: Duration) -> Result<(), DistributedError> {
+    let started = Instant::now();
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let layout = topic_layout(config);
+    let new: Vec<NewTopic<'_>> = layout
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(
+                name,
+                *partitions as i32,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    loop {
+        match block_on(admin.create_topics(&new, &options)) {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(name) => info!(topic = %name, "Topic created."),
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) => {
+                            return Err(DistributedError::Kafka(KafkaError::AdminOp(code)))
+                                .inspect_err(
+                                    |_| warn!(topic = %name, %code, "Cannot create topic."),
+                                );
+                        }
+                    }
+                }
+                break;
+            }
+            Err(error) if started.elapsed() < wait => {
+                warn!(%error, "Brokers not reachable yet; retrying.");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    // Check the partition counts (topics made by someone else may differ).
+    let consumer: BaseConsumer = client_config(config).create()?;
+    for (name, partitions) in &layout {
+        let existing = loop {
+            let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
+            let n = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len() as u32);
+            if n > 0 || started.elapsed() > wait {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if existing != *partitions {
+            return Err(DistributedError::PartitionMismatch {
+                topic: name.clone(),
+                existing,
+                configured: *partitions,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of a group of sent records, complete once every record is acknowledged.
+pub struct Acks {
+    remaining: AtomicUsize,
+    state: Mutex<AckState>,
+}
+
+/// Called once with a group's outcome.
+type OnDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+#[derive(Default)]
+struct AckState {
+    error: Option<String>,
+    /// Next offset after the newest acknowledged record, per (topic, partition).
+    positions: HashMap<(String, i32), i64>,
+    on_done: Option<OnDone>,
+    sealed: bool,
+}
+
+impl Acks {
+    /// A group with nothing sent yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Acks {
+            remaining: AtomicUsize::new(0),
+            state: Mutex::new(AckState::default()),
+        })
+    }
+
+    /// A group that calls `on_done` once all of its records are acknowledged (or one failed).
+    pub fn with_callback(on_done: impl FnOnce(Result<(), String>) + Send + 'static) -> Arc<Self> {
+        let acks = Acks::new();
+        acks.state.lock().expect("acks lock").on_done = Some(Box::new(on_done));
+        acks
+    }
+
+    fn ack(&self, result: Result<(String, i32, i64), String>) {
+        let mut s = self.state.lock().expect("acks lock");
+        match result {
+            Ok((topic, partition, offset)) => {
+                let next = s.positions.entry((topic, partition)).or_insert(0);
+                *next = (*next).max(offset + 1);
+            }
+            Err(e) => {
+                s.error.get_or_insert(e);
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && s.sealed {
+            Self::finish(&mut s);
+        }
+    }
+
+    fn finish(s: &mut AckState) {
+        if let Some(done) = s.on_done.take() {
+            done(s.error.clone().map_or(Ok(()), Err));
+        }
+    }
+
+    /// Declares that nothing more will be sent in this group; fires the callback if all is
+    /// acknowledged already.
+    pub fn seal(&self) {
+        let mut s = self.state.lock().expect("acks lock");
+        s.sealed = true;
+        if self.remaining.load(Ordering::SeqCst) == 0 {
+            Self::finish(&mut s);
+        }
+    }
+
+    /// Whether every record sent in the group is acknowledged.
+    pub fn complete(&self) -> bool {
+        self.remaining.load(Ordering::SeqCst) == 0
+    }
+
+    /// The first delivery error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.state.lock().expect("acks lock").error.clone()
+    }
+
+    /// Next offset after the newest acknowledged record, per (topic, partition).
+    pub fn positions(&self) -> HashMap<(String, i32), i64> {
+        self.state.lock().expect("acks lock").positions.clone()
+    }
+}
+
+/// Routes delivery reports to their [`Acks`].
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        match result {
+            Ok(m) => acks.ack(Ok((m.topic().to_owned(), m.partition(), m.offset()))),
+            Err((e, m)) => acks.ack(Err(format!(
+                "delivery to {}/{} failed: {e}",
+                m.topic(),
+                m.partition()
+            ))),
+        }
+    }
+}
+
+/// An idempotent producer (acks=all, in order per partition) polled by its own thread.
+pub struct BatchProducer {
+    inner: ThreadedProducer<AckContext>,
+}
+
+/// One record to send.
+pub struct OutRecord<'a> {
+    /// Physical topic.
+    pub topic: &'a str,
+    /// Partition (explicit, so a visitor's records keep their partition from stage to stage).
+    pub partition: i32,
+    /// Key (the visitor id).
+    pub key: &'a str,
+    /// Value.
+    pub value: &'a [u8],
+    /// Lineage (input offset or replay position).
+    pub lineage: Option<u64>,
+}
+
+impl BatchProducer {
+    /// A producer for `config`.
+    pub fn new(config: &KafkaConfig) -> Result<Self, DistributedError> {
+        let mut c = client_config(config);
+        c.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "300000");
+        for (key, value) in &config.properties {
+            c.set(key, value);
+        }
+        Ok(BatchProducer {
+            inner: c.create_with_context(AckContext)?,
+        })
+    }
+
+    /// Sends `record` as part of `acks`, waiting while the local queue is full.
+    pub fn send(&self, record: &OutRecord<'_>, acks: &Arc<Acks>) -> Result<(), DistributedError> {
+        let lineage = record.lineage.map(|l| l.to_string());
+        acks.remaining.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let mut r = BaseRecord::with_opaque_to(record.topic, acks.clone())
+                .partition(record.partition)
+                .key(record.key)
+                .payload(record.value);
+            if let Some(l) = &lineage {
+                r = r.headers(OwnedHeaders::new().insert(Header {
+                    key: LINEAGE_HEADER,
+                    value: Some(l.as_str()),
+                }));
+            }
+            match self.inner.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    acks.remaining.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Waits until every record of `acks` is acknowledged; `Err` with the first failure.
+    pub fn wait(&self, acks: &Arc<Acks>) -> Result<(), DistributedError> {
+        acks.seal();
+        let _ = self.inner.flush(Duration::from_secs(600));
+        while !acks.complete() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match acks.error() {
+            None => Ok(()),
+            Some(e) => Err(DistributedError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::Fail,
+            )))
+            .inspect_err(|_| warn!(error = %e, "Delivery failed.")),
+        }
+    }
+}
+
+/// Reads `topic`/`partition` from `from` to its end and returns the largest lineage header of
+/// the records there (the input position the previous owner had already produced outputs for).
+pub fn scan_lineage(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<Option<u64>, DistributedError> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", format!("{}-scan", config.group_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let offset = if from > 0 {
+        Offset::Offset(from)
+    } else {
+        Offset::Beginning
+    };
+    tpl.add_partition_offset(topic, partition, offset)?;
+    consumer.assign(&tpl)?;
+    let mut newest = None;
+    let mut read = 0u64;
+    let started = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                read += 1;
+                if let Some(headers) = m.headers() {
+                    for h in headers.iter() {
+                        if h.key == LINEAGE_HEADER
+                            && let Some(v) = h.value
+                            && let Some(n) =
+                                std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
+                        {
+                            newest = newest.max(Some(n));
+                        }
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                warn!(error = %e, topic, partition, "Tail scan: retrying.");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None if started.elapsed() > Duration::from_secs(120) => {
+                return Err(DistributedError::Kafka(KafkaError::PartitionEOF(partition)))
+                    .inspect_err(|_| warn!(topic, partition, "Tail scan did not reach the end."));
+            }
+            None => {}
+        }
+    }
+    debug!(topic, partition, from, read, ?newest, "Tail scanned.");
+    Ok(newest)
+}
+
+/// Offsets per (topic, partition) as a list to commit.
+pub fn offsets_list(
+    positions: &BTreeMap<(String, i32), i64>,
+) -> Result<TopicPartitionList, DistributedError> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), next) in positions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+    }
+    Ok(tpl)
+}

@@ -1,0 +1,614 @@
+//! Drives the engine's operators over Kafka topics with their state in Redis.
+//!
+//! A *task* is one operator instance with the input partitions it owns and a Redis hash holding
+//! its state, its next input offsets and its output positions. Each batch:
+//!
+//! 1. poll records (rebalance callbacks run here; revoked partitions' tasks are dropped with
+//!    their uncommitted records, newly assigned ones are opened);
+//! 2. let each task's operator process its records (those below the task's stored offsets are
+//!    already in its state and skipped);
+//! 3. send the outputs and wait until the brokers acknowledged all of them;
+//! 4. write every task's state changes, next offsets and output positions to Redis in one
+//!    MULTI/EXEC;
+//! 5. commit the offsets to the consumer group (for monitoring and for the next owner's start).
+//!
+//! A crash between 3 and 4 would make the next owner redo records whose outputs are already
+//! published. It does not: every output carries its input offset in a header, and opening a
+//! task scans its output partition from the stored output position, so the records up to the
+//! newest input offset found there are reprocessed (rebuilding the state) with their outputs
+//! suppressed. Outputs of input partition `p` go to partition `p` of the output topic (the
+//! topics are co-partitioned), which is what makes that scan one partition's tail.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clickpulse_engine::metrics::StageMetrics;
+use clickpulse_engine::operator::{Emitter, Operator, Output, StateChanges};
+use clickpulse_engine::reader::DeadLetter;
+use clickpulse_engine::topics;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::kafka::{Acks, BatchProducer, OutRecord, client_config, scan_lineage};
+use super::store::{RedisStore, TaskCommit, TaskCounts};
+use super::{DistributedError, KafkaConfig, RedisConfig};
+
+/// What every worker of a stage needs.
+#[derive(Clone)]
+pub struct WorkerContext {
+    /// Brokers and topics.
+    pub kafka: KafkaConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// This worker's id (unique in the deployment).
+    pub worker_id: String,
+    /// Most records per batch.
+    pub batch_size: usize,
+    /// Set to stop.
+    pub shutdown: Arc<AtomicBool>,
+    /// The stage's counters.
+    pub metrics: Arc<StageMetrics>,
+}
+
+/// How a stage's input is divided among its workers.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// One operator per partition of the (single) input topic, partitions balanced by the
+    /// consumer group `{group_prefix}-{stage}`. `output` is the topic outputs go to, in the
+    /// input's partition.
+    Partitioned {
+        /// Logical output topic.
+        output: Option<&'static str>,
+    },
+    /// One operator over every partition of every input topic. With a `lease`, one worker in the
+    /// deployment runs it and the others wait as standbys; without, each instance runs its own
+    /// (named by `task`).
+    Single {
+        /// Lease name, if only one instance may run.
+        lease: Option<String>,
+        /// The task's name (its state key).
+        task: String,
+    },
+}
+
+/// How long a lease lasts without renewal: a standby takes over this long after the active
+/// worker died.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Records rebalances for the poll loop, and the consumer lag from librdkafka's statistics.
+#[derive(Default)]
+struct GroupContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    lag: AtomicI64,
+}
+
+fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.events
+                .lock()
+                .expect("rebalance lock")
+                .push(RebalanceEvent::Revoked(elements(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.events
+                .lock()
+                .expect("rebalance lock")
+                .push(RebalanceEvent::Assigned(elements(tpl)));
+        }
+    }
+}
+
+struct Task<O> {
+    op: O,
+    key: String,
+    /// Next input offset per (physical topic, partition): records below are in the state.
+    next: BTreeMap<(String, u32), i64>,
+    /// Input offsets up to this one already have their outputs published.
+    suppress_through: i64,
+    /// Output partition of a partitioned task.
+    out_partition: Option<u32>,
+    outputs: BTreeMap<(String, u32), i64>,
+    counts: TaskCounts,
+    dirty: bool,
+}
+
+struct Polled {
+    topic: String,
+    partition: u32,
+    offset: i64,
+    key: String,
+    value: Vec<u8>,
+}
+
+/// Sums the numeric fields of several tasks' stats (the other fields come from the first).
+pub fn merge_stats(values: &[Value]) -> Value {
+    let mut merged = serde_json::Map::new();
+    for v in values {
+        let Some(obj) = v.as_object() else { continue };
+        for (k, x) in obj {
+            match (merged.get_mut(k), x) {
+                (Some(Value::Number(a)), Value::Number(b)) => {
+                    if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
+                        merged.insert(k.clone(), (a + b).into());
+                    } else if let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) {
+                        merged.insert(k.clone(), json!(a + b));
+                    }
+                }
+                (None, _) => {
+                    merged.insert(k.clone(), x.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    Value::Object(merged)
+}
+
+struct Stage<'a, O, F> {
+    ctx: &'a WorkerContext,
+    stage: &'static str,
+    placement: Placement,
+    make: F,
+    store: RedisStore,
+    tasks: BTreeMap<u32, Task<O>>,
+    inputs: Vec<String>,
+}
+
+impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
+    fn task_key(&self, name: &str) -> String {
+        self.store.key(&format!("state:{}:{name}", self.stage))
+    }
+
+    fn physical(&self, logical: &str) -> String {
+        self.ctx.kafka.topics.physical(logical).to_owned()
+    }
+
+    /// Opens the task of input partition `p` (partitioned) or the single task (`p` = 0).
+    fn open(&mut self, p: u32) -> Result<Task<O>, DistributedError> {
+        let mut op = (self.make)();
+        let (key, out) = match &self.placement {
+            Placement::Partitioned { output } => (
+                self.task_key(&p.to_string()),
+                output.map(|o| (self.physical(o), p)),
+            ),
+            Placement::Single { task, .. } => (self.task_key(task), None),
+        };
+        let record = self.store.load_task(&key)?;
+        for (k, v) in &record.state {
+            op.restore(k, v)?;
+        }
+        let mut next = BTreeMap::new();
+        match &self.placement {
+            Placement::Partitioned { .. } => {
+                let t = (self.inputs[0].clone(), p);
+                next.insert(t.clone(), record.offsets.get(&t).copied().unwrap_or(0));
+            }
+            Placement::Single { .. } => {
+                for topic in &self.inputs {
+                    for q in 0..self.ctx.kafka.partitions {
+                        let t = (topic.clone(), q);
+                        next.insert(t.clone(), record.offsets.get(&t).copied().unwrap_or(0));
+                    }
+                }
+            }
+        }
+        let suppress_through = match &out {
+            Some((topic, q)) => {
+                let from = record
+                    .outputs
+                    .get(&(topic.clone(), *q))
+                    .copied()
+                    .unwrap_or(0);
+                scan_lineage(&self.ctx.kafka, topic, *q as i32, from)?.map_or(-1, |n| n as i64)
+            }
+            None => -1,
+        };
+        info!(stage = self.stage, task = %key, next = ?next.values().collect::<Vec<_>>(), suppress_through, events = record.counts.events, "Task opened.");
+        Ok(Task {
+            op,
+            key,
+            next,
+            suppress_through,
+            out_partition: out.map(|(_, q)| q),
+            outputs: record.outputs,
+            counts: record.counts,
+            dirty: false,
+        })
+    }
+
+    fn publish_metrics(&mut self, lag: u64) {
+        let stats: Vec<Value> = self.tasks.values().map(|t| t.op.stats()).collect();
+        let (events, dead, suppressed) = self.tasks.values().fold((0, 0, 0), |a, t| {
+            (
+                a.0 + t.counts.events,
+                a.1 + t.counts.dead_letters,
+                a.2 + t.counts.suppressed,
+            )
+        });
+        let mut details = merge_stats(&stats);
+        details["partitions"] = self
+            .tasks
+            .values()
+            .flat_map(|t| t.next.keys().map(|(_, p)| *p))
+            .collect::<Vec<_>>()
+            .into();
+        details["suppressed_outputs"] = suppressed.into();
+        self.ctx.metrics.record(events, dead, details);
+        self.ctx.metrics.set_lag(lag);
+        let snapshot = self.ctx.metrics.snapshot();
+        if let Err(error) = self
+            .store
+            .publish_metrics(self.stage, &self.ctx.worker_id, &snapshot)
+        {
+            warn!(%error, "Cannot publish metrics.");
+        }
+    }
+}
+
+fn consumer(
+    kafka: &KafkaConfig,
+    group: &str,
+) -> Result<BaseConsumer<GroupContext>, DistributedError> {
+    Ok(client_config(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (kafka.session_timeout_ms / 4).max(100).to_string(),
+        )
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(GroupContext::default())?)
+}
+
+/// Runs `stage` with operators made by `make` until `ctx.shutdown` is set.
+pub fn run_stage<O: Operator>(
+    ctx: &WorkerContext,
+    placement: Placement,
+    mut make: impl FnMut() -> O,
+) -> Result<(), DistributedError> {
+    let sample = make();
+    let stage = sample.name();
+    let inputs: Vec<String> = sample
+        .input_topics()
+        .iter()
+        .map(|t| ctx.kafka.topics.physical(t).to_owned())
+        .collect();
+    drop(sample);
+    if matches!(placement, Placement::Partitioned { .. }) && inputs.len() != 1 {
+        return Err(DistributedError::Config(format!(
+            "stage {stage}: a partitioned stage has one input topic"
+        )));
+    }
+    let store = RedisStore::open(&ctx.redis, Some(ctx.shutdown.clone()))?;
+    let mut s = Stage {
+        ctx,
+        stage,
+        placement: placement.clone(),
+        make,
+        store,
+        tasks: BTreeMap::new(),
+        inputs: inputs.clone(),
+    };
+    let group = format!("{}-{stage}", ctx.kafka.group_prefix);
+    let consumer = consumer(&ctx.kafka, &group)?;
+    let lease = match &placement {
+        Placement::Single { lease, .. } => lease.clone(),
+        Placement::Partitioned { .. } => None,
+    };
+    if let Some(name) = &lease {
+        let mut announced = false;
+        while !s.store.lease(name, &ctx.worker_id, LEASE_TTL)? {
+            if !announced {
+                info!(stage, lease = %name, "Another worker is active; waiting as a standby.");
+                announced = true;
+            }
+            s.publish_metrics(0);
+            if ctx.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        info!(stage, lease = %name, worker = %ctx.worker_id, "Lease taken: this worker is active.");
+    }
+    match &placement {
+        Placement::Partitioned { .. } => {
+            consumer.subscribe(&[inputs[0].as_str()])?;
+        }
+        Placement::Single { .. } => {
+            let task = s.open(0)?;
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, p), next) in &task.next {
+                tpl.add_partition_offset(topic, *p as i32, Offset::Offset(*next))?;
+            }
+            consumer.assign(&tpl)?;
+            s.tasks.insert(0, task);
+        }
+    }
+    let producer = BatchProducer::new(&ctx.kafka)?;
+    info!(stage, worker = %ctx.worker_id, group = %group, inputs = ?inputs, "Stage started.");
+    let mut emitter = Emitter::default();
+    let mut changes = StateChanges::new();
+    let mut last_metrics = Instant::now() - Duration::from_secs(10);
+    let mut last_lease = Instant::now();
+    let result = loop {
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        if let Some(name) = &lease
+            && last_lease.elapsed() > LEASE_TTL / 4
+        {
+            if !s.store.lease(name, &ctx.worker_id, LEASE_TTL)? {
+                break Err(DistributedError::LeaseLost(name.clone()));
+            }
+            last_lease = Instant::now();
+        }
+        // 1. Poll.
+        let mut batch: Vec<Polled> = Vec::new();
+        let started = Instant::now();
+        while batch.len() < ctx.batch_size {
+            let waited = started.elapsed();
+            let budget = if batch.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_millis(20)
+            };
+            if waited >= budget {
+                break;
+            }
+            let polled = consumer.poll(budget - waited);
+            let events: Vec<RebalanceEvent> =
+                std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
+            for event in events {
+                match event {
+                    RebalanceEvent::Revoked(parts) => {
+                        for (topic, p) in parts {
+                            if s.tasks.remove(&(p as u32)).is_some() {
+                                info!(stage, topic = %topic, partition = p, "Partition revoked.");
+                            }
+                            batch.retain(|m| m.partition != p as u32);
+                        }
+                    }
+                    RebalanceEvent::Assigned(parts) => {
+                        for (topic, p) in parts {
+                            info!(stage, topic = %topic, partition = p, "Partition assigned.");
+                            let task = s.open(p as u32)?;
+                            s.tasks.insert(p as u32, task);
+                        }
+                    }
+                }
+            }
+            match polled {
+                Some(Ok(m)) => batch.push(Polled {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition() as u32,
+                    offset: m.offset(),
+                    key: m
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(error)) => {
+                    ctx.metrics.error();
+                    warn!(%error, stage, "Consumer error.");
+                }
+                None => {
+                    if !batch.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        // 2. Process.
+        let mut pending: Vec<(Output, u64, Option<u32>)> = Vec::new();
+        let mut commits = Vec::new();
+        let is_single = matches!(placement, Placement::Single { .. });
+        for (&p, task) in s.tasks.iter_mut() {
+            let mine: Vec<&Polled> = batch
+                .iter()
+                .filter(|m| {
+                    (is_single || m.partition == p)
+                        && m.offset
+                            >= task
+                                .next
+                                .get(&(m.topic.clone(), m.partition))
+                                .copied()
+                                .unwrap_or(0)
+                })
+                .collect();
+            let values: Vec<&[u8]> = mine.iter().map(|m| m.value.as_slice()).collect();
+            if !values.is_empty() {
+                task.op.prepare_batch(&values);
+            }
+            let mut last_offset = task.suppress_through.max(0) as u64;
+            for m in &mine {
+                let logical = ctx
+                    .kafka
+                    .topics
+                    .logical(&m.topic)
+                    .unwrap_or(topics::CLICK_DATA);
+                if let Err(error) =
+                    task.op
+                        .process_record(logical, m.partition, &m.value, &mut emitter)
+                {
+                    task.counts.dead_letters += 1;
+                    let letter = DeadLetter::new(
+                        &format!("{}/{}", m.topic, m.partition),
+                        m.offset as u64,
+                        format!("stage {stage} cannot process the record: {error}"),
+                        &m.value,
+                    );
+                    emitter.emit(topics::DEAD_LETTERS, &m.key, &letter);
+                }
+                let suppress = m.offset <= task.suppress_through;
+                for out in emitter.drain() {
+                    if suppress {
+                        task.counts.suppressed += 1;
+                    } else {
+                        pending.push((out, m.offset as u64, task.out_partition));
+                    }
+                }
+                task.next
+                    .insert((m.topic.clone(), m.partition), m.offset + 1);
+                task.counts.events += 1;
+                task.dirty = true;
+                last_offset = m.offset as u64;
+            }
+            task.op.on_tick(Instant::now(), &mut emitter);
+            for out in emitter.drain() {
+                pending.push((out, last_offset, task.out_partition));
+            }
+            task.op.checkpoint(&mut changes);
+            if !changes.is_empty() {
+                task.dirty = true;
+            }
+            if task.dirty {
+                commits.push(TaskCommit {
+                    key: task.key.clone(),
+                    state: std::mem::take(&mut changes),
+                    offsets: task.next.clone(),
+                    outputs: BTreeMap::new(),
+                    counts: task.counts,
+                });
+            }
+        }
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            // Nothing of this batch is committed: the next owner redoes it.
+            break Ok(());
+        }
+        // 3. Publish and wait for the acknowledgements.
+        if !pending.is_empty() {
+            let acks = Acks::new();
+            let mut sent = Ok(());
+            for (out, lineage, out_partition) in &pending {
+                let topic = ctx.kafka.topics.physical(out.topic);
+                let partition = if out.topic == topics::DEAD_LETTERS {
+                    topics::partition_for(&out.key, ctx.kafka.dead_letter_partitions)
+                } else {
+                    out_partition
+                        .unwrap_or_else(|| topics::partition_for(&out.key, ctx.kafka.partitions))
+                };
+                sent = producer.send(
+                    &OutRecord {
+                        topic,
+                        partition: partition as i32,
+                        key: &out.key,
+                        value: &out.value,
+                        lineage: Some(*lineage),
+                    },
+                    &acks,
+                );
+                if sent.is_err() {
+                    break;
+                }
+            }
+            if let Err(error) = sent.and_then(|()| producer.wait(&acks)) {
+                // Start the owned tasks over from their last commit.
+                ctx.metrics.error();
+                warn!(%error, stage, "Publishing failed; reopening the tasks from their last commit.");
+                std::thread::sleep(Duration::from_secs(1));
+                let owned: Vec<u32> = s.tasks.keys().copied().collect();
+                for p in owned {
+                    let task = s.open(p)?;
+                    for ((topic, q), next) in &task.next {
+                        consumer.seek(
+                            topic,
+                            *q as i32,
+                            Offset::Offset(*next),
+                            Duration::from_secs(10),
+                        )?;
+                    }
+                    s.tasks.insert(p, task);
+                }
+                continue;
+            }
+            for ((topic, p), next) in acks.positions() {
+                for task in s.tasks.values_mut() {
+                    if task.out_partition == Some(p as u32) || is_single {
+                        let e = task.outputs.entry((topic.clone(), p as u32)).or_insert(0);
+                        *e = (*e).max(next);
+                    }
+                }
+            }
+        }
+        // 4. Persist state and offsets together.
+        for c in commits.iter_mut() {
+            if let Some(task) = s.tasks.values().find(|t| t.key == c.key) {
+                c.outputs = task.outputs.clone();
+            }
+        }
+        s.store.commit_tasks(&commits)?;
+        for task in s.tasks.values_mut() {
+            task.dirty = false;
+        }
+        // 5. Tell the group.
+        if !is_single && !commits.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for task in s.tasks.values() {
+                for ((topic, p), next) in &task.next {
+                    tpl.add_partition_offset(topic, *p as i32, Offset::Offset(*next))?;
+                }
+            }
+            if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+                warn!(%error, stage, "Offset commit failed (the Redis offsets rule).");
+            }
+        }
+        if last_metrics.elapsed() >= Duration::from_millis(500) || !batch.is_empty() {
+            let lag = consumer.context().lag.load(Ordering::Relaxed).max(0) as u64;
+            if last_metrics.elapsed() >= Duration::from_millis(500) {
+                s.publish_metrics(lag);
+                last_metrics = Instant::now();
+            } else {
+                let stats: Vec<Value> = s.tasks.values().map(|t| t.op.stats()).collect();
+                let events = s.tasks.values().map(|t| t.counts.events).sum();
+                let dead = s.tasks.values().map(|t| t.counts.dead_letters).sum();
+                ctx.metrics.record(events, dead, merge_stats(&stats));
+            }
+        }
+    };
+    if let Some(name) = &lease {
+        let _ = s.store.release(name, &ctx.worker_id);
+    }
+    s.publish_metrics(0);
+    info!(stage, worker = %ctx.worker_id, "Stage stopped.");
+    result
+}

@@ -1,0 +1,732 @@
+//! `clickpulse run`: stages of the distributed pipeline in this process.
+//!
+//! Every stage is a thread driving the same operators as the embedded demo, over Kafka topics
+//! with state in Redis ([`clickpulse_connectors::distributed`]). Run the same stage in several
+//! processes to scale it: enrich and detect split the partitions of their consumer group;
+//! replay and aggregate run one active instance with the others as standbys (a Redis lease);
+//! each web/collector instance serves HTTP on its own.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clickpulse_connectors::distributed::kafka::{Acks, BatchProducer, OutRecord, ensure_topics};
+use clickpulse_connectors::distributed::replay::{CLOCK_KEY, PublishedClock, run_replay};
+use clickpulse_connectors::distributed::runner::{Placement, WorkerContext, run_stage};
+use clickpulse_connectors::distributed::store::{RedisLookups, RedisStore};
+use clickpulse_connectors::distributed::{DistributedError, KafkaConfig, RedisConfig};
+use clickpulse_connectors::embedded::runner::ReplayOptions;
+use clickpulse_engine::click::Click;
+use clickpulse_engine::codec;
+use clickpulse_engine::enrich::EnrichOperator;
+use clickpulse_engine::lookups::Lookups;
+use clickpulse_engine::metrics::PipelineMetrics;
+use clickpulse_engine::pattern::{
+    DetectOperator, PatternDir, PatternRegistry, TransitionLog, TransitionRecord,
+};
+use clickpulse_engine::replay::{EventClock, Speed};
+use clickpulse_engine::topics;
+use clickpulse_engine::window::dashboard::DashboardConfig;
+use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
+use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
+use clickpulse_server::{AppState, PatternAdmin};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::cli::RunArgs;
+use crate::demo::{WARMUP_MS, seed_patterns, shop_products, watch_patterns};
+use crate::inputs;
+
+/// `clickpulse.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterConfig {
+    #[serde(default)]
+    kafka: KafkaConfig,
+    #[serde(default)]
+    redis: RedisConfig,
+    #[serde(default)]
+    pipeline: PipelineSection,
+    #[serde(default)]
+    replay: ReplaySection,
+    #[serde(default)]
+    web: WebSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PipelineSection {
+    batch_size: usize,
+    allowed_lateness_ms: i64,
+    idle_timeout_ms: u64,
+    /// Pattern directory, watched for changes [default: the bundled seed patterns, written to
+    /// `./patterns`].
+    patterns: Option<PathBuf>,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            batch_size: 2_000,
+            allowed_lateness_ms: 2_000,
+            idle_timeout_ms: 1_000,
+            patterns: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ReplaySection {
+    /// Log files [default: the bundled acme.com log].
+    logs: Vec<PathBuf>,
+    /// `max` or N× real time.
+    speed: String,
+    loop_forever: bool,
+    /// Replay the log's own timestamps instead of aligning it with the present.
+    original_time: bool,
+}
+
+impl Default for ReplaySection {
+    fn default() -> Self {
+        ReplaySection {
+            logs: Vec::new(),
+            speed: "10".to_owned(),
+            loop_forever: false,
+            original_time: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WebSection {
+    listen: SocketAddr,
+    /// This web instance's name: its offer-delivery state is its own.
+    instance: String,
+    cors_origins: Vec<String>,
+    /// Most live clicks waiting for the brokers' acknowledgement before `/collect` answers 503.
+    collector_queue: usize,
+    /// Admin bearer token [default: `CLICKPULSE_ADMIN_TOKEN`, else generated once and kept in
+    /// Redis].
+    admin_token: Option<String>,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            instance: "web-0".to_owned(),
+            cors_origins: Vec::new(),
+            collector_queue: 50_000,
+            admin_token: None,
+        }
+    }
+}
+
+const STAGES: [&str; 6] = [
+    "replay",
+    "collector",
+    "enrich",
+    "detect",
+    "aggregate",
+    "web",
+];
+
+pub(crate) fn load_config(path: &std::path::Path) -> Result<ClusterConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let config: ClusterConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    config.kafka.validate()?;
+    RedisStore::open(&config.redis, None).context("invalid redis.url")?;
+    if config.pipeline.batch_size == 0 {
+        bail!("pipeline.batch_size must be at least 1");
+    }
+    Ok(config)
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let mut stages = BTreeSet::new();
+    for s in &args.stages {
+        match s.as_str() {
+            "all" => stages.extend(STAGES),
+            s => match STAGES.iter().find(|x| **x == s) {
+                Some(x) => {
+                    stages.insert(*x);
+                }
+                None => bail!(
+                    "unknown stage {s:?}; expected one of {}, all",
+                    STAGES.join(", ")
+                ),
+            },
+        }
+    }
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    ensure_topics(&config.kafka, Duration::from_secs(60)).context("cannot set up the topics")?;
+    info!(stages = ?stages, worker = %worker_id, brokers = %config.kafka.brokers, "Starting stages.");
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(PipelineMetrics::default());
+    let ctx = |stage: &'static str| WorkerContext {
+        kafka: config.kafka.clone(),
+        redis: config.redis.clone(),
+        worker_id: worker_id.clone(),
+        batch_size: config.pipeline.batch_size,
+        shutdown: shutdown.clone(),
+        metrics: metrics.stage(stage),
+    };
+    let mut workers = Vec::new();
+    let mut spawn = |name: &'static str,
+                     work: Box<dyn FnOnce() -> Result<(), DistributedError> + Send>|
+     -> Result<()> {
+        let (shutdown, failed) = (shutdown.clone(), failed.clone());
+        workers.push(thread::Builder::new().name(name.into()).spawn(move || {
+            if let Err(e) = work() {
+                error!(error = %e, stage = name, "Stage failed.");
+                failed.store(true, Ordering::SeqCst);
+                shutdown.store(true, Ordering::SeqCst);
+            }
+        })?);
+        Ok(())
+    };
+
+    // Patterns (detect and web).
+    let pattern_parts = if stages.contains("detect") || stages.contains("web") {
+        let dir = PatternDir::new(
+            &config
+                .pipeline
+                .patterns
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("patterns")),
+        )
+        .context("cannot create the pattern directory")?;
+        seed_patterns(&dir)?;
+        let registry = PatternRegistry::new(
+            dir.load()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("invalid patterns in {}", dir.path().display()))?,
+        );
+        let last_error = Arc::new(Mutex::new(None));
+        {
+            let (dir, registry, shutdown, last_error) = (
+                dir.clone(),
+                registry.clone(),
+                shutdown.clone(),
+                last_error.clone(),
+            );
+            spawn(
+                "pattern-watch",
+                Box::new(move || {
+                    watch_patterns(&dir, &registry, &shutdown, &last_error);
+                    Ok(())
+                }),
+            )?;
+        }
+        Some((dir, registry, last_error))
+    } else {
+        None
+    };
+
+    let clock = Arc::new(EventClock::default());
+    if stages.contains("replay") {
+        let input = inputs::read_logs(&config.replay.logs, |_| {})?;
+        info!(
+            events = input.clicks.len(),
+            malformed = input.malformed.len(),
+            "Log read and sorted by event time."
+        );
+        let speed: Speed = config
+            .replay
+            .speed
+            .parse()
+            .map_err(|e| anyhow::anyhow!("replay.speed: {e}"))?;
+        let options = ReplayOptions {
+            speed,
+            loop_forever: config.replay.loop_forever,
+            align_warmup_ms: (!config.replay.original_time).then_some(WARMUP_MS),
+        };
+        let (ctx, clock) = (ctx("replay"), clock.clone());
+        spawn(
+            "replay",
+            Box::new(move || run_replay(&ctx, &input, options, &clock)),
+        )?;
+    }
+    if stages.contains("enrich") {
+        let ctx = ctx("enrich");
+        let redis = config.redis.clone();
+        let stop = shutdown.clone();
+        spawn(
+            "enrich",
+            Box::new(move || {
+                let ttl = Duration::from_millis(redis.lookup_cache_ttl_ms);
+                run_stage(
+                    &ctx,
+                    Placement::Partitioned {
+                        output: Some(topics::ENRICHED_CLICK_DATA),
+                    },
+                    || {
+                        let store = RedisStore::open(&redis, Some(stop.clone()))
+                            .expect("the Redis URL was validated");
+                        EnrichOperator::new(RedisLookups::new(store, ttl))
+                    },
+                )
+            }),
+        )?;
+    }
+    if stages.contains("detect") {
+        let (_, registry, _) = pattern_parts
+            .as_ref()
+            .expect("patterns are loaded for detect");
+        let log = Arc::new(Mutex::new(TransitionLog::default().with_outbox()));
+        let ctx_detect = ctx("detect");
+        let (registry, log2) = (registry.clone(), log.clone());
+        spawn(
+            "detect",
+            Box::new(move || {
+                run_stage(
+                    &ctx_detect,
+                    Placement::Partitioned {
+                        output: Some(topics::SPECIAL_OFFERS),
+                    },
+                    || DetectOperator::new(registry.clone()).with_log(log2.clone()),
+                )
+            }),
+        )?;
+        let (redis, shutdown) = (config.redis.clone(), shutdown.clone());
+        spawn(
+            "state-logs",
+            Box::new(move || ship_state_logs(&redis, &log, &shutdown)),
+        )?;
+    }
+    if stages.contains("aggregate") {
+        let handle = DashboardHandle::default();
+        let window = DashboardConfig {
+            allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
+            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms),
+        };
+        let ctx_agg = ctx("aggregate");
+        let h = handle.clone();
+        spawn(
+            "aggregate",
+            Box::new(move || {
+                run_stage(
+                    &ctx_agg,
+                    Placement::Single {
+                        lease: Some("aggregate".into()),
+                        task: "all".into(),
+                    },
+                    || AggregateOperator::new(window, h.clone()),
+                )
+            }),
+        )?;
+        let (redis, shutdown) = (config.redis.clone(), shutdown.clone());
+        spawn(
+            "dashboard-publish",
+            Box::new(move || publish_dashboard(&redis, &handle, &shutdown)),
+        )?;
+    }
+
+    let serve_http = stages.contains("web") || stages.contains("collector");
+    let mut state = AppState::new(metrics.clone(), "distributed");
+    state.cors_origins = config.web.cors_origins.clone();
+    if serve_http {
+        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
+        let products = store.load_products()?;
+        if products.is_empty() {
+            warn!("No products in Redis; run `clickpulse lookups load --redis URL` first.");
+        }
+        state.products = Arc::new(shop_products(&Lookups::from_parts(Vec::new(), products)));
+        let admin = match config
+            .web
+            .admin_token
+            .clone()
+            .or_else(|| std::env::var("CLICKPULSE_ADMIN_TOKEN").ok())
+        {
+            Some(t) => t,
+            None => {
+                let (token, created) =
+                    store.hash_get_or_init("secrets", "admin_token", || random_hex(24))?;
+                if created {
+                    eprintln!(
+                        "Generated an admin token (kept in Redis key {}; shown only now): {token}",
+                        store.key("secrets")
+                    );
+                }
+                token
+            }
+        };
+        state.admin_token = Some(Arc::from(admin.as_str()));
+    }
+    if stages.contains("web") {
+        let (dir, registry, last_error) =
+            pattern_parts.clone().expect("patterns are loaded for web");
+        let log = Arc::new(Mutex::new(TransitionLog::default()));
+        state.patterns = Some(PatternAdmin {
+            registry,
+            dir,
+            log: log.clone(),
+            last_error,
+        });
+        let dashboard = DashboardHandle::default();
+        state.dashboard = Some(dashboard.clone());
+        let hub = OfferHub::new(clickpulse_server::static_files::offer_image);
+        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
+        let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
+        state.web = Some(WebDelivery {
+            hub: hub.clone(),
+            tokens: OfferTokens::new(secret.as_bytes()),
+        });
+        let ctx_web = ctx("web");
+        let instance = config.web.instance.clone();
+        spawn(
+            "web",
+            Box::new(move || {
+                run_stage(
+                    &ctx_web,
+                    Placement::Single {
+                        lease: None,
+                        task: instance,
+                    },
+                    || WebOperator::new(hub.clone()),
+                )
+            }),
+        )?;
+        let (redis, shutdown, metrics) = (config.redis.clone(), shutdown.clone(), metrics.clone());
+        spawn(
+            "web-poll",
+            Box::new(move || poll_for_web(&redis, &dashboard, &metrics, &log, &shutdown)),
+        )?;
+    }
+    if stages.contains("collector") {
+        let sink = Arc::new(KafkaSink {
+            producer: BatchProducer::new(&config.kafka)?,
+            kafka: config.kafka.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: config.web.collector_queue,
+            accepted: Arc::new(AtomicUsize::new(0)),
+            stage: metrics.stage("collector"),
+        });
+        state.collector = Some(Collector {
+            sink: sink.clone(),
+            clock: clock.clone(),
+        });
+        let (redis, shutdown, clock, worker) = (
+            config.redis.clone(),
+            shutdown.clone(),
+            clock.clone(),
+            worker_id.clone(),
+        );
+        let replay_here = stages.contains("replay");
+        spawn(
+            "collector-clock",
+            Box::new(move || follow_clock(&redis, &clock, &sink, &worker, replay_here, &shutdown)),
+        )?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listen = args.listen.unwrap_or(config.web.listen);
+    let result = runtime.block_on(async {
+        if serve_http {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            info!(address = %listener.local_addr()?, "Serving HTTP.");
+            let router = clickpulse_server::app(state);
+            clickpulse_server::serve(listener, router, stop_signal(shutdown.clone())).await?;
+        } else {
+            stop_signal(shutdown.clone()).await;
+        }
+        anyhow::Ok(())
+    });
+    shutdown.store(true, Ordering::SeqCst);
+    for worker in workers {
+        if worker.join().is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+    }
+    result?;
+    if failed.load(Ordering::SeqCst) {
+        bail!("a stage failed; see the log above");
+    }
+    info!("Stopped cleanly.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C, SIGTERM or a failed stage.
+async fn stop_signal(shutdown: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        #[cfg(unix)]
+        let terminate = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = &mut ctrl_c => { info!("Ctrl-C: shutting down."); break; }
+            _ = terminate => { info!("SIGTERM: shutting down."); break; }
+            _ = tick.tick() => {
+                if shutdown.load(Ordering::SeqCst) {
+                    warn!("Shutting down after a stage failure.");
+                    break;
+                }
+            }
+        }
+    }
+    shutdown.store(true, Ordering::SeqCst);
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).expect("the OS has randomness");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copies the detect stage's transitions to the capped `state_logs` stream.
+fn ship_state_logs(
+    redis: &RedisConfig,
+    log: &Mutex<TransitionLog>,
+    shutdown: &AtomicBool,
+) -> Result<(), DistributedError> {
+    let mut store = RedisStore::open(redis, None)?;
+    loop {
+        let stopping = shutdown.load(Ordering::Relaxed);
+        let records: Vec<String> = log
+            .lock()
+            .expect("log lock")
+            .drain_outbox()
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("record serializes"))
+            .collect();
+        if let Err(error) = store.append_state_logs(&records, redis.state_log_max_len) {
+            warn!(%error, dropped = records.len(), "Cannot ship transitions to state_logs.");
+        }
+        if stopping {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Publishes the aggregation's snapshot to Redis whenever it changes.
+fn publish_dashboard(
+    redis: &RedisConfig,
+    handle: &DashboardHandle,
+    shutdown: &AtomicBool,
+) -> Result<(), DistributedError> {
+    let mut store = RedisStore::open(redis, None)?;
+    let mut published = 0;
+    while !shutdown.load(Ordering::Relaxed) {
+        let generation = handle.generation();
+        if generation != published {
+            let snapshot = serde_json::to_vec(&*handle.snapshot()).expect("snapshot serializes");
+            match store.set("dashboard", &snapshot) {
+                Ok(()) => published = generation,
+                Err(error) => warn!(%error, "Cannot publish the dashboard."),
+            }
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
+/// The web stage's view of the cluster: the dashboard snapshot, every worker's metrics and the
+/// transition log, read from Redis a few times a second.
+fn poll_for_web(
+    redis: &RedisConfig,
+    dashboard: &DashboardHandle,
+    metrics: &PipelineMetrics,
+    log: &Mutex<TransitionLog>,
+    shutdown: &AtomicBool,
+) -> Result<(), DistributedError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut store = RedisStore::open(redis, Some(stop))?;
+    let mut last_snapshot = Vec::new();
+    let mut last_log_id = "0".to_owned();
+    while !shutdown.load(Ordering::Relaxed) {
+        let round = (|| -> Result<(), DistributedError> {
+            if let Some(bytes) = store.get("dashboard")?
+                && bytes != last_snapshot
+            {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    dashboard.publish(v);
+                }
+                last_snapshot = bytes;
+            }
+            for stage in STAGES {
+                let workers = store.read_metrics(stage)?;
+                if workers.is_empty() {
+                    continue;
+                }
+                record_cluster_stage(&metrics.stage(stage), &workers);
+            }
+            let entries = store.read_state_logs(&last_log_id, 1_000)?;
+            if let Some((id, _)) = entries.last() {
+                last_log_id = id.clone();
+            }
+            let mut log = log.lock().expect("log lock");
+            for (_, record) in entries {
+                if let Ok(r) = serde_json::from_str::<TransitionRecord>(&record) {
+                    log.push(r);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(error) = round {
+            warn!(%error, "Cannot read the cluster's state from Redis.");
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
+/// Sets a stage's metrics to the sum over its workers (standbys report zero events).
+fn record_cluster_stage(stage: &clickpulse_engine::metrics::StageMetrics, workers: &[Value]) {
+    let sum = |k: &str| workers.iter().filter_map(|w| w[k].as_u64()).sum::<u64>();
+    let details: Vec<Value> = workers.iter().map(|w| w["details"].clone()).collect();
+    let mut merged = clickpulse_connectors::distributed::runner::merge_stats(&details);
+    // Fields that are positions, not amounts, come from the most advanced worker.
+    for key in [
+        "watermark_ms",
+        "event_time_ms",
+        "position",
+        "log_events",
+        "pass",
+    ] {
+        if let Some(max) = details.iter().filter_map(|d| d[key].as_i64()).max() {
+            merged[key] = max.into();
+        }
+    }
+    merged["workers"] = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "worker": w["worker"], "events": w["events"], "events_per_second": w["events_per_second"],
+                "lag": w["lag"], "ts_ms": w["ts_ms"], "partitions": w["details"]["partitions"],
+            })
+        })
+        .collect::<Vec<_>>()
+        .into();
+    // The active replay/aggregate worker carries the totals; standbys report their last view.
+    let events = workers
+        .iter()
+        .filter_map(|w| w["events"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let total = if matches!(stage.name(), "replay" | "aggregate" | "web") {
+        events
+    } else {
+        sum("events")
+    };
+    stage.record(total, sum("dead_letters"), merged);
+    stage.set_lag(sum("lag"));
+    stage.set_done(workers.iter().any(|w| w["done"].as_bool() == Some(true)));
+}
+
+/// Publishes live clicks to `click-data`; a request is acknowledged once the brokers have all
+/// of its clicks. Bounded: beyond `max_in_flight` clicks waiting, `/collect` answers 503.
+struct KafkaSink {
+    producer: BatchProducer,
+    kafka: KafkaConfig,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    accepted: Arc<AtomicUsize>,
+    stage: Arc<clickpulse_engine::metrics::StageMetrics>,
+}
+
+impl ClickSink for KafkaSink {
+    fn offer(&self, clicks: Vec<Click>) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
+        let n = clicks.len();
+        if self.in_flight.fetch_add(n, Ordering::SeqCst) + n > self.max_in_flight {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
+            return Err(SinkFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        let (in_flight, accepted) = (self.in_flight.clone(), self.accepted.clone());
+        let acks = Acks::with_callback(move |outcome| {
+            in_flight.fetch_sub(n, Ordering::SeqCst);
+            if outcome.is_ok() {
+                accepted.fetch_add(n, Ordering::SeqCst);
+            }
+            let _ = tx.send(outcome);
+        });
+        for click in &clicks {
+            let value = codec::encode(click);
+            let partition = topics::partition_for(&click.visitor, self.kafka.partitions);
+            let record = OutRecord {
+                topic: &self.kafka.topics.click_data,
+                partition: partition as i32,
+                key: &click.visitor,
+                value: &value,
+                lineage: None,
+            };
+            if let Err(error) = self.producer.send(&record, &acks) {
+                self.stage.error();
+                warn!(%error, "Cannot publish a live click.");
+            }
+        }
+        acks.seal();
+        Ok(rx)
+    }
+}
+
+/// Keeps the collector's event clock on the replay's (published in Redis) and publishes the
+/// collector's counters.
+fn follow_clock(
+    redis: &RedisConfig,
+    clock: &EventClock,
+    sink: &KafkaSink,
+    worker: &str,
+    replay_here: bool,
+    shutdown: &AtomicBool,
+) -> Result<(), DistributedError> {
+    let mut store = RedisStore::open(redis, None)?;
+    while !shutdown.load(Ordering::Relaxed) {
+        if !replay_here
+            && let Ok(Some(bytes)) = store.get(CLOCK_KEY)
+            && let Ok(published) = serde_json::from_slice::<PublishedClock>(&bytes)
+        {
+            published.apply(clock);
+        }
+        let accepted = sink.accepted.load(Ordering::SeqCst) as u64;
+        sink.stage.record(
+            accepted,
+            0,
+            json!({"accepted": accepted, "in_flight": sink.in_flight.load(Ordering::SeqCst)}),
+        );
+        if let Err(error) = store.publish_metrics("collector", worker, &sink.stage.snapshot()) {
+            warn!(%error, "Cannot publish the collector's metrics.");
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
