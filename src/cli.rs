@@ -169,6 +169,10 @@ pub(crate) struct RunArgs {
     /// Address of the HTTP server (web and collector stages) [default: from the config].
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
+    /// This web instance's name (its offer-delivery state is its own) [default: from the
+    /// config, `web.instance`].
+    #[arg(long, value_name = "NAME", env = "CLICKPULSE_WEB_INSTANCE")]
+    pub(crate) web_instance: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -78,7 +78,9 @@ impl Default for PipelineSection {
         PipelineSection {
             batch_size: 2_000,
             allowed_lateness_ms: 2_000,
-            idle_timeout_ms: 1_000,
+            // Longer than in the embedded demo: a partition must not count as idle while an
+            // upstream worker is merely restarting or rebalancing.
+            idle_timeout_ms: 10_000,
             patterns: None,
         }
     }
@@ -132,6 +134,9 @@ impl Default for WebSection {
         }
     }
 }
+
+/// A worker's metrics older than this are ignored by the web stage.
+const STALE_MS: i64 = 5_000;
 
 const STAGES: [&str; 6] = [
     "replay",
@@ -394,7 +399,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             tokens: OfferTokens::new(secret.as_bytes()),
         });
         let ctx_web = ctx("web");
-        let instance = config.web.instance.clone();
+        let instance = args.web_instance.clone().unwrap_or_else(|| config.web.instance.clone());
         spawn(
             "web",
             Box::new(move || {
@@ -582,8 +587,15 @@ fn poll_for_web(
                 }
                 last_snapshot = bytes;
             }
+            let now = clickpulse_engine::replay::wall_clock_ms();
             for stage in STAGES {
-                let workers = store.read_metrics(stage)?;
+                // A worker that stopped reporting (killed, or gone after a graceful stop) no
+                // longer counts: its partitions' totals are carried by their new owner.
+                let workers: Vec<Value> = store
+                    .read_metrics(stage)?
+                    .into_iter()
+                    .filter(|w| w["ts_ms"].as_i64().is_some_and(|ts| now - ts < STALE_MS))
+                    .collect();
                 if workers.is_empty() {
                     continue;
                 }

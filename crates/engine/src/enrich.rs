@@ -305,7 +305,13 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
     }
 
     fn stats(&self) -> serde_json::Value {
-        serde_json::to_value(self.stats).expect("stats serialize")
+        let mut v = serde_json::to_value(self.stats).expect("stats serialize");
+        if let Some(serde_json::Value::Object(cache)) = self.lookups.cache_stats() {
+            for (k, x) in cache {
+                v[format!("lookup_{k}")] = x;
+            }
+        }
+        v
     }
 }
 

@@ -58,6 +58,11 @@ pub trait LookupSource {
     fn prefetch(&mut self, visitors: &[&str], product_ids: &[&str]) {
         let _ = (visitors, product_ids);
     }
+    /// Counters of a remote source's cache (hits, misses, round trips), merged into the
+    /// enrichment's stats with a `lookup_` prefix. None by default.
+    fn cache_stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// An error reading a lookup file.

@@ -329,6 +329,7 @@ pub fn scan_lineage(
         .set("group.id", format!("{}-scan", config.group_prefix))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "20")
         .set("auto.offset.reset", "earliest")
         .create()?;
     let mut tpl = TopicPartitionList::new();

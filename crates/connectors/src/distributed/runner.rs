@@ -299,6 +299,36 @@ fn consumer(
         .create_with_context(GroupContext::default())?)
 }
 
+/// Whether a polled record may be taken: `None` when no task knows its partition. A record
+/// beyond the task's next offset means the consumer started past it (the group's offset ahead
+/// of Redis's, or a record fetched before a seek): it is dropped and the partition re-sought,
+/// once; if the same gap shows again it is real (a compacted topic) and accepted.
+fn check_contiguity<O>(
+    tasks: &BTreeMap<u32, Task<O>>,
+    batch_next: &std::collections::HashMap<(String, i32), i64>,
+    gaps: &mut std::collections::HashSet<(String, i32)>,
+    seeks: &mut Vec<(String, i32, i64)>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    is_single: bool,
+) -> Option<bool> {
+    let task = if is_single {
+        tasks.values().next()?
+    } else {
+        tasks.get(&(m.partition() as u32))?
+    };
+    let key = (m.topic().to_owned(), m.partition());
+    let stored = *task.next.get(&(key.0.clone(), m.partition() as u32))?;
+    let next = batch_next.get(&key).copied().unwrap_or(stored).max(stored);
+    if m.offset() <= next || gaps.remove(&key) {
+        return Some(true);
+    }
+    warn!(topic = %key.0, partition = key.1, offset = m.offset(), expected = next, "Consumer ahead of the stored offset; seeking back.");
+    seeks.retain(|(t, p, _)| (t, p) != (&key.0, &key.1));
+    seeks.push((key.0.clone(), key.1, next));
+    gaps.insert(key);
+    Some(false)
+}
+
 /// Runs `stage` with operators made by `make` until `ctx.shutdown` is set.
 pub fn run_stage<O: Operator>(
     ctx: &WorkerContext,
@@ -369,6 +399,9 @@ pub fn run_stage<O: Operator>(
     let mut changes = StateChanges::new();
     let mut last_metrics = Instant::now() - Duration::from_secs(10);
     let mut last_lease = Instant::now();
+    let mut seeks: Vec<(String, i32, i64)> = Vec::new();
+    let mut gaps: std::collections::HashSet<(String, i32)> = std::collections::HashSet::new();
+    let is_single = matches!(placement, Placement::Single { .. });
     let result = loop {
         if ctx.shutdown.load(Ordering::Relaxed) {
             break Ok(());
@@ -383,6 +416,8 @@ pub fn run_stage<O: Operator>(
         }
         // 1. Poll.
         let mut batch: Vec<Polled> = Vec::new();
+        let mut batch_next: std::collections::HashMap<(String, i32), i64> =
+            std::collections::HashMap::new();
         let started = Instant::now();
         while batch.len() < ctx.batch_size {
             let waited = started.elapsed();
@@ -405,16 +440,39 @@ pub fn run_stage<O: Operator>(
                                 info!(stage, topic = %topic, partition = p, "Partition revoked.");
                             }
                             batch.retain(|m| m.partition != p as u32);
+                            batch_next.retain(|(_, q), _| *q != p);
                         }
                     }
                     RebalanceEvent::Assigned(parts) => {
                         for (topic, p) in parts {
                             info!(stage, topic = %topic, partition = p, "Partition assigned.");
                             let task = s.open(p as u32)?;
+                            // Redis's offset rules: the group's may be ahead of it if Redis
+                            // lost writes, and starting there would skip records.
+                            let next = task.next.values().next().copied().unwrap_or(0);
+                            seeks.push((topic, p, next));
                             s.tasks.insert(p as u32, task);
                         }
                     }
                 }
+            }
+            seeks.retain(|(topic, p, next)| {
+                match consumer.seek(topic, *p, Offset::Offset(*next), Duration::from_secs(5)) {
+                    Ok(()) => false,
+                    Err(error) => {
+                        tracing::debug!(%error, topic, partition = p, "Seek not possible yet.");
+                        true
+                    }
+                }
+            });
+            if let Some(Ok(m)) = &polled
+                && let Some(verdict) =
+                    check_contiguity(&s.tasks, &batch_next, &mut gaps, &mut seeks, m, is_single)
+            {
+                if !verdict {
+                    continue;
+                }
+                batch_next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
             }
             match polled {
                 Some(Ok(m)) => batch.push(Polled {
@@ -441,7 +499,6 @@ pub fn run_stage<O: Operator>(
         // 2. Process.
         let mut pending: Vec<(Output, u64, Option<u32>)> = Vec::new();
         let mut commits = Vec::new();
-        let is_single = matches!(placement, Placement::Single { .. });
         for (&p, task) in s.tasks.iter_mut() {
             let mine: Vec<&Polled> = batch
                 .iter()

@@ -568,6 +568,10 @@ impl LookupSource for RedisLookups {
         self.products.get(product_id).and_then(|(_, p)| p.clone())
     }
 
+    fn cache_stats(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.stats).ok()
+    }
+
     fn prefetch(&mut self, visitors: &[&str], product_ids: &[&str]) {
         let now = Instant::now();
         let fresh = |at: &Instant| now.duration_since(*at) < self.ttl;
