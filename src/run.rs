@@ -399,7 +399,10 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             tokens: OfferTokens::new(secret.as_bytes()),
         });
         let ctx_web = ctx("web");
-        let instance = args.web_instance.clone().unwrap_or_else(|| config.web.instance.clone());
+        let instance = args
+            .web_instance
+            .clone()
+            .unwrap_or_else(|| config.web.instance.clone());
         spawn(
             "web",
             Box::new(move || {

@@ -1,27 +1,32 @@
 //! Distributed mode, for real: every stage a separate `clickpulse run` process over a
 //! Kafka-protocol broker (tansu) and Redis, compared with `clickpulse backtest` on the same log.
 
-mod common;
 #[path = "common/cluster.rs"]
 mod cluster;
+mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use cluster::{Cluster, Storage};
+use cluster::Cluster;
 use common::*;
 use serde_json::Value;
 
 const PATTERNS: &str = "tests/data/offer-patterns";
 
-/// The backtest's end-of-log dashboard and offer ids for `logs` (the bundled log if empty).
-fn backtest(logs: &[&Path]) -> (Value, BTreeSet<String>) {
+/// The backtest's end-of-log dashboard, offer ids and event count for `logs` (the bundled log
+/// if empty).
+fn backtest(logs: &[&Path]) -> (Value, BTreeSet<String>, u64) {
     let dir = tempfile::tempdir().unwrap();
     let offers = dir.path().join("offers.jsonl");
     let mut args: Vec<String> = vec!["backtest".into(), "--json".into(), "--patterns".into()];
-    args.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(PATTERNS).display().to_string());
+    args.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(PATTERNS)
+            .display()
+            .to_string(),
+    );
     args.push("--offers-out".into());
     args.push(offers.display().to_string());
     for log in logs {
@@ -33,27 +38,49 @@ fn backtest(logs: &[&Path]) -> (Value, BTreeSet<String>) {
     let ids = std::fs::read_to_string(&offers)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["offer_id"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["offer_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    (report["dashboard"].clone(), ids)
+    (
+        report["dashboard"].clone(),
+        ids,
+        report["events"].as_u64().unwrap(),
+    )
 }
 
 fn assert_offers(cluster: &Cluster, expected: &BTreeSet<String>) {
-    assert!(!expected.is_empty(), "the test pattern must fire on this log");
+    assert!(
+        !expected.is_empty(),
+        "the test pattern must fire on this log"
+    );
     let delivered = cluster.delivered_offers();
     let unique: BTreeSet<String> = delivered.iter().cloned().collect();
-    assert_eq!(delivered.len(), unique.len(), "an offer was delivered twice");
-    assert_eq!(&unique, expected, "the web stage's offers differ from the backtest's");
+    assert_eq!(
+        delivered.len(),
+        unique.len(),
+        "an offer was delivered twice"
+    );
+    assert_eq!(
+        &unique, expected,
+        "the web stage's offers differ from the backtest's"
+    );
 }
 
 fn web_duplicates(stats: &Value) -> u64 {
-    stats["stages"]["web"]["details"]["duplicates"].as_u64().unwrap_or(0)
+    stats["stages"]["web"]["details"]["duplicates"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]
 fn separate_processes_equal_the_backtest() {
-    let (dashboard, offers) = backtest(&[]);
-    let mut c = Cluster::start(Storage::Memory, "", "speed = \"max\"");
+    let (dashboard, offers, events) = backtest(&[]);
+    assert_eq!(events, 116_607);
+    let mut c = Cluster::start("", "speed = \"max\"");
     for stage in ["web", "replay", "enrich", "detect", "aggregate"] {
         c.worker(stage, stage);
     }
@@ -68,22 +95,31 @@ fn separate_processes_equal_the_backtest() {
         .unwrap();
     assert_eq!(user["gender"], "F");
     assert_eq!(user["birthday"], "1984-04-08");
-    let cat: String = redis::cmd("HGET").arg("product:VD55181667").arg("cat").query(&mut r).unwrap();
+    let cat: String = redis::cmd("HGET")
+        .arg("product:VD55181667")
+        .arg("cat")
+        .query(&mut r)
+        .unwrap();
     assert!(!cat.is_empty());
     let logged: u64 = redis::cmd("XLEN").arg("state_logs").query(&mut r).unwrap();
     assert!(logged > 0, "transitions reach the state_logs stream");
+    // The web stage serves the detect workers' transitions from that stream.
     let log = get_json(c.web_port, "/api/patterns/log?limit=5").unwrap();
-    assert!(!log.as_array().map_or(true, Vec::is_empty) || log.is_object(), "{log}");
+    assert_eq!(log["transitions"].as_array().unwrap().len(), 5, "{log}");
     // The enrichment's lookups came through its cache in pipelined round trips.
     let enrich = &stats["stages"]["enrich"]["details"];
-    assert!(enrich["lookup_round_trips"].as_u64().unwrap() < 116_607 / 10, "{enrich}");
+    assert!(
+        enrich["lookup_round_trips"].as_u64().unwrap() < 116_607 / 10,
+        "{enrich}"
+    );
 }
 
 #[test]
 fn a_killed_detect_worker_hands_its_partitions_over_without_duplicates() {
-    let (dashboard, offers) = backtest(&[]);
+    let (dashboard, offers, events) = backtest(&[]);
+    assert_eq!(events, 116_607);
     // 15 days of event time in about 30 s: the kill lands mid-stream.
-    let mut c = Cluster::start(Storage::Memory, "batch_size = 500", "speed = \"40000\"");
+    let mut c = Cluster::start("batch_size = 500", "speed = \"40000\"");
     for stage in ["web", "replay", "enrich", "aggregate"] {
         c.worker(stage, stage);
     }
@@ -92,10 +128,15 @@ fn a_killed_detect_worker_hands_its_partitions_over_without_duplicates() {
     // Both detect workers own partitions and are under way.
     wait_for(Duration::from_secs(90), "two busy detect workers", || {
         let stats = c.stats()?;
-        let workers = stats["stages"]["detect"]["details"]["workers"].as_array()?.clone();
+        let workers = stats["stages"]["detect"]["details"]["workers"]
+            .as_array()?
+            .clone();
         let busy = workers
             .iter()
-            .filter(|w| w["partitions"].as_array().is_some_and(|p| !p.is_empty()) && w["events"].as_u64() > Some(2_000))
+            .filter(|w| {
+                w["partitions"].as_array().is_some_and(|p| !p.is_empty())
+                    && w["events"].as_u64() > Some(2_000)
+            })
             .count();
         let replayed = stats["stages"]["replay"]["events"].as_u64()?;
         (busy == 2 && replayed < 90_000).then_some(())
@@ -103,51 +144,40 @@ fn a_killed_detect_worker_hands_its_partitions_over_without_duplicates() {
     c.workers[a].kill();
     let stats = c.wait_until_done(116_607, &dashboard, Duration::from_secs(240));
     assert_offers(&c, &offers);
-    assert_eq!(web_duplicates(&stats), 0, "the detect stage republished offers");
-    let workers = stats["stages"]["detect"]["details"]["workers"].as_array().unwrap();
+    assert_eq!(
+        web_duplicates(&stats),
+        0,
+        "the detect stage republished offers"
+    );
+    let workers = stats["stages"]["detect"]["details"]["workers"]
+        .as_array()
+        .unwrap();
     let survivor = workers.iter().find(|w| w["worker"] == "detect-b").unwrap();
-    assert_eq!(survivor["partitions"].as_array().unwrap().len(), 4, "{survivor}");
-}
-
-/// The first `n` rows of the bundled log, as a file.
-fn log_slice(dir: &Path, n: usize) -> std::path::PathBuf {
-    let gz = flate2::read::GzDecoder::new(std::fs::File::open(data("Omniture.1.tsv.gz")).unwrap());
-    let path = dir.join("slice.tsv");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for line in std::io::BufReader::new(gz).lines().take(n) {
-        writeln!(out, "{}", line.unwrap()).unwrap();
-    }
-    path
+    assert_eq!(
+        survivor["partitions"].as_array().unwrap().len(),
+        4,
+        "{survivor}"
+    );
 }
 
 #[test]
-fn broker_and_redis_restarts_lose_nothing() {
-    let slice_dir = tempfile::tempdir().unwrap();
-    let log = log_slice(slice_dir.path(), 20_000);
-    let (dashboard, offers) = backtest(&[&log]);
-    let mut c = Cluster::start(
-        Storage::S3,
-        "batch_size = 500",
-        &format!("speed = \"20000\"\nlogs = [\"{}\"]", log.display()),
-    );
+fn a_redis_restart_mid_stream_loses_nothing() {
+    let (dashboard, offers, events) = backtest(&[]);
+    let mut c = Cluster::start("batch_size = 500", "speed = \"40000\"");
     for stage in ["web", "replay", "enrich", "detect", "aggregate"] {
         c.worker(stage, stage);
     }
-    let progress = |c: &Cluster| -> Option<u64> { c.stats()?["stages"]["detect"]["events"].as_u64() };
     wait_for(Duration::from_secs(120), "a third of the log", || {
-        progress(&c).filter(|n| *n > 6_000)
+        c.stats()?["stages"]["detect"]["events"]
+            .as_u64()
+            .filter(|n| *n > 40_000)
     });
+    // Redis dies hard; its append-only file keeps what it acknowledged. The workers retry with
+    // backoff and carry on.
     c.redis.as_mut().unwrap().kill();
     std::thread::sleep(Duration::from_secs(2));
     c.start_redis();
-    wait_for(Duration::from_secs(120), "two thirds of the log", || {
-        progress(&c).filter(|n| *n > 12_000)
-    });
-    c.broker.as_mut().unwrap().kill();
-    std::thread::sleep(Duration::from_secs(2));
-    c.start_broker();
-    let events = 20_000 - 1; // the slice's header row is not an event
-    let stats = c.wait_until_done(events, &dashboard, Duration::from_secs(300));
+    let stats = c.wait_until_done(events, &dashboard, Duration::from_secs(240));
     assert_offers(&c, &offers);
     assert_eq!(web_duplicates(&stats), 0);
 }

@@ -1,7 +1,6 @@
-//! A throwaway deployment for the distributed tests: a tansu broker (in memory, or on S3 storage
-//! served by a local moto server so it survives a restart), a private redis-server with an
-//! append-only file, and `clickpulse run` worker processes, each logging to a file that is
-//! printed when a test fails.
+//! A throwaway deployment for the distributed tests: a tansu broker (in memory), a private
+//! redis-server with an append-only file, and `clickpulse run` worker processes, each logging
+//! to a file that is printed when a test fails.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -47,7 +46,11 @@ pub struct Proc {
 impl Proc {
     fn start(name: &str, log_dir: &Path, cmd: &mut Command) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
-        let file = File::options().create(true).append(true).open(&log).unwrap();
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = cmd
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -58,6 +61,21 @@ impl Proc {
             child,
             log,
         }
+    }
+
+    /// SIGTERM, then waits for the exit (a clean stop, as in a rolling restart).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
     }
 
     /// `kill -9`.
@@ -73,23 +91,11 @@ impl Drop for Proc {
     }
 }
 
-/// Where the broker keeps its data.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// In the broker's memory: lost on restart.
-    Memory,
-    /// S3 (a local moto server): survives a broker restart.
-    S3,
-}
-
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub broker_port: u16,
     pub redis_port: u16,
     pub web_port: u16,
-    storage: Storage,
-    moto_port: u16,
-    moto: Option<Proc>,
     pub broker: Option<Proc>,
     pub redis: Option<Proc>,
     pub workers: Vec<Proc>,
@@ -99,35 +105,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the services and writes a config with `extra` TOML appended to its tables
     /// (`[replay]`, `[pipeline]` …) — give full tables.
-    pub fn start(storage: Storage, pipeline: &str, replay: &str) -> Cluster {
+    pub fn start(pipeline: &str, replay: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Cluster {
             broker_port: free_port(),
             redis_port: free_port(),
             web_port: free_port(),
-            moto_port: free_port(),
-            storage,
-            moto: None,
             broker: None,
             redis: None,
             workers: Vec::new(),
             config: dir.path().join("clickpulse.toml"),
             dir,
         };
-        if storage == Storage::S3 {
-            let moto = tool("CLICKPULSE_MOTO", cache_dir().join("venv/bin/moto_server"));
-            c.moto = Some(Proc::start(
-                "moto",
-                c.dir.path(),
-                Command::new(moto).args(["-H", "127.0.0.1", "-p", &c.moto_port.to_string()]),
-            ));
-            wait_port(c.moto_port, "the S3 server");
-            wait_for(Duration::from_secs(30), "the tansu bucket", || {
-                ureq::put(&format!("http://127.0.0.1:{}/tansu", c.moto_port))
-                    .send_empty()
-                    .ok()
-            });
-        }
         c.start_broker();
         c.start_redis();
         let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/offer-patterns");
@@ -147,7 +136,7 @@ url = "redis://127.0.0.1:{redis}/0"
 [pipeline]
 patterns = "{patterns}"
 allowed_lateness_ms = 2000
-idle_timeout_ms = 15000
+idle_timeout_ms = 30000
 {pipeline}
 
 [replay]
@@ -169,7 +158,11 @@ listen = "127.0.0.1:{web}"
             .arg(format!("redis://127.0.0.1:{}/0", c.redis_port))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         c
     }
 
@@ -177,30 +170,36 @@ listen = "127.0.0.1:{web}"
         let tansu = tool("CLICKPULSE_TANSU", cache_dir().join("tansu-0.6.0"));
         let url = format!("tcp://127.0.0.1:{}", self.broker_port);
         let mut cmd = Command::new(tansu);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
-        match self.storage {
-            Storage::Memory => {
-                cmd.args(["--storage-engine", "memory://tansu/"]);
-            }
-            Storage::S3 => {
-                cmd.args(["--storage-engine", "s3://tansu/"])
-                    .env("AWS_ACCESS_KEY_ID", "test")
-                    .env("AWS_SECRET_ACCESS_KEY", "test")
-                    .env("AWS_DEFAULT_REGION", "us-east-1")
-                    .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.moto_port))
-                    .env("AWS_ALLOW_HTTP", "true");
-            }
-        }
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        cmd.args(["--storage-engine", "memory://tansu/"]);
         self.broker = Some(Proc::start("broker", self.dir.path(), &mut cmd));
         wait_port(self.broker_port, "the broker");
     }
 
     pub fn start_redis(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path());
+        cmd.args([
+            "--port",
+            &self.redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
         self.redis = Some(Proc::start("redis", self.dir.path(), &mut cmd));
         wait_port(self.redis_port, "redis");
     }
@@ -211,7 +210,8 @@ listen = "127.0.0.1:{web}"
         cmd.args(["run", "--stage", stage, "--worker-id", id, "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info");
-        self.workers.push(Proc::start(id, self.dir.path(), &mut cmd));
+        self.workers
+            .push(Proc::start(id, self.dir.path(), &mut cmd));
         self.workers.len() - 1
     }
 
@@ -263,7 +263,10 @@ listen = "127.0.0.1:{web}"
                 if let Some(snapshot) = get_json(self.web_port, "/api/dashboard") {
                     for (k, v) in expected.as_object().unwrap() {
                         if snapshot.get(k) != Some(v) {
-                            eprintln!("dashboard field {k}: live {} != expected {v}", snapshot.get(k).unwrap_or(&Value::Null));
+                            eprintln!(
+                                "dashboard field {k}: live {} != expected {v}",
+                                snapshot.get(k).unwrap_or(&Value::Null)
+                            );
                         }
                     }
                 }

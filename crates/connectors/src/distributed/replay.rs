@@ -15,7 +15,7 @@ use clickpulse_engine::replay::{EventClock, Pacer, ReplayPlan, Speed, wall_clock
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::DistributedError;
 use super::kafka::{Acks, BatchProducer, OutRecord, scan_lineage};
@@ -104,11 +104,15 @@ pub fn run_replay(
     let topic = ctx.kafka.topics.click_data.clone();
     let partitions = ctx.kafka.partitions;
     // What a previous incarnation published after its last save.
-    let mut published: Vec<Option<u64>> = Vec::new();
-    for q in 0..partitions {
-        let from = progress.outputs.get(&q).copied().unwrap_or(0);
-        published.push(scan_lineage(&ctx.kafka, &topic, q as i32, from)?);
-    }
+    let scan = |progress: &Progress| -> Result<Vec<Option<u64>>, DistributedError> {
+        (0..partitions)
+            .map(|q| {
+                let from = progress.outputs.get(&q).copied().unwrap_or(0);
+                scan_lineage(&ctx.kafka, &topic, q as i32, from)
+            })
+            .collect()
+    };
+    let mut published = scan(&progress)?;
     let plan = ReplayPlan::new(&input.clicks, options.loop_forever)
         .with_base_shift(progress.base_shift_ms);
     let speed = options.speed;
@@ -122,7 +126,7 @@ pub fn run_replay(
         Speed::Factor(f) => f,
         Speed::Max => 1.0,
     };
-    let producer = BatchProducer::new(&ctx.kafka)?;
+    let mut producer = BatchProducer::new(&ctx.kafka)?;
     let metrics = &ctx.metrics;
     let mut last_lease = Instant::now();
     let mut last_publish = Instant::now() - Duration::from_secs(10);
@@ -189,7 +193,16 @@ pub fn run_replay(
             position += 1;
         }
         if sent > 0 || !acks.complete() {
-            producer.wait(&acks)?;
+            if let Err(error) = producer.wait(&acks) {
+                // Start over from the last save with a new producer (an idempotent one that hit
+                // a fatal error stays unusable); the scan skips what did get through.
+                metrics.error();
+                warn!(%error, "Publishing failed; resuming from the last saved position.");
+                std::thread::sleep(Duration::from_secs(1));
+                producer = BatchProducer::new(&ctx.kafka)?;
+                published = scan(&progress)?;
+                continue;
+            }
             for ((_, q), next) in acks.positions() {
                 let e = progress.outputs.entry(q as u32).or_insert(0);
                 *e = (*e).max(next);

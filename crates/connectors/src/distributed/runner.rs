@@ -393,7 +393,7 @@ pub fn run_stage<O: Operator>(
             s.tasks.insert(0, task);
         }
     }
-    let producer = BatchProducer::new(&ctx.kafka)?;
+    let mut producer = BatchProducer::new(&ctx.kafka)?;
     info!(stage, worker = %ctx.worker_id, group = %group, inputs = ?inputs, "Stage started.");
     let mut emitter = Emitter::default();
     let mut changes = StateChanges::new();
@@ -603,6 +603,8 @@ pub fn run_stage<O: Operator>(
                 ctx.metrics.error();
                 warn!(%error, stage, "Publishing failed; reopening the tasks from their last commit.");
                 std::thread::sleep(Duration::from_secs(1));
+                // An idempotent producer that hit a fatal error stays unusable: start a new one.
+                producer = BatchProducer::new(&ctx.kafka)?;
                 let owned: Vec<u32> = s.tasks.keys().copied().collect();
                 for p in owned {
                     let task = s.open(p)?;

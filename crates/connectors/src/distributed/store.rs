@@ -41,7 +41,11 @@ pub struct RedisStore {
 }
 
 fn transient(e: &RedisError) -> bool {
-    e.is_io_error()
+    // A MULTI/EXEC refused while Redis loads its data after a restart reports the cause inside
+    // an aborted-transaction error.
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("loading")
+        || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()

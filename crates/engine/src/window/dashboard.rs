@@ -371,7 +371,12 @@ impl DashboardAggregator {
         // Views with equal event times apply in a fixed order, not in arrival order, so the
         // result is the same however the input partitions interleave.
         released.sort_by(|a, b| {
-            (a.ts_ms, &a.visitor, &a.product_id, &a.ip).cmp(&(b.ts_ms, &b.visitor, &b.product_id, &b.ip))
+            (a.ts_ms, &a.visitor, &a.product_id, &a.ip).cmp(&(
+                b.ts_ms,
+                &b.visitor,
+                &b.product_id,
+                &b.ip,
+            ))
         });
         for view in released {
             self.apply(view);
