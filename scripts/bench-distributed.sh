@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Distributed-mode throughput per worker: one enrich and one detect worker over a local tansu
+# broker and a private redis-server, on a generated log of 1M clicks (real users and products).
+#   1. the replay fills click-data at max speed (alone);
+#   2. one enrich worker consumes it all (alone): enrich events/s;
+#   3. one detect worker consumes enriched-click-data (alone): detect events/s.
+# Prints one summary line a script can read. Needs the tansu binary (scripts/test.sh caches it)
+# and redis-server. Usage: scripts/bench-distributed.sh [path/to/clickpulse]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${1:-target/release/clickpulse}"
+[ -x "$BIN" ] || cargo build --release --locked --bin clickpulse
+TANSU="${CLICKPULSE_TANSU:-${XDG_CACHE_HOME:-$HOME/.cache}/clickpulse/tansu-0.6.0}"
+DIR="$(mktemp -d)"
+BROKER=$((20000 + RANDOM % 10000)); REDIS=$((30000 + RANDOM % 10000))
+cleanup() { kill $(jobs -p) 2>/dev/null || true; redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+"$TANSU" broker --listener-url "tcp://127.0.0.1:$BROKER" --advertised-listener-url "tcp://127.0.0.1:$BROKER" \
+  --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
+redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$DIR" --logfile "$DIR/redis.log"
+sleep 1
+cat >"$DIR/c.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$BROKER"
+group_prefix = "bench$BROKER"
+partitions = 4
+session_timeout_ms = 6000
+[redis]
+url = "redis://127.0.0.1:$REDIS/0"
+[pipeline]
+batch_size = 10000
+patterns = "$DIR/patterns"
+[replay]
+speed = "max"
+original_time = true
+logs = ["$DIR/log.tsv.gz"]
+TOML
+EVENTS=1000000
+"$BIN" generate --visitors 200000 --days 7 --events $EVENTS --seed 7 --out "$DIR/log.tsv.gz" >/dev/null 2>&1
+"$BIN" lookups load --redis "redis://127.0.0.1:$REDIS/0" >/dev/null
+events() { redis-cli -p "$REDIS" hget "clickpulse:metrics:$1" "$1-1" | python3 -c 'import json,sys; t=sys.stdin.read().strip(); print(json.loads(t)["events"] if t else 0)'; }
+# Time from the first consumed record to the last (the group join and task opening excluded).
+measure() {
+  local stage=$1 total=$2 start="" t0 t1 n
+  "$BIN" run --config "$DIR/c.toml" --stage "$stage" --worker-id "$stage-1" >"$DIR/$stage.log" 2>&1 &
+  local pid=$!
+  while :; do
+    n=$(events "$stage"); now=$(date +%s.%N)
+    if [ -z "$start" ] && [ "$n" -gt 0 ]; then start=$now; n0=$n; fi
+    if [ "$n" -ge "$total" ]; then t1=$now; break; fi
+    sleep 0.05
+  done
+  kill -TERM $pid; wait $pid || true
+  python3 -c "print(round(($total-$n0)/($t1-$start)))"
+}
+REPLAY=$(measure replay $EVENTS)
+ENRICH=$(measure enrich $EVENTS)
+DETECT=$(measure detect $EVENTS)
+echo "bench distributed: replay_events_per_s=$REPLAY enrich_events_per_s=$ENRICH detect_events_per_s=$DETECT events=$EVENTS partitions=4 batch=10000 broker=tansu-0.6.0-memory redis=local"
