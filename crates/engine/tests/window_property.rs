@@ -143,7 +143,16 @@ fn batch(applied: &[EnrichedClick], offers: &[Offer], now: i64) -> Value {
             .len()
     };
     let mut by_time = upto.clone();
-    by_time.sort_by_key(|(i, c)| (c.ts_ms, *i));
+    // Equal event times in a fixed order (visitor, product, IP), not arrival order.
+    by_time.sort_by(|(i, a), (j, b)| {
+        (a.ts_ms, &a.visitor, &a.product_id, &a.ip, i).cmp(&(
+            b.ts_ms,
+            &b.visitor,
+            &b.product_id,
+            &b.ip,
+            j,
+        ))
+    });
     let latest: Vec<Value> = by_time
         .iter()
         .rev()

@@ -13,7 +13,7 @@
 //! | `country_views_30m`, `active_visitors_30m` | sliding 30 min |
 //! | `active_visitors_5m` | sliding 5 min |
 //! | `active_visitors_per_minute_30m` | tumbling 1 min, distinct visitors, 30 buckets |
-//! | `latest_views` | the 10 newest views |
+//! | `latest_views` | the 10 newest views (equal event times ordered by visitor, product, IP) |
 //! | `offers_by_pattern_1h` | offers with `ts` in the last hour, by pattern |
 //!
 //! Distinct counts are exact (sets, not sketches). The result depends only on which events have
