@@ -40,6 +40,9 @@ PY
   chmod +x "$CLICKPULSE_TANSU.tmp" && mv "$CLICKPULSE_TANSU.tmp" "$CLICKPULSE_TANSU"
 fi
 "$CLICKPULSE_TANSU" --version
+# moto (Apache-2.0) serves S3 on loopback: tansu's durable storage for the broker-restart test.
+export CLICKPULSE_MOTO="$CACHE/venv/bin/moto_server"
+[ -x "$CLICKPULSE_MOTO" ] || "$CACHE/venv/bin/pip" install -q 'moto[server]==5.2.5'
 
 echo "== format and lints"
 cargo fmt --all -- --check

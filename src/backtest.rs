@@ -19,7 +19,10 @@ use crate::cli::BacktestArgs;
 use crate::inputs;
 
 pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
-    let report = backtest(&args)?;
+    let (report, offers) = backtest(&args)?;
+    if let Some(path) = &args.offers_out {
+        write_offers(path, &offers)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -28,7 +31,8 @@ pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backtest(args: &BacktestArgs) -> Result<Value> {
+/// The report (as printed by `--json`) and every offer, sorted by (ts_ms, visitor, offer_id).
+pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let (lookups, _) = inputs::read_lookups(args.data.as_deref())?;
     let patterns = inputs::read_patterns(args.patterns.as_deref())?;
     let mut dead_letters = match &args.dead_letters_out {
@@ -102,9 +106,6 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     offers.sort_by(|a, b| {
         (a.ts_ms, &a.visitor, &a.offer_id).cmp(&(b.ts_ms, &b.visitor, &b.offer_id))
     });
-    if let Some(path) = &args.offers_out {
-        write_offers(path, &offers)?;
-    }
     let mut offers_per_day = std::collections::BTreeMap::new();
     for o in &offers {
         let day = event_date(o.ts_ms).map_or_else(|| "invalid".to_owned(), |d| d.to_string());
@@ -132,7 +133,7 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
     let detect_stats = detect.counters();
     let counters = enrich.counters();
     let events = counters.events;
-    Ok(json!({
+    let report = json!({
         "dashboard": dashboard.snapshot(),
         "late_events": dashboard.counters().1,
         "offers": offers.len(),
@@ -150,7 +151,8 @@ fn backtest(args: &BacktestArgs) -> Result<Value> {
         "last_event_ms": last_event_ms,
         "elapsed_ms": elapsed.as_millis() as u64,
         "events_per_second": (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
-    }))
+    });
+    Ok((report, offers))
 }
 
 fn write_offers(path: &std::path::Path, offers: &[Offer]) -> Result<()> {

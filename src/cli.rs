@@ -38,6 +38,10 @@ pub(crate) enum Command {
     Lookups(LookupsCommand),
     /// Run stages of the distributed pipeline (Kafka-protocol broker + Redis) in this process.
     Run(RunArgs),
+    /// Fault injection: run the pipeline as child processes, `kill -9` them at random moments,
+    /// restart them, and compare the result with an uninterrupted backtest (exit 1 on any
+    /// difference).
+    Chaos(ChaosArgs),
 }
 
 #[derive(Debug, Args)]
@@ -263,4 +267,48 @@ pub(crate) struct GenerateArgs {
     /// Output file (`.tsv`, or `.tsv.gz` to compress).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
+}
+
+/// Which deployment `clickpulse chaos` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ChaosMode {
+    /// `clickpulse demo` on one data dir (every stage in one process).
+    Embedded,
+}
+
+impl ChaosMode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ChaosMode::Embedded => "embedded",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChaosArgs {
+    /// Log files (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    #[arg(long = "log", value_name = "FILE")]
+    pub(crate) logs: Vec<PathBuf>,
+    /// Pattern file or directory [default: the bundled seed patterns].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) patterns: Option<PathBuf>,
+    /// How many times to `kill -9` the pipeline.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) kills: u32,
+    /// Seed of the kill schedule.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// The deployment under test.
+    #[arg(long, value_enum, default_value_t = ChaosMode::Embedded)]
+    pub(crate) mode: ChaosMode,
+    /// Mean wall time a restarted process lives before the next kill.
+    #[arg(long, default_value_t = 400, value_name = "MS")]
+    pub(crate) mean_interval_ms: u64,
+    /// Where the run's data dir and process logs go (a new folder inside) [default: the
+    /// system temp dir]. Kept when the run fails, removed otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -106,6 +106,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let clock = Arc::new(EventClock::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
+    // The first stage failure: the cause to report (later ones are usually its consequences).
+    let first_failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let config = RunnerConfig {
         batch_size: args.batch_size,
         ..RunnerConfig::default()
@@ -115,9 +117,19 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                      work: Box<dyn FnOnce() -> Result<(), StoreError> + Send>|
      -> Result<()> {
         let (shutdown, failed) = (shutdown.clone(), failed.clone());
+        let first_failure = first_failure.clone();
         workers.push(thread::Builder::new().name(name.into()).spawn(move || {
             if let Err(e) = work() {
                 error!(error = %e, stage = name, "Stage failed.");
+                let hint = if e.is_fatal_io() {
+                    " (is the data dir's disk full or failing? The last commit is intact: restart once it can be written)"
+                } else {
+                    ""
+                };
+                first_failure
+                    .lock()
+                    .expect("failure lock")
+                    .get_or_insert_with(|| format!("stage {name} failed: {e}{hint}"));
                 failed.store(true, Ordering::SeqCst);
                 shutdown.store(true, Ordering::SeqCst);
             }
@@ -297,7 +309,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     result?;
     if failed.load(Ordering::SeqCst) {
-        bail!("a stage failed; see the log above");
+        let cause = first_failure.lock().expect("failure lock").take();
+        bail!(
+            "{}",
+            cause.unwrap_or_else(|| "a stage failed; see the log above".to_owned())
+        );
     }
     info!(
         replayed = metrics.stage("replay").events(),

@@ -15,10 +15,12 @@
 //! - `patterns_cmd`: `clickpulse patterns check`.
 //! - `run`: `clickpulse run`: stages of the distributed pipeline over Kafka and Redis.
 //! - `status`: `clickpulse status` and `topics dump`: what a data dir holds.
+//! - `chaos`: `clickpulse chaos`: kill -9 fault injection compared with a backtest.
 
 mod backtest;
 mod bench;
 mod bundled;
+mod chaos;
 mod cli;
 mod demo;
 mod generate;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
-//! A throwaway deployment for the distributed tests: a tansu broker (in memory), a private
-//! redis-server with an append-only file, and `clickpulse run` worker processes, each logging
-//! to a file that is printed when a test fails.
+//! A throwaway deployment for the distributed tests: a tansu broker (in memory, or on S3 storage
+//! served by a local moto server so that it survives a restart), a private redis-server with an
+//! append-only file, and `clickpulse run` worker processes, each logging to a file that is
+//! printed when a test fails.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -91,8 +92,20 @@ impl Drop for Proc {
     }
 }
 
+/// Where the broker keeps its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: fast; gone when the broker stops.
+    Memory,
+    /// S3 (a local moto server): survives a broker restart.
+    S3,
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    storage: Storage,
+    moto_port: u16,
+    moto: Option<Proc>,
     pub broker_port: u16,
     pub redis_port: u16,
     pub web_port: u16,
@@ -106,8 +119,16 @@ impl Cluster {
     /// Starts the services and writes a config with `extra` TOML appended to its tables
     /// (`[replay]`, `[pipeline]` …) — give full tables.
     pub fn start(pipeline: &str, replay: &str) -> Cluster {
+        Cluster::start_with(Storage::Memory, "", pipeline, replay)
+    }
+
+    /// [`Cluster::start`] with the broker's storage and extra `[kafka]` settings (lines).
+    pub fn start_with(storage: Storage, kafka: &str, pipeline: &str, replay: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Cluster {
+            storage,
+            moto_port: free_port(),
+            moto: None,
             broker_port: free_port(),
             redis_port: free_port(),
             web_port: free_port(),
@@ -117,6 +138,20 @@ impl Cluster {
             config: dir.path().join("clickpulse.toml"),
             dir,
         };
+        if storage == Storage::S3 {
+            let moto = tool("CLICKPULSE_MOTO", cache_dir().join("venv/bin/moto_server"));
+            c.moto = Some(Proc::start(
+                "moto",
+                c.dir.path(),
+                Command::new(moto).args(["-H", "127.0.0.1", "-p", &c.moto_port.to_string()]),
+            ));
+            wait_port(c.moto_port, "the S3 server");
+            wait_for(Duration::from_secs(30), "the tansu bucket", || {
+                ureq::put(&format!("http://127.0.0.1:{}/tansu", c.moto_port))
+                    .send_empty()
+                    .ok()
+            });
+        }
         c.start_broker();
         c.start_redis();
         let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/offer-patterns");
@@ -129,6 +164,7 @@ brokers = "127.0.0.1:{broker}"
 group_prefix = "{prefix}"
 partitions = 4
 session_timeout_ms = 6000
+{kafka}
 
 [redis]
 url = "redis://127.0.0.1:{redis}/0"
@@ -167,6 +203,11 @@ listen = "127.0.0.1:{web}"
     }
 
     pub fn start_broker(&mut self) {
+        self.start_broker_process();
+        wait_port(self.broker_port, "the broker");
+    }
+
+    fn start_broker_process(&mut self) {
         let tansu = tool("CLICKPULSE_TANSU", cache_dir().join("tansu-0.6.0"));
         let url = format!("tcp://127.0.0.1:{}", self.broker_port);
         let mut cmd = Command::new(tansu);
@@ -177,9 +218,49 @@ listen = "127.0.0.1:{web}"
             "--advertised-listener-url",
             &url,
         ]);
-        cmd.args(["--storage-engine", "memory://tansu/"]);
+        match self.storage {
+            Storage::Memory => {
+                cmd.args(["--storage-engine", "memory://tansu/"]);
+            }
+            Storage::S3 => {
+                cmd.args(["--storage-engine", "s3://tansu/"])
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env(
+                        "AWS_ENDPOINT",
+                        format!("http://127.0.0.1:{}", self.moto_port),
+                    )
+                    .env("AWS_ALLOW_HTTP", "true");
+            }
+        }
         self.broker = Some(Proc::start("broker", self.dir.path(), &mut cmd));
-        wait_port(self.broker_port, "the broker");
+    }
+
+    /// Stops the broker with SIGTERM and starts it again on the same port (retrying while the
+    /// old socket still holds the port).
+    pub fn restart_broker(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            broker.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.start_broker_process();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                if std::net::TcpStream::connect(("127.0.0.1", self.broker_port)).is_ok() {
+                    return;
+                }
+                let exited = self.broker.as_mut().unwrap().child.try_wait().unwrap();
+                if exited.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(Instant::now() < deadline, "the broker did not restart");
+            self.broker.take();
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     pub fn start_redis(&mut self) {

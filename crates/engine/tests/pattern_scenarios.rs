@@ -161,3 +161,77 @@ scenarios!(
     steps_with_repeat_distinct_and_abort,
     relaxed_contiguity_and_frequency_cap,
 );
+
+/// A partition running hours ahead of another must not let the sweep drop a match that the
+/// slower partition's visitor is still in: the offer (and its id, which names the match's
+/// start) is the same as when the partitions are read in step.
+#[test]
+fn a_partition_running_ahead_does_not_sweep_another_partitions_live_match() {
+    use clickpulse_engine::operator::{Emitter, Operator};
+    let pattern = r#"
+name = "clothes-then-shoes"
+within = "30m"
+contiguity = "relaxed"
+[offer]
+default = "offer1"
+[[step]]
+when = { category = "clothing" }
+[[step]]
+when = { category = "shoes" }
+"#;
+    let set = PatternSet::parse([("p.toml", pattern)]).unwrap();
+    let product = |id: &str, category: &str| Product {
+        id: id.to_owned(),
+        category: Arc::from(category),
+        title: Arc::from(id),
+        description: String::new(),
+        image: None,
+        price: None,
+    };
+    let lookups = Lookups::from_parts(
+        Vec::new(),
+        vec![product("C1", "clothing"), product("S1", "shoes")],
+    );
+    let t0 = 1_331_000_000_000_i64;
+    let min = 60_000;
+    let view = |ts: i64, visitor: &str, id: &str| {
+        let click = Click::new(ts, visitor, format!("http://www.acme.com/SH55126545/{id}"));
+        clickpulse_engine::codec::encode(&Enricher::new().enrich(click, &lookups))
+    };
+    // Ann (partition 0): clothing at 0, 26 and 38 minutes (the first match expires at 30), shoes
+    // at 45: the offer's match started at 38.
+    let ann = [(0, "C1"), (26, "C1"), (38, "C1"), (45, "S1")];
+    let run = |ahead: bool| -> Vec<String> {
+        let mut detector = DetectOperator::new(PatternRegistry::new(set.clone()));
+        let mut out = Emitter::default();
+        let mut offers = Vec::new();
+        for (i, (m, id)) in ann.iter().enumerate() {
+            detector
+                .process_record(
+                    "enriched-click-data",
+                    0,
+                    &view(t0 + m * min, "ann", id),
+                    &mut out,
+                )
+                .unwrap();
+            if ahead && i == 0 {
+                // Partition 1 races three hours ahead: enough views to trigger a sweep.
+                for n in 0..20_000 {
+                    let v = view(t0 + 180 * min, &format!("v{n}"), "C1");
+                    detector
+                        .process_record("enriched-click-data", 1, &v, &mut out)
+                        .unwrap();
+                }
+            }
+            offers.extend(out.drain().map(|o| {
+                clickpulse_engine::codec::decode::<clickpulse_engine::pattern::Offer>(&o.value)
+                    .unwrap()
+                    .offer_id
+            }));
+        }
+        offers
+    };
+    let in_step = run(false);
+    assert_eq!(in_step.len(), 1);
+    assert_eq!(run(true), in_step);
+}

@@ -52,6 +52,18 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// True when the database cannot be written again by this process: redb stops accepting
+    /// writes after an I/O error (a full disk, a failing device) until it is reopened, so
+    /// retrying is pointless. The last commit on disk is intact; a restart resumes from it.
+    pub fn is_fatal_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+}
+
 pub(crate) fn db<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Storage(e.into())
 }

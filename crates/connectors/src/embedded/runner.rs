@@ -64,7 +64,9 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, St
     })
 }
 
-/// Commits `batch`, retrying with backoff until it succeeds or shutdown is requested.
+/// Commits `batch`, retrying with backoff until it succeeds or shutdown is requested. An I/O
+/// error (a full disk) is returned at once: the store refuses writes after one until it is
+/// reopened, and the last commit on disk stays intact for a restart.
 fn commit_with_retry(
     store: &EmbeddedStore,
     batch: &CommitBatch,
@@ -78,7 +80,7 @@ fn commit_with_retry(
             Ok(()) => return Ok(()),
             Err(error) => {
                 metrics.error();
-                if shutdown.load(Ordering::Relaxed) {
+                if shutdown.load(Ordering::Relaxed) || error.is_fatal_io() {
                     return Err(error);
                 }
                 warn!(%error, stage, retry_in_ms = backoff.as_millis() as u64, "Commit failed; retrying.");

@@ -168,6 +168,11 @@ pub struct DetectStats {
     pub offers_by_pattern: BTreeMap<String, u64>,
     /// Highest event time seen.
     pub watermark_ms: Option<i64>,
+    /// Highest event time seen per input partition. Sweeps go by the lowest of them: all of a
+    /// visitor's views come through one partition, and another partition may run hours ahead
+    /// (after a restart one partition's backlog is read before the next one's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_watermarks: BTreeMap<u32, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +218,8 @@ pub struct DetectOperator {
     audience: Option<AudienceTracker>,
     checkpointing: bool,
     checkpointed_events: u64,
+    /// The input partition of the view being processed.
+    partition: u32,
 }
 
 impl DetectOperator {
@@ -231,6 +238,7 @@ impl DetectOperator {
             audience: None,
             checkpointing: true,
             checkpointed_events: 0,
+            partition: 0,
         }
     }
 
@@ -293,6 +301,12 @@ impl DetectOperator {
                 .watermark_ms
                 .map_or(click.ts_ms, |w| w.max(click.ts_ms)),
         );
+        let high = self
+            .stats
+            .partition_watermarks
+            .entry(self.partition)
+            .or_insert(click.ts_ms);
+        *high = (*high).max(click.ts_ms);
         let mut offers = Vec::new();
         let set = self.set.clone();
         // Take the visitor's slots out (keeping the key's allocation) and put back what is left.
@@ -405,7 +419,7 @@ impl DetectOperator {
 
     /// Drops state that can no longer matter: matches expired well before the watermark.
     fn sweep(&mut self) {
-        let Some(watermark) = self.stats.watermark_ms else {
+        let Some(watermark) = self.stats.partition_watermarks.values().min().copied() else {
             return;
         };
         let now = watermark - SWEEP_GRACE_MS;
@@ -477,6 +491,19 @@ impl Operator for DetectOperator {
         for offer in self.detect(&input) {
             out.emit(topics::SPECIAL_OFFERS, &offer.visitor, &offer);
         }
+    }
+
+    fn process_record(
+        &mut self,
+        _topic: &str,
+        partition: u32,
+        value: &[u8],
+        out: &mut Emitter,
+    ) -> Result<(), String> {
+        let input = crate::codec::decode::<EnrichedClick>(value)?;
+        self.partition = partition;
+        self.process(input, out);
+        Ok(())
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {

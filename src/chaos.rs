@@ -1,0 +1,386 @@
+//! `clickpulse chaos`: fault injection that users can run themselves.
+//!
+//! The pipeline runs over a log as real child processes; the chaos driver kills them with
+//! `kill -9` at random (seeded) moments, restarts them, and when the log is through compares
+//! what the pipeline delivered with an uninterrupted in-process backtest of the same log:
+//! the set of offer ids delivered to the web stage, the events that reached the end of the
+//! pipeline, duplicate offers, and the end-of-log dashboard snapshot. Any difference is a
+//! non-zero exit.
+//!
+//! Timing: the replay is paced (event-time speed) so that the planned kills fall inside the
+//! log — `kills × mean interval × 1.5` of wall time covers the whole log's event time — and each
+//! life between two kills lasts a seeded random time (uniform in 0.2–1.8 × the mean) after the
+//! process accepts connections. A kill therefore lands anywhere: in a batch, in a commit, in a
+//! checkpoint or in the recovery of the previous kill.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clickpulse_connectors::embedded::EmbeddedStore;
+use clickpulse_engine::codec::decode;
+use clickpulse_engine::pattern::Offer;
+use clickpulse_engine::topics;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::cli::{BacktestArgs, ChaosArgs, ChaosMode};
+
+/// How long one life may take to accept connections (it opens the store and loads lookups).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the last, uninterrupted life may take to finish the log.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(900);
+
+pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
+    if args.kills == 0 {
+        bail!("--kills must be at least 1");
+    }
+    let work = tempfile::Builder::new()
+        .prefix("clickpulse-chaos-")
+        .tempdir_in(args.work_dir.clone().unwrap_or_else(std::env::temp_dir))
+        .context("cannot create the chaos work dir")?;
+    info!(work_dir = %work.path().display(), kills = args.kills, seed = args.seed, "Chaos run.");
+    let reference = Reference::compute(&args)?;
+    let started = Instant::now();
+    let outcome = match args.mode {
+        ChaosMode::Embedded => embedded(&args, &reference, work.path())?,
+    };
+    let report = outcome.report(&args, &reference, started.elapsed());
+    let ok = report["ok"].as_bool() == Some(true);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let kept = work.keep();
+        eprintln!(
+            "chaos: the pipeline differs from the backtest; its data and logs are kept in {}",
+            kept.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// What an uninterrupted backtest of the log computes.
+struct Reference {
+    events: u64,
+    offers: BTreeSet<String>,
+    dashboard: Value,
+    first_event_ms: i64,
+    last_event_ms: i64,
+}
+
+impl Reference {
+    fn compute(args: &ChaosArgs) -> Result<Reference> {
+        let (report, offers) = crate::backtest::backtest(&BacktestArgs {
+            logs: args.logs.clone(),
+            data: None,
+            until: None,
+            patterns: args.patterns.clone(),
+            offers_out: None,
+            json: true,
+            dead_letters_out: None,
+        })
+        .context("the reference backtest failed")?;
+        let first_event_ms = report["first_event_ms"].as_i64().unwrap_or(0);
+        Ok(Reference {
+            events: report["events"].as_u64().unwrap_or(0),
+            offers: offers.into_iter().map(|o| o.offer_id).collect(),
+            dashboard: report["dashboard"].clone(),
+            first_event_ms,
+            last_event_ms: report["last_event_ms"].as_i64().unwrap_or(first_event_ms),
+        })
+    }
+
+    /// The replay speed that spreads the log over `kills` lives of `mean` each, with half as
+    /// much again to spare.
+    fn speed_for(&self, kills: u32, mean: Duration) -> f64 {
+        let span_ms = (self.last_event_ms - self.first_event_ms).max(1) as f64;
+        let wall_ms = kills as f64 * mean.as_millis().max(1) as f64 * 1.5;
+        (span_ms / wall_ms).max(1.0)
+    }
+}
+
+/// What a chaos run observed.
+struct Outcome {
+    kills: u32,
+    /// Where the replay stood at each kill (events it had made durable).
+    kill_points: Vec<u64>,
+    /// Events in the first and in the last topic of the pipeline.
+    events_in: u64,
+    events_out: u64,
+    offers_delivered: BTreeSet<String>,
+    offers_published: u64,
+    dashboard: Value,
+    /// Data-dir checks after every kill: opened and read cleanly.
+    store_checks: u32,
+    speed: f64,
+}
+
+impl Outcome {
+    fn report(&self, args: &ChaosArgs, reference: &Reference, elapsed: Duration) -> Value {
+        let lost_events = reference
+            .events
+            .saturating_sub(self.events_in.min(self.events_out));
+        let duplicate_events = self
+            .events_in
+            .max(self.events_out)
+            .saturating_sub(reference.events);
+        let duplicate_offers = self
+            .offers_published
+            .saturating_sub(self.offers_delivered.len() as u64);
+        let missing: Vec<&String> = reference
+            .offers
+            .difference(&self.offers_delivered)
+            .collect();
+        let unexpected: Vec<&String> = self
+            .offers_delivered
+            .difference(&reference.offers)
+            .collect();
+        let snapshot_equal = self.dashboard == reference.dashboard;
+        let ok = self.kills >= args.kills
+            && lost_events == 0
+            && duplicate_events == 0
+            && duplicate_offers == 0
+            && missing.is_empty()
+            && unexpected.is_empty()
+            && snapshot_equal;
+        json!({
+            "ok": ok,
+            "mode": args.mode.name(),
+            "seed": args.seed,
+            "kills": self.kills,
+            "events": reference.events,
+            "offers_expected": reference.offers.len(),
+            "offers_delivered": self.offers_delivered.len(),
+            "lost_events": lost_events,
+            "duplicate_events": duplicate_events,
+            "duplicate_offers": duplicate_offers,
+            "missing_offers": missing.iter().take(10).collect::<Vec<_>>(),
+            "unexpected_offers": unexpected.iter().take(10).collect::<Vec<_>>(),
+            "snapshot_equal": snapshot_equal,
+            "store_checks": self.store_checks,
+            "kill_points": self.kill_points,
+            "replay_speed": self.speed.round(),
+            "elapsed_ms": elapsed.as_millis() as u64,
+        })
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts `clickpulse ARGS`, appending its output to `log`.
+fn spawn(args: &[String], log: &Path) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the clickpulse binary")?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("cannot start a pipeline process")
+}
+
+/// Waits until `port` accepts connections, or the child exits.
+fn wait_serving(child: &mut Child, port: u16) -> Result<bool> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("a pipeline process did not accept connections within {STARTUP_TIMEOUT:?}")
+}
+
+/// Sleeps `d` unless the child exits first; true if it is still running.
+fn sleep_while_running(child: &mut Child, d: Duration) -> Result<bool> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5).min(until - Instant::now()));
+    }
+    Ok(child.try_wait()?.is_none())
+}
+
+/// The tail of a log file, for error messages.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(20).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// The embedded pipeline (`clickpulse demo` on one data dir), killed and restarted.
+fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outcome> {
+    let data_dir = work.join("data");
+    let log = work.join("pipeline.log");
+    let mean = Duration::from_millis(args.mean_interval_ms.max(1));
+    let speed = reference.speed_for(args.kills, mean);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let life_args = |port: u16| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "demo",
+            "--original-time",
+            "--exit-when-done",
+            "--idle-timeout-ms",
+            "300",
+            "--batch-size",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("--data-dir".into());
+        a.push(data_dir.display().to_string());
+        a.push("--listen".into());
+        a.push(format!("127.0.0.1:{port}"));
+        a.push("--speed".into());
+        a.push(format!("{speed:.0}"));
+        for l in &args.logs {
+            a.push("--log".into());
+            a.push(l.display().to_string());
+        }
+        if let Some(p) = &args.patterns {
+            a.push("--patterns".into());
+            a.push(p.display().to_string());
+        }
+        a
+    };
+    let mut kills = 0;
+    let mut kill_points = Vec::new();
+    let mut store_checks = 0;
+    let mut finished = false;
+    while kills < args.kills {
+        let port = free_port()?;
+        let mut child = spawn(&life_args(port), &log)?;
+        let serving = wait_serving(&mut child, port)?;
+        let life = mean.mul_f64(rng.random_range(0.2..1.8));
+        if serving && sleep_while_running(&mut child, life)? {
+            child.kill().context("kill -9 failed")?;
+            child.wait()?;
+            kills += 1;
+            // The data dir must open cleanly after every kill (redb recovers its last commit).
+            let replayed = replayed_events(&data_dir)
+                .with_context(|| format!("the data dir is unreadable after kill {kills}"))?;
+            store_checks += 1;
+            kill_points.push(replayed);
+            info!(
+                kill = kills,
+                replayed,
+                life_ms = life.as_millis() as u64,
+                "kill -9"
+            );
+            continue;
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!(
+                "a pipeline process failed ({status}); its log ends with:\n{}",
+                tail(&log)
+            );
+        }
+        warn!(
+            kills,
+            "The pipeline finished the log before all kills were made."
+        );
+        finished = true;
+        break;
+    }
+    if !finished {
+        // The last life runs to the end of the log.
+        let port = free_port()?;
+        let mut child = spawn(&life_args(port), &log)?;
+        let deadline = Instant::now() + FINISH_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "the final pipeline process failed ({status}); its log ends with:\n{}",
+                        tail(&log)
+                    );
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the pipeline did not finish within {FINISH_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let store = EmbeddedStore::open(&data_dir, &[])
+        .with_context(|| format!("cannot open {}", data_dir.display()))?;
+    let summary = store.topic_summary_on_disk()?;
+    let records = |topic: &str| summary[topic]["records"].as_u64().unwrap_or(0);
+    let mut offers_published = 0;
+    for p in 0..store.partitions_on_disk(topics::SPECIAL_OFFERS)? {
+        let mut next = 0;
+        loop {
+            let batch = store.fetch(topics::SPECIAL_OFFERS, p, next, 10_000)?;
+            let Some(last) = batch.last() else { break };
+            next = last.offset + 1;
+            for record in &batch {
+                decode::<Offer>(&record.value)
+                    .map_err(|e| anyhow::anyhow!("an undecodable offer record: {e}"))?;
+                offers_published += 1;
+            }
+        }
+    }
+    let delivered_prefix = format!("op/web/{}", clickpulse_server::offers::DELIVERED_PREFIX);
+    let offers_delivered = store
+        .state_with_prefix(&delivered_prefix)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let dashboard = store
+        .state("op/aggregate/snapshot")?
+        .map(|v| serde_json::from_slice(&v))
+        .transpose()
+        .context("the dashboard snapshot is unreadable")?
+        .unwrap_or(Value::Null);
+    Ok(Outcome {
+        kills,
+        kill_points,
+        events_in: records(topics::CLICK_DATA),
+        events_out: records(topics::ENRICHED_CLICK_DATA),
+        offers_delivered,
+        offers_published,
+        dashboard,
+        store_checks,
+        speed,
+    })
+}
+
+/// The replay's durable position, read after a kill.
+fn replayed_events(data_dir: &Path) -> Result<u64> {
+    let store = EmbeddedStore::open(data_dir, &[])?;
+    let replayed = store
+        .state("replay/state")?
+        .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+        .and_then(|v| v["events"].as_u64())
+        .unwrap_or(0);
+    Ok(replayed)
+}
