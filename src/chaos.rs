@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::cli::{BacktestArgs, ChaosArgs, ChaosMode};
+use clickpulse_chaos::{Cluster, Spec, Storage, Tools};
 
 /// How long one life may take to accept connections (it opens the store and loads lookups).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,6 +51,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let outcome = match args.mode {
         ChaosMode::Embedded => embedded(&args, &reference, work.path())?,
+        ChaosMode::Distributed => distributed(&args, &reference, work.path())?,
     };
     let report = outcome.report(&args, &reference, started.elapsed());
     let ok = report["ok"].as_bool() == Some(true);
@@ -121,8 +123,12 @@ struct Outcome {
     offers_delivered: BTreeSet<String>,
     offers_published: u64,
     dashboard: Value,
-    /// Data-dir checks after every kill: opened and read cleanly.
+    /// Data-dir checks after every kill: opened and read cleanly (embedded).
     store_checks: u32,
+    /// Offers that reached the web stage again and were dropped there (distributed).
+    republished_offers: u64,
+    /// Broker and Redis restarts (distributed).
+    service_restarts: Vec<&'static str>,
     speed: f64,
 }
 
@@ -137,7 +143,8 @@ impl Outcome {
             .saturating_sub(reference.events);
         let duplicate_offers = self
             .offers_published
-            .saturating_sub(self.offers_delivered.len() as u64);
+            .saturating_sub(self.offers_delivered.len() as u64)
+            + self.republished_offers;
         let missing: Vec<&String> = reference
             .offers
             .difference(&self.offers_delivered)
@@ -169,6 +176,7 @@ impl Outcome {
             "unexpected_offers": unexpected.iter().take(10).collect::<Vec<_>>(),
             "snapshot_equal": snapshot_equal,
             "store_checks": self.store_checks,
+            "service_restarts": self.service_restarts,
             "kill_points": self.kill_points,
             "replay_speed": self.speed.round(),
             "elapsed_ms": elapsed.as_millis() as u64,
@@ -233,11 +241,21 @@ fn tail(log: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
+/// The mean life between kills, by mode: a restarted distributed worker first rejoins its
+/// consumer group (the broker waits out the killed member's session).
+fn mean_interval(args: &ChaosArgs) -> Duration {
+    let default = match args.mode {
+        ChaosMode::Embedded => 400,
+        ChaosMode::Distributed => 3_000,
+    };
+    Duration::from_millis(args.mean_interval_ms.unwrap_or(default).max(1))
+}
+
 /// The embedded pipeline (`clickpulse demo` on one data dir), killed and restarted.
 fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outcome> {
     let data_dir = work.join("data");
     let log = work.join("pipeline.log");
-    let mean = Duration::from_millis(args.mean_interval_ms.max(1));
+    let mean = mean_interval(args);
     let speed = reference.speed_for(args.kills, mean);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let life_args = |port: u16| -> Vec<String> {
@@ -370,6 +388,122 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
         offers_published,
         dashboard,
         store_checks,
+        republished_offers: 0,
+        service_restarts: Vec::new(),
+        speed,
+    })
+}
+
+/// The stages of the distributed pipeline, one worker each.
+const STAGES: [&str; 5] = ["web", "replay", "enrich", "detect", "aggregate"];
+
+/// The distributed pipeline: a local tansu broker (on S3 storage, so topics outlive a broker
+/// restart), Redis with an fsync'ed append-only file, and one `clickpulse run` process per
+/// stage. Each kill picks a worker at random and restarts it at once; a third of the way
+/// through the broker restarts (SIGTERM), two thirds of the way Redis dies (`kill -9`) and
+/// restarts.
+fn distributed(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outcome> {
+    let mean = mean_interval(args);
+    let speed = reference.speed_for(args.kills, mean);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let patterns = match &args.patterns {
+        Some(p) => std::path::absolute(p)?,
+        None => {
+            let dir = work.join("patterns");
+            crate::demo::seed_patterns(&clickpulse_engine::pattern::PatternDir::new(&dir)?)?;
+            dir
+        }
+    };
+    let logs: Vec<String> = args
+        .logs
+        .iter()
+        .map(|l| std::path::absolute(l).map(|p| format!("{:?}", p.display().to_string())))
+        .collect::<Result<_, _>>()?;
+    let tools = Tools::from_env(std::env::current_exe()?);
+    let spec = Spec {
+        storage: Storage::S3,
+        // tansu records an idempotent batch's sequence number before the batch, so a batch cut
+        // off by its restart would later be acknowledged as a duplicate without being stored:
+        // no idempotence there, and one request in flight to keep each partition's order.
+        kafka: r#"properties = { "enable.idempotence" = "false", "max.in.flight.requests.per.connection" = "1" }"#.into(),
+        pipeline: "batch_size = 500".into(),
+        replay: format!("speed = \"{speed:.0}\"\nlogs = [{}]", logs.join(", ")),
+        patterns,
+    };
+    let mut cluster = Cluster::start(tools, &spec)?;
+    let result = drive(args, reference, &mut cluster, &mut rng, mean, speed);
+    if result.is_err()
+        || result
+            .as_ref()
+            .is_ok_and(|o| o.dashboard != reference.dashboard)
+    {
+        // Keep the processes' logs with the work dir.
+        let _ = std::fs::write(work.join("cluster-logs.txt"), cluster.log_tails());
+    }
+    result
+}
+
+fn drive(
+    args: &ChaosArgs,
+    reference: &Reference,
+    cluster: &mut Cluster,
+    rng: &mut ChaCha8Rng,
+    mean: Duration,
+    speed: f64,
+) -> Result<Outcome> {
+    for stage in STAGES {
+        cluster.worker(stage, stage)?;
+    }
+    let mut kill_points = Vec::new();
+    let mut service_restarts = Vec::new();
+    let mut last_replayed = 0;
+    for kill in 1..=args.kills {
+        std::thread::sleep(mean.mul_f64(rng.random_range(0.2..1.8)));
+        let victim = rng.random_range(0..cluster.workers.len());
+        if let Some(n) = cluster.stats().and_then(|s| Cluster::stage_events(&s)[0]) {
+            last_replayed = n;
+        }
+        cluster.workers[victim].restart()?;
+        kill_points.push(last_replayed);
+        info!(kill, worker = %cluster.workers[victim].name, replayed = last_replayed, "kill -9 and restart");
+        if kill == args.kills.div_ceil(3) {
+            info!("Restarting the broker (SIGTERM).");
+            cluster.restart_broker()?;
+            service_restarts.push("broker");
+        }
+        if kill == (2 * args.kills).div_ceil(3) {
+            info!("Killing Redis (kill -9) and restarting it.");
+            if let Some(redis) = cluster.redis.as_mut() {
+                redis.kill();
+            }
+            cluster.start_redis()?;
+            service_restarts.push("redis");
+        }
+    }
+    let finished = cluster.wait_until_done(reference.events, &reference.dashboard, FINISH_TIMEOUT);
+    if let Err(error) = &finished {
+        warn!(%error, "The distributed pipeline did not reach the backtest's result.");
+    }
+    let stats = cluster.stats().unwrap_or_default();
+    let [replayed, enriched, detected, aggregated] = Cluster::stage_events(&stats);
+    let downstream = [enriched, detected, aggregated]
+        .iter()
+        .map(|n| n.unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    Ok(Outcome {
+        kills: kill_points.len() as u32,
+        kill_points,
+        events_in: replayed.unwrap_or(0),
+        events_out: downstream,
+        offers_delivered: cluster.delivered_offers()?.into_iter().collect(),
+        offers_published: 0,
+        republished_offers: stats["stages"]["web"]["details"]["duplicates"]
+            .as_u64()
+            .unwrap_or(0),
+        dashboard: cluster.dashboard().unwrap_or(Value::Null),
+        store_checks: 0,
+        service_restarts,
         speed,
     })
 }

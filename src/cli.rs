@@ -274,12 +274,17 @@ pub(crate) struct GenerateArgs {
 pub(crate) enum ChaosMode {
     /// `clickpulse demo` on one data dir (every stage in one process).
     Embedded,
+    /// `clickpulse run`, one process per stage, over a local tansu broker (S3 storage served by
+    /// moto) and redis-server: the tools `scripts/test.sh` installs, or `CLICKPULSE_TANSU`,
+    /// `CLICKPULSE_MOTO` and `redis-server` on the PATH.
+    Distributed,
 }
 
 impl ChaosMode {
     pub(crate) fn name(self) -> &'static str {
         match self {
             ChaosMode::Embedded => "embedded",
+            ChaosMode::Distributed => "distributed",
         }
     }
 }
@@ -301,9 +306,10 @@ pub(crate) struct ChaosArgs {
     /// The deployment under test.
     #[arg(long, value_enum, default_value_t = ChaosMode::Embedded)]
     pub(crate) mode: ChaosMode,
-    /// Mean wall time a restarted process lives before the next kill.
-    #[arg(long, default_value_t = 400, value_name = "MS")]
-    pub(crate) mean_interval_ms: u64,
+    /// Mean wall time a restarted process lives before the next kill [default: 400 embedded,
+    /// 3000 distributed].
+    #[arg(long, value_name = "MS")]
+    pub(crate) mean_interval_ms: Option<u64>,
     /// Where the run's data dir and process logs go (a new folder inside) [default: the
     /// system temp dir]. Kept when the run fails, removed otherwise.
     #[arg(long, value_name = "DIR")]

@@ -2,10 +2,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -21,13 +20,11 @@ pub fn data(path: &str) -> PathBuf {
         .join(path)
 }
 
+pub use clickpulse_chaos::get_json;
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    clickpulse_chaos::free_port().unwrap()
 }
 
 /// Runs `clickpulse args…` to completion and returns its output, failing on a non-zero exit.
@@ -61,25 +58,9 @@ pub fn spawn(args: &[&str]) -> Child {
         .expect("spawn clickpulse")
 }
 
-/// GETs `http://127.0.0.1:{port}{path}` as JSON, or `None` while the server is not up.
-pub fn get_json(port: u16, path: &str) -> Option<Value> {
-    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .ok()?;
-    let body = response.body_mut().read_to_string().ok()?;
-    serde_json::from_str(&body).ok()
-}
-
 /// Polls `check` every few milliseconds until it returns `Some`, or panics after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+pub fn wait_for<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    clickpulse_chaos::poll(timeout, what, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The arguments that run `clickpulse demo` on data dir `dir` as fast as possible until every

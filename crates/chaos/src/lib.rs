@@ -1,0 +1,625 @@
+//! Local deployments and process supervision for fault injection.
+//!
+//! A [`Cluster`] is a throwaway distributed deployment on loopback: a tansu broker (in memory, or
+//! on S3 storage served by a local moto server so that it survives a restart), a private
+//! redis-server with an append-only file, and `clickpulse run` workers — each a child process
+//! logging to a file in the cluster's temp dir, each of which can be killed (`kill -9`),
+//! stopped (SIGTERM) and restarted. `clickpulse chaos --mode distributed` and the distributed
+//! integration tests both run on it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// What can go wrong running a local deployment.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A tool is missing.
+    #[error("{what} not found at {path}: {hint}")]
+    MissingTool {
+        /// The tool.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A process could not be started.
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        /// The process.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file in the cluster's dir failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        timeout: Duration,
+    },
+    /// A command failed.
+    #[error("{what} failed: {detail}")]
+    Failed {
+        /// The command.
+        what: String,
+        /// Its output.
+        detail: String,
+    },
+    /// Redis refused a request.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
+    Ok(listener.local_addr().map_err(io("read a port"))?.port())
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, or fails after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout {
+                what: what.to_owned(),
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// GETs `http://127.0.0.1:{port}{path}` as JSON, or `None` while the server is not up.
+pub fn get_json(port: u16, path: &str) -> Option<Value> {
+    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
+    let body = response.body_mut().read_to_string().ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+fn wait_port(port: u16, what: &str) -> Result<()> {
+    poll(Duration::from_secs(30), what, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .map(drop)
+}
+
+/// A child process that is killed when dropped, and can be started again as it was.
+pub struct Proc {
+    /// Its name (and log file's).
+    pub name: String,
+    /// The running process.
+    pub child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Proc {
+    /// Starts `program args` with `env`, appending its output to `{log_dir}/{name}.log`.
+    pub fn start(
+        name: &str,
+        log_dir: &Path,
+        program: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let child = spawn(name, &log, program, &args, &env)?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+            program: program.to_owned(),
+            args,
+            env,
+        })
+    }
+
+    /// SIGTERM, then waits up to 20 s for the exit (a clean stop, as in a rolling restart);
+    /// `kill -9` after that.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// `kill -9`, and waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (after a kill or stop).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = spawn(&self.name, &self.log, &self.program, &self.args, &self.env)?;
+        Ok(())
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+fn spawn(
+    name: &str,
+    log: &Path,
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<Child> {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("open {}", log.display())))?;
+    let stderr = file
+        .try_clone()
+        .map_err(io(format!("open {}", log.display())))?;
+    Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(file)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| ClusterError::Spawn {
+            name: name.to_owned(),
+            source,
+        })
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the broker keeps its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// In memory: fast; gone when the broker stops.
+    #[default]
+    Memory,
+    /// S3 (a local moto server): survives a broker restart.
+    S3,
+}
+
+/// The programs a cluster runs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// The `clickpulse` binary.
+    pub clickpulse: PathBuf,
+    /// The tansu broker (`CLICKPULSE_TANSU`, or the copy `scripts/test.sh` caches).
+    pub tansu: PathBuf,
+    /// moto's S3 server (`CLICKPULSE_MOTO`, or the copy `scripts/test.sh` caches).
+    pub moto: PathBuf,
+    /// `redis-server`.
+    pub redis_server: PathBuf,
+}
+
+impl Tools {
+    /// The tools as `scripts/test.sh` installs them, overridable by environment variables.
+    pub fn from_env(clickpulse: PathBuf) -> Tools {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("clickpulse");
+        let var = |name: &str, default: PathBuf| {
+            std::env::var_os(name).map(PathBuf::from).unwrap_or(default)
+        };
+        Tools {
+            clickpulse,
+            tansu: var("CLICKPULSE_TANSU", cache.join("tansu-0.6.0")),
+            moto: var("CLICKPULSE_MOTO", cache.join("venv/bin/moto_server")),
+            redis_server: var("CLICKPULSE_REDIS_SERVER", PathBuf::from("redis-server")),
+        }
+    }
+
+    fn check(path: &Path, what: &'static str) -> Result<()> {
+        if path.components().count() > 1 && !path.exists() {
+            return Err(ClusterError::MissingTool {
+                what,
+                path: path.to_owned(),
+                hint: "run scripts/test.sh once (it installs the test services) or set CLICKPULSE_TANSU / CLICKPULSE_MOTO",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a cluster runs: the broker's storage and TOML lines added to the config's tables.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    /// Where the broker keeps its topics.
+    pub storage: Storage,
+    /// Extra `[kafka]` lines.
+    pub kafka: String,
+    /// Extra `[pipeline]` lines.
+    pub pipeline: String,
+    /// Extra `[replay]` lines.
+    pub replay: String,
+    /// The pattern directory.
+    pub patterns: PathBuf,
+}
+
+/// A throwaway distributed deployment on loopback (see the crate docs).
+pub struct Cluster {
+    /// Holds the config, the Redis files and every process's log.
+    pub dir: tempfile::TempDir,
+    /// The broker's port.
+    pub broker_port: u16,
+    /// Redis's port.
+    pub redis_port: u16,
+    /// The web stage's port.
+    pub web_port: u16,
+    /// The broker process.
+    pub broker: Option<Proc>,
+    /// The Redis process.
+    pub redis: Option<Proc>,
+    /// The `clickpulse run` workers, in start order.
+    pub workers: Vec<Proc>,
+    /// The config file the workers read.
+    pub config: PathBuf,
+    tools: Tools,
+    storage: Storage,
+    moto_port: u16,
+    moto: Option<Proc>,
+}
+
+impl Cluster {
+    /// Starts the services, writes the config and loads the lookups into Redis.
+    pub fn start(tools: Tools, spec: &Spec) -> Result<Cluster> {
+        let storage = spec.storage;
+        Tools::check(&tools.tansu, "the tansu broker")?;
+        if storage == Storage::S3 {
+            Tools::check(&tools.moto, "moto_server")?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("clickpulse-cluster-")
+            .tempdir()
+            .map_err(io("create the cluster dir"))?;
+        let mut c = Cluster {
+            broker_port: free_port()?,
+            redis_port: free_port()?,
+            web_port: free_port()?,
+            moto_port: free_port()?,
+            broker: None,
+            redis: None,
+            moto: None,
+            workers: Vec::new(),
+            config: dir.path().join("clickpulse.toml"),
+            dir,
+            tools,
+            storage,
+        };
+        if storage == Storage::S3 {
+            c.moto = Some(Proc::start(
+                "moto",
+                c.dir.path(),
+                &c.tools.moto,
+                vec![
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    c.moto_port.to_string(),
+                ],
+                Vec::new(),
+            )?);
+            wait_port(c.moto_port, "the S3 server")?;
+            let bucket = format!("http://127.0.0.1:{}/tansu", c.moto_port);
+            poll(Duration::from_secs(30), "the tansu bucket", || {
+                ureq::put(&bucket).send_empty().ok()
+            })?;
+        }
+        c.start_broker()?;
+        c.start_redis()?;
+        let config = format!(
+            r#"[kafka]
+brokers = "127.0.0.1:{broker}"
+group_prefix = "test{broker}"
+partitions = 4
+session_timeout_ms = 6000
+{kafka}
+
+[redis]
+url = "redis://127.0.0.1:{redis}/0"
+
+[pipeline]
+patterns = "{patterns}"
+allowed_lateness_ms = 2000
+idle_timeout_ms = 30000
+{pipeline}
+
+[replay]
+original_time = true
+{replay}
+
+[web]
+listen = "127.0.0.1:{web}"
+"#,
+            broker = c.broker_port,
+            redis = c.redis_port,
+            web = c.web_port,
+            patterns = spec.patterns.display(),
+            kafka = spec.kafka,
+            pipeline = spec.pipeline,
+            replay = spec.replay,
+        );
+        std::fs::write(&c.config, config).map_err(io("write the config"))?;
+        let out = Command::new(&c.tools.clickpulse)
+            .args(["lookups", "load", "--redis"])
+            .arg(format!("redis://127.0.0.1:{}/0", c.redis_port))
+            .output()
+            .map_err(io("run clickpulse lookups load"))?;
+        if !out.status.success() {
+            return Err(ClusterError::Failed {
+                what: "clickpulse lookups load".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(c)
+    }
+
+    fn broker_proc(&self) -> Result<Proc> {
+        let url = format!("tcp://127.0.0.1:{}", self.broker_port);
+        let mut args: Vec<String> = vec![
+            "broker".into(),
+            "--listener-url".into(),
+            url.clone(),
+            "--advertised-listener-url".into(),
+            url,
+            "--storage-engine".into(),
+        ];
+        let mut env = Vec::new();
+        match self.storage {
+            Storage::Memory => args.push("memory://tansu/".into()),
+            Storage::S3 => {
+                args.push("s3://tansu/".into());
+                for (k, v) in [
+                    ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+                    ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+                    ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+                    (
+                        "AWS_ENDPOINT",
+                        format!("http://127.0.0.1:{}", self.moto_port),
+                    ),
+                    ("AWS_ALLOW_HTTP", "true".to_owned()),
+                ] {
+                    env.push((k.to_owned(), v));
+                }
+            }
+        }
+        Proc::start("broker", self.dir.path(), &self.tools.tansu, args, env)
+    }
+
+    /// Starts the broker and waits for its port.
+    pub fn start_broker(&mut self) -> Result<()> {
+        self.broker = Some(self.broker_proc()?);
+        wait_port(self.broker_port, "the broker")
+    }
+
+    /// Stops the broker with SIGTERM and starts it again on the same port (retrying while the
+    /// old socket still holds the port).
+    pub fn restart_broker(&mut self) -> Result<()> {
+        if let Some(mut broker) = self.broker.take() {
+            broker.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut broker = self.broker_proc()?;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) && broker.is_running() {
+                if std::net::TcpStream::connect(("127.0.0.1", self.broker_port)).is_ok() {
+                    self.broker = Some(broker);
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Timeout {
+                    what: "the broker to restart".into(),
+                    timeout: Duration::from_secs(60),
+                });
+            }
+            drop(broker);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Starts redis-server (append-only file, fsync always, in the cluster's dir).
+    pub fn start_redis(&mut self) -> Result<()> {
+        let args: Vec<String> = [
+            "--port",
+            &self.redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &self.dir.path().display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.redis = Some(Proc::start(
+            "redis",
+            self.dir.path(),
+            &self.tools.redis_server,
+            args,
+            Vec::new(),
+        )?);
+        wait_port(self.redis_port, "redis")
+    }
+
+    /// Starts `clickpulse run --stage {stage}` as worker `id`; returns its index.
+    pub fn worker(&mut self, stage: &str, id: &str) -> Result<usize> {
+        let args = vec![
+            "run".into(),
+            "--stage".into(),
+            stage.into(),
+            "--worker-id".into(),
+            id.into(),
+            "--config".into(),
+            self.config.display().to_string(),
+        ];
+        let env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        let proc = Proc::start(id, self.dir.path(), &self.tools.clickpulse, args, env)?;
+        self.workers.push(proc);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// A connection to the cluster's Redis.
+    pub fn redis(&self) -> Result<redis::Connection> {
+        Ok(
+            redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis_port))?
+                .get_connection()?,
+        )
+    }
+
+    /// The web stage's `/api/stats`.
+    pub fn stats(&self) -> Option<Value> {
+        get_json(self.web_port, "/api/stats")
+    }
+
+    /// The web stage's `/api/dashboard`.
+    pub fn dashboard(&self) -> Option<Value> {
+        get_json(self.web_port, "/api/dashboard")
+    }
+
+    /// The offer ids the web stage delivered (persisted with its state), sorted.
+    pub fn delivered_offers(&self) -> Result<Vec<String>> {
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg("clickpulse:state:web:web-0")
+            .query(&mut self.redis()?)?;
+        let mut ids: Vec<String> = fields
+            .iter()
+            .filter_map(|f| f.strip_prefix("s:delivered/").map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Events each stage has consumed, from the web stage's stats: replay, enrich, detect
+    /// and aggregate (its clicks; it also counts the offers it reads).
+    pub fn stage_events(stats: &Value) -> [Option<u64>; 4] {
+        [
+            stats["stages"]["replay"]["events"].as_u64(),
+            stats["stages"]["enrich"]["events"].as_u64(),
+            stats["stages"]["detect"]["events"].as_u64(),
+            stats["stages"]["aggregate"]["details"]["events"].as_u64(),
+        ]
+    }
+
+    /// Waits until every stage consumed `events` records and the dashboard equals `expected`;
+    /// returns the stats. On timeout, the error names the last stats and the dashboard fields
+    /// that differ.
+    pub fn wait_until_done(
+        &self,
+        events: u64,
+        expected: &Value,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            let done = stats
+                .as_ref()
+                .is_some_and(|s| Cluster::stage_events(s).iter().all(|n| *n == Some(events)));
+            if done && self.dashboard().as_ref() == Some(expected) {
+                return Ok(stats.unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let mut detail = String::new();
+                if let (Some(snapshot), Some(fields)) = (self.dashboard(), expected.as_object()) {
+                    for (k, v) in fields {
+                        if snapshot.get(k) != Some(v) {
+                            detail.push_str(&format!(
+                                "dashboard field {k}: live {} != expected {v}\n",
+                                snapshot.get(k).unwrap_or(&Value::Null)
+                            ));
+                        }
+                    }
+                }
+                detail.push_str(&format!(
+                    "stats: {}",
+                    serde_json::to_string_pretty(&stats).unwrap_or_default()
+                ));
+                return Err(ClusterError::Failed {
+                    what: "the pipeline to finish with the expected dashboard".into(),
+                    detail,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The tail (40 lines) of every process's log.
+    pub fn log_tails(&self) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+        logs.sort();
+        let mut out = String::new();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("==== {} ====\n", log.display()));
+            for line in tail.iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Workers first: they would otherwise log connection errors while the services stop.
+        self.workers.clear();
+    }
+}
