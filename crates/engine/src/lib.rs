@@ -21,6 +21,8 @@
 pub mod click;
 pub mod codec;
 pub mod enrich;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lookups;
 pub mod metrics;
 pub mod operator;

@@ -23,6 +23,8 @@
 
 pub mod collector;
 mod dashboard;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod offers;
 mod patterns;
 pub mod static_files;

@@ -374,6 +374,10 @@ fn steps_to_edges<'a>(
             ));
         }
         let count = if last { s.repeat - 1 } else { s.repeat };
+        // Checked before the states are made: `repeat = 4000000000` must not allocate them.
+        if states.len() + count as usize > MAX_STATES {
+            return Err(src.error(step.span(), field, format!("more than {MAX_STATES} states")));
+        }
         let mut ids = Vec::new();
         for r in 0..count {
             let name = if r == 0 {
@@ -385,9 +389,6 @@ fn steps_to_edges<'a>(
             states.push(name);
         }
         step_states.push(ids);
-        if states.len() > MAX_STATES {
-            return Err(src.error(step.span(), field, format!("more than {MAX_STATES} states")));
-        }
     }
     let mut edges = Vec::new();
     let mut previous: StateId = INIT;

@@ -40,7 +40,8 @@ pub struct DeadLetter {
     pub position: u64,
     /// Why it was rejected.
     pub reason: String,
-    /// The start of the raw record (lossy UTF-8, at most [`DEAD_LETTER_RAW_BYTES`] bytes).
+    /// The start of the raw record: at most [`DEAD_LETTER_RAW_BYTES`] bytes of lossy UTF-8
+    /// (each invalid sequence shown as U+FFFD), cut at a character boundary.
     pub raw: String,
 }
 
@@ -50,14 +51,36 @@ pub const DEAD_LETTER_RAW_BYTES: usize = 512;
 impl DeadLetter {
     /// A dead letter for `raw` bytes at `position` of `source`.
     pub fn new(source: &str, position: u64, reason: impl Into<String>, raw: &[u8]) -> Self {
-        let raw = &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)];
         DeadLetter {
             source: source.to_owned(),
             position,
             reason: reason.into(),
-            raw: String::from_utf8_lossy(raw).into_owned(),
+            raw: lossy_prefix(raw, DEAD_LETTER_RAW_BYTES),
         }
     }
+}
+
+/// The longest prefix of `raw`, decoded lossily, that fits in `limit` bytes of UTF-8.
+///
+/// Cutting the bytes first would not do: each invalid byte becomes a 3-byte U+FFFD (so the text
+/// could triple), and a character cut in half would show as a spurious U+FFFD.
+fn lossy_prefix(raw: &[u8], limit: usize) -> String {
+    let mut out = String::with_capacity(raw.len().min(limit));
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if out.len() + c.len_utf8() > limit {
+                return out;
+            }
+            out.push(c);
+        }
+        if !chunk.invalid().is_empty() {
+            if out.len() + char::REPLACEMENT_CHARACTER.len_utf8() > limit {
+                return out;
+            }
+            out.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    out
 }
 
 /// An error that stops reading a source.
@@ -262,6 +285,22 @@ mod tests {
         assert_eq!(reader.format(), LogFormat::JsonLines);
         let records: Vec<_> = reader.map(Result::unwrap).collect();
         assert!(matches!(&records[..], [LogRecord::Click(c)] if c.visitor == "v1"));
+    }
+
+    #[test]
+    fn dead_letter_raw_text_stays_within_its_limit() {
+        let invalid = DeadLetter::new("x", 1, "bad", &[0xff; 600]);
+        assert_eq!(invalid.raw, "\u{fffd}".repeat(DEAD_LETTER_RAW_BYTES / 3));
+        let mut cut_char = vec![b'a'; DEAD_LETTER_RAW_BYTES - 1];
+        cut_char.extend_from_slice("é and more".as_bytes());
+        let cut = DeadLetter::new("x", 1, "bad", &cut_char);
+        assert_eq!(
+            cut.raw,
+            "a".repeat(DEAD_LETTER_RAW_BYTES - 1),
+            "no half character"
+        );
+        let short = DeadLetter::new("x", 1, "bad", b"ok\xffok");
+        assert_eq!(short.raw, "ok\u{fffd}ok");
     }
 
     #[test]

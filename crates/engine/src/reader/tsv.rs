@@ -8,7 +8,7 @@
 use std::io::BufRead;
 
 use super::{DeadLetter, Lines, LogRecord, ReaderError};
-use crate::click::Click;
+use crate::click::{Click, InvalidClick};
 
 /// The fewest columns a row may have (column 53 is the state).
 pub const MIN_COLUMNS: usize = 53;
@@ -72,6 +72,9 @@ enum RowError {
     TimeOutOfRange,
     EmptyVisitor,
     EmptyUrl,
+    /// The row parses but breaks a rule every click must meet (time beyond the year 9999, a
+    /// field over the length limit).
+    Invalid(InvalidClick),
 }
 
 impl RowError {
@@ -85,11 +88,12 @@ impl RowError {
             RowError::TimeOutOfRange => "time in column 1 is out of range".to_owned(),
             RowError::EmptyVisitor => "empty visitor id in column 14".to_owned(),
             RowError::EmptyUrl => "empty URL in column 13".to_owned(),
+            RowError::Invalid(e) => e.to_string(),
         }
     }
 }
 
-/// Parses one TSV row (without its line ending) into a click.
+/// Parses one TSV row (without its line ending) into a valid click.
 fn parse_row(row: &[u8]) -> Result<Click, RowError> {
     let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     let mut wanted: [&str; 8] = [""; 8];
@@ -135,7 +139,7 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
         let s = s.trim();
         (!s.is_empty()).then(|| s.to_owned())
     };
-    Ok(Click {
+    let click = Click {
         ts_ms,
         visitor: visitor.to_owned(),
         url: url.trim().to_owned(),
@@ -146,7 +150,10 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
         region: optional(state),
         gender: None,
         age: None,
-    })
+    };
+    // The same rules as the JSON-lines reader and the collector.
+    click.validate().map_err(RowError::Invalid)?;
+    Ok(click)
 }
 
 #[cfg(test)]
@@ -250,5 +257,27 @@ mod tests {
             ]
         );
         assert!(matches!(&records[4], LogRecord::Click(c) if c.visitor == "C"));
+    }
+
+    #[test]
+    fn rows_breaking_the_click_rules_become_dead_letters() {
+        let long_agent = row(53, "1330588819", "{A}").replace("Mozilla/5.0", &"M".repeat(5000));
+        let text = format!(
+            "{}\n{long_agent}\n{}\n",
+            row(53, "253402300800", "{A}"),
+            row(53, "253402300799", "{A}")
+        );
+        let records = read(text.as_bytes());
+        assert_eq!(
+            reasons(&records),
+            [
+                (1, "timestamp 253402300800000 ms is out of range".to_owned()),
+                (
+                    2,
+                    "field user_agent is 5065 bytes long, more than the limit of 4096".to_owned()
+                ),
+            ]
+        );
+        assert!(matches!(&records[2], LogRecord::Click(c) if c.ts_ms == 253_402_300_799_000));
     }
 }

@@ -1,0 +1,43 @@
+//! The harness shared by the `collector_json` fuzz target (`fuzz/fuzz_targets/`) and the
+//! regression test that replays its corpus under plain `cargo test`
+//! (`crates/server/tests/fuzz_regressions.rs`). Not part of the stable API.
+
+use clickpulse_engine::click::Click;
+
+use crate::collector::{MAX_BATCH, parse_body};
+
+/// The server time the harness stamps clicks with.
+pub const FUZZ_TS_MS: i64 = 1_330_588_819_000;
+/// The request IP the harness passes.
+pub const FUZZ_IP: &str = "192.0.2.1";
+/// The request user agent the harness passes.
+pub const FUZZ_USER_AGENT: &str = "fuzz-agent";
+
+/// Parses `data` as a `POST /collect` body, checking that an accepted body holds 1 to
+/// [`MAX_BATCH`] valid clicks stamped with the server's time, and that a rejected one gets a
+/// reason (the 400 answer's `error`).
+pub fn fuzz_collector_body(data: &[u8]) -> Result<Vec<Click>, String> {
+    let result = parse_body(data, FUZZ_TS_MS, FUZZ_IP, FUZZ_USER_AGENT);
+    match &result {
+        Ok(clicks) => {
+            assert!(
+                (1..=MAX_BATCH).contains(&clicks.len()),
+                "{} clicks accepted",
+                clicks.len()
+            );
+            for click in clicks {
+                if let Err(e) = click.validate() {
+                    panic!("an invalid click was accepted ({e}): {click:?}");
+                }
+                assert_eq!(click.ts_ms, FUZZ_TS_MS, "the server stamps the time");
+                assert_eq!(
+                    click.visitor,
+                    click.visitor.trim(),
+                    "the visitor is trimmed"
+                );
+            }
+        }
+        Err(reason) => assert!(!reason.is_empty(), "a rejected body gets a reason"),
+    }
+    result
+}

@@ -1,0 +1,115 @@
+//! Replays the `collector_json` fuzz corpus under plain `cargo test` (no cargo-fuzz, stable
+//! toolchain): every file of `fuzz/corpus/collector_json/` (the seeds) and
+//! `fuzz/regressions/collector_json/` (inputs that crashed or misbehaved once) goes through the
+//! harness the fuzz target calls (`clickpulse_server::fuzzing`), which panics on a violated
+//! invariant; then specific outcomes are checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use clickpulse_server::fuzzing::{FUZZ_IP, FUZZ_USER_AGENT, fuzz_collector_body};
+
+/// Every file of `fuzz/<kind>/collector_json/`, by name.
+fn inputs(kind: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz")
+        .join(kind)
+        .join("collector_json");
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let files: BTreeMap<String, Vec<u8>> = entries
+        .map(|entry| {
+            let path = entry.expect("directory entry").path();
+            let name = path.file_name().expect("a file name");
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            (name.to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    assert!(!files.is_empty(), "{} is empty", dir.display());
+    files
+}
+
+/// What the collector answers for the named file: the clicks, or the 400's error.
+fn outcome(files: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<usize, String> {
+    let bytes = files
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is missing"));
+    fuzz_collector_body(bytes).map(|clicks| clicks.len())
+}
+
+#[test]
+fn collector_corpus_parses_without_panics() {
+    let corpus = inputs("corpus");
+    for bytes in corpus.values().chain(inputs("regressions").values()) {
+        let _ = fuzz_collector_body(bytes);
+    }
+    assert_eq!(outcome(&corpus, "batch-of-two.json"), Ok(2));
+    assert_eq!(outcome(&corpus, "escaped-strings.json"), Ok(1));
+    let one = fuzz_collector_body(&corpus["one-click-all-fields.json"]).expect("a valid click");
+    assert_eq!(
+        (one[0].ip.as_str(), one[0].user_agent.as_str()),
+        ("9.9.9.9", "Mozilla/5.0")
+    );
+    let defaults = fuzz_collector_body(&corpus["batch-of-two.json"]).expect("a valid batch");
+    assert_eq!(
+        (defaults[0].ip.as_str(), defaults[0].user_agent.as_str()),
+        (FUZZ_IP, FUZZ_USER_AGENT)
+    );
+    for (name, reason) in [
+        ("missing-visitor.json", "missing field `visitor`"),
+        ("empty-visitor.json", "click 0: empty visitor id"),
+        ("bad-gender.json", "click 0: unknown variant `X`"),
+        ("unknown-field.json", "unknown field `shoe_size`"),
+        ("empty-array.json", "no clicks in the body"),
+        ("not-json.txt", "body is not JSON"),
+        ("not-utf8.bin", "body is not UTF-8"),
+        ("age-out-of-range.json", "click 0: age 131 is out of range"),
+        (
+            "nested-arrays.json",
+            "click 0: invalid type: map, expected a string",
+        ),
+    ] {
+        let error = outcome(&corpus, name).expect_err(name);
+        assert!(error.contains(reason), "{name}: {error}");
+    }
+}
+
+#[test]
+fn collector_regressions_have_their_outcome() {
+    let files = inputs("regressions");
+    let mut unchecked: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+    let mut rejected = |name: &'static str, reason: &str| {
+        unchecked.remove(name);
+        let error = outcome(&files, name).expect_err(name);
+        assert!(error.contains(reason), "{name}: {error}");
+    };
+    rejected(
+        "nesting-10000-deep.json",
+        "body is not JSON: recursion limit",
+    );
+    rejected(
+        "batch-of-501.json",
+        "501 clicks in one request; at most 500",
+    );
+    rejected(
+        "url-over-4096-bytes.json",
+        "click 0: field url is 5000 bytes long",
+    );
+    rejected("age-larger-than-u32.json", "click 0: invalid value");
+    rejected("lone-surrogate-escape.json", "body is not JSON");
+    let mut accepted = |name: &'static str| {
+        unchecked.remove(name);
+        fuzz_collector_body(&files[name]).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert_eq!(
+        accepted("visitor-padded-with-whitespace.json")[0].visitor,
+        "v"
+    );
+    // The body is parsed as a JSON value first, so a repeated key keeps its last value.
+    assert_eq!(accepted("duplicate-field.json")[0].visitor, "b");
+    assert!(
+        unchecked.is_empty(),
+        "give these regressions an expected outcome: {unchecked:?}"
+    );
+}
