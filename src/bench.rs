@@ -19,6 +19,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         BenchCommand::Patterns { visitors } => patterns(visitors),
         BenchCommand::Windows { visitors, events } => windows(visitors, events),
         BenchCommand::Backtest { logs, runs } => backtest(&logs, runs),
+        BenchCommand::Collector(args) => crate::bench_collector::run(args),
     }
 }
 

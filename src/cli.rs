@@ -239,6 +239,11 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// `POST /collect` under sustained load from N keep-alive connections for a bounded time.
+    /// Without `--url` it serves an embedded collector (HTTP server + collector stage writing
+    /// `click-data`) on a free loopback port over a temporary data dir, and afterwards counts
+    /// the events in `click-data`: every accepted event must be there.
+    Collector(CollectorBenchArgs),
     /// Dashboard aggregation throughput and window state for many distinct visitors.
     Windows {
         /// Distinct visitors (all active within 30 minutes).
@@ -248,6 +253,37 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 2_000_000)]
         events: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectorBenchArgs {
+    /// How long to send load (e.g. `10s`, `500ms`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: std::time::Duration,
+    /// Concurrent keep-alive connections, each sending one request at a time.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) connections: usize,
+    /// Clicks per request (1 to 500).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) batch: usize,
+    /// Load a running server instead (`http://HOST:PORT`); the topic cannot be counted then.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// Drive the embedded collector beyond capacity: its queue holds only two requests'
+    /// clicks, so most requests are answered 503 with Retry-After (and none accepted is lost).
+    #[arg(long, conflicts_with = "url")]
+    pub(crate) overload: bool,
+    /// The embedded collector's queue, in clicks (as `demo --collector-queue`).
+    #[arg(
+        long,
+        default_value_t = 20_000,
+        value_name = "CLICKS",
+        conflicts_with = "url"
+    )]
+    pub(crate) collector_queue: usize,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,10 @@ use crate::{bundled, inputs};
 /// longest window (16 half-hours) is full from the start.
 pub(crate) const WARMUP_MS: i64 = 8 * 3_600_000;
 
+/// Most requests' batches waiting for the collector stage (each also counts against
+/// `--collector-queue` clicks).
+pub(crate) const COLLECTOR_BATCHES: usize = 4_096;
+
 /// The topics of the embedded pipeline and their partition counts.
 pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
     vec![
@@ -214,7 +218,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_operator(&store, web, &m, &shutdown, &config)),
         )?;
     }
-    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(4_096);
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);
     {
         let (store, shutdown, config, m) = (
             store.clone(),
@@ -227,11 +231,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_collector(&store, &queue_rx, &m, &shutdown, &config)),
         )?;
     }
-    let sink = Arc::new(QueueSink {
-        queue: queue_tx,
-        in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        max_in_flight: args.collector_queue,
-    });
+    let sink = Arc::new(QueueSink::new(queue_tx, args.collector_queue));
     let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
@@ -511,10 +511,24 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
 
 /// Feeds `POST /collect` into the collector stage through a queue bounded in clicks: when it is
 /// full the collector answers 503 instead of buffering without limit.
-struct QueueSink {
+pub(crate) struct QueueSink {
     queue: std::sync::mpsc::SyncSender<CollectedBatch>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     max_in_flight: usize,
+}
+
+impl QueueSink {
+    /// A sink into `queue` holding at most `max_in_flight` clicks not yet durable.
+    pub(crate) fn new(
+        queue: std::sync::mpsc::SyncSender<CollectedBatch>,
+        max_in_flight: usize,
+    ) -> Self {
+        QueueSink {
+            queue,
+            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_in_flight,
+        }
+    }
 }
 
 impl ClickSink for QueueSink {

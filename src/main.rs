@@ -9,7 +9,7 @@
 //! - `inputs`: reading logs and lookups from files or the bundled copies.
 //! - `generate`: scale-test logs with the real log's statistics.
 //! - `demo`: the embedded live pipeline with its HTTP server.
-//! - `bench`: benchmarks that print figures.
+//! - `bench`: benchmarks that print figures; `bench_collector`: the HTTP load generator.
 //! - `backtest`: the same operators over whole logs, as fast as possible.
 //! - `lookups_cmd`: `clickpulse lookups load`.
 //! - `patterns_cmd`: `clickpulse patterns check`.
@@ -19,6 +19,7 @@
 
 mod backtest;
 mod bench;
+mod bench_collector;
 mod bundled;
 mod chaos;
 mod cli;

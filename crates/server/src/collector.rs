@@ -21,8 +21,9 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use clickpulse_engine::click::{Click, Gender};
 use clickpulse_engine::replay::EventClock;
@@ -135,7 +136,7 @@ pub(crate) async fn collect(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let Some(collector) = &state.collector else {
         return Err(AppError::NotFound(
@@ -143,14 +144,23 @@ pub(crate) async fn collect(
         ));
     };
     let metrics = state.metrics.stage("collector");
-    if body.len() > MAX_BODY_BYTES {
-        metrics.error();
-        return Ok((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": format!("body over {MAX_BODY_BYTES} bytes")})),
-        )
-            .into_response());
-    }
+    let body = match body {
+        Ok(body) if body.len() <= MAX_BODY_BYTES => body,
+        Ok(_) => {
+            metrics.error();
+            return Err(AppError::TooLarge(format!(
+                "body over {MAX_BODY_BYTES} bytes (the limit)"
+            )));
+        }
+        Err(rejection) => {
+            metrics.error();
+            return Err(crate::limits::body_error(
+                rejection.status(),
+                &rejection,
+                MAX_BODY_BYTES,
+            ));
+        }
+    };
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -166,17 +176,7 @@ pub(crate) async fn collect(
         }
     };
     let n = clicks.len();
-    let unavailable = |reason: &str| {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": reason})),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
-    };
+    let unavailable = crate::limits::busy;
     let Ok(durable) = collector.sink.offer(clicks) else {
         metrics.error();
         return Ok(unavailable("the pipeline is at capacity; retry shortly"));

@@ -20,11 +20,15 @@
 //! - `POST /collect`: live page views ([`collector`]); `GET /clickpulse.js`: the snippet.
 //! - `POST /api/identity`, `GET /api/offers/stream?visitor=&token=`: offer delivery ([`offers`]).
 //! - `/`, `/pipeline`, `/shop`, `/shop/product/{id}`: the pages ([`static_files`]).
+//!
+//! Every route is bounded in body size, body time and concurrency, and the server loop bounds
+//! request heads and connections: see [`limits`].
 
 pub mod collector;
 mod dashboard;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod offers;
 mod patterns;
 pub mod static_files;
@@ -95,6 +99,12 @@ pub enum AppError {
     /// Nothing here.
     #[error("{0}")]
     NotFound(String),
+    /// The body is over the size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body did not arrive in time.
+    #[error("{0}")]
+    Timeout(String),
     /// Something failed inside; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -106,6 +116,8 @@ impl IntoResponse for AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::Internal(detail) => {
                 tracing::error!(detail = %detail, "Request failed.");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -115,8 +127,13 @@ impl IntoResponse for AppError {
     }
 }
 
-/// The router.
+/// The router, with the default [`limits::ServerLimits`].
 pub fn app(state: AppState) -> Router {
+    app_with(state, &limits::ServerLimits::default())
+}
+
+/// The router, with the request limits of `limits`.
+pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
     let cors = cors_layer(&state.cors_origins);
     let collect = Router::new()
         .route("/collect", axum::routing::post(collector::collect))
@@ -124,7 +141,7 @@ pub fn app(state: AppState) -> Router {
             collector::MAX_BODY_BYTES,
         ))
         .layer(cors);
-    Router::new()
+    let router = Router::new()
         .merge(collect)
         .route("/", get(static_files::dashboard))
         .route("/pipeline", get(static_files::pipeline))
@@ -147,7 +164,13 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/dashboard", get(dashboard::snapshot))
         .route("/api/dashboard/stream", get(dashboard::stream))
-        .with_state(state)
+        .fallback(not_found)
+        .with_state(state);
+    limits::apply(router, limits)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such endpoint".to_owned())
 }
 
 fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
@@ -199,18 +222,14 @@ fn require_admin(state: &AppState, headers: &axum::http::HeaderMap) -> Result<()
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` with the default [`limits::ServerLimits`] until `shutdown`
+/// completes (see [`limits::serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    limits::serve_with(listener, router, shutdown, &limits::ServerLimits::default()).await
 }
 
 #[cfg(test)]

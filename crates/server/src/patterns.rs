@@ -64,9 +64,16 @@ pub(crate) async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: String,
+    body: Result<String, axum::extract::rejection::StringRejection>,
 ) -> Result<Json<Value>, AppError> {
     require_admin(&state, &headers)?;
+    let body = body.map_err(|rejection| {
+        crate::limits::body_error(
+            rejection.status(),
+            &rejection,
+            crate::limits::MAX_BODY_BYTES,
+        )
+    })?;
     let admin = admin(&state)?.clone();
     let (set, version) = tokio::task::spawn_blocking(move || {
         let set = admin.dir.write(&name, &body)?;

@@ -1,0 +1,375 @@
+//! `clickpulse bench collector`: `POST /collect` under sustained load, loopback only and
+//! bounded in time.
+//!
+//! Each of `--connections` tasks holds one HTTP/1.1 keep-alive connection (hyper's client, the
+//! server's own HTTP stack) and sends `--batch` clicks per request, one request at a time, until
+//! `--duration` has passed; the requests under way then finish. Every answer is counted by
+//! status. A `503` must carry `Retry-After`; the task then waits [`BACKOFF`] (not the full
+//! second, to keep the pressure on) and sends again.
+//!
+//! Without `--url` the server is embedded: the real router and server loop
+//! ([`clickpulse_server::app`], [`clickpulse_server::serve`]) with the collector stage writing
+//! the durable `click-data` topic of a temporary data dir (the rest of the pipeline does not
+//! run, so the figures are the collector's). Once the load has stopped, the server and the
+//! stage are shut down, the data dir is reopened from disk and its `click-data` records are
+//! counted: they must equal the events the server accepted with `202`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clickpulse_connectors::embedded::EmbeddedStore;
+use clickpulse_connectors::embedded::runner::{CollectedBatch, RunnerConfig, run_collector};
+use clickpulse_engine::metrics::PipelineMetrics;
+use clickpulse_engine::replay::EventClock;
+use clickpulse_engine::topics;
+use clickpulse_server::AppState;
+use clickpulse_server::collector::{Collector, MAX_BATCH};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::cli::CollectorBenchArgs;
+use crate::demo::{COLLECTOR_BATCHES, QueueSink, topic_layout};
+
+/// How long a connection waits after a `503` before sending again.
+const BACKOFF: Duration = Duration::from_millis(20);
+
+/// What the load generator saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    accepted_requests: u64,
+    accepted_events: u64,
+    client_errors: u64,
+    unavailable: u64,
+    unavailable_without_retry_after: u64,
+    server_errors: u64,
+    transport_errors: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.requests += o.requests;
+        self.accepted_requests += o.accepted_requests;
+        self.accepted_events += o.accepted_events;
+        self.client_errors += o.client_errors;
+        self.unavailable += o.unavailable;
+        self.unavailable_without_retry_after += o.unavailable_without_retry_after;
+        self.server_errors += o.server_errors;
+        self.transport_errors += o.transport_errors;
+    }
+}
+
+pub(crate) fn run(args: CollectorBenchArgs) -> Result<ExitCode> {
+    if args.batch == 0 || args.batch > MAX_BATCH || args.connections == 0 {
+        bail!("--batch must be 1 to {MAX_BATCH} and --connections at least 1");
+    }
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (tally, elapsed, in_topic) = match &args.url {
+        Some(url) => {
+            let addr = resolve(url)?;
+            let (tally, elapsed) = client.block_on(load(addr, &args));
+            (tally, elapsed, None)
+        }
+        None => {
+            let queue = if args.overload {
+                2 * args.batch
+            } else {
+                args.collector_queue
+            };
+            let (tally, elapsed, in_topic) =
+                embedded(queue, |addr| client.block_on(load(addr, &args)))?;
+            (tally, elapsed, Some(in_topic))
+        }
+    };
+    report(&args, &tally, elapsed, in_topic)
+}
+
+fn resolve(url: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("only http:// URLs are supported");
+    }
+    let host = uri.host().context("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {host}"))
+}
+
+/// Serves an embedded collector over a temporary data dir on a loopback port while `drive`
+/// runs, then stops it and counts `click-data` on disk.
+fn embedded<T>(
+    collector_queue: usize,
+    drive: impl FnOnce(SocketAddr) -> (T, Duration),
+) -> Result<(T, Duration, u64)> {
+    let dir = TempDir::new()?;
+    let store = Arc::new(EmbeddedStore::open(&dir.0, &topic_layout(4))?);
+    let metrics = Arc::new(PipelineMetrics::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);
+    let stage = {
+        let (store, shutdown, m) = (store.clone(), shutdown.clone(), metrics.stage("collector"));
+        std::thread::Builder::new()
+            .name("collector".into())
+            .spawn(move || {
+                run_collector(&store, &queue_rx, &m, &shutdown, &RunnerConfig::default())
+            })?
+    };
+    let mut state = AppState::new(metrics, "embedded");
+    state.collector = Some(Collector {
+        sink: Arc::new(QueueSink::new(queue_tx, collector_queue)),
+        clock: Arc::new(EventClock::default()),
+    });
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = server.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.spawn(clickpulse_server::serve(
+        listener,
+        clickpulse_server::app(state),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (outcome, elapsed) = drive(addr);
+    let _ = stop.send(());
+    server.block_on(serving)??;
+    drop(server);
+    shutdown.store(true, Ordering::SeqCst);
+    stage
+        .join()
+        .map_err(|_| anyhow::anyhow!("the collector stage panicked"))??;
+    drop(store);
+    // Count what is durable, from disk.
+    let store = EmbeddedStore::open(&dir.0, &[])?;
+    let in_topic = store.topic_summary_on_disk()?[topics::CLICK_DATA]["records"]
+        .as_u64()
+        .context("no click-data topic in the data dir")?;
+    Ok((outcome, elapsed, in_topic))
+}
+
+/// A data dir under the system's temporary directory, deleted when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "clickpulse-bench-collector-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the connections until the duration has passed; returns the tally and the time from
+/// the first request to the last answer.
+async fn load(addr: SocketAddr, args: &CollectorBenchArgs) -> (Tally, Duration) {
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| tokio::spawn(connection(addr, c, args.batch, deadline)))
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        match task.await {
+            Ok(t) => tally.add(&t),
+            Err(_) => tally.transport_errors += 1,
+        }
+    }
+    (tally, started.elapsed())
+}
+
+/// The body one connection sends: `batch` product views of visitors of its own.
+fn body(connection: usize, batch: usize) -> Bytes {
+    let clicks: Vec<_> = (0..batch)
+        .map(|i| {
+            json!({
+                "visitor": format!("bench-{connection}-{i}"),
+                "url": "http://127.0.0.1/shop/product/VD55177927",
+                "user_agent": "clickpulse-bench",
+                "gender": "F",
+                "age": 30,
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&clicks).expect("clicks serialize"))
+}
+
+async fn connection(addr: SocketAddr, index: usize, batch: usize, deadline: Instant) -> Tally {
+    let body = body(index, batch);
+    let host = addr.to_string();
+    let mut tally = Tally::default();
+    let mut sender = None;
+    while Instant::now() < deadline {
+        if sender.is_none() {
+            sender = connect(addr).await;
+            if sender.is_none() {
+                tally.transport_errors += 1;
+                tokio::time::sleep(BACKOFF).await;
+                continue;
+            }
+        }
+        let s = sender.as_mut().expect("connected");
+        let request = hyper::Request::post("/collect")
+            .header(header::HOST, &host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .expect("valid request");
+        let response = match s.send_request(request).await {
+            Ok(r) => r,
+            Err(_) => {
+                tally.transport_errors += 1;
+                sender = None;
+                continue;
+            }
+        };
+        tally.requests += 1;
+        let status = response.status();
+        let retry_after = response.headers().contains_key(header::RETRY_AFTER);
+        let bytes = match response.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                tally.transport_errors += 1;
+                sender = None;
+                continue;
+            }
+        };
+        match status.as_u16() {
+            202 => {
+                tally.accepted_requests += 1;
+                tally.accepted_events += serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["accepted"].as_u64())
+                    .unwrap_or(0);
+            }
+            503 => {
+                tally.unavailable += 1;
+                if !retry_after {
+                    tally.unavailable_without_retry_after += 1;
+                }
+                tokio::time::sleep(BACKOFF).await;
+            }
+            400..=499 => tally.client_errors += 1,
+            _ => tally.server_errors += 1,
+        }
+    }
+    tally
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Option<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// Prints the figures; fails on any 5xx but 503, a 503 without `Retry-After`, any 4xx (the
+/// requests are valid), or an accepted event missing from `click-data`.
+fn report(
+    args: &CollectorBenchArgs,
+    t: &Tally,
+    elapsed: Duration,
+    in_topic: Option<u64>,
+) -> Result<ExitCode> {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rps = t.requests as f64 / secs;
+    let accepted_rps = t.accepted_requests as f64 / secs;
+    let eps = t.accepted_events as f64 / secs;
+    let lost = in_topic.map(|n| t.accepted_events.saturating_sub(n));
+    let ok = t.server_errors == 0
+        && t.unavailable_without_retry_after == 0
+        && t.client_errors == 0
+        && lost.unwrap_or(0) == 0;
+    if args.json {
+        let summary = json!({
+            "url": args.url,
+            "overload": args.overload,
+            "connections": args.connections,
+            "batch": args.batch,
+            "seconds": secs,
+            "requests": t.requests,
+            "requests_per_second": rps,
+            "accepted_requests": t.accepted_requests,
+            "accepted_requests_per_second": accepted_rps,
+            "accepted_events": t.accepted_events,
+            "events_per_second": eps,
+            "client_errors": t.client_errors,
+            "unavailable": t.unavailable,
+            "unavailable_without_retry_after": t.unavailable_without_retry_after,
+            "server_errors": t.server_errors,
+            "transport_errors": t.transport_errors,
+            "events_in_click_data": in_topic,
+            "ok": ok,
+        });
+        println!("{summary}");
+    } else {
+        let topic = match in_topic {
+            Some(n) if n == t.accepted_events => format!("{n} (equal)"),
+            Some(n) if n > t.accepted_events => format!(
+                "{n} ({} more: stored after their request timed out with 503)",
+                n - t.accepted_events
+            ),
+            Some(n) => format!("{n} ({} LOST)", t.accepted_events - n),
+            None => "not counted (--url)".to_owned(),
+        };
+        println!(
+            "{} connections x {} clicks per request for {:.1} s{}",
+            args.connections,
+            args.batch,
+            secs,
+            if args.overload { " (overload)" } else { "" }
+        );
+        println!(
+            "  {:.0} requests/s answered, {accepted_rps:.0} accepted/s, {eps:.0} events/s accepted",
+            rps
+        );
+        println!(
+            "  503 {} ({} without Retry-After), other 5xx {}, 4xx {}, transport errors {}",
+            t.unavailable,
+            t.unavailable_without_retry_after,
+            t.server_errors,
+            t.client_errors,
+            t.transport_errors
+        );
+        println!(
+            "bench collector: {accepted_rps:.0} req/s, {} events accepted, {} 5xx, {} 503, events in click-data {topic}",
+            t.accepted_events, t.server_errors, t.unavailable
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
