@@ -17,6 +17,7 @@ use clickpulse_connectors::embedded::runner::{
     run_replay,
 };
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
+use clickpulse_engine::DeadLetter;
 use clickpulse_engine::click::Click;
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
@@ -532,8 +533,12 @@ impl QueueSink {
 }
 
 impl ClickSink for QueueSink {
-    fn offer(&self, clicks: Vec<Click>) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
-        let n = clicks.len();
+    fn offer(
+        &self,
+        clicks: Vec<Click>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
+        let n = clicks.len() + dead_letters.len();
         let before = self.in_flight.fetch_add(n, Ordering::SeqCst);
         if before + n > self.max_in_flight {
             self.in_flight.fetch_sub(n, Ordering::SeqCst);
@@ -543,6 +548,7 @@ impl ClickSink for QueueSink {
         let in_flight = self.in_flight.clone();
         let batch = CollectedBatch {
             clicks,
+            dead_letters,
             ack: Box::new(move |outcome| {
                 in_flight.fetch_sub(n, Ordering::SeqCst);
                 let _ = tx.send(outcome);

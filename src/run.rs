@@ -22,6 +22,7 @@ use clickpulse_connectors::distributed::runner::{Placement, WorkerContext, run_s
 use clickpulse_connectors::distributed::store::{RedisLookups, RedisStore};
 use clickpulse_connectors::distributed::{DistributedError, KafkaConfig, RedisConfig};
 use clickpulse_connectors::embedded::runner::ReplayOptions;
+use clickpulse_engine::DeadLetter;
 use clickpulse_engine::click::Click;
 use clickpulse_engine::codec;
 use clickpulse_engine::enrich::EnrichOperator;
@@ -429,6 +430,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: config.web.collector_queue,
             accepted: Arc::new(AtomicUsize::new(0)),
+            dead_letters: Arc::new(AtomicUsize::new(0)),
             stage: metrics.stage("collector"),
         });
         state.collector = Some(Collector {
@@ -675,11 +677,17 @@ struct KafkaSink {
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
     accepted: Arc<AtomicUsize>,
+    /// Rejected clicks published to the dead-letter topic.
+    dead_letters: Arc<AtomicUsize>,
     stage: Arc<clickpulse_engine::metrics::StageMetrics>,
 }
 
 impl ClickSink for KafkaSink {
-    fn offer(&self, clicks: Vec<Click>) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
+    fn offer(
+        &self,
+        clicks: Vec<Click>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
         let n = clicks.len();
         if self.in_flight.fetch_add(n, Ordering::SeqCst) + n > self.max_in_flight {
             self.in_flight.fetch_sub(n, Ordering::SeqCst);
@@ -687,27 +695,44 @@ impl ClickSink for KafkaSink {
         }
         let (tx, rx) = oneshot::channel();
         let (in_flight, accepted) = (self.in_flight.clone(), self.accepted.clone());
+        let (rejected, letters) = (self.dead_letters.clone(), dead_letters.len());
         let acks = Acks::with_callback(move |outcome| {
             in_flight.fetch_sub(n, Ordering::SeqCst);
             if outcome.is_ok() {
                 accepted.fetch_add(n, Ordering::SeqCst);
+                rejected.fetch_add(letters, Ordering::SeqCst);
             }
             let _ = tx.send(outcome);
         });
-        for click in &clicks {
-            let value = codec::encode(click);
-            let partition = topics::partition_for(&click.visitor, self.kafka.partitions);
+        let publish = |topic: &str, partitions: u32, key: &str, value: &[u8], what: &str| {
             let record = OutRecord {
-                topic: &self.kafka.topics.click_data,
-                partition: partition as i32,
-                key: &click.visitor,
-                value: &value,
+                topic,
+                partition: topics::partition_for(key, partitions) as i32,
+                key,
+                value,
                 lineage: None,
             };
             if let Err(error) = self.producer.send(&record, &acks) {
                 self.stage.error();
-                warn!(%error, "Cannot publish a live click.");
+                warn!(%error, what, "Cannot publish a collected record.");
             }
+        };
+        for click in &clicks {
+            let value = codec::encode(click);
+            let topic = &self.kafka.topics.click_data;
+            publish(
+                topic,
+                self.kafka.partitions,
+                &click.visitor,
+                &value,
+                "click",
+            );
+        }
+        for letter in &dead_letters {
+            let value = codec::encode(letter);
+            let topic = &self.kafka.topics.dead_letters;
+            let partitions = self.kafka.dead_letter_partitions;
+            publish(topic, partitions, &letter.source, &value, "dead letter");
         }
         acks.seal();
         Ok(rx)
@@ -735,7 +760,7 @@ fn follow_clock(
         let accepted = sink.accepted.load(Ordering::SeqCst) as u64;
         sink.stage.record(
             accepted,
-            0,
+            sink.dead_letters.load(Ordering::SeqCst) as u64,
             json!({"accepted": accepted, "in_flight": sink.in_flight.load(Ordering::SeqCst)}),
         );
         if let Err(error) = store.publish_metrics("collector", worker, &sink.stage.snapshot()) {

@@ -169,3 +169,83 @@ fn collector_rejects_bad_input_and_sheds_load_with_retry_after() {
     );
     assert_eq!((status, body["accepted"].as_u64()), (202, Some(2)));
 }
+
+#[test]
+fn a_bad_click_in_a_batch_is_dead_lettered_and_its_neighbours_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let mut demo = Demo::start(dir, &["--speed", "1"]);
+    let batch = json!([
+        {"visitor": "dl-good-1", "url": "http://www.acme.com/SH55126545/VD55177927"},
+        {"visitor": "", "url": "http://www.acme.com/"},
+        {"visitor": "dl-good-2", "url": "http://www.acme.com/", "gender": "X"},
+        {"visitor": "dl-good-3", "url": "http://www.acme.com/"}
+    ]);
+    let (status, body, _) = post(demo.port, "/collect", &batch.to_string());
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 2);
+    let rejected: Vec<u64> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, [1, 2], "{body}");
+    assert!(
+        body["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("empty visitor id")
+    );
+    // A request with only bad clicks is refused, and its clicks are dead-lettered too.
+    let (status, body, _) = post(demo.port, "/collect", r#"[{"visitor":"x"}]"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("click 0: missing field `url`")
+    );
+    let port = demo.port;
+    wait_for(Duration::from_secs(10), "the dead-letter counter", || {
+        let stats = get_json(port, "/api/stats")?;
+        (stats["stages"]["collector"]["dead_letters"].as_u64()? == 3).then_some(())
+    });
+    // SIGTERM, then read the topics from the data dir.
+    std::process::Command::new("kill")
+        .args(["-TERM", &demo.child.id().to_string()])
+        .status()
+        .unwrap();
+    demo.child.wait().unwrap();
+    let out = run_ok(&["topics", "dump", "dead-letters", "--data-dir", dir]);
+    let letters: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &Value| l["source"] == "collector")
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let mut positions: Vec<u64> = letters
+        .iter()
+        .map(|l| l["position"].as_u64().unwrap())
+        .collect();
+    positions.sort();
+    assert_eq!(positions, [0, 1, 2]);
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["raw"].as_str().unwrap().contains("\"gender\":\"X\""))
+    );
+    let out = run_ok(&[
+        "topics",
+        "dump",
+        "click-data",
+        "--data-dir",
+        dir,
+        "--limit",
+        "1000000",
+    ]);
+    let clicks = String::from_utf8(out.stdout).unwrap();
+    assert!(clicks.contains("dl-good-1") && clicks.contains("dl-good-3"));
+    assert!(!clicks.contains("dl-good-2"));
+}

@@ -11,7 +11,9 @@
 //! `visitor` and `url` are required; `user_agent`, `ip`, `country`, `city`, `region`, `gender`
 //! (M/F/U) and `age` are optional (the user agent and IP default to the request's). The time is
 //! stamped by the server with the pipeline's event-time clock (a client's `ts_ms` is ignored:
-//! browser clocks cannot be trusted). Answers: `202 {"accepted": n}`; `400 {"error"}` naming the
+//! browser clocks cannot be trusted). Answers: `202 {"accepted": n}` (plus
+//! `"rejected": [{"index", "error"}]` for invalid clicks of a batch: the valid ones are kept, the
+//! others go to the `dead-letters` topic with their reason); `400 {"error"}` naming the
 //! first bad click; `413` over the size limit; `503` with `Retry-After` when the pipeline cannot
 //! take more — nothing is buffered without bound.
 
@@ -25,6 +27,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use clickpulse_engine::DeadLetter;
 use clickpulse_engine::click::{Click, Gender};
 use clickpulse_engine::replay::EventClock;
 use serde::Deserialize;
@@ -38,12 +41,20 @@ pub const MAX_BATCH: usize = 500;
 /// The largest accepted body, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// Where accepted clicks go (the `click-data` topic, through a bounded queue).
+/// Where accepted clicks go (the `click-data` topic, through a bounded queue), and rejected
+/// ones (the `dead-letters` topic).
 pub trait ClickSink: Send + Sync {
-    /// Queues clicks for publication; `Err` when the queue is full (nothing was queued). The
-    /// receiver resolves once the clicks are durable in `click-data` (or failed to be).
-    fn offer(&self, clicks: Vec<Click>) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull>;
+    /// Queues clicks and dead letters for publication; `Err` when the queue is full (nothing was
+    /// queued). The receiver resolves once all of them are durable (or failed to be).
+    fn offer(
+        &self,
+        clicks: Vec<Click>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull>;
 }
+
+/// The source name of the collector's dead letters.
+pub const DEAD_LETTER_SOURCE: &str = "collector";
 
 /// How long a request waits for its clicks to become durable before answering 503.
 const DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -85,13 +96,36 @@ struct CollectedClick {
     age: Option<u32>,
 }
 
-/// Parses and validates a request body into clicks stamped at `ts_ms`.
+/// A click of a request that was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its index in the request's batch.
+    pub index: usize,
+    /// Why (`click 3: missing field `url``).
+    pub reason: String,
+    /// The click as sent (JSON).
+    pub raw: String,
+}
+
+/// A request body read into valid clicks and rejected ones: a bad click never costs its
+/// neighbours their place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedBody {
+    /// The valid clicks, stamped with the server's time.
+    pub clicks: Vec<Click>,
+    /// The others, with their reasons.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Parses and validates a request body into clicks stamped at `ts_ms`. A body that is not a
+/// JSON click or batch of 1 to [`MAX_BATCH`] clicks is an `Err` (the whole request is refused);
+/// invalid clicks inside a batch are [`Rejected`] one by one.
 pub fn parse_body(
     bytes: &[u8],
     ts_ms: i64,
     ip: &str,
     user_agent: &str,
-) -> Result<Vec<Click>, String> {
+) -> Result<ParsedBody, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("body is not UTF-8: {e}"))?;
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("body is not JSON: {e}"))?;
@@ -108,28 +142,42 @@ pub fn parse_body(
             items.len()
         ));
     }
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let c: CollectedClick =
-                serde_json::from_value(item).map_err(|e| format!("click {i}: {e}"))?;
-            let click = Click {
-                ts_ms,
-                visitor: c.visitor.trim().to_owned(),
-                url: c.url,
-                ip: c.ip.unwrap_or_else(|| ip.to_owned()),
-                user_agent: c.user_agent.unwrap_or_else(|| user_agent.to_owned()),
-                city: c.city,
-                country: c.country,
-                region: c.region,
-                gender: c.gender,
-                age: c.age,
-            };
-            click.validate().map_err(|e| format!("click {i}: {e}"))?;
-            Ok(click)
-        })
-        .collect()
+    let mut parsed = ParsedBody::default();
+    for (i, item) in items.into_iter().enumerate() {
+        let raw = item.to_string();
+        match parse_click(item, ts_ms, ip, user_agent) {
+            Ok(click) => parsed.clicks.push(click),
+            Err(e) => parsed.rejected.push(Rejected {
+                index: i,
+                reason: format!("click {i}: {e}"),
+                raw,
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_click(
+    item: serde_json::Value,
+    ts_ms: i64,
+    ip: &str,
+    user_agent: &str,
+) -> Result<Click, String> {
+    let c: CollectedClick = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let click = Click {
+        ts_ms,
+        visitor: c.visitor.trim().to_owned(),
+        url: c.url,
+        ip: c.ip.unwrap_or_else(|| ip.to_owned()),
+        user_agent: c.user_agent.unwrap_or_else(|| user_agent.to_owned()),
+        city: c.city,
+        country: c.country,
+        region: c.region,
+        gender: c.gender,
+        age: c.age,
+    };
+    click.validate().map_err(|e| e.to_string())?;
+    Ok(click)
 }
 
 pub(crate) async fn collect(
@@ -168,21 +216,53 @@ pub(crate) async fn collect(
     let ip = peer
         .map(|Extension(ConnectInfo(addr))| addr.ip().to_string())
         .unwrap_or_default();
-    let clicks = match parse_body(&body, collector.clock.now_ms(), &ip, user_agent) {
-        Ok(clicks) => clicks,
+    let parsed = match parse_body(&body, collector.clock.now_ms(), &ip, user_agent) {
+        Ok(parsed) => parsed,
         Err(reason) => {
             metrics.error();
             return Err(AppError::BadRequest(reason));
         }
     };
-    let n = clicks.len();
+    let n = parsed.clicks.len();
+    let rejected: Vec<serde_json::Value> = parsed
+        .rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "error": r.reason}))
+        .collect();
+    let letters: Vec<DeadLetter> = parsed
+        .rejected
+        .iter()
+        .map(|r| {
+            DeadLetter::new(
+                DEAD_LETTER_SOURCE,
+                r.index as u64,
+                &r.reason,
+                r.raw.as_bytes(),
+            )
+        })
+        .collect();
     let unavailable = crate::limits::busy;
-    let Ok(durable) = collector.sink.offer(clicks) else {
+    let Ok(durable) = collector.sink.offer(parsed.clicks, letters) else {
         metrics.error();
         return Ok(unavailable("the pipeline is at capacity; retry shortly"));
     };
     // Answer only once the clicks are durable: an accepted click is never lost.
     match tokio::time::timeout(DURABLE_WITHIN, durable).await {
+        Ok(Ok(Ok(()))) if n == 0 => {
+            // Every click was bad: refused, and kept as dead letters.
+            metrics.error();
+            let first = parsed.rejected.first().map_or("", |r| r.reason.as_str());
+            Ok((
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": first, "rejected": rejected})),
+            )
+                .into_response())
+        }
+        Ok(Ok(Ok(()))) if !rejected.is_empty() => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"accepted": n, "rejected": rejected})),
+        )
+            .into_response()),
         Ok(Ok(Ok(()))) => Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response()),
         Ok(Ok(Err(error))) => {
             tracing::warn!(%error, "Collected clicks could not be stored.");
@@ -210,7 +290,8 @@ mod tests {
             "1.2.3.4",
             "UA",
         )
-        .unwrap();
+        .unwrap()
+        .clicks;
         assert_eq!(clicks.len(), 1);
         assert_eq!(
             (
@@ -224,13 +305,46 @@ mod tests {
             (clicks[0].gender, clicks[0].age),
             (Some(Gender::F), Some(30))
         );
-        let batch = parse_body(br#"[{"visitor":"a","url":"http://x/1"},{"visitor":"b","url":"http://x/2","ip":"9.9.9.9"}]"#, 1, "", "").unwrap();
+        let batch = parse_body(br#"[{"visitor":"a","url":"http://x/1"},{"visitor":"b","url":"http://x/2","ip":"9.9.9.9"}]"#, 1, "", "").unwrap().clicks;
         assert_eq!(batch[1].ip, "9.9.9.9");
     }
 
     #[test]
+    fn a_bad_click_is_rejected_alone() {
+        let parsed = parse_body(
+            br#"[{"visitor":"a","url":"http://x/1"},{"visitor":"","url":"http://x/2"},{"url":"x"},{"visitor":"c","url":"http://x/3"}]"#,
+            1,
+            "",
+            "",
+        )
+        .unwrap();
+        let kept: Vec<&str> = parsed.clicks.iter().map(|c| c.visitor.as_str()).collect();
+        assert_eq!(kept, ["a", "c"]);
+        let rejected: Vec<(usize, &str)> = parsed
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                (1, "click 1: empty visitor id"),
+                (2, "click 2: missing field `visitor`")
+            ]
+        );
+        assert_eq!(parsed.rejected[1].raw, r#"{"url":"x"}"#);
+    }
+
+    #[test]
     fn bad_bodies_get_clear_reasons() {
-        let err = |b: &[u8]| parse_body(b, 1, "", "").unwrap_err();
+        // The whole body's problems refuse it; a lone click's problem is its rejection.
+        let err = |b: &[u8]| match parse_body(b, 1, "", "") {
+            Err(reason) => reason,
+            Ok(parsed) => {
+                assert!(parsed.clicks.is_empty(), "{parsed:?}");
+                parsed.rejected[0].reason.clone()
+            }
+        };
         assert!(err(b"not json").starts_with("body is not JSON"));
         assert!(err(b"[]").contains("no clicks"));
         assert!(err(br#"{"url":"http://x/1"}"#).contains("missing field `visitor`"));

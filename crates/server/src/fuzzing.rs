@@ -16,8 +16,26 @@ pub const FUZZ_USER_AGENT: &str = "fuzz-agent";
 /// Parses `data` as a `POST /collect` body, checking that an accepted body holds 1 to
 /// [`MAX_BATCH`] valid clicks stamped with the server's time, and that a rejected one gets a
 /// reason (the 400 answer's `error`).
+/// A batch whose clicks are all invalid is refused like the 400 answer does (`Err` with the
+/// first click's reason); otherwise the valid clicks are returned, and every click of the body
+/// is either accepted or rejected with a reason.
 pub fn fuzz_collector_body(data: &[u8]) -> Result<Vec<Click>, String> {
-    let result = parse_body(data, FUZZ_TS_MS, FUZZ_IP, FUZZ_USER_AGENT);
+    let result = parse_body(data, FUZZ_TS_MS, FUZZ_IP, FUZZ_USER_AGENT).and_then(|parsed| {
+        for r in &parsed.rejected {
+            assert!(
+                r.reason.starts_with(&format!("click {}: ", r.index)),
+                "a rejected click names itself: {r:?}"
+            );
+        }
+        let mut indices: Vec<usize> = parsed.rejected.iter().map(|r| r.index).collect();
+        indices.dedup();
+        assert_eq!(indices.len(), parsed.rejected.len(), "each click once");
+        assert!(parsed.clicks.len() + parsed.rejected.len() <= MAX_BATCH);
+        match parsed.rejected.first() {
+            Some(first) if parsed.clicks.is_empty() => Err(first.reason.clone()),
+            _ => Ok(parsed.clicks),
+        }
+    });
     match &result {
         Ok(clicks) => {
             assert!(

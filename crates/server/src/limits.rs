@@ -267,6 +267,7 @@ mod tests {
         fn offer(
             &self,
             _clicks: Vec<Click>,
+            _dead_letters: Vec<clickpulse_engine::DeadLetter>,
         ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));

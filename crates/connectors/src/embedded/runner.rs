@@ -379,6 +379,8 @@ pub fn run_replay(
 pub struct CollectedBatch {
     /// The clicks.
     pub clicks: Vec<Click>,
+    /// The request's rejected clicks, for the `dead-letters` topic.
+    pub dead_letters: Vec<DeadLetter>,
     /// Called with the outcome after the commit.
     pub ack: Box<dyn FnOnce(Result<(), String>) + Send>,
 }
@@ -413,10 +415,12 @@ pub fn run_collector(
         };
         let mut waiting = vec![first];
         let mut n = waiting[0].clicks.len();
+        let mut letters = waiting[0].dead_letters.len();
         while n < config.batch_size {
             match queue.try_recv() {
                 Ok(b) => {
                     n += b.clicks.len();
+                    letters += b.dead_letters.len();
                     waiting.push(b);
                 }
                 Err(_) => break,
@@ -430,9 +434,17 @@ pub fn run_collector(
                     .appends
                     .push((topics::CLICK_DATA.to_owned(), click.visitor.clone(), value));
             }
+            for letter in &b.dead_letters {
+                batch.appends.push((
+                    topics::DEAD_LETTERS.to_owned(),
+                    letter.source.clone(),
+                    codec::encode(letter),
+                ));
+            }
         }
         let before = counts;
         counts.events += n as u64;
+        counts.dead_letters += letters as u64;
         batch.state.push((
             key.clone(),
             Some(serde_json::to_vec(&counts).expect("counts serialize")),
