@@ -65,3 +65,51 @@ fn twenty_kills_of_the_embedded_pipeline_change_nothing() {
     // A passing run leaves nothing behind.
     assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn twenty_kills_of_distributed_workers_plus_a_broker_and_a_redis_restart_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let log = log_slice(work.path(), 20_000);
+    let out = std::process::Command::new(bin())
+        .args([
+            "chaos",
+            "--mode",
+            "distributed",
+            "--kills",
+            "20",
+            "--seed",
+            "11",
+        ])
+        .args(["--json", "--patterns"])
+        .arg(data_path(PATTERNS))
+        .arg("--log")
+        .arg(&log)
+        .arg("--work-dir")
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chaos failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    println!("{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["mode"], "distributed");
+    assert_eq!(report["kills"], 20);
+    assert_eq!(report["events"], 20_000);
+    assert_eq!(report["lost_events"], 0);
+    assert_eq!(report["duplicate_events"], 0);
+    assert_eq!(report["duplicate_offers"], 0);
+    assert_eq!(report["snapshot_equal"], true);
+    assert_eq!(
+        report["service_restarts"],
+        serde_json::json!(["broker", "redis"])
+    );
+    let expected = report["offers_expected"].as_u64().unwrap();
+    assert!(expected > 0);
+    assert_eq!(report["offers_delivered"].as_u64(), Some(expected));
+}

@@ -182,20 +182,6 @@ fn a_redis_restart_mid_stream_loses_nothing() {
     assert_eq!(web_duplicates(&stats), 0);
 }
 
-/// The first `n` rows of the bundled log (header included), as a file.
-fn log_slice(dir: &Path, n: usize) -> std::path::PathBuf {
-    use std::io::{BufRead, Write};
-    let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open(data("omniture/Omniture.1.tsv.gz")).unwrap(),
-    );
-    let path = dir.join("slice.tsv");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for line in std::io::BufReader::new(gz).lines().take(n) {
-        writeln!(out, "{}", line.unwrap()).unwrap();
-    }
-    path
-}
-
 #[test]
 fn a_broker_restart_mid_stream_loses_nothing() {
     let slice_dir = tempfile::tempdir().unwrap();
@@ -234,4 +220,56 @@ fn a_broker_restart_mid_stream_loses_nothing() {
     );
     assert_offers(&c, &offers);
     assert_eq!(web_duplicates(&stats), 0);
+}
+
+#[test]
+fn redis_with_a_password_is_used_with_it_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--requirepass", "s3cret-pw"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "redis", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let load = |url: &str| {
+        std::process::Command::new(bin())
+            .args(["lookups", "load", "--redis", url])
+            .output()
+            .unwrap()
+    };
+    let ok = load(&format!("redis://:s3cret-pw@127.0.0.1:{port}/0"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = load(&format!("redis://127.0.0.1:{port}/0"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("error:") && stderr.to_lowercase().contains("auth"),
+        "{stderr}"
+    );
+    let wrong = load(&format!("redis://:wr0ng-pw-xyz@127.0.0.1:{port}/0"));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        !stderr.contains("wr0ng-pw-xyz"),
+        "the password is not echoed: {stderr}"
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
