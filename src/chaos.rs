@@ -429,6 +429,7 @@ fn distributed(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<O
         pipeline: "batch_size = 500".into(),
         replay: format!("speed = \"{speed:.0}\"\nlogs = [{}]", logs.join(", ")),
         patterns,
+        redis_cluster: false,
     };
     let mut cluster = Cluster::start(tools, &spec)?;
     let result = drive(args, reference, &mut cluster, &mut rng, mean, speed);

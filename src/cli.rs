@@ -151,6 +151,9 @@ pub(crate) struct LookupsLoadArgs {
     /// `visitor:{userId}` and `product:{id}`.
     #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
     pub(crate) redis: Option<String>,
+    /// The `--redis` URL is a node of a Redis Cluster.
+    #[arg(long, requires = "redis")]
+    pub(crate) redis_cluster: bool,
 }
 
 #[derive(Debug, Args)]

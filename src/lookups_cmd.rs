@@ -16,6 +16,7 @@ pub(crate) fn load(args: LookupsLoadArgs) -> Result<ExitCode> {
     if let Some(url) = args.redis {
         let config = RedisConfig {
             url: url.clone(),
+            cluster: args.redis_cluster,
             ..RedisConfig::default()
         };
         let mut store = RedisStore::open(&config, None).context("invalid Redis URL")?;

@@ -770,3 +770,34 @@ fn follow_clock(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_config_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = load_config(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                if path.ends_with("redis-cluster.toml") {
+                    assert!(config.redis.cluster);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4);
+    }
+
+    #[test]
+    fn unknown_options_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[redis]\nurl = \"redis://x\"\nclustr = true\n").unwrap();
+        let error = format!("{:#}", load_config(&path).unwrap_err());
+        assert!(error.contains("unknown field `clustr`"), "{error}");
+    }
+}

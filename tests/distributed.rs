@@ -76,18 +76,26 @@ fn web_duplicates(stats: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn separate_processes_equal_the_backtest() {
-    let (dashboard, offers, events) = backtest(&[]);
-    assert_eq!(events, 116_607);
-    let mut c = Cluster::start("", "speed = \"max\"");
+/// Starts one worker per stage and waits for the backtest's dashboard and offers; returns the
+/// stats.
+fn run_to_the_end(
+    c: &mut Cluster,
+    events: u64,
+    dashboard: &Value,
+    offers: &BTreeSet<String>,
+    timeout_s: u64,
+) -> Value {
     for stage in ["web", "replay", "enrich", "detect", "aggregate"] {
         c.worker(stage, stage);
     }
-    let stats = c.wait_until_done(116_607, &dashboard, Duration::from_secs(90));
-    assert_offers(&c, &offers);
+    let stats = c.wait_until_done(events, dashboard, Duration::from_secs(timeout_s));
+    assert_offers(c, offers);
     assert_eq!(web_duplicates(&stats), 0);
-    // The original's key layout for lookups, and the transition log stream.
+    stats
+}
+
+/// The lookups are in the original's key layout; returns the connection.
+fn assert_lookup_layout(c: &Cluster) -> clickpulse_chaos::RedisConn {
     let mut r = c.redis();
     let user: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg("visitor:0001BDD9-EABF-4D0D-81BD-D9EABFCD0D7D")
@@ -95,6 +103,16 @@ fn separate_processes_equal_the_backtest() {
         .unwrap();
     assert_eq!(user["gender"], "F");
     assert_eq!(user["birthday"], "1984-04-08");
+    r
+}
+
+#[test]
+fn separate_processes_equal_the_backtest() {
+    let (dashboard, offers, events) = backtest(&[]);
+    assert_eq!(events, 116_607);
+    let mut c = Cluster::start("", "speed = \"max\"");
+    let stats = run_to_the_end(&mut c, 116_607, &dashboard, &offers, 90);
+    let mut r = assert_lookup_layout(&c);
     let cat: String = redis::cmd("HGET")
         .arg("product:VD55181667")
         .arg("cat")
@@ -272,4 +290,36 @@ fn redis_with_a_password_is_used_with_it_and_refused_without() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+#[test]
+fn the_pipeline_runs_on_a_redis_cluster() {
+    let slice_dir = tempfile::tempdir().unwrap();
+    let log = log_slice(slice_dir.path(), 20_000);
+    let (dashboard, offers, events) = backtest(&[&log]);
+    let mut c = Cluster::start_spec(clickpulse_chaos::Spec {
+        redis_cluster: true,
+        pipeline: "batch_size = 500".into(),
+        replay: format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+        ..Default::default()
+    });
+    assert_eq!(c.redis_nodes.len(), 3);
+    run_to_the_end(&mut c, events, &dashboard, &offers, 180);
+    // The keys are spread over the nodes, in the original layout.
+    let mut r = assert_lookup_layout(&c);
+    let logged: u64 = redis::cmd("XLEN").arg("state_logs").query(&mut r).unwrap();
+    assert!(logged > 0);
+    let ports: Vec<String> = c
+        .redis_nodes
+        .iter()
+        .map(|n| n.name.trim_start_matches("redis-").to_owned())
+        .collect();
+    for port in ports {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let keys: u64 = redis::cmd("DBSIZE").query(&mut node).unwrap();
+        assert!(keys > 0, "every node holds part of the keys");
+    }
 }

@@ -39,12 +39,20 @@ impl Cluster {
 
     /// [`Cluster::start`] with the broker's storage and extra `[kafka]` lines.
     pub fn start_with(storage: Storage, kafka: &str, pipeline: &str, replay: &str) -> Cluster {
-        let spec = Spec {
+        Cluster::start_spec(Spec {
             storage,
             kafka: kafka.to_owned(),
             pipeline: pipeline.to_owned(),
             replay: replay.to_owned(),
+            ..Spec::default()
+        })
+    }
+
+    /// A cluster for `spec` (its pattern dir: the test pattern).
+    pub fn start_spec(spec: Spec) -> Cluster {
+        let spec = Spec {
             patterns: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/offer-patterns"),
+            ..spec
         };
         Cluster(clickpulse_chaos::Cluster::start(Tools::from_env(bin()), &spec).unwrap())
     }
@@ -61,7 +69,7 @@ impl Cluster {
         self.0.restart_broker().unwrap()
     }
 
-    pub fn redis(&self) -> redis::Connection {
+    pub fn redis(&self) -> clickpulse_chaos::RedisConn {
         self.0.redis().unwrap()
     }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+pub use clickpulse_connectors::distributed::store::RedisConn;
 use serde_json::Value;
 
 /// What can go wrong running a local deployment.
@@ -279,6 +280,8 @@ pub struct Spec {
     pub replay: String,
     /// The pattern directory.
     pub patterns: PathBuf,
+    /// Run Redis as a three-node Redis Cluster instead of one server.
+    pub redis_cluster: bool,
 }
 
 /// A throwaway distributed deployment on loopback (see the crate docs).
@@ -293,8 +296,10 @@ pub struct Cluster {
     pub web_port: u16,
     /// The broker process.
     pub broker: Option<Proc>,
-    /// The Redis process.
+    /// The Redis process (one server).
     pub redis: Option<Proc>,
+    /// The Redis Cluster's nodes (with [`Spec::redis_cluster`]); `redis_port` is the first's.
+    pub redis_nodes: Vec<Proc>,
     /// The `clickpulse run` workers, in start order.
     pub workers: Vec<Proc>,
     /// The config file the workers read.
@@ -324,6 +329,7 @@ impl Cluster {
             moto_port: free_port()?,
             broker: None,
             redis: None,
+            redis_nodes: Vec::new(),
             moto: None,
             workers: Vec::new(),
             config: dir.path().join("clickpulse.toml"),
@@ -351,7 +357,11 @@ impl Cluster {
             })?;
         }
         c.start_broker()?;
-        c.start_redis()?;
+        if spec.redis_cluster {
+            c.start_redis_cluster()?;
+        } else {
+            c.start_redis()?;
+        }
         let config = format!(
             r#"[kafka]
 brokers = "127.0.0.1:{broker}"
@@ -361,7 +371,8 @@ session_timeout_ms = 6000
 {kafka}
 
 [redis]
-url = "redis://127.0.0.1:{redis}/0"
+url = "redis://127.0.0.1:{redis}{db}"
+cluster = {cluster}
 
 [pipeline]
 patterns = "{patterns}"
@@ -378,6 +389,8 @@ listen = "127.0.0.1:{web}"
 "#,
             broker = c.broker_port,
             redis = c.redis_port,
+            db = if spec.redis_cluster { "" } else { "/0" },
+            cluster = spec.redis_cluster,
             web = c.web_port,
             patterns = spec.patterns.display(),
             kafka = spec.kafka,
@@ -385,11 +398,15 @@ listen = "127.0.0.1:{web}"
             replay = spec.replay,
         );
         std::fs::write(&c.config, config).map_err(io("write the config"))?;
-        let out = Command::new(&c.tools.clickpulse)
-            .args(["lookups", "load", "--redis"])
-            .arg(format!("redis://127.0.0.1:{}/0", c.redis_port))
-            .output()
-            .map_err(io("run clickpulse lookups load"))?;
+        let mut load = Command::new(&c.tools.clickpulse);
+        load.args(["lookups", "load", "--redis"]);
+        if spec.redis_cluster {
+            load.arg(format!("redis://127.0.0.1:{}", c.redis_port))
+                .arg("--redis-cluster");
+        } else {
+            load.arg(format!("redis://127.0.0.1:{}/0", c.redis_port));
+        }
+        let out = load.output().map_err(io("run clickpulse lookups load"))?;
         if !out.status.success() {
             return Err(ClusterError::Failed {
                 what: "clickpulse lookups load".into(),
@@ -494,6 +511,77 @@ listen = "127.0.0.1:{web}"
         wait_port(self.redis_port, "redis")
     }
 
+    /// Starts a three-node Redis Cluster (no replicas; append-only files) and waits until it
+    /// serves every slot. `redis_port` becomes its first node.
+    pub fn start_redis_cluster(&mut self) -> Result<()> {
+        let ports = [self.redis_port, free_port()?, free_port()?];
+        for port in ports {
+            let dir = self.dir.path().join(format!("redis-{port}"));
+            std::fs::create_dir_all(&dir).map_err(io("create a Redis node's dir"))?;
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+                &dir.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let name = format!("redis-{port}");
+            let node = Proc::start(
+                &name,
+                self.dir.path(),
+                &self.tools.redis_server,
+                args,
+                Vec::new(),
+            )?;
+            self.redis_nodes.push(node);
+            wait_port(port, "a Redis Cluster node")?;
+        }
+        let cli = self.tools.redis_server.with_file_name("redis-cli");
+        let cli = if cli.exists() {
+            cli
+        } else {
+            PathBuf::from("redis-cli")
+        };
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(io("run redis-cli --cluster create"))?;
+        if !out.status.success() {
+            return Err(ClusterError::Failed {
+                what: "redis-cli --cluster create".into(),
+                detail: String::from_utf8_lossy(&out.stdout).into_owned(),
+            });
+        }
+        let first = format!("redis://127.0.0.1:{}", ports[0]);
+        poll(
+            Duration::from_secs(30),
+            "the Redis Cluster to serve every slot",
+            || {
+                let mut c = redis::Client::open(first.as_str())
+                    .ok()?
+                    .get_connection()
+                    .ok()?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            },
+        )
+    }
+
     /// Starts `clickpulse run --stage {stage}` as worker `id`; returns its index.
     pub fn worker(&mut self, stage: &str, id: &str) -> Result<usize> {
         let args = vec![
@@ -511,12 +599,19 @@ listen = "127.0.0.1:{web}"
         Ok(self.workers.len() - 1)
     }
 
-    /// A connection to the cluster's Redis.
-    pub fn redis(&self) -> Result<redis::Connection> {
-        Ok(
-            redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis_port))?
-                .get_connection()?,
-        )
+    /// A connection to the cluster's Redis (routed by key slot on a Redis Cluster).
+    pub fn redis(&self) -> Result<RedisConn> {
+        if self.redis_nodes.is_empty() {
+            let url = format!("redis://127.0.0.1:{}/0", self.redis_port);
+            Ok(RedisConn::Single(
+                redis::Client::open(url)?.get_connection()?,
+            ))
+        } else {
+            let url = format!("redis://127.0.0.1:{}", self.redis_port);
+            Ok(RedisConn::Cluster(Box::new(
+                redis::cluster::ClusterClient::new(vec![url])?.get_connection()?,
+            )))
+        }
     }
 
     /// The web stage's `/api/stats`.

@@ -138,8 +138,12 @@ impl Default for KafkaSecurity {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`, or `rediss://` for TLS.
+    /// `redis://host:port/db`, or `rediss://` for TLS. With `cluster`, any node of the cluster
+    /// (the others are discovered from it).
     pub url: String,
+    /// The URL is a node of a Redis Cluster: commands are routed by key slot. Each task's state
+    /// and offsets live in one hash, so every commit stays atomic on its slot.
+    pub cluster: bool,
     /// User (Redis 6 ACLs), if not in the URL.
     pub username: Option<String>,
     /// Password, if not in the URL (or set `CLICKPULSE_REDIS_PASSWORD`).
@@ -156,6 +160,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379/0".to_owned(),
+            cluster: false,
             username: None,
             password: None,
             key_prefix: "clickpulse".to_owned(),

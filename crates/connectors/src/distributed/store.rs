@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::Gender;
 use clickpulse_engine::lookups::{LookupSource, Lookups, Product, User};
-use redis::{Connection, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{
+    Cmd, Connection, ConnectionLike, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisError, RedisResult, Value,
+};
 use tracing::{info, warn};
 
 use super::{DistributedError, RedisConfig};
@@ -30,10 +34,104 @@ use super::{DistributedError, RedisConfig};
 /// The stream of pattern transitions.
 pub const STATE_LOGS: &str = "state_logs";
 
+/// A connection to one Redis server or to a Redis Cluster.
+pub enum RedisConn {
+    /// One server.
+    Single(Connection),
+    /// A cluster: commands go to the node of their key's slot.
+    Cluster(Box<ClusterConnection>),
+}
+
+impl RedisConn {
+    /// Runs a pipeline of independent commands on any keys: one round trip to a single server,
+    /// one per node in a cluster (a plain pipeline would go to one node whole).
+    pub fn pipeline<T: FromRedisValue>(&mut self, pipe: &Pipeline) -> RedisResult<T> {
+        match self {
+            RedisConn::Single(c) => pipe.query(c),
+            RedisConn::Cluster(c) => {
+                let mut cluster = redis::cluster::cluster_pipe();
+                for cmd in pipe.cmd_iter() {
+                    cluster.add_command(cmd.clone());
+                }
+                cluster.query(c)
+            }
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            RedisConn::Single(c) => c.req_command(cmd),
+            RedisConn::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            RedisConn::Single(c) => c.check_connection(),
+            RedisConn::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            RedisConn::Single(c) => c.is_open(),
+            RedisConn::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+enum RedisClient {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl RedisClient {
+    fn connect(&self) -> RedisResult<RedisConn> {
+        match self {
+            RedisClient::Single(client) => {
+                let c = client.get_connection_with_timeout(Duration::from_secs(5))?;
+                let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                Ok(RedisConn::Single(c))
+            }
+            RedisClient::Cluster(client) => {
+                Ok(RedisConn::Cluster(Box::new(client.get_connection()?)))
+            }
+        }
+    }
+}
+
 /// A Redis connection that reconnects and retries transient failures with backoff.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: Option<Connection>,
+    client: RedisClient,
+    conn: Option<RedisConn>,
     prefix: String,
     shutdown: Option<Arc<AtomicBool>>,
     /// Retried failures, for the metrics.
@@ -76,8 +174,22 @@ impl RedisStore {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
+        let client = if config.cluster {
+            let mut builder = ClusterClient::builder(vec![info.clone()])
+                .connection_timeout(Duration::from_secs(5))
+                .response_timeout(Duration::from_secs(30));
+            if let Some(user) = info.redis_settings().username() {
+                builder = builder.username(user);
+            }
+            if let Some(password) = info.redis_settings().password() {
+                builder = builder.password(password);
+            }
+            RedisClient::Cluster(builder.build()?)
+        } else {
+            RedisClient::Single(redis::Client::open(info)?)
+        };
         Ok(RedisStore {
-            client: redis::Client::open(info)?,
+            client,
             conn: None,
             prefix: config.key_prefix.clone(),
             shutdown,
@@ -99,18 +211,14 @@ impl RedisStore {
     pub fn run<T>(
         &mut self,
         what: &str,
-        mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
+        mut f: impl FnMut(&mut RedisConn) -> RedisResult<T>,
     ) -> Result<T, DistributedError> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = match self.conn.as_mut() {
                 Some(c) => f(c),
-                None => match self
-                    .client
-                    .get_connection_with_timeout(Duration::from_secs(5))
-                {
+                None => match self.client.connect() {
                     Ok(mut c) => {
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
                         let r = f(&mut c);
                         self.conn = Some(c);
                         r
@@ -180,9 +288,17 @@ impl RedisStore {
         Ok(record)
     }
 
-    /// Writes the commits of several tasks in one MULTI/EXEC: all or nothing.
+    /// Writes the commits of several tasks in one MULTI/EXEC: all or nothing (in a cluster, one
+    /// MULTI/EXEC per task: each task's state, offsets and output positions are one hash, so
+    /// each stays all or nothing on its slot).
     pub fn commit_tasks(&mut self, commits: &[TaskCommit]) -> Result<(), DistributedError> {
         if commits.is_empty() {
+            return Ok(());
+        }
+        if matches!(self.client, RedisClient::Cluster(_)) && commits.len() > 1 {
+            for c in commits {
+                self.commit_tasks(std::slice::from_ref(c))?;
+            }
             return Ok(());
         }
         let mut pipe = redis::pipe();
@@ -355,7 +471,7 @@ impl RedisStore {
                 .arg(r)
                 .ignore();
         }
-        self.run("append state_logs", |c| pipe.query::<()>(c))
+        self.run("append state_logs", |c| c.pipeline::<()>(&pipe))
     }
 
     /// Entries of `state_logs` after id `after` (`"0"` for all), oldest first, with their ids.
@@ -411,7 +527,7 @@ impl RedisStore {
             users += 1;
             pending += 1;
             if pending == 1_000 {
-                self.run("load users", |c| pipe.query::<()>(c))?;
+                self.run("load users", |c| c.pipeline::<()>(&pipe))?;
                 pipe = redis::pipe();
                 pending = 0;
             }
@@ -436,7 +552,7 @@ impl RedisStore {
             pipe.cmd("HSET").arg(&key).arg(fields).ignore();
             products += 1;
         }
-        self.run("load products", |c| pipe.query::<()>(c))?;
+        self.run("load products", |c| c.pipeline::<()>(&pipe))?;
         Ok((users, products))
     }
 
@@ -449,7 +565,8 @@ impl RedisStore {
         for k in &keys {
             pipe.cmd("HGETALL").arg(k);
         }
-        let rows: Vec<HashMap<String, String>> = self.run("read products", |c| pipe.query(c))?;
+        let rows: Vec<HashMap<String, String>> =
+            self.run("read products", |c| c.pipeline(&pipe))?;
         let mut products: Vec<Product> = keys
             .iter()
             .zip(rows)
@@ -608,17 +725,17 @@ impl LookupSource for RedisLookups {
         }
         self.stats.round_trips += 1;
         let before = self.store.retries;
-        let rows: Vec<HashMap<String, String>> = match self.store.run("lookups", |c| pipe.query(c))
-        {
-            Ok(rows) => rows,
-            Err(error) => {
-                // Only when shutting down (or a non-transient error): the batch is enriched
-                // with what the cache has; the runner does not commit during shutdown.
-                self.stats.errors += 1;
-                warn!(%error, "Lookup fetch failed.");
-                return;
-            }
-        };
+        let rows: Vec<HashMap<String, String>> =
+            match self.store.run("lookups", |c| c.pipeline(&pipe)) {
+                Ok(rows) => rows,
+                Err(error) => {
+                    // Only when shutting down (or a non-transient error): the batch is enriched
+                    // with what the cache has; the runner does not commit during shutdown.
+                    self.stats.errors += 1;
+                    warn!(%error, "Lookup fetch failed.");
+                    return;
+                }
+            };
         self.stats.errors += self.store.retries - before;
         let (user_rows, product_rows) = rows.split_at(want_users.len());
         for (v, fields) in want_users.iter().zip(user_rows) {
