@@ -14,10 +14,9 @@
 //! checkpoint or in the recovery of the previous kill.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -31,7 +30,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::cli::{BacktestArgs, ChaosArgs, ChaosMode};
-use clickpulse_chaos::{Cluster, Spec, Storage, Tools};
+use clickpulse_chaos::{Cluster, Proc, Spec, Storage, Tools};
 
 /// How long one life may take to accept connections (it opens the store and loads lookups).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,6 +41,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
     if args.kills == 0 {
         bail!("--kills must be at least 1");
     }
+    stop_children_on_signal();
     let work = tempfile::Builder::new()
         .prefix("clickpulse-chaos-")
         .tempdir_in(args.work_dir.clone().unwrap_or_else(std::env::temp_dir))
@@ -184,27 +184,49 @@ impl Outcome {
     }
 }
 
+/// On Ctrl-C or SIGTERM: kill every process this run started, then exit 130 (without this they
+/// would outlive the run: the drops that stop them do not run on a signal).
+fn stop_children_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminate = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate => {}
+            }
+        });
+        eprintln!("chaos: interrupted; stopping the processes it started");
+        clickpulse_chaos::kill_all_children();
+        std::process::exit(130);
+    });
+}
+
 /// A free loopback port.
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-/// Starts `clickpulse ARGS`, appending its output to `log`.
-fn spawn(args: &[String], log: &Path) -> Result<Child> {
+/// Starts `clickpulse ARGS` as one life of the pipeline, appending its output to
+/// `{work}/pipeline.log`.
+fn spawn(args: Vec<String>, work: &Path) -> Result<Proc> {
     let exe = std::env::current_exe().context("cannot find the clickpulse binary")?;
-    let out = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("cannot start a pipeline process")
+    Proc::start("pipeline", work, &exe, args, Vec::new()).context("cannot start a pipeline process")
 }
 
 /// Waits until `port` accepts connections, or the child exits.
@@ -293,12 +315,11 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
     let mut finished = false;
     while kills < args.kills {
         let port = free_port()?;
-        let mut child = spawn(&life_args(port), &log)?;
-        let serving = wait_serving(&mut child, port)?;
+        let mut proc = spawn(life_args(port), work)?;
+        let serving = wait_serving(&mut proc.child, port)?;
         let life = mean.mul_f64(rng.random_range(0.2..1.8));
-        if serving && sleep_while_running(&mut child, life)? {
-            child.kill().context("kill -9 failed")?;
-            child.wait()?;
+        if serving && sleep_while_running(&mut proc.child, life)? {
+            proc.kill(); // SIGKILL, then reaped
             kills += 1;
             // The data dir must open cleanly after every kill (redb recovers its last commit).
             let replayed = replayed_events(&data_dir)
@@ -313,7 +334,7 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
             );
             continue;
         }
-        let status = child.wait()?;
+        let status = proc.child.wait()?;
         if !status.success() {
             bail!(
                 "a pipeline process failed ({status}); its log ends with:\n{}",
@@ -330,10 +351,10 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
     if !finished {
         // The last life runs to the end of the log.
         let port = free_port()?;
-        let mut child = spawn(&life_args(port), &log)?;
+        let mut proc = spawn(life_args(port), work)?;
         let deadline = Instant::now() + FINISH_TIMEOUT;
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = proc.child.try_wait()? {
                 if !status.success() {
                     bail!(
                         "the final pipeline process failed ({status}); its log ends with:\n{}",
@@ -343,7 +364,7 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
                 break;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
+                proc.kill();
                 bail!("the pipeline did not finish within {FINISH_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -111,6 +111,30 @@ fn wait_port(port: u16, what: &str) -> Result<()> {
     .map(drop)
 }
 
+/// The pids of the children started through [`Proc`] that have not been killed yet.
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn track(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.push(pid);
+    }
+}
+
+fn untrack(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|p| *p != pid);
+    }
+}
+
+/// `kill -9`s every child started through [`Proc`] that is still alive: for a signal handler,
+/// since the drops that would stop them do not run when the process is interrupted.
+pub fn kill_all_children() {
+    let pids: Vec<u32> = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
 /// A child process that is killed when dropped, and can be started again as it was.
 pub struct Proc {
     /// Its name (and log file's).
@@ -135,6 +159,7 @@ impl Proc {
     ) -> Result<Proc> {
         let log = log_dir.join(format!("{name}.log"));
         let child = spawn(name, &log, program, &args, &env)?;
+        track(child.id());
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -154,6 +179,7 @@ impl Proc {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                untrack(self.child.id());
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -165,12 +191,14 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        untrack(self.child.id());
     }
 
     /// Starts the same command again (after a kill or stop).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.child = spawn(&self.name, &self.log, &self.program, &self.args, &self.env)?;
+        track(self.child.id());
         Ok(())
     }
 
