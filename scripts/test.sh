@@ -14,10 +14,12 @@ fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== distributed test services (tansu broker, redis-server)"
-# The OpenSSL headers for rdkafka's TLS/SASL support, and redis-server for private test instances.
+# The OpenSSL headers for rdkafka's TLS/SASL support, redis-server for private test instances,
+# and the openssl tool for the Redis TLS test's certificate.
 need_apt=()
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -244,24 +244,12 @@ fn a_broker_restart_mid_stream_loses_nothing() {
 fn redis_with_a_password_is_used_with_it_and_refused_without() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--requirepass", "s3cret-pw"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(10), "redis", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
+    let port_arg = port.to_string();
+    let mut redis = private_redis(
+        dir.path(),
+        port,
+        &["--port", &port_arg, "--requirepass", "s3cret-pw"],
+    );
     let load = |url: &str| {
         std::process::Command::new(bin())
             .args(["lookups", "load", "--redis", url])
@@ -322,4 +310,95 @@ fn the_pipeline_runs_on_a_redis_cluster() {
         let keys: u64 = redis::cmd("DBSIZE").query(&mut node).unwrap();
         assert!(keys > 0, "every node holds part of the keys");
     }
+}
+
+#[test]
+fn redis_over_tls_is_verified_against_the_trusted_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    let (port_arg, cert_arg, key_arg) = (
+        port.to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let mut redis = private_redis(
+        dir.path(),
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--tls-auth-clients",
+            "no",
+            "--tls-cert-file",
+            &cert_arg,
+            "--tls-key-file",
+            &key_arg,
+            "--tls-ca-cert-file",
+            &cert_arg,
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    // Trusted (OpenSSL's SSL_CERT_FILE names the CA): loaded over TLS.
+    let ok = std::process::Command::new(bin())
+        .args(["lookups", "load", "--redis", &url])
+        .env("SSL_CERT_FILE", &cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Not trusted: a clear error at once, not endless retries.
+    let refused = std::process::Command::new(bin())
+        .args(["lookups", "load", "--redis", &url])
+        .env("SSL_CERT_FILE", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+/// A throwaway redis-server (no persistence) in `dir` with `args`, once `port` accepts
+/// connections.
+fn private_redis(dir: &Path, port: u16, args: &[&str]) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "redis", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    child
 }

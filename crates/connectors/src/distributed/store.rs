@@ -142,6 +142,10 @@ fn transient(e: &RedisError) -> bool {
     // A MULTI/EXEC refused while Redis loads its data after a restart reports the cause inside
     // an aborted-transaction error.
     let text = e.to_string().to_ascii_lowercase();
+    // A certificate Redis's TLS cannot be verified against will not verify on a retry either.
+    if text.contains("certificate verify failed") || text.contains("ssl handshake error") {
+        return false;
+    }
     text.contains("loading")
         || e.is_io_error()
         || e.is_connection_dropped()
