@@ -318,8 +318,10 @@ impl BatchProducer {
 }
 
 /// How long a tail scan waits for a record or the end of the partition before it takes what it
-/// has read as the end.
-const SCAN_IDLE: Duration = Duration::from_secs(5);
+/// has read as the end. Long enough that a slow broker is not mistaken for a hole (stopping
+/// early would republish what the scan missed), short enough that a real hole only delays a
+/// takeover.
+const SCAN_IDLE: Duration = Duration::from_secs(30);
 
 /// Reads `topic`/`partition` from `from` to its end and returns the largest lineage header of
 /// the records there (the input position the previous owner had already produced outputs for).
