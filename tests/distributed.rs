@@ -231,7 +231,7 @@ fn a_broker_restart_mid_stream_loses_nothing() {
     );
     let before = c.stats().unwrap();
     c.restart_broker();
-    let stats = c.wait_until_done(events, &dashboard, Duration::from_secs(300));
+    let stats = c.wait_until_done(events, &dashboard, Duration::from_secs(600));
     assert!(
         before["stages"]["replay"]["events"].as_u64() < Some(events),
         "the restart came after the replay had finished: {before}"

@@ -321,7 +321,7 @@ impl BatchProducer {
 /// has read as the end. Long enough that a slow broker is not mistaken for a hole (stopping
 /// early would republish what the scan missed), short enough that a real hole only delays a
 /// takeover.
-const SCAN_IDLE: Duration = Duration::from_secs(30);
+const SCAN_IDLE: Duration = Duration::from_secs(60);
 
 /// Reads `topic`/`partition` from `from` to its end and returns the largest lineage header of
 /// the records there (the input position the previous owner had already produced outputs for).

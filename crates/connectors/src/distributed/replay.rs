@@ -104,13 +104,22 @@ pub fn run_replay(
     let topic = ctx.kafka.topics.click_data.clone();
     let partitions = ctx.kafka.partitions;
     // What a previous incarnation published after its last save.
+    // The partitions are scanned side by side: a slow or holed partition then delays the
+    // restart once, not once per partition.
     let scan = |progress: &Progress| -> Result<Vec<Option<u64>>, DistributedError> {
-        (0..partitions)
-            .map(|q| {
-                let from = progress.outputs.get(&q).copied().unwrap_or(0);
-                scan_lineage(&ctx.kafka, &topic, q as i32, from)
-            })
-            .collect()
+        std::thread::scope(|s| {
+            let scans: Vec<_> = (0..partitions)
+                .map(|q| {
+                    let from = progress.outputs.get(&q).copied().unwrap_or(0);
+                    let (kafka, topic) = (&ctx.kafka, &topic);
+                    s.spawn(move || scan_lineage(kafka, topic, q as i32, from))
+                })
+                .collect();
+            scans
+                .into_iter()
+                .map(|h| h.join().expect("a tail scan panicked"))
+                .collect()
+        })
     };
     let mut published = scan(&progress)?;
     let plan = ReplayPlan::new(&input.clicks, options.loop_forever)
