@@ -488,7 +488,7 @@ fn drive(
         cluster.workers[victim].restart()?;
         kill_points.push(last_replayed);
         info!(kill, worker = %cluster.workers[victim].name, replayed = last_replayed, "kill -9 and restart");
-        if kill == args.kills.div_ceil(3) {
+        if kill == args.kills.div_ceil(3) && !args.skip_broker_restart {
             info!("Restarting the broker (SIGTERM).");
             cluster.restart_broker()?;
             service_restarts.push("broker");

@@ -353,6 +353,9 @@ pub(crate) struct ChaosArgs {
     /// system temp dir]. Kept when the run fails, removed otherwise.
     #[arg(long, value_name = "DIR")]
     pub(crate) work_dir: Option<PathBuf>,
+    /// Distributed mode: do not restart the broker during the run (Redis is still restarted).
+    #[arg(long)]
+    pub(crate) skip_broker_restart: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

@@ -322,6 +322,9 @@ impl BatchProducer {
 /// early would republish what the scan missed), short enough that a real hole only delays a
 /// takeover.
 const SCAN_IDLE: Duration = Duration::from_secs(60);
+/// How far before its start offset a tail scan begins: more than one produce batch (librdkafka's
+/// `batch.num.messages` is 10,000).
+const SCAN_REWIND: i64 = 10_000;
 
 /// Reads `topic`/`partition` from `from` to its end and returns the largest lineage header of
 /// the records there (the input position the previous owner had already produced outputs for).
@@ -339,8 +342,13 @@ pub fn scan_lineage(
         .set("auto.offset.reset", "earliest")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    let offset = if from > 0 {
-        Offset::Offset(from)
+    // Start a little before `from`: a broker that only serves whole stored batches starting at
+    // or after the requested offset (tansu on object storage) would skip a batch that straddles
+    // `from`. Records before `from` carry lineage the caller has already saved, so reading them
+    // does not change the newest lineage found.
+    let start = from.saturating_sub(SCAN_REWIND);
+    let offset = if start > 0 {
+        Offset::Offset(start)
     } else {
         Offset::Beginning
     };
