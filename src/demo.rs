@@ -198,6 +198,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         let window_config = DashboardConfig {
             allowed_lateness_ms: args.allowed_lateness_ms,
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            partitions: args.partitions,
         };
         let aggregator = AggregateOperator::new(window_config, dashboard.clone());
         spawn(

@@ -326,6 +326,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         let window = DashboardConfig {
             allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
             idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms),
+            partitions: config.kafka.partitions,
         };
         let ctx_agg = ctx("aggregate");
         let h = handle.clone();

@@ -106,6 +106,13 @@ pub trait Operator: Send {
         let _ = values;
     }
 
+    /// Tells whether input `partition` of `topic` has records the stage has not read yet (the
+    /// broker's consumer lag), before [`Operator::on_tick`]: a partition with a backlog is slow,
+    /// not idle. No-op by default.
+    fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
+        let _ = (topic, partition, pending);
+    }
+
     /// Called after every batch and while idle, with the wall clock: the place for timers such
     /// as the idle-partition watermark fallback. No-op by default.
     fn on_tick(&mut self, wall: std::time::Instant, out: &mut Emitter) {

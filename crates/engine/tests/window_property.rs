@@ -222,6 +222,7 @@ fn operator() -> AggregateOperator {
     let config = DashboardConfig {
         allowed_lateness_ms: 30_000,
         idle_timeout: Duration::from_secs(3_600),
+        partitions: 0,
     };
     AggregateOperator::new(config, DashboardHandle::default())
 }

@@ -322,9 +322,9 @@ impl BatchProducer {
 /// early would republish what the scan missed), short enough that a real hole only delays a
 /// takeover.
 const SCAN_IDLE: Duration = Duration::from_secs(60);
-/// How far before its start offset a tail scan begins: more than one produce batch (librdkafka's
-/// `batch.num.messages` is 10,000).
-const SCAN_REWIND: i64 = 10_000;
+/// How far before its start offset a tail scan (or a consumer that found a gap) begins: more
+/// than one produce batch (librdkafka's `batch.num.messages` is 10,000).
+pub const SCAN_REWIND: i64 = 10_000;
 
 /// Reads `topic`/`partition` from `from` to its end and returns the largest lineage header of
 /// the records there (the input position the previous owner had already produced outputs for).
@@ -362,17 +362,7 @@ pub fn scan_lineage(
             Some(Ok(m)) => {
                 read += 1;
                 last_progress = Instant::now();
-                if let Some(headers) = m.headers() {
-                    for h in headers.iter() {
-                        if h.key == LINEAGE_HEADER
-                            && let Some(v) = h.value
-                            && let Some(n) =
-                                std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
-                        {
-                            newest = newest.max(Some(n));
-                        }
-                    }
-                }
+                newest = newest.max(lineage_of(&m));
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => {
@@ -398,6 +388,16 @@ pub fn scan_lineage(
     }
     debug!(topic, partition, from, read, ?newest, "Tail scanned.");
     Ok(newest)
+}
+
+/// The lineage header of a record: the input position it was produced from.
+pub fn lineage_of<M: Message>(m: &M) -> Option<u64> {
+    m.headers()?.iter().find_map(|h| {
+        (h.key == LINEAGE_HEADER)
+            .then_some(h.value)
+            .flatten()
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+    })
 }
 
 /// Offsets per (topic, partition) as a list to commit.

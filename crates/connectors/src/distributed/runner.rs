@@ -18,6 +18,14 @@
 //! newest input offset found there are reprocessed (rebuilding the state) with their outputs
 //! suppressed. Outputs of input partition `p` go to partition `p` of the output topic (the
 //! topics are co-partitioned), which is what makes that scan one partition's tail.
+//!
+//! A producer that is not idempotent (tansu cannot be given an idempotent one, see the
+//! deployment guide) may store a batch twice when the broker restarts before acknowledging it.
+//! On the topics where each record has its own lineage ([`ONE_RECORD_PER_LINEAGE`]: the replay
+//! publishes each log position once, enrich one record per click) lineage rises strictly within
+//! a partition, so a task drops a record whose lineage is not above the newest it processed
+//! from that partition, and keeps that newest lineage with its offsets. (The offers topic
+//! carries several offers per input offset; the web stage drops repeats by offer id.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -35,7 +43,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::kafka::{Acks, BatchProducer, OutRecord, client_config, scan_lineage};
+use super::kafka::{
+    Acks, BatchProducer, OutRecord, SCAN_REWIND, client_config, lineage_of, scan_lineage,
+};
 use super::store::{RedisStore, TaskCommit, TaskCounts};
 use super::{DistributedError, KafkaConfig, RedisConfig};
 
@@ -92,6 +102,8 @@ enum RebalanceEvent {
 struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
     lag: AtomicI64,
+    /// Partitions with unread records, per the last statistics.
+    backlog: Mutex<std::collections::BTreeSet<(String, u32)>>,
 }
 
 fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -103,14 +115,18 @@ fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
+        let behind: Vec<(&String, &rdkafka::statistics::Partition)> = statistics
             .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
-            .map(|p| p.consumer_lag)
-            .sum();
+            .iter()
+            .flat_map(|(name, t)| t.partitions.values().map(move |p| (name, p)))
+            .filter(|(_, p)| p.partition >= 0 && p.consumer_lag > 0)
+            .collect();
+        let lag: i64 = behind.iter().map(|(_, p)| p.consumer_lag).sum();
         self.lag.store(lag, Ordering::Relaxed);
+        *self.backlog.lock().expect("backlog lock") = behind
+            .iter()
+            .map(|(topic, p)| ((*topic).clone(), p.partition as u32))
+            .collect();
     }
 }
 
@@ -134,6 +150,9 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Logical topics whose records each carry a lineage of their own, rising within a partition.
+pub const ONE_RECORD_PER_LINEAGE: [&str; 2] = [topics::CLICK_DATA, topics::ENRICHED_CLICK_DATA];
+
 struct Task<O> {
     op: O,
     key: String,
@@ -144,6 +163,8 @@ struct Task<O> {
     /// Output partition of a partitioned task.
     out_partition: Option<u32>,
     outputs: BTreeMap<(String, u32), i64>,
+    /// Newest input lineage per (physical topic, partition) of a [`ONE_RECORD_PER_LINEAGE`] input.
+    lineage: BTreeMap<(String, u32), i64>,
     counts: TaskCounts,
     dirty: bool,
 }
@@ -154,6 +175,7 @@ struct Polled {
     offset: i64,
     key: String,
     value: Vec<u8>,
+    lineage: Option<u64>,
 }
 
 /// Sums the numeric fields of several tasks' stats (the other fields come from the first).
@@ -247,6 +269,7 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
             suppress_through,
             out_partition: out.map(|(_, q)| q),
             outputs: record.outputs,
+            lineage: record.lineage,
             counts: record.counts,
             dirty: false,
         })
@@ -254,13 +277,15 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
 
     fn publish_metrics(&mut self, lag: u64) {
         let stats: Vec<Value> = self.tasks.values().map(|t| t.op.stats()).collect();
-        let (events, dead, suppressed) = self.tasks.values().fold((0, 0, 0), |a, t| {
-            (
-                a.0 + t.counts.events,
-                a.1 + t.counts.dead_letters,
-                a.2 + t.counts.suppressed,
-            )
-        });
+        let (events, dead, suppressed, duplicates) =
+            self.tasks.values().fold((0, 0, 0, 0), |a, t| {
+                (
+                    a.0 + t.counts.events,
+                    a.1 + t.counts.dead_letters,
+                    a.2 + t.counts.suppressed,
+                    a.3 + t.counts.duplicates,
+                )
+            });
         let mut details = merge_stats(&stats);
         details["partitions"] = self
             .tasks
@@ -269,6 +294,7 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
             .collect::<Vec<_>>()
             .into();
         details["suppressed_outputs"] = suppressed.into();
+        details["duplicate_inputs"] = duplicates.into();
         self.ctx.metrics.record(events, dead, details);
         self.ctx.metrics.set_lag(lag);
         let snapshot = self.ctx.metrics.snapshot();
@@ -319,12 +345,19 @@ fn check_contiguity<O>(
     let key = (m.topic().to_owned(), m.partition());
     let stored = *task.next.get(&(key.0.clone(), m.partition() as u32))?;
     let next = batch_next.get(&key).copied().unwrap_or(stored).max(stored);
+    if m.offset() == next {
+        gaps.remove(&key);
+    }
     if m.offset() <= next || gaps.remove(&key) {
         return Some(true);
     }
+    // Seek back before the expected offset, not to it: a broker that serves only whole stored
+    // batches starting at or after the fetch offset (tansu on object storage) skips a batch
+    // that straddles it. The records before `next` are read again and skipped. A gap that is
+    // still there the second time is a real one (offsets with no record) and is accepted.
     warn!(topic = %key.0, partition = key.1, offset = m.offset(), expected = next, "Consumer ahead of the stored offset; seeking back.");
     seeks.retain(|(t, p, _)| (t, p) != (&key.0, &key.1));
-    seeks.push((key.0.clone(), key.1, next));
+    seeks.push((key.0.clone(), key.1, (next - SCAN_REWIND).max(0)));
     gaps.insert(key);
     Some(false)
 }
@@ -484,6 +517,7 @@ pub fn run_stage<O: Operator>(
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default(),
                     value: m.payload().unwrap_or_default().to_vec(),
+                    lineage: lineage_of(&m),
                 }),
                 Some(Err(error)) => {
                     ctx.metrics.error();
@@ -523,6 +557,23 @@ pub fn run_stage<O: Operator>(
                     .topics
                     .logical(&m.topic)
                     .unwrap_or(topics::CLICK_DATA);
+                if let Some(l) = m.lineage
+                    && ONE_RECORD_PER_LINEAGE.contains(&logical)
+                {
+                    let newest = task
+                        .lineage
+                        .entry((m.topic.clone(), m.partition))
+                        .or_insert(-1);
+                    if l as i64 <= *newest {
+                        // A producer's retry of a record already processed.
+                        task.counts.duplicates += 1;
+                        task.next
+                            .insert((m.topic.clone(), m.partition), m.offset + 1);
+                        task.dirty = true;
+                        continue;
+                    }
+                    *newest = l as i64;
+                }
                 if let Err(error) =
                     task.op
                         .process_record(logical, m.partition, &m.value, &mut emitter)
@@ -550,6 +601,18 @@ pub fn run_stage<O: Operator>(
                 task.dirty = true;
                 last_offset = m.offset as u64;
             }
+            {
+                let backlog = consumer.context().backlog.lock().expect("backlog lock");
+                for (topic, q) in task.next.keys() {
+                    let logical = ctx
+                        .kafka
+                        .topics
+                        .logical(topic)
+                        .unwrap_or(topics::CLICK_DATA);
+                    let pending = backlog.contains(&(topic.clone(), *q));
+                    task.op.input_backlog(logical, *q, pending);
+                }
+            }
             task.op.on_tick(Instant::now(), &mut emitter);
             for out in emitter.drain() {
                 pending.push((out, last_offset, task.out_partition));
@@ -564,6 +627,7 @@ pub fn run_stage<O: Operator>(
                     state: std::mem::take(&mut changes),
                     offsets: task.next.clone(),
                     outputs: BTreeMap::new(),
+                    lineage: task.lineage.clone(),
                     counts: task.counts,
                 });
             }

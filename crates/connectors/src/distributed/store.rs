@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `product:{id}` | hash | `cat`, `title` (+ `description`, `image`, `price`) |
 //! | `visitor:{userId}` | hash | `birthday` (`YYYY-MM-DD`), `gender` (`M`/`F`) |
-//! | `{prefix}:state:{stage}:{task}` | hash | `s:{key}` operator state, `offset:{topic}:{p}` next input offset, `out:{topic}:{p}` output position, `counts` |
+//! | `{prefix}:state:{stage}:{task}` | hash | `s:{key}` operator state, `offset:{topic}:{p}` next input offset, `out:{topic}:{p}` output position, `src:{topic}:{p}` newest input lineage, `counts` |
 //! | `{prefix}:lease:{stage}` | string | worker id of the single active instance (PX expiry) |
 //! | `{prefix}:dashboard` | string | the dashboard snapshot (JSON) |
 //! | `{prefix}:metrics:{stage}` | hash | worker id → its counters (JSON, with `ts_ms`) |
@@ -281,6 +281,9 @@ impl RedisStore {
             } else if let Some(rest) = field.strip_prefix("out:") {
                 let (tp, v) = parse_position(rest, &value)?;
                 record.outputs.insert(tp, v);
+            } else if let Some(rest) = field.strip_prefix("src:") {
+                let (tp, v) = parse_position(rest, &value)?;
+                record.lineage.insert(tp, v);
             } else if field == "counts" {
                 record.counts =
                     serde_json::from_slice(&value).map_err(|e| DistributedError::Corrupt {
@@ -321,6 +324,9 @@ impl RedisStore {
             }
             for ((topic, p), next) in &c.outputs {
                 sets.push((format!("out:{topic}:{p}"), next.to_string().into_bytes()));
+            }
+            for ((topic, p), newest) in &c.lineage {
+                sets.push((format!("src:{topic}:{p}"), newest.to_string().into_bytes()));
             }
             sets.push((
                 "counts".to_owned(),
@@ -616,6 +622,9 @@ pub struct TaskRecord {
     pub offsets: BTreeMap<(String, u32), i64>,
     /// Output position per (physical topic, partition) when the commit was made.
     pub outputs: BTreeMap<(String, u32), i64>,
+    /// Newest input lineage per (physical topic, partition): a record at or below it is a
+    /// producer's retry of one already processed.
+    pub lineage: BTreeMap<(String, u32), i64>,
     /// The runner's counters.
     pub counts: TaskCounts,
 }
@@ -630,6 +639,9 @@ pub struct TaskCounts {
     /// Records reprocessed after a takeover whose outputs were already published.
     #[serde(default)]
     pub suppressed: u64,
+    /// Input records dropped as a producer's retry of one already processed.
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 /// One task's commit.
@@ -643,6 +655,8 @@ pub struct TaskCommit {
     pub offsets: BTreeMap<(String, u32), i64>,
     /// Output positions.
     pub outputs: BTreeMap<(String, u32), i64>,
+    /// Newest input lineage seen.
+    pub lineage: BTreeMap<(String, u32), i64>,
     /// Counters.
     pub counts: TaskCounts,
 }

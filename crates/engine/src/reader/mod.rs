@@ -214,6 +214,8 @@ pub(crate) struct Lines<R> {
     inner: R,
     number: u64,
     buf: Vec<u8>,
+    /// Bytes of the line returned last that are still in `inner`'s buffer.
+    pending: usize,
     failed: bool,
 }
 
@@ -224,35 +226,66 @@ impl<R: BufRead> Lines<R> {
             inner,
             number: 0,
             buf: Vec::with_capacity(4096),
+            pending: 0,
             failed: false,
         }
     }
 
     /// The next line; `None` at the end, or after the read error it returned.
     pub(crate) fn next_line(&mut self) -> Option<Result<Line<'_>, ReaderError>> {
-        if self.failed {
+        let Lines {
+            name,
+            inner,
+            number,
+            buf,
+            pending,
+            failed,
+        } = self;
+        if *failed {
             return None;
         }
-        match read_line(&mut self.inner, &mut self.buf) {
-            Ok(false) => None,
-            Ok(true) => {
-                self.number += 1;
-                Some(Ok(Line {
-                    number: self.number,
-                    bytes: &self.buf,
-                    source: &self.name,
-                }))
-            }
-            Err(source) => {
-                self.failed = true;
-                Some(Err(ReaderError::Read {
-                    name: self.name.clone(),
-                    line: self.number,
-                    source,
-                }))
-            }
-        }
+        let mut fail = |source| {
+            *failed = true;
+            Some(Err(ReaderError::Read {
+                name: name.clone(),
+                line: *number,
+                source,
+            }))
+        };
+        inner.consume(std::mem::take(pending));
+        // A line whole in the reader's buffer is returned from there (no copy); one that spans
+        // buffer refills is gathered in `buf`.
+        let whole = match inner.fill_buf() {
+            Ok(available) => memchr::memchr(b'\n', available),
+            Err(source) => return fail(source),
+        };
+        let bytes = match whole {
+            Some(end) => match inner.fill_buf() {
+                Ok(available) => {
+                    *pending = end + 1;
+                    trim_line_end(&available[..=end])
+                }
+                Err(source) => return fail(source),
+            },
+            None => match read_line(inner, buf) {
+                Ok(false) => return None,
+                Ok(true) => &buf[..],
+                Err(source) => return fail(source),
+            },
+        };
+        *number += 1;
+        Some(Ok(Line {
+            number: *number,
+            bytes,
+            source: name,
+        }))
     }
+}
+
+/// `line` without its `\n` or `\r\n`.
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Reads the next line into `buf` without its line ending; `Ok(false)` at the end.
@@ -261,12 +294,8 @@ fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<bool> {
     if reader.read_until(b'\n', buf)? == 0 {
         return Ok(false);
     }
-    if buf.last() == Some(&b'\n') {
-        buf.pop();
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-    }
+    let len = trim_line_end(buf).len();
+    buf.truncate(len);
     Ok(true)
 }
 

@@ -97,11 +97,23 @@ impl RowError {
 fn parse_row(row: &[u8]) -> Result<Click, RowError> {
     let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     let mut wanted: [&str; 8] = [""; 8];
-    let mut columns = 0;
     // Only the first 53 columns matter: split no further (the rest of a 178-column row stays
-    // one unsplit piece, still counted as a column).
-    for (i, field) in row.splitn(MIN_COLUMNS + 1, '\t').enumerate() {
-        columns = i + 1;
+    // one unsplit piece, still counted as a column). memchr finds the tabs with SIMD; a tab is
+    // ASCII, so every cut is at a character boundary.
+    let mut columns = 0;
+    let mut start = 0;
+    let mut tabs = memchr::memchr_iter(b'\t', row.as_bytes());
+    while columns <= MIN_COLUMNS {
+        let i = columns;
+        let end = if i == MIN_COLUMNS {
+            row.len()
+        } else {
+            tabs.next().unwrap_or(row.len())
+        };
+        let field = &row[start..end];
+        columns += 1;
+        let last = end == row.len();
+        start = end + 1;
         let slot = match i {
             COL_TIME => 0,
             COL_IP => 1,
@@ -111,9 +123,14 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
             COL_CITY => 5,
             COL_COUNTRY => 6,
             COL_STATE => 7,
-            _ => continue,
+            _ => usize::MAX,
         };
-        wanted[slot] = field;
+        if slot != usize::MAX {
+            wanted[slot] = field;
+        }
+        if last {
+            break;
+        }
     }
     if columns < MIN_COLUMNS {
         return Err(RowError::TooFewColumns(columns));

@@ -46,6 +46,9 @@ pub struct DashboardConfig {
     pub allowed_lateness_ms: i64,
     /// Wall-clock silence after which a partition stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// Input partitions `0..partitions`: each holds the watermark back from the start until it
+    /// delivers a view or goes idle (0: a partition counts from its first view).
+    pub partitions: u32,
 }
 
 impl Default for DashboardConfig {
@@ -53,6 +56,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             allowed_lateness_ms: 5_000,
             idle_timeout: Duration::from_secs(5),
+            partitions: 0,
         }
     }
 }
@@ -280,6 +284,7 @@ impl DashboardAggregator {
         );
         let mut watermarks = Watermarks::new(config.allowed_lateness_ms, config.idle_timeout);
         watermarks.restore(s.watermark);
+        watermarks.expect(0..config.partitions, Instant::now());
         let mut agg = DashboardAggregator {
             watermarks,
             s,
@@ -330,6 +335,11 @@ impl DashboardAggregator {
         {
             self.s.offers_seen += 1;
         }
+    }
+
+    /// Records whether input `partition` has unread records (see [`Watermarks::set_backlog`]).
+    pub fn set_backlog(&mut self, partition: u32, pending: bool) {
+        self.watermarks.set_backlog(partition, pending);
     }
 
     /// Advances the watermark at wall time `wall` and applies what it released. Returns whether
@@ -642,6 +652,12 @@ impl Operator for AggregateOperator {
         }
         self.dirty = true;
         Ok(())
+    }
+
+    fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
+        if topic == topics::ENRICHED_CLICK_DATA {
+            self.core.set_backlog(partition, pending);
+        }
     }
 
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {

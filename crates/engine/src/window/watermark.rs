@@ -7,6 +7,15 @@
 //! idle the stream has paused, so the watermark moves up to the newest event time and every
 //! window closes. An event at or below the watermark when it arrives is **late**: counted,
 //! never applied (so a window result, once final, stays final).
+//!
+//! Partitions announced with [`Watermarks::expect`] hold the watermark back from the start,
+//! before their first event, until they deliver one or go idle: a stage catching up on a
+//! backlog may read one partition's records long before another's, and without that the first
+//! partition alone would set the watermark and the others' events would all be late.
+//!
+//! A partition known to have unread records ([`Watermarks::set_backlog`], from the broker's
+//! consumer lag) is slow, not idle: it holds the watermark back [`BACKLOG_PATIENCE`] times the
+//! idle timeout (not forever: a broker can leave a partition's end unreadable).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -15,10 +24,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{SECOND_MS, ceil_to, floor_to};
 
+/// How many idle timeouts a partition with unread records holds the watermark back.
+pub const BACKLOG_PATIENCE: u32 = 6;
+
 #[derive(Debug, Clone)]
 struct PartitionClock {
-    max_ts: i64,
+    /// Newest event time (`None`: announced, no event yet).
+    max_ts: Option<i64>,
     last_event: Instant,
+    /// Records are waiting to be read.
+    backlog: bool,
 }
 
 /// Per-partition watermarks.
@@ -56,14 +71,34 @@ impl Watermarks {
         self.current.is_some_and(|w| ts <= w)
     }
 
+    /// Announces input partitions at wall time `wall`: each holds the watermark back until it
+    /// delivers an event or has been silent for the idle timeout.
+    pub fn expect(&mut self, partitions: impl IntoIterator<Item = u32>, wall: Instant) {
+        for p in partitions {
+            self.partitions.entry(p).or_insert(PartitionClock {
+                max_ts: None,
+                last_event: wall,
+                backlog: false,
+            });
+        }
+    }
+
     /// Records an event of `partition` seen at wall time `wall`.
     pub fn observe(&mut self, partition: u32, ts: i64, wall: Instant) {
         let clock = self.partitions.entry(partition).or_insert(PartitionClock {
-            max_ts: ts,
+            max_ts: Some(ts),
             last_event: wall,
+            backlog: false,
         });
-        clock.max_ts = clock.max_ts.max(ts);
+        clock.max_ts = clock.max_ts.max(Some(ts));
         clock.last_event = wall;
+    }
+
+    /// Records whether `partition` has unread records (a known partition only).
+    pub fn set_backlog(&mut self, partition: u32, pending: bool) {
+        if let Some(clock) = self.partitions.get_mut(&partition) {
+            clock.backlog = pending;
+        }
     }
 
     /// Recomputes the watermark at wall time `wall`; returns it.
@@ -71,19 +106,32 @@ impl Watermarks {
         let active: Vec<&PartitionClock> = self
             .partitions
             .values()
-            .filter(|c| wall.saturating_duration_since(c.last_event) < self.idle_timeout)
+            .filter(|c| {
+                let patience = if c.backlog {
+                    self.idle_timeout * BACKLOG_PATIENCE
+                } else {
+                    self.idle_timeout
+                };
+                wall.saturating_duration_since(c.last_event) < patience
+            })
             .collect();
         let candidate = if active.is_empty() {
             // Everything is idle: the stream paused; close every window up to the newest event.
             self.partitions
                 .values()
-                .map(|c| ceil_to(c.max_ts, SECOND_MS))
+                .filter_map(|c| c.max_ts)
+                .map(|ts| ceil_to(ts, SECOND_MS))
                 .max()
         } else {
+            // An active partition without an event yet holds everything back.
             active
                 .iter()
-                .map(|c| floor_to(c.max_ts - self.lateness_ms, SECOND_MS))
+                .map(|c| {
+                    c.max_ts
+                        .map(|ts| floor_to(ts - self.lateness_ms, SECOND_MS))
+                })
                 .min()
+                .flatten()
         };
         if let Some(c) = candidate {
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
@@ -96,7 +144,8 @@ impl Watermarks {
         if let Some(c) = self
             .partitions
             .values()
-            .map(|c| ceil_to(c.max_ts, SECOND_MS))
+            .filter_map(|c| c.max_ts)
+            .map(|ts| ceil_to(ts, SECOND_MS))
             .max()
         {
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
@@ -171,6 +220,50 @@ mod tests {
         // Never backwards.
         w.observe(1, 70_000, t0 + Duration::from_secs(31));
         assert_eq!(w.advance(t0 + Duration::from_secs(31)), Some(120_000));
+    }
+
+    #[test]
+    fn an_expected_partition_holds_the_watermark_back_until_it_delivers_or_idles() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.expect(0..3, t0);
+        // Partition 0's backlog arrives first: the others have not spoken yet.
+        w.observe(0, 900_000, t0);
+        assert_eq!(w.advance(t0), None);
+        assert!(!w.is_late(60_000));
+        w.observe(1, 60_000, t0);
+        w.observe(2, 70_000, t0);
+        assert_eq!(w.advance(t0), Some(55_000));
+        // A partition that never delivers stops holding the others back once idle.
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.expect([0, 1], t0);
+        w.observe(0, 100_000, t0 + Duration::from_secs(9));
+        assert_eq!(w.advance(t0 + Duration::from_secs(9)), None);
+        assert_eq!(w.advance(t0 + Duration::from_secs(10)), Some(95_000));
+    }
+
+    #[test]
+    fn a_partition_with_unread_records_is_slow_not_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.observe(0, 100_000, t0);
+        w.observe(1, 60_000, t0);
+        w.set_backlog(1, true);
+        // Partition 1's fetches stall (a broker restart) while partition 0 goes on.
+        let later = t0 + Duration::from_secs(30);
+        w.observe(0, 200_000, later);
+        assert_eq!(w.advance(later), Some(55_000));
+        assert!(!w.is_late(60_001));
+        // It catches up; a stall past the patience lets the others go on.
+        w.set_backlog(1, false);
+        assert_eq!(w.advance(later), Some(195_000));
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.observe(0, 100_000, t0);
+        w.observe(1, 60_000, t0);
+        w.set_backlog(1, true);
+        let stalled = t0 + Duration::from_secs(10) * BACKLOG_PATIENCE;
+        w.observe(0, 200_000, stalled);
+        assert_eq!(w.advance(stalled), Some(195_000));
     }
 
     #[test]
