@@ -11,7 +11,9 @@
 //! - peak RSS of the demo process in each run.
 //!
 //! `CLICKPULSE_BENCH_EVENTS` sets the live benchmark's log size (default 1,000,000);
-//! `CLICKPULSE_BENCH_BATCH` the demo's `--batch-size` (default 10,000, the demo's default).
+//! `CLICKPULSE_BENCH_BATCH` the demo's `--batch-size` (default 10,000, the demo's default);
+//! `CLICKPULSE_BENCH_DEMO_ARGS` adds options to the demo's command line (split on spaces), e.g.
+//! `--sync-interval-ms 0` to make every commit wait for the disk.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -69,6 +71,11 @@ fn demo(dir: &Path, port: u16, extra: &[&str]) -> Child {
             "--original-time",
         ])
         .args(["--batch-size", &batch])
+        .args(
+            std::env::var("CLICKPULSE_BENCH_DEMO_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -73,6 +73,12 @@ pub(crate) struct DemoArgs {
     /// batches cost no latency when traffic is light).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) batch_size: usize,
+    /// How long the stages' commits may wait for the disk, in ms: one fsync then covers every
+    /// stage's commits made meanwhile, and a crash makes the stages redo at most this much
+    /// work. Clicks the collector accepted are on disk before its 202 whatever this is. 0:
+    /// every commit waits for the disk.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) sync_interval_ms: u64,
     /// Dashboard windows: how far (event time) a view may trail the newest one of its partition
     /// and still count; later views are counted as late.
     #[arg(long, default_value_t = 2_000, value_name = "MS")]

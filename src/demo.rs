@@ -115,6 +115,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let first_failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let config = RunnerConfig {
         batch_size: args.batch_size,
+        sync_interval: Duration::from_millis(args.sync_interval_ms),
         ..RunnerConfig::default()
     };
     let mut workers = Vec::new();

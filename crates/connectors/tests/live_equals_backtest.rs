@@ -126,6 +126,7 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
     let config = RunnerConfig {
         batch_size,
         idle_wait: Duration::from_millis(2),
+        ..RunnerConfig::default()
     };
     let metrics = PipelineMetrics::default();
     let total = clicks.len() as u64;

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::topics::partition_for;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 
 use super::error::{StoreError, db};
@@ -126,6 +126,15 @@ pub struct EmbeddedStore {
     ends: Mutex<HashMap<(String, u32), u64>>,
     /// Bumped on every commit that appends; consumers wait on it.
     appended: (Mutex<u64>, Condvar),
+    /// Commits not yet on disk, and when the last durable one was made.
+    sync: Mutex<SyncState>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Commits made without an fsync since the last durable commit.
+    lazy: u64,
+    last_durable: Instant,
 }
 
 impl EmbeddedStore {
@@ -176,6 +185,10 @@ impl EmbeddedStore {
             partitions,
             ends: Mutex::new(ends),
             appended: (Mutex::new(0), Condvar::new()),
+            sync: Mutex::new(SyncState {
+                lazy: 0,
+                last_durable: Instant::now(),
+            }),
         })
     }
 
@@ -280,14 +293,66 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// Appends records, changes state and advances offsets in one durable transaction.
+    /// Appends records, changes state and advances offsets in one durable transaction: on disk
+    /// when this returns, with every commit before it.
     pub fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        self.write(batch, true)
+    }
+
+    /// [`EmbeddedStore::commit`] without waiting for the disk, unless the last durable commit is
+    /// `max_delay` old or older (then this one is durable, and so with it every commit before).
+    ///
+    /// Commits stay all-or-nothing and in order: a crash loses the commits after the last
+    /// durable one, all of them, so a restart resumes from a consistent earlier point and does
+    /// that work again. Use it for work that can be redone (the pipeline's stages); use
+    /// [`EmbeddedStore::commit`] before telling anyone outside that data is safe (the
+    /// collector's `202`).
+    pub fn commit_lazily(
+        &self,
+        batch: &CommitBatch,
+        max_delay: Duration,
+    ) -> Result<(), StoreError> {
+        let due = self.sync.lock().expect("sync lock").last_durable.elapsed() >= max_delay;
+        self.write(batch, due)
+    }
+
+    /// Makes every commit so far durable (nothing to do when all are).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.sync.lock().expect("sync lock").lazy == 0 {
+            return Ok(());
+        }
+        let _ends = self.ends.lock().expect("ends lock");
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.commit().map_err(db)?;
+        self.synced();
+        Ok(())
+    }
+
+    /// [`EmbeddedStore::sync`] when commits have waited `max_delay` or longer for the disk.
+    pub fn sync_if_due(&self, max_delay: Duration) -> Result<(), StoreError> {
+        let due = {
+            let s = self.sync.lock().expect("sync lock");
+            s.lazy > 0 && s.last_durable.elapsed() >= max_delay
+        };
+        if due { self.sync() } else { Ok(()) }
+    }
+
+    fn synced(&self) {
+        let mut s = self.sync.lock().expect("sync lock");
+        s.lazy = 0;
+        s.last_durable = Instant::now();
+    }
+
+    fn write(&self, batch: &CommitBatch, durable: bool) -> Result<(), StoreError> {
         if batch.appends.is_empty() && batch.state.is_empty() && batch.offsets.is_empty() {
             return Ok(());
         }
         let mut ends = self.ends.lock().expect("ends lock");
         let mut new_ends: HashMap<(String, u32), u64> = HashMap::new();
-        let txn = self.db.begin_write().map_err(db)?;
+        let mut txn = self.db.begin_write().map_err(db)?;
+        if !durable {
+            txn.set_durability(Durability::None).map_err(db)?;
+        }
         {
             let mut by_topic: HashMap<&str, Vec<(&str, &[u8])>> = HashMap::new();
             for (topic, key, value) in &batch.appends {
@@ -334,6 +399,11 @@ impl EmbeddedStore {
             }
         }
         txn.commit().map_err(db)?;
+        if durable {
+            self.synced();
+        } else {
+            self.sync.lock().expect("sync lock").lazy += 1;
+        }
         let appended = !new_ends.is_empty();
         ends.extend(new_ends);
         drop(ends);
@@ -620,5 +690,40 @@ mod tests {
             6,
             "offsets continue after trimming and reopening"
         );
+    }
+
+    #[test]
+    fn lazy_commits_are_read_at_once_and_made_durable_by_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        let hour = Duration::from_secs(3_600);
+        let pending = |s: &EmbeddedStore| s.sync.lock().unwrap().lazy;
+        store
+            .commit_lazily(&batch(&[("a", "1")], &[("op/x", "1")], &[]), hour)
+            .unwrap();
+        store
+            .commit_lazily(&batch(&[("a", "2")], &[], &[("g", "t", 0, 1)]), hour)
+            .unwrap();
+        // Readers see lazy commits at once; two wait for the disk.
+        assert_eq!(store.fetch("t", 0, 0, 10).unwrap().len(), 2);
+        assert_eq!(pending(&store), 2);
+        store.sync_if_due(hour).unwrap();
+        assert_eq!(pending(&store), 2, "not due yet");
+        store.sync_if_due(Duration::ZERO).unwrap();
+        assert_eq!(pending(&store), 0);
+        // A commit whose delay has run out is durable itself.
+        store
+            .commit_lazily(&batch(&[("a", "3")], &[], &[]), Duration::ZERO)
+            .unwrap();
+        assert_eq!(pending(&store), 0);
+        store
+            .commit_lazily(&batch(&[("a", "4")], &[], &[]), hour)
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        assert_eq!(store.end_offset("t", 0), 4);
+        assert_eq!(store.committed("g", "t", 0).unwrap(), 1);
+        assert_eq!(store.state("op/x").unwrap(), Some(b"1".to_vec()));
     }
 }
