@@ -327,12 +327,13 @@ fn consumer(
 
 /// Whether a polled record may be taken: `None` when no task knows its partition. A record
 /// beyond the task's next offset means the consumer started past it (the group's offset ahead
-/// of Redis's, or a record fetched before a seek): it is dropped and the partition re-sought,
-/// once; if the same gap shows again it is real (a compacted topic) and accepted.
+/// of Redis's, or a record fetched before a seek): it is dropped and the partition re-sought;
+/// if the same gap shows again, at the same offset, it is real (offsets without a record) and
+/// accepted.
 fn check_contiguity<O>(
     tasks: &BTreeMap<u32, Task<O>>,
     batch_next: &std::collections::HashMap<(String, i32), i64>,
-    gaps: &mut std::collections::HashSet<(String, i32)>,
+    gaps: &mut std::collections::HashMap<(String, i32), i64>,
     seeks: &mut Vec<(String, i32, i64)>,
     m: &rdkafka::message::BorrowedMessage<'_>,
     is_single: bool,
@@ -348,7 +349,14 @@ fn check_contiguity<O>(
     if m.offset() == next {
         gaps.remove(&key);
     }
-    if m.offset() <= next || gaps.remove(&key) {
+    if m.offset() <= next {
+        return Some(true);
+    }
+    // The same gap found again after re-reading from before it: a real one. Any other record
+    // beyond `next` (one fetched before the seek back took effect, after the record that
+    // showed the gap was dropped) is a new sighting: accepting it would skip that record.
+    if gaps.get(&key) == Some(&m.offset()) {
+        gaps.remove(&key);
         return Some(true);
     }
     // Seek back before the expected offset, not to it: a broker that serves only whole stored
@@ -358,7 +366,7 @@ fn check_contiguity<O>(
     warn!(topic = %key.0, partition = key.1, offset = m.offset(), expected = next, "Consumer ahead of the stored offset; seeking back.");
     seeks.retain(|(t, p, _)| (t, p) != (&key.0, &key.1));
     seeks.push((key.0.clone(), key.1, (next - SCAN_REWIND).max(0)));
-    gaps.insert(key);
+    gaps.insert(key, m.offset());
     Some(false)
 }
 
@@ -433,7 +441,8 @@ pub fn run_stage<O: Operator>(
     let mut last_metrics = Instant::now() - Duration::from_secs(10);
     let mut last_lease = Instant::now();
     let mut seeks: Vec<(String, i32, i64)> = Vec::new();
-    let mut gaps: std::collections::HashSet<(String, i32)> = std::collections::HashSet::new();
+    // Per partition, the offset found right after a gap, until the gap is confirmed or filled.
+    let mut gaps: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
     let is_single = matches!(placement, Placement::Single { .. });
     let result = loop {
         if ctx.shutdown.load(Ordering::Relaxed) {
