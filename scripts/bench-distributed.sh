@@ -17,6 +17,7 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; redis-cli -p "$REDIS" shutdown 
 trap cleanup EXIT
 "$TANSU" broker --listener-url "tcp://127.0.0.1:$BROKER" --advertised-listener-url "tcp://127.0.0.1:$BROKER" \
   --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
+BROKER_PID=$!
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$DIR" --logfile "$DIR/redis.log"
 sleep 1
 cat >"$DIR/c.toml" <<TOML
@@ -38,22 +39,37 @@ TOML
 EVENTS=1000000
 "$BIN" generate --visitors 200000 --days 7 --events $EVENTS --seed 7 --out "$DIR/log.tsv.gz" >/dev/null 2>&1
 "$BIN" lookups load --redis "redis://127.0.0.1:$REDIS/0" >/dev/null
+REDIS_PID=$(redis-cli -p "$REDIS" info server | tr -d '\r' | sed -n 's/^process_id://p')
+TICK=$(getconf CLK_TCK)
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$TICK" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
 events() { redis-cli -p "$REDIS" hget "clickpulse:metrics:$1" "$1-1" | python3 -c 'import json,sys; t=sys.stdin.read().strip(); print(json.loads(t)["events"] if t else 0)'; }
-# Time from the first consumed record to the last (the group join and task opening excluded).
+# Time from the first consumed record to the last (the group join and task opening excluded),
+# and the CPU seconds the worker, the broker and Redis each used in that time. On 2 shared cores
+# the wall-clock figure is what this machine does; events per CPU second of the worker is what
+# one worker does with a core of its own (the broker and Redis on other machines).
+# Prints "events_per_s worker_events_per_cpu_s broker_cpu_s redis_cpu_s".
 measure() {
-  local stage=$1 total=$2 start="" t0 t1 n
+  local stage=$1 total=$2 start="" t1 n w0 b0 r0 w1 b1 r1
   "$BIN" run --config "$DIR/c.toml" --stage "$stage" --worker-id "$stage-1" >"$DIR/$stage.log" 2>&1 &
   local pid=$!
   while :; do
     n=$(events "$stage"); now=$(date +%s.%N)
-    if [ -z "$start" ] && [ "$n" -gt 0 ]; then start=$now; n0=$n; fi
-    if [ "$n" -ge "$total" ]; then t1=$now; break; fi
+    if [ -z "$start" ] && [ "$n" -gt 0 ]; then
+      start=$now; n0=$n; w0=$(cpu $pid); b0=$(cpu $BROKER_PID); r0=$(cpu $REDIS_PID)
+    fi
+    if [ "$n" -ge "$total" ]; then
+      t1=$now; w1=$(cpu $pid); b1=$(cpu $BROKER_PID); r1=$(cpu $REDIS_PID); break
+    fi
     sleep 0.05
   done
   kill -TERM $pid; wait $pid || true
-  python3 -c "print(round(($total-$n0)/($t1-$start)))"
+  python3 -c "n=$total-$n0; print(round(n/($t1-$start)), round(n/max($w1-$w0, 0.001)), round($b1-$b0, 2), round($r1-$r0, 2))"
 }
-REPLAY=$(measure replay $EVENTS)
-ENRICH=$(measure enrich $EVENTS)
-DETECT=$(measure detect $EVENTS)
-echo "bench distributed: replay_events_per_s=$REPLAY enrich_events_per_s=$ENRICH detect_events_per_s=$DETECT events=$EVENTS partitions=4 batch=10000 broker=tansu-0.6.0-memory redis=local"
+read -r REPLAY REPLAY_CPU REPLAY_BROKER REPLAY_REDIS < <(measure replay $EVENTS)
+read -r ENRICH ENRICH_CPU ENRICH_BROKER ENRICH_REDIS < <(measure enrich $EVENTS)
+read -r DETECT DETECT_CPU DETECT_BROKER DETECT_REDIS < <(measure detect $EVENTS)
+echo "bench distributed: replay_events_per_s=$REPLAY enrich_events_per_s=$ENRICH detect_events_per_s=$DETECT" \
+  "replay_events_per_cpu_s=$REPLAY_CPU enrich_events_per_cpu_s=$ENRICH_CPU detect_events_per_cpu_s=$DETECT_CPU" \
+  "broker_cpu_s=$REPLAY_BROKER/$ENRICH_BROKER/$DETECT_BROKER redis_cpu_s=$REPLAY_REDIS/$ENRICH_REDIS/$DETECT_REDIS" \
+  "events=$EVENTS partitions=4 batch=10000 broker=tansu-0.6.0-memory redis=local"

@@ -67,7 +67,7 @@ fn twenty_kills_of_the_embedded_pipeline_change_nothing() {
 }
 
 #[test]
-fn twenty_kills_of_distributed_workers_plus_a_redis_restart_change_nothing() {
+fn twenty_kills_of_distributed_workers_plus_broker_and_redis_restarts_change_nothing() {
     let work = tempfile::tempdir().unwrap();
     let log = log_slice(work.path(), 20_000);
     let out = std::process::Command::new(bin())
@@ -80,11 +80,8 @@ fn twenty_kills_of_distributed_workers_plus_a_redis_restart_change_nothing() {
             "--seed",
             "11",
         ])
-        // The broker restart is left out here: with it, this passed three runs of three on
-        // 2026-11-28, but the broker-restart test once lost one click after a gap in
-        // click-data, so CI leaves tansu restarts out until that is understood
-        // (RELIABILITY.md, "What the broker restart found").
-        .args(["--skip-broker-restart", "--json", "--patterns"])
+        // The broker is restarted after the 7th kill, Redis killed and restarted after the 14th.
+        .args(["--json", "--patterns"])
         .arg(data_path(PATTERNS))
         .arg("--log")
         .arg(&log)
@@ -109,7 +106,10 @@ fn twenty_kills_of_distributed_workers_plus_a_redis_restart_change_nothing() {
     assert_eq!(report["duplicate_events"], 0);
     assert_eq!(report["duplicate_offers"], 0);
     assert_eq!(report["snapshot_equal"], true);
-    assert_eq!(report["service_restarts"], serde_json::json!(["redis"]));
+    assert_eq!(
+        report["service_restarts"],
+        serde_json::json!(["broker", "redis"])
+    );
     let expected = report["offers_expected"].as_u64().unwrap();
     assert!(expected > 0);
     assert_eq!(report["offers_delivered"].as_u64(), Some(expected));

@@ -328,8 +328,8 @@ fn consumer(
 /// Whether a polled record may be taken: `None` when no task knows its partition. A record
 /// beyond the task's next offset means the consumer started past it (the group's offset ahead
 /// of Redis's, or a record fetched before a seek): it is dropped and the partition re-sought;
-/// if the same gap shows again, at the same offset, it is real (offsets without a record) and
-/// accepted.
+/// if the first record after the gap shows again after the re-read, the gap is real (offsets
+/// without a record) and that record is accepted ([`gap_confirmed`]).
 fn check_contiguity<O>(
     tasks: &BTreeMap<u32, Task<O>>,
     batch_next: &std::collections::HashMap<(String, i32), i64>,
@@ -352,10 +352,7 @@ fn check_contiguity<O>(
     if m.offset() <= next {
         return Some(true);
     }
-    // The same gap found again after re-reading from before it: a real one. Any other record
-    // beyond `next` (one fetched before the seek back took effect, after the record that
-    // showed the gap was dropped) is a new sighting: accepting it would skip that record.
-    if gaps.get(&key) == Some(&m.offset()) {
+    if gap_confirmed(gaps.entry(key.clone()), m.offset()) {
         gaps.remove(&key);
         return Some(true);
     }
@@ -366,8 +363,29 @@ fn check_contiguity<O>(
     warn!(topic = %key.0, partition = key.1, offset = m.offset(), expected = next, "Consumer ahead of the stored offset; seeking back.");
     seeks.retain(|(t, p, _)| (t, p) != (&key.0, &key.1));
     seeks.push((key.0.clone(), key.1, (next - SCAN_REWIND).max(0)));
-    gaps.insert(key, m.offset());
     Some(false)
+}
+
+/// Whether a record at `offset`, beyond the expected one, confirms a gap: true only when it is
+/// the first record after the gap seen before (`first`, the lowest offset beyond the expected
+/// one seen so far, which this updates). Records fetched before a seek back took effect come
+/// after that record: they neither confirm the gap nor replace it (replacing it made two
+/// prefetched records take turns as "the first" and the consumer seek back forever).
+fn gap_confirmed<K>(first: std::collections::hash_map::Entry<'_, K, i64>, offset: i64) -> bool {
+    use std::collections::hash_map::Entry;
+    match first {
+        Entry::Occupied(e) if *e.get() == offset => true,
+        Entry::Occupied(mut e) => {
+            if offset < *e.get() {
+                e.insert(offset);
+            }
+            false
+        }
+        Entry::Vacant(e) => {
+            e.insert(offset);
+            false
+        }
+    }
 }
 
 /// Runs `stage` with operators made by `make` until `ctx.shutdown` is set.
@@ -743,4 +761,47 @@ pub fn run_stage<O: Operator>(
     s.publish_metrics(0);
     info!(stage, worker = %ctx.worker_id, "Stage stopped.");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::gap_confirmed;
+
+    /// Feeds the offsets beyond the expected one a consumer sees, in order; returns those taken.
+    fn taken(offsets: &[i64]) -> Vec<i64> {
+        let mut gaps: HashMap<&str, i64> = HashMap::new();
+        offsets
+            .iter()
+            .copied()
+            .filter(|&o| {
+                let confirmed = gap_confirmed(gaps.entry("p"), o);
+                if confirmed {
+                    gaps.remove("p");
+                }
+                confirmed
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_taken_when_its_first_record_shows_again() {
+        // 2,197 shows the gap; 2,198 was fetched before the seek back; the re-read brings 2,197.
+        assert_eq!(taken(&[2197, 2198, 2197]), [2197]);
+    }
+
+    #[test]
+    fn prefetched_records_neither_confirm_nor_replace_the_gap() {
+        // The livelock seen in a broker-restart run: 2,339 and 2,340 took turns as the gap's
+        // first record, so neither ever confirmed it.
+        assert_eq!(taken(&[2339, 2340, 2339]), [2339]);
+        assert_eq!(taken(&[2340, 2341, 2342]), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_nearer_record_after_the_re_read_becomes_the_gap_s_first() {
+        // A record seen first from far ahead; the re-read finds an earlier one past the gap.
+        assert_eq!(taken(&[2400, 2339, 2401, 2339]), [2339]);
+    }
 }
