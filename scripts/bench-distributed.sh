@@ -5,7 +5,8 @@
 #   2. one enrich worker consumes it all (alone): enrich events/s;
 #   3. one detect worker consumes enriched-click-data (alone): detect events/s.
 # Prints one summary line a script can read. Needs the tansu binary (scripts/test.sh caches it)
-# and redis-server. Usage: scripts/bench-distributed.sh [path/to/clickpulse]
+# and redis-server. Usage: [CLICKPULSE_BENCH_BATCH=N] scripts/bench-distributed.sh [path/to/clickpulse]
+# (CLICKPULSE_BENCH_BATCH: the workers' batch_size, default 10000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/clickpulse}"
@@ -13,7 +14,14 @@ BIN="${1:-target/release/clickpulse}"
 TANSU="${CLICKPULSE_TANSU:-${XDG_CACHE_HOME:-$HOME/.cache}/clickpulse/tansu-0.6.0}"
 DIR="$(mktemp -d)"
 BROKER=$((20000 + RANDOM % 10000)); REDIS=$((30000 + RANDOM % 10000))
-cleanup() { kill $(jobs -p) 2>/dev/null || true; redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+# CLICKPULSE_BENCH_LOGS=DIR keeps the workers' logs there (RUST_LOG=clickpulse_connectors=debug
+# adds each batch's poll/process/publish/commit times).
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true
+  if [ -n "${CLICKPULSE_BENCH_LOGS:-}" ]; then mkdir -p "$CLICKPULSE_BENCH_LOGS"; cp "$DIR"/*.log "$CLICKPULSE_BENCH_LOGS"/; fi
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
 "$TANSU" broker --listener-url "tcp://127.0.0.1:$BROKER" --advertised-listener-url "tcp://127.0.0.1:$BROKER" \
   --storage-engine memory://tansu/ >"$DIR/broker.log" 2>&1 &
@@ -29,7 +37,7 @@ session_timeout_ms = 6000
 [redis]
 url = "redis://127.0.0.1:$REDIS/0"
 [pipeline]
-batch_size = 10000
+batch_size = ${CLICKPULSE_BENCH_BATCH:-10000}
 patterns = "$DIR/patterns"
 [replay]
 speed = "max"
@@ -48,7 +56,7 @@ events() { redis-cli -p "$REDIS" hget "clickpulse:metrics:$1" "$1-1" | python3 -
 # and the CPU seconds the worker, the broker and Redis each used in that time. On 2 shared cores
 # the wall-clock figure is what this machine does; events per CPU second of the worker is what
 # one worker does with a core of its own (the broker and Redis on other machines).
-# Prints "events_per_s worker_events_per_cpu_s broker_cpu_s redis_cpu_s".
+# Prints "events_per_s worker_events_per_cpu_s broker_cpu_s redis_cpu_s steps".
 measure() {
   local stage=$1 total=$2 start="" t1 n w0 b0 r0 w1 b1 r1
   "$BIN" run --config "$DIR/c.toml" --stage "$stage" --worker-id "$stage-1" >"$DIR/$stage.log" 2>&1 &
@@ -64,12 +72,21 @@ measure() {
     sleep 0.05
   done
   kill -TERM $pid; wait $pid || true
-  python3 -c "n=$total-$n0; print(round(n/($t1-$start)), round(n/max($w1-$w0, 0.001)), round($b1-$b0, 2), round($r1-$r0, 2))"
+  # Where the worker's time went, as poll/process/publish/commit seconds over its whole run.
+  local steps
+  steps=$(redis-cli -p "$REDIS" hget "clickpulse:metrics:$stage" "$stage-1" | python3 -c '
+import json, sys
+t = sys.stdin.read().strip()
+s = json.loads(t) if t else {}
+s = s.get("details", s).get("step_seconds", {})
+print("/".join(str(s.get(k, "-")) for k in ("poll", "process", "publish", "commit")))')
+  python3 -c "n=$total-$n0; print(round(n/($t1-$start)), round(n/max($w1-$w0, 0.001)), round($b1-$b0, 2), round($r1-$r0, 2), '$steps')"
 }
-read -r REPLAY REPLAY_CPU REPLAY_BROKER REPLAY_REDIS < <(measure replay $EVENTS)
-read -r ENRICH ENRICH_CPU ENRICH_BROKER ENRICH_REDIS < <(measure enrich $EVENTS)
-read -r DETECT DETECT_CPU DETECT_BROKER DETECT_REDIS < <(measure detect $EVENTS)
+read -r REPLAY REPLAY_CPU REPLAY_BROKER REPLAY_REDIS _ < <(measure replay $EVENTS)
+read -r ENRICH ENRICH_CPU ENRICH_BROKER ENRICH_REDIS ENRICH_STEPS < <(measure enrich $EVENTS)
+read -r DETECT DETECT_CPU DETECT_BROKER DETECT_REDIS DETECT_STEPS < <(measure detect $EVENTS)
 echo "bench distributed: replay_events_per_s=$REPLAY enrich_events_per_s=$ENRICH detect_events_per_s=$DETECT" \
   "replay_events_per_cpu_s=$REPLAY_CPU enrich_events_per_cpu_s=$ENRICH_CPU detect_events_per_cpu_s=$DETECT_CPU" \
   "broker_cpu_s=$REPLAY_BROKER/$ENRICH_BROKER/$DETECT_BROKER redis_cpu_s=$REPLAY_REDIS/$ENRICH_REDIS/$DETECT_REDIS" \
-  "events=$EVENTS partitions=4 batch=10000 broker=tansu-0.6.0-memory redis=local"
+  "enrich_poll_process_publish_commit_s=$ENRICH_STEPS detect_poll_process_publish_commit_s=$DETECT_STEPS" \
+  "events=$EVENTS partitions=4 batch=${CLICKPULSE_BENCH_BATCH:-10000} broker=tansu-0.6.0-memory redis=local"

@@ -210,6 +210,9 @@ struct Stage<'a, O, F> {
     store: RedisStore,
     tasks: BTreeMap<u32, Task<O>>,
     inputs: Vec<String>,
+    /// Seconds this worker spent in each step of its batches: poll, process, publish (send and
+    /// wait for the acknowledgements), commit (Redis and the group).
+    step_seconds: [f64; 4],
 }
 
 impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
@@ -295,6 +298,10 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
             .into();
         details["suppressed_outputs"] = suppressed.into();
         details["duplicate_inputs"] = duplicates.into();
+        let [poll, process, publish, commit] = self.step_seconds.map(|t| (t * 1e3).round() / 1e3);
+        details["step_seconds"] = json!({
+            "poll": poll, "process": process, "publish": publish, "commit": commit,
+        });
         self.ctx.metrics.record(events, dead, details);
         self.ctx.metrics.set_lag(lag);
         let snapshot = self.ctx.metrics.snapshot();
@@ -416,6 +423,7 @@ pub fn run_stage<O: Operator>(
         store,
         tasks: BTreeMap::new(),
         inputs: inputs.clone(),
+        step_seconds: [0.0; 4],
     };
     let group = format!("{}-{stage}", ctx.kafka.group_prefix);
     let consumer = consumer(&ctx.kafka, &group)?;
@@ -558,6 +566,7 @@ pub fn run_stage<O: Operator>(
             }
         }
         // 2. Process.
+        let polled_at = Instant::now();
         let mut pending: Vec<(Output, u64, Option<u32>)> = Vec::new();
         let mut commits = Vec::new();
         for (&p, task) in s.tasks.iter_mut() {
@@ -664,6 +673,7 @@ pub fn run_stage<O: Operator>(
             break Ok(());
         }
         // 3. Publish and wait for the acknowledgements.
+        let processed_at = Instant::now();
         if !pending.is_empty() {
             let acks = Acks::new();
             let mut sent = Ok(());
@@ -721,6 +731,7 @@ pub fn run_stage<O: Operator>(
             }
         }
         // 4. Persist state and offsets together.
+        let published_at = Instant::now();
         for c in commits.iter_mut() {
             if let Some(task) = s.tasks.values().find(|t| t.key == c.key) {
                 c.outputs = task.outputs.clone();
@@ -740,6 +751,18 @@ pub fn run_stage<O: Operator>(
             }
             if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
                 warn!(%error, stage, "Offset commit failed (the Redis offsets rule).");
+            }
+        }
+        if !batch.is_empty() {
+            let steps = [
+                started,
+                polled_at,
+                processed_at,
+                published_at,
+                Instant::now(),
+            ];
+            for (i, total) in s.step_seconds.iter_mut().enumerate() {
+                *total += (steps[i + 1] - steps[i]).as_secs_f64();
             }
         }
         if last_metrics.elapsed() >= Duration::from_millis(500) || !batch.is_empty() {
