@@ -6,8 +6,9 @@
 //! 1. poll records (rebalance callbacks run here; revoked partitions' tasks are dropped with
 //!    their uncommitted records, newly assigned ones are opened);
 //! 2. let each task's operator process its records (those below the task's stored offsets are
-//!    already in its state and skipped);
-//! 3. send the outputs and wait until the brokers acknowledged all of them;
+//!    already in its state and skipped), sending each output as it is made, so the brokers
+//!    work on the first ones while the rest are processed;
+//! 3. wait until the brokers acknowledged all of the batch's outputs;
 //! 4. write every task's state changes, next offsets and output positions to Redis in one
 //!    MULTI/EXEC;
 //! 5. commit the offsets to the consumer group (for monitoring and for the next owner's start).
@@ -567,7 +568,33 @@ pub fn run_stage<O: Operator>(
         }
         // 2. Process.
         let polled_at = Instant::now();
-        let mut pending: Vec<(Output, u64, Option<u32>)> = Vec::new();
+        // Outputs are sent as they are made, so the broker works on the first ones while the
+        // rest are processed; the batch is committed only once all are acknowledged (3.).
+        let acks = Acks::new();
+        let mut sent: Result<(), DistributedError> = Ok(());
+        let mut outputs = 0usize;
+        let mut publish = |out: Output, lineage: u64, out_partition: Option<u32>| {
+            if sent.is_err() {
+                return;
+            }
+            outputs += 1;
+            let partition = if out.topic == topics::DEAD_LETTERS {
+                topics::partition_for(&out.key, ctx.kafka.dead_letter_partitions)
+            } else {
+                out_partition
+                    .unwrap_or_else(|| topics::partition_for(&out.key, ctx.kafka.partitions))
+            };
+            sent = producer.send(
+                &OutRecord {
+                    topic: ctx.kafka.topics.physical(out.topic),
+                    partition: partition as i32,
+                    key: &out.key,
+                    value: &out.value,
+                    lineage: Some(lineage),
+                },
+                &acks,
+            );
+        };
         let mut commits = Vec::new();
         for (&p, task) in s.tasks.iter_mut() {
             let mine: Vec<&Polled> = batch
@@ -628,7 +655,7 @@ pub fn run_stage<O: Operator>(
                     if suppress {
                         task.counts.suppressed += 1;
                     } else {
-                        pending.push((out, m.offset as u64, task.out_partition));
+                        publish(out, m.offset as u64, task.out_partition);
                     }
                 }
                 task.next
@@ -651,7 +678,7 @@ pub fn run_stage<O: Operator>(
             }
             task.op.on_tick(Instant::now(), &mut emitter);
             for out in emitter.drain() {
-                pending.push((out, last_offset, task.out_partition));
+                publish(out, last_offset, task.out_partition);
             }
             task.op.checkpoint(&mut changes);
             if !changes.is_empty() {
@@ -669,36 +696,13 @@ pub fn run_stage<O: Operator>(
             }
         }
         if ctx.shutdown.load(Ordering::Relaxed) {
-            // Nothing of this batch is committed: the next owner redoes it.
+            // Nothing of this batch is committed: the next owner redoes it, with the outputs
+            // already sent suppressed by its tail scan, as after a crash.
             break Ok(());
         }
         // 3. Publish and wait for the acknowledgements.
         let processed_at = Instant::now();
-        if !pending.is_empty() {
-            let acks = Acks::new();
-            let mut sent = Ok(());
-            for (out, lineage, out_partition) in &pending {
-                let topic = ctx.kafka.topics.physical(out.topic);
-                let partition = if out.topic == topics::DEAD_LETTERS {
-                    topics::partition_for(&out.key, ctx.kafka.dead_letter_partitions)
-                } else {
-                    out_partition
-                        .unwrap_or_else(|| topics::partition_for(&out.key, ctx.kafka.partitions))
-                };
-                sent = producer.send(
-                    &OutRecord {
-                        topic,
-                        partition: partition as i32,
-                        key: &out.key,
-                        value: &out.value,
-                        lineage: Some(*lineage),
-                    },
-                    &acks,
-                );
-                if sent.is_err() {
-                    break;
-                }
-            }
+        if outputs > 0 || sent.is_err() {
             if let Err(error) = sent.and_then(|()| producer.wait(&acks)) {
                 // Start the owned tasks over from their last commit.
                 ctx.metrics.error();
