@@ -15,7 +15,7 @@
 //! | `{prefix}:secrets` | hash | `admin_token`, `offer_secret` shared by the web instances |
 //! | `state_logs` | stream | the pattern transition log, capped at `state_log_max_len` |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -698,6 +698,28 @@ impl RedisLookups {
     }
 }
 
+/// The keys of a batch to fetch: those not in `cache` or not `fresh` there, each once, in
+/// first-seen order; and how many of the batch's keys that leaves served (the hits). A set beside
+/// the list finds repeats: a linear search of the list was a tenth of the enrich worker's time at
+/// 10,000-record batches.
+fn misses<'k, V>(
+    keys: &[&'k str],
+    cache: &HashMap<String, (Instant, V)>,
+    fresh: impl Fn(&Instant) -> bool,
+) -> (Vec<&'k str>, u64) {
+    let mut want = Vec::new();
+    let mut wanted = HashSet::new();
+    let mut hits = 0;
+    for &key in keys {
+        match cache.get(key) {
+            Some((at, _)) if fresh(at) => hits += 1,
+            _ if !wanted.insert(key) => hits += 1,
+            _ => want.push(key),
+        }
+    }
+    (want, hits)
+}
+
 impl LookupSource for RedisLookups {
     fn user(&self, visitor: &str) -> Option<User> {
         self.users.get(visitor).and_then(|(_, u)| *u)
@@ -714,22 +736,9 @@ impl LookupSource for RedisLookups {
     fn prefetch(&mut self, visitors: &[&str], product_ids: &[&str]) {
         let now = Instant::now();
         let fresh = |at: &Instant| now.duration_since(*at) < self.ttl;
-        let mut want_users: Vec<&str> = Vec::new();
-        for v in visitors {
-            match self.users.get(*v) {
-                Some((at, _)) if fresh(at) => self.stats.hits += 1,
-                _ if want_users.contains(v) => self.stats.hits += 1,
-                _ => want_users.push(v),
-            }
-        }
-        let mut want_products: Vec<&str> = Vec::new();
-        for p in product_ids {
-            match self.products.get(*p) {
-                Some((at, _)) if fresh(at) => self.stats.hits += 1,
-                _ if want_products.contains(p) => self.stats.hits += 1,
-                _ => want_products.push(p),
-            }
-        }
+        let (want_users, user_hits) = misses(visitors, &self.users, fresh);
+        let (want_products, product_hits) = misses(product_ids, &self.products, fresh);
+        self.stats.hits += user_hits + product_hits;
         if want_users.is_empty() && want_products.is_empty() {
             return;
         }
@@ -770,5 +779,27 @@ impl LookupSource for RedisLookups {
                 .retain(|_, (at, _)| now.duration_since(*at) < ttl);
             info!(entries = self.users.len(), "Lookup cache trimmed.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use super::misses;
+
+    #[test]
+    fn a_batch_fetches_each_missing_key_once_in_first_seen_order() {
+        let now = Instant::now();
+        let mut cache: HashMap<String, (Instant, u32)> = HashMap::new();
+        cache.insert("fresh".into(), (now, 1));
+        cache.insert("stale".into(), (now - Duration::from_secs(120), 2));
+        let fresh = |at: &Instant| now.duration_since(*at) < Duration::from_secs(60);
+        let keys = ["b", "fresh", "stale", "a", "b", "stale", "fresh", "a"];
+        let (want, hits) = misses(&keys, &cache, fresh);
+        assert_eq!(want, ["b", "stale", "a"]);
+        // Two fresh cache hits, and the repeats of b, stale and a ride on the one fetch.
+        assert_eq!(hits, 5);
     }
 }
