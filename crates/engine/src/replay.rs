@@ -17,8 +17,39 @@ use crate::click::Click;
 const DAY_MS: i64 = 86_400_000;
 
 /// Orders clicks by event time; clicks with the same timestamp keep their order.
+///
+/// A click is ~200 bytes, and a merge sort moves each one about log₂ n times; this sorts
+/// 16-byte `(time, position)` keys instead and then moves every click once, along the cycles of
+/// the permutation (a third of the backtest's read phase on a 2M-event log).
 pub fn sort_by_event_time(clicks: &mut [Click]) {
-    clicks.sort_by_key(|c| c.ts_ms);
+    if clicks.is_sorted_by_key(|c| c.ts_ms) {
+        return;
+    }
+    let mut order: Vec<(i64, usize)> = clicks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.ts_ms, i))
+        .collect();
+    // Keys are unique, so the unstable sort gives the stable order.
+    order.sort_unstable();
+    let mut from: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
+    permute(clicks, &mut from);
+}
+
+/// Rearranges `items` so that position `i` holds what was at `from[i]`, moving each item once.
+/// `from` must be a permutation; it is left as the identity.
+fn permute<T>(items: &mut [T], from: &mut [usize]) {
+    for start in 0..items.len() {
+        let mut at = start;
+        // Follow the cycle through `start`: each swap puts one item in its final place.
+        while from[at] != start {
+            let src = from[at];
+            items.swap(at, src);
+            from[at] = at;
+            at = src;
+        }
+        from[at] = at;
+    }
 }
 
 /// How fast to replay.
@@ -234,6 +265,30 @@ mod tests {
         sort_by_event_time(&mut clicks);
         let order: Vec<_> = clicks.iter().map(|c| c.visitor.as_str()).collect();
         assert_eq!(order, ["b", "d", "e", "a", "c"]);
+    }
+
+    #[test]
+    fn permuting_moves_each_item_to_its_place() {
+        let mut items = vec!['a', 'b', 'c', 'd', 'e', 'f'];
+        let mut from = vec![3, 0, 5, 1, 2, 4];
+        permute(&mut items, &mut from);
+        assert_eq!(items, ['d', 'a', 'f', 'b', 'c', 'e']);
+        assert_eq!(from, [0, 1, 2, 3, 4, 5]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sorting_equals_a_stable_sort_by_time(times in proptest::collection::vec(0i64..20, 0..200)) {
+            let mut clicks: Vec<Click> = times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| click(*t, &i.to_string()))
+                .collect();
+            let mut expected = clicks.clone();
+            expected.sort_by_key(|c| c.ts_ms);
+            sort_by_event_time(&mut clicks);
+            proptest::prop_assert_eq!(clicks, expected);
+        }
     }
 
     #[test]

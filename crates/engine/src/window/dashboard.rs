@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
+use super::visitor::{Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Watermarks};
 use crate::click::{Device, EnrichedClick};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
@@ -65,7 +66,7 @@ impl Default for DashboardConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct View {
     ts_ms: i64,
-    visitor: Arc<str>,
+    visitor: Visitor,
     ip: String,
     country: Arc<str>,
     product_id: Arc<str>,
@@ -74,11 +75,11 @@ struct View {
     device: Device,
 }
 
-impl From<&EnrichedClick> for View {
-    fn from(c: &EnrichedClick) -> Self {
+impl View {
+    fn new(c: &EnrichedClick, visitors: &mut VisitorInterner) -> Self {
         View {
             ts_ms: c.ts_ms,
-            visitor: Arc::from(c.visitor.as_str()),
+            visitor: visitors.get(&c.visitor),
             ip: c.ip.clone(),
             country: c.country.clone(),
             product_id: c.product_id.clone(),
@@ -110,7 +111,7 @@ struct Pane {
     devices: [u64; 4],
     /// One entry per view (repeats included): the sliding aggregates count occurrences, so
     /// a pane never has to de-duplicate.
-    visitors: Vec<Arc<str>>,
+    visitors: Vec<Visitor>,
 }
 
 /// Counts over a few keys (a catalogue's products, a handful of countries): a vector beats a
@@ -206,23 +207,32 @@ impl PaneAggregate<Pane> for Countries {
     }
 }
 
-/// Distinct visitors: for each visitor, how many panes in the window contain it.
+/// Distinct visitors: for each visitor, how many views in the window it has.
 #[derive(Debug, Clone, Default)]
-struct Visitors(KeyCounts);
+struct Visitors(HashMap<Visitor, u32>);
 
 impl PaneAggregate<Pane> for Visitors {
     fn add(&mut self, p: &Pane) {
-        self.0.add_all(p.visitors.iter().map(|v| (v, 1)));
+        for v in &p.visitors {
+            *self.0.entry(v.clone()).or_default() += 1;
+        }
     }
     fn remove(&mut self, p: &Pane) {
-        self.0.remove_all(p.visitors.iter().map(|v| (v, 1)));
+        for v in &p.visitors {
+            if let Some(n) = self.0.get_mut(v) {
+                *n -= 1;
+                if *n == 0 {
+                    self.0.remove(v);
+                }
+            }
+        }
     }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Minute {
     views: u64,
-    visitors: HashSet<Arc<str>>,
+    visitors: HashSet<Visitor>,
 }
 
 /// The part of the aggregation that is checkpointed (sliding aggregates are rebuilt from panes).
@@ -232,7 +242,7 @@ struct Persisted {
     buffer: EventTimeBuffer<View>,
     panes: Panes<Pane>,
     minutes: Option<Buckets<Minute>>,
-    half_hours: Option<Buckets<HashSet<Arc<str>>>>,
+    half_hours: Option<Buckets<HashSet<Visitor>>>,
     latest: VecDeque<View>,
     offers: BTreeMap<i64, BTreeMap<String, String>>,
     product_titles: HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
@@ -256,6 +266,9 @@ pub struct DashboardAggregator {
     countries_30m: Sliding<Countries>,
     visitors_30m: Sliding<Visitors>,
     visitors_5m: Sliding<Visitors>,
+    /// One shared [`Visitor`] per id in the state (not checkpointed: ids read back from a
+    /// checkpoint stay unshared until they leave the windows, which costs memory, not results).
+    visitor_ids: VisitorInterner,
 }
 
 impl DashboardAggregator {
@@ -293,6 +306,7 @@ impl DashboardAggregator {
             countries_30m: Sliding::new(HALF_HOUR_MS),
             visitors_30m: Sliding::new(HALF_HOUR_MS),
             visitors_5m: Sliding::new(5 * MINUTE_MS),
+            visitor_ids: VisitorInterner::default(),
         };
         if let Some(now) = agg.s.watermark {
             agg.advance_windows(now);
@@ -323,7 +337,9 @@ impl DashboardAggregator {
             return;
         }
         self.watermarks.observe(partition, click.ts_ms, wall);
-        self.s.buffer.push(click.ts_ms, View::from(click));
+        self.s
+            .buffer
+            .push(click.ts_ms, View::new(click, &mut self.visitor_ids));
     }
 
     /// Takes one offer (de-duplicated by `offer_id`).
@@ -522,7 +538,7 @@ impl DashboardAggregator {
             .iter()
             .rev()
             .map(|v| {
-                json!({"ts_ms": v.ts_ms, "visitor": v.visitor, "ip": v.ip, "country": v.country,
+                json!({"ts_ms": v.ts_ms, "visitor": v.visitor.as_str(), "ip": v.ip, "country": v.country,
                        "product_id": v.product_id, "category": v.category})
             })
             .collect();
@@ -548,8 +564,8 @@ impl DashboardAggregator {
             "category_views_1h": categories,
             "device_views_10m": device_views,
             "latest_views": latest,
-            "active_visitors_30m": self.visitors_30m.value().0 .0.len(),
-            "active_visitors_5m": self.visitors_5m.value().0 .0.len(),
+            "active_visitors_30m": self.visitors_30m.value().0.len(),
+            "active_visitors_5m": self.visitors_5m.value().0.len(),
             "active_visitors_per_minute_30m": visitors_per_minute,
             "country_views_30m": countries,
             "offers_by_pattern_1h": offers,

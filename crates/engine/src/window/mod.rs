@@ -7,6 +7,7 @@
 //! - [`buckets`]: tumbling and hopping windows ([`WindowSpec`], [`Buckets`]) and sliding windows
 //!   over one-second panes ([`Sliding`]).
 //! - [`dashboard`]: the dashboard metrics and the aggregation operator.
+//! - [`visitor`]: visitor ids hashed once and shared, as the window state keys them.
 //!
 //! Time has one-second resolution here: the watermark is floored to a whole second, and a
 //! sliding window "last N minutes" (`now − N < ts ≤ now`) is the exact union of the
@@ -14,6 +15,7 @@
 
 pub mod buckets;
 pub mod dashboard;
+pub mod visitor;
 pub mod watermark;
 
 pub use buckets::{Buckets, Sliding, WindowSpec};
