@@ -275,17 +275,27 @@ pub const HOME_PRODUCT_ID: &str = "home";
 
 /// Product id = the URL's last non-empty path part; `home` for a URL without a path.
 pub fn product_id_from_url(url: &str) -> &str {
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    let path = match without_query.find("://") {
+    // Byte searches (every cut is at an ASCII byte, so at a character boundary): this runs for
+    // every click, and the `char`-pattern splits it replaced were 3–4% of a backtest.
+    let bytes = url.as_bytes();
+    let without_query = &url[..memchr::memchr2(b'?', b'#', bytes).unwrap_or(url.len())];
+    let path = match memchr::memmem::find(without_query.as_bytes(), b"://") {
         Some(i) => {
             let after = &without_query[i + 3..];
-            after.find('/').map_or("", |j| &after[j..])
+            memchr::memchr(b'/', after.as_bytes()).map_or("", |j| &after[j..])
         }
         None => without_query,
     };
-    path.rsplit('/')
-        .find(|part| !part.is_empty())
-        .unwrap_or(HOME_PRODUCT_ID)
+    let path = path.trim_end_matches('/');
+    let last = match memchr::memrchr(b'/', path.as_bytes()) {
+        Some(i) => &path[i + 1..],
+        None => path,
+    };
+    if last.is_empty() {
+        HOME_PRODUCT_ID
+    } else {
+        last
+    }
 }
 
 /// Visitor ids from the log carry braces (`{GUID}`); lookups and topics use the bare id.
@@ -299,6 +309,28 @@ pub fn normalize_visitor(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `char`-pattern version `product_id_from_url` replaced, as the reference.
+    fn product_id_reference(url: &str) -> &str {
+        let without_query = url.split(['?', '#']).next().unwrap_or(url);
+        let path = match without_query.find("://") {
+            Some(i) => {
+                let after = &without_query[i + 3..];
+                after.find('/').map_or("", |j| &after[j..])
+            }
+            None => without_query,
+        };
+        path.rsplit('/')
+            .find(|part| !part.is_empty())
+            .unwrap_or(HOME_PRODUCT_ID)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn product_ids_equal_the_reference(url in "(https?://)?[a-zé/:?#.]{0,24}") {
+            proptest::prop_assert_eq!(product_id_from_url(&url), product_id_reference(&url));
+        }
+    }
 
     #[test]
     fn product_ids_come_from_the_last_path_part() {

@@ -15,7 +15,7 @@
 //! | `{prefix}:secrets` | hash | `admin_token`, `offer_secret` shared by the web instances |
 //! | `state_logs` | stream | the pattern transition log, capped at `state_log_max_len` |
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -666,8 +666,9 @@ pub struct TaskCommit {
 pub struct RedisLookups {
     store: RedisStore,
     ttl: Duration,
-    users: HashMap<String, (Instant, Option<User>)>,
-    products: HashMap<String, (Instant, Option<Arc<Product>>)>,
+    // ahash, not SipHash: the worker looks up every click's visitor and product here.
+    users: ahash::AHashMap<String, (Instant, Option<User>)>,
+    products: ahash::AHashMap<String, (Instant, Option<Arc<Product>>)>,
     /// Cache hits, misses and round trips.
     pub stats: LookupCacheStats,
 }
@@ -691,8 +692,8 @@ impl RedisLookups {
         RedisLookups {
             store,
             ttl,
-            users: HashMap::new(),
-            products: HashMap::new(),
+            users: ahash::AHashMap::new(),
+            products: ahash::AHashMap::new(),
             stats: LookupCacheStats::default(),
         }
     }
@@ -702,13 +703,13 @@ impl RedisLookups {
 /// first-seen order; and how many of the batch's keys that leaves served (the hits). A set beside
 /// the list finds repeats: a linear search of the list was a tenth of the enrich worker's time at
 /// 10,000-record batches.
-fn misses<'k, V>(
+fn misses<'k, V, S: std::hash::BuildHasher>(
     keys: &[&'k str],
-    cache: &HashMap<String, (Instant, V)>,
+    cache: &HashMap<String, (Instant, V), S>,
     fresh: impl Fn(&Instant) -> bool,
 ) -> (Vec<&'k str>, u64) {
     let mut want = Vec::new();
-    let mut wanted = HashSet::new();
+    let mut wanted = ahash::AHashSet::new();
     let mut hits = 0;
     for &key in keys {
         match cache.get(key) {
