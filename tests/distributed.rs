@@ -111,7 +111,7 @@ fn separate_processes_equal_the_backtest() {
     let (dashboard, offers, events) = backtest(&[]);
     assert_eq!(events, 116_607);
     let mut c = Cluster::start("", "speed = \"max\"");
-    let stats = run_to_the_end(&mut c, 116_607, &dashboard, &offers, 90);
+    let stats = run_to_the_end(&mut c, 116_607, &dashboard, &offers, 150);
     let mut r = assert_lookup_layout(&c);
     let cat: String = redis::cmd("HGET")
         .arg("product:VD55181667")

@@ -695,7 +695,17 @@ listen = "127.0.0.1:{web}"
                 return Ok(stats.unwrap_or_default());
             }
             if Instant::now() > deadline {
-                let mut detail = String::new();
+                // The summary first: a long diff below may be cut off where it is printed.
+                let mut detail = match &stats {
+                    Some(s) => format!(
+                        "events per stage (replay, enrich, detect, aggregate): {:?}, \
+                         late views: {}, watermark: {}\n",
+                        Cluster::stage_events(s),
+                        s["stages"]["aggregate"]["details"]["late_events"],
+                        s["stages"]["aggregate"]["details"]["watermark_ms"],
+                    ),
+                    None => "no stats\n".to_owned(),
+                };
                 if let (Some(snapshot), Some(fields)) = (self.dashboard(), expected.as_object()) {
                     for (k, v) in fields {
                         if snapshot.get(k) != Some(v) {

@@ -29,7 +29,7 @@
 //! carries several offers per input offset; the web stage drops repeats by offer id.)
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,13 +98,14 @@ enum RebalanceEvent {
     Revoked(Vec<(String, i32)>),
 }
 
-/// Records rebalances for the poll loop, and the consumer lag from librdkafka's statistics.
+/// Records rebalances for the poll loop, and each partition's high watermark from librdkafka's
+/// statistics (the consumer's lag and backlog are measured against the stage's own next offsets:
+/// a single-task stage never commits to the group, so librdkafka's `consumer_lag` is unknown).
 #[derive(Default)]
 struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
-    lag: AtomicI64,
-    /// Partitions with unread records, per the last statistics.
-    backlog: Mutex<std::collections::BTreeSet<(String, u32)>>,
+    /// Per (topic, partition): the broker's high watermark, as of the last statistics.
+    high: Mutex<std::collections::HashMap<(String, u32), i64>>,
 }
 
 fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -116,18 +117,25 @@ fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
-        let behind: Vec<(&String, &rdkafka::statistics::Partition)> = statistics
-            .topics
-            .iter()
-            .flat_map(|(name, t)| t.partitions.values().map(move |p| (name, p)))
-            .filter(|(_, p)| p.partition >= 0 && p.consumer_lag > 0)
-            .collect();
-        let lag: i64 = behind.iter().map(|(_, p)| p.consumer_lag).sum();
-        self.lag.store(lag, Ordering::Relaxed);
-        *self.backlog.lock().expect("backlog lock") = behind
-            .iter()
-            .map(|(topic, p)| ((*topic).clone(), p.partition as u32))
-            .collect();
+        let mut high = self.high.lock().expect("high watermark lock");
+        for (name, t) in &statistics.topics {
+            for p in t.partitions.values() {
+                if p.partition >= 0 && p.hi_offset >= 0 {
+                    high.insert((name.clone(), p.partition as u32), p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl GroupContext {
+    /// Records waiting on `topic`/`partition` beyond `next` (0 while its end is unknown).
+    fn behind(&self, topic: &str, partition: u32, next: i64) -> i64 {
+        self.high
+            .lock()
+            .expect("high watermark lock")
+            .get(&(topic.to_owned(), partition))
+            .map_or(0, |hi| (hi - next).max(0))
     }
 }
 
@@ -664,17 +672,14 @@ pub fn run_stage<O: Operator>(
                 task.dirty = true;
                 last_offset = m.offset as u64;
             }
-            {
-                let backlog = consumer.context().backlog.lock().expect("backlog lock");
-                for (topic, q) in task.next.keys() {
-                    let logical = ctx
-                        .kafka
-                        .topics
-                        .logical(topic)
-                        .unwrap_or(topics::CLICK_DATA);
-                    let pending = backlog.contains(&(topic.clone(), *q));
-                    task.op.input_backlog(logical, *q, pending);
-                }
+            for ((topic, q), next) in &task.next {
+                let logical = ctx
+                    .kafka
+                    .topics
+                    .logical(topic)
+                    .unwrap_or(topics::CLICK_DATA);
+                let pending = consumer.context().behind(topic, *q, *next) > 0;
+                task.op.input_backlog(logical, *q, pending);
             }
             task.op.on_tick(Instant::now(), &mut emitter);
             for out in emitter.drain() {
@@ -770,7 +775,13 @@ pub fn run_stage<O: Operator>(
             }
         }
         if last_metrics.elapsed() >= Duration::from_millis(500) || !batch.is_empty() {
-            let lag = consumer.context().lag.load(Ordering::Relaxed).max(0) as u64;
+            let lag: i64 = s
+                .tasks
+                .values()
+                .flat_map(|t| t.next.iter())
+                .map(|((topic, q), next)| consumer.context().behind(topic, *q, *next))
+                .sum();
+            let lag = lag as u64;
             if last_metrics.elapsed() >= Duration::from_millis(500) {
                 s.publish_metrics(lag);
                 last_metrics = Instant::now();

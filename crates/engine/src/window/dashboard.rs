@@ -334,6 +334,15 @@ impl DashboardAggregator {
         self.s.events += 1;
         if self.watermarks.is_late(click.ts_ms) {
             self.s.late_events += 1;
+            if self.s.late_events.is_power_of_two() {
+                tracing::warn!(
+                    partition,
+                    ts_ms = click.ts_ms,
+                    watermark = ?self.watermarks.current(),
+                    late_events = self.s.late_events,
+                    "A late view was counted and left out of the windows."
+                );
+            }
             return;
         }
         self.watermarks.observe(partition, click.ts_ms, wall);

@@ -43,6 +43,10 @@ pub struct Watermarks {
     idle_timeout: Duration,
     partitions: HashMap<u32, PartitionClock>,
     current: Option<i64>,
+    /// Partitions found idle by the last [`Watermarks::advance`] (logged when this changes).
+    idle: Vec<u32>,
+    /// Wall time of the last [`Watermarks::advance`].
+    last_advance: Option<Instant>,
 }
 
 impl Watermarks {
@@ -53,6 +57,8 @@ impl Watermarks {
             idle_timeout,
             partitions: HashMap::new(),
             current: None,
+            idle: Vec::new(),
+            last_advance: None,
         }
     }
 
@@ -102,19 +108,52 @@ impl Watermarks {
     }
 
     /// Recomputes the watermark at wall time `wall`; returns it.
+    ///
+    /// Silence counts only while the stage listens: a stage calls this after every batch and
+    /// every idle poll, so a gap of more than half the idle timeout since the last call means it
+    /// was not reading (blocked on its store, descheduled, its host suspended). That gap is
+    /// added to every partition's last event, so the stage's own stall never makes its inputs
+    /// look idle (which would let the watermark pass the records waiting for it and make them
+    /// late).
     pub fn advance(&mut self, wall: Instant) -> Option<i64> {
-        let active: Vec<&PartitionClock> = self
+        if let Some(prev) = self.last_advance.replace(wall) {
+            let gap = wall.saturating_duration_since(prev);
+            if gap > self.idle_timeout / 2 {
+                tracing::info!(
+                    gap_ms = gap.as_millis() as u64,
+                    "The stage was not reading its inputs; that time does not count as their silence."
+                );
+                for clock in self.partitions.values_mut() {
+                    clock.last_event = (clock.last_event + gap).min(wall);
+                }
+            }
+        }
+        let is_active = |c: &PartitionClock| {
+            let patience = if c.backlog {
+                self.idle_timeout * BACKLOG_PATIENCE
+            } else {
+                self.idle_timeout
+            };
+            wall.saturating_duration_since(c.last_event) < patience
+        };
+        let mut idle: Vec<u32> = self
             .partitions
-            .values()
-            .filter(|c| {
-                let patience = if c.backlog {
-                    self.idle_timeout * BACKLOG_PATIENCE
-                } else {
-                    self.idle_timeout
-                };
-                wall.saturating_duration_since(c.last_event) < patience
-            })
+            .iter()
+            .filter(|(_, c)| !is_active(c))
+            .map(|(p, _)| *p)
             .collect();
+        idle.sort_unstable();
+        if idle != self.idle {
+            tracing::info!(
+                idle = ?idle,
+                was = ?self.idle,
+                watermark = ?self.current,
+                "Idle input partitions changed: an idle partition no longer holds the watermark back."
+            );
+            self.idle = idle;
+        }
+        let active: Vec<&PartitionClock> =
+            self.partitions.values().filter(|c| is_active(c)).collect();
         let candidate = if active.is_empty() {
             // Everything is idle: the stream paused; close every window up to the newest event.
             self.partitions
@@ -213,13 +252,41 @@ mod tests {
         assert_eq!(w.advance(t0), Some(55_000));
         assert!(w.is_late(55_000) && !w.is_late(55_001));
         // Partition 1 goes idle: it no longer holds partition 0 back.
+        listen(&mut w, t0, 1..=10);
         w.observe(0, 120_000, t0 + Duration::from_secs(11));
         assert_eq!(w.advance(t0 + Duration::from_secs(11)), Some(115_000));
         // Everything idle: the watermark reaches the newest event.
+        listen(&mut w, t0, 12..=29);
         assert_eq!(w.advance(t0 + Duration::from_secs(30)), Some(120_000));
         // Never backwards.
         w.observe(1, 70_000, t0 + Duration::from_secs(31));
         assert_eq!(w.advance(t0 + Duration::from_secs(31)), Some(120_000));
+    }
+
+    /// The stage polls once a second from `t0 + first` to `t0 + last` seconds.
+    fn listen(w: &mut Watermarks, t0: Instant, seconds: std::ops::RangeInclusive<u64>) {
+        for s in seconds {
+            w.advance(t0 + Duration::from_secs(s));
+        }
+    }
+
+    #[test]
+    fn the_stage_s_own_stall_does_not_make_its_inputs_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.observe(0, 100_000, t0);
+        w.observe(1, 60_000, t0);
+        assert_eq!(w.advance(t0), Some(55_000));
+        // The stage blocks for a minute (its store is down); partition 1's records wait for it.
+        let back = t0 + Duration::from_secs(60);
+        w.observe(0, 200_000, back);
+        assert_eq!(w.advance(back), Some(55_000), "partition 1 still holds it");
+        assert!(!w.is_late(60_001));
+        // Silence while listening counts again: partition 1 goes idle 10 s later.
+        listen(&mut w, back, 1..=9);
+        assert_eq!(w.advance(back + Duration::from_secs(9)), Some(55_000));
+        w.observe(0, 210_000, back + Duration::from_secs(10));
+        assert_eq!(w.advance(back + Duration::from_secs(10)), Some(205_000));
     }
 
     #[test]
