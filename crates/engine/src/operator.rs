@@ -119,6 +119,15 @@ pub trait Operator: Send {
         let _ = (wall, out);
     }
 
+    /// How long the runner may go on processing batches without checkpointing this operator,
+    /// as long as the batches emit nothing (zero, the default: a checkpoint after every batch).
+    /// For an operator whose checkpoint is costly (the aggregate writes its whole window
+    /// state): its input offsets are committed with the checkpoint, so after a crash it reads
+    /// the input since then again and reaches the same state.
+    fn checkpoint_interval(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Appends the state that changed since the last checkpoint (nothing when nothing did).
     fn checkpoint(&mut self, changes: &mut StateChanges);
 

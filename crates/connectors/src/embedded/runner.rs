@@ -106,6 +106,26 @@ fn commit_with_retry(
     }
 }
 
+/// `batch` with `op`'s checkpoint (its changed state, under `prefix`) and the runner's counts.
+fn checkpointed<O: Operator>(
+    op: &mut O,
+    mut batch: CommitBatch,
+    changes: &mut StateChanges,
+    prefix: &str,
+    counts_key: &str,
+    counts: &RunnerCounts,
+) -> CommitBatch {
+    op.checkpoint(changes);
+    batch
+        .state
+        .extend(changes.drain(..).map(|(k, v)| (format!("{prefix}{k}"), v)));
+    batch.state.push((
+        counts_key.to_owned(),
+        Some(serde_json::to_vec(counts).expect("counts serialize")),
+    ));
+    batch
+}
+
 /// Runs `op` over its input topics until `shutdown` is set.
 pub fn run_operator<O: Operator>(
     store: &EmbeddedStore,
@@ -147,6 +167,11 @@ pub fn run_operator<O: Operator>(
             Some(config.sync_interval),
         )
     };
+    let checkpoint_every = op.checkpoint_interval();
+    let mut last_checkpoint = Instant::now();
+    // Offsets of the batches processed since the last checkpoint (see
+    // `Operator::checkpoint_interval`), committed with the next one.
+    let mut deferred: Vec<OffsetCommit> = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
         let mut batch = CommitBatch::default();
@@ -183,6 +208,14 @@ pub fn run_operator<O: Operator>(
             .sum();
         metrics.set_lag(lag);
         if consumed == 0 && emitter.outputs().is_empty() {
+            if !deferred.is_empty() {
+                // Idle: the deferred checkpoint is taken now.
+                batch.offsets = std::mem::take(&mut deferred);
+                let batch =
+                    checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+                commit(&batch)?;
+                last_checkpoint = Instant::now();
+            }
             // Timers may have changed state without input (a watermark advancing on idleness):
             // persist that too, so what is served is what a restart would restore.
             op.checkpoint(&mut changes);
@@ -212,16 +245,24 @@ pub fn run_operator<O: Operator>(
             .drain()
             .map(|o| (o.topic.to_owned(), o.key, o.value))
             .collect();
-        op.checkpoint(&mut changes);
-        batch
-            .state
-            .extend(changes.drain(..).map(|(k, v)| (format!("{prefix}{k}"), v)));
-        batch.state.push((
-            counts_key.clone(),
-            Some(serde_json::to_vec(&counts).expect("counts serialize")),
-        ));
-        commit(&batch)?;
+        if batch.appends.is_empty() && last_checkpoint.elapsed() < checkpoint_every {
+            deferred.append(&mut batch.offsets);
+        } else {
+            // Older positions first: a partition's newest one is written last.
+            batch.offsets.splice(0..0, deferred.drain(..));
+            let batch = checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+            commit(&batch)?;
+            last_checkpoint = Instant::now();
+        }
         metrics.record(counts.events, counts.dead_letters, op.stats());
+    }
+    if !deferred.is_empty() {
+        let batch = CommitBatch {
+            offsets: deferred,
+            ..CommitBatch::default()
+        };
+        let batch = checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+        commit(&batch)?;
     }
     store.sync()?;
     info!(stage, events = counts.events, "Stage stopped.");
@@ -548,6 +589,110 @@ mod tests {
             format!("visitor-{}", i % 3),
             "http://www.acme.com/",
         )
+    }
+
+    /// Counts clicks; checkpoints its count at most once an hour while busy.
+    struct Counter {
+        seen: u64,
+        dirty: bool,
+        checkpoints: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Operator for Counter {
+        type Input = Click;
+        fn name(&self) -> &'static str {
+            "counter"
+        }
+        fn input_topic(&self) -> &'static str {
+            topics::CLICK_DATA
+        }
+        fn process(&mut self, _: Click, _: &mut Emitter) {
+            self.seen += 1;
+            self.dirty = true;
+        }
+        fn checkpoint_interval(&self) -> Duration {
+            Duration::from_secs(3_600)
+        }
+        fn checkpoint(&mut self, changes: &mut StateChanges) {
+            if std::mem::take(&mut self.dirty) {
+                self.checkpoints.fetch_add(1, Ordering::SeqCst);
+                changes.push(("seen".to_owned(), Some(self.seen.to_le_bytes().to_vec())));
+            }
+        }
+        fn restore(
+            &mut self,
+            _: &str,
+            value: &[u8],
+        ) -> Result<(), clickpulse_engine::operator::RestoreError> {
+            self.seen = u64::from_le_bytes(value.try_into().unwrap());
+            Ok(())
+        }
+        fn stats(&self) -> serde_json::Value {
+            json!({})
+        }
+    }
+
+    #[test]
+    fn a_costly_checkpoint_is_deferred_while_busy_and_taken_when_idle_with_every_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[(topics::CLICK_DATA, 2)]).unwrap();
+        let appends = (0..100)
+            .map(|i| {
+                let c = click(i);
+                (
+                    topics::CLICK_DATA.to_owned(),
+                    c.visitor.clone(),
+                    codec::encode(&c),
+                )
+            })
+            .collect();
+        store
+            .commit(&CommitBatch {
+                appends,
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        let checkpoints = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let metrics = PipelineMetrics::default();
+        let stage = metrics.stage("counter");
+        let shutdown = AtomicBool::new(false);
+        // Ten records a batch: ten batches back to back, then idle.
+        let config = RunnerConfig {
+            batch_size: 10,
+            idle_wait: Duration::from_millis(5),
+            ..RunnerConfig::default()
+        };
+        let counter = Counter {
+            seen: 0,
+            dirty: false,
+            checkpoints: checkpoints.clone(),
+        };
+        let committed = |p| store.committed("counter", topics::CLICK_DATA, p).unwrap();
+        thread::scope(|s| {
+            s.spawn(|| run_operator(&store, counter, &stage, &shutdown, &config).unwrap());
+            let started = Instant::now();
+            while committed(0) + committed(1) < 100 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "never committed"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+            shutdown.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(
+            checkpoints.load(Ordering::SeqCst),
+            1,
+            "one checkpoint, when idle"
+        );
+        assert_eq!(
+            store.state("op/counter/seen").unwrap().unwrap(),
+            100u64.to_le_bytes()
+        );
+        assert_eq!(
+            committed(0) + committed(1),
+            store.end_offset(topics::CLICK_DATA, 0) + store.end_offset(topics::CLICK_DATA, 1)
+        );
     }
 
     #[test]

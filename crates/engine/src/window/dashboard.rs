@@ -639,6 +639,8 @@ impl AggregateOperator {
 }
 
 const STATE_KEY: &str = "state";
+/// See [`AggregateOperator::checkpoint_interval`].
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 const SNAPSHOT_KEY: &str = "snapshot";
 
 impl Operator for AggregateOperator {
@@ -690,6 +692,13 @@ impl Operator for AggregateOperator {
             self.dirty = true;
             self.publish();
         }
+    }
+
+    /// The whole window state is written at each checkpoint: under load, at most twice a
+    /// second (a crash re-reads at most that much input; the served snapshot is published as
+    /// it changes, not at checkpoints).
+    fn checkpoint_interval(&self) -> std::time::Duration {
+        CHECKPOINT_INTERVAL
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
