@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clickpulse_connectors::embedded::runner::ReplayInput;
+use clickpulse_engine::click_log::ClickLogBuilder;
 use clickpulse_engine::lookups::{LoadReport, Lookups};
 use clickpulse_engine::pattern::PatternSet;
-use clickpulse_engine::reader::{self, DeadLetter, LogReader, LogRecord};
-use clickpulse_engine::replay::sort_by_event_time;
+use clickpulse_engine::reader::{self, DeadLetter, LogReader};
 
 use crate::bundled;
 
@@ -35,20 +35,19 @@ pub(crate) fn read_logs(
             })
             .sum()
     };
-    let mut clicks = Vec::with_capacity(expected.min(50_000_000));
+    let mut clicks = ClickLogBuilder::with_capacity(expected.min(50_000_000));
     let mut malformed = Vec::new();
     let mut names = Vec::new();
     let mut consume = |reader: LogReader, name: String| -> Result<()> {
-        for record in reader {
-            match record.with_context(|| format!("reading {name}"))? {
-                LogRecord::Click(click) => clicks.push(click),
-                LogRecord::Malformed(letter) => {
+        reader
+            .read_all(
+                |click| clicks.push(click),
+                |letter| {
                     on_malformed(&letter);
                     malformed.push(letter);
-                }
-            }
-        }
-        Ok(())
+                },
+            )
+            .with_context(|| format!("reading {name}"))
     };
     if paths.is_empty() {
         for (name, bytes) in bundled::LOGS {
@@ -63,7 +62,7 @@ pub(crate) fn read_logs(
             names.push(format!("{}:{size}", path.display()));
         }
     }
-    sort_by_event_time(&mut clicks);
+    let clicks = clicks.finish();
     let fingerprint = format!(
         "{} ({} events, {} malformed)",
         names.join(","),

@@ -14,11 +14,12 @@ use clickpulse_connectors::embedded::runner::{
     ReplayInput, ReplayOptions, RunnerConfig, run_operator, run_replay,
 };
 use clickpulse_engine::click::{Click, Gender};
+use clickpulse_engine::click_log::ClickLog;
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry, PatternSet};
-use clickpulse_engine::replay::{EventClock, Speed, sort_by_event_time};
+use clickpulse_engine::replay::{EventClock, Speed};
 use clickpulse_engine::topics;
 use proptest::prelude::*;
 
@@ -88,7 +89,7 @@ fn clicks(views: &[(usize, i64, usize)]) -> Vec<Click> {
             )
         })
         .collect();
-    sort_by_event_time(&mut out);
+    out.sort_by_key(|c| c.ts_ms); // stable, as the replay's order
     out
 }
 
@@ -113,7 +114,7 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
     ];
     let store = EmbeddedStore::open(dir.path(), &layout).unwrap();
     let input = ReplayInput {
-        clicks: clicks.to_vec(),
+        clicks: ClickLog::from_clicks(clicks),
         malformed: vec![],
         fingerprint: "prop".into(),
     };

@@ -167,6 +167,72 @@ impl Click {
         }
     }
 
+    /// The click with its text borrowed.
+    pub fn borrowed(&self) -> ClickRef<'_> {
+        ClickRef {
+            ts_ms: self.ts_ms,
+            visitor: &self.visitor,
+            url: &self.url,
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            city: self.city.as_deref(),
+            country: self.country.as_deref(),
+            region: self.region.as_deref(),
+            gender: self.gender,
+            age: self.age,
+        }
+    }
+
+    /// Checks what every source must guarantee before a click is published.
+    pub fn validate(&self) -> Result<(), InvalidClick> {
+        self.borrowed().validate()
+    }
+}
+
+/// A [`Click`] whose text is borrowed: from a log row being parsed, or from a
+/// [`ClickLog`](crate::click_log::ClickLog)'s interned strings. Readers hand these out so a
+/// click is copied only where it is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClickRef<'a> {
+    /// Event time, unix milliseconds (UTC).
+    pub ts_ms: i64,
+    /// Visitor id.
+    pub visitor: &'a str,
+    /// The page's URL.
+    pub url: &'a str,
+    /// Client IP address, empty if unknown.
+    pub ip: &'a str,
+    /// User agent, empty if unknown.
+    pub user_agent: &'a str,
+    /// City.
+    pub city: Option<&'a str>,
+    /// Country, lower-case.
+    pub country: Option<&'a str>,
+    /// State or region.
+    pub region: Option<&'a str>,
+    /// Gender supplied by a live event.
+    pub gender: Option<Gender>,
+    /// Age supplied by a live event.
+    pub age: Option<u32>,
+}
+
+impl ClickRef<'_> {
+    /// An owned copy.
+    pub fn to_click(&self) -> Click {
+        Click {
+            ts_ms: self.ts_ms,
+            visitor: self.visitor.to_owned(),
+            url: self.url.to_owned(),
+            ip: self.ip.to_owned(),
+            user_agent: self.user_agent.to_owned(),
+            city: self.city.map(str::to_owned),
+            country: self.country.map(str::to_owned),
+            region: self.region.map(str::to_owned),
+            gender: self.gender,
+            age: self.age,
+        }
+    }
+
     /// Checks what every source must guarantee before a click is published.
     pub fn validate(&self) -> Result<(), InvalidClick> {
         if self.visitor.trim().is_empty() {
@@ -179,10 +245,10 @@ impl Click {
             return Err(InvalidClick::TimestampOutOfRange(self.ts_ms));
         }
         for (field, value) in [
-            ("visitor", &self.visitor),
-            ("url", &self.url),
-            ("ip", &self.ip),
-            ("user_agent", &self.user_agent),
+            ("visitor", self.visitor),
+            ("url", self.url),
+            ("ip", self.ip),
+            ("user_agent", self.user_agent),
         ] {
             if value.len() > MAX_FIELD_BYTES {
                 return Err(InvalidClick::FieldTooLong {

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`click`]: the records that flow through the topics ([`Click`], [`EnrichedClick`]).
+//! - [`click_log`]: the time-sorted, compact log a replay or a backtest holds in memory.
 //! - [`codec`]: the binary encoding of records on embedded topics.
 //! - [`reader`]: streaming readers for the Omniture TSV log and the JSON-lines click format;
 //!   malformed rows become [`DeadLetter`]s and never stop a run.
@@ -19,6 +20,7 @@
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
 
 pub mod click;
+pub mod click_log;
 pub mod codec;
 pub mod enrich;
 #[doc(hidden)]
@@ -32,7 +34,8 @@ pub mod replay;
 pub mod topics;
 pub mod window;
 
-pub use click::{Click, Device, EnrichedClick, Gender};
+pub use click::{Click, ClickRef, Device, EnrichedClick, Gender};
+pub use click_log::ClickLog;
 pub use enrich::{EnrichOperator, Enricher};
 pub use lookups::{LookupSource, Lookups, Product, User};
 pub use operator::{Emitter, Operator, Output};

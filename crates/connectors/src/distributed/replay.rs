@@ -176,7 +176,7 @@ pub fn run_replay(
                 done = true;
                 break;
             };
-            let mut click = input.clicks[index].clone();
+            let mut click = input.clicks.click(index);
             click.ts_ms += shift;
             let due_in = pacer.wait_for(click.ts_ms, Instant::now());
             if !due_in.is_zero() {

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::Click;
+use clickpulse_engine::click_log::ClickLog;
 use clickpulse_engine::codec;
 use clickpulse_engine::metrics::StageMetrics;
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
@@ -274,7 +275,7 @@ pub fn run_operator<O: Operator>(
 #[derive(Debug, Clone)]
 pub struct ReplayInput {
     /// Valid clicks in event-time order.
-    pub clicks: Vec<Click>,
+    pub clicks: ClickLog,
     /// Rows that could not be read.
     pub malformed: Vec<DeadLetter>,
     /// Identifies the input (file names, sizes, counts).
@@ -398,7 +399,7 @@ pub fn run_replay(
                 done = true;
                 break;
             };
-            let mut click = input.clicks[index].clone();
+            let mut click = input.clicks.click(index);
             click.ts_ms += shift;
             let due_in = pacer.wait_for(click.ts_ms, Instant::now());
             if !due_in.is_zero() {
@@ -705,7 +706,7 @@ mod tests {
         ];
         let store = Arc::new(EmbeddedStore::open(dir.path(), &layout).unwrap());
         let input = ReplayInput {
-            clicks: (0..10).map(click).collect(),
+            clicks: ClickLog::from_clicks(&(0..10).map(click).collect::<Vec<_>>()),
             malformed: vec![DeadLetter::new("x.tsv", 3, "bad", b"raw")],
             fingerprint: "test".to_owned(),
         };

@@ -20,7 +20,7 @@ use std::path::Path;
 use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
-use crate::click::Click;
+use crate::click::{Click, ClickRef};
 
 /// What a reader yields for one input line.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +160,30 @@ impl LogReader {
         match self.inner {
             Inner::Tsv(_) => LogFormat::Tsv,
             Inner::Json(_) => LogFormat::JsonLines,
+        }
+    }
+}
+
+impl LogReader {
+    /// Reads the rest of the log: each valid click is handed to `on_click` borrowed (a TSV row
+    /// is not copied unless `on_click` keeps it), each bad row to `on_malformed`. Only an I/O
+    /// error stops it.
+    pub fn read_all(
+        self,
+        mut on_click: impl FnMut(ClickRef<'_>),
+        mut on_malformed: impl FnMut(DeadLetter),
+    ) -> Result<(), ReaderError> {
+        match self.inner {
+            Inner::Tsv(mut r) => r.read_all(on_click, on_malformed),
+            Inner::Json(r) => {
+                for record in r {
+                    match record? {
+                        LogRecord::Click(click) => on_click(click.borrowed()),
+                        LogRecord::Malformed(letter) => on_malformed(letter),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

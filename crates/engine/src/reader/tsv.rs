@@ -8,7 +8,7 @@
 use std::io::BufRead;
 
 use super::{DeadLetter, Lines, LogRecord, ReaderError};
-use crate::click::{Click, InvalidClick};
+use crate::click::{ClickRef, InvalidClick};
 
 /// The fewest columns a row may have (column 53 is the state).
 pub const MIN_COLUMNS: usize = 53;
@@ -36,10 +36,40 @@ impl<R: BufRead> TsvReader<R> {
     }
 }
 
+impl<R: BufRead> TsvReader<R> {
+    /// Reads the rest of the log, handing each valid click over borrowed from its row (nothing
+    /// is copied unless `on_click` keeps it) and each bad row as a dead letter.
+    pub fn read_all(
+        &mut self,
+        mut on_click: impl FnMut(ClickRef<'_>),
+        mut on_malformed: impl FnMut(DeadLetter),
+    ) -> Result<(), ReaderError> {
+        let mut scratch = String::new();
+        while let Some(line) = self.lines.next_line() {
+            let line = line?;
+            if line.bytes.is_empty() {
+                continue;
+            }
+            match parse_row(line.bytes, &mut scratch) {
+                Ok(click) => on_click(click),
+                Err(RowError::Header) if line.number == 1 => {}
+                Err(e) => on_malformed(DeadLetter::new(
+                    line.source,
+                    line.number,
+                    e.reason(),
+                    line.bytes,
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<R: BufRead> Iterator for TsvReader<R> {
     type Item = Result<LogRecord, ReaderError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let mut scratch = String::new();
         loop {
             let line = match self.lines.next_line()? {
                 Ok(line) => line,
@@ -48,8 +78,8 @@ impl<R: BufRead> Iterator for TsvReader<R> {
             if line.bytes.is_empty() {
                 continue;
             }
-            return Some(Ok(match parse_row(line.bytes) {
-                Ok(click) => LogRecord::Click(click),
+            return Some(Ok(match parse_row(line.bytes, &mut scratch) {
+                Ok(click) => LogRecord::Click(click.to_click()),
                 Err(RowError::Header) if line.number == 1 => continue,
                 Err(e) => LogRecord::Malformed(DeadLetter::new(
                     line.source,
@@ -93,8 +123,9 @@ impl RowError {
     }
 }
 
-/// Parses one TSV row (without its line ending) into a valid click.
-fn parse_row(row: &[u8]) -> Result<Click, RowError> {
+/// Parses one TSV row (without its line ending) into a valid click, borrowed from the row
+/// (`scratch` holds the lower-cased country when the row's is not lower-case already).
+fn parse_row<'a>(row: &'a [u8], scratch: &'a mut String) -> Result<ClickRef<'a>, RowError> {
     let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     let mut wanted: [&str; 8] = [""; 8];
     // Only the first 53 columns matter: split no further (the rest of a 178-column row stays
@@ -155,18 +186,27 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
     if url.is_empty() {
         return Err(RowError::EmptyUrl);
     }
-    let optional = |s: &str| {
+    let optional = |s: &'a str| {
         let s = s.trim_ascii();
-        (!s.is_empty()).then(|| s.to_owned())
+        (!s.is_empty()).then_some(s)
     };
-    let click = Click {
+    let country = match optional(country) {
+        Some(c) if c.bytes().any(|b| b.is_ascii_uppercase()) => {
+            scratch.clear();
+            scratch.push_str(c);
+            scratch.make_ascii_lowercase();
+            Some(scratch.as_str())
+        }
+        other => other,
+    };
+    let click = ClickRef {
         ts_ms,
-        visitor: visitor.to_owned(),
-        url: url.to_owned(),
-        ip: ip.trim_ascii().to_owned(),
-        user_agent: user_agent.to_owned(),
+        visitor,
+        url,
+        ip: ip.trim_ascii(),
+        user_agent,
         city: optional(city),
-        country: optional(country).map(|c| c.to_ascii_lowercase()),
+        country,
         region: optional(state),
         gender: None,
         age: None,
@@ -179,6 +219,7 @@ fn parse_row(row: &[u8]) -> Result<Click, RowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::Click;
 
     /// A row with `n` columns and the used ones filled in.
     pub(crate) fn row(n: usize, time: &str, visitor: &str) -> String {
@@ -277,6 +318,35 @@ mod tests {
             ]
         );
         assert!(matches!(&records[4], LogRecord::Click(c) if c.visitor == "C"));
+    }
+
+    #[test]
+    fn reading_borrowed_gives_what_the_iterator_gives() {
+        let mut text = format!(
+            "{}\n{}\n1330588819\tonly\tthree\n{}\n",
+            row(178, "Unix Timestamp", "Visitor"),
+            row(178, "1330588819", "{A}"),
+            row(53, "1330588820", "{B}").replace("USA", "usa")
+        );
+        text.push_str(&row(53, "1330588821", "{C}").replace("USA", "Usa"));
+        let records = std::cell::RefCell::new(Vec::new());
+        TsvReader::new("t.tsv", text.as_bytes())
+            .read_all(
+                |c| records.borrow_mut().push(LogRecord::Click(c.to_click())),
+                |d| records.borrow_mut().push(LogRecord::Malformed(d)),
+            )
+            .unwrap();
+        let records = records.into_inner();
+        assert_eq!(records, read(text.as_bytes()));
+        let clicks: Vec<&Click> = records
+            .iter()
+            .filter_map(|r| match r {
+                LogRecord::Click(c) => Some(c),
+                LogRecord::Malformed(_) => None,
+            })
+            .collect();
+        let countries: Vec<_> = clicks.iter().map(|c| c.country.as_deref()).collect();
+        assert_eq!(countries, [Some("usa"); 3], "lower-cased, borrowed or not");
     }
 
     #[test]
