@@ -189,10 +189,26 @@ impl Click {
     }
 }
 
+/// A click with every optional field set, for tests.
+#[cfg(test)]
+pub(crate) fn full_click_for_tests(ts_ms: i64, visitor: &str) -> Click {
+    Click {
+        ip: "10.0.0.1".into(),
+        user_agent: "Mozilla/5.0".into(),
+        city: Some("dallas".into()),
+        country: Some("usa".into()),
+        region: Some("tx".into()),
+        gender: Some(Gender::F),
+        age: Some(31),
+        ..Click::new(ts_ms, visitor, "http://www.acme.com/SH5/VD1")
+    }
+}
+
 /// A [`Click`] whose text is borrowed: from a log row being parsed, or from a
 /// [`ClickLog`](crate::click_log::ClickLog)'s interned strings. Readers hand these out so a
-/// click is copied only where it is kept.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// click is copied only where it is kept. It serializes exactly as the [`Click`] it borrows
+/// (same fields, same order), so a replay encodes it without copying it first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ClickRef<'a> {
     /// Event time, unix milliseconds (UTC).
     pub ts_ms: i64,

@@ -235,18 +235,7 @@ mod tests {
 
     #[test]
     fn every_field_comes_back_as_it_went_in() {
-        let full = Click {
-            ts_ms: 5,
-            visitor: "v1".into(),
-            url: "http://www.acme.com/SH5/VD1".into(),
-            ip: "10.0.0.1".into(),
-            user_agent: "Mozilla/5.0".into(),
-            city: Some("dallas".into()),
-            country: Some("usa".into()),
-            region: Some("tx".into()),
-            gender: Some(Gender::F),
-            age: Some(31),
-        };
+        let full = crate::click::full_click_for_tests(5, "v1");
         let bare = click(3, "v2");
         let same_texts = Click {
             ts_ms: 9,

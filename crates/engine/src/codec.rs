@@ -33,4 +33,17 @@ mod tests {
         assert_eq!(decode::<Click>(&encode(&click)).unwrap(), click);
         assert!(decode::<Click>(b"\xff\xff").is_err());
     }
+
+    #[test]
+    fn a_borrowed_click_encodes_as_the_click() {
+        let bare = Click::new(1_330_588_819_000, "V", "http://www.acme.com/");
+        let full = crate::click::full_click_for_tests(1_330_588_819_000, "V");
+        for click in [bare, full] {
+            assert_eq!(encode(&click.borrowed()), encode(&click));
+            assert_eq!(
+                serde_json::to_string(&click.borrowed()).unwrap(),
+                serde_json::to_string(&click).unwrap()
+            );
+        }
+    }
 }

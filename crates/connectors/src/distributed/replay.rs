@@ -176,21 +176,21 @@ pub fn run_replay(
                 done = true;
                 break;
             };
-            let mut click = input.clicks.click(index);
+            let mut click = input.clicks.get(index);
             click.ts_ms += shift;
             let due_in = pacer.wait_for(click.ts_ms, Instant::now());
             if !due_in.is_zero() {
                 wait = Some(due_in);
                 break;
             }
-            let q = topics::partition_for(&click.visitor, partitions);
+            let q = topics::partition_for(click.visitor, partitions);
             if published[q as usize].is_none_or(|p| position > p) {
                 let value = codec::encode(&click);
                 producer.send(
                     &OutRecord {
                         topic: &topic,
                         partition: q as i32,
-                        key: &click.visitor,
+                        key: click.visitor,
                         value: &value,
                         lineage: Some(position),
                     },

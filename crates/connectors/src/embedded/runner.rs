@@ -399,7 +399,7 @@ pub fn run_replay(
                 done = true;
                 break;
             };
-            let mut click = input.clicks.click(index);
+            let mut click = input.clicks.get(index);
             click.ts_ms += shift;
             let due_in = pacer.wait_for(click.ts_ms, Instant::now());
             if !due_in.is_zero() {
@@ -408,9 +408,11 @@ pub fn run_replay(
             }
             let value = codec::encode(&click);
             state.event_time_ms = Some(click.ts_ms);
-            batch
-                .appends
-                .push((topics::CLICK_DATA.to_owned(), click.visitor, value));
+            batch.appends.push((
+                topics::CLICK_DATA.to_owned(),
+                click.visitor.to_owned(),
+                value,
+            ));
             state.position += 1;
             state.events += 1;
         }
