@@ -20,6 +20,7 @@
 //! `ts ≤ now`, never on how fast they arrived.
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -110,14 +111,15 @@ struct Pane {
     countries: SmallCounts,
     devices: [u64; 4],
     /// One entry per view (repeats included): the sliding aggregates count occurrences, so
-    /// a pane never has to de-duplicate.
-    visitors: Vec<Visitor>,
+    /// a pane never has to de-duplicate. Most panes hold one or two views, kept inline.
+    visitors: SmallVec<[Visitor; 2]>,
 }
 
 /// Counts over a few keys (a catalogue's products, a handful of countries): a vector beats a
-/// hash map for the one-second panes, most of which hold one or two views.
+/// hash map for the one-second panes, most of which hold one or two views; the first key is
+/// kept inline (allocating three vectors per pane was a few percent of a backtest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct SmallCounts(Vec<(Arc<str>, u64)>);
+struct SmallCounts(SmallVec<[(Arc<str>, u64); 1]>);
 
 impl SmallCounts {
     fn bump(&mut self, key: &Arc<str>) {
@@ -735,5 +737,30 @@ impl Operator for AggregateOperator {
             "watermark_ms": self.core.now(),
             "offers": self.core.s.offers_seen,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pane_counts_checkpoint_as_the_vectors_they_replaced() {
+        let (shoes, clothing): (Arc<str>, Arc<str>) = (Arc::from("shoes"), Arc::from("clothing"));
+        let mut counts = SmallCounts::default();
+        counts.bump(&shoes);
+        counts.bump(&clothing);
+        counts.bump(&shoes);
+        assert_eq!(
+            serde_json::to_value(&counts).unwrap(),
+            json!([["shoes", 2], ["clothing", 1]])
+        );
+        let as_vec: Vec<(Arc<str>, u64)> = vec![(shoes.clone(), 2), (clothing, 1)];
+        assert_eq!(
+            postcard::to_allocvec(&counts).unwrap(),
+            postcard::to_allocvec(&as_vec).unwrap()
+        );
+        let back: SmallCounts = serde_json::from_value(json!([["shoes", 2]])).unwrap();
+        assert_eq!(back.iter().collect::<Vec<_>>(), [(&shoes, 2)]);
     }
 }
