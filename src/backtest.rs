@@ -63,7 +63,8 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
         .with_audience_tracking()
         .without_checkpoints();
-    let mut dashboard = DashboardAggregator::new(DashboardConfig::default());
+    let mut dashboard =
+        DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
     let wall = Instant::now();
     let mut offers: Vec<Offer> = Vec::new();
     // Per distinct visitor of the log (its dense ids): seen, and seen with a users record.

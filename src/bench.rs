@@ -202,7 +202,9 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
         }
         let detect_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let mut agg = DashboardAggregator::new(DashboardConfig::default());
+        // As `clickpulse backtest` runs it: one snapshot, at the end.
+        let mut agg =
+            DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
         let wall = Instant::now();
         for (i, c) in enriched.iter().enumerate() {
             agg.on_click(0, c, wall);

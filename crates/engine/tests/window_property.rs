@@ -11,7 +11,7 @@ use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
 use clickpulse_engine::pattern::Offer;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
-use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_engine::window::{AggregateOperator, DashboardAggregator, DashboardHandle};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -218,13 +218,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn operator() -> AggregateOperator {
-    let config = DashboardConfig {
+fn config() -> DashboardConfig {
+    DashboardConfig {
         allowed_lateness_ms: 30_000,
         idle_timeout: Duration::from_secs(3_600),
         partitions: 0,
-    };
-    AggregateOperator::new(config, DashboardHandle::default())
+    }
+}
+
+fn operator() -> AggregateOperator {
+    AggregateOperator::new(config(), DashboardHandle::default())
 }
 
 proptest! {
@@ -322,5 +325,60 @@ proptest! {
             }
         }
         prop_assert_eq!(op.stats()["late_events"].as_u64().unwrap(), late_expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The backtest's aggregation (sliding windows computed when a snapshot is taken) shows
+    /// what the live stage's (sliding windows kept up to date) shows, at every watermark.
+    #[test]
+    fn sliding_windows_computed_on_read_equal_the_maintained_ones(steps in prop::collection::vec(step(), 1..300)) {
+        let mut kept = DashboardAggregator::new(config());
+        let mut on_read = DashboardAggregator::new(config()).sliding_windows_on_read();
+        let wall = Instant::now();
+        let mut clocks = [1_331_000_000_000i64; 3];
+        let mut offers = 0usize;
+        for s in steps {
+            match s {
+                Step::Click { partition, gap_ms, visitor, product, device, country } => {
+                    clocks[partition as usize] += gap_ms;
+                    let c = click(clocks[partition as usize], visitor, product, device, country);
+                    kept.on_click(partition, &c, wall);
+                    on_read.on_click(partition, &c, wall);
+                }
+                Step::Late { visitor } => {
+                    if let Some(w) = kept.now() {
+                        let c = click(w - 1_000, visitor, 0, 0, 0);
+                        kept.on_click(0, &c, wall);
+                        on_read.on_click(0, &c, wall);
+                    }
+                }
+                Step::Offer { back_ms, pattern, .. } => {
+                    offers += 1;
+                    let o = Offer {
+                        offer_id: format!("id-{offers}"),
+                        visitor: "v".into(),
+                        pattern: ["seed-a", "seed-b"][pattern].into(),
+                        pattern_version: "1".into(),
+                        offer: "offer1".into(),
+                        ts_ms: clocks[0] - back_ms,
+                    };
+                    kept.on_offer(&o);
+                    on_read.on_offer(&o);
+                }
+                Step::Tick | Step::Restart => {
+                    prop_assert_eq!(kept.tick(wall), on_read.tick(wall));
+                }
+                Step::Check => {
+                    kept.tick(wall);
+                    on_read.tick(wall);
+                    prop_assert_eq!(kept.snapshot(), on_read.snapshot());
+                }
+            }
+        }
+        prop_assert_eq!(kept.flush(), on_read.flush());
+        prop_assert_eq!(kept.snapshot(), on_read.snapshot());
     }
 }

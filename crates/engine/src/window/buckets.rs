@@ -1,5 +1,6 @@
 //! Tumbling and hopping windows as keyed buckets, and sliding windows over one-second panes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,15 @@ impl<A: Default> Buckets<A> {
 
     /// Applies `update` to every window containing `ts`.
     pub fn add(&mut self, ts: i64, mut update: impl FnMut(&mut A)) {
+        if let WindowSpec::Tumbling { size_ms } = self.spec() {
+            // One window; in event-time order it is nearly always the newest one held.
+            let start = floor_to(ts, size_ms);
+            match self.windows.last_entry() {
+                Some(mut newest) if *newest.key() == start => update(newest.get_mut()),
+                _ => update(self.windows.entry(start).or_default()),
+            }
+            return;
+        }
         for start in self.spec().windows_for(ts) {
             update(self.windows.entry(start).or_default());
         }
@@ -227,6 +237,24 @@ impl<A> Sliding<A> {
         self.size_ms
     }
 
+    /// The aggregate over the panes with `now − size < end ≤ now`: the maintained value when the
+    /// window was last advanced to `now`, else computed afresh from `panes` (for a caller that
+    /// does not keep the window up to date, see [`Sliding::advance`]).
+    pub fn value_at<P>(&self, panes: &Panes<P>, now: i64) -> Cow<'_, A>
+    where
+        A: PaneAggregate<P> + Clone,
+        P: Default,
+    {
+        if self.now == Some(now) {
+            return Cow::Borrowed(&self.value);
+        }
+        let mut fresh = A::default();
+        for pane in panes.range(now - self.size_ms, now) {
+            fresh.add(pane);
+        }
+        Cow::Owned(fresh)
+    }
+
     /// Moves the window's end to `now` (never backwards): panes that entered are added, panes
     /// that left are removed.
     pub fn advance<P>(&mut self, panes: &Panes<P>, now: i64)
@@ -302,7 +330,7 @@ mod tests {
         assert_eq!(b.iter().count(), 1);
     }
 
-    #[derive(Default)]
+    #[derive(Debug, Clone, Default)]
     struct Sum(u64);
     impl PaneAggregate<u64> for Sum {
         fn add(&mut self, pane: &u64) {
@@ -328,5 +356,13 @@ mod tests {
         w.advance(&panes, 62_000);
         // (2 s, 62 s]: 3, 61, 62.
         assert_eq!(w.value().0, 3);
+        // Read at the window's own end: the maintained value; elsewhere: computed from panes.
+        assert!(matches!(w.value_at(&panes, 62_000), Cow::Borrowed(Sum(3))));
+        let unkept: Sliding<Sum> = Sliding::new(60_000);
+        for (now, expected) in [(2_000, 3), (61_000, 4), (62_000, 3), (200_000, 0)] {
+            let fresh = unkept.value_at(&panes, now);
+            assert!(matches!(fresh, Cow::Owned(_)));
+            assert_eq!(fresh.0, expected, "at {now}");
+        }
     }
 }

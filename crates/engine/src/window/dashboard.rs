@@ -271,6 +271,9 @@ pub struct DashboardAggregator {
     /// One shared [`Visitor`] per id in the state (not checkpointed: ids read back from a
     /// checkpoint stay unshared until they leave the windows, which costs memory, not results).
     visitor_ids: VisitorInterner,
+    /// Whether the sliding aggregates follow the watermark (see
+    /// [`DashboardAggregator::sliding_windows_on_read`]).
+    keep_sliding: bool,
 }
 
 impl DashboardAggregator {
@@ -309,11 +312,26 @@ impl DashboardAggregator {
             visitors_30m: Sliding::new(HALF_HOUR_MS),
             visitors_5m: Sliding::new(5 * MINUTE_MS),
             visitor_ids: VisitorInterner::default(),
+            keep_sliding: true,
         };
         if let Some(now) = agg.s.watermark {
             agg.advance_windows(now);
         }
         agg
+    }
+
+    /// For a caller that takes few snapshots (a backtest takes one, at the end): the sliding
+    /// windows are no longer updated as the watermark moves, and each snapshot computes them
+    /// from the one-second panes instead. Snapshots are the same; a live stage, which takes one
+    /// per tick, keeps them up to date (updating them was a tenth of a backtest's time).
+    pub fn sliding_windows_on_read(mut self) -> Self {
+        self.keep_sliding = false;
+        self.last_hour = Sliding::new(HOUR_MS);
+        self.devices_10m = Sliding::new(10 * MINUTE_MS);
+        self.countries_30m = Sliding::new(HALF_HOUR_MS);
+        self.visitors_30m = Sliding::new(HALF_HOUR_MS);
+        self.visitors_5m = Sliding::new(5 * MINUTE_MS);
+        self
     }
 
     /// The watermark: the dashboard's `now`.
@@ -449,12 +467,14 @@ impl DashboardAggregator {
     }
 
     fn advance_windows(&mut self, now: i64) {
-        let panes = &self.s.panes;
-        self.last_hour.advance(panes, now);
-        self.devices_10m.advance(panes, now);
-        self.countries_30m.advance(panes, now);
-        self.visitors_30m.advance(panes, now);
-        self.visitors_5m.advance(panes, now);
+        if self.keep_sliding {
+            let panes = &self.s.panes;
+            self.last_hour.advance(panes, now);
+            self.devices_10m.advance(panes, now);
+            self.countries_30m.advance(panes, now);
+            self.visitors_30m.advance(panes, now);
+            self.visitors_5m.advance(panes, now);
+        }
         self.s.panes.evict_through(now - HOUR_MS);
         let minute = MINUTE.latest_start(now);
         self.s
@@ -469,10 +489,14 @@ impl DashboardAggregator {
             .expect("set")
             .evict_ended_by(half - 15 * HALF_HOUR_MS);
         self.s.offers = self.s.offers.split_off(&(now - HOUR_MS + 1));
-        let titles_in_use: HashSet<&Arc<str>> = self.last_hour.value().products.0.keys().collect();
-        if self.s.product_titles.len() > 4 * titles_in_use.len().max(256) {
-            let keep: HashSet<Arc<str>> = titles_in_use.into_iter().cloned().collect();
-            self.s.product_titles.retain(|k, _| keep.contains(k));
+        // Titles of products that left the last hour: dropped once they are most of the table.
+        const MIN_TITLES: usize = 256;
+        if self.s.product_titles.len() > 4 * MIN_TITLES {
+            let last_hour = self.last_hour.value_at(&self.s.panes, now);
+            let in_use = &last_hour.products.0;
+            if self.s.product_titles.len() > 4 * in_use.len().max(MIN_TITLES) {
+                self.s.product_titles.retain(|k, _| in_use.contains_key(k));
+            }
         }
     }
 
@@ -514,9 +538,9 @@ impl DashboardAggregator {
             .iter()
             .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, |s| s.len()), "final": r.is_final}))
             .collect();
-        let top_products: Vec<Value> = self
-            .last_hour
-            .value()
+        let panes = &self.s.panes;
+        let last_hour = self.last_hour.value_at(panes, now);
+        let top_products: Vec<Value> = last_hour
             .products
             .ranked()
             .into_iter()
@@ -530,15 +554,13 @@ impl DashboardAggregator {
                 json!({"product_id": id, "title": title, "category": category, "views": views})
             })
             .collect();
-        let categories: Vec<Value> = self
-            .last_hour
-            .value()
+        let categories: Vec<Value> = last_hour
             .categories
             .ranked()
             .into_iter()
             .map(|(category, views)| json!({"category": category, "views": views}))
             .collect();
-        let devices = self.devices_10m.value().0;
+        let devices = self.devices_10m.value_at(panes, now).0;
         let device_views: serde_json::Map<String, Value> = DEVICE_CLASSES
             .iter()
             .zip(devices)
@@ -556,7 +578,7 @@ impl DashboardAggregator {
             .collect();
         let countries: Vec<Value> = self
             .countries_30m
-            .value()
+            .value_at(panes, now)
             .0
             .ranked()
             .into_iter()
@@ -576,8 +598,8 @@ impl DashboardAggregator {
             "category_views_1h": categories,
             "device_views_10m": device_views,
             "latest_views": latest,
-            "active_visitors_30m": self.visitors_30m.value().0.len(),
-            "active_visitors_5m": self.visitors_5m.value().0.len(),
+            "active_visitors_30m": self.visitors_30m.value_at(panes, now).0.len(),
+            "active_visitors_5m": self.visitors_5m.value_at(panes, now).0.len(),
             "active_visitors_per_minute_30m": visitors_per_minute,
             "country_views_30m": countries,
             "offers_by_pattern_1h": offers,
