@@ -118,10 +118,38 @@ impl ClickLogBuilder {
     /// in (a stable sort: the real log is grouped by visitor session, not sorted).
     pub fn finish(mut self) -> ClickLog {
         if !self.log.rows.is_sorted_by_key(|r| r.ts_ms) {
-            self.log.rows.sort_by_key(|r| r.ts_ms);
+            self.log.rows = sorted_by_time(&self.log.rows);
         }
         self.log
     }
+}
+
+/// `rows` stably sorted by time. Sorts keys of time and position (unique, so an unstable sort
+/// is stable here), then gathers each row once: a merge sort of the 48-byte rows moved each
+/// of them at every pass, 5% of a backtest. When the log spans less than 2³² ms (49 days) and
+/// has fewer than 2³² rows, a key is one `u64`: the time since the first click, then the
+/// position.
+fn sorted_by_time(rows: &[Row]) -> Vec<Row> {
+    let first = rows.iter().map(|r| r.ts_ms).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+    let span = u64::try_from(last.wrapping_sub(first)).unwrap_or(u64::MAX);
+    let order: Vec<usize> = if span <= u64::from(u32::MAX) && u32::try_from(rows.len()).is_ok() {
+        let mut keys: Vec<u64> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.ts_ms - first) as u64) << 32 | i as u64)
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| (k & 0xffff_ffff) as usize)
+            .collect()
+    } else {
+        let mut keys: Vec<(i64, usize)> =
+            rows.iter().enumerate().map(|(i, r)| (r.ts_ms, i)).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, i)| i).collect()
+    };
+    order.into_iter().map(|i| rows[i]).collect()
 }
 
 /// Clicks in event-time order, held compactly (see the module docs).
@@ -266,11 +294,15 @@ mod tests {
     proptest::proptest! {
         /// The log is the clicks in a stable sort by time: ties keep the order they came in.
         #[test]
-        fn the_log_is_a_stable_sort_by_time(times in proptest::collection::vec(0i64..50, 0..300)) {
+        fn the_log_is_a_stable_sort_by_time(
+            times in proptest::collection::vec(0i64..50, 0..300),
+            // A step of 2³⁰ ms makes logs spanning more than 2³² ms (the wide-key sort).
+            step in proptest::prop_oneof![proptest::strategy::Just(1i64), proptest::strategy::Just(1 << 30)],
+        ) {
             let clicks: Vec<Click> = times
                 .iter()
                 .enumerate()
-                .map(|(i, &t)| click(t, &format!("v{}", i % 7)).with_position(i))
+                .map(|(i, &t)| click(t * step, &format!("v{}", i % 7)).with_position(i))
                 .collect();
             let mut expected = clicks.clone();
             expected.sort_by_key(|c| c.ts_ms);

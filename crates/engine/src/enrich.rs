@@ -33,6 +33,8 @@ pub struct Enricher {
     devices: HashMap<Box<str>, Device>,
     interned: HashMap<Box<str>, Arc<str>>,
     unknown: Arc<str>,
+    /// The last country looked up: most clicks of a shop come from one country.
+    last_country: Option<Arc<str>>,
 }
 
 impl Default for Enricher {
@@ -49,6 +51,7 @@ impl Enricher {
             devices: HashMap::new(),
             interned: HashMap::new(),
             unknown: Arc::from(UNKNOWN),
+            last_country: None,
         }
     }
 
@@ -110,7 +113,14 @@ impl Enricher {
         {
             if c.len() != 2 && !c.bytes().any(|b| b.is_ascii_uppercase()) {
                 // Already a lower-case code (the log reader lower-cases them): no copy.
-                return self.intern(c);
+                if let Some(last) = &self.last_country
+                    && **last == *c
+                {
+                    return last.clone();
+                }
+                let code = self.intern(c);
+                self.last_country = Some(code.clone());
+                return code;
             }
             let code = if c.len() == 2 {
                 alpha2_to_alpha3(c)

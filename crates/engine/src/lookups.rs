@@ -279,7 +279,7 @@ pub fn product_id_from_url(url: &str) -> &str {
     // every click, and the `char`-pattern splits it replaced were 3–4% of a backtest.
     let bytes = url.as_bytes();
     let without_query = &url[..memchr::memchr2(b'?', b'#', bytes).unwrap_or(url.len())];
-    let path = match memchr::memmem::find(without_query.as_bytes(), b"://") {
+    let path = match scheme_end(without_query.as_bytes()) {
         Some(i) => {
             let after = &without_query[i + 3..];
             memchr::memchr(b'/', after.as_bytes()).map_or("", |j| &after[j..])
@@ -296,6 +296,20 @@ pub fn product_id_from_url(url: &str) -> &str {
     } else {
         last
     }
+}
+
+/// Where the first `://` of `url` starts. A search for `:` and a look at the next two bytes:
+/// `memmem::find` built a searcher for every URL, a fifth of enriching a click.
+fn scheme_end(url: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b':', &url[from..]) {
+        let colon = from + i;
+        if url[colon + 1..].starts_with(b"//") {
+            return Some(colon);
+        }
+        from = colon + 1;
+    }
+    None
 }
 
 /// Visitor ids from the log carry braces (`{GUID}`); lookups and topics use the bare id.
