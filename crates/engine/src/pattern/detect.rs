@@ -205,6 +205,18 @@ struct AudienceTracker {
     offered: HashMap<String, HashSet<String>>,
 }
 
+/// Adds `visitor` to `pattern`'s set, copying the two names only when they are new (most views
+/// of an audience visitor find both already there).
+fn record_visitor(sets: &mut HashMap<String, HashSet<String>>, pattern: &str, visitor: &str) {
+    if !sets.contains_key(pattern) {
+        sets.insert(pattern.to_owned(), HashSet::new());
+    }
+    let visitors = sets.get_mut(pattern).expect("inserted above");
+    if !visitors.contains(visitor) {
+        visitors.insert(visitor.to_owned());
+    }
+}
+
 /// The detection stage: `enriched-click-data` → `special-offers`.
 pub struct DetectOperator {
     registry: PatternRegistry,
@@ -333,11 +345,7 @@ impl DetectOperator {
             if let Some(tracker) = self.audience.as_mut()
                 && outcome.in_audience
             {
-                tracker
-                    .in_audience
-                    .entry(pattern.name.clone())
-                    .or_default()
-                    .insert(click.visitor.clone());
+                record_visitor(&mut tracker.in_audience, &pattern.name, &click.visitor);
             }
             let mut emitted = None;
             if let Some((offer, started_ms)) = outcome.offer {
@@ -359,11 +367,7 @@ impl DetectOperator {
                         .entry(pattern.name.clone())
                         .or_default() += 1;
                     if let Some(tracker) = self.audience.as_mut() {
-                        tracker
-                            .offered
-                            .entry(pattern.name.clone())
-                            .or_default()
-                            .insert(click.visitor.clone());
+                        record_visitor(&mut tracker.offered, &pattern.name, &click.visitor);
                     }
                     emitted = Some(o.offer.clone());
                     offers.push(o);

@@ -457,9 +457,23 @@ impl DashboardAggregator {
         pane.countries.bump(&v.country);
         pane.devices[device_slot(v.device)] += 1;
         pane.visitors.push(v.visitor.clone());
-        self.s
-            .product_titles
-            .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
+        // Nearly always already there with the same title and category: then no new key and no
+        // reference counts to move.
+        match self.s.product_titles.get_mut(&v.product_id) {
+            Some((title, category)) => {
+                if !Arc::ptr_eq(title, &v.title) && *title != v.title {
+                    *title = v.title.clone();
+                }
+                if !Arc::ptr_eq(category, &v.category) && *category != v.category {
+                    *category = v.category.clone();
+                }
+            }
+            None => {
+                self.s
+                    .product_titles
+                    .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
+            }
+        }
         self.s.latest.push_back(v);
         if self.s.latest.len() > LATEST {
             self.s.latest.pop_front();
