@@ -76,7 +76,7 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let (first_event_ms, last_event_ms) = (log.first_ts_ms(), log.last_ts_ms());
     let malformed = input.malformed.len();
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
-        let enriched = enrich.enrich(log.click(i));
+        let enriched = enrich.enrich_ref(&log.get(i));
         let new_offers = detect.detect(&enriched);
         dashboard.on_click(0, &enriched, wall);
         for offer in &new_offers {

@@ -190,7 +190,7 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
         let t = Instant::now();
         let mut enrich = EnrichOperator::new(lookups.clone());
         let enriched: Vec<_> = (0..events)
-            .map(|i| enrich.enrich(input.clicks.click(i)))
+            .map(|i| enrich.enrich_ref(&input.clicks.get(i)))
             .collect();
         let enrich_s = t.elapsed().as_secs_f64();
         let t = Instant::now();

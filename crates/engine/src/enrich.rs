@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::click::{Click, Device, EnrichedClick};
+use crate::click::{Click, ClickRef, Device, EnrichedClick, Gender};
 use crate::lookups::{LookupSource, product_id_from_url};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
 use crate::topics;
@@ -57,7 +57,39 @@ impl Enricher {
 
     /// Enriches one click.
     pub fn enrich(&mut self, click: Click, lookups: &impl LookupSource) -> EnrichedClick {
-        let product_id = product_id_from_url(&click.url);
+        let derived = self.derive(&click.borrowed(), lookups);
+        derived.with_request(
+            click.ts_ms,
+            click.visitor,
+            click.ip,
+            click.url,
+            click.city,
+            click.region,
+        )
+    }
+
+    /// Enriches a borrowed click, copying only what the enriched click keeps (a backtest's
+    /// clicks are borrowed from its log; copying the user agent and country only to drop them
+    /// was a few percent of it).
+    pub fn enrich_ref(
+        &mut self,
+        click: &ClickRef<'_>,
+        lookups: &impl LookupSource,
+    ) -> EnrichedClick {
+        let derived = self.derive(click, lookups);
+        derived.with_request(
+            click.ts_ms,
+            click.visitor.to_owned(),
+            click.ip.to_owned(),
+            click.url.to_owned(),
+            click.city.map(str::to_owned),
+            click.region.map(str::to_owned),
+        )
+    }
+
+    /// What the lookups and the request add to a click.
+    fn derive(&mut self, click: &ClickRef<'_>, lookups: &impl LookupSource) -> Derived {
+        let product_id = product_id_from_url(click.url);
         let (product_id, category, title) = match lookups.product(product_id) {
             Some(p) => (self.intern(&p.id), p.category.clone(), p.title.clone()),
             None => (
@@ -66,29 +98,21 @@ impl Enricher {
                 self.unknown.clone(),
             ),
         };
-        let user = lookups.user(&click.visitor);
+        let user = lookups.user(click.visitor);
         let gender = click.gender.or(user.map(|u| u.gender)).unwrap_or_default();
         let age = click.age.or_else(|| {
             let birth = user?.birth_date?;
             age_on(birth, event_date(click.ts_ms)?)
         });
-        let country = self.country(&click);
-        let device = self.device(&click.user_agent);
-        EnrichedClick {
-            ts_ms: click.ts_ms,
-            visitor: click.visitor,
-            ip: click.ip,
-            url: click.url,
+        Derived {
             product_id,
             category,
             title,
             known_visitor: user.is_some(),
             gender,
             age,
-            country,
-            city: click.city,
-            region: click.region,
-            device,
+            country: self.country(click),
+            device: self.device(click.user_agent),
         }
     }
 
@@ -104,13 +128,8 @@ impl Enricher {
         v
     }
 
-    fn country(&mut self, click: &Click) -> Arc<str> {
-        if let Some(c) = click
-            .country
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-        {
+    fn country(&mut self, click: &ClickRef<'_>) -> Arc<str> {
+        if let Some(c) = click.country.map(str::trim).filter(|c| !c.is_empty()) {
             if c.len() != 2 && !c.bytes().any(|b| b.is_ascii_uppercase()) {
                 // Already a lower-case code (the log reader lower-cases them): no copy.
                 if let Some(last) = &self.last_country
@@ -131,7 +150,7 @@ impl Enricher {
                 return self.intern(&code);
             }
         }
-        match country_from_ip(&click.ip) {
+        match country_from_ip(click.ip) {
             Some(code) => self.intern(&code),
             None => self.intern(UNKNOWN_COUNTRY),
         }
@@ -147,6 +166,47 @@ impl Enricher {
         }
         self.devices.insert(user_agent.into(), device);
         device
+    }
+}
+
+/// What enrichment derives from a click, before it is joined with the request's own fields.
+struct Derived {
+    product_id: Arc<str>,
+    category: Arc<str>,
+    title: Arc<str>,
+    known_visitor: bool,
+    gender: Gender,
+    age: Option<u32>,
+    country: Arc<str>,
+    device: Device,
+}
+
+impl Derived {
+    fn with_request(
+        self,
+        ts_ms: i64,
+        visitor: String,
+        ip: String,
+        url: String,
+        city: Option<String>,
+        region: Option<String>,
+    ) -> EnrichedClick {
+        EnrichedClick {
+            ts_ms,
+            visitor,
+            ip,
+            url,
+            product_id: self.product_id,
+            category: self.category,
+            title: self.title,
+            known_visitor: self.known_visitor,
+            gender: self.gender,
+            age: self.age,
+            country: self.country,
+            city,
+            region,
+            device: self.device,
+        }
     }
 }
 
@@ -256,6 +316,16 @@ impl<L: LookupSource> EnrichOperator<L> {
     /// Enriches one click and counts it.
     pub fn enrich(&mut self, click: Click) -> EnrichedClick {
         let enriched = self.enricher.enrich(click, &self.lookups);
+        self.count(enriched)
+    }
+
+    /// Enriches one borrowed click and counts it (see [`Enricher::enrich_ref`]).
+    pub fn enrich_ref(&mut self, click: &ClickRef<'_>) -> EnrichedClick {
+        let enriched = self.enricher.enrich_ref(click, &self.lookups);
+        self.count(enriched)
+    }
+
+    fn count(&mut self, enriched: EnrichedClick) -> EnrichedClick {
         self.stats.events += 1;
         if &*enriched.category == UNKNOWN {
             self.stats.unknown_product_events += 1;
@@ -504,6 +574,41 @@ mod tests {
         c.age = Some(40);
         let enriched = e.enrich(c, &lookups());
         assert_eq!((enriched.gender, enriched.age), (Gender::M, Some(40)));
+    }
+
+    #[test]
+    fn a_borrowed_click_enriches_as_its_owned_copy() {
+        let mut clicks = Vec::new();
+        for (visitor, country, ip) in [
+            ("F30", Some("usa"), ""),
+            ("X", Some("deu"), ""),
+            ("X", Some("usa"), ""),
+            ("NODATE", Some("DE"), ""),
+            ("X", Some("GBR"), ""),
+            ("X", None, "1.0.16.1"),
+            ("X", None, "garbage"),
+        ] {
+            let mut c = click(
+                visitor,
+                "http://www.acme.com/SH1/VD55177927",
+                ts(2012, 3, 1, 8),
+            );
+            c.country = country.map(str::to_owned);
+            c.ip = ip.to_owned();
+            c.city = Some("Oslo".to_owned());
+            c.user_agent = "Mozilla/5.0 (iPad; CPU OS 5_1 like Mac OS X)".to_owned();
+            clicks.push(c);
+        }
+        let mut live = click("F30", "http://www.acme.com/", 0);
+        live.gender = Some(Gender::M);
+        live.age = Some(40);
+        live.region = Some("ny".to_owned());
+        clicks.push(live);
+        let (mut owned, mut borrowed) = (Enricher::new(), Enricher::new());
+        for c in clicks {
+            let from_ref = borrowed.enrich_ref(&c.borrowed(), &lookups());
+            assert_eq!(from_ref, owned.enrich(c, &lookups()));
+        }
     }
 
     #[test]
