@@ -126,14 +126,22 @@ impl RowError {
 /// Parses one TSV row (without its line ending) into a valid click, borrowed from the row
 /// (`scratch` holds the lower-cased country when the row's is not lower-case already).
 fn parse_row<'a>(row: &'a [u8], scratch: &'a mut String) -> Result<ClickRef<'a>, RowError> {
-    let row = std::str::from_utf8(row).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     // Only the first 53 columns matter: split no further (the rest of a 178-column row stays
     // one unsplit piece). A tab is ASCII, so every cut is at a character boundary.
     let mut tabs = [0usize; MIN_COLUMNS];
-    let found = find_tabs(row.as_bytes(), &mut tabs);
+    let found = find_tabs(row, &mut tabs);
     if found + 1 < MIN_COLUMNS {
         return Err(RowError::TooFewColumns(found + 1));
     }
+    // Only those columns need to be text: a stray byte in the unread rest of a row does not
+    // cost the view (and checking it was a tenth of parsing the real log's long rows).
+    let read = if found == MIN_COLUMNS {
+        tabs[MIN_COLUMNS - 1]
+    } else {
+        row.len()
+    };
+    let row =
+        std::str::from_utf8(&row[..read]).map_err(|e| RowError::InvalidUtf8(e.valid_up_to()))?;
     let column = |i: usize| {
         let start = if i == 0 { 0 } else { tabs[i - 1] + 1 };
         let end = if i < found { tabs[i] } else { row.len() };
@@ -333,6 +341,8 @@ mod tests {
         text.push(b'\n');
         text.extend_from_slice(b"\n");
         text.extend_from_slice(row(178, "1330588821", "{C}").as_bytes());
+        // Not UTF-8 in a column past the 53 read: the view is kept.
+        text.extend_from_slice(b"\t\xff\xfe\n");
         let records = read(&text);
         assert_eq!(records.len(), 5, "the blank line is skipped, nothing else");
         assert_eq!(
