@@ -219,11 +219,12 @@ fn find_tabs(row: &[u8], out: &mut [usize]) -> usize {
         let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         let mut tabs = tab_bytes(word);
         while tabs != 0 {
-            if n == out.len() {
+            // One check for "room left" and the bounds.
+            let Some(slot) = out.get_mut(n) else {
                 return n;
-            }
+            };
             // Little-endian: the lowest set bit is the first tab.
-            out[n] = base + (tabs.trailing_zeros() / 8) as usize;
+            *slot = base + (tabs.trailing_zeros() >> 3) as usize;
             n += 1;
             tabs &= tabs - 1;
         }
