@@ -160,6 +160,7 @@ scenarios!(
     five_step_reset_view_starts_nothing,
     steps_with_repeat_distinct_and_abort,
     relaxed_contiguity_and_frequency_cap,
+    one_step_frequency_cap,
 );
 
 /// A partition running hours ahead of another must not let the sweep drop a match that the
