@@ -131,6 +131,11 @@ fn parse_row<'a>(row: &'a [u8], scratch: &'a mut String) -> Result<ClickRef<'a>,
     let mut tabs = [0usize; MIN_COLUMNS];
     let found = find_tabs(row, &mut tabs);
     if found + 1 < MIN_COLUMNS {
+        // Bytes that are not text at all (a compressed file read as TSV) say more than a
+        // column count.
+        if let Err(e) = std::str::from_utf8(row) {
+            return Err(RowError::InvalidUtf8(e.valid_up_to()));
+        }
         return Err(RowError::TooFewColumns(found + 1));
     }
     // Only those columns need to be text: a stray byte in the unread rest of a row does not
