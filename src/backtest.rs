@@ -78,7 +78,8 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
         let enriched = enrich.enrich_ref(&log.get(i));
         let new_offers = detect.detect(&enriched);
-        dashboard.on_click(0, &enriched, wall);
+        let known = enriched.known_visitor;
+        dashboard.on_click(0, enriched, wall);
         for offer in &new_offers {
             dashboard.on_offer(offer);
         }
@@ -86,11 +87,7 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
         if i % 4096 == 0 {
             dashboard.tick(wall); // keeps the window state bounded on long logs
         }
-        visitor_flags[log.visitor_id(i) as usize] |= if enriched.known_visitor {
-            SEEN | KNOWN
-        } else {
-            SEEN
-        };
+        visitor_flags[log.visitor_id(i) as usize] |= if known { SEEN | KNOWN } else { SEEN };
     }
     let count = |flag: u8| visitor_flags.iter().filter(|&&f| f & flag != 0).count();
     match args.until {

@@ -145,7 +145,7 @@ fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
             &categories[i % 4],
         );
         click.device = [Device::Desktop, Device::Mobile, Device::Tablet, Device::Bot][i % 4];
-        agg.on_click((i % 4) as u32, &click, wall);
+        agg.on_click((i % 4) as u32, click, wall);
         if i % 4096 == 0 {
             agg.tick(wall);
         }
@@ -206,7 +206,7 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
         let mut agg =
             DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
         let wall = Instant::now();
-        for (i, c) in enriched.iter().enumerate() {
+        for (i, c) in enriched.into_iter().enumerate() {
             agg.on_click(0, c, wall);
             if i % 4096 == 0 {
                 agg.tick(wall);

@@ -345,14 +345,14 @@ proptest! {
                 Step::Click { partition, gap_ms, visitor, product, device, country } => {
                     clocks[partition as usize] += gap_ms;
                     let c = click(clocks[partition as usize], visitor, product, device, country);
-                    kept.on_click(partition, &c, wall);
-                    on_read.on_click(partition, &c, wall);
+                    kept.on_click(partition, c.clone(), wall);
+                    on_read.on_click(partition, c, wall);
                 }
                 Step::Late { visitor } => {
                     if let Some(w) = kept.now() {
                         let c = click(w - 1_000, visitor, 0, 0, 0);
-                        kept.on_click(0, &c, wall);
-                        on_read.on_click(0, &c, wall);
+                        kept.on_click(0, c.clone(), wall);
+                        on_read.on_click(0, c, wall);
                     }
                 }
                 Step::Offer { back_ms, pattern, .. } => {
