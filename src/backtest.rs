@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clickpulse_engine::enrich::{EnrichOperator, event_date};
+use clickpulse_engine::enrich::{EnrichOperator, LogMemo, event_date};
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry};
 use clickpulse_engine::window::DashboardAggregator;
 use clickpulse_engine::window::dashboard::DashboardConfig;
@@ -75,8 +75,9 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let until = args.until.unwrap_or(i64::MAX);
     let (first_event_ms, last_event_ms) = (log.first_ts_ms(), log.last_ts_ms());
     let malformed = input.malformed.len();
+    let mut memo = LogMemo::new(log);
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
-        let enriched = enrich.enrich_ref(&log.get(i));
+        let enriched = enrich.enrich_logged(&mut memo, i);
         let new_offers = detect.detect(&enriched);
         let known = enriched.known_visitor;
         dashboard.on_click(0, enriched, wall);

@@ -47,7 +47,7 @@ fn lookups() -> Lookups {
             ("v4".to_owned(), user(Gender::M, 1977)),
         ],
         PRODUCTS.iter().map(|(id, cat)| Product {
-            id: id.to_string(),
+            id: (*id).into(),
             category: Arc::from(*cat),
             title: Arc::from(*id),
             description: String::new(),

@@ -296,6 +296,46 @@ impl ClickLog {
     pub fn distinct_visitors(&self) -> usize {
         self.visitors.by_id.len()
     }
+
+    /// Dense ids of the `i`th click's texts. Panics if `i >= len()`.
+    pub fn text_ids(&self, i: usize) -> TextIds {
+        let r = &self.rows[i];
+        TextIds {
+            visitor: r.visitor,
+            url: r.url,
+            ip: r.ip,
+            user_agent: r.user_agent,
+            country: (r.country != NONE).then_some(r.country),
+        }
+    }
+
+    /// How many distinct texts each column has: the bounds of [`TextIds`].
+    pub fn distinct_texts(&self) -> TextIds {
+        let n = |s: &Strings| u32::try_from(s.by_id.len()).expect("fewer than 2^32 texts");
+        TextIds {
+            visitor: n(&self.visitors),
+            url: n(&self.urls),
+            ip: n(&self.ips),
+            user_agent: n(&self.agents),
+            country: Some(n(&self.places)),
+        }
+    }
+}
+
+/// A click's texts as dense ids, per column (equal ids, equal texts): what a consumer of a
+/// [`ClickLog`] can remember per distinct text instead of hashing the text again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextIds {
+    /// Visitor id, in `0..distinct_visitors()`.
+    pub visitor: u32,
+    /// URL.
+    pub url: u32,
+    /// Client IP address.
+    pub ip: u32,
+    /// User agent.
+    pub user_agent: u32,
+    /// Country, when the click has one (ids shared with city and region: one table of places).
+    pub country: Option<u32>,
 }
 
 impl fmt::Debug for ClickLog {

@@ -31,7 +31,7 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     /// Product id (`VD55181667`, or `home`).
-    pub id: String,
+    pub id: Arc<str>,
     /// Category (`clothing`, `shoes`, …).
     pub category: Arc<str>,
     /// Display title.
@@ -103,7 +103,7 @@ pub struct LoadReport {
 #[derive(Debug, Clone, Default)]
 pub struct Lookups {
     users: HashMap<String, User>,
-    products: HashMap<String, Arc<Product>>,
+    products: HashMap<Arc<str>, Arc<Product>>,
 }
 
 #[derive(Deserialize)]
@@ -243,10 +243,11 @@ impl Lookups {
             } else {
                 id
             };
+            let id: Arc<str> = Arc::from(id);
             self.products.insert(
-                id.to_owned(),
+                id.clone(),
                 Arc::new(Product {
-                    id: id.to_owned(),
+                    id,
                     category: Arc::from(category.trim()),
                     title: Arc::from(title),
                     description: String::new(),

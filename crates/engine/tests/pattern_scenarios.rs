@@ -62,7 +62,7 @@ fn run_scenario(name: &str) {
             [t, visitor, product, category] if t.starts_with('+') => {
                 let secs: i64 = t[1..].parse().unwrap();
                 products.push(Product {
-                    id: product.to_string(),
+                    id: (*product).into(),
                     category: Arc::from(*category),
                     title: Arc::from(*product),
                     description: String::new(),
@@ -182,7 +182,7 @@ when = { category = "shoes" }
 "#;
     let set = PatternSet::parse([("p.toml", pattern)]).unwrap();
     let product = |id: &str, category: &str| Product {
-        id: id.to_owned(),
+        id: id.into(),
         category: Arc::from(category),
         title: Arc::from(id),
         description: String::new(),

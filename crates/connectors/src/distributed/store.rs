@@ -604,7 +604,7 @@ fn parse_user(fields: &HashMap<String, String>) -> Option<User> {
 
 fn parse_product(id: &str, fields: &HashMap<String, String>) -> Option<Product> {
     Some(Product {
-        id: id.to_owned(),
+        id: Arc::from(id),
         category: Arc::from(fields.get("cat")?.as_str()),
         title: Arc::from(fields.get("title").map_or("", String::as_str)),
         description: fields.get("description").cloned().unwrap_or_default(),

@@ -472,7 +472,7 @@ impl EmbeddedStore {
             products.retain(|_, _| false).map_err(db)?;
             for p in lookups.products() {
                 let v = serde_json::to_vec(&*p).expect("product serializes");
-                products.insert(p.id.as_str(), v.as_slice()).map_err(db)?;
+                products.insert(&*p.id, v.as_slice()).map_err(db)?;
             }
         }
         txn.commit().map_err(db)?;
