@@ -243,9 +243,13 @@ fn a_broker_restart_mid_stream_loses_nothing() {
             )
         }
     };
+    // Mid-stream: some stage still had records to read or write when the broker went away. On
+    // a slow day the replay (paced, 20,000× event time) can have published the whole log while
+    // enrich still drains it through the broker: that is a restart mid-stream too.
+    let still_flowing = |stage: &str| before["stages"][stage]["events"].as_u64() < Some(events);
     assert!(
-        before["stages"]["replay"]["events"].as_u64() < Some(events),
-        "the restart came after the replay had finished: {before}"
+        still_flowing("replay") || still_flowing("enrich"),
+        "the restart came after the stream had passed enrich: {before}"
     );
     assert_offers(&c, &offers);
     assert_eq!(web_duplicates(&stats), 0);
