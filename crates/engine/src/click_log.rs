@@ -3,9 +3,9 @@
 //!
 //! A log of millions of clicks held as [`Click`]s costs ~200 bytes of struct plus seven small
 //! heap strings per click; the kernel zeroing that fresh memory was a quarter of a backtest, and
-//! the strings of a time-sorted log lie scattered in file order. Here each click is one 48-byte
+//! the strings of a time-sorted log lie scattered in file order. Here each click is one 28-byte
 //! row of event time and ids, and every distinct text (visitor, URL, IP, user agent, place) is
-//! stored once. A click is handed out borrowed ([`ClickLog::get`]) or copied on demand
+//! stored once, as is every distinct [`Profile`] (place and demographics). A click is handed out borrowed ([`ClickLog::get`]) or copied on demand
 //! ([`ClickLog::click`]).
 
 use std::fmt;
@@ -18,19 +18,56 @@ use crate::click::{Click, ClickRef, Gender};
 /// Id of an absent optional field.
 const NONE: u32 = u32::MAX;
 
-/// One click: its time and the ids of its texts.
+/// One click: its time and the ids of its texts and profile. Packed to 28 bytes (48 with a
+/// field per place and the demographics): the rows are nearly all of a log's memory, and on a
+/// machine where fresh memory costs ~3 ms per MB to fault in, their size is a share of a
+/// backtest's time.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Row {
     ts_ms: i64,
     visitor: u32,
     url: u32,
     ip: u32,
     user_agent: u32,
+    profile: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Row>() == 28);
+
+/// What a click says about where and who its visitor is: a few hundred distinct values in a log
+/// of millions of clicks, so each is stored once and a row names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Profile {
+    /// Place ids ([`NONE`] if absent).
     city: u32,
     country: u32,
     region: u32,
     age: Option<u32>,
     gender: Option<Gender>,
+}
+
+/// Distinct profiles, each stored once, by id.
+#[derive(Clone, Default)]
+struct Profiles {
+    by_id: Vec<Profile>,
+    ids: ahash::AHashMap<Profile, u32>,
+}
+
+impl Profiles {
+    /// The id of `p`, first comparing with the profile `last` names (which it then names).
+    fn intern_after(&mut self, last: &mut Last, p: Profile) -> u32 {
+        if last.0 != NONE && self.by_id[last.0 as usize] == p {
+            return last.0;
+        }
+        let next = u32::try_from(self.by_id.len()).expect("fewer than 2^32 profiles");
+        let id = *self.ids.entry(p).or_insert_with(|| {
+            self.by_id.push(p);
+            next
+        });
+        last.0 = id;
+        id
+    }
 }
 
 /// Distinct strings, each stored once, by id.
@@ -98,8 +135,8 @@ impl Default for Last {
 #[derive(Default)]
 pub struct ClickLogBuilder {
     log: ClickLog,
-    /// Per column: visitor, URL, IP, user agent, city, country, region.
-    last: [Last; 7],
+    /// Per column: visitor, URL, IP, user agent, city, country, region, profile.
+    last: [Last; 8],
 }
 
 impl ClickLogBuilder {
@@ -114,18 +151,21 @@ impl ClickLogBuilder {
     /// Adds a click (its texts are copied only when first seen).
     pub fn push(&mut self, click: ClickRef<'_>) {
         let log = &mut self.log;
-        let [visitor, url, ip, agent, city, country, region] = &mut self.last;
+        let [visitor, url, ip, agent, city, country, region, profile] = &mut self.last;
+        let place = Profile {
+            city: log.places.optional_after(city, click.city),
+            country: log.places.optional_after(country, click.country),
+            region: log.places.optional_after(region, click.region),
+            age: click.age,
+            gender: click.gender,
+        };
         let row = Row {
             ts_ms: click.ts_ms,
             visitor: log.visitors.intern_after(visitor, click.visitor),
             url: log.urls.intern_after(url, click.url),
             ip: log.ips.intern_after(ip, click.ip),
             user_agent: log.agents.intern_after(agent, click.user_agent),
-            city: log.places.optional_after(city, click.city),
-            country: log.places.optional_after(country, click.country),
-            region: log.places.optional_after(region, click.region),
-            age: click.age,
-            gender: click.gender,
+            profile: log.profiles.intern_after(profile, place),
         };
         log.rows.push(row);
     }
@@ -168,7 +208,7 @@ fn sort_by_time(rows: &mut [Row]) {
             .enumerate()
             .map(|(i, r)| ((r.ts_ms - first) as u64) << 32 | i as u64)
             .collect();
-        keys.sort_unstable();
+        radsort::sort_by_key(&mut keys, |k| (k >> 32) as u32);
         for k in &mut keys {
             *k &= 0xffff_ffff;
         }
@@ -217,6 +257,7 @@ pub struct ClickLog {
     ips: Strings,
     agents: Strings,
     places: Strings,
+    profiles: Profiles,
 }
 
 impl ClickLog {
@@ -241,18 +282,19 @@ impl ClickLog {
 
     /// The `i`th click, borrowed. Panics if `i >= len()`.
     pub fn get(&self, i: usize) -> ClickRef<'_> {
-        let r = &self.rows[i];
+        let r = self.rows[i];
+        let p = self.profiles.by_id[r.profile as usize];
         ClickRef {
             ts_ms: r.ts_ms,
             visitor: self.visitors.get(r.visitor),
             url: self.urls.get(r.url),
             ip: self.ips.get(r.ip),
             user_agent: self.agents.get(r.user_agent),
-            city: self.places.get_optional(r.city),
-            country: self.places.get_optional(r.country),
-            region: self.places.get_optional(r.region),
-            gender: r.gender,
-            age: r.age,
+            city: self.places.get_optional(p.city),
+            country: self.places.get_optional(p.country),
+            region: self.places.get_optional(p.region),
+            gender: p.gender,
+            age: p.age,
         }
     }
 
@@ -299,13 +341,14 @@ impl ClickLog {
 
     /// Dense ids of the `i`th click's texts. Panics if `i >= len()`.
     pub fn text_ids(&self, i: usize) -> TextIds {
-        let r = &self.rows[i];
+        let r = self.rows[i];
+        let country = self.profiles.by_id[r.profile as usize].country;
         TextIds {
             visitor: r.visitor,
             url: r.url,
             ip: r.ip,
             user_agent: r.user_agent,
-            country: (r.country != NONE).then_some(r.country),
+            country: (country != NONE).then_some(country),
         }
     }
 
