@@ -184,26 +184,26 @@ impl ClickLogBuilder {
     /// in (a stable sort: the real log is grouped by visitor session, not sorted).
     pub fn finish(mut self) -> ClickLog {
         if !self.log.rows.is_sorted_by_key(|r| r.ts_ms) {
-            sort_by_time(&mut self.log.rows);
+            self.log.rows = sort_by_time(&self.log.rows);
         }
         self.log
     }
 }
 
-/// Sorts `rows` stably by time. Sorts keys of time and position (unique, so an unstable sort
-/// is stable here), then moves each row once, in place: a merge sort of the rows moved each of
-/// them at every pass (5% of a backtest), and gathering them into a new vector had the kernel
-/// zero that much fresh memory (another 7%). When the log spans less than 2³² ms (49 days) and
-/// has fewer than 2³² rows, a key is one `u64`: the time since the first click, then the
-/// position, and a stable radix sort by the time half alone orders them (the positions are
-/// already in order).
-fn sort_by_time(rows: &mut [Row]) {
+/// `rows` sorted stably by time. Sorts keys of time and position (unique, so an unstable sort
+/// is stable here), then gathers the rows in key order into a new vector: its reads are
+/// independent, so the processor overlaps their cache misses. (Moving each row once in place,
+/// following the permutation's cycles, made every read wait for the one before: 9% of a
+/// backtest. A merge sort of the rows moved each of them at every pass: 5%.) When the log spans
+/// less than 2³² ms (49 days) and has fewer than 2³² rows, a key is one `u64`: the time since
+/// the first click, then the position, and a stable radix sort by the time half alone orders
+/// them (the positions are already in order).
+fn sort_by_time(rows: &[Row]) -> Vec<Row> {
     let first = rows.iter().map(|r| r.ts_ms).min().unwrap_or(0);
     let last = rows.iter().map(|r| r.ts_ms).max().unwrap_or(0);
     let span = u64::try_from(last.wrapping_sub(first)).unwrap_or(u64::MAX);
     // `sources[i]`: the position of the row that goes to position `i`.
-    let mut sources: Vec<u64> = if span <= u64::from(u32::MAX) && u32::try_from(rows.len()).is_ok()
-    {
+    let sources: Vec<u64> = if span <= u64::from(u32::MAX) && u32::try_from(rows.len()).is_ok() {
         let mut keys: Vec<u64> = rows
             .iter()
             .enumerate()
@@ -223,30 +223,7 @@ fn sort_by_time(rows: &mut [Row]) {
         keys.sort_unstable();
         keys.into_iter().map(|(_, i)| i).collect()
     };
-    permute(rows, &mut sources);
-}
-
-/// Rearranges `rows` so that position `i` holds what was at `sources[i]` (a permutation),
-/// following its cycles; `sources` is used up as the record of positions done.
-fn permute<T: Copy>(rows: &mut [T], sources: &mut [u64]) {
-    const DONE: u64 = u64::MAX;
-    for start in 0..rows.len() {
-        if sources[start] == DONE {
-            continue;
-        }
-        let first = rows[start];
-        let mut at = start;
-        loop {
-            let from = sources[at] as usize;
-            sources[at] = DONE;
-            if from == start {
-                rows[at] = first;
-                break;
-            }
-            rows[at] = rows[from];
-            at = from;
-        }
-    }
+    sources.iter().map(|&i| rows[i as usize]).collect()
 }
 
 /// Clicks in event-time order, held compactly (see the module docs).
@@ -429,15 +406,6 @@ mod tests {
         assert!(log.is_empty());
         assert_eq!((log.first_ts_ms(), log.last_ts_ms()), (None, None));
         assert_eq!(log.first_at_or_after(0), 0);
-    }
-
-    #[test]
-    fn permute_moves_each_row_to_its_place() {
-        let mut rows = ['a', 'b', 'c', 'd', 'e', 'f'];
-        // Two cycles (0 2 4) and (1 5), and a fixed point 3.
-        let mut sources = [2, 5, 4, 3, 0, 1];
-        permute(&mut rows, &mut sources);
-        assert_eq!(rows, ['c', 'f', 'e', 'd', 'a', 'b']);
     }
 
     proptest::proptest! {
