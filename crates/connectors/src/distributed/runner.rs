@@ -104,6 +104,8 @@ enum RebalanceEvent {
 #[derive(Default)]
 struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Set when `events` got one: the poll loop looks at this flag per record, not the lock.
+    pending: AtomicBool,
     /// Per (topic, partition): the broker's high watermark, as of the last statistics.
     high: Mutex<std::collections::HashMap<(String, u32), i64>>,
 }
@@ -146,6 +148,7 @@ impl ConsumerContext for GroupContext {
                 .lock()
                 .expect("rebalance lock")
                 .push(RebalanceEvent::Revoked(elements(tpl)));
+            self.pending.store(true, Ordering::Release);
         }
     }
 
@@ -155,6 +158,7 @@ impl ConsumerContext for GroupContext {
                 .lock()
                 .expect("rebalance lock")
                 .push(RebalanceEvent::Assigned(elements(tpl)));
+            self.pending.store(true, Ordering::Release);
         }
     }
 }
@@ -179,7 +183,8 @@ struct Task<O> {
 }
 
 struct Polled {
-    topic: String,
+    /// Index of the record's topic in the stage's [`TopicNames`].
+    topic: usize,
     partition: u32,
     offset: i64,
     key: String,
@@ -367,41 +372,152 @@ fn key_text(key: &[u8]) -> String {
     }
 }
 
-/// Whether a polled record may be taken: `None` when no task knows its partition. A record
+/// The offset kept for (`topic`, `partition`) in a map keyed by (topic name, partition). These
+/// maps hold one entry per input partition of a task, so a scan finds it without building a key:
+/// a copied topic name per record, and hashing it, were a tenth of the enrich worker's thread.
+fn offset_of(map: &BTreeMap<(String, u32), i64>, topic: &str, partition: u32) -> Option<i64> {
+    map.iter()
+        .find(|((t, p), _)| t == topic && *p == partition)
+        .map(|(_, v)| *v)
+}
+
+/// The entry of (`topic`, `partition`) in such a map, made with `default` if missing (the only
+/// time the topic name is copied).
+fn offset_slot<'m>(
+    map: &'m mut BTreeMap<(String, u32), i64>,
+    topic: &str,
+    partition: u32,
+    default: i64,
+) -> &'m mut i64 {
+    if offset_of(map, topic, partition).is_none() {
+        map.insert((topic.to_owned(), partition), default);
+    }
+    map.iter_mut()
+        .find(|((t, p), _)| t == topic && *p == partition)
+        .map(|(_, v)| v)
+        .expect("the entry exists")
+}
+
+/// Values per (topic index in [`TopicNames`], partition) for one batch: a few entries, found by
+/// comparing two integers. The records' bookkeeping runs on these and writes the tasks' maps
+/// once per batch.
+struct Marks<V>(Vec<(usize, u32, V)>);
+
+impl<V: Copy> Marks<V> {
+    fn new() -> Self {
+        Marks(Vec::new())
+    }
+
+    fn get(&self, topic: usize, partition: u32) -> Option<V> {
+        self.0
+            .iter()
+            .find(|(t, p, _)| *t == topic && *p == partition)
+            .map(|(_, _, v)| *v)
+    }
+
+    /// The value of (`topic`, `partition`), made by `default` if missing.
+    fn slot(&mut self, topic: usize, partition: u32, default: impl FnOnce() -> V) -> &mut V {
+        let i = match self
+            .0
+            .iter()
+            .position(|(t, p, _)| *t == topic && *p == partition)
+        {
+            Some(i) => i,
+            None => {
+                self.0.push((topic, partition, default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].2
+    }
+}
+
+/// The physical input topics a stage has seen records from, each with its logical name, so a
+/// polled record carries an index instead of a copy of its topic's name.
+struct TopicNames<'a> {
+    kafka: &'a KafkaConfig,
+    names: Vec<(String, &'static str)>,
+}
+
+impl<'a> TopicNames<'a> {
+    fn new(kafka: &'a KafkaConfig, inputs: &[String]) -> Self {
+        let mut names = TopicNames {
+            kafka,
+            names: Vec::new(),
+        };
+        for topic in inputs {
+            names.index(topic);
+        }
+        names
+    }
+
+    /// The index of physical topic `topic`, added if new.
+    fn index(&mut self, topic: &str) -> usize {
+        if let Some(i) = self.names.iter().position(|(t, _)| t == topic) {
+            return i;
+        }
+        let logical = self
+            .kafka
+            .topics
+            .logical(topic)
+            .unwrap_or(topics::CLICK_DATA);
+        self.names.push((topic.to_owned(), logical));
+        self.names.len() - 1
+    }
+
+    fn physical(&self, i: usize) -> &str {
+        &self.names[i].0
+    }
+
+    fn logical(&self, i: usize) -> &'static str {
+        self.names[i].1
+    }
+}
+
+/// The next offset of the task that reads `topic`/`partition`, as stored: `None` when no task
+/// reads it.
+fn task_next<O>(
+    tasks: &BTreeMap<u32, Task<O>>,
+    is_single: bool,
+    topic: &str,
+    partition: u32,
+) -> Option<i64> {
+    let task = if is_single {
+        tasks.values().next()?
+    } else {
+        tasks.get(&partition)?
+    };
+    offset_of(&task.next, topic, partition)
+}
+
+/// Whether a polled record may be taken (`stored`: its task's [`task_next`]): `None` when no
+/// task knows its partition. A record
 /// beyond the task's next offset means the consumer started past it (the group's offset ahead
 /// of Redis's, or a record fetched before a seek): it is dropped and the partition re-sought;
 /// if the first record after the gap shows again after the re-read, the gap is real (offsets
 /// without a record) and that record is accepted ([`gap_confirmed`]).
-fn check_contiguity<O>(
-    tasks: &BTreeMap<u32, Task<O>>,
-    batch_next: &std::collections::HashMap<(String, i32), i64>,
+fn check_contiguity(
+    stored: Option<i64>,
+    batch_next: &Marks<i64>,
     gaps: &mut std::collections::HashMap<(String, i32), i64>,
     seeks: &mut Vec<(String, i32, i64)>,
     m: &rdkafka::message::BorrowedMessage<'_>,
-    is_single: bool,
+    topic_index: usize,
 ) -> Option<bool> {
-    let task = if is_single {
-        tasks.values().next()?
-    } else {
-        tasks.get(&(m.partition() as u32))?
-    };
-    // A task reads one or two (topic, partition) pairs: finding its own by a scan spares
-    // copying the topic name for a lookup, per record.
+    let stored = stored?;
     let (topic, partition) = (m.topic(), m.partition());
-    let stored = task
-        .next
-        .iter()
-        .find(|((t, p), _)| t == topic && *p == partition as u32)
-        .map(|(_, next)| *next)?;
-    let key = (topic.to_owned(), partition);
-    let next = batch_next.get(&key).copied().unwrap_or(stored).max(stored);
-    // Nearly always empty: then hashing the key to remove it would be wasted.
+    let next = batch_next
+        .get(topic_index, partition as u32)
+        .unwrap_or(stored)
+        .max(stored);
+    // Nearly always empty: then building and hashing the key to remove it would be wasted.
     if m.offset() == next && !gaps.is_empty() {
-        gaps.remove(&key);
+        gaps.remove(&(topic.to_owned(), partition));
     }
     if m.offset() <= next {
         return Some(true);
     }
+    let key = (topic.to_owned(), partition);
     if gap_confirmed(gaps.entry(key.clone()), m.offset()) {
         gaps.remove(&key);
         return Some(true);
@@ -513,6 +629,7 @@ pub fn run_stage<O: Operator>(
     // Per partition, the offset found right after a gap, until the gap is confirmed or filled.
     let mut gaps: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
     let is_single = matches!(placement, Placement::Single { .. });
+    let mut names = TopicNames::new(&ctx.kafka, &inputs);
     let result = loop {
         if ctx.shutdown.load(Ordering::Relaxed) {
             break Ok(());
@@ -527,8 +644,10 @@ pub fn run_stage<O: Operator>(
         }
         // 1. Poll.
         let mut batch: Vec<Polled> = Vec::new();
-        let mut batch_next: std::collections::HashMap<(String, i32), i64> =
-            std::collections::HashMap::new();
+        // This batch's next offset per input partition, and the tasks' stored ones as of its
+        // start (the tasks' maps change only when the batch is processed, or on a rebalance).
+        let mut batch_next: Marks<i64> = Marks::new();
+        let mut stored: Marks<Option<i64>> = Marks::new();
         let started = Instant::now();
         while batch.len() < ctx.batch_size {
             let waited = started.elapsed();
@@ -542,7 +661,14 @@ pub fn run_stage<O: Operator>(
             }
             let polled = consumer.poll(budget - waited);
             let events: Vec<RebalanceEvent> =
-                std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
+                if consumer.context().pending.swap(false, Ordering::AcqRel) {
+                    std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"))
+                } else {
+                    Vec::new()
+                };
+            if !events.is_empty() {
+                stored = Marks::new();
+            }
             for event in events {
                 match event {
                     RebalanceEvent::Revoked(parts) => {
@@ -551,7 +677,7 @@ pub fn run_stage<O: Operator>(
                                 info!(stage, topic = %topic, partition = p, "Partition revoked.");
                             }
                             batch.retain(|m| m.partition != p as u32);
-                            batch_next.retain(|(_, q), _| *q != p);
+                            batch_next.0.retain(|(_, q, _)| *q != p as u32);
                         }
                     }
                     RebalanceEvent::Assigned(parts) => {
@@ -576,18 +702,28 @@ pub fn run_stage<O: Operator>(
                     }
                 }
             });
-            if let Some(Ok(m)) = &polled
-                && let Some(verdict) =
-                    check_contiguity(&s.tasks, &batch_next, &mut gaps, &mut seeks, m, is_single)
-            {
-                if !verdict {
-                    continue;
+            let topic_index = match &polled {
+                Some(Ok(m)) => {
+                    let (topic, partition) = (m.topic(), m.partition() as u32);
+                    let t = names.index(topic);
+                    let stored = *stored.slot(t, partition, || {
+                        task_next(&s.tasks, is_single, topic, partition)
+                    });
+                    if let Some(verdict) =
+                        check_contiguity(stored, &batch_next, &mut gaps, &mut seeks, m, t)
+                    {
+                        if !verdict {
+                            continue;
+                        }
+                        *batch_next.slot(t, partition, || 0) = m.offset() + 1;
+                    }
+                    t
                 }
-                batch_next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-            }
+                _ => 0,
+            };
             match polled {
                 Some(Ok(m)) => batch.push(Polled {
-                    topic: m.topic().to_owned(),
+                    topic: topic_index,
                     partition: m.partition() as u32,
                     offset: m.offset(),
                     key: m.key().map(key_text).unwrap_or_default(),
@@ -636,41 +772,39 @@ pub fn run_stage<O: Operator>(
         };
         let mut commits = Vec::new();
         for (&p, task) in s.tasks.iter_mut() {
-            let mine: Vec<&Polled> = batch
-                .iter()
-                .filter(|m| {
-                    (is_single || m.partition == p)
-                        && m.offset
-                            >= task
-                                .next
-                                .get(&(m.topic.clone(), m.partition))
-                                .copied()
-                                .unwrap_or(0)
-                })
-                .collect();
+            // The task's next offsets and newest lineages, as of the batch's start and then as
+            // its records advance them; written to the task once, after them.
+            let mut next: Marks<i64> = Marks::new();
+            let mut lineage: Marks<i64> = Marks::new();
+            let mut mine: Vec<&Polled> = Vec::new();
+            for m in &batch {
+                if !(is_single || m.partition == p) {
+                    continue;
+                }
+                let from = *next.slot(m.topic, m.partition, || {
+                    offset_of(&task.next, names.physical(m.topic), m.partition).unwrap_or(0)
+                });
+                if m.offset >= from {
+                    mine.push(m);
+                }
+            }
             let values: Vec<&[u8]> = mine.iter().map(|m| m.value.as_slice()).collect();
             if !values.is_empty() {
                 task.op.prepare_batch(&values);
             }
             let mut last_offset = task.suppress_through.max(0) as u64;
             for m in &mine {
-                let logical = ctx
-                    .kafka
-                    .topics
-                    .logical(&m.topic)
-                    .unwrap_or(topics::CLICK_DATA);
+                let (topic, logical) = (names.physical(m.topic), names.logical(m.topic));
                 if let Some(l) = m.lineage
                     && ONE_RECORD_PER_LINEAGE.contains(&logical)
                 {
-                    let newest = task
-                        .lineage
-                        .entry((m.topic.clone(), m.partition))
-                        .or_insert(-1);
+                    let newest = lineage.slot(m.topic, m.partition, || {
+                        offset_of(&task.lineage, topic, m.partition).unwrap_or(-1)
+                    });
                     if l as i64 <= *newest {
                         // A producer's retry of a record already processed.
                         task.counts.duplicates += 1;
-                        task.next
-                            .insert((m.topic.clone(), m.partition), m.offset + 1);
+                        *next.slot(m.topic, m.partition, || 0) = m.offset + 1;
                         task.dirty = true;
                         continue;
                     }
@@ -682,7 +816,7 @@ pub fn run_stage<O: Operator>(
                 {
                     task.counts.dead_letters += 1;
                     let letter = DeadLetter::new(
-                        &format!("{}/{}", m.topic, m.partition),
+                        &format!("{topic}/{}", m.partition),
                         m.offset as u64,
                         format!("stage {stage} cannot process the record: {error}"),
                         &m.value,
@@ -697,11 +831,17 @@ pub fn run_stage<O: Operator>(
                         publish(out, m.offset as u64, task.out_partition);
                     }
                 }
-                task.next
-                    .insert((m.topic.clone(), m.partition), m.offset + 1);
+                *next.slot(m.topic, m.partition, || 0) = m.offset + 1;
                 task.counts.events += 1;
                 task.dirty = true;
                 last_offset = m.offset as u64;
+            }
+            for (map, marks) in [(&mut task.next, &next), (&mut task.lineage, &lineage)] {
+                for &(t, q, value) in &marks.0 {
+                    if offset_of(map, names.physical(t), q) != Some(value) {
+                        *offset_slot(map, names.physical(t), q, value) = value;
+                    }
+                }
             }
             for ((topic, q), next) in &task.next {
                 let logical = ctx
@@ -836,7 +976,38 @@ pub fn run_stage<O: Operator>(
 mod tests {
     use std::collections::HashMap;
 
-    use super::{FETCH_QUEUE_BACKOFF_MS, consumer_config, gap_confirmed, key_text};
+    use std::collections::BTreeMap;
+
+    use super::{
+        FETCH_QUEUE_BACKOFF_MS, Marks, consumer_config, gap_confirmed, key_text, offset_of,
+        offset_slot,
+    };
+
+    #[test]
+    fn marks_keep_one_value_per_topic_and_partition_made_once() {
+        let mut marks: Marks<i64> = Marks::new();
+        assert_eq!(marks.get(0, 3), None);
+        *marks.slot(0, 3, || 10) += 1;
+        *marks.slot(0, 3, || unreachable!("made once")) += 1;
+        *marks.slot(1, 3, || 7) = 8;
+        assert_eq!(marks.get(0, 3), Some(12));
+        assert_eq!(marks.get(1, 3), Some(8));
+        assert_eq!(marks.get(0, 2), None);
+    }
+
+    #[test]
+    fn offsets_are_found_and_set_by_topic_name_and_partition() {
+        let mut map: BTreeMap<(String, u32), i64> = BTreeMap::new();
+        map.insert(("clicks".into(), 1), 5);
+        assert_eq!(offset_of(&map, "clicks", 1), Some(5));
+        assert_eq!(offset_of(&map, "clicks", 2), None);
+        assert_eq!(offset_of(&map, "other", 1), None);
+        *offset_slot(&mut map, "clicks", 1, 0) = 6;
+        *offset_slot(&mut map, "other", 1, -1) += 1;
+        assert_eq!(map.get(&("clicks".into(), 1)), Some(&6));
+        assert_eq!(map.get(&("other".into(), 1)), Some(&0));
+        assert_eq!(map.len(), 2);
+    }
     use crate::distributed::KafkaConfig;
 
     #[test]
