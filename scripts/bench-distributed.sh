@@ -48,36 +48,55 @@ EVENTS=1000000
 "$BIN" generate --visitors 200000 --days 7 --events $EVENTS --seed 7 --out "$DIR/log.tsv.gz" >/dev/null 2>&1
 "$BIN" lookups load --redis "redis://127.0.0.1:$REDIS/0" >/dev/null
 REDIS_PID=$(redis-cli -p "$REDIS" info server | tr -d '\r' | sed -n 's/^process_id://p')
-TICK=$(getconf CLK_TCK)
-# CPU seconds (user + system) a process has used so far.
-cpu() { awk -v t="$TICK" '{ printf "%.3f", ($14 + $15) / t }' "/proc/$1/stat"; }
-# Events a worker has counted. Polled every 50 ms, so it must be cheap: starting a Python for each
-# poll took a good part of a core away from the worker being measured on this 2-core machine.
-# (serde_json orders keys, so the stage's own count is the one followed by events_per_second.)
-events() {
-  local n
-  n=$(redis-cli -p "$REDIS" hget "clickpulse:metrics:$1" "$1-1" | grep -o '"events":[0-9]*,"events_per_second"' | tr -dc '0-9')
-  echo "${n:-0}"
-}
+# Follows a worker's event count in Redis every 20 ms, from one Python process with one
+# connection: the shell loop this replaces forked redis-cli, grep, tr, date and sleep 20 times a
+# second, and perf put them at a tenth of both cores, taken from the worker being measured.
 # Time from the first consumed record to the last (the group join and task opening excluded),
 # and the CPU seconds the worker, the broker and Redis each used in that time. On 2 shared cores
 # the wall-clock figure is what this machine does; events per CPU second of the worker is what
 # one worker does with a core of its own (the broker and Redis on other machines).
-# Prints "events_per_s worker_events_per_cpu_s broker_cpu_s redis_cpu_s steps".
+# Prints "events_per_s worker_events_per_cpu_s broker_cpu_s redis_cpu_s".
+watch() {
+  python3 - "$REDIS" "$@" <<'PY'
+import os, re, socket, sys, time
+port, stage, total, worker, broker, redis = sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:7]
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):  # user + system seconds so far (fields 14 and 15 of /proc/PID/stat)
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / tick
+conn = socket.create_connection(("127.0.0.1", int(port)))
+reader = conn.makefile("rb")
+key, field = f"clickpulse:metrics:{stage}".encode(), f"{stage}-1".encode()
+request = b"*3\r\n$4\r\nHGET\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in (key, field))
+# serde_json orders keys, so the stage's own count is the one followed by events_per_second.
+count = re.compile(rb'"events":([0-9]+),"events_per_second"')
+def events():
+    conn.sendall(request)
+    size = int(reader.readline()[1:])
+    if size < 0:
+        return 0
+    m = count.search(reader.read(size + 2))
+    return int(m.group(1)) if m else 0
+start = None
+while True:
+    n, now = events(), time.monotonic()
+    if start is None and n > 0:
+        start, n0, w0, b0, r0 = now, n, cpu(worker), cpu(broker), cpu(redis)
+    if n >= total:
+        w1, b1, r1 = cpu(worker), cpu(broker), cpu(redis)
+        break
+    time.sleep(0.02)
+done = total - n0
+print(round(done / (now - start)), round(done / max(w1 - w0, 0.001)), round(b1 - b0, 2), round(r1 - r0, 2))
+PY
+}
+# Prints watch's figures and the worker's split of its time into steps.
 measure() {
-  local stage=$1 total=$2 start="" t1 n w0 b0 r0 w1 b1 r1
+  local stage=$1 total=$2 figures
   "$BIN" run --config "$DIR/c.toml" --stage "$stage" --worker-id "$stage-1" >"$DIR/$stage.log" 2>&1 &
   local pid=$!
-  while :; do
-    n=$(events "$stage"); now=$(date +%s.%N)
-    if [ -z "$start" ] && [ "$n" -gt 0 ]; then
-      start=$now; n0=$n; w0=$(cpu $pid); b0=$(cpu $BROKER_PID); r0=$(cpu $REDIS_PID)
-    fi
-    if [ "$n" -ge "$total" ]; then
-      t1=$now; w1=$(cpu $pid); b1=$(cpu $BROKER_PID); r1=$(cpu $REDIS_PID); break
-    fi
-    sleep 0.05
-  done
+  figures=$(watch "$stage" "$total" "$pid" "$BROKER_PID" "$REDIS_PID")
   kill -TERM $pid; wait $pid || true
   # Where the worker's time went, as poll/process/publish/commit seconds over its whole run.
   local steps
@@ -87,7 +106,7 @@ t = sys.stdin.read().strip()
 s = json.loads(t) if t else {}
 s = s.get("details", s).get("step_seconds", {})
 print("/".join(str(s.get(k, "-")) for k in ("poll", "process", "publish", "commit")))')
-  python3 -c "n=$total-$n0; print(round(n/($t1-$start)), round(n/max($w1-$w0, 0.001)), round($b1-$b0, 2), round($r1-$r0, 2), '$steps')"
+  echo "$figures $steps"
 }
 read -r REPLAY REPLAY_CPU REPLAY_BROKER REPLAY_REDIS _ < <(measure replay $EVENTS)
 read -r ENRICH ENRICH_CPU ENRICH_BROKER ENRICH_REDIS ENRICH_STEPS < <(measure enrich $EVENTS)
