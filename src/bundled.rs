@@ -1,15 +1,15 @@
 //! The real data shipped inside the binary (see `data/README.md` for sources and licences), so
 //! `clickpulse demo` works from any directory without a checkout.
 
-/// The acme.com Omniture log, parts 1 and 4 (gzipped TSV).
+/// The acme.com Omniture log, parts 1 and 4 (TSV, Zstandard-compressed).
 pub(crate) const LOGS: [(&str, &[u8]); 2] = [
     (
-        "Omniture.1.tsv.gz",
-        include_bytes!("../data/omniture/Omniture.1.tsv.gz"),
+        "Omniture.1.tsv.zst",
+        include_bytes!("../data/omniture/Omniture.1.tsv.zst"),
     ),
     (
-        "Omniture.4.tsv.gz",
-        include_bytes!("../data/omniture/Omniture.4.tsv.gz"),
+        "Omniture.4.tsv.zst",
+        include_bytes!("../data/omniture/Omniture.4.tsv.zst"),
     ),
 ];
 

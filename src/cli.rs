@@ -63,7 +63,7 @@ pub(crate) struct DemoArgs {
     /// its first day, starting 8 hours back (to fill the dashboard), then in step with the clock.
     #[arg(long)]
     pub(crate) original_time: bool,
-    /// Logs to replay (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Partitions per topic (fixed when the data dir is created).
@@ -115,7 +115,7 @@ pub(crate) struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BacktestArgs {
-    /// Log files (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    /// Log files (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Folder with the lookup files (users.json[.gz], products.json, products.tsv)
@@ -309,7 +309,7 @@ pub(crate) struct GenerateArgs {
     /// Random seed: the same seed and arguments give the same file.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
-    /// Output file (`.tsv`, or `.tsv.gz` to compress).
+    /// Output file (`.tsv`; `.tsv.gz` or `.tsv.zst` to compress with gzip or Zstandard).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
 }
@@ -336,7 +336,7 @@ impl ChaosMode {
 
 #[derive(Debug, Args)]
 pub(crate) struct ChaosArgs {
-    /// Log files (TSV or JSON lines, optionally gzipped) [default: the bundled acme.com log].
+    /// Log files (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Pattern file or directory [default: the bundled seed patterns].

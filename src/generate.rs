@@ -211,15 +211,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<ExitCode> {
         .collect();
     let file =
         File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let gz = args.out.extension().is_some_and(|e| e == "gz");
-    let mut out: Box<dyn Write> = if gz {
-        Box::new(BufWriter::with_capacity(
-            1 << 20,
-            flate2::write::GzEncoder::new(file, flate2::Compression::fast()),
-        ))
-    } else {
-        Box::new(BufWriter::with_capacity(1 << 20, file))
-    };
+    let mut out = Sink::new(&args.out, file)?;
     let start_day = 1_330_560_000i64; // 2012-03-01 00:00:00 UTC, like the real log
     let mut cols = vec![String::new(); COLUMNS];
     let mut written = 0u64;
@@ -236,13 +228,18 @@ pub(crate) fn run(args: GenerateArgs) -> Result<ExitCode> {
             if i > 0 {
                 t += *model.gaps_s.sample(&mut rng);
             }
-            row(&mut out, t, v, model.urls.sample(&mut rng), &mut cols)
-                .context("cannot write the log")?;
+            row(
+                &mut out.writer(),
+                t,
+                v,
+                model.urls.sample(&mut rng),
+                &mut cols,
+            )
+            .context("cannot write the log")?;
             written += 1;
         }
     }
-    out.flush().context("cannot write the log")?;
-    drop(out);
+    out.finish().context("cannot write the log")?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "wrote {written} page views of {} visitors ({known} with a users record) over {} days to {} in {secs:.1} s",
@@ -251,6 +248,51 @@ pub(crate) fn run(args: GenerateArgs) -> Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the rows go: the file, compressed as its extension says (`.gz`: gzip, `.zst`:
+/// Zstandard with a checksum per frame, as the `zstd` tool writes), buffered.
+enum Sink {
+    Plain(BufWriter<File>),
+    Gzip(BufWriter<flate2::write::GzEncoder<File>>),
+    Zstd(BufWriter<zstd::Encoder<'static, File>>),
+}
+
+impl Sink {
+    fn new(path: &Path, file: File) -> Result<Self> {
+        const BUFFER: usize = 1 << 20;
+        Ok(match path.extension().and_then(|e| e.to_str()) {
+            Some("gz") => Sink::Gzip(BufWriter::with_capacity(
+                BUFFER,
+                flate2::write::GzEncoder::new(file, flate2::Compression::fast()),
+            )),
+            Some("zst") => {
+                let mut z = zstd::Encoder::new(file, 3).context("cannot start Zstandard")?;
+                z.include_checksum(true)?;
+                Sink::Zstd(BufWriter::with_capacity(BUFFER, z))
+            }
+            _ => Sink::Plain(BufWriter::with_capacity(BUFFER, file)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Plain(w) => w,
+            Sink::Gzip(w) => w,
+            Sink::Zstd(w) => w,
+        }
+    }
+
+    /// Flushes the buffer and writes the compressed stream's end: an error here is reported,
+    /// not lost in a `drop`.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.into_inner().map(drop)?,
+            Sink::Gzip(w) => drop(w.into_inner()?.finish()?),
+            Sink::Zstd(w) => drop(w.into_inner()?.finish()?),
+        }
+        Ok(())
+    }
 }
 
 /// The path for a generated log in `dir` (used by benchmarks).

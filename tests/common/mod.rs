@@ -140,7 +140,7 @@ impl Drop for Demo {
 pub fn log_slice(dir: &Path, n: usize) -> PathBuf {
     use std::io::{BufRead, Write};
     let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open(data("omniture/Omniture.1.tsv.gz")).unwrap(),
+        std::fs::File::open(data("omniture/Omniture.1.tsv.zst")).unwrap(),
     );
     let path = dir.join("slice.tsv");
     let mut out = std::fs::File::create(&path).unwrap();

@@ -1,6 +1,7 @@
 //! Streaming readers for click logs.
 //!
-//! Two formats, each plain or gzip-compressed (detected from the content, not the name):
+//! Two formats, each plain, gzip- or Zstandard-compressed (detected from the content, not the
+//! name):
 //! - the Omniture/Hortonworks TSV log ([`tsv`]): 178 (or 53) tab-separated columns, optional
 //!   header line;
 //! - JSON lines of [`Click`](crate::Click) ([`jsonl`]), the live collector's format.
@@ -199,17 +200,47 @@ impl Iterator for LogReader {
     }
 }
 
-/// A buffered stream over `reader`, gunzipped if it starts with the gzip magic bytes.
+/// The compressed formats a log may come in, told apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain bytes.
+    None,
+    /// gzip (RFC 1952), one member or several concatenated.
+    Gzip,
+    /// Zstandard (RFC 8878), one frame or several concatenated. It inflates the real log about
+    /// 2.5 times as fast as gzip does (see BENCHMARKS.md).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression `head` (a stream's first bytes) starts with.
+    pub fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// A buffered stream over `reader`, decompressed if it starts with the gzip or the Zstandard
+/// magic bytes.
 pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn BufRead + Send>> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    let is_gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    Ok(if is_gzip {
-        Box::new(BufReader::with_capacity(
-            256 * 1024,
+    const BUFFER: usize = 256 * 1024;
+    let mut buffered = BufReader::with_capacity(BUFFER, reader);
+    Ok(match Compression::sniff(buffered.fill_buf()?) {
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            BUFFER,
             MultiGzDecoder::new(buffered),
-        ))
-    } else {
-        Box::new(buffered)
+        )),
+        // Reads every frame up to the end, like `MultiGzDecoder` every member.
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            BUFFER,
+            zstd::Decoder::with_buffer(buffered)?,
+        )),
+        Compression::None => Box::new(buffered),
     })
 }
 
@@ -354,6 +385,57 @@ mod tests {
         );
         let short = DeadLetter::new("x", 1, "bad", b"ok\xffok");
         assert_eq!(short.raw, "ok\u{fffd}ok");
+    }
+
+    /// `bytes` as one Zstandard frame with a content checksum, as `zstd` writes by default.
+    fn zstd(bytes: &[u8]) -> Vec<u8> {
+        let mut z = zstd::Encoder::new(Vec::new(), 3).unwrap();
+        z.include_checksum(true).unwrap();
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn detects_zstd_and_reads_every_frame() {
+        let first = b"1330560019\t2\n";
+        let mut bytes = zstd(first);
+        bytes.extend(zstd(b"second frame\n"));
+        let mut stream = decompress(io::Cursor::new(bytes)).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "1330560019\t2\nsecond frame\n");
+        let line = br#"{"ts_ms":1000,"visitor":"v1","url":"http://www.acme.com/SH5/VD1"}"#;
+        let reader = LogReader::from_reader("x.jsonl.zst", io::Cursor::new(zstd(line))).unwrap();
+        assert_eq!(reader.format(), LogFormat::JsonLines);
+        let records: Vec<_> = reader.map(Result::unwrap).collect();
+        assert!(matches!(&records[..], [LogRecord::Click(c)] if c.visitor == "v1"));
+    }
+
+    #[test]
+    fn sniffs_compression_from_the_first_bytes_only() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(Compression::sniff(&zstd(b"x")), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"1330560019\t"), Compression::None);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5]), Compression::None);
+        assert_eq!(Compression::sniff(b""), Compression::None);
+    }
+
+    #[test]
+    fn truncated_or_corrupt_zstd_is_a_read_error_not_a_panic() {
+        let whole = zstd(&b"1\t2\t3\n".repeat(10_000));
+        // An error when the reader opens (its first refill) or on a later line; never a quiet
+        // end.
+        let fails = |name: &str, bytes: Vec<u8>| {
+            LogReader::from_reader(name, io::Cursor::new(bytes))
+                .map_or(true, |r| r.into_iter().any(|r| r.is_err()))
+        };
+        let mut cut = whole.clone();
+        cut.truncate(cut.len() / 2);
+        assert!(fails("cut.tsv.zst", cut));
+        let mut corrupt = whole;
+        let n = corrupt.len();
+        corrupt[n / 2..n - 4].fill(0xa5);
+        assert!(fails("bad.tsv.zst", corrupt), "corruption went unnoticed");
     }
 
     #[test]
