@@ -42,6 +42,14 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
         }
         None => None,
     };
+    // Setup, before the clock starts: the operators (the enricher's user-agent parser compiles
+    // its regular expressions here), like the lookups and patterns above.
+    let mut enrich = EnrichOperator::new(lookups);
+    let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
+        .with_audience_tracking()
+        .without_checkpoints();
+    let mut dashboard =
+        DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
     let mut write_error = None;
     let started = Instant::now();
     let input = inputs::read_logs(&args.logs, |letter| {
@@ -59,12 +67,6 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     if let Some(mut out) = dead_letters {
         out.flush().context("cannot write dead letters")?;
     }
-    let mut enrich = EnrichOperator::new(lookups);
-    let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
-        .with_audience_tracking()
-        .without_checkpoints();
-    let mut dashboard =
-        DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
     let wall = Instant::now();
     let mut offers: Vec<Offer> = Vec::new();
     // Per distinct visitor of the log (its dense ids): seen, and seen with a users record.

@@ -139,12 +139,11 @@ impl Drop for Demo {
 /// The first `n` rows of the bundled log, as a file in `dir`.
 pub fn log_slice(dir: &Path, n: usize) -> PathBuf {
     use std::io::{BufRead, Write};
-    let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open(data("omniture/Omniture.1.tsv.zst")).unwrap(),
-    );
+    let zst = zstd::Decoder::new(std::fs::File::open(data("omniture/Omniture.1.tsv.zst")).unwrap())
+        .unwrap();
     let path = dir.join("slice.tsv");
     let mut out = std::fs::File::create(&path).unwrap();
-    for line in std::io::BufReader::new(gz).lines().take(n) {
+    for line in std::io::BufReader::new(zst).lines().take(n) {
         writeln!(out, "{}", line.unwrap()).unwrap();
     }
     path

@@ -45,10 +45,14 @@ impl Default for Enricher {
 }
 
 impl Enricher {
-    /// A new enricher with empty caches.
+    /// A new enricher with empty caches and its user-agent parser ready: woothee compiles its
+    /// regular expressions on the first parse in the process (~30M instructions, ~10 ms), which
+    /// is done here rather than on the first view.
     pub fn new() -> Self {
+        let ua_parser = woothee::parser::Parser::new();
+        ua_parser.parse("Mozilla/5.0");
         Enricher {
-            ua_parser: woothee::parser::Parser::new(),
+            ua_parser,
             devices: HashMap::new(),
             interned: HashMap::new(),
             unknown: Arc::from(UNKNOWN),
