@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
-use super::visitor::{Visitor, VisitorInterner};
+use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Watermarks};
 use crate::click::{Device, EnrichedClick};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
@@ -666,6 +666,8 @@ impl DashboardHandle {
 /// `snapshot` (the latest dashboard snapshot, JSON, as served at `/api/dashboard`).
 pub struct AggregateOperator {
     core: DashboardAggregator,
+    /// Shares the texts of the views decoded from the topic (see [`TextInterner`]).
+    texts: TextInterner,
     config: DashboardConfig,
     handle: DashboardHandle,
     dirty: bool,
@@ -676,6 +678,7 @@ impl AggregateOperator {
     pub fn new(config: DashboardConfig, handle: DashboardHandle) -> Self {
         AggregateOperator {
             core: DashboardAggregator::new(config),
+            texts: TextInterner::default(),
             config,
             handle,
             dirty: false,
@@ -723,7 +726,15 @@ impl Operator for AggregateOperator {
             let offer: Offer = crate::codec::decode(value)?;
             self.core.on_offer(&offer);
         } else {
-            let click: EnrichedClick = crate::codec::decode(value)?;
+            let mut click: EnrichedClick = crate::codec::decode(value)?;
+            for text in [
+                &mut click.product_id,
+                &mut click.category,
+                &mut click.title,
+                &mut click.country,
+            ] {
+                self.texts.share(text);
+            }
             self.core.on_click(partition, click, Instant::now());
         }
         self.dirty = true;
