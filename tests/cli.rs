@@ -1,4 +1,5 @@
-//! Command-line behaviour: clean shutdown on SIGTERM, loading custom lookups, pattern checks.
+//! Command-line behaviour: clean shutdown on SIGTERM, loading custom lookups, pattern checks,
+//! the figures `bench backtest` prints.
 
 mod common;
 
@@ -130,4 +131,48 @@ fn patterns_check_reports_every_error_with_file_and_line() {
         &format!("{}/patterns", env!("CARGO_MANIFEST_DIR")),
     ]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("2 pattern(s) OK"));
+}
+
+#[test]
+fn bench_backtest_prints_every_phase_and_the_read_floor_for_the_log_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slice = log_slice(tmp.path(), 500);
+    let output = std::process::Command::new(bin())
+        .args(["bench", "backtest", "--runs", "1", "--log"])
+        .arg(&slice)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bench backtest: "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let figures: std::collections::HashMap<&str, f64> = summary
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k, v.parse().expect("a number"))
+        })
+        .collect();
+    assert_eq!(figures["events"], 500.0, "{summary}");
+    for key in [
+        "read_eps",
+        "enrich_eps",
+        "detect_eps",
+        "aggregate_eps",
+        "operators_eps",
+        "total_eps",
+        "backtest_eps",
+        "inflate_eps",
+        "locate_eps",
+    ] {
+        assert!(figures[key] > 0.0, "{key} in {summary}");
+    }
+    // The human summary names the floor lines too.
+    assert!(stdout.contains("(floor: decompression alone)"), "{stdout}");
 }
