@@ -116,6 +116,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let config = RunnerConfig {
         batch_size: args.batch_size,
         sync_interval: Duration::from_millis(args.sync_interval_ms),
+        // The consumers of `click-data`.
+        replay_consumers: CONSUMERS[0].1.to_vec(),
         ..RunnerConfig::default()
     };
     let mut workers = Vec::new();
@@ -388,13 +390,15 @@ const CONSUMERS: [(&str, &[&str]); 3] = [
     (topics::SPECIAL_OFFERS, &["aggregate", "web"]),
 ];
 
-/// Every few seconds, deletes consumed records beyond the newest `keep` of each partition, so
-/// the data dir stays bounded however long the demo loops.
+/// Every second, deletes consumed records beyond the newest `keep` of each partition, so the
+/// data dir stays bounded however long the demo loops, and the appends reuse the space freed
+/// (pages the kernel still holds) instead of growing the file: writing fresh file pages cost
+/// this machine 11× more than rewriting cached ones (BENCHMARKS.md, "Thirteenth session").
 fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
     let mut last = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(200));
-        if last.elapsed() < Duration::from_secs(10) {
+        if last.elapsed() < Duration::from_secs(1) {
             continue;
         }
         last = std::time::Instant::now();

@@ -127,6 +127,8 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
     let config = RunnerConfig {
         batch_size,
         idle_wait: Duration::from_millis(2),
+        // The replay waits for enrich: a stopped detector must not hold it up.
+        replay_consumers: vec!["enrich"],
         ..RunnerConfig::default()
     };
     let metrics = PipelineMetrics::default();

@@ -38,7 +38,16 @@ pub struct RunnerConfig {
     /// at most this much work; the collector's commits are always durable before its `202`.
     /// Zero: every commit is durable.
     pub sync_interval: Duration,
+    /// The consumer groups of `click-data` the replay waits for: it publishes at most
+    /// [`REPLAY_AHEAD_BATCHES`] batches ahead of the slowest (backpressure), so they read what
+    /// it wrote while the store still holds it in memory, instead of the replay racing ahead at
+    /// full speed and the consumers reading everything back from disk. Empty: no limit.
+    pub replay_consumers: Vec<&'static str>,
 }
+
+/// How many batches ([`RunnerConfig::batch_size`]) the replay may publish ahead of the slowest of
+/// [`RunnerConfig::replay_consumers`].
+pub const REPLAY_AHEAD_BATCHES: u64 = 4;
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -46,6 +55,7 @@ impl Default for RunnerConfig {
             batch_size: 2_000,
             idle_wait: Duration::from_millis(100),
             sync_interval: Duration::from_millis(50),
+            replay_consumers: Vec::new(),
         }
     }
 }
@@ -178,22 +188,24 @@ pub fn run_operator<O: Operator>(
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
         for (topic, p, position) in positions.iter_mut() {
-            let records = store.fetch(topic, *p, *position, per_partition)?;
-            let Some(last) = records.last() else { continue };
-            let next = last.offset + 1;
-            for record in records {
+            let fetched = store.fetch_batch(topic, *p, *position, per_partition)?;
+            let mut next = None;
+            for record in fetched.records() {
                 consumed += 1;
-                if let Err(error) = op.process_record(topic, *p, &record.value, &mut emitter) {
+                next = Some(record.offset + 1);
+                if let Err(error) = op.process_record(topic, *p, record.value, &mut emitter) {
                     counts.dead_letters += 1;
                     let letter = DeadLetter::new(
                         &format!("{topic}/{p}"),
                         record.offset,
                         format!("stage {stage} cannot process the record: {error}"),
-                        &record.value,
+                        record.value,
                     );
-                    emitter.emit(topics::DEAD_LETTERS, &record.key, &letter);
+                    let key = String::from_utf8_lossy(record.key);
+                    emitter.emit(topics::DEAD_LETTERS, &key, &letter);
                 }
             }
+            let Some(next) = next else { continue };
             *position = next;
             batch.offsets.push(OffsetCommit {
                 group: stage.to_owned(),
@@ -375,7 +387,16 @@ pub fn run_replay(
         })
     };
     metrics.record(state.events, state.malformed, details(&state, &pacer));
+    let ahead = REPLAY_AHEAD_BATCHES * config.batch_size as u64;
     while !shutdown.load(Ordering::Relaxed) {
+        let generation = store.append_generation();
+        if !config.replay_consumers.is_empty()
+            && consumer_lag(store, topics::CLICK_DATA, &config.replay_consumers)? >= ahead
+        {
+            // Woken by the consumers' commits (they append what they produce).
+            store.wait_for_appends(generation, config.idle_wait);
+            continue;
+        }
         let mut batch = CommitBatch::default();
         if !state.dead_letters_written {
             for letter in &input.malformed {
@@ -460,6 +481,21 @@ pub fn run_replay(
     }
     store.sync()?;
     Ok(())
+}
+
+/// How many records of `topic` the slowest of `groups` has yet to consume.
+fn consumer_lag(store: &EmbeddedStore, topic: &str, groups: &[&str]) -> Result<u64, StoreError> {
+    let mut lag = 0;
+    for group in groups {
+        let mut behind = 0;
+        for p in 0..store.partitions(topic)? {
+            behind += store
+                .end_offset(topic, p)
+                .saturating_sub(store.committed(group, topic, p)?);
+        }
+        lag = lag.max(behind);
+    }
+    Ok(lag)
 }
 
 /// A batch of live clicks waiting for the collector, with what to call once it is durable (or
@@ -696,6 +732,71 @@ mod tests {
             committed(0) + committed(1),
             store.end_offset(topics::CLICK_DATA, 0) + store.end_offset(topics::CLICK_DATA, 1)
         );
+    }
+
+    #[test]
+    fn the_replay_waits_while_its_consumers_are_four_batches_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[(topics::CLICK_DATA, 2)]).unwrap();
+        let input = ReplayInput {
+            clicks: ClickLog::from_clicks(&(0..40).map(click).collect::<Vec<_>>()),
+            malformed: vec![],
+            fingerprint: "test".to_owned(),
+        };
+        let metrics = PipelineMetrics::default();
+        let shutdown = AtomicBool::new(false);
+        let config = RunnerConfig {
+            batch_size: 3,
+            idle_wait: Duration::from_millis(5),
+            replay_consumers: vec!["enrich"],
+            ..RunnerConfig::default()
+        };
+        let options = ReplayOptions {
+            speed: Speed::Max,
+            loop_forever: false,
+            align_warmup_ms: None,
+        };
+        let published = |s: &EmbeddedStore| -> u64 {
+            (0..2).map(|p| s.end_offset(topics::CLICK_DATA, p)).sum()
+        };
+        let replay = metrics.stage("replay");
+        thread::scope(|s| {
+            s.spawn(|| {
+                let clock = EventClock::default();
+                run_replay(&store, &input, options, &clock, &replay, &shutdown, &config).unwrap()
+            });
+            let settle = || {
+                let mut last = u64::MAX;
+                loop {
+                    thread::sleep(Duration::from_millis(50));
+                    let now = published(&store);
+                    if now == last {
+                        return now;
+                    }
+                    last = now;
+                }
+            };
+            // Nobody consumes: four batches of three, then the replay waits.
+            assert_eq!(settle(), 12);
+            // "enrich" commits its position: the replay goes on to four batches past it.
+            let offsets = (0..2)
+                .map(|p| OffsetCommit {
+                    group: "enrich".to_owned(),
+                    topic: topics::CLICK_DATA.to_owned(),
+                    partition: p,
+                    next_offset: store.end_offset(topics::CLICK_DATA, p),
+                })
+                .collect();
+            store
+                .commit(&CommitBatch {
+                    offsets,
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+            assert_eq!(settle(), 24);
+            assert!(!replay.is_done());
+            shutdown.store(true, Ordering::SeqCst);
+        });
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! [`EmbeddedStore`]: topics, offsets, state and lookups in one `redb` file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::lookups::{Lookups, Product, User};
@@ -22,13 +23,19 @@ const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_prod
 /// [`encode_segment`]), so a batch of N records costs one B-tree insert, not N.
 type TopicTable<'a> = TableDefinition<'a, (u32, u64), &'static [u8]>;
 
+/// A topic's table open for writing.
+type TopicTableMut<'txn> = redb::Table<'txn, (u32, u64), &'static [u8]>;
+
+/// A record to append: `(key, value)`.
+type Record<'a> = (&'a str, &'a [u8]);
+
 fn topic_table(name: &str) -> TopicTable<'_> {
     TableDefinition::new(name)
 }
 
 /// Encodes records as a segment: `count: u32`, then per record `key_len: u32, key,
 /// value_len: u32, value` (little-endian).
-fn encode_segment(records: &[(&str, &[u8])]) -> Vec<u8> {
+fn encode_segment(records: &[Record<'_>]) -> Vec<u8> {
     let size = 4 + records
         .iter()
         .map(|(k, v)| 8 + k.len() + v.len())
@@ -51,32 +58,143 @@ fn segment_len(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Decodes a segment into `(key, value)` pairs.
-fn decode_segment(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if bytes.len() < n {
-            return Err("segment truncated".to_owned());
-        }
-        let (head, rest) = bytes.split_at(n);
+/// Takes the next record of a segment's body: `(key, value)`, or `None` at a truncated end.
+fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = bytes.split_at_checked(n)?;
         *bytes = rest;
-        Ok(head)
+        Some(head)
     }
-    fn len(bytes: &mut &[u8]) -> Result<usize, String> {
+    fn len(bytes: &mut &[u8]) -> Option<usize> {
         let b = take(bytes, 4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
-    let mut rest = bytes;
-    let count = len(&mut rest)?;
-    let mut records = Vec::with_capacity(count);
+    let n = len(rest)?;
+    let key = take(rest, n)?;
+    let n = len(rest)?;
+    Some((key, take(rest, n)?))
+}
+
+/// A segment read from disk, checked whole: its count, then exactly that many records.
+fn checked_segment(base: u64, bytes: &[u8]) -> Result<Segment, String> {
+    let count = segment_len(bytes);
+    if bytes.len() < 4 {
+        return Err("segment truncated".to_owned());
+    }
+    let mut rest = &bytes[4..];
     for _ in 0..count {
-        let n = len(&mut rest)?;
-        let key = std::str::from_utf8(take(&mut rest, n)?)
-            .map_err(|e| e.to_string())?
-            .to_owned();
-        let n = len(&mut rest)?;
-        records.push((key, take(&mut rest, n)?.to_vec()));
+        next_record(&mut rest).ok_or("segment truncated")?;
     }
-    Ok(records)
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the last record", rest.len()));
+    }
+    Ok(Segment {
+        base,
+        count,
+        bytes: Arc::new(bytes.to_vec()),
+    })
+}
+
+/// One commit's records of one partition, encoded ([`encode_segment`]) and shared by every
+/// reader of them.
+#[derive(Debug, Clone)]
+struct Segment {
+    base: u64,
+    count: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.base + self.count
+    }
+
+    fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let mut rest = self.bytes.get(4..).unwrap_or_default();
+        (self.base..self.end()).map_while(move |offset| {
+            let (key, value) = next_record(&mut rest)?;
+            Some(RecordRef { offset, key, value })
+        })
+    }
+}
+
+/// The newest segments of a partition, kept in memory so the stages read what was just written
+/// without going to the database: reading them back from `redb` (a read transaction, page
+/// reads into fresh buffers, a copy of every key and value) cost a quarter of the live
+/// pipeline's CPU.
+#[derive(Debug, Default)]
+struct Tail {
+    segments: VecDeque<Segment>,
+    bytes: usize,
+}
+
+/// How many bytes of segments each partition's [`Tail`] keeps (the newest segment is kept
+/// whatever its size): a consumer up to this far behind reads from memory.
+const TAIL_BYTES: usize = 4 << 20;
+
+impl Tail {
+    fn push(&mut self, segment: Segment) {
+        self.bytes += segment.bytes.len();
+        self.segments.push_back(segment);
+        while self.bytes > TAIL_BYTES && self.segments.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(s) = self.segments.pop_front() {
+            self.bytes -= s.bytes.len();
+        }
+    }
+
+    /// The segments holding offsets `from..`, up to `max` records, if the tail holds `from`.
+    fn read(&self, from: u64, max: usize) -> Option<Vec<Segment>> {
+        if self.segments.front()?.base > from {
+            return None;
+        }
+        let first = self.segments.partition_point(|s| s.end() <= from);
+        let mut out = Vec::new();
+        let mut n = 0;
+        for s in self.segments.range(first..) {
+            n += s.end() - s.base.max(from);
+            out.push(s.clone());
+            if n >= max as u64 {
+                break;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A record of a [`Fetched`] batch, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Its key (the visitor id, UTF-8 when written through [`CommitBatch`]).
+    pub key: &'a [u8],
+    /// Its value ([`clickpulse_engine::codec`]).
+    pub value: &'a [u8],
+}
+
+/// Records read from a partition ([`EmbeddedStore::fetch_batch`]): the segments that hold them,
+/// shared with the store, so reading copies nothing.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    from: u64,
+    max: usize,
+    segments: Vec<Segment>,
+}
+
+impl Fetched {
+    /// The records, in offset order.
+    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.segments
+            .iter()
+            .flat_map(Segment::records)
+            .skip_while(|r| r.offset < self.from)
+            .take(self.max)
+    }
 }
 
 /// redb's page cache. Its default, 1 GiB, filled with every page the topics ever wrote (the
@@ -128,8 +246,14 @@ pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
     partitions: HashMap<String, u32>,
-    /// Next offset of each (topic table name, partition).
-    ends: Mutex<HashMap<(String, u32), u64>>,
+    /// Held by each write transaction (commits, trims, syncs), so a commit's appends get the
+    /// offsets that follow the last one's.
+    writer: Mutex<()>,
+    /// Next offset of each partition of each declared topic, read without a lock: a reader
+    /// never waits for a commit in progress.
+    ends: HashMap<String, Vec<AtomicU64>>,
+    /// The newest segments of each partition of the declared topics.
+    tails: HashMap<String, Vec<Mutex<Tail>>>,
     /// Bumped on every commit that appends; consumers wait on it.
     appended: (Mutex<u64>, Condvar),
     /// Commits not yet on disk, and when the last durable one was made.
@@ -178,9 +302,10 @@ impl EmbeddedStore {
                 }
                 partitions.insert(topic.to_owned(), requested);
                 let table = txn.open_table(topic_table(topic)).map_err(db)?;
-                for p in 0..requested {
-                    ends.insert((topic.to_owned(), p), partition_end(&table, p)?);
-                }
+                let per = (0..requested)
+                    .map(|p| partition_end(&table, p).map(AtomicU64::new))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ends.insert(topic.to_owned(), per);
             }
             txn.open_table(OFFSETS).map_err(db)?;
             txn.open_table(STATE).map_err(db)?;
@@ -188,11 +313,17 @@ impl EmbeddedStore {
             txn.open_table(PRODUCTS).map_err(db)?;
         }
         txn.commit().map_err(db)?;
+        let tails = partitions
+            .iter()
+            .map(|(t, &n)| (t.clone(), (0..n).map(|_| Mutex::default()).collect()))
+            .collect();
         Ok(EmbeddedStore {
             db: database,
             path,
             partitions,
-            ends: Mutex::new(ends),
+            writer: Mutex::new(()),
+            ends,
+            tails,
             appended: (Mutex::new(0), Condvar::new()),
             sync: Mutex::new(SyncState {
                 lazy: 0,
@@ -217,14 +348,13 @@ impl EmbeddedStore {
     /// The next offset to be written in a partition.
     pub fn end_offset(&self, topic: &str, partition: u32) -> u64 {
         self.ends
-            .lock()
-            .expect("ends lock")
-            .get(&(topic.to_owned(), partition))
-            .copied()
-            .unwrap_or(0)
+            .get(topic)
+            .and_then(|per| per.get(partition as usize))
+            .map_or(0, |end| end.load(Ordering::Acquire))
     }
 
-    /// Reads up to `max` records of a partition from offset `from`.
+    /// Reads up to `max` records of a partition from offset `from`, each with its own copy of
+    /// its key and value ([`EmbeddedStore::fetch_batch`] copies nothing).
     pub fn fetch(
         &self,
         topic: &str,
@@ -232,12 +362,55 @@ impl EmbeddedStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        if self.partitions(topic).is_err() {
+        let fetched = self.fetch_batch(topic, partition, from, max)?;
+        fetched
+            .records()
+            .map(|r| {
+                let key = std::str::from_utf8(r.key).map_err(|e| StoreError::Corrupt {
+                    key: format!("{topic}/{partition}@{}", r.offset),
+                    message: format!("the key is not UTF-8: {e}"),
+                })?;
+                Ok(StoredRecord {
+                    offset: r.offset,
+                    key: key.to_owned(),
+                    value: r.value.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Reads up to `max` records of a partition from offset `from`: from memory when they are
+    /// among the partition's newest ([`Tail`]), else from the database.
+    pub fn fetch_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Fetched, StoreError> {
+        let fetched = |segments| Fetched {
+            from,
+            max,
+            segments,
+        };
+        if let Some(tail) = self
+            .tails
+            .get(topic)
+            .and_then(|t| t.get(partition as usize))
+        {
+            if from >= self.end_offset(topic, partition) {
+                return Ok(Fetched::default());
+            }
+            if let Some(segments) = tail.lock().expect("tail lock").read(from, max) {
+                return Ok(fetched(segments));
+            }
+        } else if self.partitions(topic).is_err() {
             self.partitions_on_disk(topic)?;
         }
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(topic_table(topic)).map_err(db)?;
-        let mut records = Vec::with_capacity(max.min(4096));
+        let mut segments = Vec::new();
+        let mut n = 0;
         // Start at the segment holding `from`: the last one based at or before it.
         let first = table
             .range((partition, 0)..=(partition, from))
@@ -246,28 +419,24 @@ impl EmbeddedStore {
             .transpose()
             .map_err(db)?
             .map_or(from, |(k, _)| k.value().1);
-        'segments: for entry in table
+        for entry in table
             .range((partition, first)..=(partition, u64::MAX))
             .map_err(db)?
         {
             let (k, v) = entry.map_err(db)?;
             let base = k.value().1;
-            let decoded = decode_segment(v.value()).map_err(|message| StoreError::Corrupt {
-                key: format!("{topic}/{partition}@{base}"),
-                message,
-            })?;
-            for (i, (key, value)) in decoded.into_iter().enumerate() {
-                let offset = base + i as u64;
-                if offset < from {
-                    continue;
-                }
-                records.push(StoredRecord { offset, key, value });
-                if records.len() >= max {
-                    break 'segments;
-                }
+            let segment =
+                checked_segment(base, v.value()).map_err(|message| StoreError::Corrupt {
+                    key: format!("{topic}/{partition}@{base}"),
+                    message,
+                })?;
+            n += segment.end().saturating_sub(segment.base.max(from));
+            segments.push(segment);
+            if n >= max as u64 {
+                break;
             }
         }
-        Ok(records)
+        Ok(fetched(segments))
     }
 
     /// The committed position of a consumer group on a partition (0 if none).
@@ -330,7 +499,7 @@ impl EmbeddedStore {
         if self.sync.lock().expect("sync lock").lazy == 0 {
             return Ok(());
         }
-        let _ends = self.ends.lock().expect("ends lock");
+        let _writer = self.writer.lock().expect("writer lock");
         let txn = self.db.begin_write().map_err(db)?;
         txn.commit().map_err(db)?;
         self.synced();
@@ -356,40 +525,44 @@ impl EmbeddedStore {
         if batch.appends.is_empty() && batch.state.is_empty() && batch.offsets.is_empty() {
             return Ok(());
         }
-        let mut ends = self.ends.lock().expect("ends lock");
-        let mut new_ends: HashMap<(String, u32), u64> = HashMap::new();
+        // Records by partition, encoded as segments before taking the writer's lock.
+        let mut by_partition: BTreeMap<(&str, u32), Vec<Record<'_>>> = BTreeMap::new();
+        for (topic, key, value) in &batch.appends {
+            let n = self.partitions(topic)?;
+            by_partition
+                .entry((topic.as_str(), partition_for(key, n)))
+                .or_default()
+                .push((key.as_str(), value.as_slice()));
+        }
+        let encoded: Vec<(&str, u32, u64, Arc<Vec<u8>>)> = by_partition
+            .into_iter()
+            .map(|((topic, p), records)| {
+                let count = records.len() as u64;
+                (topic, p, count, Arc::new(encode_segment(&records)))
+            })
+            .collect();
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut written: Vec<(&str, u32, Segment)> = Vec::with_capacity(encoded.len());
         let mut txn = self.db.begin_write().map_err(db)?;
         if !durable {
             txn.set_durability(Durability::None).map_err(db)?;
         }
         {
-            let mut by_topic: HashMap<&str, Vec<(&str, &[u8])>> = HashMap::new();
-            for (topic, key, value) in &batch.appends {
-                by_topic
-                    .entry(topic.as_str())
-                    .or_default()
-                    .push((key.as_str(), value.as_slice()));
+            // The table of the topic being written (the partitions come sorted by topic).
+            let mut open: Option<(&str, TopicTableMut<'_>)> = None;
+            for (topic, p, count, bytes) in encoded {
+                let table = match &mut open {
+                    Some((t, table)) if *t == topic => table,
+                    _ => {
+                        let table = txn.open_table(topic_table(topic)).map_err(db)?;
+                        &mut open.insert((topic, table)).1
+                    }
+                };
+                let base = self.end(topic, p).load(Ordering::Acquire);
+                table.insert((p, base), bytes.as_slice()).map_err(db)?;
+                written.push((topic, p, Segment { base, count, bytes }));
             }
-            for (topic, records) in by_topic {
-                let n = self.partitions(topic)?;
-                let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
-                let mut by_partition: std::collections::BTreeMap<u32, Vec<(&str, &[u8])>> =
-                    Default::default();
-                for (key, value) in records {
-                    by_partition
-                        .entry(partition_for(key, n))
-                        .or_default()
-                        .push((key, value));
-                }
-                for (p, records) in by_partition {
-                    let slot = (topic.to_owned(), p);
-                    let base = ends.get(&slot).copied().unwrap_or(0);
-                    table
-                        .insert((p, base), encode_segment(&records).as_slice())
-                        .map_err(db)?;
-                    new_ends.insert(slot, base + records.len() as u64);
-                }
-            }
+            drop(open);
             let mut state = txn.open_table(STATE).map_err(db)?;
             for (key, value) in &batch.state {
                 match value {
@@ -413,15 +586,26 @@ impl EmbeddedStore {
         } else {
             self.sync.lock().expect("sync lock").lazy += 1;
         }
-        let appended = !new_ends.is_empty();
-        ends.extend(new_ends);
-        drop(ends);
+        let appended = !written.is_empty();
+        for (topic, p, segment) in written {
+            let end = segment.end();
+            // Into the tail first: a reader that sees the new end finds its records there.
+            if let Some(tail) = self.tails.get(topic).and_then(|t| t.get(p as usize)) {
+                tail.lock().expect("tail lock").push(segment);
+            }
+            self.end(topic, p).store(end, Ordering::Release);
+        }
         if appended {
             let (lock, cvar) = &self.appended;
             *lock.lock().expect("notify lock") += 1;
             cvar.notify_all();
         }
         Ok(())
+    }
+
+    /// The end of a declared topic's partition (checked by the caller).
+    fn end(&self, topic: &str, partition: u32) -> &AtomicU64 {
+        &self.ends[topic][partition as usize]
     }
 
     /// Waits until some commit appends records, or `timeout` passes.
@@ -441,10 +625,32 @@ impl EmbeddedStore {
 
     /// Deletes a partition's records below `before` (retention); offsets never change, and the
     /// last record is always kept so the partition's end survives a restart.
+    ///
+    /// The deletion waits for the next durable commit like [`EmbeddedStore::commit_lazily`]'s
+    /// (a crash may bring deleted records back; the next trim deletes them again), and costs
+    /// nothing when no whole segment is below `before`, so retention can run often: the space
+    /// it frees is reused by the next appends, whose pages are then already in memory.
     pub fn trim(&self, topic: &str, partition: u32, before: u64) -> Result<u64, StoreError> {
         self.partitions(topic)?;
         let before = before.min(self.end_offset(topic, partition).saturating_sub(1));
-        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let txn = self.db.begin_read().map_err(db)?;
+            let table = txn.open_table(topic_table(topic)).map_err(db)?;
+            let first = table
+                .range((partition, 0)..=(partition, u64::MAX))
+                .map_err(db)?
+                .next()
+                .transpose()
+                .map_err(db)?
+                .map(|(k, v)| k.value().1 + segment_len(v.value()));
+            if first.is_none_or(|end| end > before) {
+                return Ok(0);
+            }
+        }
+        // As in `write`: a sync between this commit and counting it would miss it.
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut txn = self.db.begin_write().map_err(db)?;
+        txn.set_durability(Durability::None).map_err(db)?;
         let removed;
         {
             let mut table = txn.open_table(topic_table(topic)).map_err(db)?;
@@ -464,6 +670,17 @@ impl EmbeddedStore {
             removed = n;
         }
         txn.commit().map_err(db)?;
+        self.sync.lock().expect("sync lock").lazy += 1;
+        if let Some(tail) = self
+            .tails
+            .get(topic)
+            .and_then(|t| t.get(partition as usize))
+        {
+            let mut tail = tail.lock().expect("tail lock");
+            while tail.segments.front().is_some_and(|s| s.end() <= before) {
+                tail.pop_front();
+            }
+        }
         Ok(removed)
     }
 
@@ -546,14 +763,13 @@ impl EmbeddedStore {
 
     /// Record counts per topic (offsets written, including trimmed ones).
     pub fn topic_summary(&self) -> Value {
-        let ends = self.ends.lock().expect("ends lock");
         let mut names: Vec<_> = self.partitions.keys().collect();
         names.sort();
         let topics: serde_json::Map<String, Value> = names
             .into_iter()
             .map(|topic| {
                 let n = self.partitions[topic];
-                let per: Vec<u64> = (0..n).map(|p| ends.get(&(topic.clone(), p)).copied().unwrap_or(0)).collect();
+                let per: Vec<u64> = (0..n).map(|p| self.end_offset(topic, p)).collect();
                 (
                     topic.clone(),
                     json!({"partitions": n, "records": per.iter().sum::<u64>(), "end_offsets": per}),
@@ -698,6 +914,72 @@ mod tests {
             store.end_offset("t", 0),
             6,
             "offsets continue after trimming and reopening"
+        );
+    }
+
+    #[test]
+    fn reads_from_memory_and_from_disk_agree_across_the_tails_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        // 60 commits of 3 records of ~40 KB: more than the tail keeps, so the oldest are
+        // only on disk.
+        let value = |i: u64| format!("{i:>40000}");
+        let mut expected = Vec::new();
+        for c in 0..60u64 {
+            let records: Vec<(String, String)> = (0..3)
+                .map(|j| (format!("k{}", (c * 3 + j) % 7), value(c * 3 + j)))
+                .collect();
+            let refs: Vec<(&str, &str)> = records
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            store
+                .commit_lazily(&batch(&refs, &[], &[]), Duration::from_secs(3_600))
+                .unwrap();
+            expected.extend(records);
+        }
+        let tail = store.tails["t"][0].lock().unwrap();
+        let oldest_in_memory = tail.segments.front().unwrap().base;
+        assert!(oldest_in_memory > 0 && tail.bytes <= TAIL_BYTES);
+        drop(tail);
+        let read = |s: &EmbeddedStore, from: u64, max: usize| -> Vec<(u64, String, String)> {
+            s.fetch("t", 0, from, max)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.offset, r.key, String::from_utf8(r.value).unwrap()))
+                .collect()
+        };
+        let want = |from: u64, max: usize| -> Vec<(u64, String, String)> {
+            (from..(from + max as u64).min(180))
+                .map(|o| {
+                    let (k, v) = &expected[o as usize];
+                    (o, k.clone(), v.clone())
+                })
+                .collect()
+        };
+        for (from, max) in [
+            (0, 5),
+            (oldest_in_memory - 2, 4),
+            (oldest_in_memory, 2),
+            (oldest_in_memory + 1, 1_000),
+            (179, 10),
+            (180, 10),
+        ] {
+            assert_eq!(
+                read(&store, from, max),
+                want(from, max),
+                "from {from} max {max}"
+            );
+        }
+        // Trimming drops what it deletes from memory too.
+        store.trim("t", 0, 177).unwrap();
+        assert_eq!(read(&store, 170, 10), want(177, 3));
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        assert_eq!(
+            read(&store, 175, 10),
+            want(177, 3),
+            "after reopening, from disk"
         );
     }
 
