@@ -38,6 +38,22 @@ pub struct Enricher {
     last_country: Option<Arc<str>>,
 }
 
+/// User agents that make woothee compile the regular expressions of the paths most agents
+/// take: the common desktop and phone browsers, a crawler, an HTTP library, and an agent it does
+/// not know (its rare-case checks).
+const WARM_UP_AGENTS: [&str; 10] = [
+    "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/535.11 (KHTML, like Gecko) Chrome/17.0.963.79 Safari/535.11",
+    "Mozilla/5.0 (Windows NT 6.1; WOW64; rv:10.0.2) Gecko/20100101 Firefox/10.0.2",
+    "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0)",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_5_8) AppleWebKit/534.50.2 (KHTML, like Gecko) Version/5.0.6 Safari/533.22.3",
+    "Opera/9.80 (Windows NT 6.1; U; en) Presto/2.10.229 Version/11.61",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 5_1 like Mac OS X) AppleWebKit/534.46 (KHTML, like Gecko) Version/5.1 Mobile/9B179 Safari/7534.48.3",
+    "Mozilla/5.0 (Linux; U; Android 2.3.6; en-us; Nexus S Build/GRK39F) AppleWebKit/533.1 (KHTML, like Gecko) Version/4.0 Mobile Safari/533.1",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Java/1.6.0_26",
+    "clickpulse warm-up",
+];
+
 impl Default for Enricher {
     fn default() -> Self {
         Self::new()
@@ -45,12 +61,16 @@ impl Default for Enricher {
 }
 
 impl Enricher {
-    /// A new enricher with empty caches and its user-agent parser ready: woothee compiles its
-    /// regular expressions on the first parse in the process (~30M instructions, ~10 ms), which
-    /// is done here rather than on the first view.
+    /// A new enricher with empty caches and its user-agent parser ready: woothee compiles each
+    /// of its regular expressions on the first agent that needs it (1–4M instructions each), so
+    /// the agents in [`WARM_UP_AGENTS`] take every common path once here, rather than the first
+    /// views that would (12M instructions in a backtest of the real log, when only one agent
+    /// warmed it up).
     pub fn new() -> Self {
         let ua_parser = woothee::parser::Parser::new();
-        ua_parser.parse("Mozilla/5.0");
+        for agent in WARM_UP_AGENTS {
+            ua_parser.parse(agent);
+        }
         Enricher {
             ua_parser,
             devices: HashMap::new(),
