@@ -24,6 +24,18 @@ use clickpulse_engine::click::{Click, Gender};
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::pattern::{DetectOperator, PatternRegistry, PatternSet, TransitionLog};
 
+/// A catalogue entry titled with its id.
+fn product(id: &str, category: &str) -> Product {
+    Product {
+        id: id.into(),
+        category: Arc::from(category),
+        title: Arc::from(id),
+        description: String::new(),
+        image: None,
+        price: None,
+    }
+}
+
 fn repo_patterns() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../patterns")
 }
@@ -181,14 +193,6 @@ when = { category = "clothing" }
 when = { category = "shoes" }
 "#;
     let set = PatternSet::parse([("p.toml", pattern)]).unwrap();
-    let product = |id: &str, category: &str| Product {
-        id: id.into(),
-        category: Arc::from(category),
-        title: Arc::from(id),
-        description: String::new(),
-        image: None,
-        price: None,
-    };
     let lookups = Lookups::from_parts(
         Vec::new(),
         vec![product("C1", "clothing"), product("S1", "shoes")],
@@ -235,4 +239,101 @@ when = { category = "shoes" }
     let in_step = run(false);
     assert_eq!(in_step.len(), 1);
     assert_eq!(run(true), in_step);
+}
+
+/// Patterns with the same audience share one evaluation of it per view, and it changes nothing:
+/// with the two seed patterns and one whose audience differs, each pattern's offers, audience
+/// and transitions are those it makes when it runs alone.
+#[test]
+fn patterns_sharing_an_audience_detect_as_each_would_alone() {
+    let seeds: Vec<(String, String)> = ["seed-5-step", "seed-clothes-shoes-clothes"]
+        .iter()
+        .map(|name| {
+            let file = repo_patterns().join(format!("{name}.toml"));
+            (name.to_string(), std::fs::read_to_string(file).unwrap())
+        })
+        .collect();
+    // The 3-step seed for women of 25–35 only.
+    let women = seeds[1]
+        .1
+        .replace(
+            "name = \"seed-clothes-shoes-clothes\"",
+            "name = \"women-clothes-shoes-clothes\"",
+        )
+        .replace("  { gender = \"M\", age = { min = 35, max = 45 } },\n", "");
+    assert_ne!(women, seeds[1].1);
+    let mut files = seeds.clone();
+    files.push(("women".to_owned(), women));
+    let set = |files: &[(String, String)]| {
+        PatternSet::parse(files.iter().map(|(f, t)| (f.as_str(), t.as_str()))).unwrap()
+    };
+    let all = set(&files);
+    let names: Vec<String> = all.patterns().iter().map(|p| p.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "seed-5-step",
+            "seed-clothes-shoes-clothes",
+            "women-clothes-shoes-clothes"
+        ]
+    );
+    assert_eq!(
+        (0..3).map(|i| all.audience_of(i)).collect::<Vec<_>>(),
+        [0, 0, 2]
+    );
+
+    // Visitors of both genders and several ages browsing clothing and shoes.
+    let user = |id: &str, gender: Gender, year: i32| {
+        (
+            id.to_owned(),
+            User {
+                gender,
+                birth_date: NaiveDate::from_ymd_opt(year, 1, 1),
+            },
+        )
+    };
+    let lookups = Lookups::from_parts(
+        vec![
+            user("ann", Gender::F, 1982),
+            user("bob", Gender::M, 1972),
+            user("cid", Gender::M, 1990),
+            user("dee", Gender::F, 1960),
+        ],
+        ["C1", "C2", "C3"]
+            .iter()
+            .map(|id| product(id, "clothing"))
+            .chain(["S1", "S2", "S3"].iter().map(|id| product(id, "shoes")))
+            .collect::<Vec<_>>(),
+    );
+    let mut enricher = Enricher::new();
+    let t0 = 1_331_000_000_000_i64;
+    let browse = ["C1", "S1", "C2", "S2", "S3", "C3", "S1", "C1", "S2", "C2"];
+    let mut views = Vec::new();
+    for (n, visitor) in ["ann", "bob", "cid", "dee", "eve"].iter().enumerate() {
+        for (k, id) in browse.iter().cycle().skip(n).take(12).enumerate() {
+            let ts = t0 + (k as i64 * 5 + n as i64) * 60_000;
+            let click = Click::new(ts, *visitor, format!("http://www.acme.com/SH55126545/{id}"));
+            views.push(enricher.enrich(click, &lookups));
+        }
+    }
+    views.sort_by_key(|v| v.ts_ms);
+    let run = |set: PatternSet| {
+        let log = Arc::new(Mutex::new(TransitionLog::new(100_000, 100_000, 100_000)));
+        let mut detector = DetectOperator::new(PatternRegistry::new(set))
+            .with_audience_tracking()
+            .with_log(log.clone());
+        let offers: Vec<_> = views.iter().flat_map(|v| detector.detect(v)).collect();
+        let steps = log.lock().unwrap().recent(None, usize::MAX);
+        (offers, detector.audience_counts(), steps)
+    };
+    let (offers, audience, steps) = run(all);
+    assert!(!offers.is_empty(), "the scenario earns offers");
+    for (i, name) in names.iter().enumerate() {
+        let (alone_offers, alone_audience, alone_steps) = run(set(&files[i..=i]));
+        let offers: Vec<_> = offers.iter().filter(|o| o.pattern == *name).collect();
+        assert_eq!(offers, alone_offers.iter().collect::<Vec<_>>(), "{name}");
+        assert_eq!(audience.get(name), alone_audience.get(name), "{name}");
+        let steps: Vec<_> = steps.iter().filter(|s| s.pattern == *name).collect();
+        assert_eq!(steps, alone_steps.iter().collect::<Vec<_>>(), "{name}");
+    }
 }

@@ -331,7 +331,10 @@ impl DetectOperator {
         let before = slots.len();
         slots.retain(|s| set.get(&s.pattern).is_some());
         let mut changed = slots.len() != before;
-        for pattern in set.patterns() {
+        // Whether the view is in each distinct audience, evaluated when first asked.
+        let mut audiences: smallvec::SmallVec<[Option<bool>; 4]> =
+            smallvec::smallvec![None; set.patterns().len()];
+        for (i, pattern) in set.patterns().iter().enumerate() {
             let index = slots.iter().position(|s| *s.pattern == *pattern.name);
             // A visitor without a slot for the pattern starts from a blank one, made a `Slot`
             // only if it is kept.
@@ -348,7 +351,10 @@ impl DetectOperator {
                 }
                 None => (&mut blank_live, &mut blank_last_offer),
             };
-            let outcome = pattern.advance(live, click);
+            let outcome = pattern.advance_with(live, click, || {
+                *audiences[set.audience_of(i)]
+                    .get_or_insert_with(|| pattern.audience.eval(click, None))
+            });
             if let Some(tracker) = self.audience.as_mut()
                 && outcome.in_audience
             {

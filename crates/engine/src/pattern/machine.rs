@@ -416,6 +416,18 @@ impl Pattern {
     /// Runs one view through the state machine. `current` is the visitor's match (`None` when
     /// idle) and is updated in place.
     pub fn advance(&self, current: &mut Option<Match>, click: &EnrichedClick) -> Outcome {
+        self.advance_with(current, click, || self.audience.eval(click, None))
+    }
+
+    /// [`Pattern::advance`], asking `in_audience` (at most once) whether the view is in this
+    /// pattern's audience: a caller running several patterns with the same audience evaluates
+    /// it once per view.
+    pub fn advance_with(
+        &self,
+        current: &mut Option<Match>,
+        click: &EnrichedClick,
+        in_audience: impl FnOnce() -> bool,
+    ) -> Outcome {
         let mut out = Outcome::default();
         if let (Some(m), Some(within)) = (current.as_ref(), self.within_ms)
             && click.ts_ms - m.started_ms >= within
@@ -481,7 +493,7 @@ impl Pattern {
         if self.abort_if.as_ref().is_some_and(|c| c.eval(click, None)) {
             return out;
         }
-        out.in_audience = self.audience.eval(click, None);
+        out.in_audience = in_audience();
         if !out.in_audience {
             return out;
         }

@@ -62,6 +62,8 @@ impl fmt::Display for PatternErrors {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PatternSet {
     patterns: Vec<Arc<Pattern>>,
+    /// Per pattern, the position of the first pattern with an equal audience.
+    audience_of: Vec<usize>,
 }
 
 impl PatternSet {
@@ -84,8 +86,16 @@ impl PatternSet {
         if !errors.is_empty() {
             return Err(PatternErrors(errors));
         }
+        let audience_of = (0..patterns.len())
+            .map(|i| {
+                (0..=i)
+                    .find(|&j| patterns[j].audience == patterns[i].audience)
+                    .expect("a pattern's audience equals itself")
+            })
+            .collect();
         Ok(PatternSet {
             patterns: patterns.into_iter().map(Arc::new).collect(),
+            audience_of,
         })
     }
 
@@ -121,6 +131,13 @@ impl PatternSet {
     /// The patterns, by name.
     pub fn patterns(&self) -> &[Arc<Pattern>] {
         &self.patterns
+    }
+
+    /// For the pattern at `index` of [`PatternSet::patterns`], the position of the first pattern
+    /// whose audience is the same condition: patterns sharing an audience (the two seed patterns
+    /// do) need it evaluated once per view.
+    pub fn audience_of(&self, index: usize) -> usize {
+        self.audience_of[index]
     }
 
     /// The pattern called `name`.
