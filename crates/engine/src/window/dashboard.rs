@@ -132,10 +132,12 @@ struct Pane {
 struct SmallCounts(SmallVec<[(Arc<str>, u64); 1]>);
 
 impl SmallCounts {
-    fn bump(&mut self, key: &Arc<str>) {
-        match self.0.iter_mut().find(|(k, _)| k == key) {
+    /// Counts `key`, keeping it if it is new (a view's own text, moved in: cloning it, and
+    /// dropping the view's copy later, were two atomic reference-count operations per key).
+    fn bump(&mut self, key: Arc<str>) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, n)) => *n += 1,
-            None => self.0.push((key.clone(), 1)),
+            None => self.0.push((key, 1)),
         }
     }
 
@@ -444,15 +446,20 @@ impl DashboardAggregator {
                 });
             }
         }
-        for view in released {
-            self.apply(view);
+        // Only the last views applied can be among the newest kept for `latest_views`: the
+        // others give their texts to the panes instead of a copy.
+        let newest = released.len().saturating_sub(LATEST);
+        for (i, view) in released.into_iter().enumerate() {
+            self.apply(view, i >= newest);
         }
         self.s.watermark = Some(watermark);
         self.advance_windows(watermark);
         true
     }
 
-    fn apply(&mut self, v: View) {
+    /// Applies a released view; `keep` says whether it may be among the newest kept for
+    /// `latest_views` (else its texts go to the pane, and nothing keeps the rest).
+    fn apply(&mut self, v: View, keep: bool) {
         let ts = v.ts_ms;
         self.s.minutes.as_mut().expect("set").add(ts, |m| {
             m.views += 1;
@@ -461,12 +468,35 @@ impl DashboardAggregator {
         self.s.half_hours.as_mut().expect("set").add(ts, |h| {
             insert_visitor(h, &v.visitor);
         });
+        self.note_title(&v);
         let pane = self.s.panes.pane_for(ts);
-        pane.products.bump(&v.product_id);
-        pane.categories.bump(&v.category);
-        pane.countries.bump(&v.country);
         pane.devices[device_slot(v.device)] += 1;
+        if !keep {
+            let View {
+                visitor,
+                product_id,
+                category,
+                country,
+                ..
+            } = v;
+            pane.products.bump(product_id);
+            pane.categories.bump(category);
+            pane.countries.bump(country);
+            pane.visitors.push(visitor);
+            return;
+        }
+        pane.products.bump(v.product_id.clone());
+        pane.categories.bump(v.category.clone());
+        pane.countries.bump(v.country.clone());
         pane.visitors.push(v.visitor.clone());
+        self.s.latest.push_back(v);
+        if self.s.latest.len() > LATEST {
+            self.s.latest.pop_front();
+        }
+    }
+
+    /// Keeps the title and category of the view's product for `top_products_1h`.
+    fn note_title(&mut self, v: &View) {
         // Nearly always already there with the same title and category: then no new key and no
         // reference counts to move.
         match self.s.product_titles.get_mut(&v.product_id) {
@@ -483,10 +513,6 @@ impl DashboardAggregator {
                     .product_titles
                     .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
             }
-        }
-        self.s.latest.push_back(v);
-        if self.s.latest.len() > LATEST {
-            self.s.latest.pop_front();
         }
     }
 
@@ -805,9 +831,10 @@ mod tests {
     fn pane_counts_checkpoint_as_the_vectors_they_replaced() {
         let (shoes, clothing): (Arc<str>, Arc<str>) = (Arc::from("shoes"), Arc::from("clothing"));
         let mut counts = SmallCounts::default();
-        counts.bump(&shoes);
-        counts.bump(&clothing);
-        counts.bump(&shoes);
+        counts.bump(shoes.clone());
+        counts.bump(clothing.clone());
+        // Another copy of a text counts as the same key.
+        counts.bump(Arc::from("shoes"));
         assert_eq!(
             serde_json::to_value(&counts).unwrap(),
             json!([["shoes", 2], ["clothing", 1]])
