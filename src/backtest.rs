@@ -79,10 +79,10 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let malformed = input.malformed.len();
     let mut memo = LogMemo::new(log);
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
-        let enriched = enrich.enrich_logged(&mut memo, i);
-        let new_offers = detect.detect(&enriched);
+        let enriched = enrich.enrich_logged_ref(&mut memo, i);
+        let new_offers = detect.detect_ref(&enriched);
         let known = enriched.known_visitor;
-        dashboard.on_click(0, enriched, wall);
+        dashboard.on_click_ref(0, &enriched, wall);
         for offer in &new_offers {
             dashboard.on_offer(offer);
         }

@@ -316,3 +316,83 @@ pub struct EnrichedClick {
     /// Device class from the user agent.
     pub device: Device,
 }
+
+/// An [`EnrichedClick`] whose texts are borrowed: what detection and the aggregation read of a
+/// view. A backtest hands them out from its log and its lookups' answers, so a view costs no
+/// copy of its visitor, URL, address, city and region (those five allocations, and freeing
+/// them, were a twentieth of a backtest); the aggregation copies only what it keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnrichedRef<'a> {
+    /// Event time, unix milliseconds (UTC).
+    pub ts_ms: i64,
+    /// Visitor id.
+    pub visitor: &'a str,
+    /// Client IP address.
+    pub ip: &'a str,
+    /// The page's URL.
+    pub url: &'a str,
+    /// Product id.
+    pub product_id: &'a Arc<str>,
+    /// Product category.
+    pub category: &'a Arc<str>,
+    /// Product title.
+    pub title: &'a Arc<str>,
+    /// Whether the visitor has a record in the users lookup.
+    pub known_visitor: bool,
+    /// Gender.
+    pub gender: Gender,
+    /// Age in whole years at the event's UTC date, if known.
+    pub age: Option<u32>,
+    /// Lower-case ISO 3166-1 alpha-3 country code, or `unknown`.
+    pub country: &'a Arc<str>,
+    /// City, if known.
+    pub city: Option<&'a str>,
+    /// State or region, if known.
+    pub region: Option<&'a str>,
+    /// Device class.
+    pub device: Device,
+}
+
+impl EnrichedClick {
+    /// The view, borrowed.
+    pub fn borrowed(&self) -> EnrichedRef<'_> {
+        EnrichedRef {
+            ts_ms: self.ts_ms,
+            visitor: &self.visitor,
+            ip: &self.ip,
+            url: &self.url,
+            product_id: &self.product_id,
+            category: &self.category,
+            title: &self.title,
+            known_visitor: self.known_visitor,
+            gender: self.gender,
+            age: self.age,
+            country: &self.country,
+            city: self.city.as_deref(),
+            region: self.region.as_deref(),
+            device: self.device,
+        }
+    }
+}
+
+impl EnrichedRef<'_> {
+    /// The view, copied.
+    pub fn to_enriched(&self) -> EnrichedClick {
+        EnrichedClick {
+            ts_ms: self.ts_ms,
+            visitor: self.visitor.to_owned(),
+            ip: self.ip.to_owned(),
+            url: self.url.to_owned(),
+            product_id: self.product_id.clone(),
+            category: self.category.clone(),
+            title: self.title.clone(),
+            known_visitor: self.known_visitor,
+            gender: self.gender,
+            age: self.age,
+            country: self.country.clone(),
+            city: self.city.map(str::to_owned),
+            region: self.region.map(str::to_owned),
+            device: self.device,
+        }
+    }
+}

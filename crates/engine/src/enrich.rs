@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::click::{Click, ClickRef, Device, EnrichedClick, Gender};
+use crate::click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 use crate::click_log::ClickLog;
 use crate::lookups::{LookupSource, User, product_id_from_url};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
@@ -114,29 +114,70 @@ impl Enricher {
         i: usize,
         lookups: &impl LookupSource,
     ) -> EnrichedClick {
+        self.enrich_logged_ref(memo, i, lookups).to_enriched()
+    }
+
+    /// [`Enricher::enrich_logged`], borrowed from the log and the memo: nothing is copied.
+    pub fn enrich_logged_ref<'m>(
+        &mut self,
+        memo: &'m mut LogMemo<'_>,
+        i: usize,
+        lookups: &impl LookupSource,
+    ) -> EnrichedRef<'m> {
         let log = memo.log;
         let click = log.get(i);
         let ids = log.text_ids(i);
-        let product = memo.products[ids.url as usize]
-            .get_or_insert_with(|| self.product(click.url, lookups))
-            .clone();
-        let user =
-            *memo.users[ids.visitor as usize].get_or_insert_with(|| lookups.user(click.visitor));
-        let from_column = match (ids.country, click.country) {
-            (Some(id), Some(text)) => memo.column_countries[id as usize]
-                .get_or_insert_with(|| self.country_from_column(text))
-                .clone(),
+        // Each answer is asked for once per distinct text and kept in the memo, which the view
+        // then borrows.
+        let (url, visitor, agent, ip) = (
+            ids.url as usize,
+            ids.visitor as usize,
+            ids.user_agent as usize,
+            ids.ip as usize,
+        );
+        if memo.products[url].is_none() {
+            memo.products[url] = Some(self.product(click.url, lookups));
+        }
+        let user = *memo.users[visitor].get_or_insert_with(|| lookups.user(click.visitor));
+        let device = *memo.devices[agent].get_or_insert_with(|| self.device(click.user_agent));
+        let column = match (ids.country, click.country) {
+            (Some(id), Some(text)) => {
+                let id = id as usize;
+                if memo.column_countries[id].is_none() {
+                    memo.column_countries[id] = Some(self.country_from_column(text));
+                }
+                Some(id)
+            }
             _ => None,
         };
+        let from_column = column.filter(|&id| matches!(memo.column_countries[id], Some(Some(_))));
+        if from_column.is_none() && memo.ip_countries[ip].is_none() {
+            memo.ip_countries[ip] = Some(self.country_from_ip(click.ip));
+        }
+        let memo: &'m LogMemo<'_> = memo;
         let country = match from_column {
-            Some(code) => code,
-            None => memo.ip_countries[ids.ip as usize]
-                .get_or_insert_with(|| self.country_from_ip(click.ip))
-                .clone(),
-        };
-        let device = *memo.devices[ids.user_agent as usize]
-            .get_or_insert_with(|| self.device(click.user_agent));
-        Derived::new(&click, product, user, country, device).with_borrowed_request(&click)
+            Some(id) => memo.column_countries[id].as_ref().and_then(Option::as_ref),
+            None => memo.ip_countries[ip].as_ref(),
+        }
+        .expect("the country was found above");
+        let product = memo.products[url].as_ref().expect("found above");
+        let (gender, age) = demographics(&click, user);
+        EnrichedRef {
+            ts_ms: click.ts_ms,
+            visitor: click.visitor,
+            ip: click.ip,
+            url: click.url,
+            product_id: &product.id,
+            category: &product.category,
+            title: &product.title,
+            known_visitor: user.is_some(),
+            gender,
+            age,
+            country,
+            city: click.city,
+            region: click.region,
+            device,
+        }
     }
 
     /// What the lookups and the request add to a click.
@@ -277,6 +318,16 @@ struct ProductFacts {
 }
 
 /// What enrichment derives from a click, before it is joined with the request's own fields.
+/// Gender and age: the live event's, else the users record's (the age at the event's UTC date).
+fn demographics(click: &ClickRef<'_>, user: Option<User>) -> (Gender, Option<u32>) {
+    let gender = click.gender.or(user.map(|u| u.gender)).unwrap_or_default();
+    let age = click.age.or_else(|| {
+        let birth = user?.birth_date?;
+        age_on(birth, event_date(click.ts_ms)?)
+    });
+    (gender, age)
+}
+
 struct Derived {
     product_id: Arc<str>,
     category: Arc<str>,
@@ -308,11 +359,7 @@ impl Derived {
         country: Arc<str>,
         device: Device,
     ) -> Self {
-        let gender = click.gender.or(user.map(|u| u.gender)).unwrap_or_default();
-        let age = click.age.or_else(|| {
-            let birth = user?.birth_date?;
-            age_on(birth, event_date(click.ts_ms)?)
-        });
+        let (gender, age) = demographics(click, user);
         Derived {
             product_id: product.id,
             category: product.category,
@@ -470,19 +517,33 @@ impl<L: LookupSource> EnrichOperator<L> {
 
     /// Enriches the `i`th click of `memo`'s log and counts it (see [`Enricher::enrich_logged`]).
     pub fn enrich_logged(&mut self, memo: &mut LogMemo<'_>, i: usize) -> EnrichedClick {
-        let enriched = self.enricher.enrich_logged(memo, i, &self.lookups);
-        self.count(enriched)
+        self.enrich_logged_ref(memo, i).to_enriched()
+    }
+
+    /// [`EnrichOperator::enrich_logged`], borrowed (see [`Enricher::enrich_logged_ref`]).
+    pub fn enrich_logged_ref<'m>(
+        &mut self,
+        memo: &'m mut LogMemo<'_>,
+        i: usize,
+    ) -> EnrichedRef<'m> {
+        let enriched = self.enricher.enrich_logged_ref(memo, i, &self.lookups);
+        self.tally(enriched.category, enriched.known_visitor);
+        enriched
     }
 
     fn count(&mut self, enriched: EnrichedClick) -> EnrichedClick {
+        self.tally(&enriched.category, enriched.known_visitor);
+        enriched
+    }
+
+    fn tally(&mut self, category: &str, known_visitor: bool) {
         self.stats.events += 1;
-        if &*enriched.category == UNKNOWN {
+        if category == UNKNOWN {
             self.stats.unknown_product_events += 1;
         }
-        if enriched.known_visitor {
+        if known_visitor {
             self.stats.known_visitor_events += 1;
         }
-        enriched
     }
 }
 
@@ -797,6 +858,11 @@ mod tests {
         let (mut logged, mut borrowed) = (Enricher::new(), Enricher::new());
         for i in 0..log.len() {
             let expected = borrowed.enrich_ref(&log.get(i), &lookups());
+            assert_eq!(
+                logged.enrich_logged_ref(&mut memo, i, &lookups()),
+                expected.borrowed(),
+                "click {i}"
+            );
             assert_eq!(
                 logged.enrich_logged(&mut memo, i, &lookups()),
                 expected,

@@ -34,7 +34,7 @@ pub mod replay;
 pub mod topics;
 pub mod window;
 
-pub use click::{Click, ClickRef, Device, EnrichedClick, Gender};
+pub use click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 pub use click_log::ClickLog;
 pub use enrich::{EnrichOperator, Enricher};
 pub use lookups::{LookupSource, Lookups, Product, User};

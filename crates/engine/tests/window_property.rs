@@ -331,8 +331,9 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// The backtest's aggregation (sliding windows computed when a snapshot is taken) shows
-    /// what the live stage's (sliding windows kept up to date) shows, at every watermark.
+    /// The backtest's aggregation (sliding windows computed when a snapshot is taken, views
+    /// taken borrowed) shows what the live stage's (sliding windows kept up to date, views
+    /// taken owned) shows, at every watermark.
     #[test]
     fn sliding_windows_computed_on_read_equal_the_maintained_ones(steps in prop::collection::vec(step(), 1..300)) {
         let mut kept = DashboardAggregator::new(config());
@@ -345,14 +346,14 @@ proptest! {
                 Step::Click { partition, gap_ms, visitor, product, device, country } => {
                     clocks[partition as usize] += gap_ms;
                     let c = click(clocks[partition as usize], visitor, product, device, country);
-                    kept.on_click(partition, c.clone(), wall);
-                    on_read.on_click(partition, c, wall);
+                    on_read.on_click_ref(partition, &c.borrowed(), wall);
+                    kept.on_click(partition, c, wall);
                 }
                 Step::Late { visitor } => {
                     if let Some(w) = kept.now() {
                         let c = click(w - 1_000, visitor, 0, 0, 0);
-                        kept.on_click(0, c.clone(), wall);
-                        on_read.on_click(0, c, wall);
+                        on_read.on_click_ref(0, &c.borrowed(), wall);
+                        kept.on_click(0, c, wall);
                     }
                 }
                 Step::Offer { back_ms, pattern, .. } => {

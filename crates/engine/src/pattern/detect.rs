@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{Cause, Match, Pattern};
 use super::{PatternRegistry, PatternSet};
-use crate::click::EnrichedClick;
+use crate::click::{EnrichedClick, EnrichedRef};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
 use crate::topics;
 
@@ -302,6 +302,11 @@ impl DetectOperator {
 
     /// Runs one view through every pattern; returns the offers it earned.
     pub fn detect(&mut self, click: &EnrichedClick) -> Vec<Offer> {
+        self.detect_ref(&click.borrowed())
+    }
+
+    /// [`DetectOperator::detect`] for a borrowed view.
+    pub fn detect_ref(&mut self, click: &EnrichedRef<'_>) -> Vec<Offer> {
         let generation = self.registry.generation();
         if generation != self.generation {
             self.set = self.registry.current();
@@ -324,7 +329,7 @@ impl DetectOperator {
         // blank slot below they were two thirds of this function's time.
         let set: &PatternSet = &self.set;
         // Take the visitor's slots out (keeping the key's allocation) and put back what is left.
-        let (key, mut slots) = match self.visitors.remove_entry(click.visitor.as_str()) {
+        let (key, mut slots) = match self.visitors.remove_entry(click.visitor) {
             Some((key, state)) => (Some(key), state.slots),
             None => (None, Vec::new()),
         };
@@ -358,7 +363,7 @@ impl DetectOperator {
             if let Some(tracker) = self.audience.as_mut()
                 && outcome.in_audience
             {
-                record_visitor(&mut tracker.in_audience, &pattern.name, &click.visitor);
+                record_visitor(&mut tracker.in_audience, &pattern.name, click.visitor);
             }
             let mut emitted = None;
             if let Some((offer, started_ms)) = outcome.offer {
@@ -380,7 +385,7 @@ impl DetectOperator {
                         .entry(pattern.name.clone())
                         .or_default() += 1;
                     if let Some(tracker) = self.audience.as_mut() {
-                        record_visitor(&mut tracker.offered, &pattern.name, &click.visitor);
+                        record_visitor(&mut tracker.offered, &pattern.name, click.visitor);
                     }
                     emitted = Some(o.offer.clone());
                     offers.push(o);
@@ -394,7 +399,7 @@ impl DetectOperator {
                 for step in &outcome.steps {
                     log.push(TransitionRecord {
                         ts_ms: click.ts_ms,
-                        visitor: click.visitor.clone(),
+                        visitor: click.visitor.to_owned(),
                         pattern: pattern.name.clone(),
                         from: pattern.state_name(Some(step.from)).to_owned(),
                         to: pattern.state_name(step.to).to_owned(),
@@ -429,10 +434,10 @@ impl DetectOperator {
         slots.retain(|s| !is_idle(set, s, click.ts_ms));
         changed |= slots.len() != before;
         if changed && self.checkpointing {
-            self.dirty.insert(click.visitor.clone());
+            self.dirty.insert(click.visitor.to_owned());
         }
         if !slots.is_empty() {
-            let key = key.unwrap_or_else(|| click.visitor.clone());
+            let key = key.unwrap_or_else(|| click.visitor.to_owned());
             self.visitors.insert(key, VisitorState { slots });
         }
         self.since_sweep += 1;
@@ -493,14 +498,14 @@ fn idle(
     }
 }
 
-fn make_offer(click: &EnrichedClick, pattern: &Pattern, offer: &str, started_ms: i64) -> Offer {
+fn make_offer(click: &EnrichedRef<'_>, pattern: &Pattern, offer: &str, started_ms: i64) -> Offer {
     let key = format!(
         "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
         click.visitor, pattern.name, pattern.version, started_ms, click.ts_ms
     );
     Offer {
         offer_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes())),
-        visitor: click.visitor.clone(),
+        visitor: click.visitor.to_owned(),
         pattern: pattern.name.clone(),
         pattern_version: pattern.version.clone(),
         offer: offer.to_owned(),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::click::EnrichedClick;
+use crate::click::{EnrichedClick, EnrichedRef};
 
 /// Index of a state in [`Pattern::states`]; 0 is `init`.
 pub type StateId = u16;
@@ -82,22 +82,22 @@ impl Field {
             .map_or("?", |(n, _)| n)
     }
 
-    fn value(self, click: &EnrichedClick) -> &str {
+    fn value<'a>(self, click: &EnrichedRef<'a>) -> &'a str {
         match self {
-            Field::Category => &click.category,
-            Field::Product => &click.product_id,
-            Field::Title => &click.title,
-            Field::Country => &click.country,
-            Field::City => click.city.as_deref().unwrap_or(""),
-            Field::Region => click.region.as_deref().unwrap_or(""),
+            Field::Category => click.category,
+            Field::Product => click.product_id,
+            Field::Title => click.title,
+            Field::Country => click.country,
+            Field::City => click.city.unwrap_or(""),
+            Field::Region => click.region.unwrap_or(""),
             Field::Device => click.device.as_str(),
             Field::Gender => match click.gender {
                 crate::Gender::M => "M",
                 crate::Gender::F => "F",
                 crate::Gender::U => "U",
             },
-            Field::Visitor => &click.visitor,
-            Field::Url => &click.url,
+            Field::Visitor => click.visitor,
+            Field::Url => click.url,
         }
     }
 }
@@ -129,7 +129,7 @@ pub enum Condition {
 
 impl Condition {
     /// Evaluates the condition for `click`, extending `current` (if a match is live).
-    pub fn eval(&self, click: &EnrichedClick, current: Option<&Match>) -> bool {
+    pub fn eval(&self, click: &EnrichedRef<'_>, current: Option<&Match>) -> bool {
         match self {
             Condition::True => true,
             Condition::All(cs) => cs.iter().all(|c| c.eval(click, current)),
@@ -145,11 +145,11 @@ impl Condition {
             Condition::KnownVisitor(known) => click.known_visitor == *known,
             Condition::ProductDiffersFrom(state) => current
                 .and_then(|m| m.first_product_of(*state))
-                .is_none_or(|p| **p != *click.product_id),
+                .is_none_or(|p| **p != **click.product_id),
             Condition::ProductSameAs(state) => current
                 .and_then(|m| m.first_product_of(*state))
-                .is_some_and(|p| **p == *click.product_id),
-            Condition::ProductNotSeen => current.is_none_or(|m| !m.has_seen(&click.product_id)),
+                .is_some_and(|p| **p == **click.product_id),
+            Condition::ProductNotSeen => current.is_none_or(|m| !m.has_seen(click.product_id)),
         }
     }
 
@@ -232,7 +232,7 @@ pub struct OfferRule {
 
 impl OfferRule {
     /// The offer for `click`.
-    pub fn choose(&self, click: &EnrichedClick) -> &str {
+    pub fn choose(&self, click: &EnrichedRef<'_>) -> &str {
         self.rules
             .iter()
             .find(|(c, _)| c.eval(click, None))
@@ -416,7 +416,8 @@ impl Pattern {
     /// Runs one view through the state machine. `current` is the visitor's match (`None` when
     /// idle) and is updated in place.
     pub fn advance(&self, current: &mut Option<Match>, click: &EnrichedClick) -> Outcome {
-        self.advance_with(current, click, || self.audience.eval(click, None))
+        let click = click.borrowed();
+        self.advance_with(current, &click, || self.audience.eval(&click, None))
     }
 
     /// [`Pattern::advance`], asking `in_audience` (at most once) whether the view is in this
@@ -425,7 +426,7 @@ impl Pattern {
     pub fn advance_with(
         &self,
         current: &mut Option<Match>,
-        click: &EnrichedClick,
+        click: &EnrichedRef<'_>,
         in_audience: impl FnOnce() -> bool,
     ) -> Outcome {
         let mut out = Outcome::default();
@@ -440,7 +441,7 @@ impl Pattern {
             *current = None;
         }
         if let Some(m) = current.as_mut() {
-            if self.ignore_refresh && *m.last_product == *click.product_id {
+            if self.ignore_refresh && *m.last_product == **click.product_id {
                 return out;
             }
             if self
@@ -462,7 +463,7 @@ impl Pattern {
                 .find(|t| t.when.eval(click, Some(m)));
             match taken.map(|t| t.to) {
                 Some(Target::State(to)) => {
-                    m.record(to, &click.product_id);
+                    m.record(to, click.product_id);
                     out.steps.push(Step {
                         from,
                         to: Some(to),
@@ -512,7 +513,7 @@ impl Pattern {
                     entered: Vec::new(),
                     seen: Vec::new(),
                 };
-                m.record(to, &click.product_id);
+                m.record(to, click.product_id);
                 *current = Some(m);
                 out.steps.push(Step {
                     from: INIT,

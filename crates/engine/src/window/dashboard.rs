@@ -33,7 +33,7 @@ use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
 use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Watermarks};
-use crate::click::{Device, EnrichedClick};
+use crate::click::{Device, EnrichedClick, EnrichedRef};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
 use crate::pattern::Offer;
 use crate::topics;
@@ -88,6 +88,20 @@ impl View {
             product_id: c.product_id,
             category: c.category,
             title: c.title,
+            device: c.device,
+        }
+    }
+
+    /// Copies what it keeps out of a borrowed view.
+    fn from_ref(c: &EnrichedRef<'_>, visitors: &mut VisitorInterner) -> Self {
+        View {
+            ts_ms: c.ts_ms,
+            visitor: visitors.get(c.visitor),
+            ip: c.ip.to_owned(),
+            country: c.country.clone(),
+            product_id: c.product_id.clone(),
+            category: c.category.clone(),
+            title: c.title.clone(),
             device: c.device,
         }
     }
@@ -363,24 +377,40 @@ impl DashboardAggregator {
 
     /// Takes one enriched click from input `partition`, seen at wall time `wall`.
     pub fn on_click(&mut self, partition: u32, click: EnrichedClick, wall: Instant) {
+        if self.admit(partition, click.ts_ms, wall) {
+            let view = View::new(click, &mut self.visitor_ids);
+            self.s.buffer.push(view.ts_ms, view);
+        }
+    }
+
+    /// [`DashboardAggregator::on_click`] for a borrowed view: only what the aggregation keeps is
+    /// copied.
+    pub fn on_click_ref(&mut self, partition: u32, click: &EnrichedRef<'_>, wall: Instant) {
+        if self.admit(partition, click.ts_ms, wall) {
+            let view = View::from_ref(click, &mut self.visitor_ids);
+            self.s.buffer.push(view.ts_ms, view);
+        }
+    }
+
+    /// Counts a view with time `ts_ms`; whether it is on time (a late one is counted and left
+    /// out of the windows).
+    fn admit(&mut self, partition: u32, ts_ms: i64, wall: Instant) -> bool {
         self.s.events += 1;
-        if self.watermarks.is_late(click.ts_ms) {
+        if self.watermarks.is_late(ts_ms) {
             self.s.late_events += 1;
             if self.s.late_events.is_power_of_two() {
                 tracing::warn!(
                     partition,
-                    ts_ms = click.ts_ms,
+                    ts_ms,
                     watermark = ?self.watermarks.current(),
                     late_events = self.s.late_events,
                     "A late view was counted and left out of the windows."
                 );
             }
-            return;
+            return false;
         }
-        self.watermarks.observe(partition, click.ts_ms, wall);
-        self.s
-            .buffer
-            .push(click.ts_ms, View::new(click, &mut self.visitor_ids));
+        self.watermarks.observe(partition, ts_ms, wall);
+        true
     }
 
     /// Takes one offer (de-duplicated by `offer_id`).
