@@ -336,9 +336,10 @@ impl DetectOperator {
         let before = slots.len();
         slots.retain(|s| set.get(&s.pattern).is_some());
         let mut changed = slots.len() != before;
-        // Whether the view is in each distinct audience, evaluated when first asked.
-        let mut audiences: smallvec::SmallVec<[Option<bool>; 4]> =
-            smallvec::smallvec![None; set.patterns().len()];
+        // Whether the view is in each distinct audience (bit `g` of `in_audience` for the
+        // audience of pattern `g`), evaluated when first asked (bit `g` of `asked`). Patterns
+        // after the 64th evaluate their own.
+        let (mut asked, mut in_audience) = (0u64, 0u64);
         for (i, pattern) in set.patterns().iter().enumerate() {
             let index = slots.iter().position(|s| *s.pattern == *pattern.name);
             // A visitor without a slot for the pattern starts from a blank one, made a `Slot`
@@ -357,8 +358,17 @@ impl DetectOperator {
                 None => (&mut blank_live, &mut blank_last_offer),
             };
             let outcome = pattern.advance_with(live, click, || {
-                *audiences[set.audience_of(i)]
-                    .get_or_insert_with(|| pattern.audience.eval(click, None))
+                let group = set.audience_of(i);
+                let Some(bit) = 1u64.checked_shl(group as u32) else {
+                    return pattern.audience.eval(click, None);
+                };
+                if asked & bit == 0 {
+                    asked |= bit;
+                    if pattern.audience.eval(click, None) {
+                        in_audience |= bit;
+                    }
+                }
+                in_audience & bit != 0
             });
             if let Some(tracker) = self.audience.as_mut()
                 && outcome.in_audience
