@@ -52,15 +52,19 @@ pub(crate) struct DemoArgs {
     /// Address to serve HTTP on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
-    /// Replay speed: N× real time, or `max`.
-    #[arg(long, default_value = "10")]
+    /// How fast event time runs: N× real time, or `max`. The default, 1, is the real clock;
+    /// anything else is for tests and experiments (the pages then say so).
+    #[arg(long, default_value = "1")]
     pub(crate) speed: Speed,
-    /// Replay forever, shifting each pass by the log's span (whole days).
+    /// With --original-time: replay forever, shifting each pass by the log's span (whole
+    /// days). (The default live replay always runs on, day after day.)
     #[arg(long = "loop")]
     pub(crate) loop_forever: bool,
-    /// Replay the log's original timestamps from its first event. By default a new data dir
-    /// aligns the log with the present: shifted by whole days so today's time of day falls on
-    /// its first day, starting 8 hours back (to fill the dashboard), then in step with the clock.
+    /// Replay the log's original timestamps from its first event, once (what reproducible
+    /// tests use). By default the log's days are laid over one day and replayed on the real
+    /// clock: event time is the wall time, 8 hours are replayed at once on a new data dir (to
+    /// fill the dashboard), then each second of today shows what happened at that time of day
+    /// on every day of the log, for ever.
     #[arg(long)]
     pub(crate) original_time: bool,
     /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].

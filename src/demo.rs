@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clickpulse_connectors::embedded::runner::{
-    CollectedBatch, ReplayOptions, RunnerConfig, apply_retention, run_collector, run_operator,
-    run_replay,
+    CollectedBatch, ReplayOptions, RunnerConfig, apply_retention, newest_event_time, run_collector,
+    run_operator, run_replay,
 };
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_engine::DeadLetter;
@@ -25,7 +25,8 @@ use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, Tr
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
-use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_engine::window::dashboard::FrontierFn;
+use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
 use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
 use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
 use clickpulse_server::{AppState, PatternAdmin};
@@ -81,12 +82,19 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         );
         lookups = bundled;
     }
-    let input = Arc::new(inputs::read_logs(&args.logs, |_| {})?);
+    // Event time never goes back across a restart: not below the newest event time committed.
+    let clock = Arc::new(EventClock::default());
+    if let Some(newest) = newest_event_time(&store)? {
+        clock.floor(newest);
+    }
+    let live = !args.original_time;
+    let input = inputs::read_logs(&args.logs, |_| {})?;
     info!(
         events = input.clicks.len(),
         malformed = input.malformed.len(),
         "Log read and sorted by event time."
     );
+    let input = Arc::new(if live { inputs::overlaid(input) } else { input });
 
     let pattern_dir = PatternDir::new(
         &args
@@ -108,7 +116,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let products = Arc::new(shop_products(&lookups));
     let metrics = Arc::new(PipelineMetrics::default());
-    let clock = Arc::new(EventClock::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
     // The first stage failure: the cause to report (later ones are usually its consequences).
@@ -155,7 +162,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         let options = ReplayOptions {
             speed: args.speed,
             loop_forever: args.loop_forever,
-            align_warmup_ms: (!args.original_time).then_some(WARMUP_MS),
+            align_warmup_ms: live.then_some(WARMUP_MS),
+            overlay: live,
         };
         let clock = clock.clone();
         spawn(
@@ -191,6 +199,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         )?;
     }
     let dashboard = DashboardHandle::default();
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);
+    let sink = Arc::new(QueueSink::new(queue_tx, args.collector_queue));
     {
         let (store, shutdown, config, m) = (
             store.clone(),
@@ -203,7 +213,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             partitions: args.partitions,
         };
-        let aggregator = AggregateOperator::new(window_config, dashboard.clone());
+        let mut aggregator = AggregateOperator::new(window_config, dashboard.clone());
+        if live {
+            // Live: the windows follow the clock through quiet minutes (see `live_frontier`).
+            aggregator = aggregator.with_frontier(live_frontier(&store, &clock, &sink));
+        }
         spawn(
             "aggregate",
             Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &config)),
@@ -223,7 +237,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_operator(&store, web, &m, &shutdown, &config)),
         )?;
     }
-    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);
     {
         let (store, shutdown, config, m) = (
             store.clone(),
@@ -236,7 +249,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_collector(&store, &queue_rx, &m, &shutdown, &config)),
         )?;
     }
-    let sink = Arc::new(QueueSink::new(queue_tx, args.collector_queue));
     let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
@@ -516,6 +528,30 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
     Ok(token)
 }
 
+/// The sources' event-time frontier for the live aggregate: the clock (or the replay's next
+/// event while it catches up), read first; then whether everything published since has reached
+/// the aggregate's input, checked upstream first — the collector's queue, then `click-data`
+/// (enrich commits its outputs with its offsets). The aggregate checks its own input's backlog
+/// itself. An event that moves downstream between two of these checks was published after the
+/// clock was read, so it is not behind the frontier.
+fn live_frontier(
+    store: &Arc<EmbeddedStore>,
+    clock: &Arc<EventClock>,
+    sink: &Arc<QueueSink>,
+) -> FrontierFn {
+    let (store, clock, sink) = (store.clone(), clock.clone(), sink.clone());
+    Arc::new(move || {
+        let low_ms = clock.frontier_ms()?;
+        let drained = sink.pending() == 0
+            && (0..store.partitions(topics::CLICK_DATA).unwrap_or(0)).all(|p| {
+                store
+                    .committed("enrich", topics::CLICK_DATA, p)
+                    .is_ok_and(|next| next >= store.end_offset(topics::CLICK_DATA, p))
+            });
+        Some(Frontier { low_ms, drained })
+    })
+}
+
 /// Feeds `POST /collect` into the collector stage through a queue bounded in clicks: when it is
 /// full the collector answers 503 instead of buffering without limit.
 pub(crate) struct QueueSink {
@@ -535,6 +571,13 @@ impl QueueSink {
             in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             max_in_flight,
         }
+    }
+}
+
+impl QueueSink {
+    /// Clicks handed to the sink and not yet durable (or failed).
+    pub(crate) fn pending(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 }
 

@@ -95,6 +95,17 @@ pub(crate) fn read_logs(
     })
 }
 
+/// The input's days laid over one day, for the live replay on the real clock
+/// ([`overlay_days`](clickpulse_engine::replay::overlay_days)); its fingerprint says so, so a
+/// data dir is never resumed with the other timeline.
+pub(crate) fn overlaid(input: ReplayInput) -> ReplayInput {
+    ReplayInput {
+        clicks: clickpulse_engine::replay::overlay_days(&input.clicks),
+        fingerprint: format!("{}, days overlaid", input.fingerprint),
+        malformed: input.malformed,
+    }
+}
+
 /// Loads the lookups from a folder, or the bundled copies when `dir` is `None`.
 pub(crate) fn read_lookups(dir: Option<&Path>) -> Result<(Lookups, LoadReport)> {
     let mut lookups = Lookups::default();

@@ -103,7 +103,7 @@ impl Default for ReplaySection {
     fn default() -> Self {
         ReplaySection {
             logs: Vec::new(),
-            speed: "10".to_owned(),
+            speed: "1".to_owned(),
             loop_forever: false,
             original_time: false,
         }
@@ -252,6 +252,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
 
     let clock = Arc::new(EventClock::default());
     if stages.contains("replay") {
+        let live = !config.replay.original_time;
         let input = inputs::read_logs(&config.replay.logs, |_| {})?;
         info!(
             events = input.clicks.len(),
@@ -266,8 +267,10 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         let options = ReplayOptions {
             speed,
             loop_forever: config.replay.loop_forever,
-            align_warmup_ms: (!config.replay.original_time).then_some(WARMUP_MS),
+            align_warmup_ms: live.then_some(WARMUP_MS),
+            overlay: live,
         };
+        let input = if live { inputs::overlaid(input) } else { input };
         let (ctx, clock) = (ctx("replay"), clock.clone());
         spawn(
             "replay",

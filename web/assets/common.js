@@ -557,8 +557,10 @@
     statsTimer = setTimeout(pollStats, 1000);
   }
 
-  /** The event time the clock shows: the replay's position, else the aggregation watermark. */
+  /** The event time the clock shows: the pipeline's event clock (what live clicks are stamped
+   * with), else the replay's position, else the aggregation watermark. */
   function eventTimeOf(stats) {
+    if (stats && stats.clock && isNum(stats.clock.now_ms)) return stats.clock.now_ms;
     const stages = (stats && stats.stages) || {};
     const replay = stages.replay && stages.replay.details;
     if (replay && isNum(replay.event_time_ms)) return replay.event_time_ms;
@@ -599,15 +601,21 @@
     const eventTime = eventTimeOf(stats);
     setText(timeEl, eventTime === null ? "waiting for events" : fmtUtcDateTime(eventTime));
     clock.dataset.eventTimeMs = eventTime === null ? "" : String(eventTime);
-    clock.title = "Event time of the clickstream being processed (UTC). The replay runs faster than real time.";
-
     const replay = (stats.stages && stats.stages.replay && stats.stages.replay.details) || {};
-    const speed = fmtSpeed(replay.speed);
+    // Only a clock that is not the real one gets a badge: `--speed N` (N ≠ 1), `max`.
+    const realTime = replay.speed === undefined || replay.speed === "1x" || replay.speed === 1;
+    const speed = realTime ? "" : fmtSpeed(replay.speed);
     speedEl.hidden = speed === "";
-    setText(speedEl, speed);
-    speedEl.title = speed ? `Replay speed: ${replay.speed}` : "";
+    setText(speedEl, speed ? `${speed} speed` : "");
+    speedEl.title = speed
+      ? `Event time runs at ${replay.speed} real time (started with --speed): it is not the wall clock.`
+      : "";
+    clock.title = realTime
+      ? "Event time of the clickstream (UTC): the real clock."
+      : `Event time of the clickstream (UTC), running at ${replay.speed} real time.`;
 
-    const pass = isNum(replay.pass) ? replay.pass : 0;
+    // The live replay (days overlaid) runs on day after day: its passes are just days.
+    const pass = isNum(replay.pass) && !replay.overlay ? replay.pass : 0;
     passEl.hidden = !(pass > 0);
     setText(passEl, pass > 0 ? `pass ${fmtInt(pass)}` : "");
     passEl.title = `The replay loops over the log: it has started over ${fmtInt(pass)} time(s), each pass shifted forward in event time.`;

@@ -122,6 +122,7 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
         speed: Speed::Max,
         loop_forever: false,
         align_warmup_ms: None,
+        overlay: false,
     };
     let clock = EventClock::default();
     let config = RunnerConfig {

@@ -138,7 +138,8 @@ impl Enricher {
         if memo.products[url].is_none() {
             memo.products[url] = Some(self.product(click.url, lookups));
         }
-        let user = *memo.users[visitor].get_or_insert_with(|| lookups.user(click.visitor));
+        let user = *memo.users[visitor]
+            .get_or_insert_with(|| lookups.user(crate::replay::unlayered(click.visitor)));
         let device = *memo.devices[agent].get_or_insert_with(|| self.device(click.user_agent));
         let column = match (ids.country, click.country) {
             (Some(id), Some(text)) => {
@@ -183,7 +184,8 @@ impl Enricher {
     /// What the lookups and the request add to a click.
     fn derive(&mut self, click: &ClickRef<'_>, lookups: &impl LookupSource) -> Derived {
         let product = self.product(click.url, lookups);
-        let user = lookups.user(click.visitor);
+        // A visitor of an overlaid replay's day `k` (`id~k`) is the log's visitor `id`.
+        let user = lookups.user(crate::replay::unlayered(click.visitor));
         let country = self.country(click);
         let device = self.device(click.user_agent);
         Derived::new(click, product, user, country, device)

@@ -199,6 +199,14 @@ async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
     let mut snapshot = state.metrics.snapshot();
     if let Value::Object(map) = &mut snapshot {
         map.insert("mode".to_owned(), Value::from(state.mode));
+        if let Some(collector) = &state.collector {
+            // The event-time clock live clicks are stamped with (the top bar's clock).
+            let clock = &collector.clock;
+            map.insert(
+                "clock".to_owned(),
+                json!({"now_ms": clock.now_ms(), "rate": clock.rate()}),
+            );
+        }
     }
     Ok(Json(snapshot))
 }

@@ -87,7 +87,12 @@ pub fn run_replay(
                 ..Progress::default()
             };
             if let Some(warmup) = options.align_warmup_ms {
-                let (shift, start) = ReplayPlan::align_to(&input.clicks, wall_clock_ms(), warmup);
+                let align = if options.overlay {
+                    ReplayPlan::align_overlay
+                } else {
+                    ReplayPlan::align_to
+                };
+                let (shift, start) = align(&input.clicks, wall_clock_ms(), warmup);
                 fresh.base_shift_ms = shift;
                 fresh.position = start;
                 fresh.aligned = true;
@@ -122,7 +127,7 @@ pub fn run_replay(
         })
     };
     let mut published = scan(&progress)?;
-    let plan = ReplayPlan::new(&input.clicks, options.loop_forever)
+    let plan = ReplayPlan::new(&input.clicks, options.loop_forever || options.overlay)
         .with_base_shift(progress.base_shift_ms);
     let speed = options.speed;
     info!(position = progress.position, events = plan.len(), %speed, aligned = progress.aligned, "Replay started.");

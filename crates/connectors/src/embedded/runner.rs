@@ -15,6 +15,8 @@ use clickpulse_engine::codec;
 use clickpulse_engine::metrics::StageMetrics;
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
 use clickpulse_engine::reader::DeadLetter;
+#[cfg(doc)]
+use clickpulse_engine::replay::overlay_days;
 use clickpulse_engine::replay::{EventClock, Pacer, ReplayPlan, Speed, wall_clock_ms};
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,10 @@ impl Default for RunnerConfig {
 struct RunnerCounts {
     events: u64,
     dead_letters: u64,
+    /// A source's newest event time (the collector's newest stamp): a restart resumes the
+    /// event clock at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    newest_ms: Option<i64>,
 }
 
 fn runner_key(stage: &str) -> String {
@@ -214,11 +220,15 @@ pub fn run_operator<O: Operator>(
                 next_offset: next,
             });
         }
+        // What is left unread, per input partition: a partition with a backlog is slow, not
+        // idle (the watermark waits for it).
+        let mut lag = 0;
+        for (topic, p, position) in &positions {
+            let behind = store.end_offset(topic, *p).saturating_sub(*position);
+            op.input_backlog(topic, *p, behind > 0);
+            lag += behind;
+        }
         op.on_tick(Instant::now(), &mut emitter);
-        let lag = positions
-            .iter()
-            .map(|(topic, p, position)| store.end_offset(topic, *p).saturating_sub(*position))
-            .sum();
         metrics.set_lag(lag);
         if consumed == 0 && emitter.outputs().is_empty() {
             if !deferred.is_empty() {
@@ -324,6 +334,25 @@ pub struct ReplayOptions {
     /// day falls on its first day, and start this many milliseconds before now (filling the
     /// dashboard's windows at once). `None` replays the original timestamps from the start.
     pub align_warmup_ms: Option<i64>,
+    /// The input is one day made of the log's days ([`overlay_days`]): aligned, it starts on the
+    /// day of `now − warmup` and runs on day after day (it always loops).
+    pub overlay: bool,
+}
+
+/// The newest event time the sources committed to `click-data` (the replay's last event, the
+/// collector's newest stamp): where the event clock resumes after a restart, so it never goes
+/// back and no live click accepted after it is late.
+pub fn newest_event_time(store: &EmbeddedStore) -> Result<Option<i64>, StoreError> {
+    let replay = match store.state(REPLAY_STATE)? {
+        Some(bytes) => decode::<ReplayState>(REPLAY_STATE, &bytes)?.event_time_ms,
+        None => None,
+    };
+    let key = runner_key("collector");
+    let collector = match store.state(&key)? {
+        Some(bytes) => decode::<RunnerCounts>(&key, &bytes)?.newest_ms,
+        None => None,
+    };
+    Ok(replay.max(collector))
 }
 
 /// Replays `input` into `click-data` until it ends (or forever when looping) or `shutdown` is
@@ -346,7 +375,12 @@ pub fn run_replay(
                 ..ReplayState::default()
             };
             if let Some(warmup) = options.align_warmup_ms {
-                let (shift, start) = ReplayPlan::align_to(&input.clicks, wall_clock_ms(), warmup);
+                let align = if options.overlay {
+                    ReplayPlan::align_overlay
+                } else {
+                    ReplayPlan::align_to
+                };
+                let (shift, start) = align(&input.clicks, wall_clock_ms(), warmup);
                 fresh.base_shift_ms = shift;
                 fresh.position = start;
                 fresh.aligned = true;
@@ -360,21 +394,56 @@ pub fn run_replay(
             given: input.fingerprint.clone(),
         });
     }
-    let plan =
-        ReplayPlan::new(&input.clicks, options.loop_forever).with_base_shift(state.base_shift_ms);
+    let plan = ReplayPlan::new(&input.clicks, options.loop_forever || options.overlay)
+        .with_base_shift(state.base_shift_ms);
     let speed = options.speed;
-    info!(position = state.position, events = plan.len(), %speed, aligned = state.aligned, "Replay started.");
-    // An aligned replay keeps event time in step with the wall clock (at `speed`), catching up
-    // on anything it missed while stopped; otherwise the first event anchors the pace.
-    let mut pacer = if state.aligned {
-        Pacer::anchored(speed, wall_clock_ms(), Instant::now())
-    } else {
-        Pacer::new(speed)
-    };
     let rate = match speed {
         Speed::Factor(f) => f,
         Speed::Max => 1.0,
     };
+    // Event time never goes back, not across a restart either: the clock resumes at or after
+    // the newest event time committed before it (live clicks included).
+    let floor = newest_event_time(store)?;
+    if let Some(floor) = floor {
+        clock.floor(floor);
+    }
+    // An aligned replay keeps event time in step with the wall clock (at `speed`); otherwise
+    // the first event anchors the pace.
+    let mut pacer = if state.aligned {
+        let wall = wall_clock_ms();
+        // At 1× event time is the wall clock; faster, it resumes where it stopped.
+        let resume = match (speed, floor) {
+            (Speed::Factor(f), Some(floor)) if f != 1.0 => floor,
+            (Speed::Max, Some(floor)) => floor,
+            (_, floor) => wall.max(floor.unwrap_or(i64::MIN)),
+        };
+        if floor.is_some() {
+            // A restart skips what fell due while the replay was down: publishing it now would
+            // put it behind the clock, and behind the live clicks stamped since.
+            let skip_to = plan.first_position_at_or_after(&input.clicks, resume);
+            if skip_to > state.position {
+                info!(
+                    from = state.position,
+                    to = skip_to,
+                    resume_ms = resume,
+                    "Replay skips the time it was down."
+                );
+                state.position = skip_to;
+            }
+        }
+        let now = Instant::now();
+        clock.set(resume, now, rate);
+        Pacer::anchored(speed, resume, now)
+    } else {
+        Pacer::new(speed)
+    };
+    // What the replay has yet to publish starts at its position (see `EventClock::hold`).
+    let next_ts = |position: u64| {
+        plan.at(position)
+            .map(|(index, shift)| input.clicks.ts_ms(index) + shift)
+    };
+    clock.hold(next_ts(state.position));
+    info!(position = state.position, events = plan.len(), %speed, aligned = state.aligned, overlay = options.overlay, "Replay started.");
     let details = |s: &ReplayState, pacer: &Pacer| {
         json!({
             "position": s.position,
@@ -384,6 +453,7 @@ pub fn run_replay(
             "speed": pacer.speed().to_string(),
             "event_time_ms": s.event_time_ms,
             "aligned": s.aligned,
+            "overlay": options.overlay,
         })
     };
     metrics.record(state.events, state.malformed, details(&state, &pacer));
@@ -464,6 +534,7 @@ pub fn run_replay(
             }
             _ => {}
         }
+        clock.hold(next_ts(state.position));
         metrics.record(state.events, state.malformed, details(&state, &pacer));
         if done {
             if !metrics.is_done() {
@@ -567,6 +638,12 @@ pub fn run_collector(
             }
         }
         let before = counts;
+        let newest = waiting
+            .iter()
+            .flat_map(|b| &b.clicks)
+            .map(|c| c.ts_ms)
+            .max();
+        counts.newest_ms = counts.newest_ms.max(newest);
         counts.events += n as u64;
         counts.dead_letters += letters as u64;
         batch.state.push((
@@ -755,6 +832,7 @@ mod tests {
             speed: Speed::Max,
             loop_forever: false,
             align_warmup_ms: None,
+            overlay: false,
         };
         let published = |s: &EmbeddedStore| -> u64 {
             (0..2).map(|p| s.end_offset(topics::CLICK_DATA, p)).sum()
@@ -824,6 +902,7 @@ mod tests {
             speed: Speed::Max,
             loop_forever: false,
             align_warmup_ms: None,
+            overlay: false,
         };
         let clock = EventClock::default();
         let (replay, enrich) = (metrics.stage("replay"), metrics.stage("enrich"));

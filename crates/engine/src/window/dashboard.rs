@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
 use super::visitor::{TextInterner, Visitor, VisitorInterner};
-use super::watermark::{EventTimeBuffer, Watermarks};
+use super::watermark::{EventTimeBuffer, Frontier, Watermarks};
 use crate::click::{Device, EnrichedClick, EnrichedRef};
 use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
 use crate::pattern::Offer;
@@ -268,6 +268,10 @@ struct Minute {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Persisted {
     watermark: Option<i64>,
+    /// Each input partition's newest event time: what the watermark is computed from. Without
+    /// it a stage restarted while its inputs were quiet held its pending views forever.
+    #[serde(default)]
+    partition_times: BTreeMap<u32, i64>,
     buffer: EventTimeBuffer<View>,
     panes: Panes<Pane>,
     minutes: Option<Buckets<Minute>>,
@@ -329,7 +333,9 @@ impl DashboardAggregator {
         );
         let mut watermarks = Watermarks::new(config.allowed_lateness_ms, config.idle_timeout);
         watermarks.restore(s.watermark);
-        watermarks.expect(0..config.partitions, Instant::now());
+        let wall = Instant::now();
+        watermarks.restore_partitions(&s.partition_times, wall);
+        watermarks.expect(0..config.partitions, wall);
         let mut agg = DashboardAggregator {
             watermarks,
             s,
@@ -433,7 +439,13 @@ impl DashboardAggregator {
     /// Advances the watermark at wall time `wall` and applies what it released. Returns whether
     /// anything changed.
     pub fn tick(&mut self, wall: Instant) -> bool {
-        match self.watermarks.advance(wall) {
+        self.tick_with(wall, None)
+    }
+
+    /// [`DashboardAggregator::tick`] in live mode, with what the sources say about event time
+    /// (see [`Frontier`]): the windows then move on with the clock while the stream is quiet.
+    pub fn tick_with(&mut self, wall: Instant, frontier: Option<Frontier>) -> bool {
+        match self.watermarks.advance_with(wall, frontier) {
             Some(w) => self.move_to(w),
             None => false,
         }
@@ -689,6 +701,7 @@ impl DashboardAggregator {
 
     fn persisted(&mut self) -> &Persisted {
         self.s.watermark = self.watermarks.current().or(self.s.watermark);
+        self.s.partition_times = self.watermarks.partition_times();
         &self.s
     }
 }
@@ -728,7 +741,13 @@ pub struct AggregateOperator {
     config: DashboardConfig,
     handle: DashboardHandle,
     dirty: bool,
+    /// The sources' event-time frontier, in live mode (see [`AggregateOperator::with_frontier`]).
+    frontier: Option<FrontierFn>,
 }
+
+/// Reads the sources' [`Frontier`] now (`None`: not known yet, e.g. before the replay
+/// started).
+pub type FrontierFn = Arc<dyn Fn() -> Option<Frontier> + Send + Sync>;
 
 impl AggregateOperator {
     /// A stage publishing to `handle`.
@@ -739,7 +758,17 @@ impl AggregateOperator {
             config,
             handle,
             dirty: false,
+            frontier: None,
         }
+    }
+
+    /// Live mode: at every tick the stage asks `frontier` how far the sources' event time has
+    /// got, so the windows follow the clock while the stream is quiet and never pass an event a
+    /// source has yet to publish. Without it (a replay of past time, a backtest) only the
+    /// events move the watermark.
+    pub fn with_frontier(mut self, frontier: FrontierFn) -> Self {
+        self.frontier = Some(frontier);
+        self
     }
 
     fn publish(&mut self) {
@@ -805,7 +834,8 @@ impl Operator for AggregateOperator {
     }
 
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
-        if self.core.tick(wall) || self.dirty {
+        let frontier = self.frontier.as_ref().and_then(|f| f());
+        if self.core.tick_with(wall, frontier) || self.dirty {
             self.dirty = true;
             self.publish();
         }

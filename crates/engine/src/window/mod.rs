@@ -20,7 +20,7 @@ pub mod watermark;
 
 pub use buckets::{Buckets, Sliding, WindowSpec};
 pub use dashboard::{AggregateOperator, DashboardAggregator, DashboardHandle};
-pub use watermark::{EventTimeBuffer, Watermarks};
+pub use watermark::{EventTimeBuffer, Frontier, Watermarks};
 
 /// Milliseconds per second: the resolution of watermarks and panes.
 pub const SECOND_MS: i64 = 1_000;

@@ -16,6 +16,16 @@
 //! A partition known to have unread records ([`Watermarks::set_backlog`], from the broker's
 //! consumer lag) is slow, not idle: it holds the watermark back [`BACKLOG_PATIENCE`] times the
 //! idle timeout (not forever: a broker can leave a partition's end unreadable).
+//!
+//! In live mode the sources also say how far event time has got ([`Frontier`]): every event
+//! they have yet to publish is at or after `low_ms` (the clock, or a replay's next event while it
+//! catches up). The watermark never passes that, so a replay's catch-up is never late behind a
+//! live click; and when nothing published is still on its way, the watermark follows it, so the
+//! windows move on with the clock through a quiet stream instead of waiting for the next event.
+//!
+//! What the watermark is computed from (each partition's newest event time) is checkpointed with
+//! it ([`Watermarks::partition_times`], [`Watermarks::restore_partitions`]): a stage restarted
+//! while its inputs are quiet still releases what it holds once they go idle.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,6 +44,23 @@ struct PartitionClock {
     last_event: Instant,
     /// Records are waiting to be read.
     backlog: bool,
+}
+
+/// What the sources promise about event time at one moment (live mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frontier {
+    /// Every event the sources have yet to publish has a time at or after this.
+    pub low_ms: i64,
+    /// Nothing published is still on its way to the stage: every queue and topic upstream of it
+    /// is empty (checked after `low_ms` was read, upstream first).
+    pub drained: bool,
+}
+
+impl Frontier {
+    /// The highest watermark the frontier allows: no event still to come is at or below it.
+    fn cap(self) -> i64 {
+        floor_to(self.low_ms.saturating_sub(1), SECOND_MS)
+    }
 }
 
 /// Per-partition watermarks.
@@ -72,6 +99,30 @@ impl Watermarks {
     /// Restores a watermark from a checkpoint (partitions re-register as events arrive).
     pub fn restore(&mut self, watermark: Option<i64>) {
         self.current = watermark;
+    }
+
+    /// Each partition's newest event time: what the watermark is computed from, for a
+    /// checkpoint.
+    pub fn partition_times(&self) -> BTreeMap<u32, i64> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, c)| c.max_ts.map(|ts| (*p, ts)))
+            .collect()
+    }
+
+    /// Restores [`Watermarks::partition_times`] from a checkpoint, as if each partition had
+    /// delivered its newest event at wall time `wall`: they hold the watermark where it was
+    /// computed from until they deliver more or go idle, and then release what waits.
+    pub fn restore_partitions(&mut self, times: &BTreeMap<u32, i64>, wall: Instant) {
+        for (&p, &ts) in times {
+            let clock = self.partitions.entry(p).or_insert(PartitionClock {
+                max_ts: None,
+                last_event: wall,
+                backlog: false,
+            });
+            clock.max_ts = clock.max_ts.max(Some(ts));
+            clock.last_event = wall;
+        }
     }
 
     /// Whether an event at `ts` would be late now.
@@ -118,6 +169,13 @@ impl Watermarks {
     /// look idle (which would let the watermark pass the records waiting for it and make them
     /// late).
     pub fn advance(&mut self, wall: Instant) -> Option<i64> {
+        self.advance_with(wall, None)
+    }
+
+    /// [`Watermarks::advance`] in live mode, where the sources say how far event time has got:
+    /// the watermark stays below `frontier.low_ms`, and follows it while the stream is drained
+    /// and no input partition has unread records.
+    pub fn advance_with(&mut self, wall: Instant, frontier: Option<Frontier>) -> Option<i64> {
         if let Some(prev) = self.last_advance.replace(wall) {
             let gap = wall.saturating_duration_since(prev);
             if gap > self.idle_timeout / 2 {
@@ -173,6 +231,21 @@ impl Watermarks {
                 })
                 .min()
                 .flatten()
+        };
+        let candidate = match frontier {
+            None => candidate,
+            Some(f) => {
+                let cap = f.cap();
+                let quiet = f.drained && !self.partitions.values().any(|c| c.backlog);
+                // Quiet: every event still to come is at or after `low_ms`. Otherwise the
+                // inputs decide, up to the cap (even "every partition idle" cannot pass an
+                // event a source has yet to publish).
+                if quiet {
+                    Some(cap)
+                } else {
+                    candidate.map(|c| c.min(cap))
+                }
+            }
         };
         if let Some(c) = candidate {
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
