@@ -173,7 +173,114 @@ scenarios!(
     steps_with_repeat_distinct_and_abort,
     relaxed_contiguity_and_frequency_cap,
     one_step_frequency_cap,
+    three_step_late_view_starts_nothing,
+    three_step_late_refresh_is_ignored,
+    five_step_late_view_starts_nothing,
+    five_step_late_refresh_is_ignored,
+    late_restart_three_step,
+    late_restart_five_step,
 );
+
+/// Under `late = "reset"` an expired match still decides the visitor's next view (it is dropped),
+/// so the sweep must not forget it: with a sweep between the match and a view three hours later,
+/// that view still starts nothing, and the 3-step seed emits no offer, as when nothing is swept.
+#[test]
+fn the_sweep_keeps_an_expired_match_that_decides_the_next_view() {
+    use clickpulse_engine::operator::{Emitter, Operator};
+    let file = repo_patterns().join("seed-clothes-shoes-clothes.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let set = PatternSet::parse([("seed-clothes-shoes-clothes.toml", text.as_str())]).unwrap();
+    let lookups = Lookups::from_parts(
+        vec![(
+            "ann".to_owned(),
+            User {
+                gender: Gender::F,
+                birth_date: NaiveDate::from_ymd_opt(1983, 1, 1),
+            },
+        )],
+        vec![
+            product("A", "clothing"),
+            product("B", "clothing"),
+            product("C", "clothing"),
+            product("S", "shoes"),
+        ],
+    );
+    let t0 = 1_331_000_000_000_i64;
+    let view = |ts: i64, visitor: &str, id: &str| {
+        let click = Click::new(ts, visitor, format!("http://www.acme.com/SH55126545/{id}"));
+        clickpulse_engine::codec::encode(&Enricher::new().enrich(click, &lookups))
+    };
+    // Ann: A, S, then (three hours later) B, S, C. B is late: the match is reset and B dropped,
+    // S starts nothing and C only starts a match. Had the sweep dropped the match, B would start
+    // one and C earn an offer.
+    let later = 3 * 3_600;
+    let ann = [
+        (0, "A"),
+        (100, "S"),
+        (later, "B"),
+        (later + 50, "S"),
+        (later + 100, "C"),
+    ];
+    let run = |sweep: bool| -> (Vec<String>, Vec<(String, String, String)>) {
+        let log = Arc::new(Mutex::new(TransitionLog::new(100_000, 100_000, 100_000)));
+        let mut detector =
+            DetectOperator::new(PatternRegistry::new(set.clone())).with_log(log.clone());
+        let mut out = Emitter::default();
+        let mut offers = Vec::new();
+        for (i, (s, id)) in ann.iter().enumerate() {
+            detector
+                .process_record(
+                    "enriched-click-data",
+                    0,
+                    &view(t0 + s * 1000, "ann", id),
+                    &mut out,
+                )
+                .unwrap();
+            if sweep && i == 1 {
+                // Others' views two hours on: enough of them to sweep, with the watermark far
+                // past Ann's expiry plus the sweep's grace.
+                for n in 0..20_000 {
+                    let v = view(t0 + (later - 60) * 1000, &format!("v{n}"), "A");
+                    detector
+                        .process_record("enriched-click-data", 0, &v, &mut out)
+                        .unwrap();
+                }
+                assert_eq!(detector.active_visitors(), 1, "Ann's expired match is kept");
+            }
+            offers.extend(out.drain().map(|o| {
+                clickpulse_engine::codec::decode::<clickpulse_engine::pattern::Offer>(&o.value)
+                    .unwrap()
+                    .offer_id
+            }));
+        }
+        let mut steps: Vec<_> = log
+            .lock()
+            .unwrap()
+            .recent(Some("ann"), usize::MAX)
+            .into_iter()
+            .map(|r| {
+                let cause = serde_json::to_value(r.cause).unwrap();
+                (r.from, r.to, cause.as_str().unwrap().to_owned())
+            })
+            .collect();
+        steps.reverse();
+        (offers, steps)
+    };
+    let (offers, steps) = run(false);
+    assert!(offers.is_empty());
+    let step =
+        |from: &str, to: &str, cause: &str| (from.to_owned(), to.to_owned(), cause.to_owned());
+    assert_eq!(
+        steps,
+        [
+            step("init", "clothes_visited", "transition"),
+            step("clothes_visited", "shoes_visited", "transition"),
+            step("shoes_visited", "init", "expired"),
+            step("init", "clothes_visited", "transition"),
+        ]
+    );
+    assert_eq!(run(true), (offers, steps));
+}
 
 /// A partition running hours ahead of another must not let the sweep drop a match that the
 /// slower partition's visitor is still in: the offer (and its id, which names the match's

@@ -2,9 +2,11 @@
 //!
 //! Per visitor it keeps one slot per pattern with a live [`Match`] and, for patterns with a
 //! frequency cap, the time of the last offer. An idle visitor (no live match, no cap pending)
-//! has no entry at all. Offers are emitted to `special-offers` with a deterministic `offer_id`
-//! (a hash of visitor, pattern, version, match start and completing view time), so reprocessing
-//! after a crash yields the same ids and downstream can de-duplicate.
+//! has no entry at all; a visitor whose match expired under `late = "reset"` keeps it (trimmed
+//! to its start and last product) until their next view, which it decides. Offers are emitted
+//! to `special-offers` with a deterministic `offer_id` (a hash of visitor, pattern, version,
+//! match start and completing view time), so reprocessing after a crash yields the same ids and
+//! downstream can de-duplicate.
 //!
 //! Pattern reloads: a slot whose pattern changed version is dropped on the visitor's next view
 //! (in-flight matches of the old version do not complete under the new rules); the frequency
@@ -193,7 +195,8 @@ struct VisitorState {
 
 /// How far behind the highest event time a visitor's views may arrive before its expired
 /// matches are swept (sweeping is only memory hygiene: an expired match is discarded on the
-/// visitor's next view anyway).
+/// visitor's next view anyway, and of one whose pattern says `late = "reset"` the sweep keeps
+/// what decides that view).
 const SWEEP_GRACE_MS: i64 = 3_600_000;
 /// Views between sweeps.
 const SWEEP_EVERY: u64 = 10_000;
@@ -459,7 +462,9 @@ impl DetectOperator {
         offers
     }
 
-    /// Drops state that can no longer matter: matches expired well before the watermark.
+    /// Drops state that can no longer matter: matches expired well before the watermark (or,
+    /// for a pattern with `late = "reset"`, whose expired match still decides the visitor's next
+    /// view, what of them can no longer matter: see [`Pattern::forget_expired`]).
     fn sweep(&mut self) {
         let Some(watermark) = self.stats.partition_watermarks.values().min().copied() else {
             return;
@@ -470,15 +475,14 @@ impl DetectOperator {
         let checkpointing = self.checkpointing;
         self.visitors.retain(|visitor, state| {
             let before = state.slots.len();
+            let mut trimmed = false;
             for slot in &mut state.slots {
-                if let (Some(m), Some(p)) = (&slot.live, set.get(&slot.pattern))
-                    && p.is_expired(m, now)
-                {
-                    slot.live = None;
+                if let Some(p) = set.get(&slot.pattern) {
+                    trimmed |= p.forget_expired(&mut slot.live, now);
                 }
             }
             state.slots.retain(|s| !is_idle(&set, s, now));
-            if checkpointing && (state.slots.len() != before || state.slots.is_empty()) {
+            if checkpointing && (trimmed || state.slots.len() != before || state.slots.is_empty()) {
                 dirty.insert(visitor.clone());
             }
             !state.slots.is_empty()

@@ -6,9 +6,13 @@
 //! people, and serialize with their state.
 //!
 //! # Semantics (one view of one visitor, for one pattern)
-//! 1. A live match whose first recorded view is `within` or longer ago (event time) has expired:
-//!    it is discarded, and the view is evaluated from `init`. (So expired state can be dropped
-//!    at any time without changing a result.)
+//! 1. A view that comes `within` or longer after the live match's first recorded view (event
+//!    time) is late. Under [`Late::Restart`] (the default) the match has expired: it is
+//!    discarded, and the view is evaluated from `init` (so such a match can be dropped at any
+//!    time without changing a result). Under [`Late::Reset`] (the original detector's rule) a
+//!    page refresh (below) is still ignored, and any other late view resets the match to `init`
+//!    and is dropped: it starts nothing. Such a match matters until the visitor's next view, so
+//!    it is kept, trimmed by [`Pattern::forget_expired`] to what can still matter.
 //! 2. With `ignore_refresh`, a view of the product of the match's last recorded view is a page
 //!    refresh: ignored entirely.
 //! 3. A view matching `abort_if` ends the match (back to `init`); it starts nothing.
@@ -221,6 +225,24 @@ pub enum Contiguity {
     Relaxed,
 }
 
+/// What a view that comes `within` or later after the match's first recorded view does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Late {
+    /// The match has expired: it is discarded and the view is evaluated from `init`, where it
+    /// may start a new match. The expiry is checked before the page-refresh rule.
+    #[default]
+    Restart,
+    /// As the original detector: a page refresh is still ignored (the refresh rule comes first);
+    /// any other late view resets the match to `init` and is dropped — it starts nothing, like a
+    /// view that fits no transition.
+    Reset,
+}
+
+impl Late {
+    /// Every value with its name in pattern files.
+    pub const ALL: [(&'static str, Late); 2] = [("restart", Late::Restart), ("reset", Late::Reset)];
+}
+
 /// Which offer to emit, by the completing view's visitor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OfferRule {
@@ -253,6 +275,8 @@ pub struct Pattern {
     pub source: String,
     /// Every transition must happen less than this long after the match's first view.
     pub within_ms: Option<i64>,
+    /// What a view that comes `within_ms` or later after the match's first view does.
+    pub late: Late,
     /// Strict or relaxed contiguity.
     pub contiguity: Contiguity,
     /// Whether a view of the last recorded product is ignored as a page refresh.
@@ -306,6 +330,14 @@ impl fmt::Display for Explain<'_> {
                 " Everything must happen within {} of the first view.",
                 humantime::format_duration(std::time::Duration::from_millis(ms as u64))
             )?;
+            if p.late == Late::Reset {
+                f.write_str(
+                    " A later view starts over and counts for nothing, not even as a new start.",
+                )?;
+                if p.ignore_refresh {
+                    f.write_str(" Reloading the last product page is ignored even then.")?;
+                }
+            }
         }
         match p.contiguity {
             Contiguity::Strict => f.write_str(" Any other view starts over.")?,
@@ -433,12 +465,24 @@ impl Pattern {
         if let (Some(m), Some(within)) = (current.as_ref(), self.within_ms)
             && click.ts_ms - m.started_ms >= within
         {
+            // Under `Late::Reset` the refresh rule comes first: a late refresh leaves the match
+            // as it is. (Before the limit the order of the two checks makes no difference.)
+            if self.late == Late::Reset
+                && self.ignore_refresh
+                && *m.last_product == **click.product_id
+            {
+                return out;
+            }
             out.steps.push(Step {
                 from: m.state,
                 to: Some(INIT),
                 cause: Cause::Expired,
             });
             *current = None;
+            if self.late == Late::Reset {
+                // Reset to `init`, and the view is dropped: it starts nothing.
+                return out;
+            }
         }
         if let Some(m) = current.as_mut() {
             if self.ignore_refresh && *m.last_product == **click.product_id {
@@ -533,9 +577,36 @@ impl Pattern {
         out
     }
 
-    /// Whether a match has expired by event time `now_ms` (so it can be dropped).
+    /// Whether a match has expired by event time `now_ms`: any view at `now_ms` or later is late
+    /// for it.
     pub fn is_expired(&self, m: &Match, now_ms: i64) -> bool {
         self.within_ms.is_some_and(|w| now_ms - m.started_ms >= w)
+    }
+
+    /// Forgets what of `current` can no longer matter to a view at event time `now_ms` or later;
+    /// returns whether it changed anything. Under [`Late::Restart`] an expired match is dropped.
+    /// Under [`Late::Reset`] it still decides the visitor's next view (a refresh of its last
+    /// product is ignored, any other view is dropped), so only its start and last product are
+    /// kept: the products it recorded are released.
+    pub fn forget_expired(&self, current: &mut Option<Match>, now_ms: i64) -> bool {
+        let Some(m) = current.as_mut() else {
+            return false;
+        };
+        if !self.is_expired(m, now_ms) {
+            return false;
+        }
+        match self.late {
+            Late::Restart => {
+                *current = None;
+                true
+            }
+            Late::Reset if m.entered.is_empty() && m.seen.is_empty() => false,
+            Late::Reset => {
+                m.entered = Vec::new();
+                m.seen = Vec::new();
+                true
+            }
+        }
     }
 
     /// The name of a state, `offer` for the offer.

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::PatternError;
 use super::machine::{
-    Condition, Contiguity, Field, INIT, OfferRule, Pattern, StateId, Target, Transition,
+    Condition, Contiguity, Field, INIT, Late, OfferRule, Pattern, StateId, Target, Transition,
 };
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +24,7 @@ struct RawPattern {
     #[serde(default)]
     description: String,
     within: Option<Spanned<String>>,
+    late: Option<Spanned<String>>,
     #[serde(default)]
     contiguity: Contiguity,
     #[serde(default = "default_true")]
@@ -159,6 +160,32 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
         .as_ref()
         .map(|d| duration(d, "within"))
         .transpose()?;
+    let late = match &raw.late {
+        None => Late::default(),
+        Some(value) => {
+            let Some((_, late)) = Late::ALL.iter().find(|(n, _)| *n == value.get_ref()) else {
+                return Err(src.error(
+                    value.span(),
+                    "late",
+                    format!(
+                        "unknown value {:?}; expected \"reset\" (a late view resets the match \
+                         and is dropped, as in the original detector) or \"restart\" (a late \
+                         view is evaluated from init; the default)",
+                        value.get_ref()
+                    ),
+                ));
+            };
+            if within_ms.is_none() {
+                return Err(src.error(
+                    value.span(),
+                    "late",
+                    "says what a view after the time limit does, but there is no time limit: \
+                     add `within` (e.g. \"30m\") or remove `late`",
+                ));
+            }
+            *late
+        }
+    };
     let frequency_cap_ms = raw
         .frequency_cap
         .as_ref()
@@ -226,6 +253,7 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
         description: raw.description,
         source: file.to_owned(),
         within_ms,
+        late,
         contiguity: raw.contiguity,
         ignore_refresh: raw.ignore_refresh,
         audience,
@@ -675,6 +703,71 @@ mod tests {
 
         let e = error("name = \"x\"\n[offer\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn late_is_validated_and_defaults_to_restart() {
+        let p = parse_pattern("seed.toml", SEED).unwrap();
+        assert_eq!(
+            p.late,
+            Late::Reset,
+            "the seed behaves as the original detector"
+        );
+        let text = p.explain();
+        assert!(
+            text.contains("A later view starts over and counts for nothing")
+                && text.contains("Reloading the last product page is ignored even then."),
+            "{text}"
+        );
+
+        // A file that does not say keeps the behaviour it always had.
+        let line_of = |text: &str, needle: &str| {
+            text.lines().position(|l| l.starts_with(needle)).unwrap() + 1
+        };
+        let without = SEED.replace(SEED.lines().nth(line_of(SEED, "late") - 1).unwrap(), "");
+        let p = parse_pattern("old.toml", &without).unwrap();
+        assert_eq!(p.late, Late::Restart);
+        assert!(!p.explain().contains("counts for nothing"));
+        let restart = SEED.replace("late = \"reset\"", "late = \"restart\"");
+        assert_eq!(
+            parse_pattern("p.toml", &restart).unwrap().late,
+            Late::Restart
+        );
+
+        let bad = SEED.replace("late = \"reset\"", "late = \"drop\"");
+        let e = error(&bad);
+        assert!(
+            e.starts_with(&format!(
+                "p.toml:{}: late: unknown value \"drop\"; expected \"reset\"",
+                line_of(&bad, "late")
+            )),
+            "{e}"
+        );
+        assert!(e.contains("or \"restart\""), "{e}");
+        // Values are exact, like `contiguity`'s.
+        let e = error(&SEED.replace("late = \"reset\"", "late = \"Reset\""));
+        assert!(e.contains("late: unknown value \"Reset\""), "{e}");
+
+        let bad = SEED.replace("late = \"reset\"", "late = true");
+        let e = error(&bad);
+        assert!(
+            e.starts_with(&format!("p.toml:{}: ", line_of(&bad, "late"))),
+            "{e}"
+        );
+        assert!(
+            e.contains("invalid type: boolean `true`, expected a string"),
+            "{e}"
+        );
+
+        let bad = SEED.replace("within = \"30m\"", "");
+        let e = error(&bad);
+        assert!(
+            e.starts_with(&format!(
+                "p.toml:{}: late: says what a view after the time limit does, but there is no time limit",
+                line_of(&bad, "late")
+            )),
+            "{e}"
+        );
     }
 
     #[test]
