@@ -32,10 +32,62 @@ use tracing::{info, warn};
 use crate::cli::{BacktestArgs, ChaosArgs, ChaosMode};
 use clickpulse_chaos::{Cluster, Proc, Spec, Storage, Tools};
 
-/// How long one life may take to accept connections (it opens the store and loads lookups).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the last, uninterrupted life may take to finish the log.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(900);
+/// When the run must be over (`--deadline`): every wait checks it.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Instant);
+
+impl Deadline {
+    fn passed(self) -> bool {
+        Instant::now() >= self.0
+    }
+
+    fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Why a run did not finish: the deadline passed while these stages still had work.
+fn unfinished(deadline: Duration, stats: Option<&Value>) -> Value {
+    let stages = stats.map(|s| &s["stages"]);
+    let not_done: Vec<Value> = ["replay", "enrich", "detect", "aggregate", "web"]
+        .iter()
+        .filter_map(|name| {
+            let stage = &stages?[*name];
+            let details = &stage["details"];
+            let pending = details["pending"].as_u64().unwrap_or(0);
+            let lag = stage["lag"].as_u64().unwrap_or(0);
+            let replay_running = *name == "replay" && stage["done"] != true;
+            (replay_running || lag > 0 || pending > 0).then(|| {
+                json!({
+                    "stage": name,
+                    "events": stage["events"],
+                    "lag": lag,
+                    "pending": pending,
+                    "watermark_ms": details["watermark_ms"],
+                })
+            })
+        })
+        .collect();
+    json!({
+        "reason": format!("the pipeline did not finish within the deadline of {}", humantime::format_duration(deadline)),
+        "stages_not_done": not_done,
+        "stats_available": stats.is_some(),
+    })
+}
+
+/// A running life's `/api/stats` (plain HTTP/1.1 over loopback; `None` if it does not answer).
+fn life_stats(port: u16) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    serde_json::from_slice(&response[start..]).ok()
+}
 
 pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
     if args.kills == 0 {
@@ -49,9 +101,10 @@ pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
     info!(work_dir = %work.path().display(), kills = args.kills, seed = args.seed, "Chaos run.");
     let reference = Reference::compute(&args)?;
     let started = Instant::now();
+    let deadline = Deadline(started + args.deadline);
     let outcome = match args.mode {
-        ChaosMode::Embedded => embedded(&args, &reference, work.path())?,
-        ChaosMode::Distributed => distributed(&args, &reference, work.path())?,
+        ChaosMode::Embedded => embedded(&args, &reference, work.path(), deadline)?,
+        ChaosMode::Distributed => distributed(&args, &reference, work.path(), deadline)?,
     };
     let report = outcome.report(&args, &reference, started.elapsed());
     let ok = report["ok"].as_bool() == Some(true);
@@ -64,8 +117,13 @@ pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         let kept = work.keep();
+        let what = if report["unfinished"].is_null() {
+            "the pipeline differs from the backtest"
+        } else {
+            "the pipeline did not finish within the deadline"
+        };
         eprintln!(
-            "chaos: the pipeline differs from the backtest; its data and logs are kept in {}",
+            "chaos: {what}; its data and logs are kept in {}",
             kept.display()
         );
         Ok(ExitCode::FAILURE)
@@ -130,6 +188,8 @@ struct Outcome {
     /// Broker and Redis restarts (distributed).
     service_restarts: Vec<&'static str>,
     speed: f64,
+    /// Set when the deadline passed first: why ([`unfinished`]).
+    unfinished: Option<Value>,
 }
 
 impl Outcome {
@@ -154,7 +214,8 @@ impl Outcome {
             .difference(&reference.offers)
             .collect();
         let snapshot_equal = self.dashboard == reference.dashboard;
-        let ok = self.kills >= args.kills
+        let ok = self.unfinished.is_none()
+            && self.kills >= args.kills
             && lost_events == 0
             && duplicate_events == 0
             && duplicate_offers == 0
@@ -180,6 +241,7 @@ impl Outcome {
             "kill_points": self.kill_points,
             "replay_speed": self.speed.round(),
             "elapsed_ms": elapsed.as_millis() as u64,
+            "unfinished": self.unfinished,
         })
     }
 }
@@ -229,31 +291,47 @@ fn spawn(args: Vec<String>, work: &Path) -> Result<Proc> {
     Proc::start("pipeline", work, &exe, args, Vec::new()).context("cannot start a pipeline process")
 }
 
-/// Waits until `port` accepts connections, or the child exits.
-fn wait_serving(child: &mut Child, port: u16) -> Result<bool> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    while Instant::now() < deadline {
+/// How a wait for a life ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Life {
+    /// Still running (serving, or through its planned time).
+    Running,
+    /// It exited.
+    Exited,
+    /// The run's deadline passed first.
+    OutOfTime,
+}
+
+/// Waits until `port` accepts connections, the child exits, or the deadline passes.
+fn wait_serving(child: &mut Child, port: u16, deadline: Deadline) -> Result<Life> {
+    while !deadline.passed() {
         if child.try_wait()?.is_some() {
-            return Ok(false);
+            return Ok(Life::Exited);
         }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(true);
+            return Ok(Life::Running);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("a pipeline process did not accept connections within {STARTUP_TIMEOUT:?}")
+    Ok(Life::OutOfTime)
 }
 
-/// Sleeps `d` unless the child exits first; true if it is still running.
-fn sleep_while_running(child: &mut Child, d: Duration) -> Result<bool> {
-    let until = Instant::now() + d;
+/// Sleeps `d` unless the child exits or the deadline passes first.
+fn sleep_while_running(child: &mut Child, d: Duration, deadline: Deadline) -> Result<Life> {
+    let until = Instant::now() + d.min(deadline.remaining());
     while Instant::now() < until {
         if child.try_wait()?.is_some() {
-            return Ok(false);
+            return Ok(Life::Exited);
         }
         std::thread::sleep(Duration::from_millis(5).min(until - Instant::now()));
     }
-    Ok(child.try_wait()?.is_none())
+    Ok(if child.try_wait()?.is_some() {
+        Life::Exited
+    } else if deadline.passed() {
+        Life::OutOfTime
+    } else {
+        Life::Running
+    })
 }
 
 /// The tail of a log file, for error messages.
@@ -274,7 +352,12 @@ fn mean_interval(args: &ChaosArgs) -> Duration {
 }
 
 /// The embedded pipeline (`clickpulse demo` on one data dir), killed and restarted.
-fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outcome> {
+fn embedded(
+    args: &ChaosArgs,
+    reference: &Reference,
+    work: &Path,
+    deadline: Deadline,
+) -> Result<Outcome> {
     let data_dir = work.join("data");
     let log = work.join("pipeline.log");
     let mean = mean_interval(args);
@@ -313,12 +396,28 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
     let mut kill_points = Vec::new();
     let mut store_checks = 0;
     let mut finished = false;
+    let mut out_of_time = None;
+    let stop_late = |proc: &mut Proc, port: u16| {
+        let stats = life_stats(port);
+        proc.kill();
+        Some(unfinished(args.deadline, stats.as_ref()))
+    };
     while kills < args.kills {
         let port = free_port()?;
         let mut proc = spawn(life_args(port), work)?;
-        let serving = wait_serving(&mut proc.child, port)?;
-        let life = mean.mul_f64(rng.random_range(0.2..1.8));
-        if serving && sleep_while_running(&mut proc.child, life)? {
+        let mut state = wait_serving(&mut proc.child, port, deadline)?;
+        let planned = mean.mul_f64(rng.random_range(0.2..1.8));
+        // Once a life has finished the log, the remaining kills land in the recovery of a
+        // finished data dir: at once, before that life can finish again.
+        let life = if finished { Duration::ZERO } else { planned };
+        if state == Life::Running {
+            state = sleep_while_running(&mut proc.child, life, deadline)?;
+        }
+        if state == Life::OutOfTime {
+            out_of_time = stop_late(&mut proc, port);
+            break;
+        }
+        if state == Life::Running {
             proc.kill(); // SIGKILL, then reaped
             kills += 1;
             // The data dir must open cleanly after every kill (redb recovers its last commit).
@@ -341,18 +440,18 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
                 tail(&log)
             );
         }
-        warn!(
-            kills,
-            "The pipeline finished the log before all kills were made."
-        );
+        if !finished {
+            warn!(
+                kills,
+                "The pipeline finished the log before all kills were made: the rest land in recoveries."
+            );
+        }
         finished = true;
-        break;
     }
-    if !finished {
-        // The last life runs to the end of the log.
+    if out_of_time.is_none() {
+        // The last life runs to the end of the log (or, if one already did, through a recovery).
         let port = free_port()?;
         let mut proc = spawn(life_args(port), work)?;
-        let deadline = Instant::now() + FINISH_TIMEOUT;
         loop {
             if let Some(status) = proc.child.try_wait()? {
                 if !status.success() {
@@ -363,9 +462,9 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
                 }
                 break;
             }
-            if Instant::now() > deadline {
-                proc.kill();
-                bail!("the pipeline did not finish within {FINISH_TIMEOUT:?}");
+            if deadline.passed() {
+                out_of_time = stop_late(&mut proc, port);
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -412,6 +511,7 @@ fn embedded(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outc
         republished_offers: 0,
         service_restarts: Vec::new(),
         speed,
+        unfinished: out_of_time,
     })
 }
 
@@ -423,7 +523,12 @@ const STAGES: [&str; 5] = ["web", "replay", "enrich", "detect", "aggregate"];
 /// stage. Each kill picks a worker at random and restarts it at once; a third of the way
 /// through the broker restarts (SIGTERM), two thirds of the way Redis dies (`kill -9`) and
 /// restarts.
-fn distributed(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<Outcome> {
+fn distributed(
+    args: &ChaosArgs,
+    reference: &Reference,
+    work: &Path,
+    deadline: Deadline,
+) -> Result<Outcome> {
     let mean = mean_interval(args);
     let speed = reference.speed_for(args.kills, mean);
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
@@ -453,11 +558,11 @@ fn distributed(args: &ChaosArgs, reference: &Reference, work: &Path) -> Result<O
         redis_cluster: false,
     };
     let mut cluster = Cluster::start(tools, &spec)?;
-    let result = drive(args, reference, &mut cluster, &mut rng, mean, speed);
+    let result = drive(args, reference, &mut cluster, &mut rng, mean, speed, deadline);
     if result.is_err()
         || result
             .as_ref()
-            .is_ok_and(|o| o.dashboard != reference.dashboard)
+            .is_ok_and(|o| o.dashboard != reference.dashboard || o.unfinished.is_some())
     {
         // Keep the processes' logs with the work dir.
         let _ = std::fs::write(work.join("cluster-logs.txt"), cluster.log_tails());
@@ -472,6 +577,7 @@ fn drive(
     rng: &mut ChaCha8Rng,
     mean: Duration,
     speed: f64,
+    deadline: Deadline,
 ) -> Result<Outcome> {
     for stage in STAGES {
         cluster.worker(stage, stage)?;
@@ -480,7 +586,13 @@ fn drive(
     let mut service_restarts = Vec::new();
     let mut last_replayed = 0;
     for kill in 1..=args.kills {
-        std::thread::sleep(mean.mul_f64(rng.random_range(0.2..1.8)));
+        std::thread::sleep(
+            mean.mul_f64(rng.random_range(0.2..1.8))
+                .min(deadline.remaining()),
+        );
+        if deadline.passed() {
+            break;
+        }
         let victim = rng.random_range(0..cluster.workers.len());
         if let Some(n) = cluster.stats().and_then(|s| Cluster::stage_events(&s)[0]) {
             last_replayed = n;
@@ -502,11 +614,14 @@ fn drive(
             service_restarts.push("redis");
         }
     }
-    let finished = cluster.wait_until_done(reference.events, &reference.dashboard, FINISH_TIMEOUT);
+    let finished =
+        cluster.wait_until_done(reference.events, &reference.dashboard, deadline.remaining());
     if let Err(error) = &finished {
         warn!(%error, "The distributed pipeline did not reach the backtest's result.");
     }
     let stats = cluster.stats().unwrap_or_default();
+    let out_of_time = (finished.is_err() && deadline.passed())
+        .then(|| unfinished(args.deadline, Some(&stats)));
     let [replayed, enriched, detected, aggregated] = Cluster::stage_events(&stats);
     let downstream = [enriched, detected, aggregated]
         .iter()
@@ -527,6 +642,7 @@ fn drive(
         store_checks: 0,
         service_restarts,
         speed,
+        unfinished: out_of_time,
     })
 }
 

@@ -363,6 +363,11 @@ pub(crate) struct ChaosArgs {
     /// system temp dir]. Kept when the run fails, removed otherwise.
     #[arg(long, value_name = "DIR")]
     pub(crate) work_dir: Option<PathBuf>,
+    /// The whole run's deadline (`90s`, `10m`): past it, chaos stops every process it started,
+    /// reports `"ok": false` with which stage was not done (its events, lag, pending views and
+    /// watermark), keeps the work dir and exits 1, instead of waiting for ever.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) deadline: std::time::Duration,
     /// Distributed mode: do not restart the broker during the run (Redis is still restarted).
     #[arg(long)]
     pub(crate) skip_broker_restart: bool,

@@ -114,3 +114,75 @@ fn twenty_kills_of_distributed_workers_plus_broker_and_redis_restarts_change_not
     assert!(expected > 0);
     assert_eq!(report["offers_delivered"].as_u64(), Some(expected));
 }
+
+/// Runs `clickpulse chaos` (embedded) with `args`, returning its exit status and JSON report.
+fn chaos(work: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, Value, String) {
+    let out = std::process::Command::new(bin())
+        .arg("chaos")
+        .args(args)
+        .args(["--json", "--patterns"])
+        .arg(data_path(PATTERNS))
+        .arg("--work-dir")
+        .arg(work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}\n{stderr}"));
+    (out.status, report, stderr)
+}
+
+/// A sweep of seeds, as RELIABILITY.md's: every kill schedule finishes with the backtest's
+/// result (seed 5 used to stall the aggregate for ever after its last restart).
+#[test]
+fn a_sweep_of_twelve_seeds_on_a_log_slice_each_match_the_backtest() {
+    let work = tempfile::tempdir().unwrap();
+    let log = log_slice(work.path(), 6_000);
+    let runs = work.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    for seed in 1..=12 {
+        let seed = seed.to_string();
+        let (status, report, stderr) = chaos(
+            &runs,
+            &["--kills", "6", "--seed", &seed, "--log", log.to_str().unwrap()],
+        );
+        assert!(status.success(), "seed {seed}: {report}\n{stderr}");
+        assert_eq!(report["ok"], true, "seed {seed}: {report}");
+        assert_eq!(report["events"], 6_000, "seed {seed}");
+        assert_eq!(report["snapshot_equal"], true, "seed {seed}");
+        assert_eq!(report["unfinished"], Value::Null, "seed {seed}");
+    }
+}
+
+/// A run that cannot finish in time stops what it started, says which stages were not done,
+/// keeps its work dir and exits 1 (it used to wait for ever).
+#[test]
+fn a_run_past_its_deadline_reports_what_was_not_done_and_fails() {
+    let work = tempfile::tempdir().unwrap();
+    let (status, report, stderr) = chaos(
+        work.path(),
+        &["--kills", "20", "--seed", "3", "--deadline", "1s"],
+    );
+    assert_eq!(status.code(), Some(1), "{report}\n{stderr}");
+    assert_eq!(report["ok"], false);
+    let unfinished = &report["unfinished"];
+    assert!(
+        unfinished["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within the deadline of 1s"),
+        "{unfinished}"
+    );
+    assert!(unfinished["stages_not_done"].is_array(), "{unfinished}");
+    assert!(stderr.contains("did not finish within the deadline"), "{stderr}");
+    // The work dir (data and logs) is kept for a look.
+    let kept: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert_eq!(kept.len(), 1);
+    // Nothing it started is left running.
+    let data = kept[0].as_ref().unwrap().path().join("data");
+    assert!(
+        clickpulse_connectors::embedded::EmbeddedStore::open(&data, &[]).is_ok(),
+        "the data dir is free (no process holds it) and readable"
+    );
+}
