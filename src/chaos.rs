@@ -558,7 +558,15 @@ fn distributed(
         redis_cluster: false,
     };
     let mut cluster = Cluster::start(tools, &spec)?;
-    let result = drive(args, reference, &mut cluster, &mut rng, mean, speed, deadline);
+    let result = drive(
+        args,
+        reference,
+        &mut cluster,
+        &mut rng,
+        mean,
+        speed,
+        deadline,
+    );
     if result.is_err()
         || result
             .as_ref()
@@ -620,8 +628,8 @@ fn drive(
         warn!(%error, "The distributed pipeline did not reach the backtest's result.");
     }
     let stats = cluster.stats().unwrap_or_default();
-    let out_of_time = (finished.is_err() && deadline.passed())
-        .then(|| unfinished(args.deadline, Some(&stats)));
+    let out_of_time =
+        (finished.is_err() && deadline.passed()).then(|| unfinished(args.deadline, Some(&stats)));
     let [replayed, enriched, detected, aggregated] = Cluster::stage_events(&stats);
     let downstream = [enriched, detected, aggregated]
         .iter()

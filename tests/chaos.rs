@@ -145,7 +145,14 @@ fn a_sweep_of_twelve_seeds_on_a_log_slice_each_match_the_backtest() {
         let seed = seed.to_string();
         let (status, report, stderr) = chaos(
             &runs,
-            &["--kills", "6", "--seed", &seed, "--log", log.to_str().unwrap()],
+            &[
+                "--kills",
+                "6",
+                "--seed",
+                &seed,
+                "--log",
+                log.to_str().unwrap(),
+            ],
         );
         assert!(status.success(), "seed {seed}: {report}\n{stderr}");
         assert_eq!(report["ok"], true, "seed {seed}: {report}");
@@ -175,7 +182,10 @@ fn a_run_past_its_deadline_reports_what_was_not_done_and_fails() {
         "{unfinished}"
     );
     assert!(unfinished["stages_not_done"].is_array(), "{unfinished}");
-    assert!(stderr.contains("did not finish within the deadline"), "{stderr}");
+    assert!(
+        stderr.contains("did not finish within the deadline"),
+        "{stderr}"
+    );
     // The work dir (data and logs) is kept for a look.
     let kept: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
     assert_eq!(kept.len(), 1);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -13,30 +13,17 @@ fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
     let dir = tmp.path().to_str().unwrap();
     let mut demo = Demo::start(dir, &["--speed", "max", "--batch-size", "50"]);
     let port = demo.port;
-    wait_for(
-        Duration::from_secs(60),
-        "the replay to be under way",
-        || {
-            let s = get_json(port, "/api/stats")?;
-            (s["stages"]["enrich"]["events"].as_u64()? > 1_000).then_some(())
-        },
-    );
-    let pid = demo.child.id().to_string();
+    wait_until("the replay to be under way", || {
+        let s = get_json(port, "/api/stats")?;
+        (s["stages"]["enrich"]["events"].as_u64()? > 1_000).then_some(())
+    });
     let signalled = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = demo.child.wait().unwrap();
+    sigterm(&demo.child);
+    // Without `--exit-when-done` the demo never ends by itself: exiting at all is SIGTERM's
+    // doing. How fast is not asserted (a busy machine may take its time draining).
+    let status = wait_exit(&mut demo.child, "the demo to exit after SIGTERM");
     println!("SIGTERM to exit: {:?}", signalled.elapsed());
     assert!(status.success(), "exit 0 after SIGTERM, got {status}");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "shutdown is bounded"
-    );
     // Whatever was committed is consistent: a restart finishes the log exactly.
     demo_to_end(dir, &[]);
     let s = run_json(&["status", "--data-dir", dir]);

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::Value;
 
@@ -31,15 +29,11 @@ fn snapshot_at_speed_3600_equals_the_backtest_at_the_same_watermark() {
     let demo = Demo::start(dir, &["--speed", "3600", "--idle-timeout-ms", "60000"]);
     let port = demo.port;
     // Let a few hours of event time pass, then take the live snapshot.
-    let snapshot: Value = wait_for(
-        Duration::from_secs(60),
-        "six hours of event time on the dashboard",
-        || {
-            let s = get_json(port, "/api/dashboard")?;
-            let now = s["now_ms"].as_i64()?;
-            (now > 1_330_588_819_000 + 6 * 3_600_000).then_some(s)
-        },
-    );
+    let snapshot: Value = wait_until("six hours of event time on the dashboard", || {
+        let s = get_json(port, "/api/dashboard")?;
+        let now = s["now_ms"].as_i64()?;
+        (now > 1_330_588_819_000 + 6 * 3_600_000).then_some(s)
+    });
     drop(demo);
     let now = snapshot["now_ms"].as_i64().unwrap();
     let backtest = run_json(&["backtest", "--json", "--until", &now.to_string()]);

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clickpulse_server::limits::{BODY_DEADLINE, HEADER_READ_TIMEOUT};
 use common::*;
 use serde_json::Value;
 
@@ -38,15 +39,28 @@ fn parse(raw: &[u8], elapsed: Duration) -> Answer {
     }
 }
 
+/// Whether a read error is the read timeout running out (rather than the connection failing).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads until the server closes the connection (or resets it).
 fn read_all(stream: &mut TcpStream) -> Vec<u8> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return got,
+            Ok(0) => return got,
+            Err(e) if timed_out(&e) => panic!(
+                "hang guard: the server neither answered nor closed within {HANG_GUARD:?} \
+                 (so far: {:?})",
+                String::from_utf8_lossy(&got)
+            ),
+            Err(_) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
@@ -130,8 +144,8 @@ fn hostile_requests_get_clear_json_errors_and_bounded_reads() {
     let port = demo.port;
     const HUGE: usize = 64 * 1024 * 1024;
 
-    // Oversized bodies: 413 at once; the server stops reading (the client cannot push its
-    // 64 MiB: what it wrote fits in the kernel's socket buffers).
+    // Oversized bodies: 413 without reading them; the server stops reading (the client cannot
+    // push its 64 MiB: what it wrote fits in the kernel's socket buffers).
     for chunked in [false, true] {
         let head = if chunked {
             "POST /collect HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
@@ -146,11 +160,7 @@ fn hostile_requests_get_clear_json_errors_and_bounded_reads() {
             sent / 1024
         );
         assert_json_error(&answer, 413, "body over 262144 bytes (the limit)");
-        assert!(
-            answer.elapsed < Duration::from_secs(5),
-            "{:?}",
-            answer.elapsed
-        );
+        // The answer came before the body: the client could not write half of it.
         assert!(sent < HUGE / 2, "the server read {sent} bytes");
     }
     // The other routes' limit (64 KiB), with a valid admin token.
@@ -262,12 +272,12 @@ fn slow_and_idle_clients_are_dropped_while_others_are_served() {
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) if timed_out(&e) => {}
                 Err(_) => break,
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "never dropped");
+            if started.elapsed() > HANG_GUARD {
+                panic!("hang guard: the slowloris connection is still open after {HANG_GUARD:?}");
+            }
         }
         started.elapsed()
     });
@@ -288,15 +298,12 @@ fn slow_and_idle_clients_are_dropped_while_others_are_served() {
             match stream.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) if timed_out(&e) => {}
                 Err(_) => break,
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "never answered"
-            );
+            if started.elapsed() > HANG_GUARD {
+                panic!("hang guard: the slow body is still unanswered after {HANG_GUARD:?}");
+            }
         }
         parse(&got, started.elapsed())
     });
@@ -305,43 +312,36 @@ fn slow_and_idle_clients_are_dropped_while_others_are_served() {
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
 
-    // Meanwhile others are served normally.
+    // Meanwhile others are served. (How fast is not asserted: a busy machine may take its time.
+    // That they are answered while a slow client is held is asserted on tokio's paused clock by
+    // the tests of `crates/server/src/limits.rs`; against this binary's fixed 10 s limits it
+    // would be a bet on the machine's speed.)
     for _ in 0..5 {
-        let started = Instant::now();
         assert!(health_ok(port));
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Dropped, and never before the limits: the server's timers start once it has the
+    // connection (or, for the body, the request head), after the client's clock did.
     let dropped = slowloris.join().unwrap();
     println!("slowloris headers dropped after {dropped:?}");
-    assert!(
-        dropped >= Duration::from_secs(9) && dropped < Duration::from_secs(20),
-        "{dropped:?}"
-    );
+    assert!(dropped >= HEADER_READ_TIMEOUT, "{dropped:?}");
     let answer = slow_body.join().unwrap();
     println!("slow body: {} after {:?}", answer.status, answer.elapsed);
     assert_json_error(&answer, 408, "body deadline");
-    assert!(
-        answer.elapsed < Duration::from_secs(20),
-        "{:?}",
-        answer.elapsed
-    );
+    assert!(answer.elapsed >= BODY_DEADLINE, "{:?}", answer.elapsed);
 
     // The idle connections were closed by the header timeout as well.
     for mut stream in idle {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
+        stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
         let mut buf = [0u8; 16];
-        assert!(
-            matches!(stream.read(&mut buf), Ok(0) | Err(_)),
-            "an idle connection is closed"
-        );
+        match stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("an idle connection got {n} bytes"),
+            Err(e) if timed_out(&e) => {
+                panic!("hang guard: an idle connection is still open after {HANG_GUARD:?}")
+            }
+            Err(_) => {} // reset: closed too
+        }
     }
     assert!(health_ok(port));
 }
@@ -371,9 +371,7 @@ fn tokens_and_secrets_never_reach_the_log() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(60), "the demo to serve HTTP", || {
-        get_json(port, "/api/health")
-    });
+    wait_until("the demo to serve HTTP", || get_json(port, "/api/health"));
     let admin = std::fs::read_to_string(tmp.path().join("admin-token")).unwrap();
     let secret = std::fs::read_to_string(tmp.path().join("offer-secret")).unwrap();
     let identity = {
@@ -406,17 +404,24 @@ fn tokens_and_secrets_never_reach_the_log() {
     };
     assert_eq!(put(&admin, "not toml = = =").status, 400);
     assert_eq!(put(&format!("{admin}x"), "").status, 401);
+    let offers = subscribe(port, &visitor, &token);
     let click = format!(r#"{{"visitor":"{visitor}","url":"http://x/{token}"}}"#);
     assert_eq!(post(port, "/collect", click.as_bytes()).status, 202);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
+    // The barrier (rather than a pause): the same visitor then earns an offer, as a 30-year-old
+    // woman viewing clothing, shoes, other clothing. A visitor's views go through the stages in
+    // order, so once the offer is on her stream the click carrying her token has been through
+    // the collector, enrichment, detection and the web stage, whatever they logged about it.
+    for product in ["VD55177927", "VD55179433", "VD55156528"] {
+        let view = format!(
+            r#"{{"visitor":"{visitor}","url":"http://127.0.0.1:{port}/shop/product/{product}","gender":"F","age":30}}"#
+        );
+        assert_eq!(post(port, "/collect", view.as_bytes()).status, 202);
+    }
+    let offer = next_offer(&offers, "the visitor's offer (the barrier)");
+    assert_eq!(offer["visitor"], visitor.as_str());
+    drop(offers);
+    sigterm(&child);
+    assert!(wait_exit(&mut child, "the demo to exit after SIGTERM").success());
 
     let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(text.contains("Serving HTTP."), "the log was captured");

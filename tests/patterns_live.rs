@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::Value;
 
@@ -31,6 +29,16 @@ fn offers_seen(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// Offers the web stage has taken from `special-offers` (duplicates included).
+fn offers_delivered(port: u16) -> u64 {
+    get_json(port, "/api/stats")
+        .and_then(|s| {
+            let web = &s["stages"]["web"]["details"];
+            Some(web["delivered"].as_u64()? + web["duplicates"].as_u64()?)
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn patterns_hot_reload_through_the_api_and_the_directory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -38,43 +46,50 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
     let patterns = tmp.path().join("patterns");
     std::fs::create_dir_all(&patterns).unwrap();
     std::fs::write(patterns.join("any-shoes.toml"), pattern("offer-a")).unwrap();
-    // One shoes view every 10 s of event time, replayed at 5x: one every 2 s.
+    // The replay has just one home page view: the shoes views come through the collector, each
+    // sent once the version it must meet is known to be active, so no reload races a view.
     let log = tmp.path().join("views.jsonl");
-    let lines: String = SHOES
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "{{\"ts_ms\":{},\"visitor\":\"v{i}\",\"url\":\"http://www.acme.com/SH55126545/{p}\"}}\n",
-                1_330_588_819_000i64 + i as i64 * 10_000
-            )
-        })
-        .collect();
-    std::fs::write(&log, lines).unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut demo = spawn(&[
-        "demo",
-        "--original-time",
-        "--data-dir",
+    std::fs::write(
+        &log,
+        "{\"ts_ms\":1330588819000,\"visitor\":\"warm-up\",\"url\":\"http://www.acme.com/\"}\n",
+    )
+    .unwrap();
+    let mut demo = Demo::start(
         data.to_str().unwrap(),
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--log",
-        log.to_str().unwrap(),
-        "--speed",
-        "5",
-        "--listen",
-        &listen,
-        "--admin-token",
-        "test-token",
-        "--exit-when-done",
-    ]);
+        &[
+            "--patterns",
+            patterns.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--speed",
+            "max",
+            "--admin-token",
+            "test-token",
+        ],
+    );
+    let port = demo.port;
+    demo.wait_replay_done();
+    // One visitor viewing one pair of shoes after another: one offer per view, all in one
+    // partition of `special-offers`, in the order of the views.
+    let mut shoes = SHOES.iter();
+    let mut view = || {
+        let product = shoes.next().expect("a pair of shoes left");
+        let click =
+            format!(r#"{{"visitor":"shopper","url":"http://www.acme.com/SH55126545/{product}"}}"#);
+        let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+            .send(click.as_str())
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 202);
+    };
+    let offers_reach = |n: u64, what: &str| {
+        wait_until(what, || (offers_seen(port) >= n).then_some(()));
+    };
 
-    // The first offer comes from version a; then switch to b through the API.
-    wait_for(Duration::from_secs(30), "the first offer", || {
-        (offers_seen(port) >= 1).then_some(())
-    });
+    // Two offers from version a; then switch to b through the API.
+    view();
+    view();
+    offers_reach(2, "two offers of version a");
     let put = |body: &str, token: &str| {
         ureq::put(&format!("http://127.0.0.1:{port}/api/patterns/any-shoes"))
             .header("authorization", &format!("Bearer {token}"))
@@ -91,41 +106,43 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
         "test-token",
     );
     assert_eq!(invalid.status(), 400, "an invalid pattern is rejected");
+    view();
+    view();
+    offers_reach(4, "two offers of version b");
 
-    // Then to c by editing the file; an invalid edit in between is reported and ignored.
-    wait_for(Duration::from_secs(30), "an offer of version b", || {
-        (offers_seen(port) >= 2).then_some(())
-    });
+    // Then to c by editing the file; an invalid edit in between is reported and ignored: b
+    // keeps running.
     std::fs::write(
         patterns.join("any-shoes.toml"),
         "name = \"any-shoes\"\n[offer\n",
     )
     .unwrap();
-    let error = wait_for(
-        Duration::from_secs(10),
-        "the watcher to report the broken file",
-        || {
-            get_json(port, "/api/patterns")
-                .and_then(|p| p["last_error"].as_str().map(str::to_owned))
-        },
-    );
+    let error = wait_until("the watcher to report the broken file", || {
+        get_json(port, "/api/patterns").and_then(|p| p["last_error"].as_str().map(str::to_owned))
+    });
     assert!(error.contains("any-shoes.toml:2"), "{error}");
+    view();
+    offers_reach(5, "an offer of version b despite the broken file");
     std::fs::write(patterns.join("any-shoes.toml"), pattern("offer-c")).unwrap();
-    wait_for(
-        Duration::from_secs(10),
-        "the watcher to load version c",
-        || {
-            get_json(port, "/api/patterns")
-                .filter(|p| p["last_error"].is_null())
-                .and_then(|p| {
-                    (p["patterns"][0]["explanation"]
-                        .as_str()?
-                        .contains("offer-c"))
-                    .then_some(())
-                })
-        },
-    );
-    assert!(demo.wait().unwrap().success());
+    wait_until("the watcher to load version c", || {
+        get_json(port, "/api/patterns")
+            .filter(|p| p["last_error"].is_null())
+            .and_then(|p| {
+                (p["patterns"][0]["explanation"]
+                    .as_str()?
+                    .contains("offer-c"))
+                .then_some(())
+            })
+    });
+    view();
+    view();
+    offers_reach(7, "two offers of version c");
+    // Every offer in the topic (the web stage has read them all), then a clean stop.
+    wait_until("the web stage to take every offer", || {
+        (offers_delivered(port) >= SHOES.len() as u64).then_some(())
+    });
+    sigterm(&demo.child);
+    assert!(wait_exit(&mut demo.child, "the demo to exit after SIGTERM").success());
 
     let dump = run_ok(&[
         "topics",
@@ -134,24 +151,22 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    let mut offers: Vec<Value> = String::from_utf8(dump.stdout)
+    let offers: Vec<Value> = String::from_utf8(dump.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    offers.sort_by_key(|o| o["ts_ms"].as_i64());
-    assert_eq!(
-        offers.len(),
-        SHOES.len(),
-        "one offer per shoes view: {offers:?}"
-    );
     let names: Vec<&str> = offers
         .iter()
         .map(|o| o["offer"].as_str().unwrap())
         .collect();
-    assert_eq!(names.first(), Some(&"offer-a"));
-    assert_eq!(names.last(), Some(&"offer-c"), "{names:?}");
-    assert!(names.contains(&"offer-b"), "{names:?}");
+    assert_eq!(
+        names,
+        [
+            "offer-a", "offer-a", "offer-b", "offer-b", "offer-b", "offer-c", "offer-c"
+        ],
+        "one offer per shoes view, from the version active when it was sent: {offers:?}"
+    );
     // Versions change exactly when the offer does, and never go back.
     let mut order = vec![];
     for o in &offers {

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::{Value, json};
@@ -30,25 +28,6 @@ fn post(port: u16, path: &str, body: &str) -> (u16, Value, Option<String>) {
     )
 }
 
-/// Opens a visitor's offer stream; offers arrive on the returned channel.
-fn subscribe(port: u16, visitor: &str, token: &str) -> mpsc::Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    let url = format!("http://127.0.0.1:{port}/api/offers/stream?visitor={visitor}&token={token}");
-    let response = ureq::get(&url).call().unwrap();
-    std::thread::spawn(move || {
-        let reader = BufReader::new(response.into_body().into_reader());
-        for line in reader.lines() {
-            let Ok(line) = line else { return };
-            if let Some(data) = line.strip_prefix("data: ")
-                && tx.send(serde_json::from_str(data).unwrap()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 fn identity(port: u16) -> (String, String) {
     let (status, body, _) = post(port, "/api/identity", "");
     assert_eq!(status, 200);
@@ -69,6 +48,10 @@ fn target_visitor_gets_the_offer_others_do_not() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = Demo::start(tmp.path().to_str().unwrap(), &["--speed", "max"]);
     let port = demo.port;
+    // Collected clicks are stamped with the pipeline's event-time clock, which follows the
+    // replay while it runs (by leaps at max speed): the views below must be as far apart in
+    // event time as they are in wall time, however slow the machine.
+    demo.wait_replay_done();
 
     let (ann, ann_token) = identity(port);
     let (bob, bob_token) = identity(port);
@@ -81,9 +64,7 @@ fn target_visitor_gets_the_offer_others_do_not() {
     view(port, &ann, "VD55179433", "F", 30);
     let clicked = Instant::now();
     view(port, &ann, "VD55156528", "F", 30);
-    let offer = ann_offers
-        .recv_timeout(Duration::from_secs(10))
-        .expect("ann's offer");
+    let offer = next_offer(&ann_offers, "offer for ann");
     println!(
         "click -> offer on the visitor's stream: {:?}",
         clicked.elapsed()
@@ -93,22 +74,49 @@ fn target_visitor_gets_the_offer_others_do_not() {
     assert_eq!(offer["offer"], "offer2");
     assert_eq!(offer["image_url"], "/images/offers/offer2.png");
 
-    // A 20-year-old man doing the same gets nothing, and never sees ann's offer.
+    // A 20-year-old man doing the same gets nothing, and never sees ann's offer. The barrier:
+    // he then does it again as a 30-year-old woman (the audience is judged on a match's first
+    // view), which earns offer2. A visitor's offers reach his stream in the order of his views,
+    // and ann's came before, so anything his first three views earned (offer1: he was a man)
+    // or ann's offer leaking to his stream would arrive first.
     view(port, &bob, "VD55177927", "M", 20);
     view(port, &bob, "VD55179433", "M", 20);
     view(port, &bob, "VD55156528", "M", 20);
-    assert!(
-        bob_offers.recv_timeout(Duration::from_secs(2)).is_err(),
-        "bob is not in the audience"
+    view(port, &bob, "VD55177927", "F", 30);
+    view(port, &bob, "VD55179433", "F", 30);
+    view(port, &bob, "VD55156528", "F", 30);
+    let first = next_offer(&bob_offers, "offer for bob as a 30-year-old woman");
+    assert_eq!(
+        (first["visitor"].as_str(), first["offer"].as_str()),
+        (Some(bob.as_str()), Some("offer2")),
+        "bob's first offer is the one of his views as a 30-year-old woman: \
+         as a 20-year-old man he is not in the audience ({first})"
     );
+    assert_eq!(first["pattern"], "seed-clothes-shoes-clothes");
+    assert_ne!(first["offer_id"], offer["offer_id"]);
 
-    // A late subscriber still gets the offer of the last minute, once.
+    // A late subscriber still gets the offer of the last minute, once. The barrier: ann goes on
+    // to two more pairs of shoes, completing the 5-step pattern (clothing, shoes, other
+    // clothing, shoes, shoes); that new offer must be the next one on the late stream, and on
+    // her first stream too.
     let late = subscribe(port, &ann, &ann_token);
     assert_eq!(
-        late.recv_timeout(Duration::from_secs(5)).unwrap()["offer_id"],
+        next_offer(&late, "recent offer for a late subscriber")["offer_id"],
         offer["offer_id"]
     );
-    assert!(late.recv_timeout(Duration::from_millis(500)).is_err());
+    view(port, &ann, "VD55147564", "F", 30);
+    view(port, &ann, "VD55134536", "F", 30);
+    let five = next_offer(&late, "5-step offer on the late stream");
+    assert_eq!(
+        five["pattern"], "seed-5-step",
+        "the late stream's next offer is the new one, not the recent one again: {five}"
+    );
+    assert_ne!(five["offer_id"], offer["offer_id"]);
+    assert_eq!(
+        next_offer(&ann_offers, "5-step offer on ann's first stream")["offer_id"],
+        five["offer_id"],
+        "ann's first stream got nothing in between"
+    );
 
     // Nobody reads ann's offers without her token.
     let forged = ureq::get(&format!(
@@ -207,16 +215,13 @@ fn a_bad_click_in_a_batch_is_dead_lettered_and_its_neighbours_are_kept() {
             .starts_with("click 0: missing field `url`")
     );
     let port = demo.port;
-    wait_for(Duration::from_secs(10), "the dead-letter counter", || {
+    wait_until("the dead-letter counter", || {
         let stats = get_json(port, "/api/stats")?;
         (stats["stages"]["collector"]["dead_letters"].as_u64()? == 3).then_some(())
     });
     // SIGTERM, then read the topics from the data dir.
-    std::process::Command::new("kill")
-        .args(["-TERM", &demo.child.id().to_string()])
-        .status()
-        .unwrap();
-    demo.child.wait().unwrap();
+    sigterm(&demo.child);
+    wait_exit(&mut demo.child, "the demo to exit after SIGTERM");
     let out = run_ok(&["topics", "dump", "dead-letters", "--data-dir", dir]);
     let letters: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()

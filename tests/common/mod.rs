@@ -2,8 +2,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -58,9 +60,36 @@ pub fn spawn(args: &[&str]) -> Child {
         .expect("spawn clickpulse")
 }
 
-/// Polls `check` every few milliseconds until it returns `Some`, or panics after `timeout`.
+/// How long a test waits for something that must happen before it gives up. Only a guard
+/// against a test hanging forever on a broken build, never a measure of speed: a slow or busy
+/// machine must not fail a test, so minutes. (Tests assert order and causes, not durations.)
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// Polls `check` every few milliseconds until it returns `Some`; panics only after the
+/// [`HANG_GUARD`].
+pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for(HANG_GUARD, what, check)
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`. `timeout` is a hang guard only:
+/// it is raised to at least [`HANG_GUARD`], and running out of it panics as one.
 pub fn wait_for<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
-    clickpulse_chaos::poll(timeout, what, check).unwrap_or_else(|e| panic!("{e}"))
+    clickpulse_chaos::poll(timeout.max(HANG_GUARD), what, check)
+        .unwrap_or_else(|e| panic!("hang guard: {e}"))
+}
+
+/// Waits for `child` to exit (up to the [`HANG_GUARD`]) and returns how it exited.
+pub fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
+    wait_until(what, || child.try_wait().expect("poll the child process"))
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {}: {sent}", child.id());
 }
 
 /// The arguments that run `clickpulse demo` on data dir `dir` as fast as possible until every
@@ -117,10 +146,19 @@ impl Demo {
         args.extend_from_slice(extra);
         let child = spawn(&args);
         let demo = Demo { port, child };
-        wait_for(Duration::from_secs(60), "the demo to serve HTTP", || {
-            get_json(port, "/api/health")
-        });
+        wait_until("the demo to serve HTTP", || get_json(port, "/api/health"));
         demo
+    }
+
+    /// Waits until the replay has reached the end of its log. From then on the event-time
+    /// clock that stamps collected clicks runs at its own pace instead of following (at max
+    /// speed: leaping with) every replayed batch.
+    pub fn wait_replay_done(&self) {
+        let port = self.port;
+        wait_until("the replay to reach the end of its log", || {
+            let stats = get_json(port, "/api/stats")?;
+            stats["stages"]["replay"]["done"].as_bool()?.then_some(())
+        });
     }
 
     /// `GET path` as JSON.
@@ -138,13 +176,41 @@ impl Drop for Demo {
 
 /// The first `n` rows of the bundled log, as a file in `dir`.
 pub fn log_slice(dir: &Path, n: usize) -> PathBuf {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let zst = zstd::Decoder::new(std::fs::File::open(data("omniture/Omniture.1.tsv.zst")).unwrap())
         .unwrap();
     let path = dir.join("slice.tsv");
     let mut out = std::fs::File::create(&path).unwrap();
-    for line in std::io::BufReader::new(zst).lines().take(n) {
+    for line in BufReader::new(zst).lines().take(n) {
         writeln!(out, "{}", line.unwrap()).unwrap();
     }
     path
+}
+
+/// Opens a visitor's offer stream; offers arrive on the returned channel. Returns once the
+/// response head is in, which the server sends after subscribing the stream: no offer delivered
+/// from then on is missed.
+pub fn subscribe(port: u16, visitor: &str, token: &str) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    let url = format!("http://127.0.0.1:{port}/api/offers/stream?visitor={visitor}&token={token}");
+    let response = ureq::get(&url).call().unwrap();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data: ")
+                && tx.send(serde_json::from_str(data).unwrap()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next offer on `offers` (waiting up to the [`HANG_GUARD`]).
+pub fn next_offer(offers: &mpsc::Receiver<Value>, what: &str) -> Value {
+    offers
+        .recv_timeout(HANG_GUARD)
+        .unwrap_or_else(|_| panic!("hang guard: no {what} after {HANG_GUARD:?}"))
 }

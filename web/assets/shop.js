@@ -8,7 +8,8 @@
  *     offer_id (ids kept in localStorage `clickpulse.seenOffers`, last 50).
  *
  * Test hooks: toast [data-testid=view-sent] on 202, body[data-views-sent] counts them;
- * window.__lastOfferAt is the time the newest offer popup was displayed.
+ * window.__lastOfferAt is the time the newest offer popup was displayed; body[data-offers-received]
+ * counts the offers this page received (shown, or dropped as already seen).
  */
 (function () {
   "use strict";
@@ -541,6 +542,8 @@
   function receiveOffer(offer) {
     if (!offer || typeof offer.offer_id !== "string" || offer.offer_id === "") return;
     if (state.identity && offer.visitor && offer.visitor !== state.identity.visitor) return;
+    // Test hook: offers received on this page, shown or not (a barrier for "not shown again").
+    document.body.dataset.offersReceived = String(Number(document.body.dataset.offersReceived || 0) + 1);
     if (readSeen().includes(offer.offer_id)) return;
     if (state.offerQueue.some((o) => o.offer_id === offer.offer_id)) return;
     if (state.pendingOffers.has(offer.offer_id)) return;

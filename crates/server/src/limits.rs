@@ -248,6 +248,12 @@ pub async fn serve_with(
 
 #[cfg(test)]
 mod tests {
+    //! The time limits run on tokio's paused clock (`start_paused`): hyper's header timer
+    //! ([`TokioTimer`]), tower-http's body deadline and the shutdown grace all sleep on tokio
+    //! time, which then stands still while any task can run or any socket has news, and jumps to
+    //! the next timer once everything is idle. So the times measured here (tokio's [`Instant`])
+    //! are the limits themselves, however slow or busy the machine; nothing is wall time.
+
     use super::*;
     use crate::AppState;
     use crate::collector::{ClickSink, Collector, SinkFull};
@@ -255,10 +261,30 @@ mod tests {
     use clickpulse_engine::metrics::PipelineMetrics;
     use clickpulse_engine::replay::EventClock;
     use http_body_util::BodyExt;
-    use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
+    use tokio::time::Instant;
+
+    /// How long (paused time) a wait for something that must happen may last before the test
+    /// gives up: only a guard against hanging forever on a broken server, never a measure.
+    const HANG_GUARD: Duration = Duration::from_secs(600);
+    /// Paused time between a limit's timer firing and the client seeing its effect: the clients
+    /// below look every 100 ms, so a few such steps at most.
+    const SLACK: Duration = Duration::from_millis(500);
+
+    /// Panics (naming `what`) once `started` is [`HANG_GUARD`] ago.
+    fn hang_guard(started: Instant, what: &str) {
+        if started.elapsed() > HANG_GUARD {
+            panic!("hang guard: still waiting for {what} after {HANG_GUARD:?} of paused time");
+        }
+    }
+
+    /// Returns once every task is idle: paused time advances only then, so the server has done
+    /// all it can with what was sent so far (accepted connections, read bytes).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
     /// Takes every batch at once.
     struct Instant202;
@@ -315,8 +341,8 @@ mod tests {
         (addr, stop)
     }
 
-    /// Sends `request` and reads until the server closes or `within` passes; returns what came
-    /// back and when the connection closed (`None`: still open).
+    /// Sends `request` and reads until the server closes or `within` (paused time) passes;
+    /// returns what came back and when the connection closed (`None`: still open).
     async fn exchange(
         addr: SocketAddr,
         request: &[u8],
@@ -328,7 +354,7 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         let closed = loop {
-            match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            match tokio::time::timeout_at(started + within, stream.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
                 Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
                 Err(_) => break None,
@@ -341,15 +367,16 @@ mod tests {
         let (text, _) = exchange(
             addr,
             b"GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-            Duration::from_secs(5),
+            HANG_GUARD,
         )
         .await;
         text.starts_with("HTTP/1.1 200") && text.contains(r#"{"status":"ok"}"#)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn slowloris_headers_are_dropped_while_others_are_served() {
-        let (addr, _stop) = start(short()).await;
+        let limits = short();
+        let (addr, _stop) = start(limits.clone()).await;
         let slow = tokio::spawn(async move {
             let started = Instant::now();
             let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -367,39 +394,56 @@ mod tests {
                 {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(10), "never dropped");
+                hang_guard(started, "the slowloris connection to be dropped");
             }
             started.elapsed()
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(health_ok(addr).await, "others are served meanwhile");
-        let dropped_after = slow.await.unwrap();
         assert!(
-            dropped_after >= Duration::from_millis(700) && dropped_after < Duration::from_secs(3),
-            "dropped after {dropped_after:?}"
+            !slow.is_finished(),
+            "the health check was answered only after the slow client was dropped"
+        );
+        let dropped_after = slow.await.unwrap();
+        // The header timer starts once the connection is made, so never earlier; and paused time
+        // jumps to it as soon as everything is idle, so not later than a few 100 ms steps after.
+        assert!(
+            dropped_after >= limits.header_read_timeout
+                && dropped_after < limits.header_read_timeout + SLACK,
+            "dropped after {dropped_after:?} of paused time"
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn idle_keep_alive_connections_are_closed() {
-        let (addr, _stop) = start(short()).await;
+        let limits = short();
+        let (addr, _stop) = start(limits.clone()).await;
         let (text, closed) = exchange(
             addr,
             b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n",
-            Duration::from_secs(5),
+            HANG_GUARD,
         )
         .await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        let closed = closed.expect("the idle connection is closed");
-        assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+        let closed = closed.expect("the idle connection is closed (hang guard)");
+        assert!(
+            closed >= limits.header_read_timeout && closed < limits.header_read_timeout + SLACK,
+            "closed after {closed:?} of paused time"
+        );
         // A connection that never sends anything is closed too.
-        let (text, closed) = exchange(addr, b"", Duration::from_secs(5)).await;
-        assert!(text.is_empty() && closed.is_some(), "{text} {closed:?}");
+        let (text, closed) = exchange(addr, b"", HANG_GUARD).await;
+        assert!(text.is_empty(), "{text}");
+        let closed = closed.expect("the silent connection is closed (hang guard)");
+        assert!(
+            closed >= limits.header_read_timeout && closed < limits.header_read_timeout + SLACK,
+            "closed after {closed:?} of paused time"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_slow_body_gets_408_after_the_deadline() {
-        let (addr, _stop) = start(short()).await;
+        let limits = short();
+        let (addr, _stop) = start(limits.clone()).await;
         let started = Instant::now();
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream
@@ -416,11 +460,9 @@ mod tests {
                 Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
                 Err(_) => {}
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "never answered"
-            );
+            hang_guard(started, "an answer to the slow body");
         }
+        let answered = started.elapsed();
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(
@@ -429,33 +471,37 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(started.elapsed() < Duration::from_secs(3));
+        // The deadline runs from the request head on, so never earlier.
+        assert!(
+            answered >= limits.body_deadline && answered < limits.body_deadline + SLACK,
+            "answered after {answered:?} of paused time"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         let limits = ServerLimits {
             max_connections: 2,
             ..short()
         };
-        let (addr, _stop) = start(limits).await;
-        // Two idle connections take both slots until the header timeout closes them.
+        let (addr, _stop) = start(limits.clone()).await;
+        let started = Instant::now();
+        // Two idle connections take both slots until the header timeout closes them. The listen
+        // backlog is first in, first out: they are accepted before the health check's.
         let idle: Vec<TcpStream> = vec![
             TcpStream::connect(addr).await.unwrap(),
             TcpStream::connect(addr).await.unwrap(),
         ];
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = Instant::now();
         assert!(health_ok(addr).await);
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
-            "served after {waited:?}"
+            waited >= limits.header_read_timeout && waited < limits.header_read_timeout + SLACK,
+            "served after {waited:?} of paused time"
         );
         drop(idle);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_in_flight_cap_get_503_with_retry_after() {
         let limits = ServerLimits {
             max_in_flight: 1,
@@ -463,19 +509,27 @@ mod tests {
             ..short()
         };
         let (addr, _stop) = start(limits).await;
-        // A request whose body never comes holds the only slot.
+        // A request whose body never comes holds the only slot once it reaches the handler; a
+        // request answered before that is served (200). Ask until one is refused.
         let mut holder = TcpStream::connect(addr).await.unwrap();
         holder
             .write_all(b"POST /collect HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (text, _) = exchange(
-            addr,
-            b"GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        )
-        .await;
+        let started = Instant::now();
+        let text = loop {
+            let (text, _) = exchange(
+                addr,
+                b"GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                HANG_GUARD,
+            )
+            .await;
+            if !text.starts_with("HTTP/1.1 200") {
+                break text;
+            }
+            hang_guard(started, "a request to be refused while the slot is held");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         assert!(text.starts_with("HTTP/1.1 503"), "{text}");
         assert!(
             text.to_ascii_lowercase().contains("retry-after: 1"),
@@ -488,13 +542,14 @@ mod tests {
         drop(holder);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn graceful_shutdown_is_bounded_with_open_connections() {
         let limits = ServerLimits {
             header_read_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_millis(300),
             ..short()
         };
+        let grace = limits.shutdown_grace;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -512,15 +567,22 @@ mod tests {
         });
         let mut half = TcpStream::connect(addr).await.unwrap();
         half.write_all(b"GET /api/he").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The server has accepted it and read what there is.
+        settle().await;
         let started = Instant::now();
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // The open connection (its head never completes, its header timeout is a minute) holds
+        // the shutdown for the whole grace period, and no longer.
+        let took = started.elapsed();
+        assert!(
+            took >= grace && took < grace + SLACK,
+            "shut down after {took:?} of paused time"
+        );
+        drop(half);
     }
 
-    async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value, Duration) {
-        let started = Instant::now();
+    async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
         let response = tower::ServiceExt::oneshot(crate::app(state()), request)
             .await
             .unwrap();
@@ -528,7 +590,7 @@ mod tests {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-        (status, body, started.elapsed())
+        (status, body)
     }
 
     fn post(uri: &str, body: Body) -> Request<Body> {
@@ -550,11 +612,11 @@ mod tests {
             .header(header::CONTENT_LENGTH, 10 * 1024 * 1024)
             .body(endless())
             .unwrap();
-        let (status, body, _) = call(request).await;
+        let (status, body) = call(request).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["error"], "body over 262144 bytes (the limit)");
         // No length (chunked), endless.
-        let (status, body, _) = call(post("/collect", endless())).await;
+        let (status, body) = call(post("/collect", endless())).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
         // Other routes read at most the 64 KiB default limit: an endless body still gets an
         // answer (here the missing token; `tests/hostile_http.rs` sends one and gets 413).
@@ -562,7 +624,7 @@ mod tests {
             .header(header::AUTHORIZATION, "Bearer nope")
             .body(endless())
             .unwrap();
-        let (status, body, _) = call(request).await;
+        let (status, body) = call(request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
 
@@ -582,7 +644,7 @@ mod tests {
                 .collect();
             format!("[{}]", items.join(","))
         };
-        let (status, body, _) = call(post("/collect", Body::from(batch(501, 0)))).await;
+        let (status, body) = call(post("/collect", Body::from(batch(501, 0)))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"], "501 clicks in one request; at most 500");
         // 500 clicks just under the size limit are taken; a little more is 413.
@@ -590,12 +652,12 @@ mod tests {
         let pad = (crate::collector::MAX_BODY_BYTES - one) / 500;
         let fits = batch(500, pad);
         assert!(fits.len() <= crate::collector::MAX_BODY_BYTES);
-        let (status, body, _) = call(post("/collect", Body::from(fits))).await;
+        let (status, body) = call(post("/collect", Body::from(fits))).await;
         assert_eq!(
             (status, body["accepted"].as_u64()),
             (StatusCode::ACCEPTED, Some(500))
         );
-        let (status, body, _) = call(post("/collect", Body::from(batch(500, pad + 1)))).await;
+        let (status, body) = call(post("/collect", Body::from(batch(500, pad + 1)))).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["error"], "body over 262144 bytes (the limit)");
     }
@@ -624,7 +686,7 @@ mod tests {
             (b"", "body is not JSON"),
         ];
         for (bytes, reason) in cases {
-            let (status, body, _) = call(post("/collect", Body::from(bytes.to_vec()))).await;
+            let (status, body) = call(post("/collect", Body::from(bytes.to_vec()))).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
             assert!(
                 body["error"].as_str().unwrap().starts_with(reason),
@@ -636,7 +698,7 @@ mod tests {
             let deep = format!("{}{}", open.repeat(100_000), close.repeat(100_000));
             let deep = deep.into_bytes();
             let truncated = deep[..deep.len().min(crate::collector::MAX_BODY_BYTES)].to_vec();
-            let (status, body, _) = call(post("/collect", Body::from(truncated))).await;
+            let (status, body) = call(post("/collect", Body::from(truncated))).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
             assert!(
                 body["error"]
@@ -650,16 +712,16 @@ mod tests {
 
     #[tokio::test]
     async fn every_router_error_is_json() {
-        let (status, body, _) =
+        let (status, body) =
             call(Request::get("/no/such/thing").body(Body::empty()).unwrap()).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (StatusCode::NOT_FOUND, Some("no such endpoint"))
         );
-        let (status, body, _) = call(Request::get("/collect").body(Body::empty()).unwrap()).await;
+        let (status, body) = call(Request::get("/collect").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"], "method not allowed");
-        let (status, body, _) = call(
+        let (status, body) = call(
             Request::get("/api/offers/stream?visitor=a")
                 .body(Body::empty())
                 .unwrap(),
@@ -673,7 +735,7 @@ mod tests {
                 .contains("missing field `token`"),
             "{body}"
         );
-        let (status, body, _) = call(
+        let (status, body) = call(
             Request::get("/assets/nothing.js")
                 .body(Body::empty())
                 .unwrap(),

@@ -1,0 +1,197 @@
+//! The default demo runs on the real clock, and restarts never lose the timeline: with a steady
+//! stream of live clicks and `kill -9` and clean restarts at seeded random moments, no live click
+//! is late and every accepted click is counted once in the windows; at another speed the clock
+//! resumes where it was, not behind.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clickpulse_chaos::get_json;
+use common::*;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A JSON-lines log whose views all fall twelve hours of the day away from now: the live replay
+/// neither warms up with them nor reaches them during the test, so the windows hold live clicks
+/// only.
+fn far_away_log(dir: &Path) -> std::path::PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day = now - now.rem_euclid(DAY_MS) - 30 * DAY_MS;
+    let at = day + (now + DAY_MS / 2).rem_euclid(DAY_MS);
+    let path = dir.join("far.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
+    for i in 0..20 {
+        writeln!(
+            out,
+            r#"{{"ts_ms":{},"visitor":"replayed-{i}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#,
+            at + i * 1_000
+        )
+        .unwrap();
+    }
+    path
+}
+
+fn start(dir: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "demo",
+        "--data-dir",
+        dir,
+        "--listen",
+        &listen,
+        "--log",
+        log.to_str().unwrap(),
+        "--idle-timeout-ms",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    let child = spawn(&args);
+    wait_until("the demo to serve HTTP", || get_json(port, "/api/health"));
+    child
+}
+
+/// Posts one live view; whether it was accepted (202).
+fn collect(port: u16, visitor: &str) -> bool {
+    ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(format!(
+            r#"{{"visitor":"{visitor}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#
+        ))
+        .is_ok_and(|r| r.status() == 202)
+}
+
+fn aggregate(port: u16) -> Option<Value> {
+    Some(get_json(port, "/api/stats")?["stages"]["aggregate"]["details"].clone())
+}
+
+fn clock(port: u16) -> i64 {
+    wait_until("the event clock", || {
+        get_json(port, "/api/stats")?["clock"]["now_ms"].as_i64()
+    })
+}
+
+#[test]
+fn kills_and_restarts_of_a_live_demo_lose_no_live_click_and_count_each_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = far_away_log(tmp.path());
+    let dir = tmp.path().join("data");
+    let dir = dir.to_str().unwrap();
+    let port = free_port();
+    let mut demo = start(dir, port, &log, &[]);
+
+    // A steady stream of live clicks, from a dozen visitors, through every restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                if collect(port, &format!("live-{}", i % 12)) {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(25);
+    let mut clean_restarts = 0;
+    for life in 0..6 {
+        // Each life lasts until a seeded number of further clicks were accepted (not a time).
+        let until = accepted.load(Ordering::SeqCst) + rng.random_range(20..200);
+        wait_until("live clicks to be accepted", || {
+            (accepted.load(Ordering::SeqCst) >= until).then_some(())
+        });
+        let before = clock(port);
+        if life % 3 == 2 {
+            sigterm(&demo);
+            clean_restarts += 1;
+        } else {
+            demo.kill().unwrap();
+        }
+        demo.wait().unwrap();
+        demo = start(dir, port, &log, &[]);
+        assert!(
+            clock(port) >= before,
+            "the clock went back across restart {life}"
+        );
+    }
+    let more = accepted.load(Ordering::SeqCst) + 50;
+    wait_until("live clicks after the last restart", || {
+        (accepted.load(Ordering::SeqCst) >= more).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert_eq!(clean_restarts, 2);
+
+    // Every accepted click reaches the windows once: counted, none late, none pending.
+    let stats = wait_until("the aggregate to apply every accepted click", || {
+        let a = aggregate(port)?;
+        (a["events"].as_u64()? >= accepted && a["pending"] == 0).then_some(a)
+    });
+    assert_eq!(stats["late_events"], 0, "{stats}");
+    assert_eq!(stats["events"].as_u64(), Some(accepted), "{stats}");
+    let dashboard = get_json(port, "/api/dashboard").unwrap();
+    let in_windows: u64 = dashboard["page_views_per_minute"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["views"].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_windows, accepted, "every accepted click is in a minute");
+    println!(
+        "{accepted} live clicks accepted across 4 kill -9 and 2 clean restarts: all counted once, 0 late"
+    );
+    // The dashboard's now is the clock's (the windows follow it), not an old event's.
+    let now = dashboard["now_ms"].as_i64().unwrap();
+    assert!(clock(port) - now < 10_000, "{now}");
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+}
+
+#[test]
+fn at_another_speed_a_restart_resumes_the_clock_where_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = far_away_log(tmp.path());
+    let dir = tmp.path().join("data");
+    let dir = dir.to_str().unwrap();
+    let port = free_port();
+    let mut demo = start(dir, port, &log, &["--speed", "600"]);
+    // Event time runs 600× the wall clock: ten minutes a second.
+    let first = clock(port);
+    wait_until("event time to run ahead", || {
+        (clock(port) > first + 3_600_000).then_some(())
+    });
+    let before_click = clock(port);
+    assert!(collect(port, "live-a"));
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let mut demo = start(dir, port, &log, &["--speed", "600"]);
+    assert!(
+        clock(port) >= before_click,
+        "the clock resumed behind the last click accepted before the kill"
+    );
+    assert!(collect(port, "live-a"));
+    let stats = wait_until("the aggregate to count both clicks", || {
+        let a = aggregate(port)?;
+        (a["events"].as_u64()? >= 2 && a["pending"] == 0).then_some(a)
+    });
+    assert_eq!(stats["late_events"], 0, "{stats}");
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+}
