@@ -135,7 +135,7 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
     let metrics = PipelineMetrics::default();
     let total = clicks.len() as u64;
     let wait = |stage: &str, n: u64| {
-        let started = Instant::now();
+        let guard = Instant::now() + Duration::from_secs(300);
         while metrics
             .stage(match stage {
                 "enrich" => "enrich",
@@ -144,9 +144,10 @@ fn live(clicks: &[Click], partitions: u32, batch_size: usize) -> Vec<Offer> {
             .events()
             < n
         {
+            // A hang guard only (minutes): never a measure of speed.
             assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{stage} stalled"
+                Instant::now() < guard,
+                "hang guard: {stage} stalled for 5 minutes"
             );
             thread::sleep(Duration::from_millis(1));
         }

@@ -444,8 +444,12 @@ pub fn run_replay(
     };
     clock.hold(next_ts(state.position));
     info!(position = state.position, events = plan.len(), %speed, aligned = state.aligned, overlay = options.overlay, "Replay started.");
-    let details = |s: &ReplayState, pacer: &Pacer| {
+    // How many times the replay started waiting for its consumers (backpressure).
+    let mut held_back: u64 = 0;
+    let mut waiting = false;
+    let details = |s: &ReplayState, pacer: &Pacer, held_back: u64| {
         json!({
+            "held_back": held_back,
             "position": s.position,
             "pass": if plan.is_empty() { 0 } else { s.position / plan.len() },
             "log_events": plan.len(),
@@ -456,17 +460,31 @@ pub fn run_replay(
             "overlay": options.overlay,
         })
     };
-    metrics.record(state.events, state.malformed, details(&state, &pacer));
+    metrics.record(
+        state.events,
+        state.malformed,
+        details(&state, &pacer, held_back),
+    );
     let ahead = REPLAY_AHEAD_BATCHES * config.batch_size as u64;
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
         if !config.replay_consumers.is_empty()
             && consumer_lag(store, topics::CLICK_DATA, &config.replay_consumers)? >= ahead
         {
+            if !waiting {
+                waiting = true;
+                held_back += 1;
+                metrics.record(
+                    state.events,
+                    state.malformed,
+                    details(&state, &pacer, held_back),
+                );
+            }
             // Woken by the consumers' commits (they append what they produce).
             store.wait_for_appends(generation, config.idle_wait);
             continue;
         }
+        waiting = false;
         let mut batch = CommitBatch::default();
         if !state.dead_letters_written {
             for letter in &input.malformed {
@@ -535,7 +553,11 @@ pub fn run_replay(
             _ => {}
         }
         clock.hold(next_ts(state.position));
-        metrics.record(state.events, state.malformed, details(&state, &pacer));
+        metrics.record(
+            state.events,
+            state.malformed,
+            details(&state, &pacer, held_back),
+        );
         if done {
             if !metrics.is_done() {
                 info!(
@@ -699,6 +721,19 @@ mod tests {
 
     use super::*;
 
+    /// Polls `done` until it holds. The limit only guards against a hang on a broken build
+    /// (minutes, never a measure of speed).
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let guard = Instant::now() + Duration::from_secs(300);
+        while !done() {
+            assert!(
+                Instant::now() < guard,
+                "hang guard: waited 5 minutes for {what}"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn click(i: i64) -> Click {
         Click::new(
             1_000 * i,
@@ -786,14 +821,9 @@ mod tests {
         let committed = |p| store.committed("counter", topics::CLICK_DATA, p).unwrap();
         thread::scope(|s| {
             s.spawn(|| run_operator(&store, counter, &stage, &shutdown, &config).unwrap());
-            let started = Instant::now();
-            while committed(0) + committed(1) < 100 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "never committed"
-                );
-                thread::sleep(Duration::from_millis(5));
-            }
+            wait_until("every offset to be committed", || {
+                committed(0) + committed(1) >= 100
+            });
             shutdown.store(true, Ordering::SeqCst);
         });
         assert_eq!(
@@ -843,19 +873,15 @@ mod tests {
                 let clock = EventClock::default();
                 run_replay(&store, &input, options, &clock, &replay, &shutdown, &config).unwrap()
             });
-            let settle = || {
-                let mut last = u64::MAX;
-                loop {
-                    thread::sleep(Duration::from_millis(50));
-                    let now = published(&store);
-                    if now == last {
-                        return now;
-                    }
-                    last = now;
-                }
+            // The replay says when it starts waiting for its consumers: the signal, not a pause.
+            let held_back = |n: u64| {
+                wait_until("the replay to wait for its consumers", || {
+                    replay.snapshot()["details"]["held_back"].as_u64() >= Some(n)
+                })
             };
             // Nobody consumes: four batches of three, then the replay waits.
-            assert_eq!(settle(), 12);
+            held_back(1);
+            assert_eq!(published(&store), 12);
             // "enrich" commits its position: the replay goes on to four batches past it.
             let offsets = (0..2)
                 .map(|p| OffsetCommit {
@@ -871,7 +897,8 @@ mod tests {
                     ..CommitBatch::default()
                 })
                 .unwrap();
-            assert_eq!(settle(), 24);
+            held_back(2);
+            assert_eq!(published(&store), 24);
             assert!(!replay.is_done());
             shutdown.store(true, Ordering::SeqCst);
         });
@@ -920,14 +947,7 @@ mod tests {
                 )
                 .unwrap()
             });
-            let started = Instant::now();
-            while enrich.events() < 10 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "pipeline did not finish"
-                );
-                thread::sleep(Duration::from_millis(5));
-            }
+            wait_until("the pipeline to finish", || enrich.events() >= 10);
             shutdown.store(true, Ordering::SeqCst);
         });
         assert!(replay.is_done());
