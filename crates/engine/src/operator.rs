@@ -113,6 +113,12 @@ pub trait Operator: Send {
         let _ = (topic, partition, pending);
     }
 
+    /// Called at the start of every poll, before the runner reads the inputs: the place to
+    /// sample what must be known before them (the aggregate's sources' frontier: anything
+    /// published before it is then in the batch, or shows as a backlog). No-op by default; the
+    /// embedded runner calls it (the distributed one has no frontier to sample).
+    fn on_poll(&mut self) {}
+
     /// Called after every batch and while idle, with the wall clock: the place for timers such
     /// as the idle-partition watermark fallback. No-op by default.
     fn on_tick(&mut self, wall: std::time::Instant, out: &mut Emitter) {

@@ -191,6 +191,7 @@ pub fn run_operator<O: Operator>(
     let mut deferred: Vec<OffsetCommit> = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
+        op.on_poll();
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
         for (topic, p, position) in positions.iter_mut() {

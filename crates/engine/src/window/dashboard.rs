@@ -743,6 +743,8 @@ pub struct AggregateOperator {
     dirty: bool,
     /// The sources' event-time frontier, in live mode (see [`AggregateOperator::with_frontier`]).
     frontier: Option<FrontierFn>,
+    /// The frontier as sampled before the inputs were read ([`Operator::on_poll`]).
+    sampled: Option<Frontier>,
 }
 
 /// Reads the sources' [`Frontier`] now (`None`: not known yet, e.g. before the replay
@@ -759,10 +761,11 @@ impl AggregateOperator {
             handle,
             dirty: false,
             frontier: None,
+            sampled: None,
         }
     }
 
-    /// Live mode: at every tick the stage asks `frontier` how far the sources' event time has
+    /// Live mode: at every poll the stage asks `frontier` how far the sources' event time has
     /// got, so the windows follow the clock while the stream is quiet and never pass an event a
     /// source has yet to publish. Without it (a replay of past time, a backtest) only the
     /// events move the watermark.
@@ -833,8 +836,15 @@ impl Operator for AggregateOperator {
         }
     }
 
+    /// The frontier is read before the inputs: an event published before it was read is then
+    /// in this batch, or the runner reports its partition's backlog. (Read at the tick, after
+    /// the batch, it let a view that reached the input meanwhile be passed by the watermark.)
+    fn on_poll(&mut self) {
+        self.sampled = self.frontier.as_ref().and_then(|f| f());
+    }
+
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
-        let frontier = self.frontier.as_ref().and_then(|f| f());
+        let frontier = self.sampled.take();
         if self.core.tick_with(wall, frontier) || self.dirty {
             self.dirty = true;
             self.publish();
