@@ -193,7 +193,7 @@ fn latency_samples(port: u16, samples: usize) -> Vec<f64> {
             }
         });
         let view = |p: &str| {
-            let body = json!({"visitor": visitor, "url": format!("http://x/shop/product/{p}"), "gender": "F", "age": 30});
+            let body = json!({"visitor": visitor, "token": token, "url": format!("http://x/shop/product/{p}"), "gender": "F", "age": 30});
             post(port, "/collect", &body.to_string());
         };
         view("VD55177927");

@@ -28,7 +28,8 @@ use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
 use clickpulse_server::AppState;
-use clickpulse_server::collector::{Collector, MAX_BATCH};
+use clickpulse_server::collector::{Collector, Identity, MAX_BATCH};
+use clickpulse_server::offers::OfferTokens;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header;
@@ -132,6 +133,11 @@ fn embedded<T>(
     state.collector = Some(Collector {
         sink: Arc::new(QueueSink::new(queue_tx, collector_queue)),
         clock: Arc::new(EventClock::default()),
+        // The load generator is a server-side sender on loopback: it names its own visitors.
+        identity: Identity {
+            trusted_proxies: Arc::from(vec!["127.0.0.0/8".parse::<ipnet::IpNet>()?]),
+            ..Identity::new(OfferTokens::new(b"bench collector"))
+        },
     });
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -31,8 +31,12 @@ pub(crate) enum Command {
     /// Read a topic of a data dir.
     #[command(subcommand)]
     Topics(TopicsCommand),
-    /// Print what a data dir holds: per-stage counters, offsets and topic sizes (JSON).
+    /// Print a summary of what a data dir holds (JSON): per stage its counters and positions,
+    /// per topic its size, state keys counted by prefix. Read-only; not while a pipeline runs.
     Status(StatusArgs),
+    /// Check a data dir end to end (every record's checksum, offsets, state, redb's pages) and
+    /// list what is damaged: exit 0 when clean, 1 when not. Read-only.
+    Verify(VerifyArgs),
     /// Manage the lookups (visitor demographics, product catalogue).
     #[command(subcommand)]
     Lookups(LookupsCommand),
@@ -95,6 +99,24 @@ pub(crate) struct DemoArgs {
     /// `*` for any). Same-origin pages (the demo shop) need none.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub(crate) cors_origins: Vec<String>,
+    /// The most distinct products, categories and countries the dashboard's windows hold (each);
+    /// views with others count as `(other)`, so what clients send cannot grow the state.
+    #[arg(long, default_value_t = clickpulse_engine::window::dashboard::DEFAULT_MAX_KEYS, value_name = "N")]
+    pub(crate) max_dashboard_keys: usize,
+    /// Lets the holder of this token see visitor ids and IP addresses on the dashboard and in
+    /// the state-machine log (open `/?viewer=TOKEN`, or send it as a bearer token); everyone
+    /// else sees them pseudonymised.
+    #[arg(long, env = "CLICKPULSE_VIEWER_TOKEN", hide_env_values = true)]
+    pub(crate) viewer_token: Option<String>,
+    /// The most page views a minute `POST /collect` takes from one client address (bursts of a
+    /// sixth of it): more answer 429. Trusted senders (admin token, `--trusted-proxy`) are not
+    /// limited.
+    #[arg(long, default_value_t = 6_000, value_name = "VIEWS")]
+    pub(crate) collect_rate: u32,
+    /// A reverse proxy in front of the collector (IP address or CIDR block, repeatable): its
+    /// `X-Forwarded-For` and a click's `ip` field are believed. Anyone else's are ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_parser = parse_net)]
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Most live clicks waiting to be stored before the collector answers 503.
     #[arg(long, default_value_t = 20_000, value_name = "CLICKS")]
     pub(crate) collector_queue: usize,
@@ -194,6 +216,16 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
+    /// The data dir [default: as for `demo`].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print every state key with its value instead of the summary (large: per-visitor state).
+    #[arg(long)]
+    pub(crate) keys: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
     /// The data dir [default: as for `demo`].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -374,4 +406,11 @@ pub(crate) struct ChaosArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// An IP address (a /32 or /128) or a CIDR block.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))
 }

@@ -27,7 +27,7 @@ use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::dashboard::FrontierFn;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
-use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
+use clickpulse_server::collector::{ClickSink, Collector, Identity, SinkFull};
 use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -212,6 +212,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             allowed_lateness_ms: args.allowed_lateness_ms,
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             partitions: args.partitions,
+            max_keys: args.max_dashboard_keys,
         };
         let mut aggregator = AggregateOperator::new(window_config, dashboard.clone());
         if live {
@@ -300,6 +301,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             collector: Some(Collector {
                 sink: sink.clone(),
                 clock: clock.clone(),
+                identity: Identity {
+                    tokens: OfferTokens::new(offer_secret.as_bytes()),
+                    trusted_proxies: Arc::from(args.trusted_proxies.clone()),
+                    admin_token: Some(Arc::from(admin_token.as_str())),
+                    per_client: Some(clickpulse_server::rate::PerClient::new(
+                        args.collect_rate,
+                        args.collect_rate.div_ceil(6).max(1),
+                    )),
+                },
             }),
             web: Some(WebDelivery {
                 hub: hub.clone(),
@@ -307,6 +317,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             }),
             products: products.clone(),
             cors_origins: args.cors_origins.clone(),
+            privacy: Some(clickpulse_server::privacy::Privacy::new(
+                OfferTokens::new(offer_secret.as_bytes()),
+                args.viewer_token.as_deref().map(Arc::from),
+                Some(Arc::from(admin_token.as_str())),
+            )),
         });
         let stop = stop_signal(
             shutdown.clone(),
@@ -472,6 +487,10 @@ pub(crate) fn watch_patterns(
             continue;
         }
         thread::sleep(Duration::from_millis(100)); // let a writer finish
+        // The admin API's changes are made under this lock (file, reload, swap as one step):
+        // a reload outside it could swap in a set read before a change, dropping an active
+        // pattern until the next reload.
+        let _writes = PatternAdmin::lock_writes();
         seen = dir.fingerprint();
         match dir.load() {
             Ok(set) if set == *registry.current() => {}
@@ -531,9 +550,10 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
 /// The sources' event-time frontier for the live aggregate: the clock (or the replay's next
 /// event while it catches up), read first; then whether everything published since has reached
 /// the aggregate's input, checked upstream first — the collector's queue, then `click-data`
-/// (enrich commits its outputs with its offsets). The aggregate checks its own input's backlog
-/// itself. An event that moves downstream between two of these checks was published after the
-/// clock was read, so it is not behind the frontier.
+/// (enrich commits its outputs with its offsets), then that no commit is still publishing what
+/// it appended. The aggregate checks its own input's backlog itself. An event that moves
+/// downstream between two of these checks was published after the clock was read, so it is not
+/// behind the frontier.
 fn live_frontier(
     store: &Arc<EmbeddedStore>,
     clock: &Arc<EventClock>,
@@ -547,7 +567,10 @@ fn live_frontier(
                 store
                     .committed("enrich", topics::CLICK_DATA, p)
                     .is_ok_and(|next| next >= store.end_offset(topics::CLICK_DATA, p))
-            });
+            })
+            // Enrich's offsets are visible a moment before the records committed with them
+            // (the ends are published after the transaction): wait that moment out.
+            && !store.publishing();
         Some(Frontier { low_ms, drained })
     })
 }

@@ -14,7 +14,8 @@
 //! - `lookups_cmd`: `clickpulse lookups load`.
 //! - `patterns_cmd`: `clickpulse patterns check`.
 //! - `run`: `clickpulse run`: stages of the distributed pipeline over Kafka and Redis.
-//! - `status`: `clickpulse status` and `topics dump`: what a data dir holds.
+//! - `status`: `clickpulse status` and `topics dump`: what a data dir holds (read-only).
+//! - `verify`: `clickpulse verify`: checks a data dir end to end (read-only).
 //! - `chaos`: `clickpulse chaos`: kill -9 fault injection compared with a backtest.
 
 mod backtest;
@@ -30,6 +31,7 @@ mod lookups_cmd;
 mod patterns_cmd;
 mod run;
 mod status;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Generate(args) => generate::run(args),
         cli::Command::Status(args) => status::run(args),
+        cli::Command::Verify(args) => verify::run(args),
         cli::Command::Topics(cli::TopicsCommand::Dump(args)) => status::dump(args),
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),

@@ -35,6 +35,7 @@ use clickpulse_engine::replay::{EventClock, Speed};
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_server::collector::Identity;
 use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
 use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
 use clickpulse_server::{AppState, PatternAdmin};
@@ -122,6 +123,14 @@ struct WebSection {
     /// Admin bearer token [default: `CLICKPULSE_ADMIN_TOKEN`, else generated once and kept in
     /// Redis].
     admin_token: Option<String>,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For` and click `ip`
+    /// fields the collector believes.
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// The most page views a minute `/collect` takes from one client address.
+    collect_rate: u32,
+    /// Who may see visitor ids and addresses on the dashboard [default:
+    /// `CLICKPULSE_VIEWER_TOKEN`; none: everyone sees them pseudonymised].
+    viewer_token: Option<String>,
 }
 
 impl Default for WebSection {
@@ -132,9 +141,15 @@ impl Default for WebSection {
             cors_origins: Vec::new(),
             collector_queue: 50_000,
             admin_token: None,
+            trusted_proxies: Vec::new(),
+            collect_rate: DEFAULT_COLLECT_RATE,
+            viewer_token: None,
         }
     }
 }
+
+/// The most page views a minute from one client address, by default.
+const DEFAULT_COLLECT_RATE: u32 = 6_000;
 
 /// A worker's metrics older than this are ignored by the web stage.
 const STALE_MS: i64 = 5_000;
@@ -330,6 +345,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
             idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms),
             partitions: config.kafka.partitions,
+            ..DashboardConfig::default()
         };
         let ctx_agg = ctx("aggregate");
         let h = handle.clone();
@@ -383,6 +399,17 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             }
         };
         state.admin_token = Some(Arc::from(admin.as_str()));
+        let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
+        state.privacy = Some(clickpulse_server::privacy::Privacy::new(
+            OfferTokens::new(secret.as_bytes()),
+            config
+                .web
+                .viewer_token
+                .clone()
+                .or_else(|| std::env::var("CLICKPULSE_VIEWER_TOKEN").ok())
+                .map(|t| Arc::from(t.as_str())),
+            state.admin_token.clone(),
+        ));
     }
     if stages.contains("web") {
         let (dir, registry, last_error) =
@@ -437,9 +464,20 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             dead_letters: Arc::new(AtomicUsize::new(0)),
             stage: metrics.stage("collector"),
         });
+        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
+        let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
         state.collector = Some(Collector {
             sink: sink.clone(),
             clock: clock.clone(),
+            identity: Identity {
+                tokens: OfferTokens::new(secret.as_bytes()),
+                trusted_proxies: Arc::from(config.web.trusted_proxies.clone()),
+                admin_token: state.admin_token.clone(),
+                per_client: Some(clickpulse_server::rate::PerClient::new(
+                    config.web.collect_rate,
+                    config.web.collect_rate.div_ceil(6).max(1),
+                )),
+            },
         });
         let (redis, shutdown, clock, worker) = (
             config.redis.clone(),
@@ -778,6 +816,14 @@ fn follow_clock(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_is_a_valid_config() {
+        let text = include_str!("../config/clickpulse.example.toml");
+        let config: ClusterConfig = toml::from_str(text).expect("the example parses");
+        assert_eq!(config.web.collect_rate, DEFAULT_COLLECT_RATE);
+        assert!(config.web.trusted_proxies.is_empty());
+    }
 
     #[test]
     fn every_example_config_loads() {

@@ -1,88 +1,256 @@
-//! `clickpulse status`: what a data dir holds, read from its durable state (the pipeline must
-//! not be running on it: the store is opened by one process at a time).
+//! `clickpulse status` and `topics dump`: what a data dir holds, read from its durable state.
+//!
+//! Both open the data dir read-only ([`ReadOnlyStore`]): they never create, change or repair
+//! anything in it. A missing data dir is an error; while a pipeline runs on it (it locks the
+//! file) they say so and point to its HTTP figures instead.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clickpulse_connectors::embedded::EmbeddedStore;
+use clickpulse_connectors::embedded::{ReadOnlyStore, StoreError, catch_damage};
 use serde_json::{Map, Value, json};
 
 use crate::cli::{StatusArgs, TopicsDumpArgs};
 use crate::inputs;
 
-pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
-    let dir = inputs::data_dir(args.data_dir);
-    let store = EmbeddedStore::open(&dir, &[]).with_context(|| {
-        format!(
-            "cannot open the data dir {} (is a pipeline running on it?)",
-            dir.display()
-        )
-    })?;
-    let mut state = Map::new();
-    for (key, value) in store.state_with_prefix("")? {
-        let value: Value =
-            serde_json::from_slice(&value).unwrap_or_else(|_| json!({"bytes": value.len()}));
-        state.insert(key, value);
-    }
-    let lookups = store.load_lookups()?;
-    let status = json!({
-        "data_dir": dir.display().to_string(),
-        "topics": store.topic_summary_on_disk()?,
-        "state": state,
-        "lookups": {"users": lookups.user_count(), "products": lookups.product_count()},
-    });
-    println!("{}", serde_json::to_string_pretty(&status)?);
-    Ok(ExitCode::SUCCESS)
-}
+/// State keys of one prefix with at most this many keys are shown in the summary's `state`
+/// (per-visitor and per-window prefixes are only counted; the runners' counters and the
+/// replay's position always shown)…
+const SUMMARY_MAX_KEYS: usize = 4;
+/// …when their value is at most this big.
+const SUMMARY_MAX_BYTES: usize = 32 << 10;
 
-fn open(data_dir: Option<std::path::PathBuf>) -> Result<(std::path::PathBuf, EmbeddedStore)> {
+/// Opens a data dir read-only, with the error saying which dir.
+pub(crate) fn open_read_only(data_dir: Option<PathBuf>) -> Result<(PathBuf, ReadOnlyStore)> {
     let dir = inputs::data_dir(data_dir);
-    let store = EmbeddedStore::open(&dir, &[]).with_context(|| {
-        format!(
-            "cannot open the data dir {} (is a pipeline running on it?)",
-            dir.display()
-        )
+    let store = ReadOnlyStore::open(&dir).map_err(|e| match e {
+        StoreError::NoDataDir(_) | StoreError::NoDatabase(_) | StoreError::InUse(_) => {
+            anyhow::Error::new(e)
+        }
+        e => anyhow::Error::new(e).context(format!("cannot read the data dir {}", dir.display())),
     })?;
+    if store.read_from_recovered_copy() {
+        eprintln!(
+            "note: {} was not closed cleanly (the pipeline was killed); reading a recovered \
+             private copy, the data dir is left as it is",
+            store.path().display()
+        );
+    }
     Ok((dir, store))
 }
 
-pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
+    let (dir, store) = open_read_only(args.data_dir)?;
+    let status = catch_damage(|| {
+        if args.keys {
+            raw(&dir, &store)
+        } else {
+            summary(&dir, &store)
+        }
+    })
+    .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
+    print_out(&serde_json::to_string_pretty(&status)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `text` and a newline; a closed pipe (`| head`) is not an error.
+pub(crate) fn print_out(text: &str) -> Result<()> {
     use std::io::Write;
-    let (_, store) = open(args.data_dir)?;
-    let partitions = store.partitions_on_disk(&args.topic)?;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Every state key with its decoded value (`--keys`).
+fn raw(dir: &Path, store: &ReadOnlyStore) -> Result<Value, StoreError> {
+    let mut state = Map::new();
+    for (key, value) in store.state_with_prefix("")? {
+        state.insert(key, decoded(&value));
+    }
+    let (users, products) = store.lookup_counts()?;
+    Ok(json!({
+        "data_dir": dir.display().to_string(),
+        "topics": store.topic_summary()?,
+        "offsets": store.offsets()?.iter().map(|o| json!({
+            "group": o.group, "topic": o.topic, "partition": o.partition, "next_offset": o.next_offset,
+        })).collect::<Vec<_>>(),
+        "state": state,
+        "lookups": {"users": users, "products": products},
+    }))
+}
+
+fn decoded(value: &[u8]) -> Value {
+    serde_json::from_slice(value).unwrap_or_else(|_| json!({"bytes": value.len()}))
+}
+
+/// The group a state key is counted in: its path without the last part, at most three parts
+/// (`op/detect/v/` for a visitor's pattern state, `runner/` for the runners' counters).
+fn key_prefix(key: &str) -> &str {
+    let mut end = 0;
+    for (n, (i, _)) in key.match_indices('/').enumerate() {
+        if n == 3 {
+            break;
+        }
+        end = i + 1;
+    }
+    &key[..end]
+}
+
+/// The summary: per stage its counters and positions, per topic its size, the state counted
+/// by prefix (small singleton entries shown), the lookups' sizes.
+fn summary(dir: &Path, store: &ReadOnlyStore) -> Result<Value, StoreError> {
+    let topics = store.topic_summary()?;
+    let entries = store.state_with_prefix("")?;
+    let mut prefixes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (key, value) in &entries {
+        let p = prefixes.entry(key_prefix(key)).or_default();
+        p.0 += 1;
+        p.1 += key.len() + value.len();
+    }
+    let mut state = Map::new();
+    let mut stages: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (key, value) in &entries {
+        if let Some(stage) = key.strip_prefix("runner/") {
+            let counts = decoded(value);
+            let s = stages.entry(stage.to_owned()).or_default();
+            for field in ["events", "dead_letters"] {
+                s.insert(field.to_owned(), counts[field].clone());
+            }
+        }
+        let always = key.starts_with("runner/") || key.starts_with("replay/");
+        if always
+            || (prefixes[key_prefix(key)].0 <= SUMMARY_MAX_KEYS && value.len() <= SUMMARY_MAX_BYTES)
+        {
+            state.insert(key.clone(), decoded(value));
+        }
+    }
+    for o in store.offsets()? {
+        let end = topics[&o.topic]["end_offsets"][o.partition as usize]
+            .as_u64()
+            .unwrap_or(0);
+        let s = stages.entry(o.group.clone()).or_default();
+        let positions = s
+            .entry("positions")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("an object");
+        let topic = positions
+            .entry(o.topic.clone())
+            .or_insert_with(|| json!({"next_offsets": {}, "lag": 0}));
+        topic["next_offsets"][o.partition.to_string()] = json!(o.next_offset);
+        topic["lag"] =
+            json!(topic["lag"].as_u64().unwrap_or(0) + end.saturating_sub(o.next_offset));
+    }
+    let state_keys: Map<String, Value> = prefixes
+        .iter()
+        .map(|(p, (keys, bytes))| (p.to_string(), json!({"keys": keys, "bytes": bytes})))
+        .collect();
+    let (users, products) = store.lookup_counts()?;
+    Ok(json!({
+        "data_dir": dir.display().to_string(),
+        "stages": stages,
+        "topics": topics,
+        "state_keys": state_keys,
+        "state": state,
+        "lookups": {"users": users, "products": products},
+        "more": "`clickpulse status --keys` prints every state key; `clickpulse verify` checks the data",
+    }))
+}
+
+pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
+    let (dir, store) = open_read_only(args.data_dir)?;
+    match catch_damage(|| dump_records(&store, &args.topic, args.limit)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // `| head`: the reader has what it wanted.
+        Err(StoreError::DataDir { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StoreError::UnknownTopic(topic)) => {
+            let known = store
+                .topics()
+                .map(|t| t.into_iter().map(|(name, _)| name).collect::<Vec<_>>())
+                .unwrap_or_default();
+            anyhow::bail!(
+                "unknown topic {topic:?} in {}; its topics: {}",
+                dir.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn dump_records(store: &ReadOnlyStore, topic: &str, limit: u64) -> Result<(), StoreError> {
+    use std::io::Write;
+    let partitions = store.partitions(topic)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| StoreError::DataDir {
+        path: PathBuf::from("<stdout>"),
+        source: e,
+    };
     for p in 0..partitions {
         let mut next = 0;
         let mut printed = 0;
-        while printed < args.limit {
-            let batch = store.fetch(&args.topic, p, next, 10_000)?;
+        while printed < limit {
+            let batch = store.fetch(topic, p, next, 10_000)?;
             let Some(last) = batch.last() else { break };
             next = last.offset + 1;
             for record in batch
                 .iter()
-                .take((args.limit - printed).min(usize::MAX as u64) as usize)
+                .take((limit - printed).min(usize::MAX as u64) as usize)
             {
-                serde_json::to_writer(&mut out, &as_json(&args.topic, &record.value))?;
-                out.write_all(b"\n")?;
+                serde_json::to_writer(&mut out, &as_json(topic, &record.value))
+                    .map_err(|e| io(e.into()))?;
+                out.write_all(b"\n").map_err(io)?;
                 printed += 1;
             }
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    out.flush().map_err(io)?;
+    Ok(())
 }
 
-/// A topic record as JSON: decoded as the topic's record type.
-fn as_json(topic: &str, bytes: &[u8]) -> serde_json::Value {
+/// Decodes a record as its topic's record type.
+pub(crate) fn decode_record(topic: &str, bytes: &[u8]) -> Result<Value, String> {
     use clickpulse_engine::codec::decode;
     use clickpulse_engine::{Click, DeadLetter, EnrichedClick, pattern::Offer, topics};
-    let decoded = match topic {
+    match topic {
         topics::CLICK_DATA => decode::<Click>(bytes).map(|v| json!(v)),
         topics::ENRICHED_CLICK_DATA => decode::<EnrichedClick>(bytes).map(|v| json!(v)),
         topics::SPECIAL_OFFERS => decode::<Offer>(bytes).map(|v| json!(v)),
         topics::DEAD_LETTERS => decode::<DeadLetter>(bytes).map(|v| json!(v)),
         _ => Err(format!("unknown record type for topic {topic}")),
-    };
-    decoded.unwrap_or_else(|error| json!({"undecodable": error, "bytes": bytes.len()}))
+    }
+}
+
+/// A topic record as JSON: decoded as the topic's record type.
+fn as_json(topic: &str, bytes: &[u8]) -> Value {
+    decode_record(topic, bytes)
+        .unwrap_or_else(|error| json!({"undecodable": error, "bytes": bytes.len()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_prefix;
+
+    #[test]
+    fn state_keys_are_counted_by_prefix() {
+        assert_eq!(key_prefix("runner/enrich"), "runner/");
+        assert_eq!(key_prefix("replay/state"), "replay/");
+        assert_eq!(key_prefix("op/aggregate/snapshot"), "op/aggregate/");
+        assert_eq!(key_prefix("op/detect/v/abc"), "op/detect/v/");
+        assert_eq!(key_prefix("op/web/delivered/a/b"), "op/web/delivered/");
+        assert_eq!(key_prefix("plain"), "");
+    }
 }

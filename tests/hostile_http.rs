@@ -181,7 +181,7 @@ fn hostile_requests_get_clear_json_errors_and_bounded_reads() {
     );
     let padded = |pad: usize| {
         let c = format!(
-            r#"{{"visitor":"v","url":"http://127.0.0.1/shop/product/VD55177927","city":"{}"}}"#,
+            r#"{{"url":"http://127.0.0.1/shop/product/VD55177927","city":"{}"}}"#,
             "c".repeat(pad)
         );
         format!("[{}]", vec![c.as_str(); 500].join(","))
@@ -226,6 +226,64 @@ fn hostile_requests_get_clear_json_errors_and_bounded_reads() {
     assert_json_error(&answer, 400, "recursion limit exceeded");
     println!("100,000 '[': {} in {:?}", answer.status, answer.elapsed);
     assert!(health_ok(port));
+
+    // A 100 KB header sent in one write: 431, however it arrives (the 64 KiB limit is exact).
+    let head = format!(
+        "GET /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let answer = send(port, &head, b"");
+    assert_eq!(answer.status, 431, "{}", answer.head);
+    // A compressed body: 415, on /collect and elsewhere.
+    for path in ["/collect", "/api/patterns/x"] {
+        let head = format!(
+            "{} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer hostile-test-admin\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\n",
+            if path == "/collect" { "POST" } else { "PUT" }
+        );
+        assert_json_error(
+            &send(port, &head, &[0x1f, 0x8b, 8, 0]),
+            415,
+            "is not supported",
+        );
+    }
+    // A body that cannot be read: the reason, said once.
+    let answer = send(
+        port,
+        "POST /collect HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"",
+    );
+    assert_json_error(
+        &answer,
+        400,
+        "cannot read the request body: error reading a body",
+    );
+    assert!(
+        !answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Failed to buffer"),
+        "{}",
+        answer.body
+    );
+    // Every answer carries the security headers, pages and errors alike.
+    for path in ["/shop", "/api/health", "/nope"] {
+        let answer = send(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+            b"",
+        );
+        for header in [
+            "content-security-policy: default-src 'self'",
+            "x-frame-options: deny",
+            "x-content-type-options: nosniff",
+        ] {
+            assert!(
+                answer.head.contains(header),
+                "{path} lacks {header}: {}",
+                answer.head
+            );
+        }
+    }
 
     // Unknown routes and methods: JSON too.
     assert_json_error(
@@ -392,6 +450,19 @@ fn tokens_and_secrets_never_reach_the_log() {
         b"",
     );
     assert_eq!(stream.status, 401);
+    // A wrong visitor token is explained as such, not as a missing admin token.
+    let error = stream.body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not this visitor's"), "{error}");
+    assert!(!error.contains("admin"), "{error}");
+    // The lasting identity token renews the offer token (in a body, never a URL).
+    let identity_token = identity["identity_token"].as_str().unwrap().to_owned();
+    for (credential, status) in [
+        (identity_token.clone(), 200),
+        (format!("{identity_token}0"), 401),
+    ] {
+        let body = format!(r#"{{"visitor":"{visitor}","identity_token":"{credential}"}}"#);
+        assert_eq!(post(port, "/api/identity", body.as_bytes()).status, status);
+    }
     let put = |auth: &str, body: &str| {
         send(
             port,
@@ -405,7 +476,7 @@ fn tokens_and_secrets_never_reach_the_log() {
     assert_eq!(put(&admin, "not toml = = =").status, 400);
     assert_eq!(put(&format!("{admin}x"), "").status, 401);
     let offers = subscribe(port, &visitor, &token);
-    let click = format!(r#"{{"visitor":"{visitor}","url":"http://x/{token}"}}"#);
+    let click = format!(r#"{{"visitor":"{visitor}","token":"{token}","url":"http://x/{token}"}}"#);
     assert_eq!(post(port, "/collect", click.as_bytes()).status, 202);
     // The barrier (rather than a pause): the same visitor then earns an offer, as a 30-year-old
     // woman viewing clothing, shoes, other clothing. A visitor's views go through the stages in
@@ -413,7 +484,7 @@ fn tokens_and_secrets_never_reach_the_log() {
     // the collector, enrichment, detection and the web stage, whatever they logged about it.
     for product in ["VD55177927", "VD55179433", "VD55156528"] {
         let view = format!(
-            r#"{{"visitor":"{visitor}","url":"http://127.0.0.1:{port}/shop/product/{product}","gender":"F","age":30}}"#
+            r#"{{"visitor":"{visitor}","token":"{token}","url":"http://127.0.0.1:{port}/shop/product/{product}","gender":"F","age":30}}"#
         );
         assert_eq!(post(port, "/collect", view.as_bytes()).status, 202);
     }
@@ -433,4 +504,5 @@ fn tokens_and_secrets_never_reach_the_log() {
     );
     assert!(!text.contains(secret.trim()), "offer secret in the log");
     assert!(!text.contains(&token), "visitor token in the log");
+    assert!(!text.contains(&identity_token), "identity token in the log");
 }

@@ -61,16 +61,39 @@ fn start(dir: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
     child
 }
 
-/// Posts one live view; whether it was accepted (202).
-fn collect(port: u16, visitor: &str) -> bool {
-    ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+/// What became of a posted view.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    /// 202: durable.
+    Accepted,
+    /// Refused with an answer, or no server listening: not stored.
+    Refused,
+    /// No answer (the server was killed while it handled the request): stored or not.
+    Unknown,
+}
+
+/// Posts one live view as `visitor` (an identity: its id and token).
+fn send(port: u16, (visitor, token): &(String, String)) -> Sent {
+    let answer = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
         .config()
         .http_status_as_error(false)
         .build()
         .send(format!(
-            r#"{{"visitor":"{visitor}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#
-        ))
-        .is_ok_and(|r| r.status() == 202)
+            r#"{{"visitor":"{visitor}","token":"{token}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#
+        ));
+    match answer {
+        Ok(r) if r.status() == 202 => Sent::Accepted,
+        Ok(_) => Sent::Refused,
+        Err(ureq::Error::ConnectionFailed) => Sent::Refused,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Sent::Refused
+        }
+        Err(_) => Sent::Unknown,
+    }
+}
+
+fn collect(port: u16, shopper: &(String, String)) -> bool {
+    send(port, shopper) == Sent::Accepted
 }
 
 fn aggregate(port: u16) -> Option<Value> {
@@ -95,14 +118,19 @@ fn kills_and_restarts_of_a_live_demo_lose_no_live_click_and_count_each_once() {
     // A steady stream of live clicks, from a dozen visitors, through every restart.
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
+    let unknown = Arc::new(AtomicU64::new(0));
+    // Their identities (and tokens) outlive the restarts: the secret is in the data dir.
+    let shoppers: Vec<(String, String)> = (0..12).map(|_| new_identity(port)).collect();
     let sender = {
-        let (stop, accepted) = (stop.clone(), accepted.clone());
+        let (stop, accepted, unknown) = (stop.clone(), accepted.clone(), unknown.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                if collect(port, &format!("live-{}", i % 12)) {
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                }
+                match send(port, &shoppers[(i % 12) as usize]) {
+                    Sent::Accepted => accepted.fetch_add(1, Ordering::SeqCst),
+                    Sent::Unknown => unknown.fetch_add(1, Ordering::SeqCst),
+                    Sent::Refused => 0,
+                };
                 i += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -137,15 +165,21 @@ fn kills_and_restarts_of_a_live_demo_lose_no_live_click_and_count_each_once() {
     stop.store(true, Ordering::SeqCst);
     sender.join().unwrap();
     let accepted = accepted.load(Ordering::SeqCst);
+    let unknown = unknown.load(Ordering::SeqCst);
     assert_eq!(clean_restarts, 2);
 
-    // Every accepted click reaches the windows once: counted, none late, none pending.
+    // Every accepted click reaches the windows once: counted, none late, none pending. (A view
+    // whose answer a kill cut off may have been stored too: at most those come on top.)
     let stats = wait_until("the aggregate to apply every accepted click", || {
         let a = aggregate(port)?;
         (a["events"].as_u64()? >= accepted && a["pending"] == 0).then_some(a)
     });
     assert_eq!(stats["late_events"], 0, "{stats}");
-    assert_eq!(stats["events"].as_u64(), Some(accepted), "{stats}");
+    let counted = stats["events"].as_u64().unwrap();
+    assert!(
+        (accepted..=accepted + unknown).contains(&counted),
+        "{counted} counted, {accepted} accepted, {unknown} unanswered: {stats}"
+    );
     let dashboard = get_json(port, "/api/dashboard").unwrap();
     let in_windows: u64 = dashboard["page_views_per_minute"]
         .as_array()
@@ -153,9 +187,12 @@ fn kills_and_restarts_of_a_live_demo_lose_no_live_click_and_count_each_once() {
         .iter()
         .map(|m| m["views"].as_u64().unwrap())
         .sum();
-    assert_eq!(in_windows, accepted, "every accepted click is in a minute");
+    assert_eq!(
+        in_windows, counted,
+        "every counted click is in a minute, once"
+    );
     println!(
-        "{accepted} live clicks accepted across 4 kill -9 and 2 clean restarts: all counted once, 0 late"
+        "{accepted} live clicks accepted ({unknown} unanswered, {counted} counted) across 4 kill -9 and 2 clean restarts: all in the windows once, 0 late"
     );
     // The dashboard's now is the clock's (the windows follow it), not an old event's.
     let now = dashboard["now_ms"].as_i64().unwrap();
@@ -177,8 +214,9 @@ fn at_another_speed_a_restart_resumes_the_clock_where_it_was() {
     wait_until("event time to run ahead", || {
         (clock(port) > first + 3_600_000).then_some(())
     });
+    let shopper = new_identity(port);
     let before_click = clock(port);
-    assert!(collect(port, "live-a"));
+    assert!(collect(port, &shopper));
     demo.kill().unwrap();
     demo.wait().unwrap();
     let mut demo = start(dir, port, &log, &["--speed", "600"]);
@@ -186,7 +224,7 @@ fn at_another_speed_a_restart_resumes_the_clock_where_it_was() {
         clock(port) >= before_click,
         "the clock resumed behind the last click accepted before the kill"
     );
-    assert!(collect(port, "live-a"));
+    assert!(collect(port, &shopper));
     let stats = wait_until("the aggregate to count both clicks", || {
         let a = aggregate(port)?;
         (a["events"].as_u64()? >= 2 && a["pending"] == 0).then_some(a)

@@ -72,10 +72,12 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
     // One visitor viewing one pair of shoes after another: one offer per view, all in one
     // partition of `special-offers`, in the order of the views.
     let mut shoes = SHOES.iter();
+    let (shopper, token) = new_identity(port);
     let mut view = || {
         let product = shoes.next().expect("a pair of shoes left");
-        let click =
-            format!(r#"{{"visitor":"shopper","url":"http://www.acme.com/SH55126545/{product}"}}"#);
+        let click = format!(
+            r#"{{"visitor":"{shopper}","token":"{token}","url":"http://www.acme.com/SH55126545/{product}"}}"#
+        );
         let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
             .send(click.as_str())
             .unwrap()

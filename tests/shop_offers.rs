@@ -37,8 +37,9 @@ fn identity(port: u16) -> (String, String) {
     )
 }
 
-fn view(port: u16, visitor: &str, product: &str, gender: &str, age: u32) {
-    let body = json!({"visitor": visitor, "url": format!("http://127.0.0.1:{port}/shop/product/{product}"), "gender": gender, "age": age});
+/// A product page view as the shop sends it: the visitor with its identity token.
+fn view(port: u16, visitor: &str, token: &str, product: &str, gender: &str, age: u32) {
+    let body = json!({"visitor": visitor, "token": token, "url": format!("http://127.0.0.1:{port}/shop/product/{product}"), "gender": gender, "age": age});
     let (status, body, _) = post(port, "/collect", &body.to_string());
     assert_eq!(status, 202, "{body}");
 }
@@ -60,10 +61,10 @@ fn target_visitor_gets_the_offer_others_do_not() {
     let bob_offers = subscribe(port, &bob, &bob_token);
 
     // A 30-year-old woman: clothing, shoes, other clothing.
-    view(port, &ann, "VD55177927", "F", 30);
-    view(port, &ann, "VD55179433", "F", 30);
+    view(port, &ann, &ann_token, "VD55177927", "F", 30);
+    view(port, &ann, &ann_token, "VD55179433", "F", 30);
     let clicked = Instant::now();
-    view(port, &ann, "VD55156528", "F", 30);
+    view(port, &ann, &ann_token, "VD55156528", "F", 30);
     let offer = next_offer(&ann_offers, "offer for ann");
     println!(
         "click -> offer on the visitor's stream: {:?}",
@@ -79,12 +80,12 @@ fn target_visitor_gets_the_offer_others_do_not() {
     // view), which earns offer2. A visitor's offers reach his stream in the order of his views,
     // and ann's came before, so anything his first three views earned (offer1: he was a man)
     // or ann's offer leaking to his stream would arrive first.
-    view(port, &bob, "VD55177927", "M", 20);
-    view(port, &bob, "VD55179433", "M", 20);
-    view(port, &bob, "VD55156528", "M", 20);
-    view(port, &bob, "VD55177927", "F", 30);
-    view(port, &bob, "VD55179433", "F", 30);
-    view(port, &bob, "VD55156528", "F", 30);
+    view(port, &bob, &bob_token, "VD55177927", "M", 20);
+    view(port, &bob, &bob_token, "VD55179433", "M", 20);
+    view(port, &bob, &bob_token, "VD55156528", "M", 20);
+    view(port, &bob, &bob_token, "VD55177927", "F", 30);
+    view(port, &bob, &bob_token, "VD55179433", "F", 30);
+    view(port, &bob, &bob_token, "VD55156528", "F", 30);
     let first = next_offer(&bob_offers, "offer for bob as a 30-year-old woman");
     assert_eq!(
         (first["visitor"].as_str(), first["offer"].as_str()),
@@ -104,8 +105,8 @@ fn target_visitor_gets_the_offer_others_do_not() {
         next_offer(&late, "recent offer for a late subscriber")["offer_id"],
         offer["offer_id"]
     );
-    view(port, &ann, "VD55147564", "F", 30);
-    view(port, &ann, "VD55134536", "F", 30);
+    view(port, &ann, &ann_token, "VD55147564", "F", 30);
+    view(port, &ann, &ann_token, "VD55134536", "F", 30);
     let five = next_offer(&late, "5-step offer on the late stream");
     assert_eq!(
         five["pattern"], "seed-5-step",
@@ -167,13 +168,13 @@ fn collector_rejects_bad_input_and_sheds_load_with_retry_after() {
     );
     assert_eq!(status, 400, "{body}");
     // Four clicks do not fit a queue of three: 503 with Retry-After, nothing half-taken.
-    let four = json!([{"visitor":"a","url":"http://x/1"},{"visitor":"a","url":"http://x/2"},{"visitor":"a","url":"http://x/3"},{"visitor":"a","url":"http://x/4"}]);
+    let four = json!([{"url":"http://x/1"},{"url":"http://x/2"},{"url":"http://x/3"},{"url":"http://x/4"}]);
     let (status, _, retry) = post(port, "/collect", &four.to_string());
     assert_eq!((status, retry.as_deref()), (503, Some("1")));
     let (status, body, _) = post(
         port,
         "/collect",
-        "[{\"visitor\":\"a\",\"url\":\"http://x/1\"},{\"visitor\":\"b\",\"url\":\"http://x/2\"}]",
+        "[{\"url\":\"http://x/1\"},{\"url\":\"http://x/2\"}]",
     );
     assert_eq!((status, body["accepted"].as_u64()), (202, Some(2)));
 }
@@ -189,7 +190,7 @@ fn a_bad_click_in_a_batch_is_dead_lettered_and_its_neighbours_are_kept() {
         {"visitor": "dl-good-2", "url": "http://www.acme.com/", "gender": "X"},
         {"visitor": "dl-good-3", "url": "http://www.acme.com/"}
     ]);
-    let (status, body, _) = post(demo.port, "/collect", &batch.to_string());
+    let (status, body) = post_as_server(demo.port, "/collect", &batch.to_string());
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 2);
     let rejected: Vec<u64> = body["rejected"]

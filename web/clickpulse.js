@@ -1,63 +1,104 @@
 /*! clickpulse.js — send page views to a Clickpulse collector.
  *
  * Include it on any page:
- *   <script src="https://your-clickpulse-host/clickpulse.js" data-visitor="optional-id" async></script>
+ *   <script src="https://your-clickpulse-host/clickpulse.js" async></script>
  *
  * It sends one page view per page load to POST /collect on the host it was loaded from, as a
- * `text/plain` JSON body (no CORS preflight; the collector must allow the page's origin with
- * `--cors-origin`). The visitor id is `data-visitor` if given, else a random id kept in
- * localStorage. `window.clickpulse.track({gender, age, url})` sends a view by hand, and
- * `window.clickpulse.identify(id)` switches the visitor id.
+ * `text/plain` JSON body (no CORS preflight). The collector takes page views only from its own
+ * pages and the origins started with `--cors-origin` (an `Origin`/`Referer` check), and only
+ * with a visitor's identity token: on its first page view a browser asks `POST /api/identity`
+ * for a visitor id and its token (kept in localStorage) and sends both with every view, so no
+ * other page can send views as this visitor. Without an identity (the request failed) a view is
+ * counted under an anonymous id the server derives from the day, the address and the browser.
+ *
+ * `window.clickpulse.track({gender, age, url})` sends a view by hand;
+ * `window.clickpulse.identify(visitor, token)` switches to an identity your backend got from
+ * `POST /api/identity`; `window.clickpulse.visitor()` is the current id (or null).
  */
 (function () {
   "use strict";
   var script = document.currentScript;
-  var endpoint = new URL("/collect", script ? script.src : window.location.href).toString();
-  var KEY = "clickpulse.visitor";
+  var base = script ? script.src : window.location.href;
+  var endpoint = new URL("/collect", base).toString();
+  var identityEndpoint = new URL("/api/identity", base).toString();
+  var KEY = "clickpulse.identity";
 
-  function randomId() {
-    var bytes = new Uint8Array(16);
-    (window.crypto || window.msCrypto).getRandomValues(bytes);
-    return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
-  }
-
-  function visitorId() {
-    var given = script && script.getAttribute("data-visitor");
-    if (given) return given;
+  function stored() {
     try {
-      var stored = window.localStorage.getItem(KEY);
-      if (stored) return stored;
-      var fresh = randomId();
-      window.localStorage.setItem(KEY, fresh);
-      return fresh;
+      var value = JSON.parse(window.localStorage.getItem(KEY) || "null");
+      if (value && typeof value.visitor === "string" && typeof value.token === "string") return value;
     } catch (e) {
-      return randomId();
+      /* storage unavailable or damaged: ask for a new identity */
+    }
+    return null;
+  }
+
+  function remember(identity) {
+    try {
+      if (identity) window.localStorage.setItem(KEY, JSON.stringify(identity));
+      else window.localStorage.removeItem(KEY);
+    } catch (e) {
+      /* storage unavailable: the identity lasts for this page */
     }
   }
 
-  var visitor = visitorId();
+  function fetchIdentity() {
+    if (!window.fetch) return Promise.resolve(null);
+    return window
+      .fetch(identityEndpoint, { method: "POST" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (v) {
+        if (!v || typeof v.visitor !== "string" || typeof v.token !== "string") return null;
+        var identity = { visitor: v.visitor, token: v.token };
+        remember(identity);
+        return identity;
+      })
+      .catch(function () { return null; });
+  }
 
-  function track(extra) {
-    var click = { visitor: visitor, url: window.location.href };
-    if (extra) {
-      if (extra.url) click.url = extra.url;
-      if (extra.gender) click.gender = extra.gender;
-      if (typeof extra.age === "number") click.age = extra.age;
-    }
-    var body = JSON.stringify(click);
+  var identity = stored();
+  var ready = identity ? Promise.resolve(identity) : fetchIdentity();
+
+  function send(body) {
     if (window.fetch) {
       return window.fetch(endpoint, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } });
     }
-    if (navigator.sendBeacon) {
-      navigator.sendBeacon(endpoint, body);
-    }
-    return Promise.resolve();
+    if (navigator.sendBeacon) navigator.sendBeacon(endpoint, body);
+    return Promise.resolve(null);
+  }
+
+  function track(extra) {
+    return ready.then(function (id) {
+      identity = id;
+      var click = { url: window.location.href };
+      if (id) {
+        click.visitor = id.visitor;
+        click.token = id.token;
+      }
+      if (extra) {
+        if (extra.url) click.url = extra.url;
+        if (extra.gender) click.gender = extra.gender;
+        if (typeof extra.age === "number") click.age = extra.age;
+      }
+      return send(JSON.stringify(click)).then(function (r) {
+        // A token the server no longer takes (a new server secret): start a new identity.
+        if (r && r.status === 400 && id) {
+          remember(null);
+          ready = fetchIdentity();
+        }
+        return r;
+      });
+    });
   }
 
   window.clickpulse = {
     track: track,
-    identify: function (id) { visitor = String(id); },
-    visitor: function () { return visitor; },
+    identify: function (visitor, token) {
+      identity = { visitor: String(visitor), token: String(token) };
+      remember(identity);
+      ready = Promise.resolve(identity);
+    },
+    visitor: function () { return identity ? identity.visitor : null; },
   };
   if (!script || script.getAttribute("data-auto") !== "false") {
     track();

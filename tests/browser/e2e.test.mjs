@@ -122,8 +122,13 @@ test("non-target identity (M, 20) doing the same gets no popup", async () => {
   await bob.context.close();
 });
 
-test("the dashboard renders every panel with data and shows new clicks in the current minute", async () => {
+test("the dashboard renders every panel with data, shows new clicks in the current minute, and no other visitor's id or address", async () => {
   const context = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+  // This browser is a shop visitor too: the dashboard shows its own views as itself.
+  const probe = await (await fetch(`${demo.base}/api/identity`, { method: "POST" })).json();
+  await context.addInitScript((identity) => {
+    localStorage.setItem("clickpulse.identity", JSON.stringify(identity));
+  }, { visitor: probe.visitor, token: probe.identity_token || probe.token, gender: "F", age: 30 });
   const page = await context.newPage();
   const errors = consoleErrors(page);
   await page.goto(`${demo.base}/`);
@@ -140,10 +145,18 @@ test("the dashboard renders every panel with data and shows new clicks in the cu
   assert.ok(await page.$('[data-testid="state-log"]'));
   assert.ok(await page.$('[data-testid="event-clock"]'));
 
-  // A new click shows up in "latest views" within two seconds.
-  const visitor = `dashboard-probe-${Date.now()}`;
+  // Everyone else is pseudonymised, with their addresses cut to the network.
+  const others = await page.evaluate(async () => (await (await fetch("/api/dashboard")).json()).latest_views);
+  assert.ok(others.length > 0);
+  for (const view of others) {
+    assert.match(view.visitor, /^v-[0-9a-f]{12}$/, JSON.stringify(view));
+    assert.ok(view.ip === "" || /\.0$|::$/.test(view.ip), JSON.stringify(view));
+  }
+
+  // A new click of this browser's visitor shows up in "latest views", as itself.
+  const visitor = probe.visitor;
   const sent = Date.now();
-  const r = await fetch(`${demo.base}/collect`, { method: "POST", body: JSON.stringify({ visitor, url: `${demo.base}/shop/product/${SHOES}` }) });
+  const r = await fetch(`${demo.base}/collect`, { method: "POST", body: JSON.stringify({ visitor, token: probe.token, url: `${demo.base}/shop/product/${SHOES}` }) });
   assert.equal(r.status, 202);
   await page.waitForFunction(
     (v) => [...document.querySelectorAll('[data-testid="latest-views"] [title]')].some((el) => el.getAttribute("title") === v) || document.querySelector('[data-testid="latest-views"]').textContent.includes(v),
@@ -153,10 +166,10 @@ test("the dashboard renders every panel with data and shows new clicks in the cu
   );
   console.log(`dashboard shows a new click after ${Date.now() - sent} ms`);
   // On the real clock: the click's time on the dashboard is the minute it was sent in.
-  const shown = await page.evaluate(async (v) => {
-    const snap = await (await fetch("/api/dashboard")).json();
+  const shown = await page.evaluate(async ([v, t]) => {
+    const snap = await (await fetch(`/api/dashboard?me=${v}&token=${t}`)).json();
     return snap.latest_views.find((view) => view.visitor === v)?.ts_ms ?? null;
-  }, visitor);
+  }, [visitor, probe.identity_token || probe.token]);
   assert.ok(shown !== null, "the click is among the latest views");
   assert.ok(Math.abs(shown - sent) < 60_000, `the click's event time ${shown} is the wall time ${sent}`);
   await page.screenshot({ path: path.join(screenshots, "dashboard.png"), fullPage: true });

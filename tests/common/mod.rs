@@ -122,6 +122,47 @@ pub fn demo_to_end(dir: &str, extra: &[&str]) -> Output {
 }
 
 /// A `clickpulse demo` running in the background on a free port (killed when dropped).
+/// The admin token [`Demo::start`] gives a demo (unless the test passes its own): a request
+/// with it is a trusted server-side sender, which may name any visitor on `POST /collect`.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// `POST http://127.0.0.1:{port}{path}` as a trusted server-side sender (the admin token as
+/// bearer); returns the status and the JSON body (`Null` if none).
+pub fn post_as_server(port: u16, path: &str, body: &str) -> (u16, Value) {
+    let mut response = ureq::post(&format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(body)
+        .expect("the demo answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// `GET http://127.0.0.1:{port}{path}` as JSON with the admin token, which sees visitor ids and
+/// addresses unpseudonymised; `None` while the server is not up.
+pub fn get_json_in_full(port: u16, path: &str) -> Option<Value> {
+    let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .ok()?;
+    serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+}
+
+/// A new visitor identity from `POST /api/identity`: (visitor id, its token).
+pub fn new_identity(port: u16) -> (String, String) {
+    let mut response = ureq::post(&format!("http://127.0.0.1:{port}/api/identity"))
+        .send("")
+        .expect("an identity");
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    (
+        body["visitor"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
 pub struct Demo {
     /// Its HTTP port.
     pub port: u16,
@@ -143,6 +184,9 @@ impl Demo {
             "--listen",
             &listen,
         ];
+        if !extra.contains(&"--admin-token") {
+            args.extend_from_slice(&["--admin-token", ADMIN_TOKEN]);
+        }
         args.extend_from_slice(extra);
         let child = spawn(&args);
         let demo = Demo { port, child };

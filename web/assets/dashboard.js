@@ -515,7 +515,7 @@
       pollSnapshots();
       return;
     }
-    const source = new EventSource("/api/dashboard/stream");
+    const source = new EventSource(`/api/dashboard/stream${accessQuery()}`);
     source.addEventListener("open", () => setStreamStatus("live", "Live"));
     source.addEventListener("snapshot", (event) => {
       setStreamStatus("live", "Live");
@@ -539,10 +539,40 @@
     });
   }
 
+  /**
+   * Who this page is, for the server's privacy rules: visitors are shown pseudonymised and IPs
+   * cut to their network unless the page carries the viewer token (open the dashboard once as
+   * `/?viewer=TOKEN`; it is kept for the tab), and your own shop visitor (its identity token)
+   * is shown as itself.
+   */
+  function accessQuery() {
+    const params = new URLSearchParams();
+    const fromUrl = new URLSearchParams(location.search).get("viewer");
+    try {
+      if (fromUrl) sessionStorage.setItem("clickpulse.viewer", fromUrl);
+    } catch (_) {
+      /* no storage: the token lasts for this page */
+    }
+    let viewer = fromUrl;
+    try {
+      viewer = viewer || sessionStorage.getItem("clickpulse.viewer");
+    } catch (_) {
+      /* no storage */
+    }
+    if (viewer) params.set("viewer", viewer);
+    const me = CP.loadIdentity();
+    if (me && me.token) {
+      params.set("me", me.visitor);
+      params.set("token", me.token);
+    }
+    const text = params.toString();
+    return text ? `?${text}` : "";
+  }
+
   /** Fallback for browsers without EventSource: poll the snapshot every two seconds. */
   async function pollSnapshots() {
     try {
-      renderSnapshot(await CP.fetchJSON("/api/dashboard"));
+      renderSnapshot(await CP.fetchJSON(`/api/dashboard${accessQuery()}`));
       setStreamStatus("live", "Live (polling)");
     } catch (_) {
       setStreamStatus("error", "Dashboard unavailable, retrying…");
@@ -591,6 +621,7 @@
     const seq = ++log.seq;
     const params = new URLSearchParams({ limit: "50" });
     if (visitor) params.set("visitor", visitor);
+    for (const [k, v] of new URLSearchParams(accessQuery())) params.set(k, v);
     try {
       const body = await CP.fetchJSON(`/api/patterns/log?${params}`, { timeoutMs: 5000 });
       if (seq !== log.seq) return; // a newer request (new filter) is under way

@@ -3,6 +3,11 @@
  *
  *   - Identity: a visitor id + token from POST /api/identity, kept in localStorage
  *     `clickpulse.identity` as {visitor, token, gender, age}; the sidebar edits gender and age.
+ *     `token` is the short-lived offer token (it travels in the offer stream's URL and expires
+ *     after `token_expires_in_s`, 15 min); the lasting `identity_token` is kept apart in
+ *     `clickpulse.identityKey` as {visitor, identity_token, expires_at} and only ever sent in a
+ *     POST body, to renew the offer token (POST /api/identity {visitor, identity_token}) when it
+ *     is about to expire or the stream says it has.
  *   - Every product page load sends one page view: POST /collect {visitor, url, gender, age}.
  *   - Offers arrive over /api/offers/stream (SSE, event `offer`) and show as a modal, once per
  *     offer_id (ids kept in localStorage `clickpulse.seenOffers`, last 50).
@@ -19,6 +24,9 @@
   const SEEN_KEY = "clickpulse.seenOffers";
   const SEEN_LIMIT = 50;
   const CART_KEY = "clickpulse.cartCount";
+  const KEY_KEY = "clickpulse.identityKey";
+  // Renew the offer token this long before it expires.
+  const RENEW_MARGIN_MS = 60 * 1000;
 
   const state = {
     identity: null,
@@ -56,6 +64,63 @@
 
   // ------------------------------------------------------------------ identity
 
+  /** The stored {visitor, identity_token, expires_at}, or null. */
+  function loadKey() {
+    try {
+      const value = JSON.parse(localStorage.getItem(KEY_KEY) || "null");
+      if (!value || typeof value.visitor !== "string" || typeof value.identity_token !== "string") return null;
+      return value;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /** Keeps what POST /api/identity answered apart from the identity the page shows. */
+  function saveKey(body) {
+    const key = {
+      visitor: body.visitor,
+      identity_token: String(body.identity_token || ""),
+      expires_at: Date.now() + 1000 * Math.max(0, Number(body.token_expires_in_s) || 0),
+    };
+    try {
+      localStorage.setItem(KEY_KEY, JSON.stringify(key));
+    } catch (_) {
+      /* storage unavailable: the token is renewed by creating a new visitor when it expires */
+    }
+    return key;
+  }
+
+  /** POST /api/identity: a new visitor (no argument) or a fresh token for `renewal`. */
+  async function requestIdentity(renewal) {
+    const { ok, status, body } = await CP.postJSON("/api/identity", renewal);
+    if (!ok || !body || typeof body.visitor !== "string") {
+      throw new Error((body && body.error) || `HTTP ${status}`);
+    }
+    saveKey(body);
+    return { visitor: body.visitor, token: String(body.token || "") };
+  }
+
+  /**
+   * Makes sure the offer token is not about to expire, renewing it with the identity token.
+   * Resolves to true when the token is fresh (or was renewed), false when it cannot be renewed.
+   */
+  async function freshToken(force = false) {
+    const identity = state.identity;
+    if (!identity) return false;
+    const key = loadKey();
+    if (!key || key.visitor !== identity.visitor || !key.identity_token) return false;
+    if (!force && Number(key.expires_at) - RENEW_MARGIN_MS > Date.now()) return true;
+    try {
+      const renewed = await requestIdentity({ visitor: identity.visitor, identity_token: key.identity_token });
+      if (renewed.visitor !== identity.visitor || !state.identity || state.identity.visitor !== identity.visitor) return false;
+      state.identity.token = renewed.token;
+      CP.saveIdentity(state.identity);
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
   function setIdentityStatus(text, isError = false) {
     const node = document.getElementById("identity-status");
     node.textContent = text;
@@ -72,7 +137,7 @@
         return stored;
       }
       try {
-        const fresh = await CP.requestIdentity();
+        const fresh = await requestIdentity();
         state.identity = { ...fresh, gender: "F", age: 30 };
         CP.saveIdentity(state.identity);
         return state.identity;
@@ -90,7 +155,7 @@
     const button = document.getElementById("new-visitor");
     button.disabled = true;
     try {
-      const fresh = await CP.requestIdentity();
+      const fresh = await requestIdentity();
       const previous = state.identity || { gender: "F", age: 30 };
       state.identity = { ...fresh, gender: previous.gender, age: previous.age };
       state.identityReady = Promise.resolve(state.identity);
@@ -427,8 +492,11 @@
       CP.toast("Page view not sent: no visitor id", { kind: "error", testid: "view-failed" });
       return;
     }
+    await freshToken();
     const click = {
       visitor: identity.visitor,
+      // The identity token proves the id is this browser's: nobody can send views as another.
+      token: identity.token,
       url: location.href,
       gender: ["F", "M", "U"].includes(identity.gender) ? identity.gender : "U",
       age: CP.clampAge(identity.age),
@@ -492,6 +560,8 @@
       state.markOffersReady();
       return;
     }
+    // An offer token about to expire is renewed first (EventSource reconnects with the same URL).
+    await freshToken();
 
     const params = new URLSearchParams({ visitor: identity.visitor, token: identity.token });
     const url = `/api/offers/stream?${params}`;
@@ -519,17 +589,30 @@
     });
   }
 
-  /** After the offer stream was refused: a 401 means the token is stale, so get a new visitor. */
+  /**
+   * After the offer stream was refused: a 401 saying the token expired is answered by renewing
+   * it with the identity token; any other 401 (or a failed renewal) means the visitor is no
+   * longer valid, so get a new one.
+   */
   async function diagnoseOfferStream(url) {
     let status = 0;
+    let error = "";
     const controller = new AbortController();
     try {
       const response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: controller.signal });
       status = response.status;
+      if (status === 401) {
+        const body = await response.json().catch(() => null);
+        error = String((body && body.error) || "");
+      }
     } catch (_) {
       status = 0;
     } finally {
       controller.abort(); // never read an event stream here
+    }
+    if (status === 401 && error.includes("expired") && (await freshToken(true))) {
+      connectOffers();
+      return;
     }
     if (status === 401 && !state.renewedAfter401) {
       state.renewedAfter401 = true;

@@ -95,6 +95,9 @@ pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<
     }
 }
 
+/// The viewer token of the clusters this crate starts (local test deployments only).
+pub const VIEWER_TOKEN: &str = "chaos-cluster-viewer";
+
 /// GETs `http://127.0.0.1:{port}{path}` as JSON, or `None` while the server is not up.
 pub fn get_json(port: u16, path: &str) -> Option<Value> {
     let mut response = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
@@ -414,12 +417,14 @@ original_time = true
 
 [web]
 listen = "127.0.0.1:{web}"
+viewer_token = "{viewer}"
 "#,
             broker = c.broker_port,
             redis = c.redis_port,
             db = if spec.redis_cluster { "" } else { "/0" },
             cluster = spec.redis_cluster,
             web = c.web_port,
+            viewer = VIEWER_TOKEN,
             patterns = spec.patterns.display(),
             kafka = spec.kafka,
             pipeline = spec.pipeline,
@@ -647,9 +652,13 @@ listen = "127.0.0.1:{web}"
         get_json(self.web_port, "/api/stats")
     }
 
-    /// The web stage's `/api/dashboard`.
+    /// The web stage's `/api/dashboard`, as the viewer sees it (visitor ids not pseudonymised,
+    /// as the backtest's).
     pub fn dashboard(&self) -> Option<Value> {
-        get_json(self.web_port, "/api/dashboard")
+        get_json(
+            self.web_port,
+            &format!("/api/dashboard?viewer={VIEWER_TOKEN}"),
+        )
     }
 
     /// The offer ids the web stage delivered (persisted with its state), sorted.

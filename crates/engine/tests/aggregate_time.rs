@@ -38,6 +38,7 @@ fn config() -> DashboardConfig {
         allowed_lateness_ms: 5_000,
         idle_timeout: IDLE,
         partitions: 2,
+        ..DashboardConfig::default()
     }
 }
 
@@ -246,4 +247,134 @@ fn a_view_published_while_a_batch_was_read_is_not_late() {
     assert_eq!(stat(&op, "late_events"), 0);
     assert_eq!(stat(&op, "pending"), 0);
     assert_eq!(stat(&op, "watermark_ms").as_i64(), Some(x + 4_000));
+}
+
+/// The attack: every view brings its own 3.9 KB country and its own product. The windows keep
+/// at most `max_keys` of each; the rest count as `(other)`, and every view is still counted.
+#[test]
+fn free_text_keys_cannot_grow_the_windows() {
+    use clickpulse_engine::window::dashboard::OTHER_KEY;
+    let handle = DashboardHandle::default();
+    let config = DashboardConfig {
+        max_keys: 10,
+        ..config()
+    };
+    let mut op = AggregateOperator::new(config, handle.clone());
+    let t0 = Instant::now();
+    let start = 1_800_000_000_000;
+    for i in 0..2_000i64 {
+        let mut v = view(start + i * 10, &format!("v{i}"));
+        v.country = Arc::from(format!("{i:04}{}", "x".repeat(3_900)));
+        v.product_id = Arc::from(format!("P{i}"));
+        v.category = Arc::from(format!("cat-{i}"));
+        feed(&mut op, (i % 2) as u32, &v);
+    }
+    op.on_poll();
+    op.on_tick(t0, &mut Emitter::default());
+    listen(&mut op, t0, IDLE.as_secs() + 1);
+    let snap = handle.snapshot();
+    let countries = snap["country_views_30m"].as_array().unwrap();
+    assert_eq!(countries.len(), 11, "ten countries and (other)");
+    let total: u64 = countries.iter().map(|c| c["views"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2_000, "every view counted");
+    assert!(countries.iter().any(|c| c["country"] == OTHER_KEY));
+    assert_eq!(snap["category_views_1h"].as_array().unwrap().len(), 11);
+    let top = snap["top_products_1h"].as_array().unwrap();
+    assert_eq!(top[0]["product_id"], OTHER_KEY, "{top:?}");
+    assert_eq!(top[0]["views"], 1_990);
+    // The checkpoint holds at most the capped keys' texts, not 2,000 of them.
+    let mut changes = StateChanges::new();
+    op.checkpoint(&mut changes);
+    let state: usize = changes
+        .iter()
+        .filter_map(|(_, v)| v.as_ref().map(Vec::len))
+        .sum();
+    assert!(state < 2_000 * 3_900 / 10, "{state} bytes");
+    // Restored, the caps hold the same keys: a new key is still (other), a held one is itself.
+    let restored_handle = DashboardHandle::default();
+    let mut restored = AggregateOperator::new(config, restored_handle.clone());
+    for (k, v) in &changes {
+        restored.restore(k, v.as_deref().unwrap()).unwrap();
+    }
+    let mut held = view(start + 30_000, "late-but-known");
+    held.product_id = Arc::from("P0");
+    let mut fresh = view(start + 30_000, "new");
+    fresh.product_id = Arc::from("P-new");
+    feed(&mut restored, 0, &held);
+    feed(&mut restored, 1, &fresh);
+    listen(&mut restored, Instant::now(), IDLE.as_secs() + 1);
+    let top = restored_handle.snapshot()["top_products_1h"].clone();
+    let views_of = |id: &str| {
+        top.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["product_id"] == id)
+            .map(|p| p["views"].as_u64().unwrap())
+    };
+    assert_eq!(views_of(OTHER_KEY), Some(1_991));
+    assert_eq!(views_of("P-new"), None);
+}
+
+/// A checkpoint writes what changed, not the whole window state: with an hour of views held,
+/// one more second of views writes a few panes' worth, and deletes the pane that left the hour.
+#[test]
+fn a_checkpoint_writes_what_changed_not_the_whole_window_state() {
+    use std::collections::BTreeMap;
+    let handle = DashboardHandle::default();
+    let mut op = AggregateOperator::new(config(), handle.clone());
+    let mut store: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let start = 1_800_000_000_000;
+    let t0 = Instant::now();
+    let mut checkpoint = |op: &mut AggregateOperator| {
+        let mut changes = StateChanges::new();
+        op.checkpoint(&mut changes);
+        let mut written = 0;
+        for (k, v) in changes {
+            if k == "snapshot" {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    written += v.len();
+                    store.insert(k, v);
+                }
+                None => {
+                    store.remove(&k);
+                }
+            }
+        }
+        (written, store.values().map(Vec::len).sum::<usize>())
+    };
+    // Two views a second for 70 minutes, one checkpoint a second.
+    let mut last = (0, 0);
+    for second in 0..4_200i64 {
+        for (p, i) in [(0u32, 0i64), (1, 1)] {
+            let ts = start + second * 1_000 + i * 400;
+            feed(
+                &mut op,
+                p,
+                &view(ts, &format!("v{}", (second * 2 + i) % 500)),
+            );
+        }
+        op.on_poll();
+        op.on_tick(t0, &mut Emitter::default());
+        last = checkpoint(&mut op);
+    }
+    let (written, held) = last;
+    println!("one second of 2 views: {written} bytes written; {held} bytes of window state held");
+    assert!(held > 200_000, "an hour of panes is held: {held} bytes");
+    assert!(
+        written * 20 < held,
+        "one second wrote {written} of {held} bytes"
+    );
+    // The store read back is the same state: the same snapshot once restored.
+    let restored_handle = DashboardHandle::default();
+    let mut restored = AggregateOperator::new(config(), restored_handle.clone());
+    for (k, v) in &store {
+        restored.restore(k, v).unwrap();
+    }
+    restored.on_poll();
+    restored.on_tick(t0, &mut Emitter::default());
+    assert_eq!(*restored_handle.snapshot(), *handle.snapshot());
+    assert!(store.keys().filter(|k| k.starts_with("pane/")).count() <= 3_601);
 }

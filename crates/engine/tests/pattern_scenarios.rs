@@ -444,3 +444,53 @@ fn patterns_sharing_an_audience_detect_as_each_would_alone() {
         assert_eq!(steps, alone_steps.iter().collect::<Vec<_>>(), "{name}");
     }
 }
+
+/// An expired match of a `late = "reset"` pattern decides the visitor's next view, so it is
+/// kept past its time limit — for a week, not for ever: a visitor who never comes back costs
+/// state for a bounded time, and the next view and the sweep agree on when it is forgotten.
+#[test]
+fn an_expired_reset_match_is_remembered_for_a_week_then_forgotten() {
+    use clickpulse_engine::pattern::machine::RESET_MEMORY_MS;
+    let file = repo_patterns().join("seed-clothes-shoes-clothes.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let set = PatternSet::parse([("seed-clothes-shoes-clothes.toml", text.as_str())]).unwrap();
+    let pattern = &set.patterns()[0];
+    let lookups = Lookups::from_parts(
+        vec![(
+            "ann".to_owned(),
+            User {
+                gender: Gender::F,
+                birth_date: NaiveDate::from_ymd_opt(1983, 1, 1),
+            },
+        )],
+        vec![
+            product("A", "clothing"),
+            product("B", "clothing"),
+            product("S", "shoes"),
+        ],
+    );
+    let view = |ts: i64, id: &str| {
+        let click = Click::new(ts, "ann", format!("http://www.acme.com/SH55126545/{id}"));
+        Enricher::new().enrich(click, &lookups)
+    };
+    let t0 = 1_331_000_000_000_i64;
+    let limit = t0 + 30 * 60_000;
+    let mut m = None;
+    pattern.advance(&mut m, &view(t0, "A"));
+    pattern.advance(&mut m, &view(t0 + 100_000, "S"));
+    assert!(m.is_some());
+    // Six days past the limit: remembered (the sweep only trims it), and a view is dropped.
+    let mut swept = m.clone();
+    pattern.forget_expired(&mut swept, limit + 6 * 86_400_000);
+    assert!(swept.is_some());
+    let mut next = m.clone();
+    pattern.advance(&mut next, &view(limit + 6 * 86_400_000, "B"));
+    assert!(next.is_none(), "reset, and the view dropped");
+    // A week past it: forgotten by the sweep, and the next view starts afresh.
+    let after = limit + RESET_MEMORY_MS;
+    let mut swept = m.clone();
+    pattern.forget_expired(&mut swept, after);
+    assert!(swept.is_none());
+    pattern.advance(&mut m, &view(after, "B"));
+    assert_eq!(m.map(|m| m.started_ms), Some(after), "B starts a match");
+}

@@ -223,6 +223,7 @@ fn config() -> DashboardConfig {
         allowed_lateness_ms: 30_000,
         idle_timeout: Duration::from_secs(3_600),
         partitions: 0,
+        ..DashboardConfig::default()
     }
 }
 
@@ -245,6 +246,17 @@ proptest! {
         let mut watermark: Option<i64> = None;
         let tick = |op: &mut AggregateOperator, out: &mut Emitter| op.on_tick(Instant::now(), out);
         let current = |op: &AggregateOperator| op.stats()["watermark_ms"].as_i64();
+        // What the store holds: every checkpoint's changes applied (deletes included), as the
+        // runner commits them; a restart reads it all back.
+        let mut store: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let commit = |store: &mut BTreeMap<String, Vec<u8>>, changes: &StateChanges| {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => store.insert(k.clone(), v.clone()),
+                    None => store.remove(k),
+                };
+            }
+        };
         for s in steps {
             match s {
                 Step::Click { partition, gap_ms, visitor, product, device, country } => {
@@ -290,6 +302,7 @@ proptest! {
                     if let Some(now) = watermark {
                         let mut changes = StateChanges::new();
                         op.checkpoint(&mut changes);
+                        commit(&mut store, &changes);
                         let snapshot: Value = changes.iter().find(|(k, _)| k == "snapshot")
                             .map(|(_, v)| serde_json::from_slice(v.as_ref().unwrap()).unwrap())
                             .unwrap_or_else(|| (*handle.snapshot()).clone());
@@ -301,15 +314,14 @@ proptest! {
                 Step::Restart => {
                     let mut changes = StateChanges::new();
                     op.checkpoint(&mut changes);
+                    commit(&mut store, &changes);
                     let mut fresh = operator();
-                    for (k, v) in &changes {
-                        if let Some(v) = v {
-                            fresh.restore(k, v).unwrap();
-                        }
+                    for (k, v) in &store {
+                        fresh.restore(k, v).unwrap();
                     }
-                    // A checkpoint is only written when something changed: restore the previous
-                    // one in that case by keeping the operator (nothing to lose).
-                    if !changes.is_empty() {
+                    // Nothing was ever checkpointed: there is nothing to restore (keep the
+                    // operator, nothing to lose).
+                    if !store.is_empty() {
                         op = fresh;
                     }
                 }

@@ -5,17 +5,28 @@
 //! type, so `navigator.sendBeacon` and no-preflight `fetch` work):
 //!
 //! ```json
-//! {"visitor": "amber-falcon-river-42", "url": "https://shop.example/product/VD55177927",
+//! {"visitor": "amber-falcon-river-42", "token": "…", "url": "https://shop.example/product/VD55177927",
 //!  "gender": "F", "age": 30}
 //! ```
-//! `visitor` and `url` are required; `user_agent`, `ip`, `country`, `city`, `region`, `gender`
-//! (M/F/U) and `age` are optional (the user agent and IP default to the request's). The time is
-//! stamped by the server with the pipeline's event-time clock (a client's `ts_ms` is ignored:
-//! browser clocks cannot be trusted). Answers: `202 {"accepted": n}` (plus
-//! `"rejected": [{"index", "error"}]` for invalid clicks of a batch: the valid ones are kept, the
-//! others go to the `dead-letters` topic with their reason); `400 {"error"}` naming the
-//! first bad click; `413` over the size limit; `503` with `Retry-After` when the pipeline cannot
-//! take more — nothing is buffered without bound.
+//! `url` is required; `visitor`, `token`, `user_agent`, `ip`, `country`, `city`, `region`,
+//! `gender` (M/F/U) and `age` are optional. The time is stamped by the server with the
+//! pipeline's event-time clock (a client's `ts_ms` is ignored: browser clocks cannot be trusted).
+//!
+//! **Nobody can act as another visitor** ([`Identity`]): a click that names a `visitor` must
+//! carry that visitor's identity token (the one `POST /api/identity` issued with the id; field
+//! `token` or header `X-Clickpulse-Token`), or it is refused. A click that names no visitor is
+//! counted under an anonymous id the server derives from the day, the client's address and its
+//! user agent (as Plausible does: no cookie, a new id every UTC day, and nobody can choose
+//! another visitor's). The client's address is the connection's; a click's `ip` and
+//! `X-Forwarded-For` count only from a configured trusted proxy. A server-side sender that
+//! authenticates with the admin token (`Authorization: Bearer`) is trusted: it may name any
+//! visitor and give its address.
+//!
+//! Answers: `202 {"accepted": n}` (plus `"rejected": [{"index", "error"}]` for invalid clicks of
+//! a batch: the valid ones are kept, the others go to the `dead-letters` topic with their
+//! reason); `400 {"error"}` naming the first bad click; `403` for a page on an origin that is not
+//! allowed to send; `413` over the size limit; `415` for a compressed body; `503` with
+//! `Retry-After` when the pipeline cannot take more — nothing is buffered without bound.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,12 +81,71 @@ pub struct Collector {
     pub sink: Arc<dyn ClickSink>,
     /// Stamps event time.
     pub clock: Arc<EventClock>,
+    /// Who may name which visitor, and whose word about the client's address counts.
+    pub identity: Identity,
+}
+
+/// The collector's rules on identity (see the module docs).
+#[derive(Clone)]
+pub struct Identity {
+    /// Verifies visitor tokens, and keys the anonymous ids.
+    pub tokens: crate::offers::OfferTokens,
+    /// Peers whose `X-Forwarded-For` and click `ip` fields are believed (reverse proxies).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// A request with this bearer token is a trusted server-side sender.
+    pub admin_token: Option<Arc<str>>,
+    /// The most clicks a minute from one client address (a sender with the admin token is not
+    /// limited):
+    /// however it varies its user agent or visitor ids, one address cannot make state grow
+    /// faster than this.
+    pub per_client: Option<crate::rate::PerClient>,
+}
+
+impl Identity {
+    /// Rules with identity tokens under `tokens` and nothing else trusted.
+    pub fn new(tokens: crate::offers::OfferTokens) -> Self {
+        Identity {
+            tokens,
+            trusted_proxies: Arc::from(Vec::new()),
+            admin_token: None,
+            per_client: None,
+        }
+    }
+
+    /// The anonymous id of a client at `ip` with `user_agent` on the UTC day of `ts_ms`.
+    pub fn anonymous_id(&self, ts_ms: i64, ip: &str, user_agent: &str) -> String {
+        let day = ts_ms.div_euclid(86_400_000);
+        let mac = self
+            .tokens
+            .issue(&format!("anonymous\0{day}\0{ip}\0{user_agent}"));
+        format!("anon-{}", &mac[..16])
+    }
+
+    fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// Who sent a request, as far as the collector can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    /// The client's address (the peer's, or the one a trusted proxy forwarded).
+    pub ip: &'a str,
+    /// The request's user agent.
+    pub user_agent: &'a str,
+    /// A trusted proxy or server-side sender: a click's `ip` and `visitor` are believed.
+    pub trusted: bool,
+    /// The `X-Clickpulse-Token` header, for clicks without a `token` field.
+    pub token: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CollectedClick {
-    visitor: String,
+    #[serde(default)]
+    visitor: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
     url: String,
     #[serde(default)]
     #[allow(dead_code)]
@@ -117,14 +187,32 @@ pub struct ParsedBody {
     pub rejected: Vec<Rejected>,
 }
 
-/// Parses and validates a request body into clicks stamped at `ts_ms`. A body that is not a
-/// JSON click or batch of 1 to [`MAX_BATCH`] clicks is an `Err` (the whole request is refused);
-/// invalid clicks inside a batch are [`Rejected`] one by one.
+/// Parses and validates a body from a trusted sender (every `visitor` and `ip` believed; no
+/// anonymous ids): the parse the fuzzer drives. See [`parse_body_from`].
 pub fn parse_body(
     bytes: &[u8],
     ts_ms: i64,
     ip: &str,
     user_agent: &str,
+) -> Result<ParsedBody, String> {
+    let sender = Sender {
+        ip,
+        user_agent,
+        trusted: true,
+        token: None,
+    };
+    parse_body_from(bytes, ts_ms, &sender, None)
+}
+
+/// Parses and validates a request body into clicks stamped at `ts_ms`, attributing each to its
+/// visitor by `identity`'s rules for `sender`. A body that is not a JSON click or batch of 1 to
+/// [`MAX_BATCH`] clicks is an `Err` (the whole request is refused); invalid clicks inside a
+/// batch are [`Rejected`] one by one.
+pub fn parse_body_from(
+    bytes: &[u8],
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
 ) -> Result<ParsedBody, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("body is not UTF-8: {e}"))?;
     let value: serde_json::Value =
@@ -145,7 +233,7 @@ pub fn parse_body(
     let mut parsed = ParsedBody::default();
     for (i, item) in items.into_iter().enumerate() {
         let raw = item.to_string();
-        match parse_click(item, ts_ms, ip, user_agent) {
+        match parse_click(item, ts_ms, sender, identity) {
             Ok(click) => parsed.clicks.push(click),
             Err(e) => parsed.rejected.push(Rejected {
                 index: i,
@@ -160,24 +248,129 @@ pub fn parse_body(
 fn parse_click(
     item: serde_json::Value,
     ts_ms: i64,
-    ip: &str,
-    user_agent: &str,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
 ) -> Result<Click, String> {
     let c: CollectedClick = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let ip = match c.ip {
+        Some(ip) if sender.trusted => {
+            let ip = ip.trim();
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("ip {ip:?} is not an IP address"))?;
+            ip.to_owned()
+        }
+        // An untrusted client's word about its own address is not taken.
+        _ => sender.ip.to_owned(),
+    };
+    let user_agent = c.user_agent.unwrap_or_else(|| sender.user_agent.to_owned());
+    // A country becomes a dashboard key: only ISO 3166-1 (a code or a name), as the lower-case
+    // alpha-3 code the log uses.
+    let country = match c.country {
+        Some(given) => {
+            let code = given.trim();
+            let country = (code.len() <= 64)
+                .then(|| code.to_ascii_lowercase().parse::<celes::Country>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    let shown: String = code.chars().take(40).collect();
+                    format!("country {shown:?} is not an ISO 3166-1 code or name")
+                })?;
+            Some(country.alpha3.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let visitor = match (c.visitor.map(|v| v.trim().to_owned()), identity) {
+        (Some(visitor), _) if sender.trusted => visitor,
+        (Some(visitor), Some(identity)) => {
+            let token = c.token.as_deref().or(sender.token).ok_or_else(|| {
+                format!(
+                    "visitor {visitor:?} needs its identity token (field `token` or header \
+                     X-Clickpulse-Token, from POST /api/identity); leave out `visitor` to be \
+                     counted anonymously"
+                )
+            })?;
+            if !identity.tokens.verify(&visitor, token) {
+                return Err(format!("the token is not visitor {visitor:?}'s"));
+            }
+            visitor
+        }
+        (Some(_), None) => return Err("visitor ids cannot be checked here".to_owned()),
+        (None, Some(identity)) => identity.anonymous_id(ts_ms, &ip, &user_agent),
+        (None, None) => return Err("missing field `visitor`".to_owned()),
+    };
     let click = Click {
         ts_ms,
-        visitor: c.visitor.trim().to_owned(),
+        visitor,
         url: c.url,
-        ip: c.ip.unwrap_or_else(|| ip.to_owned()),
-        user_agent: c.user_agent.unwrap_or_else(|| user_agent.to_owned()),
+        ip,
+        user_agent,
         city: c.city,
-        country: c.country,
+        country,
         region: c.region,
         gender: c.gender,
         age: c.age,
     };
     click.validate().map_err(|e| e.to_string())?;
     Ok(click)
+}
+
+/// Whether the page that sent the request may send page views: the origin a browser names
+/// (`Origin`, else `Referer`) must be this site's own (its host is the request's `Host`) or one of
+/// `allowed` (`*`: any). A request without either is not from a page (a server, `curl`): it is
+/// judged by its identity alone. CORS only decides which pages may *read* an answer; this
+/// decides which may *send* (no-cors `fetch`, `sendBeacon` and forms included). `Err` names the
+/// refused origin.
+fn origin_may_send(allowed: &[String], headers: &HeaderMap) -> Result<(), String> {
+    let named = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = match (named(header::ORIGIN), named(header::REFERER)) {
+        (Some(origin), _) => origin.trim_end_matches('/').to_owned(),
+        (None, Some(referer)) => match referer.find("://") {
+            Some(i) => {
+                let end = referer[i + 3..]
+                    .find('/')
+                    .map_or(referer.len(), |j| i + 3 + j);
+                referer[..end].to_owned()
+            }
+            None => return Err(referer.to_owned()),
+        },
+        (None, None) => return Ok(()),
+    };
+    let host = origin.split_once("://").map_or("", |(_, h)| h);
+    let own = named(header::HOST).is_some_and(|h| h.eq_ignore_ascii_case(host));
+    if own
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    {
+        Ok(())
+    } else {
+        Err(origin)
+    }
+}
+
+/// The client's address: the peer's, or from a trusted proxy the right-most address of
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+fn client_ip(identity: &Identity, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> String {
+    let Some(peer) = peer else {
+        return String::new();
+    };
+    if identity.is_trusted_proxy(peer) {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            .collect::<Vec<_>>();
+        if let Some(client) = forwarded
+            .iter()
+            .rev()
+            .find(|a| !identity.is_trusted_proxy(**a))
+        {
+            return client.to_string();
+        }
+    }
+    peer.to_string()
 }
 
 pub(crate) async fn collect(
@@ -209,14 +402,47 @@ pub(crate) async fn collect(
             ));
         }
     };
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        metrics.error();
+        return Err(AppError::UnsupportedMedia(format!(
+            "Content-Encoding {encoding:?} is not supported: send the JSON uncompressed"
+        )));
+    }
+    if let Err(origin) = origin_may_send(&state.cors_origins, &headers) {
+        metrics.error();
+        return Err(AppError::Forbidden(format!(
+            "pages on {origin} may not send page views here (allowed: this site's own pages{})",
+            if state.cors_origins.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", state.cors_origins.join(", "))
+            }
+        )));
+    }
+    let identity = &collector.identity;
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let ip = peer
-        .map(|Extension(ConnectInfo(addr))| addr.ip().to_string())
-        .unwrap_or_default();
-    let parsed = match parse_body(&body, collector.clock.now_ms(), &ip, user_agent) {
+    let peer_ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let ip = client_ip(identity, peer_ip, &headers);
+    let admin = identity
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| crate::bearer_matches(&headers, t));
+    let sender = Sender {
+        ip: &ip,
+        user_agent,
+        trusted: admin || peer_ip.is_some_and(|p| identity.is_trusted_proxy(p)),
+        token: headers
+            .get("x-clickpulse-token")
+            .and_then(|v| v.to_str().ok()),
+    };
+    let parsed = match parse_body_from(&body, collector.clock.now_ms(), &sender, Some(identity)) {
         Ok(parsed) => parsed,
         Err(reason) => {
             metrics.error();
@@ -224,6 +450,24 @@ pub(crate) async fn collect(
         }
     };
     let n = parsed.clicks.len();
+    // Per client: behind a trusted proxy, the forwarded address; a server-side sender with the
+    // admin token is not limited.
+    if let (Some(limit), false, Ok(client)) =
+        (&identity.per_client, admin, ip.parse::<std::net::IpAddr>())
+        && let Err(wait) = limit.check(client, (n + parsed.rejected.len()) as u32)
+    {
+        metrics.error();
+        let secs = wait.as_secs().max(1);
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            Json(json!({"error": format!(
+                "this address sent more than {} page views a minute; retry in {secs} s",
+                limit.per_minute
+            )})),
+        )
+            .into_response());
+    }
     let rejected: Vec<serde_json::Value> = parsed
         .rejected
         .iter()
@@ -335,6 +579,169 @@ mod tests {
         assert_eq!(parsed.rejected[1].raw, r#"{"url":"x"}"#);
     }
 
+    fn identity() -> Identity {
+        Identity {
+            trusted_proxies: Arc::from(vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]),
+            ..Identity::new(crate::offers::OfferTokens::new(b"secret"))
+        }
+    }
+
+    fn untrusted<'a>(token: Option<&'a str>) -> Sender<'a> {
+        Sender {
+            ip: "203.0.113.7",
+            user_agent: "UA",
+            trusted: false,
+            token,
+        }
+    }
+
+    #[test]
+    fn nobody_can_act_as_another_visitor() {
+        let id = identity();
+        let token = id.tokens.issue("visitor-b");
+        let parse = |body: &str, sender: &Sender<'_>| {
+            parse_body_from(body.as_bytes(), 1_000, sender, Some(&id)).unwrap()
+        };
+        // Naming B without B's token is refused, with a way out.
+        let refused = parse(
+            r#"{"visitor":"visitor-b","url":"http://x/1"}"#,
+            &untrusted(None),
+        );
+        assert!(refused.clicks.is_empty());
+        assert!(
+            refused.rejected[0]
+                .reason
+                .contains("needs its identity token"),
+            "{refused:?}"
+        );
+        let forged = parse(
+            r#"{"visitor":"visitor-b","token":"00ff","url":"http://x/1"}"#,
+            &untrusted(None),
+        );
+        assert!(forged.rejected[0].reason.contains("not visitor"));
+        let other = id.tokens.issue("visitor-a");
+        let borrowed = parse(
+            &format!(r#"{{"visitor":"visitor-b","token":"{other}","url":"http://x/1"}}"#),
+            &untrusted(None),
+        );
+        assert!(borrowed.rejected[0].reason.contains("not visitor"));
+        // With B's token, in the click or the header, it is B.
+        let own = parse(
+            &format!(r#"{{"visitor":"visitor-b","token":"{token}","url":"http://x/1"}}"#),
+            &untrusted(None),
+        );
+        assert_eq!(own.clicks[0].visitor, "visitor-b");
+        let header = parse(
+            r#"{"visitor":"visitor-b","url":"http://x/1"}"#,
+            &untrusted(Some(&token)),
+        );
+        assert_eq!(header.clicks[0].visitor, "visitor-b");
+        // No visitor: an anonymous id from the day, the address and the user agent.
+        let anon = parse(r#"{"url":"http://x/1"}"#, &untrusted(None));
+        let anon_id = anon.clicks[0].visitor.clone();
+        assert!(anon_id.starts_with("anon-"), "{anon_id}");
+        assert_eq!(
+            parse(r#"{"url":"http://x/2"}"#, &untrusted(None)).clicks[0].visitor,
+            anon_id
+        );
+        let elsewhere = Sender {
+            ip: "198.51.100.1",
+            ..untrusted(None)
+        };
+        assert_ne!(
+            parse(r#"{"url":"http://x/1"}"#, &elsewhere).clicks[0].visitor,
+            anon_id
+        );
+        assert_ne!(
+            id.anonymous_id(86_400_000 + 1_000, "203.0.113.7", "UA"),
+            anon_id,
+            "a new id every day"
+        );
+    }
+
+    #[test]
+    fn a_client_s_word_about_its_address_counts_only_from_a_trusted_proxy() {
+        let id = identity();
+        let untrusted = parse_body_from(
+            br#"{"url":"http://x/1","ip":"not-an-ip"}"#,
+            1,
+            &untrusted(None),
+            Some(&id),
+        )
+        .unwrap();
+        assert_eq!(
+            untrusted.clicks[0].ip, "203.0.113.7",
+            "the connection's address"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 10.1.1.1".parse().unwrap());
+        let proxy: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(client_ip(&id, Some(proxy), &headers), "1.2.3.4");
+        let stranger: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(client_ip(&id, Some(stranger), &headers), "192.0.2.9");
+    }
+
+    #[test]
+    fn only_this_site_s_pages_and_allowed_origins_may_send() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let allowed = vec!["https://shop.example".to_owned()];
+        assert!(
+            origin_may_send(&allowed, &headers(&[])).is_ok(),
+            "not a page"
+        );
+        let own = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
+        assert!(origin_may_send(&[], &own).is_ok());
+        let listed = headers(&[("host", "c.example"), ("origin", "https://shop.example")]);
+        assert!(origin_may_send(&allowed, &listed).is_ok());
+        let evil = headers(&[("host", "c.example"), ("origin", "https://evil.example")]);
+        assert_eq!(
+            origin_may_send(&allowed, &evil),
+            Err("https://evil.example".to_owned())
+        );
+        let beacon = headers(&[
+            ("host", "c.example"),
+            ("referer", "https://evil.example/page?x"),
+        ]);
+        assert_eq!(
+            origin_may_send(&allowed, &beacon),
+            Err("https://evil.example".to_owned())
+        );
+        assert!(origin_may_send(&["*".to_owned()], &evil).is_ok());
+    }
+
+    #[test]
+    fn a_country_is_an_iso_3166_code_or_name() {
+        let err = parse_body(
+            br#"{"visitor":"v","url":"http://x/1","country":"Atlantis"}"#,
+            1,
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(
+            err.rejected[0].reason.contains("not an ISO 3166-1"),
+            "{err:?}"
+        );
+        let ok = parse_body(
+            br#"[{"visitor":"v","url":"u","country":"DE"},{"visitor":"v","url":"u","country":"france"}]"#,
+            1,
+            "",
+            "",
+        )
+        .unwrap();
+        let countries: Vec<_> = ok.clicks.iter().map(|c| c.country.as_deref()).collect();
+        assert_eq!(countries, [Some("deu"), Some("fra")]);
+    }
+
     #[test]
     fn bad_bodies_get_clear_reasons() {
         // The whole body's problems refuse it; a lone click's problem is its rejection.
@@ -348,6 +755,9 @@ mod tests {
         assert!(err(b"not json").starts_with("body is not JSON"));
         assert!(err(b"[]").contains("no clicks"));
         assert!(err(br#"{"url":"http://x/1"}"#).contains("missing field `visitor`"));
+        assert!(
+            err(br#"{"visitor":"v","url":"http://x/1","ip":"not-an-ip"}"#).contains("not an IP")
+        );
         assert!(err(br#"{"visitor":"","url":"http://x/1"}"#).contains("click 0: empty visitor id"));
         assert!(err(br#"{"visitor":"v","url":"http://x/1","gender":"X"}"#).contains("click 0"));
         assert!(

@@ -4,12 +4,14 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use clickpulse_engine::window::DashboardHandle;
 use futures_util::Stream;
 use serde_json::Value;
 
+use crate::privacy::{Audience, Privacy};
 use crate::{AppError, AppState};
 
 fn handle(state: &AppState) -> Result<DashboardHandle, AppError> {
@@ -18,8 +20,37 @@ fn handle(state: &AppState) -> Result<DashboardHandle, AppError> {
     })
 }
 
-pub(crate) async fn snapshot(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
-    Ok(Json((*handle(&state)?.snapshot()).clone()))
+/// Who asks: the viewer token (`?viewer=`, or a bearer token), and a visitor's own id and
+/// identity token (`?me=&token=`). See [`crate::privacy`].
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct Access {
+    viewer: Option<String>,
+    me: Option<String>,
+    token: Option<String>,
+}
+
+impl Access {
+    /// What this request may see.
+    pub(crate) fn audience(&self, privacy: &Privacy, headers: &HeaderMap) -> Audience {
+        privacy.audience(
+            headers,
+            self.viewer.as_deref(),
+            self.me.as_deref(),
+            self.token.as_deref(),
+        )
+    }
+}
+
+pub(crate) async fn snapshot(
+    State(state): State<AppState>,
+    Query(access): Query<Access>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    let privacy = crate::privacy::of(&state);
+    let audience = access.audience(&privacy, &headers);
+    Ok(Json(
+        privacy.snapshot_for(&audience, &handle(&state)?.snapshot()),
+    ))
 }
 
 /// How often the stream looks for a new snapshot: at most one event per interval.
@@ -27,24 +58,29 @@ const INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn stream(
     State(state): State<AppState>,
+    Query(access): Query<Access>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let handle = handle(&state)?;
+    let privacy = crate::privacy::of(&state);
+    let audience = access.audience(&privacy, &headers);
+    let seen = move |snapshot: &Value| privacy.snapshot_for(&audience, snapshot);
     // At most one event per INTERVAL: after sending, wait out the interval, then send the
     // newest snapshot as soon as one differs from what was sent (read at send time, not before
     // the wait, so it is never stale).
-    let state = (handle, None::<u64>, None::<tokio::time::Instant>);
-    let events = futures_util::stream::unfold(state, |(handle, last, sent_at)| async move {
+    let state = (handle, None::<u64>, None::<tokio::time::Instant>, seen);
+    let events = futures_util::stream::unfold(state, |(handle, last, sent_at, seen)| async move {
         if let Some(at) = sent_at {
             tokio::time::sleep_until(at + INTERVAL).await;
         }
         loop {
             let generation = handle.generation();
             if last != Some(generation) {
-                let data = serde_json::to_string(&*handle.snapshot())
+                let data = serde_json::to_string(&seen(&handle.snapshot()))
                     .unwrap_or_else(|_| "null".to_owned());
                 let event = Event::default().event("snapshot").data(data);
                 let now = tokio::time::Instant::now();
-                return Some((Ok(event), (handle, Some(generation), Some(now))));
+                return Some((Ok(event), (handle, Some(generation), Some(now), seen)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -31,6 +31,8 @@ pub mod fuzzing;
 pub mod limits;
 pub mod offers;
 mod patterns;
+pub mod privacy;
+pub mod rate;
 pub mod static_files;
 
 use std::future::Future;
@@ -66,6 +68,9 @@ pub struct AppState {
     pub products: Arc<Vec<Value>>,
     /// Origins allowed to call `POST /collect` from other sites (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Who may see visitors and addresses on the dashboard and the state-machine log (`None`:
+    /// nobody; everything is pseudonymised with a key of its own).
+    pub privacy: Option<privacy::Privacy>,
 }
 
 impl AppState {
@@ -81,6 +86,7 @@ impl AppState {
             web: None,
             products: Arc::new(Vec::new()),
             cors_origins: Vec::new(),
+            privacy: None,
         }
     }
 }
@@ -96,6 +102,9 @@ pub enum AppError {
     /// The request lacks a valid admin token.
     #[error("this endpoint needs `Authorization: Bearer <admin token>`")]
     Unauthorized,
+    /// A visitor's token is wrong or expired (`401`, with what to do).
+    #[error("{0}")]
+    InvalidToken(String),
     /// Nothing here.
     #[error("{0}")]
     NotFound(String),
@@ -105,6 +114,12 @@ pub enum AppError {
     /// The body did not arrive in time.
     #[error("{0}")]
     Timeout(String),
+    /// The body's encoding is not one the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// The request may not do this (an origin not allowed to send).
+    #[error("{0}")]
+    Forbidden(String),
     /// Something failed inside; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -114,10 +129,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized | AppError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            AppError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Internal(detail) => {
                 tracing::error!(detail = %detail, "Request failed.");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -213,21 +230,21 @@ async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
 
 /// Checks `Authorization: Bearer <token>` against the admin token (constant-time).
 fn require_admin(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), AppError> {
-    let Some(expected) = &state.admin_token else {
-        return Err(AppError::Unauthorized);
-    };
+    match &state.admin_token {
+        Some(expected) if bearer_matches(headers, expected) => Ok(()),
+        _ => Err(AppError::Unauthorized),
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <expected>` (constant-time comparison).
+pub(crate) fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(AppError::Unauthorized)
-    }
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves `router` on `listener` with the default [`limits::ServerLimits`] until `shutdown`

@@ -24,6 +24,24 @@ pub struct PatternAdmin {
     pub last_error: Arc<Mutex<Option<String>>>,
 }
 
+/// Serializes every change of the pattern files and of the active set in this process: a
+/// change's file write (or delete), the reload of the directory and the registry swap happen
+/// under it as one step, and the directory watcher's reload takes it too. Without it two
+/// concurrent PUTs could each compute the set without the other's file and the later swap
+/// would drop a pattern that is on disk, and concurrent DELETEs of one name found the file
+/// already gone and answered 400.
+static WRITES: Mutex<()> = Mutex::new(());
+
+impl PatternAdmin {
+    /// Holds pattern changes off while the guard lives: for anything that writes the pattern
+    /// files or swaps the active set outside these endpoints (the directory watcher).
+    pub fn lock_writes() -> std::sync::MutexGuard<'static, ()> {
+        WRITES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn admin(state: &AppState) -> Result<&PatternAdmin, AppError> {
     state.patterns.as_ref().ok_or_else(|| {
         AppError::NotFound("pattern detection does not run in this process".to_owned())
@@ -48,7 +66,13 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
         })
         .collect();
     Ok(Json(json!({
-        "dir": admin.dir.path().display().to_string(),
+        // The folder's name, not where it is on the server's disk (this route is public).
+        "dir": admin
+            .dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         "patterns": patterns,
         "last_error": admin.last_error.lock().expect("last error lock").clone(),
     })))
@@ -76,6 +100,7 @@ pub(crate) async fn put(
     })?;
     let admin = admin(&state)?.clone();
     let (set, version) = tokio::task::spawn_blocking(move || {
+        let _writes = PatternAdmin::lock_writes();
         let set = admin.dir.write(&name, &body)?;
         let version = set
             .get(&name)
@@ -105,17 +130,19 @@ pub(crate) async fn delete(
 ) -> Result<Json<Value>, AppError> {
     require_admin(&state, &headers)?;
     let admin = admin(&state)?.clone();
-    if admin.registry.current().get(&name).is_none() {
-        return Err(AppError::NotFound(format!("no active pattern {name:?}")));
-    }
     let set = tokio::task::spawn_blocking(move || {
-        let set = admin.dir.delete(&name)?;
+        let _writes = PatternAdmin::lock_writes();
+        // Checked under the lock: of concurrent DELETEs of one name, one deletes, the others
+        // find it gone (404), as it happened.
+        if admin.registry.current().get(&name).is_none() {
+            return Err(AppError::NotFound(format!("no active pattern {name:?}")));
+        }
+        let set = admin.dir.delete(&name).map_err(rejected)?;
         admin.registry.replace(set.clone());
-        Ok::<_, PatternErrors>(set)
+        Ok::<_, AppError>(set)
     })
     .await
-    .map_err(|e| AppError::Internal(e.to_string()))?
-    .map_err(rejected)?;
+    .map_err(|e| AppError::Internal(e.to_string()))??;
     Ok(Json(
         json!({"active": set.patterns().iter().map(|p| &p.name).collect::<Vec<_>>()}),
     ))
@@ -125,20 +152,54 @@ pub(crate) async fn delete(
 pub(crate) struct LogQuery {
     visitor: Option<String>,
     limit: Option<usize>,
+    /// See [`crate::privacy`]: the viewer token, and a visitor's own id and identity token.
+    viewer: Option<String>,
+    me: Option<String>,
+    token: Option<String>,
 }
 
+/// The state-machine log. Visitors are pseudonymised for whoever may not see them
+/// ([`crate::privacy`]); a visitor with its identity token sees its own steps in full, and a
+/// filter names a visitor as the requester sees it (its pseudonym, or its id).
 pub(crate) async fn log(
     State(state): State<AppState>,
     Query(q): Query<LogQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, AppError> {
+    use crate::privacy::Audience;
     let admin = admin(&state)?;
+    let privacy = crate::privacy::of(&state);
+    let audience = privacy.audience(
+        &headers,
+        q.viewer.as_deref(),
+        q.me.as_deref(),
+        q.token.as_deref(),
+    );
     let limit = q.limit.unwrap_or(100).min(1_000);
     let visitor = q.visitor.as_deref().filter(|v| !v.is_empty());
-    let records = admin
-        .log
-        .lock()
-        .expect("transition log lock")
-        .recent(visitor, limit);
+    let records = {
+        let log = admin.log.lock().expect("transition log lock");
+        match (&audience, visitor) {
+            (Audience::Viewer, v) => log.recent(v, limit),
+            (Audience::Public { me: Some(me) }, Some(v)) if me == v => log.recent(Some(v), limit),
+            (Audience::Public { .. }, Some(v)) => log
+                .recent(None, usize::MAX)
+                .into_iter()
+                .filter(|r| privacy.names(&audience, v, &r.visitor))
+                .take(limit)
+                .collect(),
+            (Audience::Public { .. }, None) => log.recent(None, limit),
+        }
+    };
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|r| {
+            let shown = privacy.visitor_for(&audience, &r.visitor);
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["visitor"] = Value::from(shown);
+            v
+        })
+        .collect();
     Ok(Json(json!({"visitor": visitor, "transitions": records})))
 }
 
@@ -297,9 +358,39 @@ mod tests {
                     offer: None,
                 });
         }
-        let (_, body) = send(&router, "GET", "/api/patterns/log?visitor=a", None, "").await;
+        // The admin (or viewer) token sees ids and filters by them.
+        let full = Some("secret");
+        let (_, body) = send(&router, "GET", "/api/patterns/log?visitor=a", full, "").await;
         assert_eq!(body["transitions"].as_array().unwrap().len(), 2);
-        let (_, body) = send(&router, "GET", "/api/patterns/log", None, "").await;
+        assert_eq!(body["transitions"][0]["visitor"], "a");
+        let (_, body) = send(&router, "GET", "/api/patterns/log", full, "").await;
         assert_eq!(body["transitions"].as_array().unwrap().len(), 3);
+        // Anyone else sees pseudonyms, and filters by them.
+        let (_, body) = send(&router, "GET", "/api/patterns/log", None, "").await;
+        let shown: Vec<&str> = body["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["visitor"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown.len(), 3);
+        assert!(shown.iter().all(|v| v.starts_with("v-")), "{shown:?}");
+        assert!(!shown.contains(&"a") && !shown.contains(&"b"));
+        let a = shown[0];
+        let (_, body) = send(
+            &router,
+            "GET",
+            &format!("/api/patterns/log?visitor={a}"),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(body["transitions"].as_array().unwrap().len(), 2);
+        let (_, body) = send(&router, "GET", "/api/patterns/log?visitor=a", None, "").await;
+        assert_eq!(
+            body["transitions"].as_array().unwrap().len(),
+            0,
+            "an id cannot be looked up without its token"
+        );
     }
 }

@@ -29,6 +29,38 @@ pub enum StoreError {
         /// Partitions requested.
         requested: u32,
     },
+    /// The data dir does not exist (read-only commands never create it).
+    #[error(
+        "no data dir at {0} (nothing was created; give --data-dir, or run `clickpulse demo` first)"
+    )]
+    NoDataDir(PathBuf),
+    /// The data dir has no database file.
+    #[error("{0} holds no clickpulse database (nothing was created)")]
+    NoDatabase(PathBuf),
+    /// A pipeline holds the database's write lock.
+    #[error(
+        "a pipeline (`clickpulse demo`) is running on the data dir {0}, which it locks while it runs. \
+         Read its live figures over HTTP instead: GET /api/stats, or the /pipeline page \
+         (http://127.0.0.1:8080/pipeline by default); or stop it and try again"
+    )]
+    InUse(PathBuf),
+    /// A record whose checksum does not match: damaged on disk.
+    #[error(
+        "damaged record in topic {topic:?}, partition {partition}, offset {offset}: {message} (run `clickpulse verify`)"
+    )]
+    DamagedRecord {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The first offset affected.
+        offset: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The database file is damaged beyond what redb reports as an error (it panicked).
+    #[error("the database file is damaged: {0} (nothing was written; run `clickpulse verify`)")]
+    Damaged(String),
     /// A stored value could not be decoded.
     #[error("corrupt value under {key:?}: {message}")]
     Corrupt {

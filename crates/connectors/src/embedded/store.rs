@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::topics::partition_for;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use serde_json::{Value, json};
 
 use super::error::{StoreError, db};
@@ -33,64 +36,157 @@ fn topic_table(name: &str) -> TopicTable<'_> {
     TableDefinition::new(name)
 }
 
-/// Encodes records as a segment: `count: u32`, then per record `key_len: u32, key,
-/// value_len: u32, value` (little-endian).
+/// Set in a segment's first word (its record count) when the segment carries checksums
+/// ([`encode_segment`]); segments written before checksums existed have it clear and are read
+/// as before. Counts never come near 2³¹ (a commit holds at most one batch).
+const CHECKED: u32 = 1 << 31;
+
+/// Encodes records as a segment (little-endian):
+///
+/// `count | CHECKED: u32, header_check: u32`, then per record
+/// `key_len: u32, key, value_len: u32, value, check: u32`, where `check` is [`checksum`] of
+/// the record's bytes from `key_len` to the end of `value`, and `header_check` covers the
+/// segment's partition, base offset and count ([`seal_segment`] fills it in once the base is
+/// known, under the writer's lock). A flipped bit in a record, or a segment stored under the
+/// wrong key, is then an error naming the record, never a silently different value.
+///
+/// The legacy layout (before checksums) is the same without `header_check` and `check`, with
+/// `CHECKED` clear; it is still read, unchecked.
 fn encode_segment(records: &[Record<'_>]) -> Vec<u8> {
-    let size = 4 + records
+    let size = 8 + records
         .iter()
-        .map(|(k, v)| 8 + k.len() + v.len())
+        .map(|(k, v)| 12 + k.len() + v.len())
         .sum::<usize>();
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32 | CHECKED).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     for (key, value) in records {
+        let start = out.len();
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
         out.extend_from_slice(value);
+        let check = checksum(0, &out[start..]);
+        out.extend_from_slice(&check.to_le_bytes());
     }
     out
+}
+
+/// The check of a segment's place: its partition, base offset and count.
+fn header_check(partition: u32, base: u64, count: u64) -> u32 {
+    let mut bytes = [0u8; 20];
+    bytes[..4].copy_from_slice(&partition.to_le_bytes());
+    bytes[4..12].copy_from_slice(&base.to_le_bytes());
+    bytes[12..].copy_from_slice(&count.to_le_bytes());
+    checksum(0x5345_474d, &bytes)
+}
+
+/// Fills in an encoded segment's `header_check` once its base offset is known.
+fn seal_segment(bytes: &mut [u8], partition: u32, base: u64) {
+    let count = segment_len(bytes);
+    bytes[4..8].copy_from_slice(&header_check(partition, base, count).to_le_bytes());
+}
+
+/// A 32-bit checksum of `bytes`: XXH3 (64 bits, seeded), folded. Damage gets past it with a
+/// chance of about 2⁻³².
+fn checksum(seed: u64, bytes: &[u8]) -> u32 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed);
+    (h ^ (h >> 32)) as u32
 }
 
 /// The number of records in a segment.
 fn segment_len(bytes: &[u8]) -> u64 {
     bytes.get(..4).map_or(0, |b| {
-        u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & !CHECKED)
     })
 }
 
-/// Takes the next record of a segment's body: `(key, value)`, or `None` at a truncated end.
-fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = bytes.split_at_checked(n)?;
-        *bytes = rest;
-        Some(head)
-    }
-    fn len(bytes: &mut &[u8]) -> Option<usize> {
-        let b = take(bytes, 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-    let n = len(rest)?;
-    let key = take(rest, n)?;
-    let n = len(rest)?;
-    Some((key, take(rest, n)?))
+/// Whether a segment carries checksums.
+fn segment_checked(bytes: &[u8]) -> bool {
+    bytes
+        .get(..4)
+        .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & CHECKED != 0)
 }
 
-/// A segment read from disk, checked whole: its count, then exactly that many records.
-fn checked_segment(base: u64, bytes: &[u8]) -> Result<Segment, String> {
-    let count = segment_len(bytes);
-    if bytes.len() < 4 {
-        return Err("segment truncated".to_owned());
+/// Where a segment's records start.
+fn body_start(checked: bool) -> usize {
+    if checked { 8 } else { 4 }
+}
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = bytes.split_at_checked(n)?;
+    *bytes = rest;
+    Some(head)
+}
+
+fn take_u32(bytes: &mut &[u8]) -> Option<u32> {
+    let b = take(bytes, 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Takes the next record of a segment's body: `(key, value)`, or `None` at a truncated end.
+/// Does not verify its check (see [`checked_segment`]).
+fn next_record<'a>(rest: &mut &'a [u8], checked: bool) -> Option<(&'a [u8], &'a [u8])> {
+    let n = take_u32(rest)? as usize;
+    let key = take(rest, n)?;
+    let n = take_u32(rest)? as usize;
+    let value = take(rest, n)?;
+    if checked {
+        take(rest, 4)?;
     }
+    Some((key, value))
+}
+
+/// Damage found in a segment: the first offset it affects and what is wrong.
+type Damage = (u64, String);
+
+/// A segment read from disk, checked whole: its place, its count, then exactly that many
+/// records, each with a matching check (for segments written with checksums).
+fn checked_segment(partition: u32, base: u64, bytes: &[u8]) -> Result<Segment, Damage> {
+    if bytes.len() < 4 {
+        return Err((base, "segment truncated".to_owned()));
+    }
+    let checked = segment_checked(bytes);
+    let count = segment_len(bytes);
     let mut rest = &bytes[4..];
-    for _ in 0..count {
-        next_record(&mut rest).ok_or("segment truncated")?;
+    if checked {
+        let stored = take_u32(&mut rest).ok_or((base, "segment truncated".to_owned()))?;
+        if stored != header_check(partition, base, count) {
+            return Err((
+                base,
+                format!(
+                    "the segment header does not match its place (partition {partition}, offsets \
+                     {base}.., {count} records): its count or key is damaged"
+                ),
+            ));
+        }
+    }
+    for i in 0..count {
+        let offset = base + i;
+        let start = rest;
+        next_record(&mut rest, checked).ok_or((offset, "segment truncated".to_owned()))?;
+        if checked {
+            let len = start.len() - rest.len();
+            let (body, check) = start[..len].split_at(len - 4);
+            let check = u32::from_le_bytes([check[0], check[1], check[2], check[3]]);
+            if check != checksum(0, body) {
+                return Err((
+                    offset,
+                    "checksum mismatch: its key or value was changed on disk".to_owned(),
+                ));
+            }
+        }
     }
     if !rest.is_empty() {
-        return Err(format!("{} bytes after the last record", rest.len()));
+        return Err((
+            base + count,
+            format!("{} bytes after the last record", rest.len()),
+        ));
     }
     Ok(Segment {
         base,
         count,
+        checked,
         bytes: Arc::new(bytes.to_vec()),
     })
 }
@@ -101,6 +197,8 @@ fn checked_segment(base: u64, bytes: &[u8]) -> Result<Segment, String> {
 struct Segment {
     base: u64,
     count: u64,
+    /// Written with checksums (every segment written by this version).
+    checked: bool,
     bytes: Arc<Vec<u8>>,
 }
 
@@ -110,9 +208,10 @@ impl Segment {
     }
 
     fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        let mut rest = self.bytes.get(4..).unwrap_or_default();
+        let checked = self.checked;
+        let mut rest = self.bytes.get(body_start(checked)..).unwrap_or_default();
         (self.base..self.end()).map_while(move |offset| {
-            let (key, value) = next_record(&mut rest)?;
+            let (key, value) = next_record(&mut rest, checked)?;
             Some(RecordRef { offset, key, value })
         })
     }
@@ -258,6 +357,9 @@ pub struct EmbeddedStore {
     appended: (Mutex<u64>, Condvar),
     /// Commits not yet on disk, and when the last durable one was made.
     sync: Mutex<SyncState>,
+    /// Commits between their transaction's commit and the publication of their partition ends
+    /// (see [`EmbeddedStore::publishing`]).
+    publishing: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -275,6 +377,21 @@ impl EmbeddedStore {
             source,
         })?;
         let path = dir.join(DB_FILE);
+        // Created private (it holds visitors' IP addresses); an existing dir is tightened.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| StoreError::DataDir {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        make_private(dir)?;
         let database = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
@@ -325,6 +442,7 @@ impl EmbeddedStore {
             ends,
             tails,
             appended: (Mutex::new(0), Condvar::new()),
+            publishing: AtomicU64::new(0),
             sync: Mutex::new(SyncState {
                 lazy: 0,
                 last_durable: Instant::now(),
@@ -425,11 +543,8 @@ impl EmbeddedStore {
         {
             let (k, v) = entry.map_err(db)?;
             let base = k.value().1;
-            let segment =
-                checked_segment(base, v.value()).map_err(|message| StoreError::Corrupt {
-                    key: format!("{topic}/{partition}@{base}"),
-                    message,
-                })?;
+            let segment = checked_segment(partition, base, v.value())
+                .map_err(|damage| damaged(topic, partition, damage))?;
             n += segment.end().saturating_sub(segment.base.max(from));
             segments.push(segment);
             if n >= max as u64 {
@@ -452,23 +567,13 @@ impl EmbeddedStore {
     /// One state value.
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(STATE).map_err(db)?;
-        Ok(table.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+        read_state(&txn, key)
     }
 
     /// Every state entry whose key starts with `prefix`, with the prefix removed.
     pub fn state_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(STATE).map_err(db)?;
-        let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(db)? {
-            let (k, v) = entry.map_err(db)?;
-            let Some(rest) = k.value().strip_prefix(prefix) else {
-                break;
-            };
-            out.push((rest.to_owned(), v.value().to_vec()));
-        }
-        Ok(out)
+        read_state_with_prefix(&txn, prefix)
     }
 
     /// Appends records, changes state and advances offsets in one durable transaction: on disk
@@ -534,12 +639,17 @@ impl EmbeddedStore {
                 .or_default()
                 .push((key.as_str(), value.as_slice()));
         }
-        let encoded: Vec<(&str, u32, u64, Arc<Vec<u8>>)> = by_partition
+        let encoded: Vec<(&str, u32, u64, Vec<u8>)> = by_partition
             .into_iter()
             .map(|((topic, p), records)| {
                 let count = records.len() as u64;
-                (topic, p, count, Arc::new(encode_segment(&records)))
+                (topic, p, count, encode_segment(&records))
             })
+            .collect();
+        let state_values: Vec<(&str, Option<Vec<u8>>)> = batch
+            .state
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref().map(|v| seal_state_for(k, v))))
             .collect();
         let _writer = self.writer.lock().expect("writer lock");
         let mut written: Vec<(&str, u32, Segment)> = Vec::with_capacity(encoded.len());
@@ -550,7 +660,7 @@ impl EmbeddedStore {
         {
             // The table of the topic being written (the partitions come sorted by topic).
             let mut open: Option<(&str, TopicTableMut<'_>)> = None;
-            for (topic, p, count, bytes) in encoded {
+            for (topic, p, count, mut bytes) in encoded {
                 let table = match &mut open {
                     Some((t, table)) if *t == topic => table,
                     _ => {
@@ -559,15 +669,22 @@ impl EmbeddedStore {
                     }
                 };
                 let base = self.end(topic, p).load(Ordering::Acquire);
+                seal_segment(&mut bytes, p, base);
                 table.insert((p, base), bytes.as_slice()).map_err(db)?;
-                written.push((topic, p, Segment { base, count, bytes }));
+                let segment = Segment {
+                    base,
+                    count,
+                    checked: true,
+                    bytes: Arc::new(bytes),
+                };
+                written.push((topic, p, segment));
             }
             drop(open);
-            let mut state = txn.open_table(STATE).map_err(db)?;
-            for (key, value) in &batch.state {
+            let mut table = txn.open_table(STATE).map_err(db)?;
+            for (key, value) in &state_values {
                 match value {
-                    Some(v) => state.insert(key.as_str(), v.as_slice()).map_err(db)?,
-                    None => state.remove(key.as_str()).map_err(db)?,
+                    Some(v) => table.insert(*key, v.as_slice()).map_err(db)?,
+                    None => table.remove(*key).map_err(db)?,
                 };
             }
             let mut offsets = txn.open_table(OFFSETS).map_err(db)?;
@@ -580,6 +697,17 @@ impl EmbeddedStore {
                     .map_err(db)?;
             }
         }
+        // From the transaction's commit (its offsets are visible to readers) until its ends
+        // are published, the commit is in flight: a reader that saw its offsets may not see its
+        // records yet.
+        self.publishing.fetch_add(1, Ordering::SeqCst);
+        struct Published<'a>(&'a AtomicU64);
+        impl Drop for Published<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _published = Published(&self.publishing);
         txn.commit().map_err(db)?;
         if durable {
             self.synced();
@@ -601,6 +729,15 @@ impl EmbeddedStore {
             cvar.notify_all();
         }
         Ok(())
+    }
+
+    /// Whether a commit is between its transaction's commit and the publication of its
+    /// partition ends. A reader that found a consumer's committed offset past a record, and then
+    /// finds no commit publishing, will find that consumer's outputs at the ends: checked
+    /// after the offsets, it closes the window in which an offset is visible before the records
+    /// committed with it.
+    pub fn publishing(&self) -> bool {
+        self.publishing.load(Ordering::SeqCst) > 0
     }
 
     /// The end of a declared topic's partition (checked by the caller).
@@ -707,58 +844,18 @@ impl EmbeddedStore {
 
     /// Reads the lookups into memory.
     pub fn load_lookups(&self) -> Result<Lookups, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let corrupt = |key: &str, e: serde_json::Error| StoreError::Corrupt {
-            key: key.to_owned(),
-            message: e.to_string(),
-        };
-        let mut users = Vec::new();
-        for entry in txn.open_table(USERS).map_err(db)?.iter().map_err(db)? {
-            let (k, v) = entry.map_err(db)?;
-            let user: User =
-                serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
-            users.push((k.value().to_owned(), user));
-        }
-        let mut products = Vec::new();
-        for entry in txn.open_table(PRODUCTS).map_err(db)?.iter().map_err(db)? {
-            let (k, v) = entry.map_err(db)?;
-            let product: Product =
-                serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
-            products.push(product);
-        }
-        Ok(Lookups::from_parts(users, products))
+        load_lookups(&self.db.begin_read().map_err(db)?)
     }
 
     /// The partition count of a topic as recorded in the data dir (for tools that open the
     /// store without declaring topics).
     pub fn partitions_on_disk(&self, topic: &str) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let meta = txn.open_table(META).map_err(db)?;
-        meta.get(topic)
-            .map_err(db)?
-            .map(|v| v.value())
-            .ok_or_else(|| StoreError::UnknownTopic(topic.to_owned()))
+        partitions_on_disk(&self.db.begin_read().map_err(db)?, topic)
     }
 
     /// Record counts of every topic the data dir has, read from disk (for `clickpulse status`).
     pub fn topic_summary_on_disk(&self) -> Result<Value, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let meta = txn.open_table(META).map_err(db)?;
-        let mut topics = serde_json::Map::new();
-        for entry in meta.iter().map_err(db)? {
-            let (name, partitions) = entry.map_err(db)?;
-            let (name, partitions) = (name.value().to_owned(), partitions.value());
-            let table = txn.open_table(topic_table(&name)).map_err(db)?;
-            let mut per = Vec::new();
-            for p in 0..partitions {
-                per.push(partition_end(&table, p)?);
-            }
-            topics.insert(
-                name,
-                json!({"partitions": partitions, "records": per.iter().sum::<u64>(), "end_offsets": per}),
-            );
-        }
-        Ok(Value::Object(topics))
+        topic_summary_on_disk(&self.db.begin_read().map_err(db)?)
     }
 
     /// Record counts per topic (offsets written, including trimmed ones).
@@ -780,6 +877,553 @@ impl EmbeddedStore {
     }
 }
 
+fn load_lookups(txn: &ReadTransaction) -> Result<Lookups, StoreError> {
+    let corrupt = |key: &str, e: serde_json::Error| StoreError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    };
+    let mut users = Vec::new();
+    for entry in txn.open_table(USERS).map_err(db)?.iter().map_err(db)? {
+        let (k, v) = entry.map_err(db)?;
+        let user: User = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+        users.push((k.value().to_owned(), user));
+    }
+    let mut products = Vec::new();
+    for entry in txn.open_table(PRODUCTS).map_err(db)?.iter().map_err(db)? {
+        let (k, v) = entry.map_err(db)?;
+        let product: Product =
+            serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+        products.push(product);
+    }
+    Ok(Lookups::from_parts(users, products))
+}
+
+fn partitions_on_disk(txn: &ReadTransaction, topic: &str) -> Result<u32, StoreError> {
+    let meta = txn.open_table(META).map_err(db)?;
+    meta.get(topic)
+        .map_err(db)?
+        .map(|v| v.value())
+        .ok_or_else(|| StoreError::UnknownTopic(topic.to_owned()))
+}
+
+fn topics_on_disk(txn: &ReadTransaction) -> Result<Vec<(String, u32)>, StoreError> {
+    let meta = txn.open_table(META).map_err(db)?;
+    let mut out = Vec::new();
+    for entry in meta.iter().map_err(db)? {
+        let (name, partitions) = entry.map_err(db)?;
+        out.push((name.value().to_owned(), partitions.value()));
+    }
+    Ok(out)
+}
+
+fn topic_summary_on_disk(txn: &ReadTransaction) -> Result<Value, StoreError> {
+    let mut topics = serde_json::Map::new();
+    for (name, partitions) in topics_on_disk(txn)? {
+        let table = txn.open_table(topic_table(&name)).map_err(db)?;
+        let mut per = Vec::new();
+        for p in 0..partitions {
+            per.push(partition_end(&table, p)?);
+        }
+        topics.insert(
+            name,
+            json!({"partitions": partitions, "records": per.iter().sum::<u64>(), "end_offsets": per}),
+        );
+    }
+    Ok(Value::Object(topics))
+}
+
+/// Makes a data dir private to its owner (0700) and its files 0600: `clickpulse.redb` holds
+/// visitors' IP addresses. Only removes permissions, never adds any.
+#[cfg(unix)]
+fn make_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let tighten = |path: &Path, keep: u32| -> std::io::Result<()> {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & keep))?;
+        }
+        Ok(())
+    };
+    tighten(dir, 0o700).map_err(err)?;
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if entry.file_type().map_err(err)?.is_file() {
+            tighten(&entry.path(), 0o600).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Runs `f`, turning a panic inside it (redb panics on some damaged files) into
+/// [`StoreError::Damaged`], without the panic's message on stderr.
+pub fn catch_damage<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked".to_owned());
+        Err(StoreError::Damaged(message))
+    })
+}
+
+enum ReadHandle {
+    /// The data file itself, opened read-only.
+    Shared(redb::ReadOnlyDatabase),
+    /// A private copy of it (in the temporary dir, deleted on drop), opened by redb for
+    /// writing so it can recover it: the data file was not closed cleanly.
+    Copy(Database, TempCopy),
+}
+
+struct TempCopy(PathBuf);
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A data dir opened for reading only (`clickpulse status`, `topics dump`, `verify`): nothing
+/// in the data dir is ever created, changed or repaired through it.
+///
+/// redb's exclusive writer (the pipeline) locks the file, so this fails with
+/// [`StoreError::InUse`] while a pipeline runs (redb's multi-process modes would allow it, but
+/// they refuse commits without an fsync, which the pipeline's group commit relies on). A file
+/// not closed cleanly (after `kill -9`) needs redb's recovery, which writes: it is then read
+/// from a recovered private copy, and the data file stays as it is.
+pub struct ReadOnlyStore {
+    db: ReadHandle,
+    path: PathBuf,
+}
+
+/// How [`ReadOnlyStore::verify`] decodes a record's value: `(topic, value)` → ok or why not.
+pub type Decode<'a> = dyn Fn(&str, &[u8]) -> Result<(), String> + 'a;
+
+/// One thing [`ReadOnlyStore::verify`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a table, a topic/partition@offset, a state key.
+    pub place: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What [`ReadOnlyStore::verify`] checked.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    /// Records read and checked, all topics.
+    pub records: u64,
+    /// Records written before checksums existed (read, but without a checksum to verify).
+    pub unchecked_records: u64,
+    /// State entries, offsets and lookups checked.
+    pub state_entries: u64,
+    /// Committed offsets.
+    pub offsets: u64,
+    /// Lookup entries.
+    pub lookups: u64,
+    /// What is damaged.
+    pub problems: Vec<Problem>,
+}
+
+impl ReadOnlyStore {
+    /// Opens the data dir `dir` read-only. A missing dir or database file is an error, and
+    /// nothing is created.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.is_dir() {
+            return Err(StoreError::NoDataDir(dir.to_owned()));
+        }
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::NoDatabase(dir.to_owned()));
+        }
+        catch_damage(|| {
+            let opened = redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .open_read_only(&path);
+            let db = match opened {
+                Ok(db) => ReadHandle::Shared(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::InUse(dir.to_owned()));
+                }
+                Err(redb::DatabaseError::RepairAborted) => Self::recovered_copy(dir, &path)?,
+                Err(e) => return Err(db(e)),
+            };
+            Ok(ReadOnlyStore { db, path })
+        })
+    }
+
+    fn recovered_copy(dir: &Path, path: &Path) -> Result<ReadHandle, StoreError> {
+        let io = |source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        };
+        let original = std::fs::File::open(path).map_err(io)?;
+        // Held while copying: a pipeline starting meanwhile fails to open instead of
+        // changing the file under the copy.
+        if original.try_lock_shared().is_err() {
+            return Err(StoreError::InUse(dir.to_owned()));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let copy = TempCopy(std::env::temp_dir().join(format!(
+            "clickpulse-read-{}-{nanos}.redb",
+            std::process::id()
+        )));
+        std::fs::copy(path, &copy.0).map_err(io)?;
+        drop(original);
+        let database = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .open(&copy.0)
+            .map_err(db)?;
+        Ok(ReadHandle::Copy(database, copy))
+    }
+
+    /// True when the data file was not closed cleanly and is read from a recovered copy.
+    pub fn read_from_recovered_copy(&self) -> bool {
+        matches!(self.db, ReadHandle::Copy(..))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.db {
+            ReadHandle::Shared(d) => d.begin_read().map_err(db),
+            ReadHandle::Copy(d, _) => d.begin_read().map_err(db),
+        }
+    }
+
+    /// Every topic with its partition count, by name.
+    pub fn topics(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        topics_on_disk(&self.begin_read()?)
+    }
+
+    /// The partition count of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<u32, StoreError> {
+        partitions_on_disk(&self.begin_read()?, topic)
+    }
+
+    /// Record counts of every topic.
+    pub fn topic_summary(&self) -> Result<Value, StoreError> {
+        topic_summary_on_disk(&self.begin_read()?)
+    }
+
+    /// The lookups.
+    pub fn load_lookups(&self) -> Result<Lookups, StoreError> {
+        load_lookups(&self.begin_read()?)
+    }
+
+    /// Every state entry whose key starts with `prefix`, with the prefix removed.
+    pub fn state_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        read_state_with_prefix(&self.begin_read()?, prefix)
+    }
+
+    /// The number of users and products in the lookups (without reading them).
+    pub fn lookup_counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.begin_read()?;
+        let users = txn.open_table(USERS).map_err(db)?.len().map_err(db)?;
+        let products = txn.open_table(PRODUCTS).map_err(db)?.len().map_err(db)?;
+        Ok((users, products))
+    }
+
+    /// Every committed consumer position.
+    pub fn offsets(&self) -> Result<Vec<OffsetCommit>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(OFFSETS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let mut parts = k.value().split('\u{0}');
+            let (Some(group), Some(topic), Some(partition), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(partition) = partition.parse() else {
+                continue;
+            };
+            out.push(OffsetCommit {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+                next_offset: v.value(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` records of a partition from offset `from`, each checked against its
+    /// checksum.
+    pub fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let txn = self.begin_read()?;
+        partitions_on_disk(&txn, topic)?;
+        let table = txn.open_table(topic_table(topic)).map_err(db)?;
+        let first = table
+            .range((partition, 0)..=(partition, from))
+            .map_err(db)?
+            .next_back()
+            .transpose()
+            .map_err(db)?
+            .map_or(from, |(k, _)| k.value().1);
+        let mut out = Vec::new();
+        for entry in table
+            .range((partition, first)..=(partition, u64::MAX))
+            .map_err(db)?
+        {
+            let (k, v) = entry.map_err(db)?;
+            let base = k.value().1;
+            let segment = checked_segment(partition, base, v.value())
+                .map_err(|damage| damaged(topic, partition, damage))?;
+            for r in segment.records().filter(|r| r.offset >= from) {
+                let key = std::str::from_utf8(r.key).map_err(|e| {
+                    damaged(
+                        topic,
+                        partition,
+                        (r.offset, format!("its key is not UTF-8: {e}")),
+                    )
+                })?;
+                out.push(StoredRecord {
+                    offset: r.offset,
+                    key: key.to_owned(),
+                    value: r.value.to_vec(),
+                });
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the whole data dir: every topic's segments and records (checksums, places,
+    /// offsets without gaps or overlaps, keys, and values with `decode`), every committed
+    /// offset against its partition, every state entry (checksum, JSON), the lookups, and
+    /// redb's own page checksums (on a private copy: redb's check writes). Each table is
+    /// checked on its own, so damage in one does not hide another's.
+    pub fn verify(&self, decode: &Decode<'_>) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let mut ends: HashMap<(String, u32), u64> = HashMap::new();
+        let problem = |report: &mut VerifyReport, place: String, message: String| {
+            report.problems.push(Problem { place, message });
+        };
+        let topics = match catch_damage(|| self.topics()) {
+            Ok(topics) => topics,
+            Err(e) => {
+                problem(&mut report, "table topic_partitions".into(), e.to_string());
+                Vec::new()
+            }
+        };
+        for (topic, partitions) in &topics {
+            if *partitions == 0 {
+                problem(
+                    &mut report,
+                    format!("topic {topic}"),
+                    "recorded with 0 partitions".into(),
+                );
+            }
+            let result = catch_damage(|| {
+                self.verify_topic(topic, *partitions, decode, &mut report, &mut ends)
+            });
+            if let Err(e) = result {
+                problem(&mut report, format!("topic {topic}"), e.to_string());
+            }
+        }
+        match catch_damage(|| self.offsets()) {
+            Ok(offsets) => {
+                report.offsets = offsets.len() as u64;
+                for o in offsets {
+                    let place = format!("offset of {} on {}/{}", o.group, o.topic, o.partition);
+                    let known = topics.iter().find(|(t, _)| *t == o.topic);
+                    match known {
+                        None => problem(&mut report, place, "no such topic".into()),
+                        Some((_, n)) if o.partition >= *n => {
+                            problem(&mut report, place, format!("the topic has {n} partitions"))
+                        }
+                        Some(_) => {
+                            let end = ends
+                                .get(&(o.topic.clone(), o.partition))
+                                .copied()
+                                .unwrap_or(0);
+                            if o.next_offset > end {
+                                problem(
+                                    &mut report,
+                                    place,
+                                    format!(
+                                        "next offset {} is past the partition's end {end}",
+                                        o.next_offset
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => problem(&mut report, "table offsets".into(), e.to_string()),
+        }
+        let state = catch_damage(|| {
+            let txn = self.begin_read()?;
+            let table = txn.open_table(STATE).map_err(db)?;
+            let mut found = Vec::new();
+            let mut n = 0;
+            for entry in table.iter().map_err(db)? {
+                let (k, v) = entry.map_err(db)?;
+                n += 1;
+                let key = k.value();
+                match open_state(key, v.value()) {
+                    Err(e) => found.push((format!("state {key}"), e.to_string())),
+                    Ok(payload) => {
+                        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+                            found.push((format!("state {key}"), format!("not valid JSON: {e}")));
+                        }
+                    }
+                }
+            }
+            Ok((n, found))
+        });
+        match state {
+            Ok((n, found)) => {
+                report.state_entries = n;
+                for (place, message) in found {
+                    problem(&mut report, place, message);
+                }
+            }
+            Err(e) => problem(&mut report, "table state".into(), e.to_string()),
+        }
+        match catch_damage(|| self.load_lookups()) {
+            Ok(l) => report.lookups = (l.user_count() + l.product_count()) as u64,
+            Err(e) => problem(&mut report, "lookups".into(), e.to_string()),
+        }
+        if let Err(message) = self.check_pages() {
+            problem(&mut report, "redb pages".into(), message);
+        }
+        report
+    }
+
+    fn verify_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        decode: &Decode<'_>,
+        report: &mut VerifyReport,
+        ends: &mut HashMap<(String, u32), u64>,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(topic_table(topic)).map_err(db)?;
+        let mut previous: Option<(u32, u64)> = None;
+        for entry in table.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            let (p, base) = k.value();
+            let mut problem = |offset: u64, message: String| {
+                report.problems.push(Problem {
+                    place: format!("{topic}/{p}@{offset}"),
+                    message,
+                });
+            };
+            if p >= partitions {
+                problem(base, format!("partition {p} of a topic with {partitions}"));
+                continue;
+            }
+            let segment = match checked_segment(p, base, v.value()) {
+                Ok(segment) => segment,
+                Err((offset, message)) => {
+                    problem(offset, message);
+                    let end = base + segment_len(v.value());
+                    previous = Some((p, end));
+                    ends.insert((topic.to_owned(), p), end);
+                    continue;
+                }
+            };
+            match previous {
+                Some((pp, end)) if pp == p && base < end => problem(
+                    base,
+                    format!("overlaps the segment before, which ends at {end}"),
+                ),
+                Some((pp, end)) if pp == p && base > end => problem(
+                    end,
+                    format!(
+                        "offsets {end}..{base} have no records (retention only deletes from the start)"
+                    ),
+                ),
+                _ => {}
+            }
+            previous = Some((p, segment.end()));
+            ends.insert((topic.to_owned(), p), segment.end());
+            if segment.checked {
+                report.records += segment.count;
+            } else {
+                report.unchecked_records += segment.count;
+            }
+            for r in segment.records() {
+                if std::str::from_utf8(r.key).is_err() {
+                    problem(r.offset, "its key is not UTF-8".into());
+                }
+                if let Err(e) = decode(topic, r.value) {
+                    problem(r.offset, format!("its value does not decode: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// redb's integrity check (every page's checksum) on a private copy of the file: the
+    /// check repairs, so it never runs on the data file itself.
+    fn check_pages(&self) -> Result<(), String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let copy = TempCopy(std::env::temp_dir().join(format!(
+            "clickpulse-verify-{}-{nanos}.redb",
+            std::process::id()
+        )));
+        let source = match &self.db {
+            ReadHandle::Shared(_) => self.path.clone(),
+            ReadHandle::Copy(_, c) => c.0.clone(),
+        };
+        std::fs::copy(&source, &copy.0).map_err(|e| format!("cannot copy the file: {e}"))?;
+        catch_damage(|| {
+            let mut database = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .open(&copy.0)
+                .map_err(db)?;
+            database.check_integrity().map_err(db)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|intact| {
+            if intact {
+                Ok(())
+            } else {
+                Err(
+                    "redb's integrity check found damaged pages (repaired only in a private \
+                     copy; the data file is left as it is)"
+                        .to_owned(),
+                )
+            }
+        })
+    }
+}
+
 /// The next offset of a partition: one past its last record (retention always keeps the last
 /// segment).
 fn partition_end<T>(table: &T, partition: u32) -> Result<u64, StoreError>
@@ -793,6 +1437,81 @@ where
         .transpose()
         .map_err(db)?
         .map_or(0, |(k, v)| k.value().1 + segment_len(v.value())))
+}
+
+/// The first byte of a state value written with a checksum: `STATE_CHECKED, check: u32,
+/// payload`, where `check` covers the key and the payload. Values written before checksums
+/// are JSON, which never starts with this byte, and are read as they are.
+const STATE_CHECKED: u8 = 0xFF;
+
+fn state_check(key: &str, payload: &[u8]) -> u32 {
+    checksum(u64::from(checksum(0x5354_4154, key.as_bytes())), payload)
+}
+
+/// A state value as stored: with its checksum in front (the key is added by the caller).
+fn seal_state_for(key: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(STATE_CHECKED);
+    out.extend_from_slice(&state_check(key, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A stored state value's payload, its checksum verified (legacy values unchecked).
+fn open_state<'a>(key: &str, stored: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    match stored.split_first() {
+        Some((&STATE_CHECKED, rest)) => {
+            let (check, payload) = rest
+                .split_at_checked(4)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: key.to_owned(),
+                    message: "state value truncated".to_owned(),
+                })?;
+            let check = u32::from_le_bytes([check[0], check[1], check[2], check[3]]);
+            if check == state_check(key, payload) {
+                Ok(payload)
+            } else {
+                Err(StoreError::Corrupt {
+                    key: key.to_owned(),
+                    message: "checksum mismatch: the state value was changed on disk".to_owned(),
+                })
+            }
+        }
+        _ => Ok(stored),
+    }
+}
+
+fn damaged(topic: &str, partition: u32, (offset, message): Damage) -> StoreError {
+    StoreError::DamagedRecord {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        message,
+    }
+}
+
+fn read_state(txn: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let table = txn.open_table(STATE).map_err(db)?;
+    let Some(v) = table.get(key).map_err(db)? else {
+        return Ok(None);
+    };
+    Ok(Some(open_state(key, v.value())?.to_vec()))
+}
+
+fn read_state_with_prefix(
+    txn: &ReadTransaction,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let table = txn.open_table(STATE).map_err(db)?;
+    let mut out = Vec::new();
+    for entry in table.range(prefix..).map_err(db)? {
+        let (k, v) = entry.map_err(db)?;
+        let Some(rest) = k.value().strip_prefix(prefix) else {
+            break;
+        };
+        out.push((rest.to_owned(), open_state(k.value(), v.value())?.to_vec()));
+    }
+    Ok(out)
 }
 
 fn offset_key(group: &str, topic: &str, partition: u32) -> String {
@@ -871,6 +1590,145 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A legacy segment (before checksums): `count`, then `key_len, key, value_len, value`.
+    fn legacy_segment(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = (records.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in records {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_segment_is_an_error_naming_its_record() {
+        let records: [Record<'_>; 2] = [("alice", b"one"), ("bob", b"a longer value, 2")];
+        let mut bytes = encode_segment(&records);
+        seal_segment(&mut bytes, 3, 40);
+        let good = checked_segment(3, 40, &bytes).unwrap();
+        let read: Vec<_> = good.records().map(|r| (r.offset, r.key, r.value)).collect();
+        assert_eq!(
+            read,
+            [
+                (40, &b"alice"[..], &b"one"[..]),
+                (41, &b"bob"[..], &b"a longer value, 2"[..])
+            ]
+        );
+        let second = 8 + 12 + "alice".len() + "one".len();
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let Err((offset, _)) = checked_segment(3, 40, &damaged) else {
+                panic!("bit {bit} flipped unnoticed");
+            };
+            if bit / 8 >= second {
+                assert_eq!(offset, 41, "bit {bit}");
+            } else if bit / 8 >= 8 {
+                assert_eq!(offset, 40, "bit {bit}");
+            }
+        }
+        assert!(
+            checked_segment(3, 41, &bytes).is_err(),
+            "a segment under another offset"
+        );
+        assert!(checked_segment(2, 40, &bytes).is_err(), "or partition");
+    }
+
+    #[test]
+    fn data_written_before_checksums_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(topic_table("t")).unwrap();
+                let legacy = legacy_segment(&[("a", "1"), ("a", "2")]);
+                table.insert((0, 0), legacy.as_slice()).unwrap();
+                let mut state = txn.open_table(STATE).unwrap();
+                state.insert("op/old", &b"{\"n\":1}"[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        assert_eq!(store.end_offset("t", 0), 2);
+        store
+            .commit(&batch(&[("a", "3")], &[("op/new", "{}")], &[]))
+            .unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), &[("t", 1)]).unwrap();
+        let values: Vec<_> = store
+            .fetch("t", 0, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offset, r.value))
+            .collect();
+        assert_eq!(
+            values,
+            [(0, b"1".to_vec()), (1, b"2".to_vec()), (2, b"3".to_vec())]
+        );
+        assert_eq!(store.state("op/old").unwrap(), Some(b"{\"n\":1}".to_vec()));
+        assert_eq!(store.state("op/new").unwrap(), Some(b"{}".to_vec()));
+        drop(store);
+        let ro = ReadOnlyStore::open(dir.path()).unwrap();
+        let report = ro.verify(&|_, _| Ok(()));
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.records, report.unchecked_records), (1, 2));
+    }
+
+    #[test]
+    fn a_damaged_state_value_is_an_error_naming_its_key() {
+        let sealed = seal_state_for("op/x", b"{\"a\":1}");
+        assert_eq!(open_state("op/x", &sealed).unwrap(), b"{\"a\":1}");
+        assert!(open_state("op/y", &sealed).is_err(), "under another key");
+        for bit in 0..sealed.len() * 8 {
+            let mut damaged = sealed.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            if damaged[0] == STATE_CHECKED {
+                assert!(open_state("op/x", &damaged).is_err(), "bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn read_only_opens_create_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        assert!(matches!(
+            ReadOnlyStore::open(&missing),
+            Err(StoreError::NoDataDir(_))
+        ));
+        assert!(!missing.exists());
+        assert!(matches!(
+            ReadOnlyStore::open(tmp.path()),
+            Err(StoreError::NoDatabase(_))
+        ));
+        assert!(!tmp.path().join(DB_FILE).exists());
+        let store = EmbeddedStore::open(tmp.path(), &[("t", 1)]).unwrap();
+        assert!(
+            matches!(ReadOnlyStore::open(tmp.path()), Err(StoreError::InUse(_))),
+            "not beside the pipeline"
+        );
+        store
+            .commit(&batch(&[("a", "1")], &[], &[("g", "t", 0, 1)]))
+            .unwrap();
+        drop(store);
+        let ro = ReadOnlyStore::open(tmp.path()).unwrap();
+        assert_eq!(ro.topics().unwrap(), [("t".to_owned(), 1)]);
+        assert_eq!(ro.fetch("t", 0, 0, 10).unwrap().len(), 1);
+        assert_eq!(ro.offsets().unwrap().len(), 1);
+        assert!(ro.verify(&|_, _| Ok(())).problems.is_empty());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(tmp.path()), 0o700);
+            assert_eq!(mode(&tmp.path().join(DB_FILE)), 0o600);
+        }
     }
 
     #[test]

@@ -369,6 +369,10 @@ impl fmt::Display for Explain<'_> {
     }
 }
 
+/// How long past its time limit an expired match of a `late = "reset"` pattern is remembered
+/// (see [`Pattern::forget_expired`]).
+pub const RESET_MEMORY_MS: i64 = 7 * 86_400_000;
+
 /// A live match of one visitor against one pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
@@ -465,9 +469,12 @@ impl Pattern {
         if let (Some(m), Some(within)) = (current.as_ref(), self.within_ms)
             && click.ts_ms - m.started_ms >= within
         {
+            // Remembered no longer (see `forget_expired`): as if swept, whenever the sweep ran.
+            let remembered = click.ts_ms - m.started_ms < within.saturating_add(RESET_MEMORY_MS);
             // Under `Late::Reset` the refresh rule comes first: a late refresh leaves the match
             // as it is. (Before the limit the order of the two checks makes no difference.)
             if self.late == Late::Reset
+                && remembered
                 && self.ignore_refresh
                 && *m.last_product == **click.product_id
             {
@@ -479,7 +486,7 @@ impl Pattern {
                 cause: Cause::Expired,
             });
             *current = None;
-            if self.late == Late::Reset {
+            if self.late == Late::Reset && remembered {
                 // Reset to `init`, and the view is dropped: it starts nothing.
                 return out;
             }
@@ -587,7 +594,9 @@ impl Pattern {
     /// returns whether it changed anything. Under [`Late::Restart`] an expired match is dropped.
     /// Under [`Late::Reset`] it still decides the visitor's next view (a refresh of its last
     /// product is ignored, any other view is dropped), so only its start and last product are
-    /// kept: the products it recorded are released.
+    /// kept: the products it recorded are released. It is remembered for
+    /// [`RESET_MEMORY_MS`] past its time limit, then dropped as well (a visitor who comes back
+    /// later starts afresh): the state of a visitor who never comes back is bounded in time.
     pub fn forget_expired(&self, current: &mut Option<Match>, now_ms: i64) -> bool {
         let Some(m) = current.as_mut() else {
             return false;
@@ -595,8 +604,15 @@ impl Pattern {
         if !self.is_expired(m, now_ms) {
             return false;
         }
+        let forgotten = self
+            .within_ms
+            .is_some_and(|w| now_ms - m.started_ms >= w.saturating_add(RESET_MEMORY_MS));
         match self.late {
             Late::Restart => {
+                *current = None;
+                true
+            }
+            Late::Reset if forgotten => {
                 *current = None;
                 true
             }

@@ -83,6 +83,9 @@ struct RawTransition {
     when: Option<Spanned<toml::Table>>,
 }
 
+/// The longest `within` a pattern may have, and the time limit of a pattern that gives none: a
+/// live match is state kept for its visitor, so it must end.
+pub const MAX_WITHIN_MS: i64 = 7 * 86_400_000;
 /// Line numbers from byte offsets.
 struct Source<'a> {
     file: &'a str,
@@ -155,11 +158,25 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
         }
         Ok(parsed.as_millis().min(i64::MAX as u128) as i64)
     };
-    let within_ms = raw
-        .within
-        .as_ref()
-        .map(|d| duration(d, "within"))
-        .transpose()?;
+    let within_ms = match raw.within.as_ref() {
+        Some(d) => {
+            let ms = duration(d, "within")?;
+            if ms > MAX_WITHIN_MS {
+                return Err(src.error(
+                    d.span(),
+                    "within",
+                    format!(
+                        "{:?} is longer than the longest time limit, 7 days (a match is state \
+                         kept for the visitor that long)",
+                        d.get_ref()
+                    ),
+                ));
+            }
+            Some(ms)
+        }
+        // No time limit given: the longest, so no match is kept for ever.
+        None => Some(MAX_WITHIN_MS),
+    };
     let late = match &raw.late {
         None => Late::default(),
         Some(value) => {
@@ -175,7 +192,7 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
                     ),
                 ));
             };
-            if within_ms.is_none() {
+            if raw.within.is_none() {
                 return Err(src.error(
                     value.span(),
                     "late",
@@ -703,6 +720,29 @@ mod tests {
 
         let e = error("name = \"x\"\n[offer\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn every_match_ends_within_seven_days() {
+        let long = SEED.replace("within = \"30m\"", "within = \"1000000y\"");
+        let e = parse_pattern("p.toml", &long).unwrap_err().to_string();
+        assert!(
+            e.contains("longer than the longest time limit, 7 days"),
+            "{e}"
+        );
+        let week = SEED.replace("within = \"30m\"", "within = \"7d\"");
+        assert_eq!(
+            parse_pattern("p.toml", &week).unwrap().within_ms,
+            Some(MAX_WITHIN_MS)
+        );
+        // No time limit given: the longest (and `late` needs one to be given).
+        let none = SEED
+            .replace("within = \"30m\"", "")
+            .replace("late = \"reset\"", "");
+        assert_eq!(
+            parse_pattern("p.toml", &none).unwrap().within_ms,
+            Some(MAX_WITHIN_MS)
+        );
     }
 
     #[test]

@@ -144,6 +144,11 @@ impl<A: Default> Buckets<A> {
     pub fn iter(&self) -> impl Iterator<Item = (&i64, &A)> {
         self.windows.iter()
     }
+
+    /// Puts back a window read from a checkpoint.
+    pub fn insert(&mut self, start: i64, value: A) {
+        self.windows.insert(start, value);
+    }
 }
 
 /// One-second panes `(end − 1 s, end]`, appended in event-time order.
@@ -181,8 +186,33 @@ impl<P: Default> Panes<P> {
 
     /// Drops panes with `end ≤ ts`.
     pub fn evict_through(&mut self, ts: i64) {
+        self.evict_through_each(ts, |_| {});
+    }
+
+    /// [`Panes::evict_through`], handing each evicted pane to `evicted` first.
+    pub fn evict_through_each(&mut self, ts: i64, mut evicted: impl FnMut(&P)) {
         while self.panes.front().is_some_and(|(e, _)| *e <= ts) {
-            self.panes.pop_front();
+            if let Some((_, pane)) = self.panes.pop_front() {
+                evicted(&pane);
+            }
+        }
+    }
+
+    /// Every pane held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &P> {
+        self.panes.iter().map(|(_, p)| p)
+    }
+
+    /// Every pane held with its end, oldest first.
+    pub fn iter_with_end(&self) -> impl Iterator<Item = (i64, &P)> {
+        self.panes.iter().map(|(e, p)| (*e, p))
+    }
+
+    /// Panes read from a checkpoint, in any order (the newest of a duplicated end wins).
+    pub fn from_unsorted(panes: impl IntoIterator<Item = (i64, P)>) -> Self {
+        let sorted: BTreeMap<i64, P> = panes.into_iter().collect();
+        Panes {
+            panes: sorted.into_iter().collect(),
         }
     }
 

@@ -51,7 +51,18 @@ pub struct DashboardConfig {
     /// Input partitions `0..partitions`: each holds the watermark back from the start until it
     /// delivers a view or goes idle (0: a partition counts from its first view).
     pub partitions: u32,
+    /// The most distinct keys each dimension (products, categories, countries) holds across
+    /// the windows; views with further keys count under [`OTHER_KEY`]. What clients send then
+    /// cannot grow the state or the snapshot (see [`KeyCap`]).
+    pub max_keys: usize,
 }
+
+/// The most distinct keys per dimension by default: far above a shop's catalogue, its
+/// categories and the world's 249 countries.
+pub const DEFAULT_MAX_KEYS: usize = 1_000;
+
+/// The key views over a dimension's [`DashboardConfig::max_keys`] count under.
+pub const OTHER_KEY: &str = "(other)";
 
 impl Default for DashboardConfig {
     fn default() -> Self {
@@ -59,7 +70,97 @@ impl Default for DashboardConfig {
             allowed_lateness_ms: 5_000,
             idle_timeout: Duration::from_secs(5),
             partitions: 0,
+            max_keys: DEFAULT_MAX_KEYS,
         }
+    }
+}
+
+/// Bounds one dimension's distinct keys: a key is admitted while it is already held (in some
+/// pane) or fewer than `max` are; any other counts as [`OTHER_KEY`]. Which panes hold a key is
+/// derived from the panes (rebuilt on restore, updated as panes are filled and evicted), so the
+/// decision is the same live, in a backtest and after a restart.
+#[derive(Debug, Clone)]
+struct KeyCap {
+    max: usize,
+    /// Key → how many panes hold it.
+    held: HashMap<Arc<str>, u32>,
+    other: Arc<str>,
+}
+
+impl KeyCap {
+    fn new(max: usize) -> Self {
+        KeyCap {
+            max: max.max(1),
+            held: HashMap::default(),
+            other: Arc::from(OTHER_KEY),
+        }
+    }
+
+    /// The key `key` counts under.
+    fn admit(&self, key: Arc<str>) -> Arc<str> {
+        if self.held.len() < self.max || self.held.contains_key(&key) {
+            key
+        } else {
+            self.other.clone()
+        }
+    }
+
+    /// A pane now holds `key` (it did not before).
+    fn held_by_one_more(&mut self, key: &Arc<str>) {
+        match self.held.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                self.held.insert(key.clone(), 1);
+            }
+        }
+    }
+
+    /// A pane holding these keys was evicted.
+    fn released(&mut self, counts: &SmallCounts) {
+        for (key, _) in counts.iter() {
+            if let Some(n) = self.held.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The three capped dimensions.
+#[derive(Debug, Clone)]
+struct Caps {
+    products: KeyCap,
+    categories: KeyCap,
+    countries: KeyCap,
+}
+
+impl Caps {
+    fn new(max: usize, panes: &Panes<Pane>) -> Self {
+        let mut caps = Caps {
+            products: KeyCap::new(max),
+            categories: KeyCap::new(max),
+            countries: KeyCap::new(max),
+        };
+        for pane in panes.iter() {
+            for (k, _) in pane.products.iter() {
+                caps.products.held_by_one_more(k);
+            }
+            for (k, _) in pane.categories.iter() {
+                caps.categories.held_by_one_more(k);
+            }
+            for (k, _) in pane.countries.iter() {
+                caps.countries.held_by_one_more(k);
+            }
+        }
+        caps
+    }
+
+    fn released(&mut self, pane: &Pane) {
+        self.products.released(&pane.products);
+        self.categories.released(&pane.categories);
+        self.countries.released(&pane.countries);
     }
 }
 
@@ -107,6 +208,30 @@ impl View {
     }
 }
 
+/// Keeps the title and category of a view's product for `top_products_1h`.
+fn note_title(
+    titles: &mut HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
+    product_id: &Arc<str>,
+    title: &Arc<str>,
+    category: &Arc<str>,
+) {
+    // Nearly always already there with the same title and category: then no new key and no
+    // reference counts to move.
+    match titles.get_mut(product_id) {
+        Some((t, c)) => {
+            if !Arc::ptr_eq(t, title) && *t != *title {
+                *t = title.clone();
+            }
+            if !Arc::ptr_eq(c, category) && *c != *category {
+                *c = category.clone();
+            }
+        }
+        None => {
+            titles.insert(product_id.clone(), (title.clone(), category.clone()));
+        }
+    }
+}
+
 /// Adds `v` to `set`, cloning it (an atomic reference count) only when it is new: most views
 /// come from a visitor already in the minute's and the half hour's set.
 fn insert_visitor(set: &mut HashSet<Visitor>, v: &Visitor) {
@@ -149,10 +274,30 @@ struct SmallCounts(SmallVec<[(Arc<str>, u64); 2]>);
 impl SmallCounts {
     /// Counts `key`, keeping it if it is new (a view's own text, moved in: cloning it, and
     /// dropping the view's copy later, were two atomic reference-count operations per key).
-    fn bump(&mut self, key: Arc<str>) {
+    /// Whether `key` is new to these counts.
+    fn bump(&mut self, key: Arc<str>) -> bool {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((key, 1)),
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.0.push((key, 1));
+                true
+            }
+        }
+    }
+
+    /// [`SmallCounts::bump`] of `key` as `cap` admits it, telling `cap` when the pane gains a
+    /// key (the map is looked into only then, not for a key the pane already counts).
+    fn bump_capped(&mut self, key: Arc<str>, cap: &mut KeyCap) {
+        if let Some((_, n)) = self.0.iter_mut().find(|(k, _)| *k == key) {
+            *n += 1;
+            return;
+        }
+        let key = cap.admit(key);
+        if self.bump(key.clone()) {
+            cap.held_by_one_more(&key);
         }
     }
 
@@ -265,7 +410,10 @@ struct Minute {
 }
 
 /// The part of the aggregation that is checkpointed (sliding aggregates are rebuilt from panes).
+/// The operator writes it in parts (see [`AggregateOperator::checkpoint`]): the head under
+/// `state`, and each pane, minute, half hour and second of offers under its own key.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Persisted {
     watermark: Option<i64>,
     /// Each input partition's newest event time: what the watermark is computed from. Without
@@ -305,6 +453,10 @@ pub struct DashboardAggregator {
     /// Whether the sliding aggregates follow the watermark (see
     /// [`DashboardAggregator::sliding_windows_on_read`]).
     keep_sliding: bool,
+    /// The bounds on each dimension's distinct keys (derived from the panes).
+    caps: Caps,
+    /// Seconds of `offers` changed since the operator last checkpointed them.
+    offers_changed: std::collections::BTreeSet<i64>,
 }
 
 impl DashboardAggregator {
@@ -346,7 +498,10 @@ impl DashboardAggregator {
             visitors_5m: Sliding::new(5 * MINUTE_MS),
             visitor_ids: VisitorInterner::default(),
             keep_sliding: true,
+            caps: Caps::new(config.max_keys, &Panes::default()),
+            offers_changed: std::collections::BTreeSet::new(),
         };
+        agg.caps = Caps::new(config.max_keys, &agg.s.panes);
         if let Some(now) = agg.s.watermark {
             agg.advance_windows(now);
         }
@@ -428,6 +583,7 @@ impl DashboardAggregator {
             .is_none()
         {
             self.s.offers_seen += 1;
+            self.offers_changed.insert(offer.ts_ms);
         }
     }
 
@@ -511,51 +667,49 @@ impl DashboardAggregator {
         self.s.half_hours.as_mut().expect("set").add(ts, |h| {
             insert_visitor(h, &v.visitor);
         });
-        self.note_title(&v);
         let pane = self.s.panes.pane_for(ts);
         pane.devices[device_slot(v.device)] += 1;
+        let caps = &mut self.caps;
         if !keep {
             let View {
                 visitor,
                 product_id,
                 category,
                 country,
+                title,
                 ..
             } = v;
-            pane.products.bump(product_id);
-            pane.categories.bump(category);
-            pane.countries.bump(country);
+            let known = caps.products.held.len() < caps.products.max
+                || caps.products.held.contains_key(&product_id);
+            if known {
+                note_title(&mut self.s.product_titles, &product_id, &title, &category);
+            }
+            pane.products.bump_capped(product_id, &mut caps.products);
+            pane.categories.bump_capped(category, &mut caps.categories);
+            pane.countries.bump_capped(country, &mut caps.countries);
             pane.visitors.push(visitor);
             return;
         }
-        pane.products.bump(v.product_id.clone());
-        pane.categories.bump(v.category.clone());
-        pane.countries.bump(v.country.clone());
+        let known = caps.products.held.len() < caps.products.max
+            || caps.products.held.contains_key(&v.product_id);
+        if known {
+            note_title(
+                &mut self.s.product_titles,
+                &v.product_id,
+                &v.title,
+                &v.category,
+            );
+        }
+        pane.products
+            .bump_capped(v.product_id.clone(), &mut caps.products);
+        pane.categories
+            .bump_capped(v.category.clone(), &mut caps.categories);
+        pane.countries
+            .bump_capped(v.country.clone(), &mut caps.countries);
         pane.visitors.push(v.visitor.clone());
         self.s.latest.push_back(v);
         if self.s.latest.len() > LATEST {
             self.s.latest.pop_front();
-        }
-    }
-
-    /// Keeps the title and category of the view's product for `top_products_1h`.
-    fn note_title(&mut self, v: &View) {
-        // Nearly always already there with the same title and category: then no new key and no
-        // reference counts to move.
-        match self.s.product_titles.get_mut(&v.product_id) {
-            Some((title, category)) => {
-                if !Arc::ptr_eq(title, &v.title) && *title != v.title {
-                    *title = v.title.clone();
-                }
-                if !Arc::ptr_eq(category, &v.category) && *category != v.category {
-                    *category = v.category.clone();
-                }
-            }
-            None => {
-                self.s
-                    .product_titles
-                    .insert(v.product_id.clone(), (v.title.clone(), v.category.clone()));
-            }
         }
     }
 
@@ -568,7 +722,10 @@ impl DashboardAggregator {
             self.visitors_30m.advance(panes, now);
             self.visitors_5m.advance(panes, now);
         }
-        self.s.panes.evict_through(now - HOUR_MS);
+        let caps = &mut self.caps;
+        self.s
+            .panes
+            .evict_through_each(now - HOUR_MS, |pane| caps.released(pane));
         let minute = MINUTE.latest_start(now);
         self.s
             .minutes
@@ -639,11 +796,14 @@ impl DashboardAggregator {
             .into_iter()
             .take(10)
             .map(|(id, views)| {
-                let (title, category) = self
-                    .s
-                    .product_titles
-                    .get(id)
-                    .map_or(("Unknown", "Unknown"), |(t, c)| (&**t, &**c));
+                let (title, category) = self.s.product_titles.get(id).map_or(
+                    if &**id == OTHER_KEY {
+                        ("Other products", OTHER_KEY)
+                    } else {
+                        ("Unknown", "Unknown")
+                    },
+                    |(t, c)| (&**t, &**c),
+                );
                 json!({"product_id": id, "title": title, "category": category, "views": views})
             })
             .collect();
@@ -745,6 +905,103 @@ pub struct AggregateOperator {
     frontier: Option<FrontierFn>,
     /// The frontier as sampled before the inputs were read ([`Operator::on_poll`]).
     sampled: Option<Frontier>,
+    /// What the last checkpoints wrote, to write only what changed since.
+    written: Written,
+    /// A state being read back key by key ([`Operator::restore`]), made the aggregation at its
+    /// first use.
+    restoring: Option<Restoring>,
+}
+
+/// The parts of a window state read back so far.
+#[derive(Debug, Default)]
+struct Restoring {
+    head: Persisted,
+    panes: BTreeMap<i64, Pane>,
+    minutes: BTreeMap<i64, Minute>,
+    half_hours: BTreeMap<i64, HashSet<Visitor>>,
+    offers: BTreeMap<i64, BTreeMap<String, String>>,
+}
+
+impl Restoring {
+    /// The whole state: the head with the parts put back (a head written whole, before
+    /// checkpoints came in parts, has its parts in it already).
+    fn assemble(self) -> Persisted {
+        let mut s = self.head;
+        if !self.panes.is_empty() {
+            let old: Vec<(i64, Pane)> = s
+                .panes
+                .iter_with_end()
+                .map(|(e, p)| (e, p.clone()))
+                .collect();
+            s.panes = Panes::from_unsorted(old.into_iter().chain(self.panes));
+        }
+        let minutes = s.minutes.get_or_insert_with(|| Buckets::new(MINUTE));
+        for (k, v) in self.minutes {
+            minutes.insert(k, v);
+        }
+        let halves = s.half_hours.get_or_insert_with(|| Buckets::new(HALF_HOUR));
+        for (k, v) in self.half_hours {
+            halves.insert(k, v);
+        }
+        s.offers.extend(self.offers);
+        s
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("window state serializes")
+}
+
+/// The keys of the window state the store holds, by part, and the watermark they were written
+/// at: everything at or before it that is still held is unchanged since.
+#[derive(Debug, Default)]
+struct Written {
+    watermark: Option<i64>,
+    panes: std::collections::BTreeSet<i64>,
+    minutes: std::collections::BTreeSet<i64>,
+    half_hours: std::collections::BTreeSet<i64>,
+    offers: std::collections::BTreeSet<i64>,
+}
+
+/// The head of the window state: [`Persisted`] without the parts kept under their own keys.
+#[derive(Serialize)]
+struct HeadRef<'a> {
+    watermark: Option<i64>,
+    partition_times: &'a BTreeMap<u32, i64>,
+    buffer: &'a EventTimeBuffer<View>,
+    latest: &'a VecDeque<View>,
+    product_titles: &'a HashMap<Arc<str>, (Arc<str>, Arc<str>)>,
+    events: u64,
+    late_events: u64,
+    offers_seen: u64,
+}
+
+const PANE_PREFIX: &str = "pane/";
+const MINUTE_PREFIX: &str = "minute/";
+const HALF_HOUR_PREFIX: &str = "half/";
+const OFFERS_PREFIX: &str = "offers/";
+
+/// Writes what of `held` changed since `written` (keys after `since`, or not written yet) with
+/// `encode`, deletes what is written and no longer held, and records what is written now.
+fn write_parts<'a, T: 'a>(
+    changes: &mut StateChanges,
+    prefix: &str,
+    held: impl Iterator<Item = (i64, &'a T)>,
+    changed: impl Fn(i64) -> bool,
+    written: &mut std::collections::BTreeSet<i64>,
+    encode: impl Fn(&T) -> Vec<u8>,
+) {
+    let mut now = std::collections::BTreeSet::new();
+    for (at, part) in held {
+        if changed(at) || !written.contains(&at) {
+            changes.push((format!("{prefix}{at}"), Some(encode(part))));
+        }
+        now.insert(at);
+    }
+    for gone in written.difference(&now) {
+        changes.push((format!("{prefix}{gone}"), None));
+    }
+    *written = now;
 }
 
 /// Reads the sources' [`Frontier`] now (`None`: not known yet, e.g. before the replay
@@ -762,6 +1019,16 @@ impl AggregateOperator {
             dirty: false,
             frontier: None,
             sampled: None,
+            written: Written::default(),
+            restoring: None,
+        }
+    }
+
+    /// Makes a state read back by [`Operator::restore`] the aggregation (once every key is in).
+    fn settle(&mut self) {
+        if let Some(r) = self.restoring.take() {
+            self.core = DashboardAggregator::from_persisted(self.config, r.assemble());
+            self.publish();
         }
     }
 
@@ -800,6 +1067,7 @@ impl Operator for AggregateOperator {
     }
 
     fn process(&mut self, input: EnrichedClick, _out: &mut Emitter) {
+        self.settle();
         self.core.on_click(0, input, Instant::now());
         self.dirty = true;
     }
@@ -811,6 +1079,7 @@ impl Operator for AggregateOperator {
         value: &[u8],
         _out: &mut Emitter,
     ) -> Result<(), String> {
+        self.settle();
         if topic == topics::SPECIAL_OFFERS {
             let offer: Offer = crate::codec::decode(value)?;
             self.core.on_offer(&offer);
@@ -831,6 +1100,7 @@ impl Operator for AggregateOperator {
     }
 
     fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
+        self.settle();
         if topic == topics::ENRICHED_CLICK_DATA {
             self.core.set_backlog(partition, pending);
         }
@@ -840,10 +1110,12 @@ impl Operator for AggregateOperator {
     /// in this batch, or the runner reports its partition's backlog. (Read at the tick, after
     /// the batch, it let a view that reached the input meanwhile be passed by the watermark.)
     fn on_poll(&mut self) {
+        self.settle();
         self.sampled = self.frontier.as_ref().and_then(|f| f());
     }
 
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
+        self.settle();
         let frontier = self.sampled.take();
         if self.core.tick_with(wall, frontier) || self.dirty {
             self.dirty = true;
@@ -851,38 +1123,126 @@ impl Operator for AggregateOperator {
         }
     }
 
-    /// The whole window state is written at each checkpoint: under load, at most twice a
-    /// second (a crash re-reads at most that much input; the served snapshot is published as
-    /// it changes, not at checkpoints).
+    /// A checkpoint writes what changed, at most twice a second under load (a crash re-reads
+    /// at most that much input; the served snapshot is published as it changes, not at
+    /// checkpoints).
     fn checkpoint_interval(&self) -> std::time::Duration {
         CHECKPOINT_INTERVAL
     }
 
+    /// Writes what changed since the last checkpoint, not the whole window state: the head
+    /// (watermark, waiting views, the newest views, counters) under `state`, and of the parts
+    /// under their own keys only those that can have changed — a one-second pane is final once
+    /// the watermark passed it, so each is written once and deleted when it leaves the hour; a
+    /// minute or half hour is rewritten while the watermark is inside it; a second of offers
+    /// when an offer for it arrives. Bytes written per view stay constant however long the
+    /// windows are (`clickpulse bench windows` measures them).
     fn checkpoint(&mut self, changes: &mut StateChanges) {
+        self.settle();
         if !self.dirty {
             return;
         }
         self.dirty = false;
-        let state = serde_json::to_vec(self.core.persisted()).expect("window state serializes");
-        changes.push((STATE_KEY.to_owned(), Some(state)));
+        let since = self.written.watermark;
+        let s = self.core.persisted();
+        let head = HeadRef {
+            watermark: s.watermark,
+            partition_times: &s.partition_times,
+            buffer: &s.buffer,
+            latest: &s.latest,
+            product_titles: &s.product_titles,
+            events: s.events,
+            late_events: s.late_events,
+            offers_seen: s.offers_seen,
+        };
+        let head = serde_json::to_vec(&head).expect("window state serializes");
+        changes.push((STATE_KEY.to_owned(), Some(head)));
+        let after = |end: i64| since.is_none_or(|w| end > w);
+        write_parts(
+            changes,
+            PANE_PREFIX,
+            s.panes.iter_with_end(),
+            after,
+            &mut self.written.panes,
+            |p: &Pane| to_json(p),
+        );
+        let minutes = s.minutes.as_ref().expect("set");
+        write_parts(
+            changes,
+            MINUTE_PREFIX,
+            minutes.iter().map(|(k, v)| (*k, v)),
+            |start| after(start + MINUTE_MS),
+            &mut self.written.minutes,
+            |m: &Minute| to_json(m),
+        );
+        let halves = s.half_hours.as_ref().expect("set");
+        write_parts(
+            changes,
+            HALF_HOUR_PREFIX,
+            halves.iter().map(|(k, v)| (*k, v)),
+            |start| after(start + HALF_HOUR_MS),
+            &mut self.written.half_hours,
+            |h: &HashSet<Visitor>| to_json(h),
+        );
+        let offers_changed = std::mem::take(&mut self.core.offers_changed);
+        write_parts(
+            changes,
+            OFFERS_PREFIX,
+            self.core.s.offers.iter().map(|(k, v)| (*k, v)),
+            |ts| offers_changed.contains(&ts),
+            &mut self.written.offers,
+            |o: &BTreeMap<String, String>| to_json(o),
+        );
+        self.written.watermark = self.core.s.watermark;
         let snapshot = serde_json::to_vec(&*self.handle.snapshot()).expect("snapshot serializes");
         changes.push((SNAPSHOT_KEY.to_owned(), Some(snapshot)));
     }
 
     fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        let bad = |message: String| RestoreError {
+            operator: "aggregate",
+            key: key.to_owned(),
+            message,
+        };
+        fn parse<T: for<'de> Deserialize<'de>>(value: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(value).map_err(|e| e.to_string())
+        }
+        let at = |prefix: &str| -> Result<Option<i64>, RestoreError> {
+            key.strip_prefix(prefix)
+                .map(|n| n.parse::<i64>().map_err(|e| bad(e.to_string())))
+                .transpose()
+        };
+        let r = self.restoring.get_or_insert_with(Restoring::default);
         if key == STATE_KEY {
-            let s: Persisted = serde_json::from_slice(value).map_err(|e| RestoreError {
-                operator: "aggregate",
-                key: key.to_owned(),
-                message: e.to_string(),
-            })?;
-            self.core = DashboardAggregator::from_persisted(self.config, s);
-            self.publish();
+            r.head = parse(value).map_err(bad)?;
+            self.written.watermark = r.head.watermark;
+        } else if let Some(end) = at(PANE_PREFIX)? {
+            r.panes.insert(end, parse(value).map_err(bad)?);
+            self.written.panes.insert(end);
+        } else if let Some(start) = at(MINUTE_PREFIX)? {
+            r.minutes.insert(start, parse(value).map_err(bad)?);
+            self.written.minutes.insert(start);
+        } else if let Some(start) = at(HALF_HOUR_PREFIX)? {
+            r.half_hours.insert(start, parse(value).map_err(bad)?);
+            self.written.half_hours.insert(start);
+        } else if let Some(ts) = at(OFFERS_PREFIX)? {
+            r.offers.insert(ts, parse(value).map_err(bad)?);
+            self.written.offers.insert(ts);
         }
         Ok(())
     }
 
     fn stats(&self) -> Value {
+        if let Some(Restoring { head: s, .. }) = &self.restoring {
+            // Read back, not yet in use.
+            return json!({
+                "events": s.events,
+                "late_events": s.late_events,
+                "pending": s.buffer.len(),
+                "watermark_ms": s.watermark,
+                "offers": s.offers_seen,
+            });
+        }
         let (events, late) = self.core.counters();
         json!({
             "events": events,
