@@ -53,6 +53,13 @@ struct Tally {
     unavailable_without_retry_after: u64,
     server_errors: u64,
     transport_errors: u64,
+    /// Event streams the server took, and refused (its stream caps).
+    streams_held: u64,
+    streams_refused: u64,
+    /// `/api/health` asked, answered, and the slowest answer.
+    health_asked: u64,
+    health_answered: u64,
+    health_max: Duration,
 }
 
 impl Tally {
@@ -65,6 +72,11 @@ impl Tally {
         self.unavailable_without_retry_after += o.unavailable_without_retry_after;
         self.server_errors += o.server_errors;
         self.transport_errors += o.transport_errors;
+        self.streams_held += o.streams_held;
+        self.streams_refused += o.streams_refused;
+        self.health_asked += o.health_asked;
+        self.health_answered += o.health_answered;
+        self.health_max = self.health_max.max(o.health_max);
     }
 }
 
@@ -130,6 +142,8 @@ fn embedded<T>(
             })?
     };
     let mut state = AppState::new(metrics, "embedded");
+    // The dashboard's stream, for `--streams` (nothing publishes to it: it stays open).
+    state.dashboard = Some(clickpulse_engine::window::DashboardHandle::default());
     state.collector = Some(Collector {
         sink: Arc::new(QueueSink::new(queue_tx, collector_queue)),
         clock: Arc::new(EventClock::default()),
@@ -194,10 +208,15 @@ impl Drop for TempDir {
 }
 
 /// Runs the connections until the duration has passed; returns the tally and the time from
-/// the first request to the last answer.
+/// the first request to the last answer. Meanwhile it holds `--streams` event streams open and
+/// asks `/api/health` ten times a second.
 async fn load(addr: SocketAddr, args: &CollectorBenchArgs) -> (Tally, Duration) {
     let started = Instant::now();
     let deadline = started + args.duration;
+    let streams: Vec<_> = (0..args.streams)
+        .map(|_| tokio::spawn(hold_stream(addr, deadline)))
+        .collect();
+    let health = tokio::spawn(probe_health(addr, deadline));
     let tasks: Vec<_> = (0..args.connections)
         .map(|c| tokio::spawn(connection(addr, c, args.batch, deadline)))
         .collect();
@@ -208,7 +227,73 @@ async fn load(addr: SocketAddr, args: &CollectorBenchArgs) -> (Tally, Duration) 
             Err(_) => tally.transport_errors += 1,
         }
     }
+    for stream in streams {
+        match stream.await {
+            Ok(true) => tally.streams_held += 1,
+            _ => tally.streams_refused += 1,
+        }
+    }
+    if let Ok((asked, answered, max)) = health.await {
+        tally.health_asked = asked;
+        tally.health_answered = answered;
+        tally.health_max = max;
+    }
     (tally, started.elapsed())
+}
+
+/// Opens `GET /api/dashboard/stream` and keeps it until `deadline`; whether the server took it
+/// (a `200`, not a refusal by its stream caps).
+async fn hold_stream(addr: SocketAddr, deadline: Instant) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = format!("GET /api/dashboard/stream HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    let taken = matches!(
+        tokio::time::timeout_at(deadline.into(), stream.read_exact(&mut head)).await,
+        Ok(Ok(_)) if head.starts_with(b"HTTP/1.1 200")
+    );
+    if taken {
+        // Hold it: read whatever comes until the load ends.
+        let mut sink = vec![0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), stream.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    taken
+}
+
+/// Asks `GET /api/health` on a new connection ten times a second until `deadline`: how many it
+/// asked, how many were answered `200` within 5 s, and the slowest answer.
+async fn probe_health(addr: SocketAddr, deadline: Instant) -> (u64, u64, Duration) {
+    let (mut asked, mut answered, mut max) = (0, 0, Duration::ZERO);
+    while Instant::now() < deadline {
+        asked += 1;
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut sender = connect(addr).await?;
+            let request = hyper::Request::get("/api/health")
+                .header(header::HOST, addr.to_string())
+                .body(Full::new(Bytes::new()))
+                .ok()?;
+            let response = sender.send_request(request).await.ok()?;
+            Some(response.status().as_u16())
+        })
+        .await;
+        if let Ok(Some(200)) = answer {
+            answered += 1;
+            max = max.max(sent.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (asked, answered, max)
 }
 
 /// The body one connection sends: `batch` product views of visitors of its own.
@@ -316,7 +401,8 @@ fn report(
     let ok = t.server_errors == 0
         && t.unavailable_without_retry_after == 0
         && t.client_errors == 0
-        && lost.unwrap_or(0) == 0;
+        && lost.unwrap_or(0) == 0
+        && t.health_answered == t.health_asked;
     if args.json {
         let summary = json!({
             "url": args.url,
@@ -336,6 +422,11 @@ fn report(
             "server_errors": t.server_errors,
             "transport_errors": t.transport_errors,
             "events_in_click_data": in_topic,
+            "streams_held": t.streams_held,
+            "streams_refused": t.streams_refused,
+            "health_asked": t.health_asked,
+            "health_answered": t.health_answered,
+            "health_max_ms": t.health_max.as_secs_f64() * 1000.0,
             "ok": ok,
         });
         println!("{summary}");
@@ -367,6 +458,14 @@ fn report(
             t.server_errors,
             t.client_errors,
             t.transport_errors
+        );
+        println!(
+            "  /api/health answered {} of {} (slowest {:.1} ms); event streams held {}, refused {}",
+            t.health_answered,
+            t.health_asked,
+            t.health_max.as_secs_f64() * 1000.0,
+            t.streams_held,
+            t.streams_refused
         );
         println!(
             "bench collector: {accepted_rps:.0} req/s, {} events accepted, {} 5xx, {} 503, events in click-data {topic}",

@@ -326,6 +326,11 @@ pub(crate) struct CollectorBenchArgs {
         conflicts_with = "url"
     )]
     pub(crate) collector_queue: usize,
+    /// Also hold this many `GET /api/dashboard/stream` connections open during the load (the
+    /// open-streams attack): the server's stream caps refuse the excess, and `/api/health`,
+    /// asked ten times a second throughout, must keep answering.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) streams: usize,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub(crate) json: bool,

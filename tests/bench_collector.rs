@@ -54,3 +54,16 @@ fn over_capacity_answers_503_with_retry_after_and_loses_nothing() {
     assert_nothing_lost(&s);
     assert!(s["unavailable"].as_u64().unwrap() >= 1, "{s}");
 }
+
+/// The open-streams attack on top of the overload: 300 event streams held open (more than the
+/// servers' budget of 256), and `/api/health`, asked ten times a second, answers every time.
+#[test]
+fn health_answers_beside_an_overload_and_more_open_streams_than_the_budget() {
+    let s = bench(&["--connections", "16", "--overload", "--streams", "300"]);
+    assert_nothing_lost(&s);
+    let asked = s["health_asked"].as_u64().unwrap();
+    assert!(asked > 0, "{s}");
+    assert_eq!(s["health_answered"].as_u64(), Some(asked), "{s}");
+    assert!(s["streams_held"].as_u64().unwrap() <= 256, "{s}");
+    assert!(s["streams_refused"].as_u64().unwrap() >= 44, "{s}");
+}

@@ -130,8 +130,13 @@ fn target_visitor_gets_the_offer_others_do_not() {
     .unwrap();
     assert_eq!(forged.status().as_u16(), 401);
 
-    // The transition log shows ann's machine.
-    let log = get_json(port, &format!("/api/patterns/log?visitor={ann}")).unwrap();
+    // The transition log shows ann her machine (with her token); to anyone else her id names
+    // nobody.
+    let log = get_json(
+        port,
+        &format!("/api/patterns/log?visitor={ann}&me={ann}&token={ann_token}"),
+    )
+    .unwrap();
     assert!(
         log["transitions"]
             .as_array()
@@ -139,6 +144,8 @@ fn target_visitor_gets_the_offer_others_do_not() {
             .iter()
             .any(|t| t["to"] == "offer")
     );
+    let public = get_json(port, &format!("/api/patterns/log?visitor={ann}")).unwrap();
+    assert_eq!(public["transitions"].as_array().unwrap().len(), 0);
 }
 
 #[test]
