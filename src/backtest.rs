@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::cli::BacktestArgs;
 use crate::inputs;
+use crate::status::thousands;
 
 pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
     let (report, offers) = backtest(&args)?;
@@ -25,7 +26,7 @@ pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_summary(&report);
+        print_summary(&report, args.until);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -162,7 +163,10 @@ fn write_offers(path: &std::path::Path, offers: &[Offer]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn print_summary(report: &Value) {
+/// The human summary (without `--json`): the log's counts, then per pattern its audience (the
+/// visitors who could get its offer), the share of them who got one, and its offers per day of
+/// the log replayed (up to `until`).
+fn print_summary(report: &Value, until: Option<i64>) {
     println!("events                  {}", report["events"]);
     println!("malformed rows          {}", report["malformed"]);
     println!("distinct visitors       {}", report["visitors"]);
@@ -171,13 +175,37 @@ fn print_summary(report: &Value) {
         "unknown-product events  {}",
         report["unknown_product_events"]
     );
-    println!("offers                  {}", report["offers"]);
-    if let Some(by) = report["offers_by_pattern"].as_object() {
-        for (pattern, n) in by {
-            let a = &report["audience"][pattern];
+    let days = log_days(
+        report["first_event_ms"].as_i64(),
+        report["last_event_ms"]
+            .as_i64()
+            .map(|last| until.map_or(last, |t| last.min(t))),
+    );
+    let per_day = |n: u64| n as f64 / days.max(1) as f64;
+    let offers = report["offers"].as_u64().unwrap_or(0);
+    println!(
+        "offers                  {} ({:.1} per day over {days} day(s) of events)",
+        thousands(offers),
+        per_day(offers)
+    );
+    if let Some(audience) = report["audience"].as_object() {
+        for (pattern, a) in audience {
+            let n = report["offers_by_pattern"][pattern].as_u64().unwrap_or(0);
+            let share = a["share"].as_f64().unwrap_or(0.0);
+            println!("  {pattern}");
             println!(
-                "  {pattern:<38} {n} ({} of {} audience visitors)",
-                a["visitors_with_offer"], a["audience_visitors"]
+                "    audience            {} visitors",
+                thousands(a["audience_visitors"].as_u64().unwrap_or(0))
+            );
+            println!(
+                "    got an offer        {} visitors ({:.2}% of the audience)",
+                thousands(a["visitors_with_offer"].as_u64().unwrap_or(0)),
+                share * 100.0
+            );
+            println!(
+                "    offers              {} ({:.1} per day)",
+                thousands(n),
+                per_day(n)
             );
         }
     }
@@ -185,4 +213,36 @@ fn print_summary(report: &Value) {
         "throughput              {} events/s ({} ms)",
         report["events_per_second"], report["elapsed_ms"]
     );
+}
+
+/// How many calendar days (UTC) the events from `first` to `last` span; 0 without events.
+fn log_days(first: Option<i64>, last: Option<i64>) -> i64 {
+    match (first.and_then(event_date), last.and_then(event_date)) {
+        (Some(first), Some(last)) if last >= first => (last - first).num_days() + 1,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{log_days, thousands};
+
+    #[test]
+    fn summary_figures_are_formatted_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_601), "1,601");
+        assert_eq!(thousands(116_607), "116,607");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        // 2012-03-01 08:00 to 2012-03-01 23:00: one day; to 2012-03-16: sixteen.
+        assert_eq!(
+            log_days(Some(1_330_588_800_000), Some(1_330_642_800_000)),
+            1
+        );
+        assert_eq!(
+            log_days(Some(1_330_588_800_000), Some(1_331_881_176_000)),
+            16
+        );
+        assert_eq!(log_days(None, None), 0);
+    }
 }

@@ -219,7 +219,11 @@ pub(crate) struct StatusArgs {
     /// The data dir [default: as for `demo`].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Print every state key with its value instead of the summary (large: per-visitor state).
+    /// Print the summary as JSON (per stage, topic and state-key prefix; for scripts).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print every state key with its value as JSON instead of the summary (large:
+    /// per-visitor state).
     #[arg(long)]
     pub(crate) keys: bool,
 }
@@ -256,9 +260,9 @@ pub(crate) struct TopicsDumpArgs {
     /// The data dir [default: as for `demo`].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Print at most this many records per partition.
-    #[arg(long, default_value_t = u64::MAX)]
-    pub(crate) limit: u64,
+    /// Print at most this many records per partition [default: no limit, every record].
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.partitions == 0 || args.batch_size == 0 {
         bail!("--partitions and --batch-size must be at least 1");
     }
+    // Bound before anything else: a taken port fails here, before the data dir is touched or a
+    // one-time admin token is generated and shown.
+    let listener = bind_listener(args.listen)?;
     let dir = inputs::data_dir(args.data_dir.clone());
     if args.reset && dir.exists() {
         let db = dir.join(clickpulse_connectors::embedded::DB_FILE);
@@ -283,10 +286,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         .build()?;
     let total = input.clicks.len() as u64;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = tokio::net::TcpListener::from_std(listener)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        info!(address = %listener.local_addr()?, "Serving HTTP.");
+        let address = listener.local_addr()?;
+        info!(address = %address, "Serving HTTP.");
+        eprintln!(
+            "Clickpulse is running: dashboard http://{address}/  shop http://{address}/shop  \
+             pipeline http://{address}/pipeline  (Ctrl-C stops it)"
+        );
         let router = clickpulse_server::app(AppState {
             metrics: metrics.clone(),
             mode: "embedded",
@@ -528,6 +535,24 @@ fn secret_file(path: &std::path::Path, bytes: usize) -> Result<(String, bool)> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok((secret, true))
+}
+
+/// Binds the HTTP listener (non-blocking, for tokio); a taken or forbidden address fails with
+/// a message naming it and suggesting `--listen`.
+fn bind_listener(address: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another process is using it: stop it, or pick another address with --listen, \
+             e.g. --listen 127.0.0.1:8081)"
+        } else {
+            " (pick another address with --listen, e.g. --listen 127.0.0.1:8081)"
+        };
+        anyhow::anyhow!("cannot listen on {address}: {e}{hint}")
+    })?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {address}"))?;
+    Ok(listener)
 }
 
 /// The admin token: given, else the one saved in the data dir, else a new random one (saved

@@ -3,12 +3,32 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clickpulse_engine::pattern::PatternSet;
+use clickpulse_engine::lookups::Lookups;
+use clickpulse_engine::pattern::{Catalogue, PatternSet};
 
+use crate::bundled;
 use crate::cli::PatternsCheckArgs;
 
+/// The offers the shop has a popup picture for (`data/images/offers/*.png`, served by
+/// [`offer_image`](clickpulse_server::static_files::offer_image)); a test keeps the list and the
+/// folder equal.
+pub(crate) const OFFERS_WITH_PICTURE: [&str; 2] = ["offer1", "offer2"];
+
+/// What a pattern may name: the bundled catalogue's categories and products, and the offers the
+/// shop can show.
+pub(crate) fn bundled_catalogue() -> Result<Catalogue> {
+    let mut lookups = Lookups::default();
+    lookups.load_products_json("products.json", bundled::PRODUCTS_JSON)?;
+    lookups.load_products_tsv("products.tsv", bundled::PRODUCTS_TSV)?;
+    let offers = OFFERS_WITH_PICTURE
+        .into_iter()
+        .filter(|o| clickpulse_server::static_files::offer_image(o).is_some());
+    Ok(Catalogue::from_lookups(&lookups, offers))
+}
+
 pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {
-    match PatternSet::load(&args.path) {
+    let catalogue = bundled_catalogue()?;
+    match PatternSet::check(&args.path, &catalogue) {
         Ok(set) => {
             for p in set.patterns() {
                 println!("{} (version {}, {})", p.name, p.version, p.source);
@@ -21,8 +41,31 @@ pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
-            eprintln!("{} error(s)", errors.0.len());
+            let mut files: Vec<&str> = errors.0.iter().map(|e| e.file.as_str()).collect();
+            files.sort_unstable();
+            files.dedup();
+            eprintln!("{} error(s) in {} file(s)", errors.0.len(), files.len());
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offers_with_a_picture_are_the_pictures_shipped() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/images/offers");
+        let mut shipped: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".png").map(str::to_owned)
+            })
+            .collect();
+        shipped.sort();
+        assert_eq!(shipped, OFFERS_WITH_PICTURE);
+        assert_eq!(bundled_catalogue().unwrap().offers, OFFERS_WITH_PICTURE);
     }
 }

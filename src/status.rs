@@ -51,8 +51,117 @@ pub(crate) fn run(args: StatusArgs) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("cannot read the data dir {}", dir.display()))?;
-    print_out(&serde_json::to_string_pretty(&status)?)?;
+    if args.keys || args.json {
+        print_out(&serde_json::to_string_pretty(&status)?)?;
+    } else {
+        print_out(&human(&status))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The default `status` output: the JSON summary in a few lines for people — per stage its
+/// events, dead letters and lag, per topic its records, the replay's position, the offers.
+fn human(summary: &Value) -> String {
+    use std::fmt::Write;
+    let count = |v: &Value| thousands(v.as_u64().unwrap_or(0));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Data dir {}",
+        summary["data_dir"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(out, "Stages:");
+    match summary["stages"].as_object() {
+        Some(stages) if !stages.is_empty() => {
+            for (stage, s) in stages {
+                let lag: u64 = s["positions"]
+                    .as_object()
+                    .map(|p| p.values().filter_map(|t| t["lag"].as_u64()).sum())
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "  {stage:<12} {:>9} events  {:>6} dead letters  lag {}",
+                    count(&s["events"]),
+                    count(&s["dead_letters"]),
+                    thousands(lag)
+                );
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "  none has committed yet");
+        }
+    }
+    let _ = writeln!(out, "Topics:");
+    if let Some(topics) = summary["topics"].as_object() {
+        for (topic, t) in topics {
+            let _ = writeln!(
+                out,
+                "  {topic:<20} {:>9} records in {} partition(s)",
+                count(&t["records"]),
+                count(&t["partitions"])
+            );
+        }
+    }
+    let replay = &summary["state"]["replay/state"];
+    if replay.is_object() {
+        let time = replay["event_time_ms"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(
+                || "none".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            );
+        let _ = writeln!(
+            out,
+            "Replay: last commit at log position {} ({} events replayed), event time {time}",
+            count(&replay["position"]),
+            count(&replay["events"])
+        );
+    } else {
+        let _ = writeln!(out, "Replay: no commit yet");
+    }
+    let detect = &summary["state"]["op/detect/stats"];
+    let offers = if detect.is_object() {
+        &detect["offers"]
+    } else {
+        &summary["topics"]["special-offers"]["records"]
+    };
+    let _ = write!(out, "Offers: {}", count(offers));
+    if let Some(by) = detect["offers_by_pattern"].as_object()
+        && !by.is_empty()
+    {
+        let by: Vec<String> = by
+            .iter()
+            .map(|(pattern, n)| format!("{pattern} {}", count(n)))
+            .collect();
+        let _ = write!(out, " ({})", by.join(", "));
+    }
+    let _ = writeln!(out);
+    let lookups = &summary["lookups"];
+    let _ = writeln!(
+        out,
+        "Lookups: {} users, {} products",
+        count(&lookups["users"]),
+        count(&lookups["products"])
+    );
+    out.push_str(
+        "More: `clickpulse status --json` (the summary as JSON), `--keys` (every state key), \
+         `clickpulse verify` (checks the data)",
+    );
+    out
+}
+
+/// `n` with thousands separators: 116607 → "116,607".
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Prints `text` and a newline; a closed pipe (`| head`) is not an error.
@@ -163,7 +272,7 @@ fn summary(dir: &Path, store: &ReadOnlyStore) -> Result<Value, StoreError> {
 
 pub(crate) fn dump(args: TopicsDumpArgs) -> Result<ExitCode> {
     let (dir, store) = open_read_only(args.data_dir)?;
-    match catch_damage(|| dump_records(&store, &args.topic, args.limit)) {
+    match catch_damage(|| dump_records(&store, &args.topic, args.limit.unwrap_or(u64::MAX))) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // `| head`: the reader has what it wanted.
         Err(StoreError::DataDir { source, .. })

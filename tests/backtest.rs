@@ -160,3 +160,24 @@ fn generated_logs_are_deterministic_in_every_compression_and_follow_the_real_log
         "unknown-product share {unknown}, real log {real_unknown}"
     );
 }
+
+#[test]
+fn the_text_summary_shows_each_patterns_audience_and_share() {
+    let patterns = format!("{}/patterns", env!("CARGO_MANIFEST_DIR"));
+    let out = run_ok(&["backtest", "--patterns", &patterns]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for pattern in ["seed-5-step", "seed-clothes-shoes-clothes"] {
+        let section: Vec<&str> = text
+            .lines()
+            .skip_while(|l| l.trim() != pattern)
+            .take(4)
+            .collect();
+        assert_eq!(section.len(), 4, "no section for {pattern} in:\n{text}");
+        assert!(
+            section[1].contains("audience") && section[1].contains("1,601 visitors"),
+            "{text}"
+        );
+        assert!(section[2].contains("% of the audience"), "{text}");
+        assert!(section[3].contains("per day"), "{text}");
+    }
+}

@@ -26,9 +26,33 @@ fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
     assert!(status.success(), "exit 0 after SIGTERM, got {status}");
     // Whatever was committed is consistent: a restart finishes the log exactly.
     demo_to_end(dir, &[]);
-    let s = run_json(&["status", "--data-dir", dir]);
+    let s = run_json(&["status", "--json", "--data-dir", dir]);
     assert_eq!(s["topics"]["enriched-click-data"]["records"], 116_607);
     assert_eq!(s["state"]["runner/aggregate"]["events"], 116_607);
+    // Without `--json`, a short summary for people.
+    let text = String::from_utf8(run_ok(&["status", "--data-dir", dir]).stdout).unwrap();
+    for stage in ["enrich", "detect", "aggregate"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(stage)
+                && l.contains("116,607 events")
+                && l.ends_with("lag 0")),
+            "{stage} in:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.contains("enriched-click-data") && l.contains("116,607 records")),
+        "{text}"
+    );
+    assert!(
+        text.contains("Replay: last commit at log position 116,607"),
+        "{text}"
+    );
+    assert!(text.contains("Offers: "), "{text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "{text}"
+    );
 }
 
 #[test]
@@ -96,21 +120,26 @@ fn patterns_check_reports_every_error_with_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("a.toml"),
-        "name = \"a\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { colour = \"red\" }\n",
+        "name = \"a\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { colour = \"red\" }\n",
     )
     .unwrap();
-    std::fs::write(tmp.path().join("b.toml"), "name = \"b\"\nwithin = \"soon\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { category = \"x\" }\n").unwrap();
+    std::fs::write(tmp.path().join("b.toml"), "name = \"b\"\nwithin = \"soon\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { category = \"shoes\" }\n").unwrap();
     let out = std::process::Command::new(bin())
         .args(["patterns", "check", tmp.path().to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // `FILE:LINE:` (a column may follow), then the field.
+    let reported = |file_line: &str, field: &str| {
+        err.lines()
+            .any(|l| l.contains(file_line) && l.contains(field))
+    };
     assert!(
-        err.contains("a.toml:5: step[0].when.colour: unknown field"),
+        reported("a.toml:5:", " step[0].when.colour: unknown field"),
         "{err}"
     );
-    assert!(err.contains("b.toml:2: within:"), "{err}");
+    assert!(reported("b.toml:2:", " within:"), "{err}");
     assert!(err.contains("2 error(s)"), "{err}");
     let ok = run_ok(&[
         "patterns",
@@ -162,4 +191,98 @@ fn bench_backtest_prints_every_phase_and_the_read_floor_for_the_log_given() {
     }
     // The human summary names the floor lines too.
     assert!(stdout.contains("(floor: decompression alone)"), "{stdout}");
+}
+
+#[test]
+fn demo_on_a_taken_port_fails_before_touching_the_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--original-time", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &address])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {address}")),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(err.contains("--listen"), "{err}");
+    // Nothing was set up: no one-time admin token generated (and shown) for nothing.
+    assert!(!dir.join("admin-token").exists());
+    assert!(!err.contains("admin token"), "{err}");
+    drop(taken);
+}
+
+#[test]
+fn demo_says_where_it_is_running_once_it_serves() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "--original-time", "--data-dir", dir, "--listen"])
+        .args([&address, "--admin-token", ADMIN_TOKEN])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let expected = format!(
+        "Clickpulse is running: dashboard http://{address}/  shop http://{address}/shop  \
+         pipeline http://{address}/pipeline  (Ctrl-C stops it)"
+    );
+    let mut seen = Vec::new();
+    wait_until("the start line on stderr", || {
+        seen.extend(rx.try_iter());
+        seen.iter().any(|l| l == &expected).then_some(())
+    });
+    // It is printed once the server is bound: the address answers.
+    assert!(
+        get_json(
+            address.rsplit(':').next().unwrap().parse().unwrap(),
+            "/api/health"
+        )
+        .is_some()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_redirected_log_has_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("views.jsonl");
+    std::fs::write(
+        &log,
+        "{\"ts_ms\":1330588819000,\"visitor\":\"V1\",\"url\":\"http://www.acme.com/SH1/P1\"}\n",
+    )
+    .unwrap();
+    let dir = tmp.path().join("data");
+    let out = demo_to_end(dir.to_str().unwrap(), &["--log", log.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Serving HTTP."), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+}
+
+#[test]
+fn topics_dump_help_shows_no_limit_by_default() {
+    let out = run_ok(&["topics", "dump", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("18446744073709551615"), "{help}");
+    assert!(help.contains("no limit"), "{help}");
 }

@@ -11,7 +11,7 @@ fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
     demo_to_end(dir, &[]);
-    let status = run_json(&["status", "--data-dir", dir]);
+    let status = run_json(&["status", "--json", "--data-dir", dir]);
     let live = &status["state"]["op/aggregate/snapshot"];
     let backtest = run_json(&["backtest", "--json"]);
     assert_eq!(

@@ -267,7 +267,7 @@ fn the_data_dir_is_private_to_its_owner() {
 fn status_is_a_summary_and_keys_prints_every_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = made_data_dir(tmp.path());
-    let summary = run_ok(&["status", "--data-dir", &dir]).stdout;
+    let summary = run_ok(&["status", "--json", "--data-dir", &dir]).stdout;
     let keys = run_ok(&["status", "--keys", "--data-dir", &dir]).stdout;
     println!(
         "status: {} bytes; status --keys: {} bytes",
@@ -331,7 +331,7 @@ fn beside_a_running_pipeline_read_only_commands_point_to_its_http_figures() {
     assert!(demo.get("/api/stats").is_some());
     drop(demo); // SIGKILL: the file is left not closed cleanly
     let before = file_bytes(dir);
-    let out = run(&["status", "--data-dir", dir]);
+    let out = run(&["status", "--json", "--data-dir", dir]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not closed cleanly"),
@@ -353,6 +353,6 @@ fn beside_a_running_pipeline_read_only_commands_point_to_its_http_figures() {
     );
     // And the pipeline still opens it and finishes.
     demo_to_end(dir, &["--log", log.to_str().unwrap()]);
-    let after = run_json(&["status", "--data-dir", dir]);
+    let after = run_json(&["status", "--json", "--data-dir", dir]);
     assert_eq!(after["topics"]["click-data"]["records"], 3_000);
 }

@@ -54,13 +54,13 @@ fn a_full_disk_stops_the_pipeline_cleanly_and_a_restart_finishes_the_log() {
         "a clear error names the cause: {stderr}"
     );
     // What was committed is intact: the store opens, and a run with room finishes exactly.
-    let before = run_json(&["status", "--data-dir", dir]);
+    let before = run_json(&["status", "--json", "--data-dir", dir]);
     let replayed = before["state"]["replay/state"]["events"]
         .as_u64()
         .unwrap_or(0);
     assert!(replayed < 116_607, "{before}");
     demo_to_end(dir, &[]);
-    let after = run_json(&["status", "--data-dir", dir]);
+    let after = run_json(&["status", "--json", "--data-dir", dir]);
     assert_eq!(after["topics"]["click-data"]["records"], 116_607);
     assert_eq!(after["topics"]["enriched-click-data"]["records"], 116_607);
     assert_eq!(after["state"]["runner/aggregate"]["events"], 116_607);

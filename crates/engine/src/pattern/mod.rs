@@ -17,15 +17,17 @@ use std::sync::{Arc, RwLock};
 
 pub use detect::{DetectOperator, Offer, TransitionLog, TransitionRecord};
 pub use machine::Pattern;
-pub use spec::parse_pattern;
+pub use spec::{Catalogue, check_values, compile_pattern, parse_pattern};
 
 /// A pattern file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct PatternError {
     /// The file.
     pub file: String,
-    /// 1-based line (0 when it concerns the whole file).
+    /// 1-based line (0 when it concerns the whole file: then no position is shown).
     pub line: usize,
+    /// 1-based column, in characters (0 when unknown).
+    pub column: usize,
     /// The field, as a path (`transition[2].when.category`); empty for syntax errors.
     pub field: String,
     /// What is wrong.
@@ -34,7 +36,11 @@ pub struct PatternError {
 
 impl fmt::Display for PatternError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}: ", self.file)?,
+            (line, 0) => write!(f, "{}:{line}: ", self.file)?,
+            (line, column) => write!(f, "{}:{line}:{column}: ", self.file)?,
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -58,6 +64,15 @@ impl fmt::Display for PatternErrors {
     }
 }
 
+/// Sorts errors into file order and drops repeats (a step of `repeat = 3` compiles its
+/// condition three times).
+pub(crate) fn sort_errors(errors: &mut Vec<PatternError>) {
+    errors.sort_by(|a, b| {
+        (a.line, a.column, &a.field, &a.message).cmp(&(b.line, b.column, &b.field, &b.message))
+    });
+    errors.dedup();
+}
+
 /// A set of patterns with unique names, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PatternSet {
@@ -76,6 +91,7 @@ impl PatternSet {
             .map(|w| PatternError {
                 file: w[1].source.clone(),
                 line: 0,
+                column: 0,
                 field: "name".to_owned(),
                 message: format!(
                     "pattern name {:?} is also used by {}",
@@ -106,9 +122,9 @@ impl PatternSet {
         let mut patterns = Vec::new();
         let mut errors = Vec::new();
         for (file, text) in files {
-            match parse_pattern(file, text) {
+            match compile_pattern(file, text) {
                 Ok(p) => patterns.push(p),
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e.0),
             }
         }
         if !errors.is_empty() {
@@ -126,6 +142,41 @@ impl PatternSet {
             texts.push((file.display().to_string(), text));
         }
         Self::parse(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))
+    }
+
+    /// Loads like [`PatternSet::load`], and also checks every value against what exists
+    /// ([`check_values`]: categories, products, device classes, offers with a picture). Reports
+    /// every error of every file (a file that cannot be read names its path, without a line).
+    /// This is what `clickpulse patterns check` runs; the live pipeline only compiles.
+    pub fn check(path: &Path, catalogue: &Catalogue) -> Result<Self, PatternErrors> {
+        let files = pattern_files(path).map_err(|e| io_errors(path, e))?;
+        let mut errors = Vec::new();
+        let mut patterns = Vec::new();
+        for file in &files {
+            let display = file.display().to_string();
+            let text = match std::fs::read_to_string(file) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.extend(io_errors(file, e).0);
+                    continue;
+                }
+            };
+            let compiled = compile_pattern(&display, &text);
+            let mut found = match compiled {
+                Ok(p) => {
+                    patterns.push(p);
+                    Vec::new()
+                }
+                Err(e) => e.0,
+            };
+            found.extend(check_values(&display, &text, catalogue));
+            sort_errors(&mut found);
+            errors.extend(found);
+        }
+        if !errors.is_empty() {
+            return Err(PatternErrors(errors));
+        }
+        Self::new(patterns)
     }
 
     /// The patterns, by name.
@@ -248,6 +299,7 @@ impl PatternDir {
             return Err(PatternErrors(vec![PatternError {
                 file: name.to_owned(),
                 line: 0,
+                column: 0,
                 field: "name".to_owned(),
                 message: "pattern names use only a-z, 0-9, - and _".to_owned(),
             }]));
@@ -260,11 +312,13 @@ impl PatternDir {
     pub fn write(&self, name: &str, text: &str) -> Result<PatternSet, PatternErrors> {
         let path = self.file_for(name)?;
         let display = path.display().to_string();
-        let pattern = parse_pattern(&display, text).map_err(|e| PatternErrors(vec![e]))?;
+        let pattern = compile_pattern(&display, text)?;
         if pattern.name != name {
+            let (line, column) = spec::key_position(text, "name").unwrap_or((0, 0));
             return Err(PatternErrors(vec![PatternError {
                 file: display,
-                line: 0,
+                line,
+                column,
                 field: "name".to_owned(),
                 message: format!(
                     "the file declares name {:?}, but is stored as {name:?}",
@@ -288,6 +342,29 @@ impl PatternDir {
         Ok(set)
     }
 
+    /// [`PatternDir::write`] after checking every value of `text` against `catalogue`
+    /// ([`check_values`]): what the admin API's PUT should call, so a pattern naming a category,
+    /// product, device class or offer that does not exist is rejected with all its errors.
+    pub fn write_checked(
+        &self,
+        name: &str,
+        text: &str,
+        catalogue: &Catalogue,
+    ) -> Result<PatternSet, PatternErrors> {
+        let path = self.file_for(name)?;
+        let display = path.display().to_string();
+        let mut errors = match compile_pattern(&display, text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        errors.extend(check_values(&display, text, catalogue));
+        if !errors.is_empty() {
+            sort_errors(&mut errors);
+            return Err(PatternErrors(errors));
+        }
+        self.write(name, text)
+    }
+
     /// Deletes pattern `name`. Returns the remaining set.
     pub fn delete(&self, name: &str) -> Result<PatternSet, PatternErrors> {
         let path = self.file_for(name)?;
@@ -300,7 +377,63 @@ fn io_errors(path: &Path, e: std::io::Error) -> PatternErrors {
     PatternErrors(vec![PatternError {
         file: path.display().to_string(),
         line: 0,
+        column: 0,
         field: String::new(),
         message: e.to_string(),
     }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOES: &str = "name = \"shoes\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
+
+    #[test]
+    fn write_checked_rejects_unknown_values_and_keeps_the_old_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PatternDir::new(tmp.path()).unwrap();
+        let catalogue = Catalogue {
+            categories: vec!["shoes".into()],
+            products: Vec::new(),
+            offers: vec!["offer1".into()],
+        };
+        assert_eq!(
+            dir.write_checked("shoes", SHOES, &catalogue)
+                .unwrap()
+                .patterns()
+                .len(),
+            1
+        );
+        let bad = SHOES
+            .replace("\"shoes\" }", "\"shoez\" }")
+            .replace("offer1", "offer9");
+        let errors = dir.write_checked("shoes", &bad, &catalogue).unwrap_err();
+        assert_eq!(errors.0.len(), 2, "{errors}");
+        assert!(
+            errors.0.iter().all(|e| e.line > 0 && e.column > 0),
+            "{errors}"
+        );
+        let text = std::fs::read_to_string(tmp.path().join("shoes.toml")).unwrap();
+        assert_eq!(text, SHOES, "old file kept");
+        // The live path does not need the catalogue.
+        assert!(dir.write("shoes", &bad).is_ok());
+
+        // A file stored under another name than it declares: the error points at the name.
+        let e = dir.write("boots", SHOES).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "boots.toml:1:8: name: the file declares name \"shoes\", but is stored as \"boots\""
+            ),
+            "{e}"
+        );
+        // An error about a whole file shows no line.
+        let e = PatternSet::load(&tmp.path().join("gone.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gone.toml: No such file") && !e.contains(":0"),
+            "{e}"
+        );
+    }
 }

@@ -7,15 +7,19 @@
 //! - `[[transition]]`s: explicit `from` → `to` edges (`init` is the start, `offer` the goal), for
 //!   machines with back-edges such as the seed patterns.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-use super::PatternError;
 use super::machine::{
     Condition, Contiguity, Field, INIT, Late, OfferRule, Pattern, StateId, Target, Transition,
 };
+use super::{PatternError, PatternErrors, sort_errors};
+use crate::click::Device;
+use crate::lookups::Lookups;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,49 +90,90 @@ struct RawTransition {
 /// The longest `within` a pattern may have, and the time limit of a pattern that gives none: a
 /// live match is state kept for its visitor, so it must end.
 pub const MAX_WITHIN_MS: i64 = 7 * 86_400_000;
-/// Line numbers from byte offsets.
+/// Line and column numbers from byte offsets, and the errors found so far: a file's errors are
+/// all collected, not just the first.
 struct Source<'a> {
     file: &'a str,
     text: &'a str,
+    errors: RefCell<Vec<PatternError>>,
 }
 
 impl Source<'_> {
-    fn line(&self, span: Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
-    }
-
     fn error(
         &self,
         span: Range<usize>,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> PatternError {
+        let (line, column) = position(self.text, span.start);
         PatternError {
             file: self.file.to_owned(),
-            line: self.line(span),
+            line,
+            column,
             field: field.into(),
             message: message.into(),
         }
     }
+
+    /// Records an error and carries on.
+    fn report(&self, error: PatternError) {
+        self.errors.borrow_mut().push(error);
+    }
+
+    fn fail(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        self.report(self.error(span, field, message));
+    }
+
+    fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// The line and column of top-level key `key`'s value, if the file parses and has it.
+pub(crate) fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = DeTable::parse(text).ok()?;
+    let (_, value) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == key)?;
+    Some(position(text, value.span().start))
 }
 
 /// The most states a pattern may have.
 const MAX_STATES: usize = 64;
 
-/// Parses and validates a pattern file. `file` names it in errors.
+/// Parses and validates a pattern file. `file` names it in errors. Returns the first error (in
+/// file order); [`compile_pattern`] returns them all.
 pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
-    let src = Source { file, text };
+    compile_pattern(file, text).map_err(|mut e| e.0.swap_remove(0))
+}
+
+/// Parses and validates a pattern file, reporting every error it finds (in file order; a TOML
+/// syntax or type error stops there, as nothing after it can be read). `file` names it in errors.
+pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors> {
+    let src = Source {
+        file,
+        text,
+        errors: RefCell::new(Vec::new()),
+    };
     let raw: RawPattern = toml::from_str(text).map_err(|e| {
-        let line = e.span().map_or(0, |s| src.line(s));
-        PatternError {
+        let (line, column) = e.span().map_or((0, 0), |s| position(text, s.start));
+        PatternErrors(vec![PatternError {
             file: file.to_owned(),
             line,
+            column,
             field: String::new(),
             message: e.message().trim().to_owned(),
-        }
+        }])
     })?;
     let name = raw.name.get_ref().clone();
     if name.is_empty()
@@ -136,33 +181,37 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     {
-        return Err(src.error(
+        src.fail(
             raw.name.span(),
             "name",
             "must be non-empty and use only a-z, 0-9, - and _",
-        ));
+        );
     }
-    let duration = |d: &Spanned<String>, field: &str| -> Result<i64, PatternError> {
-        let parsed = humantime::parse_duration(d.get_ref()).map_err(|e| {
-            src.error(
-                d.span(),
-                field,
-                format!(
-                    "{:?} is not a duration like \"30m\" or \"6h\": {e}",
-                    d.get_ref()
-                ),
-            )
-        })?;
+    let duration = |d: &Spanned<String>, field: &str| -> Option<i64> {
+        let parsed = match humantime::parse_duration(d.get_ref()) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                src.fail(
+                    d.span(),
+                    field,
+                    format!(
+                        "{:?} is not a duration like \"30m\" or \"6h\": {e}",
+                        d.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
         if parsed.is_zero() {
-            return Err(src.error(d.span(), field, "must be longer than zero"));
+            src.fail(d.span(), field, "must be longer than zero");
+            return None;
         }
-        Ok(parsed.as_millis().min(i64::MAX as u128) as i64)
+        Some(parsed.as_millis().min(i64::MAX as u128) as i64)
     };
     let within_ms = match raw.within.as_ref() {
-        Some(d) => {
-            let ms = duration(d, "within")?;
-            if ms > MAX_WITHIN_MS {
-                return Err(src.error(
+        Some(d) => match duration(d, "within") {
+            Some(ms) if ms > MAX_WITHIN_MS => {
+                src.fail(
                     d.span(),
                     "within",
                     format!(
@@ -170,68 +219,77 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
                          kept for the visitor that long)",
                         d.get_ref()
                     ),
-                ));
+                );
+                Some(MAX_WITHIN_MS)
             }
-            Some(ms)
-        }
+            Some(ms) => Some(ms),
+            None => Some(MAX_WITHIN_MS),
+        },
         // No time limit given: the longest, so no match is kept for ever.
         None => Some(MAX_WITHIN_MS),
     };
     let late = match &raw.late {
         None => Late::default(),
         Some(value) => {
-            let Some((_, late)) = Late::ALL.iter().find(|(n, _)| *n == value.get_ref()) else {
-                return Err(src.error(
-                    value.span(),
-                    "late",
-                    format!(
-                        "unknown value {:?}; expected \"reset\" (a late view resets the match \
-                         and is dropped, as in the original detector) or \"restart\" (a late \
-                         view is evaluated from init; the default)",
-                        value.get_ref()
-                    ),
-                ));
+            let late = match Late::ALL.iter().find(|(n, _)| *n == value.get_ref()) {
+                Some((_, late)) => *late,
+                None => {
+                    src.fail(
+                        value.span(),
+                        "late",
+                        format!(
+                            "unknown value {:?}; expected \"reset\" (a late view resets the \
+                             match and is dropped, as in the original detector) or \"restart\" \
+                             (a late view is evaluated from init; the default)",
+                            value.get_ref()
+                        ),
+                    );
+                    Late::default()
+                }
             };
             if raw.within.is_none() {
-                return Err(src.error(
+                src.fail(
                     value.span(),
                     "late",
                     "says what a view after the time limit does, but there is no time limit: \
                      add `within` (e.g. \"30m\") or remove `late`",
-                ));
+                );
             }
-            *late
+            late
         }
     };
     let frequency_cap_ms = raw
         .frequency_cap
         .as_ref()
-        .map(|d| duration(d, "frequency_cap"))
-        .transpose()?;
+        .and_then(|d| duration(d, "frequency_cap"));
 
-    let (states, edges) = match (raw.step.is_empty(), raw.transition.is_empty()) {
-        (false, true) => steps_to_edges(&src, &raw.step)?,
-        (true, false) => transitions_to_edges(&src, &raw.transition)?,
+    let machine = match (raw.step.is_empty(), raw.transition.is_empty()) {
+        (false, true) => steps_to_edges(&src, &raw.step),
+        (true, false) => transitions_to_edges(&src, &raw.transition),
         (true, true) => {
-            return Err(src.error(
+            src.fail(
                 0..0,
                 "step",
                 "declare the machine with [[step]] or [[transition]] tables",
-            ));
+            );
+            None
         }
         (false, false) => {
-            return Err(src.error(
+            src.fail(
                 raw.transition[0].span(),
                 "transition",
                 "use either [[step]] or [[transition]], not both",
-            ));
+            );
+            None
         }
     };
+    let machine_ok = machine.is_some();
+    let (states, edges) = machine.unwrap_or_else(|| (vec!["init".to_owned()], Vec::new()));
     let mut transitions: Vec<Vec<Transition>> = vec![Vec::new(); states.len()];
     for edge in edges {
         let when = match &edge.when {
             Some(table) => {
-                compile_condition(&src, table.get_ref(), table.span(), &edge.field, &states)?
+                compile_condition(&src, table.get_ref(), table.span(), &edge.field, &states)
             }
             None => Condition::True,
         };
@@ -241,28 +299,33 @@ pub fn parse_pattern(file: &str, text: &str) -> Result<Pattern, PatternError> {
         };
         transitions[edge.from as usize].push(Transition { when, to: edge.to });
     }
-    if transitions[INIT as usize].is_empty() {
-        return Err(src.error(0..0, "transition", "no transition leaves `init`"));
+    // With errors in the machine, edges were left out: these would only repeat them.
+    if machine_ok && !src.has_errors() {
+        if transitions[INIT as usize].is_empty() {
+            src.fail(0..0, "transition", "no transition leaves `init`");
+        }
+        if !transitions.iter().flatten().any(|t| t.to == Target::Offer) {
+            src.fail(0..0, "transition", "no transition reaches `offer`");
+        }
     }
-    if !transitions.iter().flatten().any(|t| t.to == Target::Offer) {
-        return Err(src.error(0..0, "transition", "no transition reaches `offer`"));
-    }
-    let table = |t: &Option<Spanned<toml::Table>>,
-                 field: &str|
-     -> Result<Option<Condition>, PatternError> {
+    let table = |t: &Option<Spanned<toml::Table>>, field: &str| -> Option<Condition> {
         t.as_ref()
             .map(|t| compile_condition(&src, t.get_ref(), t.span(), field, &states))
-            .transpose()
     };
-    let audience = table(&raw.audience, "audience")?.unwrap_or(Condition::True);
-    let abort_if = table(&raw.abort_if, "abort_if")?;
+    let audience = table(&raw.audience, "audience").unwrap_or(Condition::True);
+    let abort_if = table(&raw.abort_if, "abort_if");
     let mut rules = Vec::new();
     for (i, rule) in raw.offer.get_ref().rules.iter().enumerate() {
         let field = format!("offer.rules[{i}].when");
         rules.push((
-            compile_condition(&src, &rule.when, raw.offer.span(), &field, &states)?,
+            compile_condition(&src, &rule.when, raw.offer.span(), &field, &states),
             rule.offer.clone(),
         ));
+    }
+    let mut errors = src.errors.into_inner();
+    if !errors.is_empty() {
+        sort_errors(&mut errors);
+        return Err(PatternErrors(errors));
     }
     Ok(Pattern {
         name,
@@ -306,24 +369,29 @@ struct Edge<'a> {
     field: String,
 }
 
+type Machine<'a> = (Vec<String>, Vec<Edge<'a>>);
+
+/// The states and edges of `[[transition]]`s; errors are reported, and `None` means the machine
+/// could not be built at all.
 fn transitions_to_edges<'a>(
     src: &Source<'_>,
     raw: &'a [Spanned<RawTransition>],
-) -> Result<(Vec<String>, Vec<Edge<'a>>), PatternError> {
+) -> Option<Machine<'a>> {
     let mut states = vec!["init".to_owned()];
-    for t in raw {
+    for (i, t) in raw.iter().enumerate() {
         let to = t.get_ref().to.get_ref();
-        if to != "offer" && !states.contains(to) {
-            check_state_name(src, &t.get_ref().to, "transition.to")?;
+        if to != "offer" && to != "init" && !states.contains(to) {
+            check_state_name(src, &t.get_ref().to, &format!("transition[{i}].to"));
             states.push(to.clone());
         }
     }
     if states.len() > MAX_STATES {
-        return Err(src.error(
+        src.fail(
             raw[0].span(),
             "transition",
             format!("more than {MAX_STATES} states"),
-        ));
+        );
+        return None;
     }
     let mut edges = Vec::new();
     for (i, t) in raw.iter().enumerate() {
@@ -335,27 +403,30 @@ fn transitions_to_edges<'a>(
             } else {
                 "no transition enters this state"
             };
-            return Err(src.error(
+            src.fail(
                 t.from.span(),
                 format!("transition[{i}].from"),
                 format!("unknown state {from:?}: {hint}"),
-            ));
+            );
+            continue;
         };
-        let to =
-            match t.to.get_ref().as_str() {
-                "offer" => Target::Offer,
-                "init" => return Err(src.error(
+        let to = match t.to.get_ref().as_str() {
+            "offer" => Target::Offer,
+            "init" => {
+                src.fail(
                     t.to.span(),
                     format!("transition[{i}].to"),
                     "a transition cannot lead to `init`; views that fit nothing reset the match",
-                )),
-                name => Target::State(
-                    states
-                        .iter()
-                        .position(|s| s == name)
-                        .expect("collected above") as StateId,
-                ),
-            };
+                );
+                continue;
+            }
+            name => Target::State(
+                states
+                    .iter()
+                    .position(|s| s == name)
+                    .expect("collected above") as StateId,
+            ),
+        };
         edges.push(Edge {
             from: from_id as StateId,
             to,
@@ -364,14 +435,10 @@ fn transitions_to_edges<'a>(
             field: format!("transition[{i}].when"),
         });
     }
-    Ok((states, edges))
+    Some((states, edges))
 }
 
-fn check_state_name(
-    src: &Source<'_>,
-    name: &Spanned<String>,
-    field: &str,
-) -> Result<(), PatternError> {
+fn check_state_name(src: &Source<'_>, name: &Spanned<String>, field: &str) {
     let n = name.get_ref();
     if n.is_empty()
         || n == "init"
@@ -380,48 +447,51 @@ fn check_state_name(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return Err(src.error(
+        src.fail(
             name.span(),
             field,
             format!("{n:?} is not a usable state name (a-z, 0-9, _ and -; not init/offer)"),
-        ));
+        );
     }
-    Ok(())
 }
 
-fn steps_to_edges<'a>(
-    src: &Source<'_>,
-    raw: &'a [Spanned<RawStep>],
-) -> Result<(Vec<String>, Vec<Edge<'a>>), PatternError> {
+/// The states and edges of `[[step]]`s; errors are reported, and `None` means the machine could
+/// not be built at all.
+fn steps_to_edges<'a>(src: &Source<'_>, raw: &'a [Spanned<RawStep>]) -> Option<Machine<'a>> {
     // Each step becomes `repeat` states; its name refers to the first of them.
     let mut states = vec!["init".to_owned()];
     let mut step_states: Vec<Vec<StateId>> = Vec::new();
     for (i, step) in raw.iter().enumerate() {
         let s = step.get_ref();
         let field = format!("step[{i}]");
-        if s.repeat == 0 {
-            return Err(src.error(step.span(), format!("{field}.repeat"), "must be at least 1"));
+        let mut repeat = s.repeat;
+        if repeat == 0 {
+            src.fail(step.span(), format!("{field}.repeat"), "must be at least 1");
+            repeat = 1;
         }
         let last = i + 1 == raw.len();
         if last && s.loops {
-            return Err(src.error(
+            src.fail(
                 step.span(),
                 format!("{field}.loop"),
                 "the last step earns the offer, so it cannot loop",
-            ));
+            );
         }
-        let base = s.name.clone().unwrap_or_else(|| format!("step{}", i + 1));
+        let mut base = s.name.clone().unwrap_or_else(|| format!("step{}", i + 1));
         if states.contains(&base) || base == "init" || base == "offer" {
-            return Err(src.error(
+            src.fail(
                 step.span(),
                 format!("{field}.name"),
                 format!("{base:?} is used twice or reserved"),
-            ));
+            );
+            // A name no file can write, so the other steps are still checked.
+            base = format!("{base}#{i}");
         }
-        let count = if last { s.repeat - 1 } else { s.repeat };
+        let count = if last { repeat - 1 } else { repeat };
         // Checked before the states are made: `repeat = 4000000000` must not allocate them.
         if states.len() + count as usize > MAX_STATES {
-            return Err(src.error(step.span(), field, format!("more than {MAX_STATES} states")));
+            src.fail(step.span(), field, format!("more than {MAX_STATES} states"));
+            return None;
         }
         let mut ids = Vec::new();
         for r in 0..count {
@@ -475,153 +545,422 @@ fn steps_to_edges<'a>(
             previous = *last;
         }
     }
-    Ok((states, edges))
+    Some((states, edges))
 }
 
-/// Compiles a condition table. Keys combine with AND.
+/// Compiles a condition table. Keys combine with AND. Errors are reported; a key in error is
+/// left out.
 fn compile_condition(
     src: &Source<'_>,
     table: &toml::Table,
     span: Range<usize>,
     field: &str,
     states: &[String],
-) -> Result<Condition, PatternError> {
+) -> Condition {
     let mut all = Vec::new();
     for (key, value) in table {
         let path = format!("{field}.{key}");
-        let err = |message: String| src.error(span.clone(), path.clone(), message);
-        let nested = |v: &toml::Value, path: &str| -> Result<Condition, PatternError> {
-            match v {
-                toml::Value::Table(t) => compile_condition(src, t, span.clone(), path, states),
-                _ => Err(src.error(span.clone(), path, "expected a table of conditions")),
-            }
-        };
-        let condition = match key.as_str() {
-            "all" | "any" => {
-                let toml::Value::Array(items) = value else {
-                    return Err(err("expected an array of condition tables".to_owned()));
-                };
-                let cs = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| nested(v, &format!("{path}[{i}]")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if key == "all" {
-                    Condition::All(cs)
-                } else {
-                    Condition::Any(cs)
-                }
-            }
-            "not" => Condition::Not(Box::new(nested(value, &path)?)),
-            "age" => match value {
-                toml::Value::Integer(n) => {
-                    let n =
-                        u32::try_from(*n).map_err(|_| err("age must be 0 or more".to_owned()))?;
-                    Condition::AgeBetween(n, n)
-                }
-                toml::Value::Table(t) => {
-                    let bound = |k: &str, default: u32| -> Result<u32, PatternError> {
-                        match t.get(k) {
-                            None => Ok(default),
-                            Some(toml::Value::Integer(n)) => {
-                                u32::try_from(*n).map_err(|_| err(format!("{k} must be 0 or more")))
-                            }
-                            Some(_) => Err(err(format!("{k} must be an integer"))),
-                        }
-                    };
-                    if let Some(unknown) = t.keys().find(|k| *k != "min" && *k != "max") {
-                        return Err(err(format!(
-                            "unknown key {unknown:?}; expected min and/or max"
-                        )));
-                    }
-                    let (min, max) = (bound("min", 0)?, bound("max", u32::MAX)?);
-                    if min > max {
-                        return Err(err(format!("min {min} is greater than max {max}")));
-                    }
-                    Condition::AgeBetween(min, max)
-                }
-                _ => return Err(err("expected an age or { min = .., max = .. }".to_owned())),
-            },
-            "known_visitor" => match value {
-                toml::Value::Boolean(b) => Condition::KnownVisitor(*b),
-                _ => return Err(err("expected true or false".to_owned())),
-            },
-            "product_not_seen" => match value {
-                toml::Value::Boolean(true) => Condition::ProductNotSeen,
-                toml::Value::Boolean(false) => Condition::True,
-                _ => return Err(err("expected true or false".to_owned())),
-            },
-            "product_differs_from" | "product_same_as" => {
-                let toml::Value::String(state) = value else {
-                    return Err(err("expected a state name".to_owned()));
-                };
-                let Some(id) = states
-                    .iter()
-                    .position(|s| s == state)
-                    .filter(|id| *id != INIT as usize)
-                else {
-                    return Err(err(format!(
-                        "unknown state {state:?}; states are {}",
-                        states[1..].join(", ")
-                    )));
-                };
-                if key == "product_differs_from" {
-                    Condition::ProductDiffersFrom(id as StateId)
-                } else {
-                    Condition::ProductSameAs(id as StateId)
-                }
-            }
-            other => {
-                let Some((_, f)) = Field::ALL.iter().find(|(n, _)| *n == other) else {
-                    let mut known: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
-                    known.extend([
-                        "age",
-                        "known_visitor",
-                        "product_not_seen",
-                        "product_differs_from",
-                        "product_same_as",
-                        "all",
-                        "any",
-                        "not",
-                    ]);
-                    return Err(err(format!(
-                        "unknown field {other:?}; expected one of {}",
-                        known.join(", ")
-                    )));
-                };
-                let values = match value {
-                    toml::Value::String(s) => vec![s.clone()],
-                    toml::Value::Array(items) if !items.is_empty() => items
-                        .iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .ok_or_else(|| err("expected strings".to_owned()))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    _ => {
-                        return Err(err(
-                            "expected a string or a non-empty array of strings".to_owned()
-                        ));
-                    }
-                };
-                if *f == Field::Gender
-                    && values
-                        .iter()
-                        .any(|v| !["M", "F", "U"].contains(&v.to_ascii_uppercase().as_str()))
-                {
-                    return Err(err("gender values are M, F or U".to_owned()));
-                }
-                Condition::OneOf(*f, values)
-            }
-        };
-        all.push(condition);
+        match compile_key(src, key, value, span.clone(), &path, states) {
+            Ok(condition) => all.push(condition),
+            Err(e) => src.report(e),
+        }
     }
-    Ok(match all.len() {
+    match all.len() {
         0 => Condition::True,
         1 => all.pop().expect("one condition"),
         _ => Condition::All(all),
-    })
+    }
+}
+
+/// Compiles one key of a condition table.
+fn compile_key(
+    src: &Source<'_>,
+    key: &str,
+    value: &toml::Value,
+    span: Range<usize>,
+    path: &str,
+    states: &[String],
+) -> Result<Condition, PatternError> {
+    let err = |message: String| src.error(span.clone(), path, message);
+    let nested = |v: &toml::Value, path: &str| -> Result<Condition, PatternError> {
+        match v {
+            toml::Value::Table(t) => Ok(compile_condition(src, t, span.clone(), path, states)),
+            _ => Err(src.error(span.clone(), path, "expected a table of conditions")),
+        }
+    };
+    let condition = match key {
+        "all" | "any" => {
+            let toml::Value::Array(items) = value else {
+                return Err(err("expected an array of condition tables".to_owned()));
+            };
+            let mut cs = Vec::new();
+            for (i, v) in items.iter().enumerate() {
+                match nested(v, &format!("{path}[{i}]")) {
+                    Ok(c) => cs.push(c),
+                    Err(e) => src.report(e),
+                }
+            }
+            if key == "all" {
+                Condition::All(cs)
+            } else {
+                Condition::Any(cs)
+            }
+        }
+        "not" => Condition::Not(Box::new(nested(value, path)?)),
+        "age" => match value {
+            toml::Value::Integer(n) => {
+                let n = u32::try_from(*n).map_err(|_| err("age must be 0 or more".to_owned()))?;
+                Condition::AgeBetween(n, n)
+            }
+            toml::Value::Table(t) => {
+                let bound = |k: &str, default: u32| -> Result<u32, PatternError> {
+                    match t.get(k) {
+                        None => Ok(default),
+                        Some(toml::Value::Integer(n)) => {
+                            u32::try_from(*n).map_err(|_| err(format!("{k} must be 0 or more")))
+                        }
+                        Some(_) => Err(err(format!("{k} must be an integer"))),
+                    }
+                };
+                if let Some(unknown) = t.keys().find(|k| *k != "min" && *k != "max") {
+                    return Err(err(format!(
+                        "unknown key {unknown:?}; expected min and/or max"
+                    )));
+                }
+                let (min, max) = (bound("min", 0)?, bound("max", u32::MAX)?);
+                if min > max {
+                    return Err(err(format!("min {min} is greater than max {max}")));
+                }
+                Condition::AgeBetween(min, max)
+            }
+            _ => return Err(err("expected an age or { min = .., max = .. }".to_owned())),
+        },
+        "known_visitor" => match value {
+            toml::Value::Boolean(b) => Condition::KnownVisitor(*b),
+            _ => return Err(err("expected true or false".to_owned())),
+        },
+        "product_not_seen" => match value {
+            toml::Value::Boolean(true) => Condition::ProductNotSeen,
+            toml::Value::Boolean(false) => Condition::True,
+            _ => return Err(err("expected true or false".to_owned())),
+        },
+        "product_differs_from" | "product_same_as" => {
+            let toml::Value::String(state) = value else {
+                return Err(err("expected a state name".to_owned()));
+            };
+            let Some(id) = states
+                .iter()
+                .position(|s| s == state)
+                .filter(|id| *id != INIT as usize)
+            else {
+                return Err(err(format!(
+                    "unknown state {state:?}; states are {}",
+                    states[1..].join(", ")
+                )));
+            };
+            if key == "product_differs_from" {
+                Condition::ProductDiffersFrom(id as StateId)
+            } else {
+                Condition::ProductSameAs(id as StateId)
+            }
+        }
+        other => {
+            let Some((_, f)) = Field::ALL.iter().find(|(n, _)| *n == other) else {
+                let mut known: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
+                known.extend([
+                    "age",
+                    "known_visitor",
+                    "product_not_seen",
+                    "product_differs_from",
+                    "product_same_as",
+                    "all",
+                    "any",
+                    "not",
+                ]);
+                let tail = format!("expected one of {}", known.join(", "));
+                return Err(err(unknown(
+                    &format!("unknown field {other:?}"),
+                    other,
+                    &known,
+                    &tail,
+                )));
+            };
+            let values = match value {
+                toml::Value::String(s) => vec![s.clone()],
+                toml::Value::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| err("expected strings".to_owned()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(err(
+                        "expected a string or a non-empty array of strings".to_owned()
+                    ));
+                }
+            };
+            if *f == Field::Gender
+                && values
+                    .iter()
+                    .any(|v| !["M", "F", "U"].contains(&v.to_ascii_uppercase().as_str()))
+            {
+                return Err(err("gender values are M, F or U".to_owned()));
+            }
+            Condition::OneOf(*f, values)
+        }
+    };
+    Ok(condition)
+}
+
+/// What exists, for [`check_values`]: the catalogue's categories and product ids, and the offers
+/// the shop has a picture for. (Device classes are fixed: [`Device::ALL`].)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    /// Every product category.
+    pub categories: Vec<String>,
+    /// Every product id.
+    pub products: Vec<String>,
+    /// The offers that can be shown (have a popup picture). Empty: offers are not checked.
+    pub offers: Vec<String>,
+}
+
+impl Catalogue {
+    /// The categories and products of `lookups`, and `offers`.
+    pub fn from_lookups<S: Into<String>>(
+        lookups: &Lookups,
+        offers: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let products = lookups.products();
+        let mut categories: Vec<String> = products.iter().map(|p| p.category.to_string()).collect();
+        categories.sort();
+        categories.dedup();
+        let mut ids: Vec<String> = products.iter().map(|p| p.id.to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        Catalogue {
+            categories,
+            products: ids,
+            offers: offers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Checks every value of a pattern file against what exists: `category` and `product` against
+/// the catalogue, `device` against the device classes, offer names against the offers with a
+/// picture. Every error names its file, line and column, with a suggestion for a near miss.
+/// A file that is not valid TOML yields nothing here ([`compile_pattern`] reports it). Separate
+/// from compiling: the live pipeline does not depend on the catalogue.
+pub fn check_values(file: &str, text: &str, catalogue: &Catalogue) -> Vec<PatternError> {
+    let Ok(doc) = DeTable::parse(text) else {
+        return Vec::new();
+    };
+    let checker = Checker {
+        file,
+        text,
+        catalogue,
+        errors: RefCell::new(Vec::new()),
+    };
+    for (key, value) in doc.get_ref() {
+        let key = key.get_ref().as_ref();
+        match key {
+            "audience" | "abort_if" => checker.condition(value, key),
+            "step" | "transition" => {
+                for (i, item) in as_array(value).iter().enumerate() {
+                    if let Some(when) = member(item, "when") {
+                        checker.condition(when, &format!("{key}[{i}].when"));
+                    }
+                }
+            }
+            "offer" => {
+                if let Some(default) = member(value, "default") {
+                    checker.offer(default, "offer.default");
+                }
+                if let Some(rules) = member(value, "rules") {
+                    for (i, rule) in as_array(rules).iter().enumerate() {
+                        if let Some(when) = member(rule, "when") {
+                            checker.condition(when, &format!("offer.rules[{i}].when"));
+                        }
+                        if let Some(offer) = member(rule, "offer") {
+                            checker.offer(offer, &format!("offer.rules[{i}].offer"));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut errors = checker.errors.into_inner();
+    sort_errors(&mut errors);
+    errors
+}
+
+fn as_array<'a, 'i>(value: &'a Spanned<DeValue<'i>>) -> &'a [Spanned<DeValue<'i>>] {
+    value.get_ref().as_array().map_or(&[], |a| &a[..])
+}
+
+fn member<'a, 'i>(value: &'a Spanned<DeValue<'i>>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    value
+        .get_ref()
+        .as_table()?
+        .iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    catalogue: &'a Catalogue,
+    errors: RefCell<Vec<PatternError>>,
+}
+
+impl Checker<'_> {
+    fn fail(&self, value: &Spanned<DeValue<'_>>, field: &str, message: String) {
+        let (line, column) = position(self.text, value.span().start);
+        self.errors.borrow_mut().push(PatternError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message,
+        });
+    }
+
+    /// The string values of a field (`"x"` or `["x", "y"]`); other types are the compiler's.
+    fn strings<'a, 'i>(
+        value: &'a Spanned<DeValue<'i>>,
+    ) -> Vec<(&'a Spanned<DeValue<'i>>, &'a str)> {
+        match value.get_ref() {
+            DeValue::String(s) => vec![(value, s.as_ref())],
+            DeValue::Array(items) => items
+                .iter()
+                .filter_map(|v| v.get_ref().as_str().map(|s| (v, s)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn condition(&self, value: &Spanned<DeValue<'_>>, field: &str) {
+        let Some(table) = value.get_ref().as_table() else {
+            return;
+        };
+        for (key, value) in table {
+            let key = key.get_ref().as_ref();
+            let path = format!("{field}.{key}");
+            match key {
+                "all" | "any" => {
+                    for (i, item) in as_array(value).iter().enumerate() {
+                        self.condition(item, &format!("{path}[{i}]"));
+                    }
+                }
+                "not" => self.condition(value, &path),
+                "category" => {
+                    let known: Vec<&str> = self
+                        .catalogue
+                        .categories
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
+                    let tail = format!("the catalogue's categories are {}", known.join(", "));
+                    self.one_of(value, &path, "category", &known, &tail);
+                }
+                "product" => {
+                    let known: Vec<&str> =
+                        self.catalogue.products.iter().map(String::as_str).collect();
+                    let tail = format!(
+                        "no product of the catalogue ({} products, GET /api/products lists them) \
+                         has this id",
+                        known.len()
+                    );
+                    self.one_of(value, &path, "product", &known, &tail);
+                }
+                "device" => {
+                    let known = Device::ALL.map(Device::as_str);
+                    let tail = format!("the device classes are {}", known.join(", "));
+                    self.one_of(value, &path, "device class", &known, &tail);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Each string of `value` must be one of `known` (ignoring ASCII case, as conditions do).
+    fn one_of(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        field: &str,
+        what: &str,
+        known: &[&str],
+        tail: &str,
+    ) {
+        if known.is_empty() {
+            return;
+        }
+        for (v, s) in Self::strings(value) {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(s)) {
+                let message = unknown(&format!("unknown {what} {s:?}"), s, known, tail);
+                self.fail(v, field, message);
+            }
+        }
+    }
+
+    fn offer(&self, value: &Spanned<DeValue<'_>>, field: &str) {
+        let known: Vec<&str> = self.catalogue.offers.iter().map(String::as_str).collect();
+        let Some(s) = value.get_ref().as_str() else {
+            return;
+        };
+        if known.is_empty() || known.contains(&s) {
+            return;
+        }
+        let tail = format!(
+            "the shop has no picture for it, so its popup would be broken; the offers with a \
+             picture are {}",
+            known.join(", ")
+        );
+        self.fail(
+            value,
+            field,
+            unknown(&format!("unknown offer {s:?}"), s, &known, &tail),
+        );
+    }
+}
+
+/// `what: did you mean "x"? (tail)` when a known value is near enough to `value` to be a typo
+/// (edit distance, ignoring ASCII case), else `what; tail`.
+fn unknown(what: &str, value: &str, known: &[&str], tail: &str) -> String {
+    let value_lower = value.to_ascii_lowercase();
+    let limit = 1 + value.chars().count() / 4;
+    let nearest = known
+        .iter()
+        .map(|k| (edit_distance(&value_lower, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d);
+    match nearest {
+        Some((_, k)) => format!("{what}: did you mean {k:?}? ({tail})"),
+        None => format!("{what}; {tail}"),
+    }
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -630,8 +969,11 @@ mod tests {
 
     const SEED: &str = include_str!("../../../../patterns/seed-clothes-shoes-clothes.toml");
 
+    /// The first error, without its column (`p.toml:3: …`).
     fn error(text: &str) -> String {
-        parse_pattern("p.toml", text).unwrap_err().to_string()
+        let e = parse_pattern("p.toml", text).unwrap_err();
+        assert!(e.line > 0 && e.column > 0, "{e}");
+        PatternError { column: 0, ..e }.to_string()
     }
 
     #[test]
@@ -791,7 +1133,7 @@ mod tests {
         let bad = SEED.replace("late = \"reset\"", "late = true");
         let e = error(&bad);
         assert!(
-            e.starts_with(&format!("p.toml:{}: ", line_of(&bad, "late"))),
+            e.starts_with(&format!("p.toml:{}:", line_of(&bad, "late"))),
             "{e}"
         );
         assert!(
@@ -843,5 +1185,69 @@ distinct = true
             e.contains("step[0].loop: the last step earns the offer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_reported_with_line_and_column() {
+        let text = "name = \"Bad\"\nwithin = \"soon\"\nlate = \"drop\"\n[offer]\ndefault = \"o\"\n\
+                    [[step]]\nwhen = { colour = \"red\", age = { min = 9, max = 1 } }\n";
+        let errors = compile_pattern("p.toml", text).unwrap_err();
+        let shown: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        let expected = [
+            "p.toml:1:8: name: must be non-empty",
+            "p.toml:2:10: within: \"soon\" is not a duration",
+            "p.toml:3:8: late: unknown value \"drop\"",
+            "p.toml:7:8: step[0].when.age: min 9 is greater than max 1",
+            "p.toml:7:8: step[0].when.colour: unknown field \"colour\"",
+        ];
+        assert_eq!(shown.len(), expected.len(), "{shown:#?}");
+        for (shown, expected) in shown.iter().zip(expected) {
+            assert!(shown.starts_with(expected), "{shown} / {expected}");
+        }
+        // The first one, for callers that want one.
+        assert_eq!(parse_pattern("p.toml", text).unwrap_err(), errors.0[0]);
+    }
+
+    #[test]
+    fn values_are_checked_against_the_catalogue_with_suggestions() {
+        let catalogue = Catalogue {
+            categories: vec!["clothing".into(), "shoes".into()],
+            products: vec!["VD1".into()],
+            offers: vec!["offer1".into(), "offer2".into()],
+        };
+        assert!(check_values("seed.toml", SEED, &catalogue).is_empty());
+        let text = "name = \"x\"\naudience = { any = [{ device = \"Mobil\" }, { not = { product = \"VD2\" } }] }\n\
+                    [offer]\ndefault = \"offer3\"\nrules = [{ when = { category = \"Shoes\" }, offer = \"free\" }]\n\
+                    [[step]]\nwhen = { category = [\"clothing\", \"shoez\"] }\n";
+        let shown: Vec<String> = check_values("p.toml", text, &catalogue)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let expected = [
+            "p.toml:2:32: audience.any[0].device: unknown device class \"Mobil\": did you mean \"Mobile\"?",
+            "p.toml:2:63: audience.any[1].not.product: unknown product \"VD2\": did you mean \"VD1\"?",
+            "p.toml:4:11: offer.default: unknown offer \"offer3\": did you mean \"offer1\"?",
+            "p.toml:5:51: offer.rules[0].offer: unknown offer \"free\"; the shop has no picture",
+            "p.toml:7:34: step[0].when.category: unknown category \"shoez\": did you mean \"shoes\"?",
+        ];
+        assert_eq!(shown.len(), expected.len(), "{shown:#?}");
+        for (shown, expected) in shown.iter().zip(expected) {
+            assert!(shown.starts_with(expected), "{shown} / {expected}");
+        }
+        // Without offers, offers are not checked; a file that is not TOML is the compiler's.
+        let no_offers = Catalogue {
+            offers: Vec::new(),
+            ..catalogue.clone()
+        };
+        assert_eq!(check_values("p.toml", text, &no_offers).len(), 3);
+        assert!(check_values("p.toml", "name = ", &catalogue).is_empty());
+    }
+
+    #[test]
+    fn edit_distance_counts_characters() {
+        assert_eq!(edit_distance("shoez", "shoes"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("größe", "grösse"), 2);
     }
 }

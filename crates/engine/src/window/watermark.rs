@@ -179,10 +179,19 @@ impl Watermarks {
         if let Some(prev) = self.last_advance.replace(wall) {
             let gap = wall.saturating_duration_since(prev);
             if gap > self.idle_timeout / 2 {
-                tracing::info!(
-                    gap_ms = gap.as_millis() as u64,
-                    "The stage was not reading its inputs; that time does not count as their silence."
-                );
+                // Short stalls are routine (a busy machine, a long commit): only a long one is
+                // worth the operator's attention.
+                if gap > self.idle_timeout * 10 {
+                    tracing::info!(
+                        gap_ms = gap.as_millis() as u64,
+                        "The stage was not reading its inputs; that time does not count as their silence."
+                    );
+                } else {
+                    tracing::debug!(
+                        gap_ms = gap.as_millis() as u64,
+                        "The stage was not reading its inputs; that time does not count as their silence."
+                    );
+                }
                 for clock in self.partitions.values_mut() {
                     clock.last_event = (clock.last_event + gap).min(wall);
                 }
@@ -204,7 +213,7 @@ impl Watermarks {
             .collect();
         idle.sort_unstable();
         if idle != self.idle {
-            tracing::info!(
+            tracing::debug!(
                 idle = ?idle,
                 was = ?self.idle,
                 watermark = ?self.current,
