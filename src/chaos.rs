@@ -75,6 +75,25 @@ fn unfinished(deadline: Duration, stats: Option<&Value>) -> Value {
     })
 }
 
+/// Whether a life answers `GET /api/health` (it is serving, not only bound).
+fn answers_health(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+        || stream
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
 /// A running life's `/api/stats` (plain HTTP/1.1 over loopback; `None` if it does not answer).
 fn life_stats(port: u16) -> Option<Value> {
     use std::io::{Read, Write};
@@ -308,7 +327,9 @@ fn wait_serving(child: &mut Child, port: u16, deadline: Deadline) -> Result<Life
         if child.try_wait()?.is_some() {
             return Ok(Life::Exited);
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // Serving, not only bound: the demo binds its port before its setup, and a life's
+        // time counts from when its pipeline runs.
+        if answers_health(port) {
             return Ok(Life::Running);
         }
         std::thread::sleep(Duration::from_millis(20));
