@@ -243,7 +243,12 @@ pub(crate) fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    tokens_equal(given, expected)
+}
+
+/// Whether two tokens are equal, in time that does not depend on where they differ.
+pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

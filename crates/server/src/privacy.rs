@@ -62,7 +62,8 @@ impl Privacy {
     ) -> Audience {
         let matches = |expected: &Option<Arc<str>>| {
             expected.as_deref().is_some_and(|t| {
-                crate::bearer_matches(headers, t) || viewer.is_some_and(|v| same(v, t))
+                crate::bearer_matches(headers, t)
+                    || viewer.is_some_and(|v| crate::tokens_equal(v, t))
             })
         };
         if matches(&self.viewer_token) || matches(&self.admin_token) {
@@ -155,12 +156,6 @@ pub fn truncate_ip(ip: &str) -> String {
         }
         Err(_) => String::new(),
     }
-}
-
-/// Constant-time equality of two tokens.
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
