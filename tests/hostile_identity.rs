@@ -74,7 +74,12 @@ fn nobody_can_send_views_as_another_visitor() {
     }
     let offer = next_offer(&b_offers, "B's own offer");
     assert_eq!(offer["visitor"], b.as_str());
-    let offers = demo.get("/api/stats").unwrap()["stages"]["detect"]["details"]["offers"].clone();
+    // The detector's counters are published after its commit, which may come after the web
+    // stage delivered the offer: wait for them to count it, then there must be only it.
+    let offers = wait_until("the detector to count B's offer", || {
+        let n = demo.get("/api/stats")?["stages"]["detect"]["details"]["offers"].as_u64()?;
+        (n >= 1).then_some(n)
+    });
     assert_eq!(offers, 1, "one offer in all: B's own");
     // The same in the header instead of the body.
     let (status, _, _) = post(
