@@ -108,6 +108,10 @@ pub(crate) struct DemoArgs {
     /// else sees them pseudonymised.
     #[arg(long, env = "CLICKPULSE_VIEWER_TOKEN", hide_env_values = true)]
     pub(crate) viewer_token: Option<String>,
+    /// The site's time zone, an IANA name such as `Europe/Berlin`: the pages show times in it
+    /// (each viewer can switch to their own). Windows and days stay in UTC.
+    #[arg(long, default_value = "UTC", value_name = "ZONE", value_parser = parse_time_zone)]
+    pub(crate) time_zone: String,
     /// The most page views a minute `POST /collect` takes from one client address (bursts of a
     /// sixth of it): more answer 429. Trusted senders (admin token, `--trusted-proxy`) are not
     /// limited.
@@ -237,7 +241,10 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PatternsCommand {
-    /// Validate pattern files and explain what each one does; reports every error at once.
+    /// Validate pattern files and explain what each one does. Checks every value against what
+    /// exists (categories and products in the bundled catalogue, device classes, offers declared
+    /// with something to show and their pictures) and reports every error of every file at
+    /// once, each with file, line, column and a suggestion for a near miss.
     Check(PatternsCheckArgs),
 }
 
@@ -422,4 +429,39 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))
+}
+
+/// An IANA time zone name (`Europe/Berlin`, `UTC`), as the tz database spells it.
+pub(crate) fn parse_time_zone(name: &str) -> Result<String, String> {
+    match name.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Ok(tz.name().to_owned()),
+        Err(_) => {
+            let lower = name.to_ascii_lowercase();
+            let near: Vec<&str> = chrono_tz::TZ_VARIANTS
+                .iter()
+                .map(|tz| tz.name())
+                .filter(|n| {
+                    n.eq_ignore_ascii_case(name)
+                        || n.rsplit('/')
+                            .next()
+                            .is_some_and(|city| city.eq_ignore_ascii_case(&lower.replace(' ', "_")))
+                })
+                .take(3)
+                .collect();
+            Err(if near.is_empty() {
+                format!(
+                    "{name:?} is not a time zone of the tz database (names look like \
+                     \"Europe/Berlin\", \"America/New_York\" or \"UTC\")"
+                )
+            } else {
+                format!(
+                    "{name:?} is not a time zone of the tz database: did you mean {}?",
+                    near.iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            })
+        }
+    }
 }

@@ -24,6 +24,7 @@ use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
+use clickpulse_engine::topology::PIPELINE;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::dashboard::FrontierFn;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
@@ -118,6 +119,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let last_pattern_error = Arc::new(Mutex::new(None));
 
     let products = Arc::new(shop_products(&lookups));
+    let catalogue = Arc::new(crate::patterns_cmd::catalogue_of(&lookups));
     let metrics = Arc::new(PipelineMetrics::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
@@ -127,7 +129,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         batch_size: args.batch_size,
         sync_interval: Duration::from_millis(args.sync_interval_ms),
         // The consumers of `click-data`.
-        replay_consumers: CONSUMERS[0].1.to_vec(),
+        replay_consumers: PIPELINE.consumers_of(topics::CLICK_DATA),
         ..RunnerConfig::default()
     };
     let mut workers = Vec::new();
@@ -227,7 +229,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &config)),
         )?;
     }
-    let hub = OfferHub::new(clickpulse_server::static_files::offer_image);
+    let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
+        .with_content(clickpulse_server::offers::content_from(registry.clone()));
     {
         let (store, shutdown, config, m) = (
             store.clone(),
@@ -302,6 +305,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 dir: pattern_dir.clone(),
                 log: transition_log.clone(),
                 last_error: last_pattern_error.clone(),
+                catalogue: Some(catalogue.clone()),
             }),
             admin_token: Some(Arc::from(admin_token.as_str())),
             dashboard: Some(dashboard.clone()),
@@ -324,6 +328,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             }),
             products: products.clone(),
             cors_origins: args.cors_origins.clone(),
+            time_zone: Arc::from(args.time_zone.as_str()),
             privacy: Some(clickpulse_server::privacy::Privacy::new(
                 OfferTokens::new(offer_secret.as_bytes()),
                 args.viewer_token.as_deref().map(Arc::from),
@@ -416,14 +421,6 @@ async fn stop_signal(
     shutdown.store(true, Ordering::SeqCst);
 }
 
-/// Which consumer groups read each topic: records are deleted once all of them have passed.
-/// Dead letters are never deleted.
-const CONSUMERS: [(&str, &[&str]); 3] = [
-    (topics::CLICK_DATA, &["enrich"]),
-    (topics::ENRICHED_CLICK_DATA, &["detect", "aggregate"]),
-    (topics::SPECIAL_OFFERS, &["aggregate", "web"]),
-];
-
 /// Every second, deletes consumed records beyond the newest `keep` of each partition, so the
 /// data dir stays bounded however long the demo loops, and the appends reuse the space freed
 /// (pages the kernel still holds) instead of growing the file: writing fresh file pages cost
@@ -436,8 +433,10 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
             continue;
         }
         last = std::time::Instant::now();
-        for (topic, groups) in CONSUMERS {
-            match apply_retention(store, topic, groups, keep) {
+        // Records are deleted once every consumer group of their topic (the topology's) has
+        // passed them. Dead letters have no consumer, so they are never deleted.
+        for (topic, groups) in PIPELINE.consumed_topics() {
+            match apply_retention(store, topic, &groups, keep) {
                 Ok(0) => {}
                 Ok(removed) => {
                     tracing::debug!(topic, removed, "Retention deleted consumed records.")
@@ -448,13 +447,23 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
     }
 }
 
-/// The stages downstream of the replay, in order: each consumes what the one before produced.
-const STAGES: [&str; 3] = ["enrich", "detect", "aggregate"];
+/// The stages that see every click (they read the click topics), in data-flow order.
+fn click_stages() -> impl Iterator<Item = &'static str> {
+    PIPELINE
+        .stages
+        .iter()
+        .filter(|s| {
+            s.inputs
+                .iter()
+                .any(|t| *t == topics::CLICK_DATA || *t == topics::ENRICHED_CLICK_DATA)
+        })
+        .map(|s| s.name)
+}
 
 /// Whether every stage has consumed everything (each stage forwards every event it consumes)
 /// and the aggregation has no event waiting for its watermark.
 fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
-    STAGES.iter().all(|name| {
+    click_stages().all(|name| {
         let stage = metrics.stage(name);
         stage.lag() == 0 && stage.events() >= replayed
     }) && metrics

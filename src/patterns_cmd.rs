@@ -20,10 +20,17 @@ pub(crate) fn bundled_catalogue() -> Result<Catalogue> {
     let mut lookups = Lookups::default();
     lookups.load_products_json("products.json", bundled::PRODUCTS_JSON)?;
     lookups.load_products_tsv("products.tsv", bundled::PRODUCTS_TSV)?;
+    Ok(catalogue_of(&lookups))
+}
+
+/// What a pattern may name in a pipeline running with `lookups`: their categories and
+/// products, the shop's own offers and the pictures this server serves.
+pub(crate) fn catalogue_of(lookups: &Lookups) -> Catalogue {
     let offers = OFFERS_WITH_PICTURE
         .into_iter()
         .filter(|o| clickpulse_server::static_files::offer_image(o).is_some());
-    Ok(Catalogue::from_lookups(&lookups, offers))
+    Catalogue::from_lookups(lookups, offers)
+        .with_images(clickpulse_server::static_files::image_paths())
 }
 
 pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {
@@ -33,6 +40,10 @@ pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {
             for p in set.patterns() {
                 println!("{} (version {}, {})", p.name, p.version, p.source);
                 println!("  {}", p.explain());
+                println!("  Shoppers read: {}", p.in_plain_words());
+                for (name, offer) in &p.offers {
+                    println!("  Offer {name}: \"{}\"", offer.title);
+                }
             }
             println!("{} pattern(s) OK", set.patterns().len());
             Ok(ExitCode::SUCCESS)

@@ -131,6 +131,8 @@ struct WebSection {
     /// Who may see visitor ids and addresses on the dashboard [default:
     /// `CLICKPULSE_VIEWER_TOKEN`; none: everyone sees them pseudonymised].
     viewer_token: Option<String>,
+    /// The site's time zone (IANA name): the pages show times in it.
+    time_zone: String,
 }
 
 impl Default for WebSection {
@@ -144,6 +146,7 @@ impl Default for WebSection {
             trusted_proxies: Vec::new(),
             collect_rate: DEFAULT_COLLECT_RATE,
             viewer_token: None,
+            time_zone: "UTC".to_owned(),
         }
     }
 }
@@ -154,14 +157,8 @@ const DEFAULT_COLLECT_RATE: u32 = 6_000;
 /// A worker's metrics older than this are ignored by the web stage.
 const STALE_MS: i64 = 5_000;
 
-const STAGES: [&str; 6] = [
-    "replay",
-    "collector",
-    "enrich",
-    "detect",
-    "aggregate",
-    "web",
-];
+/// Every stage a `run` process can host, from the one topology.
+const STAGES: &[clickpulse_engine::topology::Stage] = clickpulse_engine::topology::PIPELINE.stages;
 
 pub(crate) fn load_config(path: &std::path::Path) -> Result<ClusterConfig> {
     let text = std::fs::read_to_string(path)
@@ -181,14 +178,16 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let mut stages = BTreeSet::new();
     for s in &args.stages {
         match s.as_str() {
-            "all" => stages.extend(STAGES),
-            s => match STAGES.iter().find(|x| **x == s) {
+            "all" => stages.extend(STAGES.iter().map(|x| x.name)),
+            s => match STAGES.iter().find(|x| x.name == s) {
                 Some(x) => {
-                    stages.insert(*x);
+                    stages.insert(x.name);
                 }
                 None => bail!(
                     "unknown stage {s:?}; expected one of {}, all",
-                    STAGES.join(", ")
+                    clickpulse_engine::topology::PIPELINE
+                        .stage_names()
+                        .join(", ")
                 ),
             },
         }
@@ -370,15 +369,23 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let serve_http = stages.contains("web") || stages.contains("collector");
+    let mut catalogue = None;
     let mut state = AppState::new(metrics.clone(), "distributed");
     state.cors_origins = config.web.cors_origins.clone();
+    state.time_zone = Arc::from(
+        crate::cli::parse_time_zone(&config.web.time_zone)
+            .map_err(|e| anyhow::anyhow!("[web] time_zone: {e}"))?
+            .as_str(),
+    );
     if serve_http {
         let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
         let products = store.load_products()?;
         if products.is_empty() {
             warn!("No products in Redis; run `clickpulse lookups load --redis URL` first.");
         }
-        state.products = Arc::new(shop_products(&Lookups::from_parts(Vec::new(), products)));
+        let lookups = Lookups::from_parts(Vec::new(), products);
+        state.products = Arc::new(shop_products(&lookups));
+        catalogue = Some(Arc::new(crate::patterns_cmd::catalogue_of(&lookups)));
         let admin = match config
             .web
             .admin_token
@@ -416,14 +423,16 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             pattern_parts.clone().expect("patterns are loaded for web");
         let log = Arc::new(Mutex::new(TransitionLog::default()));
         state.patterns = Some(PatternAdmin {
-            registry,
+            registry: registry.clone(),
             dir,
             log: log.clone(),
             last_error,
+            catalogue: catalogue.clone(),
         });
         let dashboard = DashboardHandle::default();
         state.dashboard = Some(dashboard.clone());
-        let hub = OfferHub::new(clickpulse_server::static_files::offer_image);
+        let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
+            .with_content(clickpulse_server::offers::content_from(registry.clone()));
         let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
         let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
         state.web = Some(WebDelivery {
@@ -635,7 +644,7 @@ fn poll_for_web(
                 last_snapshot = bytes;
             }
             let now = clickpulse_engine::replay::wall_clock_ms();
-            for stage in STAGES {
+            for stage in STAGES.iter().map(|x| x.name) {
                 // A worker that stopped reporting (killed, or gone after a graceful stop) no
                 // longer counts: its partitions' totals are carried by their new owner.
                 let workers: Vec<Value> = store

@@ -12,9 +12,12 @@ use std::thread;
 use common::*;
 use serde_json::Value;
 
+/// A pattern giving `offer`, declared with a title (the admin API rejects an offer the shop
+/// could not show).
 fn pattern(name: &str, offer: &str) -> String {
     format!(
-        "name = \"{name}\"\n[offer]\ndefault = \"{offer}\"\n[[step]]\nwhen = {{ category = \"shoes\" }}\n"
+        "name = \"{name}\"\n[offer]\ndefault = \"{offer}\"\n[offers.{offer}]\ntitle = \"Shoes\"\n\
+         [[step]]\nwhen = {{ category = \"shoes\" }}\n"
     )
 }
 

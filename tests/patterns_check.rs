@@ -56,7 +56,48 @@ fn the_readme_pattern_example_passes_the_check() {
     let (ok, stdout, stderr) = check(&file);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("my-shoes (version"), "{stdout}");
+    assert!(
+        stdout.contains("Shoppers read: For shoppers on a phone: look at shoes, then "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Offer free-shipping: \"Free shipping on your shoes\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 pattern(s) OK"), "{stdout}");
+}
+
+/// An offer that is neither the shop's own nor declared, a declared picture that does not exist
+/// and a declared product that is not in the catalogue: all three reported at once.
+#[test]
+fn offers_must_have_something_the_shop_can_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("shoes.toml");
+    let text = SHOES.replace(
+        "[offer]\ndefault = \"offer1\"\n",
+        "[offer]\ndefault = \"free-shipping\"\nrules = [{ when = { gender = \"M\" }, offer = \"ten-off\" }]\n\n\
+         [offers.ten-off]\ntitle = \"10% off\"\nimage = \"/images/offers/ten-off.png\"\nproduct = \"VD0\"\n",
+    );
+    std::fs::write(&file, &text).unwrap();
+    let (ok, stdout, stderr) = check(&file);
+    assert!(!ok, "{stdout}");
+    let f = file.display();
+    for (needle, message) in [
+        (
+            "\"free-shipping\"",
+            "offer.default: unknown offer \"free-shipping\"; the shop has no such offer, so its \
+             popup would be broken: declare it in [offers.free-shipping]",
+        ),
+        (
+            "\"/images/offers/ten-off.png\"",
+            "offers.ten-off.image: unknown picture \"/images/offers/ten-off.png\"",
+        ),
+        ("\"VD0\"", "offers.ten-off.product: unknown product \"VD0\""),
+    ] {
+        let expected = format!("error: {f}:{}: {message}", at(&text, needle));
+        assert!(stderr.contains(&expected), "{expected}\nin\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s) in 1 file(s)"), "{stderr}");
 }
 
 #[test]
@@ -119,7 +160,8 @@ fn an_offer_without_a_picture_is_an_error_naming_the_offers() {
     let display = file.display();
     let default = format!(
         "error: {display}:{}: offer.default: unknown offer \"free-shipping\"; the shop has no \
-         picture for it, so its popup would be broken; the offers with a picture are offer1, offer2",
+         such offer, so its popup would be broken: declare it in [offers.free-shipping] with a \
+         title and a picture, or give one of the shop's own, offer1, offer2",
         at(&text, "\"free-shipping\"")
     );
     assert!(stderr.contains(&default), "{default}\nin\n{stderr}");

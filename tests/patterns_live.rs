@@ -17,9 +17,13 @@ const SHOES: [&str; 7] = [
     "VD55178699",
 ];
 
+/// Each version gives an offer of its own, declared with what the shop shows (the admin API
+/// rejects an offer the shop could not show).
 fn pattern(offer: &str) -> String {
     format!(
-        "name = \"any-shoes\"\n[offer]\ndefault = \"{offer}\"\n[[step]]\nwhen = {{ category = \"shoes\" }}\n"
+        "name = \"any-shoes\"\n[offer]\ndefault = \"{offer}\"\n[offers.{offer}]\n\
+         title = \"Shoes for you\"\nproduct = \"VD55179433\"\n\
+         [[step]]\nwhen = {{ category = \"shoes\" }}\n"
     )
 }
 

@@ -3,11 +3,12 @@
  *
  * Exposes one global, `CP`, used by dashboard.js, pipeline.js and shop.js:
  *   - fetchJSON / postJSON: same-origin JSON requests with a timeout
- *   - formatting: integers with thousands separators, rates, UTC times
+ *   - formatting: integers with thousands separators, rates, times in the chosen time zone
+ *     (site or viewer, switched in the top bar; see "times" below)
  *   - display names: countries (ISO alpha-3), categories, short visitor ids
  *   - el(): small DOM builder that only ever sets text (never innerHTML with data)
  *   - identity storage (localStorage `clickpulse.identity`)
- *   - the top navigation bar and its live event-time clock (polls /api/stats)
+ *   - the top navigation bar, its time-zone switch and its live event-time clock (polls /api/stats)
  */
 (function () {
   "use strict";
@@ -128,35 +129,227 @@
     return `${sec}s`;
   }
 
-  // ---------------------------------------------------------------- times (always UTC)
+  // ---------------------------------------------------------------- times (site or viewer zone)
 
-  const pad2 = (n) => String(n).padStart(2, "0");
+  /*
+   * Every time on every page is shown in one IANA time zone: the site's (GET /api/site →
+   * {"time_zone": "Europe/Berlin"}, "UTC" when the server does not say) or the viewer's own
+   * (Intl.DateTimeFormat().resolvedOptions().timeZone). The choice ("site" | "local") is kept in
+   * localStorage `clickpulse.timeZone` and switched in the top bar; a change dispatches
+   * `cp:timezone` on window (detail {zone, mode}) so pages re-render, and fills every
+   * `[data-tz-name]` element with the zone's name. document.body.dataset.timeZone is the zone
+   * in use (test hook).
+   */
+  const TZ_KEY = "clickpulse.timeZone";
+  const SITE_TZ_CACHE = "clickpulse.siteTimeZone"; // sessionStorage: no UTC flash on the next page
+  const TZ_EVENT = "cp:timezone";
 
-  function toDate(ms) {
-    return isNum(ms) ? new Date(ms) : null;
+  /** Whether `zone` is a time zone this browser knows. */
+  function validZone(zone) {
+    if (typeof zone !== "string" || zone.trim() === "") return false;
+    try {
+      new Intl.DateTimeFormat("en-US", { timeZone: zone });
+      return true;
+    } catch (_) {
+      return false;
+    }
   }
 
-  /** "HH:MM" in UTC. */
-  function fmtUtcHM(ms) {
-    const d = toDate(ms);
-    return d ? `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}` : "—";
+  // Old names some browsers' ICU still reports (Chromium says "Asia/Calcutta"): shown as today's.
+  const ZONE_RENAMES = {
+    "Asia/Calcutta": "Asia/Kolkata",
+    "Asia/Saigon": "Asia/Ho_Chi_Minh",
+    "Asia/Katmandu": "Asia/Kathmandu",
+    "Asia/Rangoon": "Asia/Yangon",
+    "Asia/Ulan_Bator": "Asia/Ulaanbaatar",
+    "Europe/Kiev": "Europe/Kyiv",
+    "America/Godthab": "America/Nuuk",
+    "America/Buenos_Aires": "America/Argentina/Buenos_Aires",
+    "Atlantic/Faeroe": "Atlantic/Faroe",
+    "Pacific/Truk": "Pacific/Chuuk",
+    "Pacific/Ponape": "Pacific/Pohnpei",
+    "Pacific/Enderbury": "Pacific/Kanton",
+    "Etc/UTC": "UTC",
+    "Etc/GMT": "UTC",
+    "Etc/UCT": "UTC",
+    "Etc/Universal": "UTC",
+    "Etc/Zulu": "UTC",
+  };
+
+  function modernZone(zone) {
+    const renamed = ZONE_RENAMES[zone];
+    return renamed && validZone(renamed) ? renamed : zone;
   }
 
-  /** "HH:MM:SS" in UTC. */
-  function fmtUtcTime(ms) {
-    const d = toDate(ms);
-    return d ? `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}:${pad2(d.getUTCSeconds())}` : "—";
+  function browserZone() {
+    try {
+      const zone = modernZone(Intl.DateTimeFormat().resolvedOptions().timeZone);
+      return validZone(zone) ? zone : "UTC";
+    } catch (_) {
+      return "UTC";
+    }
   }
 
-  /** "YYYY-MM-DD" in UTC. */
-  function fmtUtcDate(ms) {
-    const d = toDate(ms);
-    return d ? `${d.getUTCFullYear()}-${pad2(d.getUTCMonth() + 1)}-${pad2(d.getUTCDate())}` : "—";
+  function storedMode() {
+    try {
+      return localStorage.getItem(TZ_KEY) === "local" ? "local" : "site";
+    } catch (_) {
+      return "site";
+    }
   }
 
-  /** "YYYY-MM-DD HH:MM:SS UTC". */
-  function fmtUtcDateTime(ms) {
-    return isNum(ms) ? `${fmtUtcDate(ms)} ${fmtUtcTime(ms)} UTC` : "—";
+  function cachedSiteZone() {
+    try {
+      const zone = sessionStorage.getItem(SITE_TZ_CACHE);
+      return validZone(zone) ? zone : "UTC";
+    } catch (_) {
+      return "UTC";
+    }
+  }
+
+  const tz = {
+    mode: storedMode(),
+    site: cachedSiteZone(),
+    local: browserZone(),
+    siteKnown: false, // set once /api/site has answered (or failed)
+  };
+
+  /** The IANA zone every time is shown in right now. */
+  function timeZone() {
+    return tz.mode === "local" ? tz.local : tz.site;
+  }
+
+  /** "site" or "local". */
+  function timeZoneMode() {
+    return tz.mode;
+  }
+
+  // One formatter per zone (creating them is the expensive part).
+  const partFormats = new Map();
+  function partsFormat(zone) {
+    let f = partFormats.get(zone);
+    if (!f) {
+      f = new Intl.DateTimeFormat("en-US", {
+        timeZone: zone,
+        hourCycle: "h23",
+        year: "numeric",
+        month: "2-digit",
+        day: "2-digit",
+        hour: "2-digit",
+        minute: "2-digit",
+        second: "2-digit",
+      });
+      partFormats.set(zone, f);
+    }
+    return f;
+  }
+
+  /** {year, month, day, hour, minute, second} as zero-padded strings in the chosen zone, or null. */
+  function timeParts(ms, zone = timeZone()) {
+    if (!isNum(ms)) return null;
+    const out = {};
+    for (const part of partsFormat(zone).formatToParts(new Date(ms))) out[part.type] = part.value;
+    if (out.hour === "24") out.hour = "00"; // very old engines ignore hourCycle
+    return out;
+  }
+
+  const offsetFormats = new Map();
+  /** The zone's offset at that instant: "UTC", "UTC+1", "UTC+5:30", "UTC−3". */
+  function zoneOffset(ms, zone = timeZone()) {
+    if (!isNum(ms)) return "";
+    let f = offsetFormats.get(zone);
+    if (f === undefined) {
+      try {
+        f = new Intl.DateTimeFormat("en-US", { timeZone: zone, timeZoneName: "shortOffset" });
+      } catch (_) {
+        f = null; // shortOffset unsupported: fall back to the zone's name
+      }
+      offsetFormats.set(zone, f);
+    }
+    if (!f) return zone;
+    const name = (f.formatToParts(new Date(ms)).find((p) => p.type === "timeZoneName") || {}).value || "";
+    const offset = name.replace(/^GMT/, "UTC").replace(/^UTC[+-]0(:00)?$/, "UTC");
+    return offset || zone;
+  }
+
+  /** "HH:MM" in the chosen zone. */
+  function fmtHM(ms) {
+    const p = timeParts(ms);
+    return p ? `${p.hour}:${p.minute}` : "—";
+  }
+
+  /** "HH:MM:SS" in the chosen zone. */
+  function fmtTime(ms) {
+    const p = timeParts(ms);
+    return p ? `${p.hour}:${p.minute}:${p.second}` : "—";
+  }
+
+  /** "YYYY-MM-DD" in the chosen zone. */
+  function fmtDate(ms) {
+    const p = timeParts(ms);
+    return p ? `${p.year}-${p.month}-${p.day}` : "—";
+  }
+
+  /** "YYYY-MM-DD HH:MM:SS UTC+1" in the chosen zone (its offset at that instant last). */
+  function fmtDateTime(ms) {
+    return isNum(ms) ? `${fmtDate(ms)} ${fmtTime(ms)} ${zoneOffset(ms)}` : "—";
+  }
+
+  /** A time-zone name for labels: "Europe/Berlin", "UTC". */
+  function zoneLabel(zone = timeZone()) {
+    return zone === "GMT" ? "UTC" : modernZone(zone);
+  }
+
+  /** Fill the page's zone labels and the test hook, then tell the page to re-render. */
+  function applyTimeZone(notify = true) {
+    const zone = timeZone();
+    if (document.body) {
+      document.body.dataset.timeZone = zone;
+      document.body.dataset.timeZoneMode = tz.mode;
+      document.body.dataset.siteTimeZone = tz.site;
+      if (tz.siteKnown) document.body.dataset.siteTimeZoneKnown = "true";
+    }
+    for (const node of document.querySelectorAll("[data-tz-name]")) setText(node, zoneLabel(zone));
+    syncZoneSwitch();
+    if (notify) window.dispatchEvent(new CustomEvent(TZ_EVENT, { detail: { zone, mode: tz.mode } }));
+  }
+
+  /** Choose "site" or "local" (remembered), re-rendering every time on the page. */
+  function setTimeZoneMode(mode) {
+    tz.mode = mode === "local" ? "local" : "site";
+    try {
+      localStorage.setItem(TZ_KEY, tz.mode);
+    } catch (_) {
+      /* storage disabled: the choice lasts for this page */
+    }
+    applyTimeZone();
+  }
+
+  /** Subscribe to zone changes; the listener gets (zone, mode). */
+  function onTimeZone(listener) {
+    const handler = (event) => listener(event.detail.zone, event.detail.mode);
+    window.addEventListener(TZ_EVENT, handler);
+    return () => window.removeEventListener(TZ_EVENT, handler);
+  }
+
+  /** Ask the server for the site's zone; "UTC" when it does not say (404, old server, error). */
+  async function loadSiteZone() {
+    let zone = "UTC";
+    try {
+      const body = await fetchJSON("/api/site", { timeoutMs: 5000 });
+      if (body && validZone(body.time_zone)) zone = modernZone(body.time_zone);
+    } catch (_) {
+      /* no /api/site (yet): the site zone is UTC */
+    }
+    try {
+      sessionStorage.setItem(SITE_TZ_CACHE, zone);
+    } catch (_) {
+      /* no storage */
+    }
+    const changed = zone !== tz.site;
+    tz.site = zone;
+    tz.siteKnown = true;
+    applyTimeZone(changed && tz.mode === "site");
   }
 
   // ---------------------------------------------------------------- display names
@@ -499,7 +692,7 @@
         id: "event-clock",
         className: "clock",
         dataset: { testid: "event-clock" },
-        title: "Event time of the clickstream being processed (UTC). The replay runs faster than real time.",
+        title: "Event time of the clickstream being processed.",
       },
       [
         el("span", { className: "live-dot", id: "event-clock-dot", attrs: { "aria-hidden": "true" } }),
@@ -519,10 +712,103 @@
           link("shop", "/shop", "Shop"),
         ]),
       ]),
-      clock,
+      el("div", { className: "topnav__tools" }, [clock, zoneSwitch()]),
     ]);
     host.replaceChildren(inner);
     host.dataset.testid = "topnav";
+  }
+
+  const GLOBE_PATH = "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zM2 12h20M12 2a15.3 15.3 0 0 1 4 10 15.3 15.3 0 0 1-4 10 15.3 15.3 0 0 1-4-10 15.3 15.3 0 0 1 4-10z";
+
+  /** The "Site time / Your time" select of the top bar. */
+  function zoneSwitch() {
+    const select = el(
+      "select",
+      {
+        id: "tz-switch",
+        className: "tzswitch__select",
+        dataset: { testid: "tz-switch" },
+        on: { change: (event) => setTimeZoneMode(event.target.value) },
+      },
+      [el("option", { value: "site", dataset: { testid: "tz-site" } }), el("option", { value: "local", dataset: { testid: "tz-local" } })]
+    );
+    return el(
+      "label",
+      {
+        className: "tzswitch",
+        title: "Time zone of every time on this page: the site's or your browser's",
+      },
+      [
+        svg("svg", { class: "tzswitch__icon", width: "14", height: "14", viewBox: "0 0 24 24", fill: "none", stroke: "currentColor", "stroke-width": "2", "aria-hidden": "true" }, [
+          svg("path", { d: GLOBE_PATH }),
+        ]),
+        el("span", { className: "visually-hidden", text: "Time zone" }),
+        select,
+      ]
+    );
+  }
+
+  /** Keep the switch's texts and value in step with the zones. */
+  function syncZoneSwitch() {
+    const select = document.getElementById("tz-switch");
+    if (!select) return;
+    const [site, local] = select.options;
+    setText(site, `Site time (${zoneLabel(tz.site)})`);
+    setText(local, `Your time (${zoneLabel(tz.local)})`);
+    if (select.value !== tz.mode) select.value = tz.mode;
+  }
+
+  // ---------------------------------------------------------------- sideways-scrolling boxes
+
+  /*
+   * A table wider than its card (a tablet, a long value) scrolls sideways inside its
+   * `.table-scroll` / `.log-scroll` box; while it does, a hint at the box's left says so.
+   */
+  function setupScrollHints() {
+    if (typeof ResizeObserver !== "function") return;
+    for (const box of document.querySelectorAll(".table-scroll, .log-scroll")) {
+      if (box.querySelector("[data-scroll-hint]")) continue;
+      const hint = el("p", {
+        className: "scroll-hint",
+        hidden: true,
+        dataset: { scrollHint: "" },
+        text: "Scroll sideways to see every column →",
+      });
+      box.prepend(hint);
+      const update = () => {
+        const overflowing = box.scrollWidth > box.clientWidth + 1;
+        if (hint.hidden === overflowing) hint.hidden = !overflowing;
+      };
+      const observer = new ResizeObserver(update);
+      observer.observe(box);
+      for (const child of box.children) if (child !== hint) observer.observe(child);
+    }
+  }
+
+  // ---------------------------------------------------------------- narrow-screen collapsibles
+
+  /*
+   * `<details data-collapse-narrow>`: always open (and not collapsible) on wide screens; closed
+   * by default below the media query in its data-collapse-narrow attribute (default 900 px), so
+   * a long secondary card does not push the main content down on a phone.
+   */
+  function setupCollapsibles() {
+    for (const details of document.querySelectorAll("details[data-collapse-narrow]")) {
+      const query = window.matchMedia(details.dataset.collapseNarrow || "(max-width: 900px)");
+      const summary = details.querySelector(":scope > summary");
+      const apply = () => {
+        details.open = !query.matches;
+        details.classList.toggle("is-collapsible", query.matches);
+        if (summary) summary.tabIndex = query.matches ? 0 : -1;
+      };
+      apply();
+      if (query.addEventListener) query.addEventListener("change", apply);
+      if (summary) {
+        summary.addEventListener("click", (event) => {
+          if (!query.matches) event.preventDefault(); // wide: the card stays open
+        });
+      }
+    }
   }
 
   // ---------------------------------------------------------------- stats polling + clock
@@ -599,7 +885,8 @@
       return;
     }
     const eventTime = eventTimeOf(stats);
-    setText(timeEl, eventTime === null ? "waiting for events" : fmtUtcDateTime(eventTime));
+    setText(timeEl, eventTime === null ? "waiting for events" : fmtDateTime(eventTime));
+    timeEl.title = eventTime === null ? "" : `${eventTime} ms since 1970 (UTC)`;
     clock.dataset.eventTimeMs = eventTime === null ? "" : String(eventTime);
     const replay = (stats.stages && stats.stages.replay && stats.stages.replay.details) || {};
     // Only a clock that is not the real one gets a badge: `--speed N` (N ≠ 1), `max`.
@@ -611,8 +898,8 @@
       ? `Event time runs at ${replay.speed} real time (started with --speed): it is not the wall clock.`
       : "";
     clock.title = realTime
-      ? "Event time of the clickstream (UTC): the real clock."
-      : `Event time of the clickstream (UTC), running at ${replay.speed} real time.`;
+      ? `Event time of the clickstream (${zoneLabel()}): the real clock.`
+      : `Event time of the clickstream (${zoneLabel()}), running at ${replay.speed} real time.`;
 
     // The live replay (days overlaid) runs on day after day: its passes are just days.
     const pass = isNum(replay.pass) && !replay.overlay ? replay.pass : 0;
@@ -651,8 +938,25 @@
 
   function boot() {
     mountNav();
+    applyTimeZone(false);
+    loadSiteZone();
+    setupCollapsibles();
+    setupScrollHints();
     applyChartDefaults();
     startClock();
+    // Times in the clock follow the zone at once, not at the next poll.
+    onTimeZone(() => {
+      if (lastStats) updateClock(lastStats, null);
+    });
+    // A zone chosen in another tab applies here too.
+    window.addEventListener("storage", (event) => {
+      if (event.key !== TZ_KEY) return;
+      const mode = storedMode();
+      if (mode !== tz.mode) {
+        tz.mode = mode;
+        applyTimeZone();
+      }
+    });
   }
 
   window.CP = {
@@ -665,10 +969,22 @@
     fmtPct,
     fmtPrice,
     fmtDuration,
-    fmtUtcHM,
-    fmtUtcTime,
-    fmtUtcDate,
-    fmtUtcDateTime,
+    fmtHM,
+    fmtTime,
+    fmtDate,
+    fmtDateTime,
+    // Older names, kept for scripts not yet updated: they follow the chosen zone too.
+    fmtUtcHM: fmtHM,
+    fmtUtcTime: fmtTime,
+    fmtUtcDate: fmtDate,
+    fmtUtcDateTime: fmtDateTime,
+    timeZone,
+    timeZoneMode,
+    setTimeZoneMode,
+    onTimeZone,
+    zoneLabel,
+    zoneOffset,
+    TZ_KEY,
     fmtSpeed,
     countryName,
     categoryLabel,

@@ -13,7 +13,7 @@
 (function () {
   "use strict";
 
-  const { el, fmtInt, fmtPct, fmtUtcHM, fmtUtcTime, fmtUtcDateTime, setText, isNum } = CP;
+  const { el, fmtInt, fmtPct, fmtHM, fmtTime, fmtDateTime, setText, isNum } = CP;
 
   const DEVICES = [
     { key: "Desktop", color: "#6366f1" },
@@ -77,10 +77,10 @@
     return el("tr", { className: "empty-row" }, [el("td", { colSpan: colspan, text })]);
   }
 
-  /** Tooltip title for a bucket: "14:05–14:06 UTC (in progress)". */
+  /** Tooltip title for a bucket: "14:05–14:06 UTC+1 (in progress)", in the chosen zone. */
   function bucketTitle(bucket, widthMs) {
     if (!bucket) return "";
-    const range = `${fmtUtcHM(bucket.start_ms)}–${fmtUtcHM(bucket.start_ms + widthMs)} UTC`;
+    const range = `${fmtHM(bucket.start_ms)}–${fmtHM(bucket.start_ms + widthMs)} ${CP.zoneOffset(bucket.start_ms)}`;
     return bucket.final === false ? `${range} (in progress)` : range;
   }
 
@@ -263,7 +263,7 @@
     const list = arr(buckets).filter((b) => b && isNum(b.start_ms));
     chart.$buckets = list;
     chart.$finals = list.map((b) => b.final !== false);
-    chart.data.labels = list.map((b) => fmtUtcHM(b.start_ms));
+    chart.data.labels = list.map((b) => fmtHM(b.start_ms));
     const dataset = chart.data.datasets[0];
     dataset.data = list.map((b) => num(b[valueKey]));
     if (chart.config.type === "bar") {
@@ -369,15 +369,15 @@
       tbody,
       list.map((p, i) =>
         el("tr", { dataset: { productId: p.product_id || "", testid: "top-product-row" } }, [
-          el("td", { className: "rank", text: String(i + 1) }),
-          el("td", { className: "col-flex" }, [
+          el("td", { className: "rank", dataset: { label: "#" }, text: String(i + 1) }),
+          el("td", { className: "col-flex cell-head", dataset: { label: "Product" } }, [
             el("div", { className: "product-cell" }, [
               thumbFor(p.product_id),
               el("span", { className: "cell-title", title: `${productTitle(p.product_id, p.title)} (${p.product_id || "unknown"})`, text: productTitle(p.product_id, p.title) }),
             ]),
           ]),
-          el("td", {}, [CP.categoryPill(p.category)]),
-          el("td", { className: "num" }, [barCell(num(p.views), max)]),
+          el("td", { dataset: { label: "Category" } }, [CP.categoryPill(p.category)]),
+          el("td", { className: "num", dataset: { label: "Views" } }, [barCell(num(p.views), max)]),
         ])
       )
     );
@@ -399,12 +399,12 @@
       list.map((v) => {
         const isNew = previous !== null && !previous.has(keyOf(v));
         return el("tr", { className: isNew ? "is-new" : "", dataset: { testid: "latest-view-row", visitor: v.visitor || "" } }, [
-          el("td", { className: "mono", title: fmtUtcDateTime(v.ts_ms), text: fmtUtcTime(v.ts_ms) }),
-          el("td", { className: "mono", title: v.visitor || "", text: CP.shortVisitor(v.visitor) }),
-          el("td", { className: "mono", text: v.ip || "—" }),
-          el("td", { title: (v.country || "unknown").toUpperCase(), text: CP.countryName(v.country) }),
-          el("td", { className: "col-flex" }, [el("span", { className: "cell-title", title: v.product_id || "", text: productTitle(v.product_id) })]),
-          el("td", {}, [CP.categoryPill(v.category)]),
+          el("td", { className: "mono", title: fmtDateTime(v.ts_ms), dataset: { label: "Time" }, text: fmtTime(v.ts_ms) }),
+          el("td", { className: "mono", title: v.visitor || "", dataset: { label: "Visitor" }, text: CP.shortVisitor(v.visitor) }),
+          el("td", { className: "mono", dataset: { label: "IP" }, text: v.ip || "—" }),
+          el("td", { title: (v.country || "unknown").toUpperCase(), dataset: { label: "Country" }, text: CP.countryName(v.country) }),
+          el("td", { className: "col-flex cell-head", dataset: { label: "Product" } }, [el("span", { className: "cell-title", title: v.product_id || "", text: productTitle(v.product_id) })]),
+          el("td", { dataset: { label: "Category" } }, [CP.categoryPill(v.category)]),
         ]);
       })
     );
@@ -426,11 +426,11 @@
     const rest = list.slice(MAX_COUNTRY_ROWS);
     const row = (label, code, views) =>
       el("tr", { dataset: { testid: "country-row", country: code } }, [
-        el("td", {}, [
+        el("td", { className: "cell-head", dataset: { label: "Country" } }, [
           el("div", { text: label }),
           el("div", { className: "muted", style: { fontSize: "12px" }, text: `${fmtPct(total ? views / total : 0)} of views` }),
         ]),
-        el("td", { className: "num" }, [barCell(views, total)]),
+        el("td", { className: "num", dataset: { label: "Views" } }, [barCell(views, total)]),
       ]);
     const rows = shown.map((c) => row(CP.countryName(c.country), String(c.country || "unknown"), num(c.views)));
     if (rest.length > 0) {
@@ -484,7 +484,7 @@
     const ready = isNum(snap.now_ms);
     const clock = document.getElementById("event-clock");
     if (clock) clock.dataset.nowMs = ready ? String(snap.now_ms) : "";
-    setText(document.getElementById("snapshot-time"), ready ? fmtUtcDateTime(snap.now_ms) : "—");
+    setText(document.getElementById("snapshot-time"), ready ? fmtDateTime(snap.now_ms) : "—");
 
     renderWaiting(ready, true);
     // Each panel is independent: a bad field in one must not blank the others. Numbers and
@@ -588,6 +588,8 @@
     lastKey: null,
     identity: null,
     debounce: null,
+    lastTransitions: null, // the newest answer, to re-render it in another time zone
+    lastVisitor: "",
   };
 
   function logFilterValue() {
@@ -625,7 +627,9 @@
     try {
       const body = await CP.fetchJSON(`/api/patterns/log?${params}`, { timeoutMs: 5000 });
       if (seq !== log.seq) return; // a newer request (new filter) is under way
-      renderLog(arr(body && body.transitions), visitor);
+      log.lastTransitions = arr(body && body.transitions);
+      log.lastVisitor = visitor;
+      renderLog(log.lastTransitions, visitor);
       setLogStatus("live", "Live");
       honourLogAnchor();
     } catch (err) {
@@ -650,14 +654,19 @@
     const tbody = document.getElementById("state-log-body");
     const own = log.identity && log.identity.visitor;
     // Skip the DOM work when nothing changed (keeps hover and text selection stable).
-    const key = JSON.stringify([transitions, visitor, own]);
+    const key = JSON.stringify([transitions, visitor, own, Boolean(log.outsideEveryAudience)]);
     if (key === log.lastKey) return;
     log.lastKey = key;
 
     if (transitions.length === 0) {
-      const text = visitor
-        ? `No transitions recorded for visitor ${visitor} yet. They appear as soon as this visitor's page views advance or reset a pattern.`
-        : "No transitions yet. They appear as soon as page views start advancing a pattern.";
+      // Your own shop visitor outside every audience starts no match: say so, instead of
+      // promising transitions that cannot come.
+      const outside = visitor && visitor === own && log.outsideEveryAudience;
+      const text = outside
+        ? `Your shop visitor's profile (${log.identity.gender}, ${log.identity.age}) is in no pattern's audience, so its page views start no match and no transitions will appear. Change the age or gender in the shop to try one.`
+        : visitor
+          ? `No transitions recorded for visitor ${visitor} yet. They appear as soon as this visitor's page views advance or reset a pattern.`
+          : "No transitions yet. They appear as soon as page views start advancing a pattern.";
       CP.replaceChildren(tbody, emptyRow(7, text));
       return;
     }
@@ -686,22 +695,22 @@
             },
           },
           [
-            el("td", { className: "mono", title: fmtUtcDateTime(t.ts_ms), text: fmtUtcTime(t.ts_ms) }),
-            el("td", {}, [visitorButton, isOwn ? el("span", { className: "badge badge--offer", style: { marginLeft: "6px" }, text: "you" }) : null]),
-            el("td", { className: "mono", text: t.pattern || "—" }),
-            el("td", {}, [
+            el("td", { className: "mono", title: fmtDateTime(t.ts_ms), dataset: { label: "Time" }, text: fmtTime(t.ts_ms) }),
+            el("td", { dataset: { label: "Visitor" } }, [visitorButton, isOwn ? el("span", { className: "badge badge--offer", style: { marginLeft: "6px" }, text: "you" }) : null]),
+            el("td", { className: "mono", dataset: { label: "Pattern" }, text: t.pattern || "—" }),
+            el("td", { dataset: { label: "Transition" } }, [
               el("span", { className: "state", text: t.from || "—" }),
               el("span", { className: "arrow", attrs: { "aria-label": "to" }, text: "→" }),
               el("span", { className: `state${t.to === "offer" ? " state--offer" : ""}`, text: t.to || "—" }),
             ]),
-            el("td", {}, [causeBadge(t.cause)]),
-            el("td", { className: "log-product" }, [
+            el("td", { dataset: { label: "Cause" } }, [causeBadge(t.cause)]),
+            el("td", { className: "log-product", dataset: { label: "Product" } }, [
               el("div", { className: "product-cell" }, [
                 t.category ? CP.categoryPill(t.category) : null,
                 el("span", { className: "cell-title", title: t.product_id || "", text: productTitle(t.product_id) }),
               ]),
             ]),
-            el("td", {}, [hasOffer ? el("span", { className: "badge badge--offer", dataset: { testid: "state-log-offer" }, text: `Offer: ${t.offer}` }) : ""]),
+            el("td", { className: hasOffer ? "" : "cell-empty", dataset: { label: "Offer" } }, [hasOffer ? el("span", { className: "badge badge--offer", dataset: { testid: "state-log-offer" }, text: `Offer: ${t.offer}` }) : ""]),
           ]
         );
       })
@@ -734,6 +743,17 @@
     if (log.identity) {
       CP.replaceChildren(me, ["Your shop visitor: ", el("span", { className: "mono", text: log.identity.visitor })]);
       mine.checked = document.getElementById("state-log-filter").value.trim() === log.identity.visitor;
+      const identity = log.identity;
+      CP.fetchJSON(`/api/patterns?gender=${encodeURIComponent(identity.gender || "U")}&age=${encodeURIComponent(identity.age)}`)
+        .then((body) => {
+          if (log.identity !== identity) return;
+          const patterns = Array.isArray(body && body.patterns) ? body.patterns : [];
+          // The next poll's render picks it up (it is part of the render's key).
+          log.outsideEveryAudience = patterns.length > 0 && patterns.every((p) => p.for_you === false);
+        })
+        .catch(() => {
+          log.outsideEveryAudience = false;
+        });
     } else {
       mine.checked = false;
       CP.replaceChildren(me, ["Open the ", el("a", { href: "/shop", text: "shop" }), " to get your own visitor id."]);
@@ -815,7 +835,21 @@
     document.getElementById("log").scrollIntoView({ block: "start", behavior: "instant" });
   }
 
+  /** Another time zone chosen in the top bar: every time and axis label is drawn again. */
+  function onTimeZoneChanged() {
+    if (state.lastSnapshot) {
+      const keys = state.latestKeys; // not a "new row" flash for every row
+      renderPanels(state.lastSnapshot);
+      state.latestKeys = keys;
+    }
+    if (log.lastTransitions) {
+      log.lastKey = null;
+      renderLog(log.lastTransitions, log.lastVisitor);
+    }
+  }
+
   function boot() {
+    CP.onTimeZone(onTimeZoneChanged);
     createCharts();
     renderWaiting(false, false);
     // Empty panels before the first snapshot, so nothing looks broken while connecting.

@@ -203,6 +203,7 @@
       if (state.identity && state.identity.age !== value) {
         state.identity.age = value;
         CP.saveIdentity(state.identity);
+        loadRules();
       }
     };
     age.addEventListener("input", saveAge);
@@ -213,6 +214,7 @@
         if (radio.checked && state.identity) {
           state.identity.gender = radio.value;
           CP.saveIdentity(state.identity);
+          loadRules();
         }
       });
     }
@@ -228,35 +230,78 @@
       state.identity = stored;
       state.identityReady = Promise.resolve(stored);
       renderIdentity();
+      loadRules();
       if (visitorChanged) connectOffers();
     });
   }
 
   // ------------------------------------------------------------------ offer rules
 
+  /** "woman of 30", for the identity card's summary. */
+  function profileWords(identity) {
+    if (!identity) return "";
+    const who = identity.gender === "F" ? "woman" : identity.gender === "M" ? "man" : "shopper";
+    return `${who} of ${identity.age}`;
+  }
+
+  /** A rule card in the shopper's words: who it is for, what earns it, what it gives. */
+  function ruleCard(p) {
+    const forYou = p.for_you;
+    const badge =
+      forYou === true
+        ? el("span", { className: "rule__badge rule__badge--yes", dataset: { testid: "rule-for-you" }, text: "For you" })
+        : forYou === false
+          ? el("span", { className: "rule__badge rule__badge--no", dataset: { testid: "rule-not-for-you" }, text: "Not for your profile" })
+          : el("span", { className: "rule__badge", text: "Depends on where you are" });
+    const offers = Object.values(p.offers || {}).map((o) => o && o.title).filter(Boolean);
+    const phone = /on a phone|on a tablet|on a computer/.test(p.in_plain_words || "");
+    return el("div", { className: "rule", dataset: { testid: "offer-rule", pattern: p.name || "", forYou: String(forYou) } }, [
+      el("div", { className: "rule__head" }, [el("span", { className: "rule__name", text: p.description || "A special offer" }), badge]),
+      el("p", { className: "rule__explanation", dataset: { testid: "rule-words" }, text: p.in_plain_words || "" }),
+      offers.length ? el("p", { className: "rule__offer", text: `You get: ${offers.join(" or ")}.` }) : null,
+      phone ? el("p", { className: "muted rule__note", text: "Whether you are on a phone is told from your browser's user agent, not from the window's size." }) : null,
+    ]);
+  }
+
+  let rulesRequest = 0;
   async function loadRules() {
     const list = document.getElementById("offer-rules-list");
+    let summary = document.getElementById("offer-rules-summary");
+    if (!summary && list) {
+      // In the identity card (always in view, also on a phone where the rules are folded):
+      // whether this profile can earn an offer at all.
+      summary = el("p", { className: "rules__summary", id: "offer-rules-summary", dataset: { testid: "offer-rules-summary" }, attrs: { role: "status" } });
+      const status = document.getElementById("identity-status");
+      if (status) status.after(summary);
+      else list.before(summary);
+    }
+    const request = ++rulesRequest;
+    const identity = state.identity;
+    const query = identity ? `?gender=${encodeURIComponent(identity.gender || "U")}&age=${encodeURIComponent(identity.age)}` : "";
     try {
-      const body = await CP.fetchJSON("/api/patterns");
+      const body = await CP.fetchJSON(`/api/patterns${query}`);
+      if (request !== rulesRequest) return; // a newer profile's answer is on its way
       const patterns = Array.isArray(body && body.patterns) ? body.patterns.filter(Boolean) : [];
+      state.patterns = patterns;
       if (patterns.length === 0) {
-        CP.replaceChildren(list, el("p", { className: "muted", text: "No behaviour patterns are active right now, so no offer can trigger." }));
+        CP.replaceChildren(list, el("p", { className: "muted", text: "No special offers are running right now." }));
+        if (summary) summary.textContent = "";
       } else {
-        CP.replaceChildren(
-          list,
-          patterns.map((p) =>
-            el("div", { className: "rule", dataset: { testid: "offer-rule", pattern: p.name || "" } }, [
-              el("div", {}, [
-                el("span", { className: "rule__name", text: p.name || "Unnamed pattern" }),
-                p.version ? el("span", { className: "rule__version", title: "Pattern version", text: `v${String(p.version).slice(0, 8)}` }) : null,
-              ]),
-              p.description ? el("div", { className: "rule__desc", text: p.description }) : null,
-              p.explanation ? el("p", { className: "rule__explanation", text: p.explanation }) : null,
-            ])
-          )
-        );
+        CP.replaceChildren(list, patterns.map(ruleCard));
+        if (summary && identity) {
+          const mine = patterns.filter((p) => p.for_you === true).length;
+          const maybe = patterns.filter((p) => p.for_you == null).length;
+          summary.textContent =
+            mine > 0
+              ? `As a ${profileWords(identity)}, you can earn ${mine === 1 ? "this offer" : `${mine} offers`}: browse as described below.`
+              : maybe > 0
+                ? `As a ${profileWords(identity)}, you may earn an offer, depending on where you are.`
+                : `As a ${profileWords(identity)}, you are not in the audience of any special offer, so none will pop up. Change your age or gender above to try one.`;
+          summary.dataset.forYou = String(mine);
+        }
       }
     } catch (err) {
+      if (request !== rulesRequest) return;
       CP.replaceChildren(list, el("p", { className: "muted", text: "The offer rules could not be loaded right now." }));
     }
     list.removeAttribute("aria-busy");
@@ -662,7 +707,7 @@
   function offerImageElement(offer) {
     const img = offer.$image instanceof HTMLImageElement ? offer.$image : el("img", { src: offerImage(offer) });
     img.className = "modal__image";
-    img.alt = "Your special offer";
+    img.alt = offer.title || "Your special offer";
     img.width = 400;
     img.height = 400;
     img.dataset.testid = "offer-image";
@@ -701,15 +746,23 @@
       ])
     );
 
-    const version = offer.pattern_version ? ` (version ${String(offer.pattern_version).slice(0, 8)})` : "";
+    // Why it shows, in the words of the pattern's description (never its internal names).
+    const pattern = (state.patterns || []).find((p) => p.name === offer.pattern);
+    const why = pattern && pattern.description ? `Why you see this: you ${lowerFirst(pattern.description)}.` : "You see this because of the products you looked at.";
+    const actions = [];
+    if (typeof offer.link === "string" && offer.link.startsWith("/shop/")) {
+      actions.push(el("a", { className: "btn btn--primary", href: offer.link, dataset: { testid: "offer-link" }, text: "See the offer" }));
+    }
+    actions.push(el("button", { type: "button", className: actions.length ? "btn" : "btn btn--primary", text: "Continue shopping", on: { click: close } }));
     const modal = el("div", { className: "modal" }, [
       closeButton,
       offerImageElement(offer),
       el("div", { className: "modal__body" }, [
         el("div", { className: "modal__eyebrow", text: "Just for you" }),
-        el("h2", { className: "modal__title", id: "offer-title", text: "A special offer just for you" }),
-        el("p", { className: "modal__fine", dataset: { testid: "offer-pattern" }, text: `Triggered by the pattern “${offer.pattern || "unknown"}”${version}. Offer ${offer.offer || ""}.` }),
-        el("div", { className: "modal__actions" }, [el("button", { type: "button", className: "btn btn--primary", text: "Continue shopping", on: { click: close } })]),
+        el("h2", { className: "modal__title", id: "offer-title", dataset: { testid: "offer-title" }, text: offer.title || "A special offer just for you" }),
+        offer.text ? el("p", { className: "modal__text", dataset: { testid: "offer-text" }, text: offer.text }) : null,
+        el("p", { className: "modal__fine", dataset: { testid: "offer-pattern" }, text: why }),
+        el("div", { className: "modal__actions" }, actions),
       ]),
     ]);
     const backdrop = el(
@@ -734,6 +787,12 @@
   }
 
   /** Keep Tab inside the open dialog. */
+  /** "Viewed clothing" → "viewed clothing" (a description continues a sentence). */
+  function lowerFirst(text) {
+    const t = String(text).trim().replace(/[.]+$/, "");
+    return t.charAt(0).toLowerCase() + t.slice(1);
+  }
+
   function trapFocus(event, container) {
     const focusable = [...container.querySelectorAll("button, a[href], input")];
     if (focusable.length === 0) return;
@@ -766,6 +825,8 @@
     }
     const identityPromise = ensureIdentity().then((identity) => {
       if (identity) renderIdentity();
+      // The rules say whether this profile can earn an offer.
+      if (identity && identity !== stored) loadRules();
       return identity;
     });
 

@@ -432,6 +432,11 @@ fn alpha2_to_alpha3(alpha2: &str) -> Option<String> {
 
 /// Classifies a user agent as Desktop, Mobile, Tablet, Bot or Other.
 ///
+/// The device class of one user agent (for a single request; the enrich stage caches its own).
+pub fn device_of_user_agent(user_agent: &str) -> Device {
+    classify_user_agent(&woothee::parser::Parser::new(), user_agent)
+}
+
 /// woothee recognises browsers, crawlers and phones; it files tablets under `smartphone`, so
 /// iPads, Kindles and Android devices without `Mobile` in their agent are told apart here.
 pub fn classify_user_agent(parser: &woothee::parser::Parser, user_agent: &str) -> Device {

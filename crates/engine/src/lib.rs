@@ -32,6 +32,7 @@ pub mod pattern;
 pub mod reader;
 pub mod replay;
 pub mod topics;
+pub mod topology;
 pub mod window;
 
 pub use click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};

@@ -71,6 +71,9 @@ pub struct AppState {
     /// Who may see visitors and addresses on the dashboard and the state-machine log (`None`:
     /// nobody; everything is pseudonymised with a key of its own).
     pub privacy: Option<privacy::Privacy>,
+    /// The site's time zone (an IANA name, validated by whoever configures it): the pages show
+    /// times in it unless the viewer picks their own.
+    pub time_zone: Arc<str>,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
             products: Arc::new(Vec::new()),
             cors_origins: Vec::new(),
             privacy: None,
+            time_zone: Arc::from("UTC"),
         }
     }
 }
@@ -172,6 +176,8 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
         .route("/api/identity", axum::routing::post(offers::identity))
         .route("/api/offers/stream", get(offers::stream))
         .route("/api/health", get(health))
+        .route("/api/site", get(site))
+        .route("/api/topology", get(topology))
         .route("/api/stats", get(stats))
         .route("/api/patterns", get(patterns::list))
         .route("/api/patterns/log", get(patterns::log))
@@ -210,6 +216,16 @@ async fn products(State(state): State<AppState>) -> Json<Value> {
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// The pipeline's stages, topics and sinks (the pipeline view draws its diagram from it).
+async fn topology() -> Json<clickpulse_engine::topology::Topology> {
+    Json(clickpulse_engine::topology::PIPELINE)
+}
+
+/// What every page needs to know of the site: its time zone.
+async fn site(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"time_zone": &*state.time_zone}))
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
@@ -289,6 +305,11 @@ mod tests {
         let router = app(AppState::new(metrics, "embedded"));
         let (status, body) = get_json(router.clone(), "/api/health").await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let (status, body) = get_json(router.clone(), "/api/site").await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"time_zone": "UTC"}))
+        );
         let (status, body) = get_json(router, "/api/stats").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["mode"], "embedded");

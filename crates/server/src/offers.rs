@@ -51,7 +51,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use clickpulse_engine::operator::{Emitter, Operator, RestoreError, StateChanges};
-use clickpulse_engine::pattern::Offer;
+use clickpulse_engine::pattern::{Offer, OfferContent};
 use clickpulse_engine::topics;
 use futures_util::Stream;
 use hmac::{Hmac, KeyInit, Mac};
@@ -86,7 +86,16 @@ pub struct DeliveredOffer {
     pub offer: Offer,
     /// Picture for the popup, when the server has one for this offer.
     pub image_url: Option<String>,
+    /// The headline: the pattern's `[offers.<name>]` title, or a generic one.
+    pub title: String,
+    /// The text under it (may be empty).
+    pub text: String,
+    /// The shop page the offer links to (its `product`), if any.
+    pub link: Option<String>,
 }
+
+/// The headline of an offer whose pattern does not declare what to show.
+pub const DEFAULT_TITLE: &str = "A special offer just for you";
 
 type Subscriber = (u64, mpsc::Sender<Arc<DeliveredOffer>>);
 
@@ -155,12 +164,27 @@ impl HubState {
 
 /// Maps an offer name to its popup picture's URL.
 type ImageFor = dyn Fn(&str) -> Option<String> + Send + Sync;
+type ContentFor = dyn Fn(&Offer) -> Option<OfferContent> + Send + Sync;
 
 /// Fans offers out to subscribed browsers, once per `offer_id`.
 #[derive(Clone)]
 pub struct OfferHub {
     state: Arc<Mutex<HubState>>,
     image_for: Arc<ImageFor>,
+    content_for: Arc<ContentFor>,
+}
+
+/// What an offer shows, from the active patterns: the `[offers.<name>]` of the pattern that
+/// gave it (as it is now: a pattern changed since shows its new words).
+pub fn content_from(
+    registry: clickpulse_engine::pattern::PatternRegistry,
+) -> impl Fn(&Offer) -> Option<OfferContent> + Send + Sync + 'static {
+    move |offer| {
+        registry
+            .current()
+            .get(&offer.pattern)
+            .and_then(|p| p.offers.get(&offer.offer).cloned())
+    }
 }
 
 /// One open offer stream: the visitor's recent offers at subscription, then the live ones.
@@ -197,12 +221,24 @@ impl Drop for Unsubscribe {
 }
 
 impl OfferHub {
-    /// A hub; `image_for(offer)` gives the popup picture's URL, if any.
+    /// A hub; `image_for(offer)` gives the popup picture's URL of the shop's own offer of that
+    /// name, if any.
     pub fn new(image_for: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         OfferHub {
             state: Arc::new(Mutex::new(HubState::default())),
             image_for: Arc::new(image_for),
+            content_for: Arc::new(|_| None),
         }
+    }
+
+    /// The same hub, showing what `content_for(offer)` says (the pattern's `[offers.<name>]`,
+    /// see [`content_from`]) in place of the shop's own offer.
+    pub fn with_content(
+        mut self,
+        content_for: impl Fn(&Offer) -> Option<OfferContent> + Send + Sync + 'static,
+    ) -> Self {
+        self.content_for = Arc::new(content_for);
+        self
     }
 
     /// Marks `offer_id` as delivered earlier (restored from a checkpoint): it is not delivered
@@ -219,8 +255,31 @@ impl OfferHub {
     /// [`OfferHub::deliver`] at time `now` (tests inject it).
     #[doc(hidden)]
     pub fn deliver_at(&self, offer: Offer, now: Instant) -> bool {
-        // The picture's URL is computed outside the lock.
-        let image_url = (self.image_for)(&offer.offer);
+        // What it shows is worked out outside the lock.
+        let content = (self.content_for)(&offer);
+        let image_url = match &content {
+            Some(c) => c.image.clone().or_else(|| {
+                c.product
+                    .as_deref()
+                    .and_then(crate::static_files::product_image)
+            }),
+            None => (self.image_for)(&offer.offer),
+        };
+        let (title, text, link) = match &content {
+            Some(c) => (
+                c.title.clone(),
+                c.text.clone(),
+                // Only ids that need no escaping make a link (catalogue ids are such).
+                c.product
+                    .as_ref()
+                    .filter(|p| {
+                        p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    })
+                    .map(|p| format!("/shop/product/{p}")),
+            ),
+            None => (DEFAULT_TITLE.to_owned(), String::new(), None),
+        };
         let mut s = self.state.lock().expect("hub lock");
         if !s.mark_seen(&offer.offer_id) {
             s.duplicates += 1;
@@ -228,7 +287,13 @@ impl OfferHub {
         }
         let now = s.last_at.map_or(now, |last| last.max(now));
         s.last_at = Some(now);
-        let delivered = Arc::new(DeliveredOffer { image_url, offer });
+        let delivered = Arc::new(DeliveredOffer {
+            image_url,
+            title,
+            text,
+            link,
+            offer,
+        });
         let visitor: Arc<str> = match s.recent.get_key_value(delivered.offer.visitor.as_str()) {
             Some((key, _)) => key.clone(),
             None => Arc::from(delivered.offer.visitor.as_str()),
@@ -816,6 +881,42 @@ mod tests {
             Some("/images/offers/offer1.png")
         );
         assert_eq!(hub.counters(), (2, 1, 0));
+    }
+
+    /// A pattern's `[offers.<name>]` is what the popup shows: its title, text, picture (or its
+    /// product's) and a link to the product; an undeclared offer shows the shop's own.
+    #[test]
+    fn delivered_offers_show_what_the_pattern_declares() {
+        let hub =
+            OfferHub::new(|o| (o == "offer1").then(|| "/images/offers/offer1.png".to_owned()))
+                .with_content(|o: &Offer| {
+                    (o.offer_id != "plain").then(|| OfferContent {
+                        title: "Free shipping".into(),
+                        text: "Today only.".into(),
+                        image: None,
+                        product: Some("VD55137665".into()),
+                    })
+                });
+        assert!(hub.deliver(offer("declared", "v1")));
+        assert!(hub.deliver(offer("plain", "v2")));
+        let declared = &hub.recent("v1")[0];
+        assert_eq!(
+            (declared.title.as_str(), declared.text.as_str()),
+            ("Free shipping", "Today only.")
+        );
+        assert_eq!(declared.link.as_deref(), Some("/shop/product/VD55137665"));
+        assert_eq!(
+            declared.image_url.as_deref(),
+            Some("/images/products/VD55137665.png"),
+            "the product's picture stands in"
+        );
+        let plain = &hub.recent("v2")[0];
+        assert_eq!(plain.title, DEFAULT_TITLE);
+        assert_eq!(plain.link, None);
+        assert_eq!(
+            plain.image_url.as_deref(),
+            Some("/images/offers/offer1.png")
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use clickpulse_engine::pattern::{PatternDir, PatternErrors, PatternRegistry, TransitionLog};
+use clickpulse_engine::pattern::{
+    Catalogue, PatternDir, PatternErrors, PatternRegistry, Profile, TransitionLog,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,6 +24,10 @@ pub struct PatternAdmin {
     pub log: Arc<Mutex<TransitionLog>>,
     /// The last reload error of the directory watcher, if the directory is currently invalid.
     pub last_error: Arc<Mutex<Option<String>>>,
+    /// What a pattern may name (categories, products, the shop's offers, pictures): a PUT
+    /// naming anything else is rejected, as `clickpulse patterns check` would. `None`: values
+    /// are not checked.
+    pub catalogue: Option<Arc<Catalogue>>,
 }
 
 /// Serializes every change of the pattern files and of the active set in this process: a
@@ -48,21 +54,59 @@ fn admin(state: &AppState) -> Result<&PatternAdmin, AppError> {
     })
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+/// `GET /api/patterns?gender=F&age=30`: with a shopper's chosen gender and age, each pattern
+/// also says whether they are in its audience (`for_you`; `null` when that depends on more than
+/// gender, age and the device class of the request's user agent).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    gender: Option<String>,
+    age: Option<u32>,
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
     let admin = admin(&state)?;
     let set = admin.registry.current();
+    let profile = match (&query.gender, query.age) {
+        (None, None) => None,
+        (gender, age) => {
+            let gender = match gender.as_deref() {
+                None => clickpulse_engine::Gender::U,
+                Some(g) => g.parse().map_err(AppError::BadRequest)?,
+            };
+            let user_agent = headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            Some(Profile {
+                gender,
+                age,
+                device: clickpulse_engine::enrich::device_of_user_agent(user_agent),
+            })
+        }
+    };
     let patterns: Vec<Value> = set
         .patterns()
         .iter()
         .map(|p| {
-            json!({
+            let mut v = json!({
                 "name": p.name,
                 "version": p.version,
                 "description": p.description,
                 "explanation": p.explain(),
+                "in_plain_words": p.in_plain_words(),
+                "offers": p.offers,
                 "source": p.source,
                 "states": p.states,
-            })
+            });
+            if let Some(profile) = &profile {
+                v["for_you"] = json!(p.admits(profile));
+            }
+            v
         })
         .collect();
     Ok(Json(json!({
@@ -101,7 +145,10 @@ pub(crate) async fn put(
     let admin = admin(&state)?.clone();
     let (set, version) = tokio::task::spawn_blocking(move || {
         let _writes = PatternAdmin::lock_writes();
-        let set = admin.dir.write(&name, &body)?;
+        let set = match &admin.catalogue {
+            Some(catalogue) => admin.dir.write_checked(&name, &body, catalogue)?,
+            None => admin.dir.write(&name, &body)?,
+        };
         let version = set
             .get(&name)
             .map(|p| p.version.clone())
@@ -219,6 +266,10 @@ mod tests {
         "name = \"shoes\"\n[offer]\ndefault = \"o\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
 
     fn setup() -> (tempfile::TempDir, PatternAdmin, Router) {
+        setup_with(None)
+    }
+
+    fn setup_with(catalogue: Option<Catalogue>) -> (tempfile::TempDir, PatternAdmin, Router) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = PatternDir::new(tmp.path()).unwrap();
         let admin = PatternAdmin {
@@ -226,6 +277,7 @@ mod tests {
             dir,
             log: Arc::new(Mutex::new(TransitionLog::default())),
             last_error: Arc::new(Mutex::new(None)),
+            catalogue: catalogue.map(Arc::new),
         };
         let router = crate::app(AppState {
             patterns: Some(admin.clone()),
@@ -336,6 +388,64 @@ mod tests {
         let (status, _) = send(&router, "DELETE", "/api/patterns/shoes", Some("secret"), "").await;
         assert_eq!(status, StatusCode::OK);
         assert!(admin.registry.current().is_empty());
+    }
+
+    /// A PUT checks values as `patterns check` does, with every error at once and its line.
+    #[tokio::test]
+    async fn put_checks_values_against_the_catalogue() {
+        let catalogue = Catalogue {
+            categories: vec!["clothing".into(), "shoes".into()],
+            products: vec!["P1".into()],
+            offers: vec!["o".into()],
+            images: vec!["/images/offers/o.png".into()],
+        };
+        let (tmp, admin, router) = setup_with(Some(catalogue));
+        let wrong = "name = \"shoes\"\n[offer]\ndefault = \"o\"\n[[step]]\n\
+                     when = { category = \"shoez\", device = \"Mobil\" }\n";
+        let (status, body) =
+            send(&router, "PUT", "/api/patterns/shoes", Some("secret"), wrong).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("shoes.toml:5:21: step[0].when.category"),
+            "{error}"
+        );
+        assert!(error.contains("did you mean \"shoes\"?"), "{error}");
+        assert!(error.contains("did you mean \"Mobile\"?"), "{error}");
+        assert!(!tmp.path().join("shoes.toml").exists());
+        assert!(admin.registry.current().is_empty());
+
+        let (status, body) = send(
+            &router,
+            "PUT",
+            "/api/patterns/shoes",
+            Some("secret"),
+            PATTERN,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// With a shopper's gender and age, each pattern says whether they are in its audience.
+    #[tokio::test]
+    async fn list_says_who_is_in_the_audience() {
+        let (_tmp, _admin, router) = setup();
+        let women = "name = \"women\"\naudience = { gender = \"F\" }\n[offer]\n\
+                     default = \"o\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
+        let (status, _) = send(&router, "PUT", "/api/patterns/women", Some("secret"), women).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, body) = send(&router, "GET", "/api/patterns?gender=F&age=30", None, "").await;
+        assert_eq!(body["patterns"][0]["for_you"], true, "{body}");
+        assert_eq!(
+            body["patterns"][0]["in_plain_words"],
+            "For women: look at shoes, within 7 days."
+        );
+        let (_, body) = send(&router, "GET", "/api/patterns?gender=M&age=30", None, "").await;
+        assert_eq!(body["patterns"][0]["for_you"], false, "{body}");
+        let (_, body) = send(&router, "GET", "/api/patterns", None, "").await;
+        assert!(body["patterns"][0].get("for_you").is_none(), "{body}");
+        let (status, _) = send(&router, "GET", "/api/patterns?gender=X", None, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -33,10 +33,21 @@ fn serve<E: RustEmbed>(path: &str) -> Response {
     }
 }
 
-/// Whether the server has a popup picture for `offer`, and its URL.
+/// Whether the server has a popup picture for the shop's own offer named `offer`, and its URL.
 pub fn offer_image(offer: &str) -> Option<String> {
     let path = format!("offers/{offer}.png");
     Images::get(&path).map(|_| format!("/images/{path}"))
+}
+
+/// The picture of catalogue product `id`, if the server has one.
+pub fn product_image(id: &str) -> Option<String> {
+    let path = format!("products/{id}.png");
+    Images::get(&path).map(|_| format!("/images/{path}"))
+}
+
+/// Every picture the server serves, as `/images/...` paths (what a pattern's offer may show).
+pub fn image_paths() -> Vec<String> {
+    Images::iter().map(|p| format!("/images/{p}")).collect()
 }
 
 pub(crate) async fn dashboard() -> Response {

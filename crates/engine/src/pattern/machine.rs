@@ -243,6 +243,24 @@ impl Late {
     pub const ALL: [(&'static str, Late); 2] = [("restart", Late::Restart), ("reset", Late::Reset)];
 }
 
+/// What the shop shows for an offer: declared in the pattern file (`[offers.<name>]`). Offer
+/// records name only the pattern and the offer (their format stays), and whoever shows one
+/// looks this up in the active patterns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferContent {
+    /// The headline, in the shop's words.
+    pub title: String,
+    /// The text under it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    /// The picture: a path the server serves (`/images/...`) or an `https://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A catalogue product the offer links to (its picture stands in for a missing `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+}
+
 /// Which offer to emit, by the completing view's visitor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OfferRule {
@@ -293,6 +311,9 @@ pub struct Pattern {
     pub offer: OfferRule,
     /// At most one offer per visitor per this many milliseconds.
     pub frequency_cap_ms: Option<i64>,
+    /// What the shop shows for the offers this pattern gives, by offer name (those it does not
+    /// declare are the shop's own, e.g. the bundled `offer1` and `offer2`).
+    pub offers: std::collections::BTreeMap<String, OfferContent>,
 }
 
 impl Pattern {

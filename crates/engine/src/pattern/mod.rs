@@ -8,6 +8,7 @@
 
 pub mod detect;
 pub mod machine;
+pub mod plain;
 pub mod spec;
 
 use std::fmt;
@@ -16,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use detect::{DetectOperator, Offer, TransitionLog, TransitionRecord};
-pub use machine::Pattern;
+pub use machine::{OfferContent, Pattern};
+pub use plain::Profile;
 pub use spec::{Catalogue, check_values, compile_pattern, parse_pattern};
 
 /// A pattern file that cannot be used, with where and why.
@@ -397,6 +399,7 @@ mod tests {
             categories: vec!["shoes".into()],
             products: Vec::new(),
             offers: vec!["offer1".into()],
+            images: Vec::new(),
         };
         assert_eq!(
             dir.write_checked("shoes", SHOES, &catalogue)

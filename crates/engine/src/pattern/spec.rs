@@ -8,6 +8,7 @@
 //!   machines with back-edges such as the seed patterns.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -15,7 +16,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::machine::{
-    Condition, Contiguity, Field, INIT, Late, OfferRule, Pattern, StateId, Target, Transition,
+    Condition, Contiguity, Field, INIT, Late, OfferContent, OfferRule, Pattern, StateId, Target,
+    Transition,
 };
 use super::{PatternError, PatternErrors, sort_errors};
 use crate::click::Device;
@@ -38,6 +40,8 @@ struct RawPattern {
     abort_if: Option<Spanned<toml::Table>>,
     offer: Spanned<RawOffer>,
     #[serde(default)]
+    offers: BTreeMap<String, Spanned<RawOfferContent>>,
+    #[serde(default)]
     step: Vec<Spanned<RawStep>>,
     #[serde(default)]
     transition: Vec<Spanned<RawTransition>>,
@@ -57,6 +61,17 @@ struct RawOffer {
     default: String,
     #[serde(default)]
     rules: Vec<RawOfferRule>,
+}
+
+/// `[offers.<name>]`: what the shop shows for an offer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOfferContent {
+    title: Spanned<String>,
+    #[serde(default)]
+    text: String,
+    image: Option<Spanned<String>>,
+    product: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +337,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
             rule.offer.clone(),
         ));
     }
+    let offers = compile_offers(&src, &raw);
     let mut errors = src.errors.into_inner();
     if !errors.is_empty() {
         sort_errors(&mut errors);
@@ -345,7 +361,62 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
             default: raw.offer.get_ref().default.clone(),
         },
         frequency_cap_ms,
+        offers,
     })
+}
+
+/// The `[offers.<name>]` tables: each must be an offer the pattern gives, with a title, and a
+/// picture the shop can load (its own `/images/...` or `https://`).
+fn compile_offers(src: &Source<'_>, raw: &RawPattern) -> BTreeMap<String, OfferContent> {
+    let given: Vec<&str> = std::iter::once(raw.offer.get_ref().default.as_str())
+        .chain(raw.offer.get_ref().rules.iter().map(|r| r.offer.as_str()))
+        .collect();
+    let mut offers = BTreeMap::new();
+    for (name, content) in &raw.offers {
+        let field = format!("offers.{name}");
+        if !given.contains(&name.as_str()) {
+            src.fail(
+                content.span(),
+                field.as_str(),
+                format!(
+                    "{name:?} is declared but the pattern never gives it (offer.default and \
+                     offer.rules give {})",
+                    given.join(", ")
+                ),
+            );
+        }
+        let c = content.get_ref();
+        if c.title.get_ref().trim().is_empty() {
+            src.fail(
+                c.title.span(),
+                format!("{field}.title"),
+                "must not be empty",
+            );
+        }
+        if let Some(image) = &c.image {
+            let url = image.get_ref();
+            if !(url.starts_with("/images/") || url.starts_with("https://")) {
+                src.fail(
+                    image.span(),
+                    format!("{field}.image"),
+                    format!(
+                        "{url:?} is neither a picture this server serves (\"/images/...\", from \
+                         data/images/) nor an https:// URL"
+                    ),
+                );
+            }
+        }
+        offers.insert(
+            name.clone(),
+            OfferContent {
+                title: c.title.get_ref().trim().to_owned(),
+                text: c.text.trim().to_owned(),
+                image: c.image.as_ref().map(|i| i.get_ref().clone()),
+                product: c.product.clone(),
+            },
+        );
+    }
+    offers
 }
 
 fn and(a: Condition, b: Condition) -> Condition {
@@ -722,8 +793,12 @@ pub struct Catalogue {
     pub categories: Vec<String>,
     /// Every product id.
     pub products: Vec<String>,
-    /// The offers that can be shown (have a popup picture). Empty: offers are not checked.
+    /// The shop's own offers, which a pattern may give without declaring them (they have a
+    /// popup picture). Empty: offers are not checked.
     pub offers: Vec<String>,
+    /// The pictures the server serves (`/images/...`), for declared offers' `image`. Empty:
+    /// not checked.
+    pub images: Vec<String>,
 }
 
 impl Catalogue {
@@ -743,7 +818,15 @@ impl Catalogue {
             categories,
             products: ids,
             offers: offers.into_iter().map(Into::into).collect(),
+            images: Vec::new(),
         }
+    }
+
+    /// The same, with the pictures the server serves (`/images/...` paths).
+    pub fn with_images<S: Into<String>>(mut self, images: impl IntoIterator<Item = S>) -> Self {
+        self.images = images.into_iter().map(Into::into).collect();
+        self.images.sort();
+        self
     }
 }
 
@@ -756,10 +839,18 @@ pub fn check_values(file: &str, text: &str, catalogue: &Catalogue) -> Vec<Patter
     let Ok(doc) = DeTable::parse(text) else {
         return Vec::new();
     };
+    let declared: Vec<String> = doc
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == "offers")
+        .and_then(|(_, v)| v.get_ref().as_table())
+        .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+        .unwrap_or_default();
     let checker = Checker {
         file,
         text,
         catalogue,
+        declared,
         errors: RefCell::new(Vec::new()),
     };
     for (key, value) in doc.get_ref() {
@@ -770,6 +861,13 @@ pub fn check_values(file: &str, text: &str, catalogue: &Catalogue) -> Vec<Patter
                 for (i, item) in as_array(value).iter().enumerate() {
                     if let Some(when) = member(item, "when") {
                         checker.condition(when, &format!("{key}[{i}].when"));
+                    }
+                }
+            }
+            "offers" => {
+                if let Some(table) = value.get_ref().as_table() {
+                    for (name, content) in table {
+                        checker.offer_content(content, &format!("offers.{}", name.get_ref()));
                     }
                 }
             }
@@ -813,6 +911,8 @@ struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     catalogue: &'a Catalogue,
+    /// The offers the file declares (`[offers.<name>]`).
+    declared: Vec<String>,
     errors: RefCell<Vec<PatternError>>,
 }
 
@@ -886,6 +986,48 @@ impl Checker<'_> {
         }
     }
 
+    /// A declared offer's picture must be one the server serves, and its product must exist.
+    fn offer_content(&self, value: &Spanned<DeValue<'_>>, field: &str) {
+        if let Some(image) = member(value, "image")
+            && let Some(url) = image.get_ref().as_str()
+            && url.starts_with("/images/")
+            && !self.catalogue.images.is_empty()
+            && !self.catalogue.images.iter().any(|i| i == url)
+        {
+            let known: Vec<&str> = self.catalogue.images.iter().map(String::as_str).collect();
+            let offers: Vec<&str> = known
+                .iter()
+                .copied()
+                .filter(|i| i.starts_with("/images/offers/"))
+                .collect();
+            let tail = format!(
+                "the server has no such picture (add it under data/images/, or link a product \
+                 with `product`); the offer pictures are {}",
+                offers.join(", ")
+            );
+            self.fail(
+                image,
+                &format!("{field}.image"),
+                unknown(&format!("unknown picture {url:?}"), url, &known, &tail),
+            );
+        }
+        if let Some(product) = member(value, "product") {
+            let known: Vec<&str> = self.catalogue.products.iter().map(String::as_str).collect();
+            let tail = format!(
+                "no product of the catalogue ({} products, GET /api/products lists them) has \
+                 this id",
+                known.len()
+            );
+            self.one_of(
+                product,
+                &format!("{field}.product"),
+                "product",
+                &known,
+                &tail,
+            );
+        }
+    }
+
     /// Each string of `value` must be one of `known` (ignoring ASCII case, as conditions do).
     fn one_of(
         &self,
@@ -911,12 +1053,12 @@ impl Checker<'_> {
         let Some(s) = value.get_ref().as_str() else {
             return;
         };
-        if known.is_empty() || known.contains(&s) {
+        if known.is_empty() || known.contains(&s) || self.declared.iter().any(|d| d == s) {
             return;
         }
         let tail = format!(
-            "the shop has no picture for it, so its popup would be broken; the offers with a \
-             picture are {}",
+            "the shop has no such offer, so its popup would be broken: declare it in \
+             [offers.{s}] with a title and a picture, or give one of the shop's own, {}",
             known.join(", ")
         );
         self.fail(
@@ -1212,8 +1354,12 @@ distinct = true
     fn values_are_checked_against_the_catalogue_with_suggestions() {
         let catalogue = Catalogue {
             categories: vec!["clothing".into(), "shoes".into()],
-            products: vec!["VD1".into()],
+            products: vec!["VD1".into(), "VD55129406".into(), "VD55178549".into()],
             offers: vec!["offer1".into(), "offer2".into()],
+            images: vec![
+                "/images/offers/offer1.png".into(),
+                "/images/offers/offer2.png".into(),
+            ],
         };
         assert!(check_values("seed.toml", SEED, &catalogue).is_empty());
         let text = "name = \"x\"\naudience = { any = [{ device = \"Mobil\" }, { not = { product = \"VD2\" } }] }\n\
@@ -1227,7 +1373,7 @@ distinct = true
             "p.toml:2:32: audience.any[0].device: unknown device class \"Mobil\": did you mean \"Mobile\"?",
             "p.toml:2:63: audience.any[1].not.product: unknown product \"VD2\": did you mean \"VD1\"?",
             "p.toml:4:11: offer.default: unknown offer \"offer3\": did you mean \"offer1\"?",
-            "p.toml:5:51: offer.rules[0].offer: unknown offer \"free\"; the shop has no picture",
+            "p.toml:5:51: offer.rules[0].offer: unknown offer \"free\"; the shop has no such offer",
             "p.toml:7:34: step[0].when.category: unknown category \"shoez\": did you mean \"shoes\"?",
         ];
         assert_eq!(shown.len(), expected.len(), "{shown:#?}");
@@ -1241,6 +1387,82 @@ distinct = true
         };
         assert_eq!(check_values("p.toml", text, &no_offers).len(), 3);
         assert!(check_values("p.toml", "name = ", &catalogue).is_empty());
+    }
+
+    /// An offer the shop does not have is declared with what to show; the declaration's
+    /// picture and product must exist, and it must be an offer the pattern gives.
+    #[test]
+    fn declared_offers_are_checked() {
+        let catalogue = Catalogue {
+            categories: vec!["shoes".into()],
+            products: vec!["VD1".into()],
+            offers: vec!["offer1".into()],
+            images: vec![
+                "/images/offers/offer1.png".into(),
+                "/images/products/VD1.png".into(),
+            ],
+        };
+        let ok = "name = \"x\"\n[offer]\ndefault = \"free-shipping\"\n\
+                  [offers.free-shipping]\ntitle = \"Free shipping\"\nproduct = \"VD1\"\n\
+                  [[step]]\nwhen = { category = \"shoes\" }\n";
+        let p = compile_pattern("x.toml", ok).unwrap();
+        assert_eq!(p.offers["free-shipping"].title, "Free shipping");
+        assert!(check_values("x.toml", ok, &catalogue).is_empty());
+
+        let wrong = "name = \"x\"\n[offer]\ndefault = \"free-shipping\"\n\
+                     [offers.free-shipping]\ntitle = \"Free shipping\"\n\
+                     image = \"/images/offers/free-shipping.png\"\nproduct = \"VD2\"\n\
+                     [[step]]\nwhen = { category = \"shoes\" }\n";
+        let errors: Vec<String> = check_values("x.toml", wrong, &catalogue)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("x.toml:6:9: offers.free-shipping.image: unknown picture"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1]
+                .starts_with("x.toml:7:11: offers.free-shipping.product: unknown product \"VD2\""),
+            "{errors:#?}"
+        );
+
+        let undeclared = ok.replace(
+            "[offers.free-shipping]\ntitle = \"Free shipping\"\nproduct = \"VD1\"\n",
+            "",
+        );
+        let errors = check_values("x.toml", &undeclared, &catalogue);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .message
+                .contains("declare it in [offers.free-shipping]"),
+            "{}",
+            errors[0]
+        );
+
+        let stray = ok.replace("[offers.free-shipping]", "[offers.other]");
+        let e = compile_pattern("x.toml", &stray).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"other\" is declared but the pattern never gives it"),
+            "{e}"
+        );
+        let no_title = ok.replace("title = \"Free shipping\"", "title = \" \"");
+        assert!(
+            compile_pattern("x.toml", &no_title)
+                .unwrap_err()
+                .to_string()
+                .contains("title: must not be empty")
+        );
+        let remote = ok.replace("product = \"VD1\"", "image = \"http://x/y.png\"");
+        assert!(
+            compile_pattern("x.toml", &remote)
+                .unwrap_err()
+                .to_string()
+                .contains("https:// URL")
+        );
     }
 
     #[test]

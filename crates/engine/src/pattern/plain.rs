@@ -1,0 +1,366 @@
+//! A pattern in a shopper's words: who it is for and which views earn its offer, without the
+//! state machine's names (those are for [`Pattern::explain`], which the CLI and the pattern
+//! author see). The shop shows this, and tells a shopper whether their profile is in the
+//! audience ([`Pattern::admits`]).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::machine::{Condition, Contiguity, Field, INIT, Pattern, StateId, Target};
+use crate::click::{Device, EnrichedRef, Gender};
+
+/// What the shop knows of a shopper before any view: what they chose, and the device class
+/// of their browser's user agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// The chosen gender.
+    pub gender: Gender,
+    /// The chosen age.
+    pub age: Option<u32>,
+    /// The device class of the user agent.
+    pub device: Device,
+}
+
+impl Pattern {
+    /// "For men aged 35–45 and women aged 25–35: look at clothing, then shoes, then a
+    /// different clothing item, one right after the other, within 30 minutes."
+    pub fn in_plain_words(&self) -> String {
+        let mut out = String::new();
+        if self.audience != Condition::True {
+            let _ = write!(out, "For {}: ", who(&self.audience));
+        }
+        let steps = self.main_path();
+        let views: Vec<String> = steps.iter().map(|c| view(c)).collect();
+        let mut sentence = match views.split_first() {
+            Some((first, rest)) => {
+                let mut s = format!("look at {first}");
+                for v in rest {
+                    let _ = write!(s, ", then {v}");
+                }
+                s
+            }
+            None => "look at any product".to_owned(),
+        };
+        if self.contiguity == Contiguity::Strict && views.len() > 1 {
+            sentence.push_str(", one right after the other");
+        }
+        if let Some(ms) = self.within_ms {
+            let _ = write!(sentence, ", within {}", duration_words(ms));
+        }
+        if out.is_empty() {
+            // Capitalised when it starts the sentence.
+            let mut chars = sentence.chars();
+            if let Some(c) = chars.next() {
+                sentence = c.to_uppercase().chain(chars).collect();
+            }
+        }
+        out.push_str(&sentence);
+        out.push('.');
+        out
+    }
+
+    /// Whether a shopper with `profile` is in the audience; `None` when the audience depends
+    /// on more than gender, age and device (where they are, whether they have an account).
+    pub fn admits(&self, profile: &Profile) -> Option<bool> {
+        if !decidable(&self.audience) {
+            return None;
+        }
+        let empty: Arc<str> = Arc::from("");
+        let click = EnrichedRef {
+            ts_ms: 0,
+            visitor: "",
+            ip: "",
+            url: "",
+            product_id: &empty,
+            category: &empty,
+            title: &empty,
+            known_visitor: false,
+            gender: profile.gender,
+            age: profile.age,
+            country: &empty,
+            city: None,
+            region: None,
+            device: profile.device,
+        };
+        Some(self.audience.eval(&click, None))
+    }
+
+    /// The conditions of the shortest way from `init` to the offer (loops left out).
+    fn main_path(&self) -> Vec<&Condition> {
+        // Breadth-first from init: each state's first way in.
+        let n = self.states.len();
+        let mut via: Vec<Option<(StateId, usize)>> = vec![None; n];
+        let mut seen = vec![false; n];
+        seen[INIT as usize] = true;
+        let mut queue = std::collections::VecDeque::from([INIT]);
+        while let Some(s) = queue.pop_front() {
+            for (i, t) in self.transitions[s as usize].iter().enumerate() {
+                match t.to {
+                    Target::Offer => {
+                        let mut path = vec![&t.when];
+                        let mut at = s;
+                        while let Some((from, j)) = via[at as usize] {
+                            path.push(&self.transitions[from as usize][j].when);
+                            at = from;
+                        }
+                        path.reverse();
+                        return path;
+                    }
+                    Target::State(to) if !seen[to as usize] => {
+                        seen[to as usize] = true;
+                        via[to as usize] = Some((s, i));
+                        queue.push_back(to);
+                    }
+                    Target::State(_) => {}
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Whether the condition reads only what a [`Profile`] has.
+fn decidable(c: &Condition) -> bool {
+    match c {
+        Condition::True | Condition::AgeBetween(..) => true,
+        Condition::OneOf(field, _) => matches!(field, Field::Gender | Field::Device),
+        Condition::All(cs) | Condition::Any(cs) => cs.iter().all(decidable),
+        Condition::Not(c) => decidable(c),
+        _ => false,
+    }
+}
+
+/// Who an audience condition admits: "women aged 25–35 and men aged 35–45".
+fn who(c: &Condition) -> String {
+    match c {
+        Condition::True => "everyone".to_owned(),
+        Condition::Any(cs) => join(&cs.iter().map(who).collect::<Vec<_>>(), "and"),
+        Condition::All(cs) => group(cs),
+        Condition::Not(inner) => format!("everyone except {}", who(inner)),
+        other => group(std::slice::from_ref(other)),
+    }
+}
+
+/// One group of shoppers: a noun from the gender, then what else they must be.
+fn group(cs: &[Condition]) -> String {
+    let mut noun = "shoppers".to_owned();
+    let mut qualifiers = Vec::new();
+    for c in cs {
+        match c {
+            Condition::OneOf(Field::Gender, values) => {
+                let nouns: Vec<&str> = values
+                    .iter()
+                    .map(|v| match v.to_ascii_uppercase().as_str() {
+                        "F" => "women",
+                        "M" => "men",
+                        _ => "shoppers who did not give their gender",
+                    })
+                    .collect();
+                noun = join(&nouns, "and");
+            }
+            Condition::AgeBetween(min, max) => qualifiers.push(format!("aged {min}–{max}")),
+            Condition::OneOf(Field::Device, values) => {
+                let places: Vec<&str> = values.iter().map(|v| device_words(v)).collect();
+                qualifiers.push(join(&places, "or"));
+            }
+            Condition::OneOf(Field::Country, values) => {
+                let upper: Vec<String> = values.iter().map(|v| v.to_ascii_uppercase()).collect();
+                qualifiers.push(format!("in {}", join(&upper, "or")));
+            }
+            Condition::OneOf(field @ (Field::City | Field::Region), values) => {
+                qualifiers.push(format!("in the {} {}", field.name(), join(values, "or")));
+            }
+            Condition::KnownVisitor(true) => qualifiers.push("with a customer account".into()),
+            Condition::KnownVisitor(false) => qualifiers.push("without a customer account".into()),
+            other => qualifiers.push(format!("who match {}", who(other))),
+        }
+    }
+    if qualifiers.is_empty() {
+        noun
+    } else {
+        format!("{noun} {}", qualifiers.join(" "))
+    }
+}
+
+fn device_words(device: &str) -> &'static str {
+    match device.to_ascii_lowercase().as_str() {
+        "mobile" => "on a phone",
+        "tablet" => "on a tablet",
+        "desktop" => "on a computer",
+        "bot" => "that are robots",
+        _ => "on another kind of device",
+    }
+}
+
+/// The products a transition's view must show: "shoes", "a different clothing item".
+fn view(c: &Condition) -> String {
+    let parts: &[Condition] = match c {
+        Condition::All(cs) => cs,
+        other => std::slice::from_ref(other),
+    };
+    let mut what: Option<String> = None;
+    let mut which: Option<&str> = None;
+    let mut extra = Vec::new();
+    for part in parts {
+        match part {
+            Condition::True => {}
+            Condition::OneOf(Field::Category, values) => what = Some(join(values, "or")),
+            Condition::OneOf(Field::Product, values) => {
+                what = Some(format!("the product {}", join(values, "or")));
+            }
+            Condition::OneOf(Field::Title, values) => {
+                let quoted: Vec<String> = values.iter().map(|v| format!("“{v}”")).collect();
+                what = Some(join(&quoted, "or"));
+            }
+            Condition::OneOf(Field::Url, values) => {
+                what = Some(format!("the page {}", join(values, "or")));
+            }
+            Condition::ProductDiffersFrom(_) => which = Some("a different"),
+            Condition::ProductSameAs(_) => which = Some("the same"),
+            Condition::ProductNotSeen => which = Some("a new"),
+            Condition::Any(cs) => {
+                what = Some(join(&cs.iter().map(view).collect::<Vec<_>>(), "or"));
+            }
+            Condition::Not(inner) => extra.push(format!("anything but {}", view(inner))),
+            other => extra.push(who(other)),
+        }
+    }
+    let mut out = match (which, what) {
+        (Some(which), Some(what)) => format!("{which} {what} item"),
+        (Some(which), None) => format!("{which} product"),
+        (None, Some(what)) => what,
+        (None, None) if extra.is_empty() => "any product".to_owned(),
+        (None, None) => String::new(),
+    };
+    for e in extra {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let _ = write!(out, "({e})");
+    }
+    out
+}
+
+/// "a, b and c".
+fn join<S: AsRef<str>>(items: &[S], last: &str) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.as_ref().to_owned(),
+        [init @ .., tail] => {
+            let init: Vec<&str> = init.iter().map(AsRef::as_ref).collect();
+            format!("{} {last} {}", init.join(", "), tail.as_ref())
+        }
+    }
+}
+
+/// "30 minutes", "2 hours", "7 days", "90 seconds".
+fn duration_words(ms: i64) -> String {
+    let plural = |n: i64, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    const MINUTE: i64 = 60_000;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+    if ms >= DAY && ms % DAY == 0 {
+        plural(ms / DAY, "day")
+    } else if ms >= HOUR && ms % HOUR == 0 {
+        plural(ms / HOUR, "hour")
+    } else if ms >= MINUTE && ms % MINUTE == 0 {
+        plural(ms / MINUTE, "minute")
+    } else {
+        plural((ms + 999) / 1000, "second")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::compile_pattern;
+
+    const SEED: &str = include_str!("../../../../patterns/seed-clothes-shoes-clothes.toml");
+    const FIVE: &str = include_str!("../../../../patterns/seed-5-step.toml");
+
+    fn profile(gender: Gender, age: u32, device: Device) -> Profile {
+        Profile {
+            gender,
+            age: Some(age),
+            device,
+        }
+    }
+
+    #[test]
+    fn the_seed_in_a_shoppers_words() {
+        let p = compile_pattern("seed.toml", SEED).unwrap();
+        assert_eq!(
+            p.in_plain_words(),
+            "For men aged 35–45 and women aged 25–35: look at clothing, then shoes, then a \
+             different clothing item, one right after the other, within 30 minutes."
+        );
+        let text = compile_pattern("five.toml", FIVE).unwrap().in_plain_words();
+        for state in compile_pattern("five.toml", FIVE).unwrap().states {
+            assert!(
+                state == "init" || !text.contains(&state),
+                "no state names: {state} in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn steps_and_devices_read_as_words() {
+        let p = compile_pattern(
+            "p.toml",
+            r#"
+name = "phones"
+contiguity = "relaxed"
+within = "2h"
+audience = { device = "Mobile" }
+offer = { default = "offer1" }
+[[step]]
+when = { category = "shoes" }
+[[step]]
+when = { category = ["books", "movies"], product_not_seen = true }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.in_plain_words(),
+            "For shoppers on a phone: look at shoes, then a new books or movies item, within 2 \
+             hours."
+        );
+    }
+
+    #[test]
+    fn audience_membership_from_the_profile() {
+        let p = compile_pattern("seed.toml", SEED).unwrap();
+        assert_eq!(
+            p.admits(&profile(Gender::F, 30, Device::Desktop)),
+            Some(true)
+        );
+        assert_eq!(
+            p.admits(&profile(Gender::M, 20, Device::Mobile)),
+            Some(false)
+        );
+        assert_eq!(
+            p.admits(&profile(Gender::M, 40, Device::Mobile)),
+            Some(true)
+        );
+        let anyone = compile_pattern(
+            "p.toml",
+            "name = \"c\"\naudience = { country = \"usa\" }\noffer = { default = \"offer1\" }\n\
+             [[step]]\nwhen = { category = \"shoes\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            anyone.admits(&profile(Gender::F, 30, Device::Desktop)),
+            None
+        );
+        assert_eq!(
+            anyone.in_plain_words(),
+            "For shoppers in USA: look at shoes, within 7 days."
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The pipeline's topology, declared once: its stages, what each reads and writes, how many
+//! instances it runs, and where results leave the pipeline. `demo`, `run`, `chaos` and the
+//! tests take the stage list and the consumers of each topic from here, and `GET
+//! /api/topology` serves it to the pipeline view, which draws its diagram from it.
+
+use serde::Serialize;
+
+use crate::topics;
+
+/// What a stage is to the data flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Brings events in from outside (a log, HTTP requests).
+    Source,
+    /// An operator: reads topics, writes topics or sinks.
+    Operator,
+}
+
+/// How many instances of a stage run at once in distributed mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// Any number, splitting the input partitions in a consumer group.
+    Group,
+    /// One active instance holding a lease; others wait as standbys.
+    SingleActive,
+    /// Any number, each doing all of the work (HTTP instances behind a load balancer).
+    Replicated,
+}
+
+/// One stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stage {
+    /// Its name: in metrics, `/api/stats`, `clickpulse run --stage`, consumer groups.
+    pub name: &'static str,
+    /// Source or operator.
+    pub kind: StageKind,
+    /// What it does, in a sentence (the pipeline view's tooltip).
+    pub description: &'static str,
+    /// The topics it reads, in the order it polls them.
+    pub inputs: &'static [&'static str],
+    /// The topics it writes.
+    pub outputs: &'static [&'static str],
+    /// Where its results leave the pipeline ([`Sink::name`]s).
+    pub sinks: &'static [&'static str],
+    /// Whether records it cannot process go to the dead-letter topic.
+    pub dead_letters: bool,
+    /// How it scales in distributed mode.
+    pub instances: Instances,
+}
+
+/// One topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Topic {
+    /// Its logical name (`[kafka.topics]` maps it to a physical one).
+    pub name: &'static str,
+    /// Whether it is the dead-letter topic.
+    pub dead: bool,
+}
+
+/// Where results leave the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sink {
+    /// Its name.
+    pub name: &'static str,
+    /// What the pipeline view calls it.
+    pub label: &'static str,
+    /// The page that shows it.
+    pub href: &'static str,
+    /// The link's text.
+    pub link_text: &'static str,
+}
+
+/// The whole pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    /// Every stage, sources first, in data-flow order.
+    pub stages: &'static [Stage],
+    /// Every topic.
+    pub topics: &'static [Topic],
+    /// Every sink.
+    pub sinks: &'static [Sink],
+}
+
+/// Clickpulse's pipeline: replay and collector → click-data → enrich → enriched-click-data →
+/// detect (→ special-offers) and aggregate → the dashboard; special-offers → web → popups.
+pub const PIPELINE: Topology = Topology {
+    stages: &[
+        Stage {
+            name: "replay",
+            kind: StageKind::Source,
+            description: "Replays the bundled clickstream log in event-time order",
+            inputs: &[],
+            outputs: &[topics::CLICK_DATA],
+            sinks: &[],
+            dead_letters: false,
+            instances: Instances::SingleActive,
+        },
+        Stage {
+            name: "collector",
+            kind: StageKind::Source,
+            description: "Takes live page views from POST /collect",
+            inputs: &[],
+            outputs: &[topics::CLICK_DATA],
+            sinks: &[],
+            dead_letters: false,
+            instances: Instances::Replicated,
+        },
+        Stage {
+            name: "enrich",
+            kind: StageKind::Operator,
+            description: "Adds product and visitor data to every click",
+            inputs: &[topics::CLICK_DATA],
+            outputs: &[topics::ENRICHED_CLICK_DATA],
+            sinks: &[],
+            dead_letters: true,
+            instances: Instances::Group,
+        },
+        Stage {
+            name: "detect",
+            kind: StageKind::Operator,
+            description: "Runs the behaviour patterns' state machines",
+            inputs: &[topics::ENRICHED_CLICK_DATA],
+            outputs: &[topics::SPECIAL_OFFERS],
+            sinks: &[],
+            dead_letters: true,
+            instances: Instances::Group,
+        },
+        Stage {
+            name: "aggregate",
+            kind: StageKind::Operator,
+            description: "Event-time windows behind the dashboard",
+            inputs: &[topics::ENRICHED_CLICK_DATA, topics::SPECIAL_OFFERS],
+            outputs: &[],
+            sinks: &["dashboard"],
+            dead_letters: true,
+            instances: Instances::SingleActive,
+        },
+        Stage {
+            name: "web",
+            kind: StageKind::Operator,
+            description: "Delivers offers to browsers over Server-Sent Events",
+            inputs: &[topics::SPECIAL_OFFERS],
+            outputs: &[],
+            sinks: &["popups"],
+            dead_letters: true,
+            instances: Instances::Replicated,
+        },
+    ],
+    topics: &[
+        Topic {
+            name: topics::CLICK_DATA,
+            dead: false,
+        },
+        Topic {
+            name: topics::ENRICHED_CLICK_DATA,
+            dead: false,
+        },
+        Topic {
+            name: topics::SPECIAL_OFFERS,
+            dead: false,
+        },
+        Topic {
+            name: topics::DEAD_LETTERS,
+            dead: true,
+        },
+    ],
+    sinks: &[
+        Sink {
+            name: "dashboard",
+            label: "Dashboard",
+            href: "/",
+            link_text: "Open dashboard",
+        },
+        Sink {
+            name: "popups",
+            label: "Browser popups",
+            href: "/shop",
+            link_text: "Open the shop",
+        },
+    ],
+};
+
+impl Topology {
+    /// The stage called `name`.
+    pub fn stage(&self, name: &str) -> Option<&'static Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Every stage's name, in data-flow order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name).collect()
+    }
+
+    /// The operator stages that read `topic`, in data-flow order.
+    pub fn consumers_of(&self, topic: &str) -> Vec<&'static str> {
+        self.stages
+            .iter()
+            .filter(|s| s.inputs.contains(&topic))
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The operator stages (those that consume topics), in data-flow order.
+    pub fn operators(&self) -> Vec<&'static str> {
+        self.stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Operator)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The topics some stage reads, in data-flow order, each with its consumers.
+    pub fn consumed_topics(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        self.topics
+            .iter()
+            .map(|t| (t.name, self.consumers_of(t.name)))
+            .filter(|(_, consumers)| !consumers.is_empty())
+            .collect()
+    }
+
+    /// What is wrong with the declaration: a stage reading or writing an undeclared topic or
+    /// sink, a name used twice, a topic nobody writes. Empty when it is sound.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let topic = |name: &str| self.topics.iter().any(|t| t.name == name);
+        for (i, s) in self.stages.iter().enumerate() {
+            if self.stages[..i].iter().any(|o| o.name == s.name) {
+                problems.push(format!("stage {:?} is declared twice", s.name));
+            }
+            for t in s.inputs.iter().chain(s.outputs) {
+                if !topic(t) {
+                    problems.push(format!("stage {:?} names undeclared topic {t:?}", s.name));
+                }
+            }
+            for k in s.sinks {
+                if !self.sinks.iter().any(|sink| sink.name == *k) {
+                    problems.push(format!("stage {:?} names undeclared sink {k:?}", s.name));
+                }
+            }
+            if (s.kind == StageKind::Source) != s.inputs.is_empty() {
+                problems.push(format!(
+                    "stage {:?}: a source reads no topic and an operator reads at least one",
+                    s.name
+                ));
+            }
+        }
+        for t in self.topics.iter().filter(|t| !t.dead) {
+            if !self.stages.iter().any(|s| s.outputs.contains(&t.name)) {
+                problems.push(format!("topic {:?} has no writer", t.name));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_is_sound() {
+        assert_eq!(PIPELINE.problems(), Vec::<String>::new());
+        assert_eq!(
+            PIPELINE.stage_names(),
+            [
+                "replay",
+                "collector",
+                "enrich",
+                "detect",
+                "aggregate",
+                "web"
+            ]
+        );
+        assert_eq!(
+            PIPELINE.consumed_topics(),
+            vec![
+                (topics::CLICK_DATA, vec!["enrich"]),
+                (topics::ENRICHED_CLICK_DATA, vec!["detect", "aggregate"]),
+                (topics::SPECIAL_OFFERS, vec!["aggregate", "web"]),
+            ]
+        );
+        assert_eq!(
+            PIPELINE.operators(),
+            ["enrich", "detect", "aggregate", "web"]
+        );
+    }
+
+    #[test]
+    fn problems_are_found() {
+        const BROKEN: Topology = Topology {
+            stages: &[
+                Stage {
+                    name: "a",
+                    kind: StageKind::Operator,
+                    description: "",
+                    inputs: &["nowhere"],
+                    outputs: &[],
+                    sinks: &["void"],
+                    dead_letters: false,
+                    instances: Instances::Group,
+                },
+                Stage {
+                    name: "a",
+                    kind: StageKind::Source,
+                    description: "",
+                    inputs: &[],
+                    outputs: &[],
+                    sinks: &[],
+                    dead_letters: false,
+                    instances: Instances::Group,
+                },
+            ],
+            topics: &[Topic {
+                name: "orphan",
+                dead: false,
+            }],
+            sinks: &[],
+        };
+        assert_eq!(
+            BROKEN.problems(),
+            [
+                "stage \"a\" names undeclared topic \"nowhere\"",
+                "stage \"a\" names undeclared sink \"void\"",
+                "stage \"a\" is declared twice",
+                "topic \"orphan\" has no writer",
+            ]
+        );
+    }
+}
