@@ -37,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::cli::CollectorBenchArgs;
-use crate::demo::{COLLECTOR_BATCHES, QueueSink, topic_layout};
+use crate::collector_sink::{COLLECTOR_BATCHES, QueueSink};
 
 /// How long a connection waits after a `503` before sending again.
 const BACKOFF: Duration = Duration::from_millis(20);
@@ -129,7 +129,10 @@ fn embedded<T>(
     drive: impl FnOnce(SocketAddr) -> (T, Duration),
 ) -> Result<(T, Duration, u64)> {
     let dir = TempDir::new()?;
-    let store = Arc::new(EmbeddedStore::open(&dir.0, &topic_layout(4))?);
+    let store = Arc::new(EmbeddedStore::open(
+        &dir.0,
+        &clickpulse_engine::topology::PIPELINE.partitions(4),
+    )?);
     let metrics = Arc::new(PipelineMetrics::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);

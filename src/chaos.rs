@@ -275,22 +275,7 @@ fn stop_children_on_signal() {
         else {
             return;
         };
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminate = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate => {}
-            }
-        });
+        rt.block_on(clickpulse_connectors::shutdown::signal());
         eprintln!("chaos: interrupted; stopping the processes it started");
         clickpulse_chaos::kill_all_children();
         std::process::exit(130);
@@ -557,7 +542,9 @@ fn distributed(
         Some(p) => std::path::absolute(p)?,
         None => {
             let dir = work.join("patterns");
-            crate::demo::seed_patterns(&clickpulse_engine::pattern::PatternDir::new(&dir)?)?;
+            crate::patterns_cmd::seed_patterns(&clickpulse_engine::pattern::PatternDir::new(
+                &dir,
+            )?)?;
             dir
         }
     };

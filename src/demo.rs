@@ -17,8 +17,7 @@ use clickpulse_connectors::embedded::runner::{
     run_operator, run_replay,
 };
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
-use clickpulse_engine::DeadLetter;
-use clickpulse_engine::click::Click;
+use clickpulse_connectors::shutdown::{Shutdown, Stop};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
@@ -28,33 +27,15 @@ use clickpulse_engine::topology::PIPELINE;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::dashboard::FrontierFn;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
-use clickpulse_server::collector::{ClickSink, Collector, Identity, SinkFull};
+use clickpulse_server::collector::{Collector, Identity};
 use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::DemoArgs;
-use crate::{bundled, inputs};
-
-/// How much of the log an aligned replay replays at once on a new data dir: the dashboard's
-/// longest window (16 half-hours) is full from the start.
-pub(crate) const WARMUP_MS: i64 = 8 * 3_600_000;
-
-/// Most requests' batches waiting for the collector stage (each also counts against
-/// `--collector-queue` clicks).
-pub(crate) const COLLECTOR_BATCHES: usize = 4_096;
-
-/// The topics of the embedded pipeline and their partition counts.
-pub(crate) fn topic_layout(partitions: u32) -> Vec<(&'static str, u32)> {
-    vec![
-        (topics::CLICK_DATA, partitions),
-        (topics::ENRICHED_CLICK_DATA, partitions),
-        (topics::SPECIAL_OFFERS, partitions),
-        (topics::DEAD_LETTERS, 1),
-    ]
-}
+use crate::collector_sink::{COLLECTOR_BATCHES, QueueSink};
+use crate::inputs;
 
 pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.partitions == 0 || args.batch_size == 0 {
@@ -71,7 +52,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     }
     let store = Arc::new(
-        EmbeddedStore::open(&dir, &topic_layout(args.partitions))
+        EmbeddedStore::open(&dir, &PIPELINE.partitions(args.partitions))
             .with_context(|| format!("cannot open the data dir {}", dir.display()))?,
     );
     info!(data_dir = %dir.display(), "Data dir opened.");
@@ -107,7 +88,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| dir.join("patterns")),
     )
     .context("cannot create the pattern directory")?;
-    seed_patterns(&pattern_dir)?;
+    crate::patterns_cmd::seed_patterns(&pattern_dir)?;
     let registry = PatternRegistry::new(
         pattern_dir
             .load()
@@ -118,13 +99,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let transition_log = Arc::new(Mutex::new(TransitionLog::default()));
     let last_pattern_error = Arc::new(Mutex::new(None));
 
-    let products = Arc::new(shop_products(&lookups));
+    let products = Arc::new(clickpulse_server::shop_products(&lookups));
     let catalogue = Arc::new(crate::patterns_cmd::catalogue_of(&lookups));
     let metrics = Arc::new(PipelineMetrics::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicBool::new(false));
-    // The first stage failure: the cause to report (later ones are usually its consequences).
-    let first_failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    // One shutdown for every stage: a signal, a failed stage or the end of the replay.
+    let stop = Shutdown::new();
+    let shutdown = stop.flag();
     let config = RunnerConfig {
         batch_size: args.batch_size,
         sync_interval: Duration::from_millis(args.sync_interval_ms),
@@ -132,28 +112,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         replay_consumers: PIPELINE.consumers_of(topics::CLICK_DATA),
         ..RunnerConfig::default()
     };
-    let mut workers = Vec::new();
-    let mut spawn = |name: &'static str,
-                     work: Box<dyn FnOnce() -> Result<(), StoreError> + Send>|
+    let spawn = |name: &'static str,
+                 work: Box<dyn FnOnce() -> Result<(), StoreError> + Send>|
      -> Result<()> {
-        let (shutdown, failed) = (shutdown.clone(), failed.clone());
-        let first_failure = first_failure.clone();
-        workers.push(thread::Builder::new().name(name.into()).spawn(move || {
-            if let Err(e) = work() {
-                error!(error = %e, stage = name, "Stage failed.");
-                let hint = if e.is_fatal_io() {
-                    " (is the data dir's disk full or failing? The last commit is intact: restart once it can be written)"
-                } else {
-                    ""
-                };
-                first_failure
-                    .lock()
-                    .expect("failure lock")
-                    .get_or_insert_with(|| format!("stage {name} failed: {e}{hint}"));
-                failed.store(true, Ordering::SeqCst);
-                shutdown.store(true, Ordering::SeqCst);
-            }
-        })?);
+        stop.spawn_stage(name, move || work().map_err(StageError))?;
         Ok(())
     };
     {
@@ -167,7 +129,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         let options = ReplayOptions {
             speed: args.speed,
             loop_forever: args.loop_forever,
-            align_warmup_ms: live.then_some(WARMUP_MS),
+            align_warmup_ms: live.then_some(clickpulse_engine::replay::WARMUP_MS),
             overlay: live,
         };
         let clock = clock.clone();
@@ -277,7 +239,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         spawn(
             "pattern-watch",
             Box::new(move || {
-                watch_patterns(&dir, &registry, &shutdown, &last_error);
+                clickpulse_server::watch_patterns(&dir, &registry, &shutdown, &last_error);
                 Ok(())
             }),
         )?;
@@ -335,29 +297,20 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 Some(Arc::from(admin_token.as_str())),
             )),
         });
-        let stop = stop_signal(
-            shutdown.clone(),
+        let until = stop_signal(
+            stop.clone(),
             metrics.clone(),
             store.clone(),
             args.exit_when_done,
             total,
         );
-        clickpulse_server::serve(listener, router, stop).await?;
+        clickpulse_server::serve(listener, router, until).await?;
         anyhow::Ok(())
     });
-    shutdown.store(true, Ordering::SeqCst);
-    for worker in workers {
-        if worker.join().is_err() {
-            failed.store(true, Ordering::SeqCst);
-        }
-    }
+    let joined = stop.join();
     result?;
-    if failed.load(Ordering::SeqCst) {
-        let cause = first_failure.lock().expect("failure lock").take();
-        bail!(
-            "{}",
-            cause.unwrap_or_else(|| "a stage failed; see the log above".to_owned())
-        );
+    if let Err(cause) = joined {
+        bail!("{cause}");
     }
     info!(
         replayed = metrics.stage("replay").events(),
@@ -371,60 +324,51 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
 /// Completes on Ctrl-C, SIGTERM, a failed stage, or (with `--exit-when-done`) once the replay
 /// ended and every stage caught up. Meanwhile it refreshes the topic summary and the progress bar.
 async fn stop_signal(
-    shutdown: Arc<AtomicBool>,
+    stop: Shutdown,
     metrics: Arc<PipelineMetrics>,
     store: Arc<EmbeddedStore>,
     exit_when_done: bool,
     total: u64,
 ) {
     let progress = progress_bar(total);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    loop {
-        #[cfg(unix)]
-        let terminate = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
+    let why = stop
+        .wait(Duration::from_millis(250), || {
+            metrics.set_topics(store.topic_summary());
+            let replay = metrics.stage("replay");
+            if let Some(pb) = &progress {
+                pb.set_position(replay.events() % total.max(1));
             }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            _ = &mut ctrl_c => { info!("Ctrl-C: shutting down."); break; }
-            _ = terminate => { info!("SIGTERM: shutting down."); break; }
-            _ = tick.tick() => {
-                if shutdown.load(Ordering::SeqCst) {
-                    warn!("Shutting down after a stage failure.");
-                    break;
-                }
-                metrics.set_topics(store.topic_summary());
-                let replay = metrics.stage("replay");
-                if let Some(pb) = &progress {
-                    pb.set_position(replay.events() % total.max(1));
-                }
-                if exit_when_done && replay.is_done() && caught_up(&metrics, replay.events()) {
-                    info!("Replay ended and every stage caught up.");
-                    break;
-                }
-            }
-        }
+            exit_when_done && replay.is_done() && caught_up(&metrics, replay.events())
+        })
+        .await;
+    if why == Stop::Done {
+        info!("Replay ended and every stage caught up.");
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    shutdown.store(true, Ordering::SeqCst);
+}
+
+/// A stage's error as the demo reports it: with a hint where the cause is the data dir's disk.
+struct StageError(StoreError);
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if self.0.is_fatal_io() {
+            f.write_str(
+                " (is the data dir's disk full or failing? The last commit is intact: restart \
+                 once it can be written)",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Every second, deletes consumed records beyond the newest `keep` of each partition, so the
 /// data dir stays bounded however long the demo loops, and the appends reuse the space freed
-/// (pages the kernel still holds) instead of growing the file: writing fresh file pages cost
-/// this machine 11× more than rewriting cached ones (BENCHMARKS.md, "Thirteenth session").
+/// (pages the kernel still holds) instead of growing the file: writing fresh file pages costs
+/// far more than rewriting cached ones (BENCHMARKS.md, "The embedded live pipeline").
 fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
     let mut last = std::time::Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
@@ -472,60 +416,6 @@ fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
         .and_then(|p| p.as_u64())
         == Some(0)
         && metrics.stage("web").lag() == 0
-}
-
-/// Writes the bundled seed patterns into an empty, new pattern directory.
-pub(crate) fn seed_patterns(dir: &PatternDir) -> Result<()> {
-    let empty = std::fs::read_dir(dir.path())?.next().is_none();
-    if empty {
-        for (file, text) in bundled::PATTERNS {
-            std::fs::write(dir.path().join(file), text)?;
-        }
-        info!(dir = %dir.path().display(), "Seed patterns written.");
-    }
-    Ok(())
-}
-
-/// Polls the pattern directory once a second; a valid change replaces the active patterns, an
-/// invalid one is logged (and shown in `/api/patterns`) while the old patterns keep running.
-/// Polling works on every filesystem and a second is well within what a marketer notices.
-pub(crate) fn watch_patterns(
-    dir: &PatternDir,
-    registry: &PatternRegistry,
-    shutdown: &AtomicBool,
-    last_error: &Mutex<Option<String>>,
-) {
-    let mut seen = dir.fingerprint();
-    while !shutdown.load(Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(250));
-        let now = dir.fingerprint();
-        if now == seen {
-            continue;
-        }
-        thread::sleep(Duration::from_millis(100)); // let a writer finish
-        // The admin API's changes are made under this lock (file, reload, swap as one step):
-        // a reload outside it could swap in a set read before a change, dropping an active
-        // pattern until the next reload.
-        let _writes = PatternAdmin::lock_writes();
-        seen = dir.fingerprint();
-        match dir.load() {
-            Ok(set) if set == *registry.current() => {}
-            Ok(set) => {
-                let names: Vec<String> = set
-                    .patterns()
-                    .iter()
-                    .map(|p| format!("{}@{}", p.name, p.version))
-                    .collect();
-                info!(patterns = ?names, "Patterns reloaded.");
-                registry.replace(set);
-                *last_error.lock().expect("last error lock") = None;
-            }
-            Err(errors) => {
-                warn!(%errors, "Pattern change rejected; the previous patterns keep running.");
-                *last_error.lock().expect("last error lock") = Some(errors.to_string());
-            }
-        }
-    }
 }
 
 /// A random secret kept in `path` (hex, mode 0600): read if present, else generated. Returns
@@ -607,87 +497,6 @@ fn live_frontier(
             && !store.publishing();
         Some(Frontier { low_ms, drained })
     })
-}
-
-/// Feeds `POST /collect` into the collector stage through a queue bounded in clicks: when it is
-/// full the collector answers 503 instead of buffering without limit.
-pub(crate) struct QueueSink {
-    queue: std::sync::mpsc::SyncSender<CollectedBatch>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    max_in_flight: usize,
-}
-
-impl QueueSink {
-    /// A sink into `queue` holding at most `max_in_flight` clicks not yet durable.
-    pub(crate) fn new(
-        queue: std::sync::mpsc::SyncSender<CollectedBatch>,
-        max_in_flight: usize,
-    ) -> Self {
-        QueueSink {
-            queue,
-            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            max_in_flight,
-        }
-    }
-}
-
-impl QueueSink {
-    /// Clicks handed to the sink and not yet durable (or failed).
-    pub(crate) fn pending(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-}
-
-impl ClickSink for QueueSink {
-    fn offer(
-        &self,
-        clicks: Vec<Click>,
-        dead_letters: Vec<DeadLetter>,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
-        let n = clicks.len() + dead_letters.len();
-        let before = self.in_flight.fetch_add(n, Ordering::SeqCst);
-        if before + n > self.max_in_flight {
-            self.in_flight.fetch_sub(n, Ordering::SeqCst);
-            return Err(SinkFull);
-        }
-        let (tx, rx) = oneshot::channel();
-        let in_flight = self.in_flight.clone();
-        let batch = CollectedBatch {
-            clicks,
-            dead_letters,
-            ack: Box::new(move |outcome| {
-                in_flight.fetch_sub(n, Ordering::SeqCst);
-                let _ = tx.send(outcome);
-            }),
-        };
-        self.queue.try_send(batch).map_err(|_| {
-            self.in_flight.fetch_sub(n, Ordering::SeqCst);
-            SinkFull
-        })?;
-        Ok(rx)
-    }
-}
-
-/// The catalogue as the shop shows it (the home page is not a product).
-pub(crate) fn shop_products(
-    lookups: &clickpulse_engine::lookups::Lookups,
-) -> Vec<serde_json::Value> {
-    lookups
-        .products()
-        .iter()
-        .filter(|p| p.price.is_some())
-        .map(|p| {
-            let image = format!("products/{}.png", p.id);
-            serde_json::json!({
-                "id": p.id,
-                "category": p.category,
-                "title": p.title,
-                "description": p.description,
-                "price": p.price,
-                "image_url": format!("/images/{image}"),
-            })
-        })
-        .collect()
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {

@@ -24,6 +24,7 @@ mod bench_collector;
 mod bundled;
 mod chaos;
 mod cli;
+mod collector_sink;
 mod demo;
 mod generate;
 mod inputs;

@@ -1,10 +1,12 @@
-//! `clickpulse patterns check`: validate pattern files and explain them.
+//! Pattern files for the commands: `clickpulse patterns check` (validate and explain them), the
+//! catalogue they may name, and the seed patterns a new pattern directory starts with.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clickpulse_engine::lookups::Lookups;
-use clickpulse_engine::pattern::{Catalogue, PatternSet};
+use clickpulse_engine::pattern::{Catalogue, PatternDir, PatternSet};
+use tracing::info;
 
 use crate::bundled;
 use crate::cli::PatternsCheckArgs;
@@ -31,6 +33,18 @@ pub(crate) fn catalogue_of(lookups: &Lookups) -> Catalogue {
         .filter(|o| clickpulse_server::static_files::offer_image(o).is_some());
     Catalogue::from_lookups(lookups, offers)
         .with_images(clickpulse_server::static_files::image_paths())
+}
+
+/// Writes the bundled seed patterns into an empty, new pattern directory.
+pub(crate) fn seed_patterns(dir: &PatternDir) -> Result<()> {
+    let empty = std::fs::read_dir(dir.path())?.next().is_none();
+    if empty {
+        for (file, text) in bundled::PATTERNS {
+            std::fs::write(dir.path().join(file), text)?;
+        }
+        info!(dir = %dir.path().display(), "Seed patterns written.");
+    }
+    Ok(())
 }
 
 pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {

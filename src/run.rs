@@ -42,11 +42,11 @@ use clickpulse_server::{AppState, PatternAdmin};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::RunArgs;
-use crate::demo::{WARMUP_MS, seed_patterns, shop_products, watch_patterns};
 use crate::inputs;
+use clickpulse_connectors::shutdown::Shutdown;
 
 /// `clickpulse.toml`.
 #[derive(Debug, Deserialize)]
@@ -201,8 +201,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     ensure_topics(&config.kafka, Duration::from_secs(60)).context("cannot set up the topics")?;
     info!(stages = ?stages, worker = %worker_id, brokers = %config.kafka.brokers, "Starting stages.");
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicBool::new(false));
+    // One shutdown for every stage of this process: a signal or a failed stage.
+    let stop = Shutdown::new();
+    let shutdown = stop.flag();
     let metrics = Arc::new(PipelineMetrics::default());
     let ctx = |stage: &'static str| WorkerContext {
         kafka: config.kafka.clone(),
@@ -212,18 +213,10 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         shutdown: shutdown.clone(),
         metrics: metrics.stage(stage),
     };
-    let mut workers = Vec::new();
-    let mut spawn = |name: &'static str,
-                     work: Box<dyn FnOnce() -> Result<(), DistributedError> + Send>|
+    let spawn = |name: &'static str,
+                 work: Box<dyn FnOnce() -> Result<(), DistributedError> + Send>|
      -> Result<()> {
-        let (shutdown, failed) = (shutdown.clone(), failed.clone());
-        workers.push(thread::Builder::new().name(name.into()).spawn(move || {
-            if let Err(e) = work() {
-                error!(error = %e, stage = name, "Stage failed.");
-                failed.store(true, Ordering::SeqCst);
-                shutdown.store(true, Ordering::SeqCst);
-            }
-        })?);
+        stop.spawn_stage(name, work)?;
         Ok(())
     };
 
@@ -237,7 +230,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| PathBuf::from("patterns")),
         )
         .context("cannot create the pattern directory")?;
-        seed_patterns(&dir)?;
+        crate::patterns_cmd::seed_patterns(&dir)?;
         let registry = PatternRegistry::new(
             dir.load()
                 .map_err(|e| anyhow::anyhow!("{e}"))
@@ -254,7 +247,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             spawn(
                 "pattern-watch",
                 Box::new(move || {
-                    watch_patterns(&dir, &registry, &shutdown, &last_error);
+                    clickpulse_server::watch_patterns(&dir, &registry, &shutdown, &last_error);
                     Ok(())
                 }),
             )?;
@@ -281,7 +274,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         let options = ReplayOptions {
             speed,
             loop_forever: config.replay.loop_forever,
-            align_warmup_ms: live.then_some(WARMUP_MS),
+            align_warmup_ms: live.then_some(clickpulse_engine::replay::WARMUP_MS),
             overlay: live,
         };
         let input = if live { inputs::overlaid(input) } else { input };
@@ -384,7 +377,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             warn!("No products in Redis; run `clickpulse lookups load --redis URL` first.");
         }
         let lookups = Lookups::from_parts(Vec::new(), products);
-        state.products = Arc::new(shop_products(&lookups));
+        state.products = Arc::new(clickpulse_server::shop_products(&lookups));
         catalogue = Some(Arc::new(crate::patterns_cmd::catalogue_of(&lookups)));
         let admin = match config
             .web
@@ -513,57 +506,23 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             info!(address = %listener.local_addr()?, "Serving HTTP.");
             let router = clickpulse_server::app(state);
-            clickpulse_server::serve(listener, router, stop_signal(shutdown.clone())).await?;
+            let until = stop.clone();
+            let until = async move {
+                until.wait(Duration::from_millis(200), || false).await;
+            };
+            clickpulse_server::serve(listener, router, until).await?;
         } else {
-            stop_signal(shutdown.clone()).await;
+            stop.wait(Duration::from_millis(200), || false).await;
         }
         anyhow::Ok(())
     });
-    shutdown.store(true, Ordering::SeqCst);
-    for worker in workers {
-        if worker.join().is_err() {
-            failed.store(true, Ordering::SeqCst);
-        }
-    }
+    let joined = stop.join();
     result?;
-    if failed.load(Ordering::SeqCst) {
-        bail!("a stage failed; see the log above");
+    if let Err(cause) = joined {
+        bail!("{cause}");
     }
     info!("Stopped cleanly.");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on Ctrl-C, SIGTERM or a failed stage.
-async fn stop_signal(shutdown: Arc<AtomicBool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    loop {
-        #[cfg(unix)]
-        let terminate = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            _ = &mut ctrl_c => { info!("Ctrl-C: shutting down."); break; }
-            _ = terminate => { info!("SIGTERM: shutting down."); break; }
-            _ = tick.tick() => {
-                if shutdown.load(Ordering::SeqCst) {
-                    warn!("Shutting down after a stage failure.");
-                    break;
-                }
-            }
-        }
-    }
-    shutdown.store(true, Ordering::SeqCst);
 }
 
 fn random_hex(bytes: usize) -> String {

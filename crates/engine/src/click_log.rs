@@ -119,9 +119,8 @@ impl Strings {
 }
 
 /// The id of the text a column had in the previous click. A session's clicks follow each other
-/// in a log (65% of the real log's rows repeat the previous row's visitor, IP and user agent,
-/// 85% of a generated log's), and comparing with that one text skips hashing and probing the
-/// table: most of interning's cost.
+/// in a log (most rows repeat the previous row's visitor, IP and user agent), and comparing
+/// with that one text skips hashing and probing the table: most of interning's cost.
 #[derive(Clone, Copy)]
 struct Last(u32);
 
@@ -193,8 +192,8 @@ impl ClickLogBuilder {
 /// `rows` sorted stably by time. Sorts keys of time and position (unique, so an unstable sort
 /// is stable here), then gathers the rows in key order into a new vector: its reads are
 /// independent, so the processor overlaps their cache misses. (Moving each row once in place,
-/// following the permutation's cycles, made every read wait for the one before: 9% of a
-/// backtest. A merge sort of the rows moved each of them at every pass: 5%.) When the log spans
+/// following the permutation's cycles, makes every read wait for the one before; a merge sort
+/// of the rows moves each of them at every pass.) When the log spans
 /// less than 2³² ms (49 days) and has fewer than 2³² rows, a key is one `u64`: the time since
 /// the first click, then the position, and a stable radix sort by the time half alone orders
 /// them (the positions are already in order).

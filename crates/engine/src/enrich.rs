@@ -62,10 +62,9 @@ impl Default for Enricher {
 
 impl Enricher {
     /// A new enricher with empty caches and its user-agent parser ready: woothee compiles each
-    /// of its regular expressions on the first agent that needs it (1–4M instructions each), so
-    /// the agents in [`WARM_UP_AGENTS`] take every common path once here, rather than the first
-    /// views that would (12M instructions in a backtest of the real log, when only one agent
-    /// warmed it up).
+    /// of its regular expressions on the first agent that needs it, which is costly, so the
+    /// agents in [`WARM_UP_AGENTS`] take every common path once here, rather than the first
+    /// views that would.
     pub fn new() -> Self {
         let ua_parser = woothee::parser::Parser::new();
         for agent in WARM_UP_AGENTS {

@@ -17,6 +17,10 @@ use crate::click_log::ClickLog;
 /// One day in milliseconds: loops shift time by whole days so the daily cycle stays real.
 const DAY_MS: i64 = 86_400_000;
 
+/// How much of the log an aligned replay replays at once on a new data dir: the dashboard's
+/// longest window (16 half-hours) is full from the start.
+pub const WARMUP_MS: i64 = 8 * 3_600_000;
+
 /// How fast to replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {

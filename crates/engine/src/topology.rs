@@ -193,6 +193,15 @@ impl Topology {
         self.stages.iter().map(|s| s.name).collect()
     }
 
+    /// Every topic with its partition count: `partitions` each, the dead-letter topic one (its
+    /// records are few and read in order).
+    pub fn partitions(&self, partitions: u32) -> Vec<(&'static str, u32)> {
+        self.topics
+            .iter()
+            .map(|t| (t.name, if t.dead { 1 } else { partitions }))
+            .collect()
+    }
+
     /// The operator stages that read `topic`, in data-flow order.
     pub fn consumers_of(&self, topic: &str) -> Vec<&'static str> {
         self.stages

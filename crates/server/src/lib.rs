@@ -95,7 +95,27 @@ impl AppState {
     }
 }
 
-pub use patterns::PatternAdmin;
+pub use patterns::{PatternAdmin, watch_patterns};
+
+/// The catalogue as the shop shows it (the home page is not a product).
+pub fn shop_products(lookups: &clickpulse_engine::lookups::Lookups) -> Vec<serde_json::Value> {
+    lookups
+        .products()
+        .iter()
+        .filter(|p| p.price.is_some())
+        .map(|p| {
+            let image = format!("products/{}.png", p.id);
+            serde_json::json!({
+                "id": p.id,
+                "category": p.category,
+                "title": p.title,
+                "description": p.description,
+                "price": p.price,
+                "image_url": format!("/images/{image}"),
+            })
+        })
+        .collect()
+}
 
 /// The error every handler returns; rendered as `{"error": message}`.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,10 @@
-//! The pattern endpoints: list, hot-swap, delete, and the transition log.
+//! The pattern endpoints (list, hot-swap, delete, the transition log) and the directory
+//! watcher: the two ways the active patterns change, serialised by one lock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -45,6 +49,48 @@ impl PatternAdmin {
         WRITES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Polls the pattern directory once a second; a valid change replaces the active patterns, an
+/// invalid one is logged (and shown in `/api/patterns`) while the old patterns keep running.
+/// Polling works on every filesystem and a second is well within what a marketer notices.
+pub fn watch_patterns(
+    dir: &PatternDir,
+    registry: &PatternRegistry,
+    shutdown: &AtomicBool,
+    last_error: &Mutex<Option<String>>,
+) {
+    let mut seen = dir.fingerprint();
+    while !shutdown.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(250));
+        let now = dir.fingerprint();
+        if now == seen {
+            continue;
+        }
+        thread::sleep(Duration::from_millis(100)); // let a writer finish
+        // The admin API's changes are made under this lock (file, reload, swap as one step):
+        // a reload outside it could swap in a set read before a change, dropping an active
+        // pattern until the next reload.
+        let _writes = PatternAdmin::lock_writes();
+        seen = dir.fingerprint();
+        match dir.load() {
+            Ok(set) if set == *registry.current() => {}
+            Ok(set) => {
+                let names: Vec<String> = set
+                    .patterns()
+                    .iter()
+                    .map(|p| format!("{}@{}", p.name, p.version))
+                    .collect();
+                tracing::info!(patterns = ?names, "Patterns reloaded.");
+                registry.replace(set);
+                *last_error.lock().expect("last error lock") = None;
+            }
+            Err(errors) => {
+                tracing::warn!(%errors, "Pattern change rejected; the previous patterns keep running.");
+                *last_error.lock().expect("last error lock") = Some(errors.to_string());
+            }
+        }
     }
 }
 

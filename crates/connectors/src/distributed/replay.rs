@@ -11,10 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::codec;
-use clickpulse_engine::replay::{EventClock, Pacer, ReplayPlan, Speed, wall_clock_ms};
+use clickpulse_engine::replay::{EventClock, Pacer, Speed, wall_clock_ms};
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::DistributedError;
@@ -22,22 +21,18 @@ use super::kafka::{Acks, BatchProducer, OutRecord, scan_lineage};
 use super::runner::{LEASE_TTL, WorkerContext};
 use super::store::RedisStore;
 use crate::embedded::runner::{ReplayInput, ReplayOptions};
+use crate::replay_cursor::ReplayCursor;
 
 const PROGRESS_KEY: &str = "replay";
 const LEASE: &str = "replay";
 /// The Redis key (after the prefix) of the published event clock.
 pub const CLOCK_KEY: &str = "clock";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The replay's progress in Redis: the cursor both runtimes share, and what it has published.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Progress {
-    fingerprint: String,
-    position: u64,
-    events: u64,
-    malformed: u64,
-    dead_letters_written: bool,
-    event_time_ms: Option<i64>,
-    base_shift_ms: i64,
-    aligned: bool,
+    #[serde(flatten)]
+    cursor: ReplayCursor,
     /// Next offset of each `click-data` partition after the last saved batch.
     outputs: BTreeMap<u32, i64>,
 }
@@ -76,36 +71,27 @@ pub fn run_replay(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut progress: Progress = match store.get(PROGRESS_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DistributedError::Corrupt {
-            key: store.key(PROGRESS_KEY),
-            message: e.to_string(),
-        })?,
-        None => {
-            let mut fresh = Progress {
-                fingerprint: input.fingerprint.clone(),
-                ..Progress::default()
-            };
-            if let Some(warmup) = options.align_warmup_ms {
-                let align = if options.overlay {
-                    ReplayPlan::align_overlay
-                } else {
-                    ReplayPlan::align_to
-                };
-                let (shift, start) = align(&input.clicks, wall_clock_ms(), warmup);
-                fresh.base_shift_ms = shift;
-                fresh.position = start;
-                fresh.aligned = true;
-            }
-            fresh
+    let stored: Option<Progress> = match store.get(PROGRESS_KEY)? {
+        Some(bytes) => {
+            Some(
+                serde_json::from_slice(&bytes).map_err(|e| DistributedError::Corrupt {
+                    key: store.key(PROGRESS_KEY),
+                    message: e.to_string(),
+                })?,
+            )
         }
+        None => None,
     };
-    if progress.fingerprint != input.fingerprint {
-        return Err(DistributedError::ReplayInputChanged {
-            stored: progress.fingerprint,
-            given: input.fingerprint.clone(),
-        });
-    }
+    let outputs = stored
+        .as_ref()
+        .map(|p| p.outputs.clone())
+        .unwrap_or_default();
+    let cursor = ReplayCursor::resume(stored.map(|p| p.cursor), input, &options, wall_clock_ms())
+        .map_err(|e| DistributedError::ReplayInputChanged {
+        stored: e.stored,
+        given: e.given,
+    })?;
+    let mut progress = Progress { cursor, outputs };
     let topic = ctx.kafka.topics.click_data.clone();
     let partitions = ctx.kafka.partitions;
     // What a previous incarnation published after its last save.
@@ -127,11 +113,10 @@ pub fn run_replay(
         })
     };
     let mut published = scan(&progress)?;
-    let plan = ReplayPlan::new(&input.clicks, options.loop_forever || options.overlay)
-        .with_base_shift(progress.base_shift_ms);
+    let plan = progress.cursor.plan(input, &options);
     let speed = options.speed;
-    info!(position = progress.position, events = plan.len(), %speed, aligned = progress.aligned, "Replay started.");
-    let mut pacer = if progress.aligned {
+    info!(position = progress.cursor.position, events = plan.len(), %speed, aligned = progress.cursor.aligned, "Replay started.");
+    let mut pacer = if progress.cursor.aligned {
         Pacer::anchored(speed, wall_clock_ms(), Instant::now())
     } else {
         Pacer::new(speed)
@@ -153,7 +138,7 @@ pub fn run_replay(
         }
         let acks = Acks::new();
         let mut sent = 0usize;
-        if !progress.dead_letters_written {
+        if !progress.cursor.dead_letters_written {
             for letter in &input.malformed {
                 let value = codec::encode(letter);
                 let partition =
@@ -169,25 +154,21 @@ pub fn run_replay(
                     &acks,
                 )?;
             }
-            progress.malformed = input.malformed.len() as u64;
-            progress.dead_letters_written = true;
+            progress.cursor.malformed = input.malformed.len() as u64;
+            progress.cursor.dead_letters_written = true;
         }
-        let started = Instant::now();
-        let mut wait = None;
-        let mut done = false;
-        let mut position = progress.position;
-        while sent < ctx.batch_size && started.elapsed() < Duration::from_millis(200) {
-            let Some((index, shift)) = plan.at(position) else {
-                done = true;
-                break;
-            };
-            let mut click = input.clicks.get(index);
-            click.ts_ms += shift;
-            let due_in = pacer.wait_for(click.ts_ms, Instant::now());
-            if !due_in.is_zero() {
-                wait = Some(due_in);
-                break;
-            }
+        let due = ReplayCursor::due(
+            &plan,
+            input,
+            &mut pacer,
+            progress.cursor.position,
+            ctx.batch_size,
+            Duration::from_millis(200),
+        );
+        let (wait, done) = (due.wait, due.done);
+        let mut position = progress.cursor.position;
+        for (at, click) in &due.clicks {
+            debug_assert_eq!(*at, position);
             let q = topics::partition_for(click.visitor, partitions);
             if published[q as usize].is_none_or(|p| position > p) {
                 let value = codec::encode(&click);
@@ -203,7 +184,7 @@ pub fn run_replay(
                 )?;
             }
             sent += 1;
-            progress.event_time_ms = Some(click.ts_ms);
+            progress.cursor.event_time_ms = Some(click.ts_ms);
             position += 1;
         }
         if sent > 0 || !acks.complete() {
@@ -221,8 +202,8 @@ pub fn run_replay(
                 let e = progress.outputs.entry(q as u32).or_insert(0);
                 *e = (*e).max(next);
             }
-            progress.events += position - progress.position;
-            progress.position = position;
+            progress.cursor.events += position - progress.cursor.position;
+            progress.cursor.position = position;
             store.set(
                 PROGRESS_KEY,
                 &serde_json::to_vec(&progress).expect("progress serializes"),
@@ -231,7 +212,7 @@ pub fn run_replay(
         let anchor = match (speed, pacer.anchor()) {
             (Speed::Factor(_), Some((ts, wall))) if !done => Some((ts, wall)),
             _ if sent > 0 || !metrics.is_done() => {
-                progress.event_time_ms.map(|ts| (ts, Instant::now()))
+                progress.cursor.event_time_ms.map(|ts| (ts, Instant::now()))
             }
             _ => None,
         };
@@ -248,21 +229,13 @@ pub fn run_replay(
             )?;
         }
         metrics.record(
-            progress.events,
-            progress.malformed,
-            json!({
-                "position": progress.position,
-                "pass": if plan.is_empty() { 0 } else { progress.position / plan.len() },
-                "log_events": plan.len(),
-                "malformed": progress.malformed,
-                "speed": pacer.speed().to_string(),
-                "event_time_ms": progress.event_time_ms,
-                "aligned": progress.aligned,
-            }),
+            progress.cursor.events,
+            progress.cursor.malformed,
+            progress.cursor.details(&plan, pacer.speed()),
         );
         if done && !metrics.is_done() {
             info!(
-                events = progress.events,
+                events = progress.cursor.events,
                 "Replay reached the end of the log."
             );
             metrics.set_done(true);
@@ -280,4 +253,19 @@ pub fn run_replay(
     store.publish_metrics("replay", &ctx.worker_id, &metrics.snapshot())?;
     let _ = store.release(LEASE, &ctx.worker_id);
     Ok(())
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    /// The stored form is the one earlier versions wrote (the cursor's fields at the top).
+    #[test]
+    fn progress_reads_what_earlier_versions_wrote() {
+        let stored = r#"{"fingerprint":"f","position":5,"events":5,"malformed":0,"dead_letters_written":true,"event_time_ms":42,"base_shift_ms":0,"aligned":true,"outputs":{"0":3,"2":7}}"#;
+        let p: Progress = serde_json::from_str(stored).unwrap();
+        assert_eq!(p.cursor.position, 5);
+        assert_eq!(p.outputs.get(&2), Some(&7));
+        assert_eq!(serde_json::to_string(&p).unwrap(), stored);
+    }
 }

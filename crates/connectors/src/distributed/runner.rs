@@ -34,8 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::metrics::StageMetrics;
-use clickpulse_engine::operator::{Emitter, Operator, Output, StateChanges};
-use clickpulse_engine::reader::DeadLetter;
+use clickpulse_engine::operator::{Operator, Output, StateChanges};
 use clickpulse_engine::topics;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
@@ -49,6 +48,7 @@ use super::kafka::{
 };
 use super::store::{RedisStore, TaskCommit, TaskCounts};
 use super::{DistributedError, KafkaConfig, RedisConfig};
+use crate::driver::{Record, TaskDriver};
 
 /// What every worker of a stage needs.
 #[derive(Clone)]
@@ -167,7 +167,7 @@ impl ConsumerContext for GroupContext {
 pub const ONE_RECORD_PER_LINEAGE: [&str; 2] = [topics::CLICK_DATA, topics::ENRICHED_CLICK_DATA];
 
 struct Task<O> {
-    op: O,
+    driver: TaskDriver<O>,
     key: String,
     /// Next input offset per (physical topic, partition): records below are in the state.
     next: BTreeMap<(String, u32), i64>,
@@ -178,8 +178,21 @@ struct Task<O> {
     outputs: BTreeMap<(String, u32), i64>,
     /// Newest input lineage per (physical topic, partition) of a [`ONE_RECORD_PER_LINEAGE`] input.
     lineage: BTreeMap<(String, u32), i64>,
+    /// The suppressed and duplicate counts (events and dead letters are the driver's).
     counts: TaskCounts,
+    /// Progress not yet committed to Redis.
     dirty: bool,
+}
+
+impl<O> Task<O> {
+    /// Every counter, as committed.
+    fn counts(&self) -> TaskCounts {
+        TaskCounts {
+            events: self.driver.events,
+            dead_letters: self.driver.dead_letters,
+            ..self.counts
+        }
+    }
 }
 
 struct Polled {
@@ -280,7 +293,8 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
         };
         info!(stage = self.stage, task = %key, next = ?next.values().collect::<Vec<_>>(), suppress_through, events = record.counts.events, "Task opened.");
         Ok(Task {
-            op,
+            driver: TaskDriver::new(op, Instant::now())
+                .with_counts(record.counts.events, record.counts.dead_letters),
             key,
             next,
             suppress_through,
@@ -293,16 +307,19 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
     }
 
     fn publish_metrics(&mut self, lag: u64) {
-        let stats: Vec<Value> = self.tasks.values().map(|t| t.op.stats()).collect();
+        let stats: Vec<Value> = self.tasks.values().map(|t| t.driver.op().stats()).collect();
         let (events, dead, suppressed, duplicates) =
-            self.tasks.values().fold((0, 0, 0, 0), |a, t| {
-                (
-                    a.0 + t.counts.events,
-                    a.1 + t.counts.dead_letters,
-                    a.2 + t.counts.suppressed,
-                    a.3 + t.counts.duplicates,
-                )
-            });
+            self.tasks
+                .values()
+                .map(Task::counts)
+                .fold((0, 0, 0, 0), |a, c| {
+                    (
+                        a.0 + c.events,
+                        a.1 + c.dead_letters,
+                        a.2 + c.suppressed,
+                        a.3 + c.duplicates,
+                    )
+                });
         let mut details = merge_stats(&stats);
         details["partitions"] = self
             .tasks
@@ -364,7 +381,7 @@ fn consumer(
 }
 
 /// A record key as text: keys are visitor ids, valid UTF-8 but for a corrupt record, so the
-/// plain check comes first (the lossy conversion's chunk iterator was 4% of a worker's thread).
+/// plain check comes first (the lossy conversion's chunk iterator costs more per key).
 fn key_text(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(text) => text.to_owned(),
@@ -621,7 +638,6 @@ pub fn run_stage<O: Operator>(
     }
     let mut producer = BatchProducer::new(&ctx.kafka)?;
     info!(stage, worker = %ctx.worker_id, group = %group, inputs = ?inputs, "Stage started.");
-    let mut emitter = Emitter::default();
     let mut changes = StateChanges::new();
     let mut last_metrics = Instant::now() - Duration::from_secs(10);
     let mut last_lease = Instant::now();
@@ -777,6 +793,9 @@ pub fn run_stage<O: Operator>(
             let mut next: Marks<i64> = Marks::new();
             let mut lineage: Marks<i64> = Marks::new();
             let mut mine: Vec<&Polled> = Vec::new();
+            // Whether this task published anything in this batch (then its state is committed
+            // with it, whatever the checkpoint interval).
+            let mut emitted = false;
             for m in &batch {
                 if !(is_single || m.partition == p) {
                     continue;
@@ -790,7 +809,7 @@ pub fn run_stage<O: Operator>(
             }
             let values: Vec<&[u8]> = mine.iter().map(|m| m.value.as_slice()).collect();
             if !values.is_empty() {
-                task.op.prepare_batch(&values);
+                task.driver.op_mut().prepare_batch(&values);
             }
             let mut last_offset = task.suppress_through.max(0) as u64;
             for m in &mine {
@@ -810,29 +829,24 @@ pub fn run_stage<O: Operator>(
                     }
                     *newest = l as i64;
                 }
-                if let Err(error) =
-                    task.op
-                        .process_record(logical, m.partition, &m.value, &mut emitter)
-                {
-                    task.counts.dead_letters += 1;
-                    let letter = DeadLetter::new(
-                        &format!("{topic}/{}", m.partition),
-                        m.offset as u64,
-                        format!("stage {stage} cannot process the record: {error}"),
-                        &m.value,
-                    );
-                    emitter.emit(topics::DEAD_LETTERS, &m.key, &letter);
-                }
+                task.driver.process(Record {
+                    topic: logical,
+                    stored_as: topic,
+                    partition: m.partition,
+                    offset: m.offset as u64,
+                    key: m.key.as_bytes(),
+                    value: &m.value,
+                });
                 let suppress = m.offset <= task.suppress_through;
-                for out in emitter.drain() {
+                for out in task.driver.outputs() {
                     if suppress {
                         task.counts.suppressed += 1;
                     } else {
+                        emitted = true;
                         publish(out, m.offset as u64, task.out_partition);
                     }
                 }
                 *next.slot(m.topic, m.partition, || 0) = m.offset + 1;
-                task.counts.events += 1;
                 task.dirty = true;
                 last_offset = m.offset as u64;
             }
@@ -850,13 +864,20 @@ pub fn run_stage<O: Operator>(
                     .logical(topic)
                     .unwrap_or(topics::CLICK_DATA);
                 let pending = consumer.context().behind(topic, *q, *next) > 0;
-                task.op.input_backlog(logical, *q, pending);
+                task.driver.op_mut().input_backlog(logical, *q, pending);
             }
-            task.op.on_tick(Instant::now(), &mut emitter);
-            for out in emitter.drain() {
+            let now = Instant::now();
+            task.driver.tick(now);
+            for out in task.driver.outputs() {
+                emitted = true;
                 publish(out, last_offset, task.out_partition);
             }
-            task.op.checkpoint(&mut changes);
+            // A batch that published nothing may wait for the operator's checkpoint interval
+            // (its progress stays in `dirty` and is committed with a later batch, or when idle).
+            if task.dirty && !task.driver.checkpoint_due(emitted, now) {
+                continue;
+            }
+            task.driver.checkpoint(&mut changes, now);
             if !changes.is_empty() {
                 task.dirty = true;
             }
@@ -867,7 +888,7 @@ pub fn run_stage<O: Operator>(
                     offsets: task.next.clone(),
                     outputs: BTreeMap::new(),
                     lineage: task.lineage.clone(),
-                    counts: task.counts,
+                    counts: task.counts(),
                 });
             }
         }
@@ -919,7 +940,9 @@ pub fn run_stage<O: Operator>(
         }
         s.store.commit_tasks(&commits)?;
         for task in s.tasks.values_mut() {
-            task.dirty = false;
+            if commits.iter().any(|c| c.key == task.key) {
+                task.dirty = false;
+            }
         }
         // 5. Tell the group.
         if !is_single && !commits.is_empty() {
@@ -957,9 +980,9 @@ pub fn run_stage<O: Operator>(
                 s.publish_metrics(lag);
                 last_metrics = Instant::now();
             } else {
-                let stats: Vec<Value> = s.tasks.values().map(|t| t.op.stats()).collect();
-                let events = s.tasks.values().map(|t| t.counts.events).sum();
-                let dead = s.tasks.values().map(|t| t.counts.dead_letters).sum();
+                let stats: Vec<Value> = s.tasks.values().map(|t| t.driver.op().stats()).collect();
+                let events = s.tasks.values().map(|t| t.driver.events).sum();
+                let dead = s.tasks.values().map(|t| t.driver.dead_letters).sum();
                 ctx.metrics.record(events, dead, merge_stats(&stats));
             }
         }

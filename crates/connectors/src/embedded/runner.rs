@@ -13,11 +13,11 @@ use clickpulse_engine::click::Click;
 use clickpulse_engine::click_log::ClickLog;
 use clickpulse_engine::codec;
 use clickpulse_engine::metrics::StageMetrics;
-use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
+use clickpulse_engine::operator::{Operator, StateChanges};
 use clickpulse_engine::reader::DeadLetter;
 #[cfg(doc)]
 use clickpulse_engine::replay::overlay_days;
-use clickpulse_engine::replay::{EventClock, Pacer, ReplayPlan, Speed, wall_clock_ms};
+use clickpulse_engine::replay::{EventClock, Pacer, Speed, wall_clock_ms};
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,6 +25,8 @@ use tracing::{info, warn};
 
 use super::error::StoreError;
 use super::store::{CommitBatch, EmbeddedStore, OffsetCommit};
+use crate::driver::{Record, TaskDriver};
+use crate::replay_cursor::ReplayCursor;
 
 /// Knobs shared by the runners.
 #[derive(Debug, Clone)]
@@ -123,22 +125,27 @@ fn commit_with_retry(
     }
 }
 
-/// `batch` with `op`'s checkpoint (its changed state, under `prefix`) and the runner's counts.
+/// `batch` with the task's checkpoint (its changed state, under `prefix`) and the runner's
+/// counts.
 fn checkpointed<O: Operator>(
-    op: &mut O,
+    task: &mut TaskDriver<O>,
     mut batch: CommitBatch,
     changes: &mut StateChanges,
     prefix: &str,
     counts_key: &str,
-    counts: &RunnerCounts,
 ) -> CommitBatch {
-    op.checkpoint(changes);
+    task.checkpoint(changes, Instant::now());
     batch
         .state
         .extend(changes.drain(..).map(|(k, v)| (format!("{prefix}{k}"), v)));
+    let counts = RunnerCounts {
+        events: task.events,
+        dead_letters: task.dead_letters,
+        newest_ms: None,
+    };
     batch.state.push((
         counts_key.to_owned(),
-        Some(serde_json::to_vec(counts).expect("counts serialize")),
+        Some(serde_json::to_vec(&counts).expect("counts serialize")),
     ));
     batch
 }
@@ -158,10 +165,12 @@ pub fn run_operator<O: Operator>(
         op.restore(&key, &value)?;
     }
     let counts_key = runner_key(stage);
-    let mut counts: RunnerCounts = match store.state(&counts_key)? {
+    let counts: RunnerCounts = match store.state(&counts_key)? {
         Some(bytes) => decode(&counts_key, &bytes)?,
         None => RunnerCounts::default(),
     };
+    let mut task =
+        TaskDriver::new(op, Instant::now()).with_counts(counts.events, counts.dead_letters);
     // (topic, partition, next offset) for every input partition.
     let mut positions = Vec::new();
     for topic in &inputs {
@@ -169,10 +178,9 @@ pub fn run_operator<O: Operator>(
             positions.push((*topic, p, store.committed(stage, topic, p)?));
         }
     }
-    info!(stage, inputs = ?inputs, events = counts.events, "Stage started.");
-    metrics.record(counts.events, counts.dead_letters, op.stats());
+    info!(stage, inputs = ?inputs, events = task.events, "Stage started.");
+    metrics.record(task.events, task.dead_letters, task.op().stats());
     let per_partition = (config.batch_size / positions.len().max(1)).max(1);
-    let mut emitter = Emitter::default();
     let mut changes = StateChanges::new();
     let commit = |batch: &CommitBatch| {
         commit_with_retry(
@@ -184,14 +192,12 @@ pub fn run_operator<O: Operator>(
             Some(config.sync_interval),
         )
     };
-    let checkpoint_every = op.checkpoint_interval();
-    let mut last_checkpoint = Instant::now();
     // Offsets of the batches processed since the last checkpoint (see
-    // `Operator::checkpoint_interval`), committed with the next one.
+    // `TaskDriver::checkpoint_due`), committed with the next one.
     let mut deferred: Vec<OffsetCommit> = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
-        op.on_poll();
+        task.op_mut().on_poll();
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
         for (topic, p, position) in positions.iter_mut() {
@@ -200,17 +206,14 @@ pub fn run_operator<O: Operator>(
             for record in fetched.records() {
                 consumed += 1;
                 next = Some(record.offset + 1);
-                if let Err(error) = op.process_record(topic, *p, record.value, &mut emitter) {
-                    counts.dead_letters += 1;
-                    let letter = DeadLetter::new(
-                        &format!("{topic}/{p}"),
-                        record.offset,
-                        format!("stage {stage} cannot process the record: {error}"),
-                        record.value,
-                    );
-                    let key = String::from_utf8_lossy(record.key);
-                    emitter.emit(topics::DEAD_LETTERS, &key, &letter);
-                }
+                task.process(Record {
+                    topic,
+                    stored_as: topic,
+                    partition: *p,
+                    offset: record.offset,
+                    key: record.key,
+                    value: record.value,
+                });
             }
             let Some(next) = next else { continue };
             *position = next;
@@ -226,23 +229,21 @@ pub fn run_operator<O: Operator>(
         let mut lag = 0;
         for (topic, p, position) in &positions {
             let behind = store.end_offset(topic, *p).saturating_sub(*position);
-            op.input_backlog(topic, *p, behind > 0);
+            task.op_mut().input_backlog(topic, *p, behind > 0);
             lag += behind;
         }
-        op.on_tick(Instant::now(), &mut emitter);
+        task.tick(Instant::now());
         metrics.set_lag(lag);
-        if consumed == 0 && emitter.outputs().is_empty() {
+        if consumed == 0 && !task.has_outputs() {
             if !deferred.is_empty() {
                 // Idle: the deferred checkpoint is taken now.
                 batch.offsets = std::mem::take(&mut deferred);
-                let batch =
-                    checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+                let batch = checkpointed(&mut task, batch, &mut changes, &prefix, &counts_key);
                 commit(&batch)?;
-                last_checkpoint = Instant::now();
             }
             // Timers may have changed state without input (a watermark advancing on idleness):
             // persist that too, so what is served is what a restart would restore.
-            op.checkpoint(&mut changes);
+            task.op_mut().checkpoint(&mut changes);
             if !changes.is_empty() {
                 let batch = CommitBatch {
                     state: changes
@@ -254,7 +255,7 @@ pub fn run_operator<O: Operator>(
                 commit(&batch)?;
             }
             store.sync_if_due(config.sync_interval)?;
-            metrics.record(counts.events, counts.dead_letters, op.stats());
+            metrics.record(task.events, task.dead_letters, task.op().stats());
             // Wake up in time to make lazy commits durable.
             let wait = if config.sync_interval.is_zero() {
                 config.idle_wait
@@ -264,32 +265,30 @@ pub fn run_operator<O: Operator>(
             store.wait_for_appends(generation, wait);
             continue;
         }
-        counts.events += consumed;
-        batch.appends = emitter
-            .drain()
+        batch.appends = task
+            .outputs()
             .map(|o| (o.topic.to_owned(), o.key, o.value))
             .collect();
-        if batch.appends.is_empty() && last_checkpoint.elapsed() < checkpoint_every {
-            deferred.append(&mut batch.offsets);
-        } else {
+        if task.checkpoint_due(!batch.appends.is_empty(), Instant::now()) {
             // Older positions first: a partition's newest one is written last.
             batch.offsets.splice(0..0, deferred.drain(..));
-            let batch = checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+            let batch = checkpointed(&mut task, batch, &mut changes, &prefix, &counts_key);
             commit(&batch)?;
-            last_checkpoint = Instant::now();
+        } else {
+            deferred.append(&mut batch.offsets);
         }
-        metrics.record(counts.events, counts.dead_letters, op.stats());
+        metrics.record(task.events, task.dead_letters, task.op().stats());
     }
     if !deferred.is_empty() {
         let batch = CommitBatch {
             offsets: deferred,
             ..CommitBatch::default()
         };
-        let batch = checkpointed(&mut op, batch, &mut changes, &prefix, &counts_key, &counts);
+        let batch = checkpointed(&mut task, batch, &mut changes, &prefix, &counts_key);
         commit(&batch)?;
     }
     store.sync()?;
-    info!(stage, events = counts.events, "Stage stopped.");
+    info!(stage, events = task.events, "Stage stopped.");
     Ok(())
 }
 
@@ -303,23 +302,6 @@ pub struct ReplayInput {
     pub malformed: Vec<DeadLetter>,
     /// Identifies the input (file names, sizes, counts).
     pub fingerprint: String,
-}
-
-/// The replay stage's persisted position and counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ReplayState {
-    fingerprint: String,
-    position: u64,
-    events: u64,
-    malformed: u64,
-    dead_letters_written: bool,
-    event_time_ms: Option<i64>,
-    /// Whole-day shift applied to every event (replays aligned with the present).
-    #[serde(default)]
-    base_shift_ms: i64,
-    /// Whether the replay is aligned with the wall clock.
-    #[serde(default)]
-    aligned: bool,
 }
 
 const REPLAY_STATE: &str = "replay/state";
@@ -345,7 +327,7 @@ pub struct ReplayOptions {
 /// back and no live click accepted after it is late.
 pub fn newest_event_time(store: &EmbeddedStore) -> Result<Option<i64>, StoreError> {
     let replay = match store.state(REPLAY_STATE)? {
-        Some(bytes) => decode::<ReplayState>(REPLAY_STATE, &bytes)?.event_time_ms,
+        Some(bytes) => decode::<ReplayCursor>(REPLAY_STATE, &bytes)?.event_time_ms,
         None => None,
     };
     let key = runner_key("collector");
@@ -368,35 +350,18 @@ pub fn run_replay(
     shutdown: &AtomicBool,
     config: &RunnerConfig,
 ) -> Result<(), StoreError> {
-    let mut state: ReplayState = match store.state(REPLAY_STATE)? {
-        Some(bytes) => decode(REPLAY_STATE, &bytes)?,
-        None => {
-            let mut fresh = ReplayState {
-                fingerprint: input.fingerprint.clone(),
-                ..ReplayState::default()
-            };
-            if let Some(warmup) = options.align_warmup_ms {
-                let align = if options.overlay {
-                    ReplayPlan::align_overlay
-                } else {
-                    ReplayPlan::align_to
-                };
-                let (shift, start) = align(&input.clicks, wall_clock_ms(), warmup);
-                fresh.base_shift_ms = shift;
-                fresh.position = start;
-                fresh.aligned = true;
-            }
-            fresh
-        }
+    let stored = match store.state(REPLAY_STATE)? {
+        Some(bytes) => Some(decode::<ReplayCursor>(REPLAY_STATE, &bytes)?),
+        None => None,
     };
-    if state.fingerprint != input.fingerprint {
-        return Err(StoreError::ReplayInputChanged {
-            stored: state.fingerprint,
-            given: input.fingerprint.clone(),
-        });
-    }
-    let plan = ReplayPlan::new(&input.clicks, options.loop_forever || options.overlay)
-        .with_base_shift(state.base_shift_ms);
+    let mut state =
+        ReplayCursor::resume(stored, input, &options, wall_clock_ms()).map_err(|e| {
+            StoreError::ReplayInputChanged {
+                stored: e.stored,
+                given: e.given,
+            }
+        })?;
+    let plan = state.plan(input, &options);
     let speed = options.speed;
     let rate = match speed {
         Speed::Factor(f) => f,
@@ -448,18 +413,11 @@ pub fn run_replay(
     // How many times the replay started waiting for its consumers (backpressure).
     let mut held_back: u64 = 0;
     let mut waiting = false;
-    let details = |s: &ReplayState, pacer: &Pacer, held_back: u64| {
-        json!({
-            "held_back": held_back,
-            "position": s.position,
-            "pass": if plan.is_empty() { 0 } else { s.position / plan.len() },
-            "log_events": plan.len(),
-            "malformed": s.malformed,
-            "speed": pacer.speed().to_string(),
-            "event_time_ms": s.event_time_ms,
-            "aligned": s.aligned,
-            "overlay": options.overlay,
-        })
+    let details = |s: &ReplayCursor, pacer: &Pacer, held_back: u64| {
+        let mut details = s.details(&plan, pacer.speed());
+        details["held_back"] = json!(held_back);
+        details["overlay"] = json!(options.overlay);
+        details
     };
     metrics.record(
         state.events,
@@ -499,24 +457,17 @@ pub fn run_replay(
             state.malformed = input.malformed.len() as u64;
             state.dead_letters_written = true;
         }
-        let started = Instant::now();
-        let mut wait = None;
-        let mut done = false;
-        while batch.appends.len() < config.batch_size
-            && started.elapsed() < Duration::from_millis(200)
-        {
-            let Some((index, shift)) = plan.at(state.position) else {
-                done = true;
-                break;
-            };
-            let mut click = input.clicks.get(index);
-            click.ts_ms += shift;
-            let due_in = pacer.wait_for(click.ts_ms, Instant::now());
-            if !due_in.is_zero() {
-                wait = Some(due_in);
-                break;
-            }
-            let value = codec::encode(&click);
+        let due = ReplayCursor::due(
+            &plan,
+            input,
+            &mut pacer,
+            state.position,
+            config.batch_size.saturating_sub(batch.appends.len()),
+            Duration::from_millis(200),
+        );
+        let (wait, done) = (due.wait, due.done);
+        for (_, click) in &due.clicks {
+            let value = codec::encode(click);
             state.event_time_ms = Some(click.ts_ms);
             batch.appends.push((
                 topics::CLICK_DATA.to_owned(),
@@ -721,6 +672,7 @@ mod tests {
     use clickpulse_engine::metrics::PipelineMetrics;
 
     use super::*;
+    use clickpulse_engine::operator::Emitter;
 
     /// Polls `done` until it holds. The limit only guards against a hang on a broken build
     /// (minutes, never a measure of speed).

@@ -636,8 +636,8 @@ impl DashboardAggregator {
         let mut released = self.s.buffer.release(watermark);
         // Views with equal event times apply in a fixed order, not in arrival order, so the
         // result is the same however the input partitions interleave. They come out in time
-        // order, so only runs of equal times need sorting (sorting everything again was 4% of
-        // a backtest).
+        // order, so only runs of equal times need sorting (sorting everything again would cost
+        // every release a full sort).
         for ties in released.chunk_by_mut(|a, b| a.ts_ms == b.ts_ms) {
             if ties.len() > 1 {
                 ties.sort_by(|a, b| {

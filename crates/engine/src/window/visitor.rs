@@ -160,7 +160,7 @@ impl VisitorInterner {
 /// One shared `Arc<str>` per distinct text (product ids, categories, titles, countries), for
 /// views decoded from a topic: each arrives with its own copies, and the window state compares
 /// these texts in linear scans (a pane's product counts) that a shared pointer settles at once.
-/// Unshared, those compares were 15% of the live aggregate stage (`memcmp`). Texts nothing
+/// Unshared, those compares are a large part of the live aggregate stage (`memcmp`). Texts nothing
 /// else holds are swept like [`VisitorInterner`]'s ids, so ids made up by clients cannot grow
 /// the table without bound.
 #[derive(Default)]

@@ -69,7 +69,7 @@ pub struct Watermarks {
     lateness_ms: i64,
     idle_timeout: Duration,
     /// By partition: a handful, so an ordered map's few comparisons beat hashing the id per
-    /// event (SipHash cost 120 of the ~2,000 instructions the dashboard spends per view).
+    /// event (SipHash is a noticeable share of what the dashboard spends per view).
     partitions: BTreeMap<u32, PartitionClock>,
     current: Option<i64>,
     /// Partitions found idle by the last [`Watermarks::advance`] (logged when this changes).

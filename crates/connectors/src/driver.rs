@@ -1,0 +1,256 @@
+//! The task driver both runtimes call: one operator's records in; its outputs, dead letters,
+//! counters and checkpoint decisions out, with no I/O. The embedded runner and the distributed
+//! one fetch records their way and commit them their way (one redb transaction, or Redis
+//! `MULTI/EXEC` after the broker's acknowledgements); what happens to a record in between, and
+//! when the operator's state is due to be checkpointed, is decided here, once.
+
+use std::time::{Duration, Instant};
+
+use clickpulse_engine::DeadLetter;
+use clickpulse_engine::operator::{Emitter, Operator, Output, StateChanges};
+use clickpulse_engine::topics;
+
+/// One fetched record, as the runner hands it to the driver.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Its logical topic (what the operator knows it by).
+    pub topic: &'a str,
+    /// The topic's name where it is stored (the physical name, for a dead letter's source).
+    pub stored_as: &'a str,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Its key (the visitor id).
+    pub key: &'a [u8],
+    /// Its value.
+    pub value: &'a [u8],
+}
+
+/// How a record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// The operator took it.
+    Ok,
+    /// The operator could not: a dead letter with the reason was emitted in its place.
+    DeadLettered,
+}
+
+/// One operator task: the operator, what it emitted and not yet handed on, its counters, and
+/// when it last checkpointed.
+pub struct TaskDriver<O> {
+    op: O,
+    stage: &'static str,
+    emitter: Emitter,
+    checkpoint_every: Duration,
+    last_checkpoint: Instant,
+    /// Records taken (dead-lettered ones included).
+    pub events: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+}
+
+impl<O: Operator> TaskDriver<O> {
+    /// A task of `op`, its last checkpoint counted as taken at `now`.
+    pub fn new(op: O, now: Instant) -> Self {
+        let checkpoint_every = op.checkpoint_interval();
+        TaskDriver {
+            stage: op.name(),
+            op,
+            emitter: Emitter::default(),
+            checkpoint_every,
+            last_checkpoint: now,
+            events: 0,
+            dead_letters: 0,
+        }
+    }
+
+    /// The same task, with counters restored from its last checkpoint.
+    pub fn with_counts(mut self, events: u64, dead_letters: u64) -> Self {
+        self.events = events;
+        self.dead_letters = dead_letters;
+        self
+    }
+
+    /// The operator.
+    pub fn op(&self) -> &O {
+        &self.op
+    }
+
+    /// The operator, for what the runner tells it directly (restore, backlogs, batch hints).
+    pub fn op_mut(&mut self) -> &mut O {
+        &mut self.op
+    }
+
+    /// Hands `record` to the operator. A record it cannot process becomes a dead letter
+    /// carrying the record and the reason (its source is `{stored_as}/{partition}`), keyed
+    /// like the record, so nothing is lost and the stage goes on.
+    pub fn process(&mut self, record: Record<'_>) -> Processed {
+        self.events += 1;
+        match self.op.process_record(
+            record.topic,
+            record.partition,
+            record.value,
+            &mut self.emitter,
+        ) {
+            Ok(()) => Processed::Ok,
+            Err(error) => {
+                self.dead_letters += 1;
+                let letter = DeadLetter::new(
+                    &format!("{}/{}", record.stored_as, record.partition),
+                    record.offset,
+                    format!("stage {} cannot process the record: {error}", self.stage),
+                    record.value,
+                );
+                let key = String::from_utf8_lossy(record.key);
+                self.emitter.emit(topics::DEAD_LETTERS, &key, &letter);
+                Processed::DeadLettered
+            }
+        }
+    }
+
+    /// Runs the operator's timers at wall time `now` (after a batch, and while idle).
+    pub fn tick(&mut self, now: Instant) {
+        self.op.on_tick(now, &mut self.emitter);
+    }
+
+    /// Whether anything is waiting to be handed on.
+    pub fn has_outputs(&self) -> bool {
+        !self.emitter.outputs().is_empty()
+    }
+
+    /// What the operator emitted since the last call, in order.
+    pub fn outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.emitter.drain()
+    }
+
+    /// Whether a batch must be checkpointed at `now`: when it `emitted` outputs (they are
+    /// committed with the state that produced them), or once the operator's
+    /// [`checkpoint_interval`](Operator::checkpoint_interval) has passed. Otherwise its input
+    /// offsets wait for the next checkpoint: after a crash the input since then is read again
+    /// and reaches the same state.
+    pub fn checkpoint_due(&self, emitted: bool, now: Instant) -> bool {
+        emitted || now.saturating_duration_since(self.last_checkpoint) >= self.checkpoint_every
+    }
+
+    /// The operator's state changes since the last checkpoint, appended to `changes`; the
+    /// checkpoint counts as taken at `now`.
+    pub fn checkpoint(&mut self, changes: &mut StateChanges, now: Instant) {
+        self.op.checkpoint(changes);
+        self.last_checkpoint = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickpulse_engine::operator::RestoreError;
+
+    /// Doubles numbers; anything else is an error. Checkpoints its total every 10 s.
+    struct Doubler {
+        total: u64,
+        ticks: u32,
+    }
+
+    impl Operator for Doubler {
+        type Input = u64;
+        fn name(&self) -> &'static str {
+            "doubler"
+        }
+        fn input_topic(&self) -> &'static str {
+            "numbers"
+        }
+        fn process(&mut self, input: u64, out: &mut Emitter) {
+            self.total += input;
+            out.emit("doubled", "k", &(input * 2));
+        }
+        fn on_tick(&mut self, _wall: Instant, _out: &mut Emitter) {
+            self.ticks += 1;
+        }
+        fn checkpoint_interval(&self) -> Duration {
+            Duration::from_secs(10)
+        }
+        fn checkpoint(&mut self, changes: &mut StateChanges) {
+            changes.push((
+                "total".to_owned(),
+                Some(self.total.to_string().into_bytes()),
+            ));
+        }
+        fn restore(&mut self, _key: &str, _value: &[u8]) -> Result<(), RestoreError> {
+            Ok(())
+        }
+        fn stats(&self) -> serde_json::Value {
+            serde_json::json!({"total": self.total})
+        }
+    }
+
+    fn driver(now: Instant) -> TaskDriver<Doubler> {
+        TaskDriver::new(Doubler { total: 0, ticks: 0 }, now)
+    }
+
+    fn record<'a>(partition: u32, offset: u64, key: &'a str, value: &'a [u8]) -> Record<'a> {
+        Record {
+            topic: "numbers",
+            stored_as: "numbers",
+            partition,
+            offset,
+            key: key.as_bytes(),
+            value,
+        }
+    }
+
+    #[test]
+    fn a_record_the_operator_cannot_take_becomes_a_dead_letter_with_the_reason() {
+        let mut d = driver(Instant::now());
+        let good = clickpulse_engine::codec::encode(&21u64);
+        assert_eq!(d.process(record(0, 7, "k", &good)), Processed::Ok);
+        assert_eq!(
+            d.process(record(0, 8, "visitor-1", b"")),
+            Processed::DeadLettered
+        );
+        let outputs: Vec<Output> = d.outputs().collect();
+        assert_eq!(outputs.len(), 2);
+        assert_eq!(outputs[0].topic, "doubled");
+        assert_eq!(outputs[1].topic, topics::DEAD_LETTERS);
+        assert_eq!(outputs[1].key, "visitor-1", "keyed like the record");
+        let letter: DeadLetter = clickpulse_engine::codec::decode(&outputs[1].value).unwrap();
+        assert_eq!(letter.source, "numbers/0");
+        assert_eq!(letter.position, 8);
+        assert!(
+            letter
+                .reason
+                .starts_with("stage doubler cannot process the record: cannot decode the record"),
+            "{}",
+            letter.reason
+        );
+        assert_eq!((d.events, d.dead_letters), (2, 1));
+        assert!(!d.has_outputs());
+        assert_eq!(d.op().total, 21);
+    }
+
+    #[test]
+    fn checkpoints_wait_for_the_interval_unless_a_batch_emitted() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        assert!(!d.checkpoint_due(false, t0 + Duration::from_secs(9)));
+        assert!(
+            d.checkpoint_due(true, t0 + Duration::from_secs(1)),
+            "outputs go with their state"
+        );
+        assert!(d.checkpoint_due(false, t0 + Duration::from_secs(10)));
+        let mut changes = StateChanges::new();
+        d.checkpoint(&mut changes, t0 + Duration::from_secs(10));
+        assert_eq!(changes.len(), 1);
+        assert!(!d.checkpoint_due(false, t0 + Duration::from_secs(19)));
+        assert!(d.checkpoint_due(false, t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn counters_continue_from_the_checkpoint_and_ticks_reach_the_operator() {
+        let mut d = driver(Instant::now()).with_counts(100, 3);
+        d.process(record(1, 0, "k", b""));
+        assert_eq!((d.events, d.dead_letters), (101, 4));
+        d.tick(Instant::now());
+        assert_eq!(d.op().ticks, 1);
+    }
+}
