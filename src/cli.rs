@@ -31,8 +31,11 @@ pub(crate) enum Command {
     /// Read a topic of a data dir.
     #[command(subcommand)]
     Topics(TopicsCommand),
-    /// Print a summary of what a data dir holds (JSON): per stage its counters and positions,
-    /// per topic its size, state keys counted by prefix. Read-only; not while a pipeline runs.
+    /// Print a short summary of what a data dir holds: each stage's events, dead letters and
+    /// lag, topic sizes, the replay's last commit, the offers (`--json` for every counter,
+    /// `--keys` for the raw state).
+    /// Read-only: creates nothing. While a demo runs on the data dir it points to the demo's
+    /// live figures (GET /api/stats, /pipeline) instead.
     Status(StatusArgs),
     /// Check a data dir end to end (every record's checksum, offsets, state, redb's pages) and
     /// list what is damaged: exit 0 when clean, 1 when not. Read-only.
@@ -42,6 +45,9 @@ pub(crate) enum Command {
     Lookups(LookupsCommand),
     /// Run stages of the distributed pipeline (Kafka-protocol broker + Redis) in this process.
     Run(RunArgs),
+    /// Work with `clickpulse.toml`, the distributed pipeline's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Fault injection: run the pipeline as child processes, `kill -9` them at random moments,
     /// restart them, and compare the result with an uninterrupted backtest (exit 1 on any
     /// difference).
@@ -237,6 +243,20 @@ pub(crate) struct VerifyArgs {
     /// The data dir [default: as for `demo`].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Check a configuration file and report every problem at once (each with its line and
+    /// column): unknown tables and keys, wrong types, values out of range, the Redis URL, the
+    /// replay speed, the time zone. Connects to nothing.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    /// The configuration file (see config/clickpulse.example.toml).
+    pub(crate) path: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

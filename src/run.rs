@@ -160,17 +160,156 @@ const STALE_MS: i64 = 5_000;
 /// Every stage a `run` process can host, from the one topology.
 const STAGES: &[clickpulse_engine::topology::Stage] = clickpulse_engine::topology::PIPELINE.stages;
 
+/// Reads and checks `clickpulse.toml`; every problem of the file is in the error.
 pub(crate) fn load_config(path: &std::path::Path) -> Result<ClusterConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-    let config: ClusterConfig =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    config.kafka.validate()?;
-    RedisStore::open(&config.redis, None).context("invalid redis.url")?;
-    if config.pipeline.batch_size == 0 {
-        bail!("pipeline.batch_size must be at least 1");
+    match check_config(&path.display().to_string(), &text) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => bail!("{}", errors.join("\n")),
     }
-    Ok(config)
+}
+
+/// Every problem of a `clickpulse.toml`, each with its file and (where it has one) line and
+/// column, and the configuration when there is none. A syntax error stops there; otherwise each
+/// table is checked on its own, so a mistake in one does not hide those in the others, and
+/// then what the types cannot say (ranges, names, the Redis URL, the speed, the time zone).
+pub(crate) fn check_config(file: &str, text: &str) -> (Option<ClusterConfig>, Vec<String>) {
+    let at = |span: Option<std::ops::Range<usize>>, message: &str| match span {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{file}:{line}:{column}: {}", message.trim())
+        }
+        None => format!("{file}: {}", message.trim()),
+    };
+    let de = |e: toml::de::Error| at(e.span(), e.message());
+    let doc = match toml::de::DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => return (None, vec![de(e)]),
+    };
+    let mut errors = Vec::new();
+    const TABLES: [&str; 5] = ["kafka", "redis", "pipeline", "replay", "web"];
+    for (key, _) in doc.get_ref() {
+        if !TABLES.contains(&key.get_ref().as_ref()) {
+            errors.push(at(
+                Some(key.span()),
+                &format!(
+                    "unknown table `{}`; expected one of {}",
+                    key.get_ref(),
+                    TABLES.join(", ")
+                ),
+            ));
+        }
+    }
+    // Each table alone (the others ignored), so every table's first mistake is reported, and
+    // the checks of the tables that are well-formed run too.
+    macro_rules! table {
+        ($name:ident: $ty:ty) => {{
+            #[derive(Deserialize)]
+            struct Only {
+                #[serde(default)]
+                $name: $ty,
+            }
+            match toml::from_str::<Only>(text) {
+                Ok(only) => Some(only.$name),
+                Err(e) => {
+                    errors.push(de(e));
+                    None
+                }
+            }
+        }};
+    }
+    let kafka = table!(kafka: KafkaConfig);
+    let redis = table!(redis: RedisConfig);
+    let pipeline = table!(pipeline: PipelineSection);
+    let replay = table!(replay: ReplaySection);
+    let web = table!(web: WebSection);
+    if let Some(kafka) = &kafka
+        && let Err(e) = kafka.validate()
+    {
+        errors.push(format!("{file}: {e}"));
+    }
+    if let Some(redis) = &redis
+        && let Err(e) = RedisStore::open(redis, None)
+    {
+        errors.push(format!("{file}: redis.url: {e}"));
+    }
+    if let Some(pipeline) = &pipeline
+        && pipeline.batch_size == 0
+    {
+        errors.push(format!("{file}: pipeline.batch_size must be at least 1"));
+    }
+    if let Some(replay) = &replay
+        && let Err(e) = replay.speed.parse::<Speed>()
+    {
+        errors.push(format!("{file}: replay.speed: {e}"));
+    }
+    if let Some(web) = &web
+        && let Err(e) = crate::cli::parse_time_zone(&web.time_zone)
+    {
+        errors.push(format!("{file}: web.time_zone: {e}"));
+    }
+    let (Some(kafka), Some(redis), Some(pipeline), Some(replay), Some(web)) =
+        (kafka, redis, pipeline, replay, web)
+    else {
+        return (None, errors);
+    };
+    let config = ClusterConfig {
+        kafka,
+        redis,
+        pipeline,
+        replay,
+        web,
+    };
+    (Some(config), errors)
+}
+
+/// `clickpulse config check FILE`: every problem at once, or what the file configures.
+pub(crate) fn config_check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.path)
+        .with_context(|| format!("cannot read the configuration {}", args.path.display()))?;
+    let file = args.path.display().to_string();
+    match check_config(&file, &text) {
+        (Some(config), errors) if errors.is_empty() => {
+            println!(
+                "{file}: OK — brokers {}, {} partitions, redis {}, web on {}, time zone {}",
+                config.kafka.brokers,
+                config.kafka.partitions,
+                redact_url(&config.redis.url),
+                config.web.listen,
+                config.web.time_zone
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (_, errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s) in {file}", errors.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A URL without its password (`redis://:secret@host` → `redis://:***@host`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {

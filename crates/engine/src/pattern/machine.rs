@@ -329,9 +329,13 @@ impl fmt::Display for Explain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self.0;
         let describe = |c: &Condition, f: &mut fmt::Formatter<'_>| c.describe(&p.states, f);
-        f.write_str("Visitors who are ")?;
-        describe(&p.audience, f)?;
-        f.write_str(" start a match.")?;
+        if p.audience == Condition::True {
+            f.write_str("Any visitor can start a match.")?;
+        } else {
+            f.write_str("A visitor can start a match on a view where ")?;
+            describe(&p.audience, f)?;
+            f.write_str(".")?;
+        }
         for (from, edges) in p.transitions.iter().enumerate() {
             for t in edges {
                 write!(f, " From {}, a view where ", p.states[from])?;

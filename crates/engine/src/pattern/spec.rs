@@ -1131,6 +1131,16 @@ mod tests {
             text.contains("offer1 if gender is M, else offer2."),
             "{text}"
         );
+        let phones = "name = \"p\"\naudience = { device = \"Mobile\" }\n[offer]\n\
+                      default = \"offer1\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
+        let text = parse_pattern("p.toml", phones).unwrap().explain();
+        assert!(
+            text.starts_with("A visitor can start a match on a view where device is Mobile."),
+            "{text}"
+        );
+        let anyone = phones.replace("audience = { device = \"Mobile\" }\n", "");
+        let text = parse_pattern("p.toml", &anyone).unwrap().explain();
+        assert!(text.starts_with("Any visitor can start a match."), "{text}");
     }
 
     #[test]
