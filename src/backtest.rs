@@ -49,8 +49,8 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
     let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
         .with_audience_tracking()
         .without_checkpoints();
-    let mut dashboard =
-        DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
+    let mut dashboard = DashboardAggregator::new(DashboardConfig::default(), Instant::now())
+        .sliding_windows_on_read();
     let mut write_error = None;
     let started = Instant::now();
     let input = inputs::read_logs(&args.logs, |letter| {

@@ -122,7 +122,7 @@ fn patterns(visitors: usize) -> Result<ExitCode> {
 /// Dashboard aggregation throughput, and window state for `visitors` distinct visitors all
 /// active within the last 30 minutes (so every distinct-visitor window holds all of them).
 fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
-    let mut agg = DashboardAggregator::new(DashboardConfig::default());
+    let mut agg = DashboardAggregator::new(DashboardConfig::default(), Instant::now());
     let wall = Instant::now();
     let products: Vec<Arc<str>> = (0..31).map(|i| Arc::from(format!("VD{i:08}"))).collect();
     let categories: Vec<Arc<str>> = ["clothing", "shoes", "handbags", "books"]
@@ -188,8 +188,8 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
         let mut enrich = EnrichOperator::new(lookups.clone());
         let mut detect =
             DetectOperator::new(PatternRegistry::new(patterns.clone())).without_checkpoints();
-        let mut agg =
-            DashboardAggregator::new(DashboardConfig::default()).sliding_windows_on_read();
+        let mut agg = DashboardAggregator::new(DashboardConfig::default(), Instant::now())
+            .sliding_windows_on_read();
         let t = Instant::now();
         let input = inputs::read_logs(logs, |_| {})?;
         let read = t.elapsed().as_secs_f64();

@@ -334,13 +334,15 @@ fn dump_records(store: &ReadOnlyStore, topic: &str, limit: u64) -> Result<(), St
 pub(crate) fn decode_record(topic: &str, bytes: &[u8]) -> Result<Value, String> {
     use clickpulse_engine::codec::decode;
     use clickpulse_engine::{Click, DeadLetter, EnrichedClick, pattern::Offer, topics};
-    match topic {
+    let decoded = match topic {
         topics::CLICK_DATA => decode::<Click>(bytes).map(|v| json!(v)),
         topics::ENRICHED_CLICK_DATA => decode::<EnrichedClick>(bytes).map(|v| json!(v)),
         topics::SPECIAL_OFFERS => decode::<Offer>(bytes).map(|v| json!(v)),
         topics::DEAD_LETTERS => decode::<DeadLetter>(bytes).map(|v| json!(v)),
-        _ => Err(format!("unknown record type for topic {topic}")),
-    }
+        _ => return Err(format!("unknown record type for topic {topic}")),
+    };
+    // The message with its causes, for a report line.
+    decoded.map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
 
 /// A topic record as JSON: decoded as the topic's record type.

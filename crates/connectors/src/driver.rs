@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::DeadLetter;
-use clickpulse_engine::operator::{Emitter, Operator, Output, StateChanges};
+use clickpulse_engine::operator::{
+    Context, Emitter, Operator, Output, PartitionTimes, RestoreError, StateChanges,
+};
 use clickpulse_engine::topics;
 
 /// One fetched record, as the runner hands it to the driver.
@@ -44,6 +46,9 @@ pub struct TaskDriver<O> {
     emitter: Emitter,
     checkpoint_every: Duration,
     last_checkpoint: Instant,
+    /// The input partitions' newest event times: the watermark the operator is given.
+    times: PartitionTimes,
+    times_checkpointed: PartitionTimes,
     /// Records taken (dead-lettered ones included).
     pub events: u64,
     /// Records dead-lettered.
@@ -60,6 +65,8 @@ impl<O: Operator> TaskDriver<O> {
             emitter: Emitter::default(),
             checkpoint_every,
             last_checkpoint: now,
+            times: PartitionTimes::default(),
+            times_checkpointed: PartitionTimes::default(),
             events: 0,
             dead_letters: 0,
         }
@@ -77,29 +84,67 @@ impl<O: Operator> TaskDriver<O> {
         &self.op
     }
 
-    /// The operator, for what the runner tells it directly (restore, backlogs, batch hints).
+    /// The operator, for what the runner tells it directly (backlogs, batch hints).
     pub fn op_mut(&mut self) -> &mut O {
         &mut self.op
+    }
+
+    /// Restores one state entry of the task's last checkpoint: the watermark's under
+    /// [`WATERMARK_KEY`], the operator's otherwise.
+    pub fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
+        if key == WATERMARK_KEY {
+            self.times = serde_json::from_slice(value).map_err(|e| RestoreError {
+                operator: self.stage,
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?;
+            self.times_checkpointed = self.times.clone();
+            return Ok(());
+        }
+        self.op.restore(key, value)
+    }
+
+    /// Starts the operator at wall time `now`, once its state is restored.
+    pub fn start(&mut self, now: Instant) {
+        self.op.on_start(now);
+    }
+
+    /// Tells the operator the runner stops (what it emits goes with the last checkpoint).
+    pub fn close(&mut self) {
+        self.op.on_close(&mut self.emitter);
+    }
+
+    /// The watermark over the input partitions' event times.
+    pub fn watermark(&self) -> Option<i64> {
+        self.times.watermark()
     }
 
     /// Hands `record` to the operator. A record it cannot process becomes a dead letter
     /// carrying the record and the reason (its source is `{stored_as}/{partition}`), keyed
     /// like the record, so nothing is lost and the stage goes on.
-    pub fn process(&mut self, record: Record<'_>) -> Processed {
+    /// `now` is the wall time the runner took the batch at.
+    pub fn process(&mut self, record: Record<'_>, now: Instant) -> Processed {
         self.events += 1;
-        match self.op.process_record(
+        let mut ctx = Context::new(
             record.topic,
             record.partition,
-            record.value,
+            record.offset,
+            now,
             &mut self.emitter,
-        ) {
+            &mut self.times,
+        );
+        match self.op.process_record(record.value, &mut ctx) {
             Ok(()) => Processed::Ok,
             Err(error) => {
                 self.dead_letters += 1;
                 let letter = DeadLetter::new(
                     &format!("{}/{}", record.stored_as, record.partition),
                     record.offset,
-                    format!("stage {} cannot process the record: {error}", self.stage),
+                    format!(
+                        "stage {} cannot process the record: {}",
+                        self.stage,
+                        chain(&error)
+                    ),
                     record.value,
                 );
                 let key = String::from_utf8_lossy(record.key);
@@ -137,32 +182,63 @@ impl<O: Operator> TaskDriver<O> {
     /// checkpoint counts as taken at `now`.
     pub fn checkpoint(&mut self, changes: &mut StateChanges, now: Instant) {
         self.op.checkpoint(changes);
+        if self.times != self.times_checkpointed {
+            self.times_checkpointed = self.times.clone();
+            changes.push((
+                WATERMARK_KEY.to_owned(),
+                Some(serde_json::to_vec(&self.times).expect("partition times serialize")),
+            ));
+        }
         self.last_checkpoint = now;
     }
+}
+
+/// The state key of the task's watermark, beside the operator's own keys (none of which starts
+/// with `runner/`).
+pub const WATERMARK_KEY: &str = "runner/partition-times";
+
+/// An error and its causes, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clickpulse_engine::operator::RestoreError;
+    use clickpulse_engine::operator::RecordError;
 
     /// Doubles numbers; anything else is an error. Checkpoints its total every 10 s.
     struct Doubler {
         total: u64,
         ticks: u32,
+        watermark: Option<i64>,
     }
 
     impl Operator for Doubler {
-        type Input = u64;
         fn name(&self) -> &'static str {
             "doubler"
         }
-        fn input_topic(&self) -> &'static str {
-            "numbers"
+        fn input_topics(&self) -> Vec<&'static str> {
+            vec!["numbers"]
         }
-        fn process(&mut self, input: u64, out: &mut Emitter) {
+        fn process_record(
+            &mut self,
+            value: &[u8],
+            ctx: &mut Context<'_>,
+        ) -> Result<(), RecordError> {
+            let input: u64 = clickpulse_engine::codec::decode(value)?;
+            ctx.event_time(input as i64);
             self.total += input;
-            out.emit("doubled", "k", &(input * 2));
+            self.watermark = ctx.watermark();
+            ctx.out.emit("doubled", "k", &(input * 2));
+            Ok(())
         }
         fn on_tick(&mut self, _wall: Instant, _out: &mut Emitter) {
             self.ticks += 1;
@@ -185,7 +261,14 @@ mod tests {
     }
 
     fn driver(now: Instant) -> TaskDriver<Doubler> {
-        TaskDriver::new(Doubler { total: 0, ticks: 0 }, now)
+        TaskDriver::new(
+            Doubler {
+                total: 0,
+                ticks: 0,
+                watermark: None,
+            },
+            now,
+        )
     }
 
     fn record<'a>(partition: u32, offset: u64, key: &'a str, value: &'a [u8]) -> Record<'a> {
@@ -203,9 +286,12 @@ mod tests {
     fn a_record_the_operator_cannot_take_becomes_a_dead_letter_with_the_reason() {
         let mut d = driver(Instant::now());
         let good = clickpulse_engine::codec::encode(&21u64);
-        assert_eq!(d.process(record(0, 7, "k", &good)), Processed::Ok);
         assert_eq!(
-            d.process(record(0, 8, "visitor-1", b"")),
+            d.process(record(0, 7, "k", &good), Instant::now()),
+            Processed::Ok
+        );
+        assert_eq!(
+            d.process(record(0, 8, "visitor-1", b""), Instant::now()),
             Processed::DeadLettered
         );
         let outputs: Vec<Output> = d.outputs().collect();
@@ -248,9 +334,37 @@ mod tests {
     #[test]
     fn counters_continue_from_the_checkpoint_and_ticks_reach_the_operator() {
         let mut d = driver(Instant::now()).with_counts(100, 3);
-        d.process(record(1, 0, "k", b""));
+        d.process(record(1, 0, "k", b""), Instant::now());
         assert_eq!((d.events, d.dead_letters), (101, 4));
         d.tick(Instant::now());
         assert_eq!(d.op().ticks, 1);
+    }
+
+    #[test]
+    fn the_watermark_is_the_lowest_partitions_newest_event_time_and_survives_a_restart() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        d.process(record(0, 0, "k", &n(50)), t0);
+        assert_eq!(d.op().watermark, Some(50), "one partition: its newest time");
+        d.process(record(1, 0, "k", &n(10)), t0);
+        assert_eq!(d.op().watermark, Some(10), "the slower partition holds it");
+        d.process(record(0, 1, "k", &n(70)), t0);
+        assert_eq!(d.op().watermark, Some(10));
+        d.process(record(1, 1, "k", &n(60)), t0);
+        assert_eq!(d.op().watermark, Some(60));
+        let mut changes = StateChanges::new();
+        d.checkpoint(&mut changes, t0);
+        let mut restarted = driver(t0);
+        for (key, value) in &changes {
+            restarted.restore(key, value.as_deref().unwrap()).unwrap();
+        }
+        assert_eq!(restarted.watermark(), Some(60));
+        let mut again = StateChanges::new();
+        restarted.checkpoint(&mut again, t0);
+        assert!(
+            again.iter().all(|(k, _)| k != WATERMARK_KEY),
+            "an unchanged watermark is not written again"
+        );
     }
 }

@@ -14,9 +14,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a record.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("cannot decode the record: {e}"))
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(bytes).map_err(DecodeError)
 }
+
+/// A record that does not decode as the topic's type.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode the record")]
+pub struct DecodeError(#[source] postcard::Error);
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 use crate::click_log::ClickLog;
 use crate::lookups::{LookupSource, User, product_id_from_url};
-use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use crate::topics;
 
 /// Category and title of a product in neither lookup file.
@@ -574,19 +574,21 @@ fn lookup_keys(record: &[u8]) -> Option<LookupKeys<'_>> {
 }
 
 impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
-    type Input = Click;
-
     fn name(&self) -> &'static str {
         "enrich"
     }
 
-    fn input_topic(&self) -> &'static str {
-        topics::CLICK_DATA
+    fn input_topics(&self) -> Vec<&'static str> {
+        vec![topics::CLICK_DATA]
     }
 
-    fn process(&mut self, input: Click, out: &mut Emitter) {
-        let enriched = self.enrich(input);
-        out.emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);
+    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+        let click = crate::codec::decode::<Click>(value)?;
+        ctx.event_time(click.ts_ms);
+        let enriched = self.enrich(click);
+        ctx.out
+            .emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);
+        Ok(())
     }
 
     fn prepare_batch(&mut self, values: &[&[u8]]) {
@@ -939,12 +941,22 @@ mod tests {
     #[test]
     fn operator_counts_and_restores_its_stats() {
         let mut op = EnrichOperator::new(lookups());
-        let mut out = Emitter::default();
-        op.process(
+        let mut out = crate::operator::Emitter::default();
+        for c in [
             click("F30", "http://www.acme.com/SH1/VD55177927", 0),
-            &mut out,
-        );
-        op.process(click("X", "http://www.acme.com/SH1/VD999", 0), &mut out);
+            click("X", "http://www.acme.com/SH1/VD999", 0),
+        ] {
+            let value = crate::codec::encode(&c);
+            crate::operator::process_one(
+                &mut op,
+                topics::CLICK_DATA,
+                0,
+                &value,
+                std::time::Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        }
         assert_eq!(out.outputs().len(), 2);
         assert_eq!(out.outputs()[1].topic, topics::ENRICHED_CLICK_DATA);
         let mut changes = Vec::new();

@@ -8,7 +8,6 @@
 //! its last commit left it.
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// One record an operator emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,40 +63,118 @@ pub struct RestoreError {
     pub message: String,
 }
 
-/// A stream operator with a pure per-event core.
-pub trait Operator: Send {
-    /// The record type it consumes (JSON on the topic).
-    type Input: DeserializeOwned;
+/// Why an operator could not take a record: the runner dead-letters the record with this as
+/// the reason (its chain of causes included) and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The bytes are not a record of the topic's type.
+    #[error(transparent)]
+    Decode(#[from] crate::codec::DecodeError),
+    /// The record decoded but is not one the operator can take.
+    #[error("{0}")]
+    Invalid(String),
+}
 
+/// Each input partition's newest event time, kept by the runner: the watermark operators are
+/// given is the lowest of them (every one of a visitor's records comes through one partition,
+/// and another partition may run hours ahead, e.g. while a restarted stage reads one
+/// partition's backlog before the next one's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionTimes {
+    times: Vec<(String, u32, i64)>,
+}
+
+impl PartitionTimes {
+    /// Records an event at `ts_ms` on `topic`/`partition`.
+    pub fn observe(&mut self, topic: &str, partition: u32, ts_ms: i64) {
+        match self
+            .times
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, high)) => *high = (*high).max(ts_ms),
+            None => self.times.push((topic.to_owned(), partition, ts_ms)),
+        }
+    }
+
+    /// The lowest of the partitions' newest event times (`None` before any event).
+    pub fn watermark(&self) -> Option<i64> {
+        self.times.iter().map(|(_, _, ts)| *ts).min()
+    }
+}
+
+/// What an operator is given with each record: where it comes from, the runner's clock and
+/// watermark, and where to emit.
+pub struct Context<'a> {
+    /// The record's topic (its logical name).
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// The wall time the runner took the batch at: operators never read the clock themselves,
+    /// so a test gives them any time it likes.
+    pub now: std::time::Instant,
+    /// Where outputs go.
+    pub out: &'a mut Emitter,
+    times: &'a mut PartitionTimes,
+}
+
+impl<'a> Context<'a> {
+    /// The context of one record, with the runner's `times`.
+    pub fn new(
+        topic: &'a str,
+        partition: u32,
+        offset: u64,
+        now: std::time::Instant,
+        out: &'a mut Emitter,
+        times: &'a mut PartitionTimes,
+    ) -> Self {
+        Context {
+            topic,
+            partition,
+            offset,
+            now,
+            out,
+            times,
+        }
+    }
+
+    /// Tells the runner the record's event time (it moves the watermark).
+    pub fn event_time(&mut self, ts_ms: i64) {
+        self.times.observe(self.topic, self.partition, ts_ms);
+    }
+
+    /// The runner's watermark: the lowest of the input partitions' newest event times, this
+    /// record's included once [`Context::event_time`] was called.
+    pub fn watermark(&self) -> Option<i64> {
+        self.times.watermark()
+    }
+}
+
+/// A stream operator with a pure per-event core.
+///
+/// A runner calls [`Operator::restore`] for each state entry, then [`Operator::on_start`], then
+/// for each batch [`Operator::on_poll`], [`Operator::process_record`] per record,
+/// [`Operator::input_backlog`] per input partition and [`Operator::on_tick`]; at checkpoints
+/// [`Operator::checkpoint`]; and [`Operator::on_close`] before the last checkpoint when it
+/// stops.
+pub trait Operator: Send {
     /// The stage's name: in metrics, logs and state keys.
     fn name(&self) -> &'static str;
 
-    /// The topic it consumes.
-    fn input_topic(&self) -> &'static str;
+    /// Every topic it consumes.
+    fn input_topics(&self) -> Vec<&'static str>;
 
-    /// Every topic it consumes; by default just [`Operator::input_topic`].
-    fn input_topics(&self) -> Vec<&'static str> {
-        vec![self.input_topic()]
+    /// Called once, after the state is restored and before the first record, with the wall
+    /// time the runner started at. No-op by default.
+    fn on_start(&mut self, now: std::time::Instant) {
+        let _ = now;
     }
 
-    /// Processes one record, emitting any outputs.
-    fn process(&mut self, input: Self::Input, out: &mut Emitter);
-
-    /// Decodes and processes one raw record of `topic`/`partition`. The default decodes it
-    /// into [`Operator::Input`]; operators with several input topics override it. An `Err`
-    /// sends the record to the dead-letter topic with the message as the reason.
-    fn process_record(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        value: &[u8],
-        out: &mut Emitter,
-    ) -> Result<(), String> {
-        let _ = (topic, partition);
-        let input = crate::codec::decode::<Self::Input>(value)?;
-        self.process(input, out);
-        Ok(())
-    }
+    /// Decodes and processes one raw record of `ctx.topic`/`ctx.partition`. An `Err` sends the
+    /// record to the dead-letter topic with the error as the reason.
+    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError>;
 
     /// Called with the raw records of a batch before any of them is processed: the place to
     /// fetch what the batch will need from a remote store in one round trip (the enrichment's
@@ -125,6 +202,14 @@ pub trait Operator: Send {
         let _ = (wall, out);
     }
 
+    /// Called once when the embedded runner stops, before its last checkpoint: anything
+    /// emitted is committed with it. (A distributed task that stops is reopened by another
+    /// worker from its last commit, as after a crash, so nothing is closed there.) No-op by
+    /// default.
+    fn on_close(&mut self, out: &mut Emitter) {
+        let _ = out;
+    }
+
     /// How long the runner may go on processing batches without checkpointing this operator,
     /// as long as the batches emit nothing (zero, the default: a checkpoint after every batch).
     /// For an operator whose checkpoint is costly (the aggregate writes its whole window
@@ -142,4 +227,21 @@ pub trait Operator: Send {
 
     /// Counters for the stats endpoint and the backtest report.
     fn stats(&self) -> serde_json::Value;
+}
+
+/// Hands one record to `op` outside a runner (unit tests, tools): offset 0, a watermark of its
+/// own, the wall time `now`.
+pub fn process_one<O: Operator + ?Sized>(
+    op: &mut O,
+    topic: &str,
+    partition: u32,
+    value: &[u8],
+    now: std::time::Instant,
+    out: &mut Emitter,
+) -> Result<(), RecordError> {
+    let mut times = PartitionTimes::default();
+    op.process_record(
+        value,
+        &mut Context::new(topic, partition, 0, now, out, &mut times),
+    )
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::{Device, EnrichedClick, Gender};
-use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
+use clickpulse_engine::operator::{Emitter, Operator, StateChanges, process_one};
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
@@ -44,10 +44,12 @@ fn config() -> DashboardConfig {
 
 fn feed(op: &mut AggregateOperator, partition: u32, click: &EnrichedClick) {
     let value = clickpulse_engine::codec::encode(click);
-    op.process_record(
+    process_one(
+        op,
         topics::ENRICHED_CLICK_DATA,
         partition,
         &value,
+        Instant::now(),
         &mut Emitter::default(),
     )
     .expect("a valid view");

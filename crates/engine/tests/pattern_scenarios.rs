@@ -186,7 +186,7 @@ scenarios!(
 /// that view still starts nothing, and the 3-step seed emits no offer, as when nothing is swept.
 #[test]
 fn the_sweep_keeps_an_expired_match_that_decides_the_next_view() {
-    use clickpulse_engine::operator::{Emitter, Operator};
+    use clickpulse_engine::operator::{Emitter, PartitionTimes};
     let file = repo_patterns().join("seed-clothes-shoes-clothes.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     let set = PatternSet::parse([("seed-clothes-shoes-clothes.toml", text.as_str())]).unwrap();
@@ -226,24 +226,23 @@ fn the_sweep_keeps_an_expired_match_that_decides_the_next_view() {
         let mut detector =
             DetectOperator::new(PatternRegistry::new(set.clone())).with_log(log.clone());
         let mut out = Emitter::default();
+        // The runner's watermark over the input partitions.
+        let mut times = PartitionTimes::default();
         let mut offers = Vec::new();
         for (i, (s, id)) in ann.iter().enumerate() {
-            detector
-                .process_record(
-                    "enriched-click-data",
-                    0,
-                    &view(t0 + s * 1000, "ann", id),
-                    &mut out,
-                )
-                .unwrap();
+            feed(
+                &mut detector,
+                &mut times,
+                0,
+                &view(t0 + s * 1000, "ann", id),
+                &mut out,
+            );
             if sweep && i == 1 {
                 // Others' views two hours on: enough of them to sweep, with the watermark far
                 // past Ann's expiry plus the sweep's grace.
                 for n in 0..20_000 {
                     let v = view(t0 + (later - 60) * 1000, &format!("v{n}"), "A");
-                    detector
-                        .process_record("enriched-click-data", 0, &v, &mut out)
-                        .unwrap();
+                    feed(&mut detector, &mut times, 0, &v, &mut out);
                 }
                 assert_eq!(detector.active_visitors(), 1, "Ann's expired match is kept");
             }
@@ -287,7 +286,7 @@ fn the_sweep_keeps_an_expired_match_that_decides_the_next_view() {
 /// start) is the same as when the partitions are read in step.
 #[test]
 fn a_partition_running_ahead_does_not_sweep_another_partitions_live_match() {
-    use clickpulse_engine::operator::{Emitter, Operator};
+    use clickpulse_engine::operator::{Emitter, PartitionTimes};
     let pattern = r#"
 name = "clothes-then-shoes"
 within = "30m"
@@ -316,23 +315,22 @@ when = { category = "shoes" }
     let run = |ahead: bool| -> Vec<String> {
         let mut detector = DetectOperator::new(PatternRegistry::new(set.clone()));
         let mut out = Emitter::default();
+        // The runner's watermark over the input partitions.
+        let mut times = PartitionTimes::default();
         let mut offers = Vec::new();
         for (i, (m, id)) in ann.iter().enumerate() {
-            detector
-                .process_record(
-                    "enriched-click-data",
-                    0,
-                    &view(t0 + m * min, "ann", id),
-                    &mut out,
-                )
-                .unwrap();
+            feed(
+                &mut detector,
+                &mut times,
+                0,
+                &view(t0 + m * min, "ann", id),
+                &mut out,
+            );
             if ahead && i == 0 {
                 // Partition 1 races three hours ahead: enough views to trigger a sweep.
                 for n in 0..20_000 {
                     let v = view(t0 + 180 * min, &format!("v{n}"), "C1");
-                    detector
-                        .process_record("enriched-click-data", 1, &v, &mut out)
-                        .unwrap();
+                    feed(&mut detector, &mut times, 1, &v, &mut out);
                 }
             }
             offers.extend(out.drain().map(|o| {
@@ -493,4 +491,24 @@ fn an_expired_reset_match_is_remembered_for_a_week_then_forgotten() {
     assert!(swept.is_none());
     pattern.advance(&mut m, &view(after, "B"));
     assert_eq!(m.map(|m| m.started_ms), Some(after), "B starts a match");
+}
+
+/// Hands `value` of input `partition` to `detector`, as a runner keeping `times` does.
+fn feed(
+    detector: &mut DetectOperator,
+    times: &mut clickpulse_engine::operator::PartitionTimes,
+    partition: u32,
+    value: &[u8],
+    out: &mut clickpulse_engine::operator::Emitter,
+) {
+    use clickpulse_engine::operator::{Context, Operator};
+    let mut ctx = Context::new(
+        "enriched-click-data",
+        partition,
+        0,
+        std::time::Instant::now(),
+        out,
+        times,
+    );
+    detector.process_record(value, &mut ctx).unwrap();
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::{Device, EnrichedClick, Gender};
-use clickpulse_engine::operator::{Emitter, Operator, StateChanges};
+use clickpulse_engine::operator::{Emitter, Operator, StateChanges, process_one};
 use clickpulse_engine::pattern::Offer;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
@@ -262,7 +262,7 @@ proptest! {
                 Step::Click { partition, gap_ms, visitor, product, device, country } => {
                     clocks[partition as usize] += gap_ms;
                     let c = click(clocks[partition as usize], visitor, product, device, country);
-                    op.process_record(topics::ENRICHED_CLICK_DATA, partition, &clickpulse_engine::codec::encode(&c), &mut out).unwrap();
+                    process_one(&mut op, topics::ENRICHED_CLICK_DATA, partition, &clickpulse_engine::codec::encode(&c), Instant::now(), &mut out).unwrap();
                     // A partition lagging more than the allowed lateness behind the others
                     // delivers late events: counted, not applied.
                     if watermark.is_some_and(|w| c.ts_ms <= w) {
@@ -274,7 +274,7 @@ proptest! {
                 Step::Late { visitor } => {
                     if let Some(w) = watermark {
                         let c = click(w - 1_000, visitor, 0, 0, 0);
-                        op.process_record(topics::ENRICHED_CLICK_DATA, 0, &clickpulse_engine::codec::encode(&c), &mut out).unwrap();
+                        process_one(&mut op, topics::ENRICHED_CLICK_DATA, 0, &clickpulse_engine::codec::encode(&c), Instant::now(), &mut out).unwrap();
                         late_expected += 1;
                     }
                 }
@@ -289,7 +289,7 @@ proptest! {
                         ts_ms: ts,
                     };
                     let o = if dup && !offers.is_empty() { offers.last().unwrap().clone() } else { o };
-                    op.process_record(topics::SPECIAL_OFFERS, 0, &clickpulse_engine::codec::encode(&o), &mut out).unwrap();
+                    process_one(&mut op, topics::SPECIAL_OFFERS, 0, &clickpulse_engine::codec::encode(&o), Instant::now(), &mut out).unwrap();
                     offers.push(o);
                 }
                 Step::Tick => {
@@ -348,8 +348,8 @@ proptest! {
     /// taken owned) shows, at every watermark.
     #[test]
     fn sliding_windows_computed_on_read_equal_the_maintained_ones(steps in prop::collection::vec(step(), 1..300)) {
-        let mut kept = DashboardAggregator::new(config());
-        let mut on_read = DashboardAggregator::new(config()).sliding_windows_on_read();
+        let mut kept = DashboardAggregator::new(config(), Instant::now());
+        let mut on_read = DashboardAggregator::new(config(), Instant::now()).sliding_windows_on_read();
         let wall = Instant::now();
         let mut clocks = [1_331_000_000_000i64; 3];
         let mut offers = 0usize;

@@ -50,7 +50,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use clickpulse_engine::operator::{Emitter, Operator, RestoreError, StateChanges};
+use clickpulse_engine::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use clickpulse_engine::pattern::{Offer, OfferContent};
 use clickpulse_engine::topics;
 use futures_util::Stream;
@@ -722,28 +722,36 @@ impl WebOperator {
     }
 }
 
-/// State key prefix of a delivered offer id.
-pub const DELIVERED_PREFIX: &str = "delivered/";
-
-impl Operator for WebOperator {
-    type Input = Offer;
-
-    fn name(&self) -> &'static str {
-        "web"
-    }
-
-    fn input_topic(&self) -> &'static str {
-        topics::SPECIAL_OFFERS
-    }
-
-    fn process(&mut self, input: Offer, _out: &mut Emitter) {
-        let (id, ts) = (input.offer_id.clone(), input.ts_ms);
-        if self.hub.deliver(input) {
+impl WebOperator {
+    /// Delivers `offer` unless its id was delivered before.
+    pub fn take(&mut self, offer: Offer) {
+        let (id, ts) = (offer.offer_id.clone(), offer.ts_ms);
+        if self.hub.deliver(offer) {
             self.newly_delivered.push((id.clone(), ts));
             self.ledger.push_back((ts, id));
             self.newest_ts = self.newest_ts.max(ts);
             self.prune();
         }
+    }
+}
+
+/// State key prefix of a delivered offer id.
+pub const DELIVERED_PREFIX: &str = "delivered/";
+
+impl Operator for WebOperator {
+    fn name(&self) -> &'static str {
+        "web"
+    }
+
+    fn input_topics(&self) -> Vec<&'static str> {
+        vec![topics::SPECIAL_OFFERS]
+    }
+
+    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+        let offer: Offer = clickpulse_engine::codec::decode(value)?;
+        ctx.event_time(offer.ts_ms);
+        self.take(offer);
+        Ok(())
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
@@ -1014,13 +1022,12 @@ mod tests {
     fn delivered_ids_are_pruned_from_the_checkpoint_after_the_window() {
         let hub = OfferHub::new(|_| None);
         let mut web = WebOperator::with_window(hub, Duration::from_secs(3600), 3);
-        let mut out = Emitter::default();
         let at = |id: &str, ts: i64| Offer {
             ts_ms: ts,
             ..offer(id, "v")
         };
-        web.process(at("a", 0), &mut out);
-        web.process(at("b", 1_000), &mut out);
+        web.take(at("a", 0));
+        web.take(at("b", 1_000));
         let mut changes = StateChanges::new();
         web.checkpoint(&mut changes);
         assert_eq!(
@@ -1031,7 +1038,7 @@ mod tests {
             ]
         );
         // Over an hour of event time later, `a` leaves the window (b is 1 s younger and stays).
-        web.process(at("c", 3_600_001), &mut out);
+        web.take(at("c", 3_600_001));
         let mut changes = StateChanges::new();
         web.checkpoint(&mut changes);
         assert_eq!(
@@ -1042,8 +1049,8 @@ mod tests {
             ]
         );
         // At most 3 ids: the oldest go first.
-        web.process(at("d", 3_600_002), &mut out);
-        web.process(at("e", 3_600_003), &mut out);
+        web.take(at("d", 3_600_002));
+        web.take(at("e", 3_600_003));
         let mut changes = StateChanges::new();
         web.checkpoint(&mut changes);
         let deleted: Vec<&str> = changes
@@ -1064,7 +1071,7 @@ mod tests {
         ] {
             web.restore(key, ts.as_bytes()).unwrap();
         }
-        web.process(at("x", 10), &mut out);
+        web.take(at("x", 10));
         assert_eq!(hub.counters(), (0, 1, 0), "x is a duplicate");
         let mut changes = StateChanges::new();
         web.checkpoint(&mut changes);

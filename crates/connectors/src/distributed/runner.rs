@@ -253,7 +253,7 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
 
     /// Opens the task of input partition `p` (partitioned) or the single task (`p` = 0).
     fn open(&mut self, p: u32) -> Result<Task<O>, DistributedError> {
-        let mut op = (self.make)();
+        let op = (self.make)();
         let (key, out) = match &self.placement {
             Placement::Partitioned { output } => (
                 self.task_key(&p.to_string()),
@@ -262,9 +262,12 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
             Placement::Single { task, .. } => (self.task_key(task), None),
         };
         let record = self.store.load_task(&key)?;
+        let mut driver = TaskDriver::new(op, Instant::now())
+            .with_counts(record.counts.events, record.counts.dead_letters);
         for (k, v) in &record.state {
-            op.restore(k, v)?;
+            driver.restore(k, v)?;
         }
+        driver.start(Instant::now());
         let mut next = BTreeMap::new();
         match &self.placement {
             Placement::Partitioned { .. } => {
@@ -293,8 +296,7 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
         };
         info!(stage = self.stage, task = %key, next = ?next.values().collect::<Vec<_>>(), suppress_through, events = record.counts.events, "Task opened.");
         Ok(Task {
-            driver: TaskDriver::new(op, Instant::now())
-                .with_counts(record.counts.events, record.counts.dead_letters),
+            driver,
             key,
             next,
             suppress_through,
@@ -787,6 +789,7 @@ pub fn run_stage<O: Operator>(
             );
         };
         let mut commits = Vec::new();
+        let batch_time = Instant::now();
         for (&p, task) in s.tasks.iter_mut() {
             // The task's next offsets and newest lineages, as of the batch's start and then as
             // its records advance them; written to the task once, after them.
@@ -829,14 +832,17 @@ pub fn run_stage<O: Operator>(
                     }
                     *newest = l as i64;
                 }
-                task.driver.process(Record {
-                    topic: logical,
-                    stored_as: topic,
-                    partition: m.partition,
-                    offset: m.offset as u64,
-                    key: m.key.as_bytes(),
-                    value: &m.value,
-                });
+                task.driver.process(
+                    Record {
+                        topic: logical,
+                        stored_as: topic,
+                        partition: m.partition,
+                        offset: m.offset as u64,
+                        key: m.key.as_bytes(),
+                        value: &m.value,
+                    },
+                    batch_time,
+                );
                 let suppress = m.offset <= task.suppress_through;
                 for out in task.driver.outputs() {
                     if suppress {

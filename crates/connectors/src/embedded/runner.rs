@@ -153,7 +153,7 @@ fn checkpointed<O: Operator>(
 /// Runs `op` over its input topics until `shutdown` is set.
 pub fn run_operator<O: Operator>(
     store: &EmbeddedStore,
-    mut op: O,
+    op: O,
     metrics: &StageMetrics,
     shutdown: &AtomicBool,
     config: &RunnerConfig,
@@ -161,9 +161,6 @@ pub fn run_operator<O: Operator>(
     let stage = op.name();
     let inputs = op.input_topics();
     let prefix = operator_prefix(stage);
-    for (key, value) in store.state_with_prefix(&prefix)? {
-        op.restore(&key, &value)?;
-    }
     let counts_key = runner_key(stage);
     let counts: RunnerCounts = match store.state(&counts_key)? {
         Some(bytes) => decode(&counts_key, &bytes)?,
@@ -171,6 +168,10 @@ pub fn run_operator<O: Operator>(
     };
     let mut task =
         TaskDriver::new(op, Instant::now()).with_counts(counts.events, counts.dead_letters);
+    for (key, value) in store.state_with_prefix(&prefix)? {
+        task.restore(&key, &value)?;
+    }
+    task.start(Instant::now());
     // (topic, partition, next offset) for every input partition.
     let mut positions = Vec::new();
     for topic in &inputs {
@@ -200,20 +201,24 @@ pub fn run_operator<O: Operator>(
         task.op_mut().on_poll();
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
+        let now = Instant::now();
         for (topic, p, position) in positions.iter_mut() {
             let fetched = store.fetch_batch(topic, *p, *position, per_partition)?;
             let mut next = None;
             for record in fetched.records() {
                 consumed += 1;
                 next = Some(record.offset + 1);
-                task.process(Record {
-                    topic,
-                    stored_as: topic,
-                    partition: *p,
-                    offset: record.offset,
-                    key: record.key,
-                    value: record.value,
-                });
+                task.process(
+                    Record {
+                        topic,
+                        stored_as: topic,
+                        partition: *p,
+                        offset: record.offset,
+                        key: record.key,
+                        value: record.value,
+                    },
+                    now,
+                );
             }
             let Some(next) = next else { continue };
             *position = next;
@@ -279,9 +284,14 @@ pub fn run_operator<O: Operator>(
         }
         metrics.record(task.events, task.dead_letters, task.op().stats());
     }
-    if !deferred.is_empty() {
+    task.close();
+    if !deferred.is_empty() || task.has_outputs() {
         let batch = CommitBatch {
             offsets: deferred,
+            appends: task
+                .outputs()
+                .map(|o| (o.topic.to_owned(), o.key, o.value))
+                .collect(),
             ..CommitBatch::default()
         };
         let batch = checkpointed(&mut task, batch, &mut changes, &prefix, &counts_key);
@@ -672,7 +682,6 @@ mod tests {
     use clickpulse_engine::metrics::PipelineMetrics;
 
     use super::*;
-    use clickpulse_engine::operator::Emitter;
 
     /// Polls `done` until it holds. The limit only guards against a hang on a broken build
     /// (minutes, never a measure of speed).
@@ -703,16 +712,20 @@ mod tests {
     }
 
     impl Operator for Counter {
-        type Input = Click;
         fn name(&self) -> &'static str {
             "counter"
         }
-        fn input_topic(&self) -> &'static str {
-            topics::CLICK_DATA
+        fn input_topics(&self) -> Vec<&'static str> {
+            vec![topics::CLICK_DATA]
         }
-        fn process(&mut self, _: Click, _: &mut Emitter) {
+        fn process_record(
+            &mut self,
+            _: &[u8],
+            _: &mut clickpulse_engine::operator::Context<'_>,
+        ) -> Result<(), clickpulse_engine::operator::RecordError> {
             self.seen += 1;
             self.dirty = true;
+            Ok(())
         }
         fn checkpoint_interval(&self) -> Duration {
             Duration::from_secs(3_600)

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::machine::{Cause, Match, Pattern};
 use super::{PatternRegistry, PatternSet};
 use crate::click::{EnrichedClick, EnrichedRef};
-use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use crate::topics;
 
 /// A special offer for one visitor (topic `special-offers`).
@@ -170,11 +170,6 @@ pub struct DetectStats {
     pub offers_by_pattern: BTreeMap<String, u64>,
     /// Highest event time seen.
     pub watermark_ms: Option<i64>,
-    /// Highest event time seen per input partition. Sweeps go by the lowest of them: all of a
-    /// visitor's views come through one partition, and another partition may run hours ahead
-    /// (after a restart one partition's backlog is read before the next one's).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub partition_watermarks: BTreeMap<u32, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,8 +228,6 @@ pub struct DetectOperator {
     audience: Option<AudienceTracker>,
     checkpointing: bool,
     checkpointed_events: u64,
-    /// The input partition of the view being processed.
-    partition: u32,
 }
 
 impl DetectOperator {
@@ -253,7 +246,6 @@ impl DetectOperator {
             audience: None,
             checkpointing: true,
             checkpointed_events: 0,
-            partition: 0,
         }
     }
 
@@ -303,13 +295,25 @@ impl DetectOperator {
             .collect()
     }
 
-    /// Runs one view through every pattern; returns the offers it earned.
+    /// Runs one view through every pattern; returns the offers it earned. For a caller with
+    /// one input in event-time order (a backtest): the highest event time seen is the
+    /// watermark.
     pub fn detect(&mut self, click: &EnrichedClick) -> Vec<Offer> {
         self.detect_ref(&click.borrowed())
     }
 
     /// [`DetectOperator::detect`] for a borrowed view.
     pub fn detect_ref(&mut self, click: &EnrichedRef<'_>) -> Vec<Offer> {
+        let watermark = self
+            .stats
+            .watermark_ms
+            .map_or(click.ts_ms, |w| w.max(click.ts_ms));
+        self.detect_at(click, watermark)
+    }
+
+    /// Runs one view through every pattern at the runner's `watermark` (what state can be
+    /// swept by); returns the offers it earned.
+    pub fn detect_at(&mut self, click: &EnrichedRef<'_>, watermark: i64) -> Vec<Offer> {
         let generation = self.registry.generation();
         if generation != self.generation {
             self.set = self.registry.current();
@@ -321,12 +325,6 @@ impl DetectOperator {
                 .watermark_ms
                 .map_or(click.ts_ms, |w| w.max(click.ts_ms)),
         );
-        let high = self
-            .stats
-            .partition_watermarks
-            .entry(self.partition)
-            .or_insert(click.ts_ms);
-        *high = (*high).max(click.ts_ms);
         let mut offers = Vec::new();
         // Borrowed, not cloned: reference counts cost an atomic operation each, and with the
         // blank slot below they were two thirds of this function's time.
@@ -457,7 +455,7 @@ impl DetectOperator {
         // Sweeping visits every visitor, so it runs once per that many views: O(1) amortized.
         if self.since_sweep >= SWEEP_EVERY.max(self.visitors.len() as u64) {
             self.since_sweep = 0;
-            self.sweep();
+            self.sweep(watermark);
         }
         offers
     }
@@ -465,10 +463,7 @@ impl DetectOperator {
     /// Drops state that can no longer matter: matches expired well before the watermark (or,
     /// for a pattern with `late = "reset"`, whose expired match still decides the visitor's next
     /// view, what of them can no longer matter: see [`Pattern::forget_expired`]).
-    fn sweep(&mut self) {
-        let Some(watermark) = self.stats.partition_watermarks.values().min().copied() else {
-            return;
-        };
+    fn sweep(&mut self, watermark: i64) {
         let now = watermark - SWEEP_GRACE_MS;
         let set = self.set.clone();
         let dirty = &mut self.dirty;
@@ -531,32 +526,21 @@ const STATS_KEY: &str = "stats";
 const VISITOR_PREFIX: &str = "v/";
 
 impl Operator for DetectOperator {
-    type Input = EnrichedClick;
-
     fn name(&self) -> &'static str {
         "detect"
     }
 
-    fn input_topic(&self) -> &'static str {
-        topics::ENRICHED_CLICK_DATA
+    fn input_topics(&self) -> Vec<&'static str> {
+        vec![topics::ENRICHED_CLICK_DATA]
     }
 
-    fn process(&mut self, input: EnrichedClick, out: &mut Emitter) {
-        for offer in self.detect(&input) {
-            out.emit(topics::SPECIAL_OFFERS, &offer.visitor, &offer);
+    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+        let click = crate::codec::decode::<EnrichedClick>(value)?;
+        ctx.event_time(click.ts_ms);
+        let watermark = ctx.watermark().unwrap_or(click.ts_ms);
+        for offer in self.detect_at(&click.borrowed(), watermark) {
+            ctx.out.emit(topics::SPECIAL_OFFERS, &offer.visitor, &offer);
         }
-    }
-
-    fn process_record(
-        &mut self,
-        _topic: &str,
-        partition: u32,
-        value: &[u8],
-        out: &mut Emitter,
-    ) -> Result<(), String> {
-        let input = crate::codec::decode::<EnrichedClick>(value)?;
-        self.partition = partition;
-        self.process(input, out);
         Ok(())
     }
 

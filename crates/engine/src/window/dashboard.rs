@@ -34,7 +34,7 @@ use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
 use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Frontier, Watermarks};
 use crate::click::{Device, EnrichedClick, EnrichedRef};
-use crate::operator::{Emitter, Operator, RestoreError, StateChanges};
+use crate::operator::{Context, Emitter, Operator, RecordError, RestoreError, StateChanges};
 use crate::pattern::Offer;
 use crate::topics;
 
@@ -441,6 +441,8 @@ const LATEST: usize = 10;
 /// The dashboard aggregation's pure core.
 pub struct DashboardAggregator {
     watermarks: Watermarks,
+    /// How many input partitions there are (see [`DashboardAggregator::start`]).
+    partitions: u32,
     s: Persisted,
     last_hour: Sliding<LastHour>,
     devices_10m: Sliding<Devices>,
@@ -460,14 +462,20 @@ pub struct DashboardAggregator {
 }
 
 impl DashboardAggregator {
-    /// An empty aggregation.
-    pub fn new(config: DashboardConfig) -> Self {
-        let s = Persisted {
-            minutes: Some(Buckets::new(MINUTE)),
-            half_hours: Some(Buckets::new(HALF_HOUR)),
-            ..Persisted::default()
-        };
-        Self::from_persisted(config, s)
+    /// An empty aggregation whose input partitions are expected from wall time `wall` on.
+    pub fn new(config: DashboardConfig, wall: Instant) -> Self {
+        let mut agg = Self::from_persisted(config, Persisted::default());
+        agg.start(wall);
+        agg
+    }
+
+    /// Starts the idle timers at wall time `wall`: every input partition (and every one the
+    /// state was read back with) holds the watermark until it delivers an event or has been
+    /// silent for the idle timeout.
+    fn start(&mut self, wall: Instant) {
+        self.watermarks
+            .restore_partitions(&self.s.partition_times, wall);
+        self.watermarks.expect(0..self.partitions, wall);
     }
 
     fn from_persisted(config: DashboardConfig, mut s: Persisted) -> Self {
@@ -485,11 +493,9 @@ impl DashboardAggregator {
         );
         let mut watermarks = Watermarks::new(config.allowed_lateness_ms, config.idle_timeout);
         watermarks.restore(s.watermark);
-        let wall = Instant::now();
-        watermarks.restore_partitions(&s.partition_times, wall);
-        watermarks.expect(0..config.partitions, wall);
         let mut agg = DashboardAggregator {
             watermarks,
+            partitions: config.partitions,
             s,
             last_hour: Sliding::new(HOUR_MS),
             devices_10m: Sliding::new(10 * MINUTE_MS),
@@ -910,6 +916,8 @@ pub struct AggregateOperator {
     /// A state being read back key by key ([`Operator::restore`]), made the aggregation at its
     /// first use.
     restoring: Option<Restoring>,
+    /// Whether the aggregation runs (see [`AggregateOperator::settle`]).
+    started: bool,
 }
 
 /// The parts of a window state read back so far.
@@ -1012,7 +1020,8 @@ impl AggregateOperator {
     /// A stage publishing to `handle`.
     pub fn new(config: DashboardConfig, handle: DashboardHandle) -> Self {
         AggregateOperator {
-            core: DashboardAggregator::new(config),
+            core: DashboardAggregator::from_persisted(config, Persisted::default()),
+            started: false,
             texts: TextInterner::default(),
             config,
             handle,
@@ -1024,11 +1033,20 @@ impl AggregateOperator {
         }
     }
 
-    /// Makes a state read back by [`Operator::restore`] the aggregation (once every key is in).
-    fn settle(&mut self) {
+    /// Makes a state read back by [`Operator::restore`] the aggregation (once every key is in)
+    /// and starts its idle timers at wall time `wall`: at [`Operator::on_start`], or at the
+    /// first record or tick of a caller that did not call it.
+    fn settle(&mut self, wall: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
         if let Some(r) = self.restoring.take() {
             self.core = DashboardAggregator::from_persisted(self.config, r.assemble());
+            self.core.start(wall);
             self.publish();
+        } else {
+            self.core.start(wall);
         }
     }
 
@@ -1052,39 +1070,26 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 const SNAPSHOT_KEY: &str = "snapshot";
 
 impl Operator for AggregateOperator {
-    type Input = EnrichedClick;
-
     fn name(&self) -> &'static str {
         "aggregate"
-    }
-
-    fn input_topic(&self) -> &'static str {
-        topics::ENRICHED_CLICK_DATA
     }
 
     fn input_topics(&self) -> Vec<&'static str> {
         vec![topics::ENRICHED_CLICK_DATA, topics::SPECIAL_OFFERS]
     }
 
-    fn process(&mut self, input: EnrichedClick, _out: &mut Emitter) {
-        self.settle();
-        self.core.on_click(0, input, Instant::now());
-        self.dirty = true;
+    fn on_start(&mut self, now: Instant) {
+        self.settle(now);
     }
 
-    fn process_record(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        value: &[u8],
-        _out: &mut Emitter,
-    ) -> Result<(), String> {
-        self.settle();
-        if topic == topics::SPECIAL_OFFERS {
+    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+        self.settle(ctx.now);
+        if ctx.topic == topics::SPECIAL_OFFERS {
             let offer: Offer = crate::codec::decode(value)?;
             self.core.on_offer(&offer);
         } else {
             let mut click: EnrichedClick = crate::codec::decode(value)?;
+            ctx.event_time(click.ts_ms);
             for text in [
                 &mut click.product_id,
                 &mut click.category,
@@ -1093,14 +1098,13 @@ impl Operator for AggregateOperator {
             ] {
                 self.texts.share(text);
             }
-            self.core.on_click(partition, click, Instant::now());
+            self.core.on_click(ctx.partition, click, ctx.now);
         }
         self.dirty = true;
         Ok(())
     }
 
     fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
-        self.settle();
         if topic == topics::ENRICHED_CLICK_DATA {
             self.core.set_backlog(partition, pending);
         }
@@ -1110,12 +1114,11 @@ impl Operator for AggregateOperator {
     /// in this batch, or the runner reports its partition's backlog. (Read at the tick, after
     /// the batch, it let a view that reached the input meanwhile be passed by the watermark.)
     fn on_poll(&mut self) {
-        self.settle();
         self.sampled = self.frontier.as_ref().and_then(|f| f());
     }
 
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
-        self.settle();
+        self.settle(wall);
         let frontier = self.sampled.take();
         if self.core.tick_with(wall, frontier) || self.dirty {
             self.dirty = true;
@@ -1138,7 +1141,6 @@ impl Operator for AggregateOperator {
     /// when an offer for it arrives. Bytes written per view stay constant however long the
     /// windows are (`clickpulse bench windows` measures them).
     fn checkpoint(&mut self, changes: &mut StateChanges) {
-        self.settle();
         if !self.dirty {
             return;
         }
