@@ -143,7 +143,7 @@ impl<O: Operator> TaskDriver<O> {
                     format!(
                         "stage {} cannot process the record: {}",
                         self.stage,
-                        chain(&error)
+                        clickpulse_engine::error_chain(&error)
                     ),
                     record.value,
                 );
@@ -196,18 +196,6 @@ impl<O: Operator> TaskDriver<O> {
 /// The state key of the task's watermark, beside the operator's own keys (none of which starts
 /// with `runner/`).
 pub const WATERMARK_KEY: &str = "runner/partition-times";
-
-/// An error and its causes, as one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {

@@ -584,7 +584,6 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
         let click = crate::codec::decode::<Click>(value)?;
-        ctx.event_time(click.ts_ms);
         let enriched = self.enrich(click);
         ctx.out
             .emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);

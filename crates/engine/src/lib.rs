@@ -23,6 +23,7 @@ pub mod click;
 pub mod click_log;
 pub mod codec;
 pub mod enrich;
+mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lookups;
@@ -38,6 +39,7 @@ pub mod window;
 pub use click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 pub use click_log::ClickLog;
 pub use enrich::{EnrichOperator, Enricher};
+pub use error::{error_chain, error_chain_skipping};
 pub use lookups::{LookupSource, Lookups, Product, User};
 pub use operator::{Emitter, Operator, Output};
 pub use reader::{DeadLetter, LogRecord};

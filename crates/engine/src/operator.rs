@@ -140,7 +140,8 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Tells the runner the record's event time (it moves the watermark).
+    /// Tells the runner the record's event time (it moves the watermark). Only an operator
+    /// that reads [`Context::watermark`] needs to: the runner checkpoints what it is told.
     pub fn event_time(&mut self, ts_ms: i64) {
         self.times.observe(self.topic, self.partition, ts_ms);
     }

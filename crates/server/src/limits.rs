@@ -439,38 +439,11 @@ pub(crate) fn body_error(
     } else {
         AppError::BadRequest(format!(
             "cannot read the request body: {}",
-            error_chain(error)
+            clickpulse_engine::error_chain_skipping(error, |text| {
+                // hyper's generic layer, which says nothing its cause does not
+                text.starts_with("Failed to buffer the request body")
+            })
         ))
-    }
-}
-
-/// `error` and its causes as one text, each said once: the layers of hyper and axum repeat
-/// their cause in their own message ("Failed to buffer the request body: X", then X again).
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut texts: Vec<String> = Vec::new();
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        texts.push(e.to_string());
-        cause = e.source();
-    }
-    let mut parts: Vec<String> = Vec::new();
-    for (i, text) in texts.iter().enumerate() {
-        let mut text = text.as_str();
-        if let Some(next) = texts.get(i + 1) {
-            text = text
-                .strip_suffix(next.as_str())
-                .and_then(|t| t.strip_suffix(": "))
-                .unwrap_or(text);
-        }
-        let generic = text.is_empty() || text.starts_with("Failed to buffer the request body");
-        if !generic && parts.last().map(String::as_str) != Some(text) {
-            parts.push(text.to_owned());
-        }
-    }
-    if parts.is_empty() {
-        error.to_string()
-    } else {
-        parts.join(": ")
     }
 }
 

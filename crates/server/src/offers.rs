@@ -747,9 +747,8 @@ impl Operator for WebOperator {
         vec![topics::SPECIAL_OFFERS]
     }
 
-    fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+    fn process_record(&mut self, value: &[u8], _ctx: &mut Context<'_>) -> Result<(), RecordError> {
         let offer: Offer = clickpulse_engine::codec::decode(value)?;
-        ctx.event_time(offer.ts_ms);
         self.take(offer);
         Ok(())
     }

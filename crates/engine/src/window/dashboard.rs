@@ -1041,12 +1041,14 @@ impl AggregateOperator {
             return;
         }
         self.started = true;
-        if let Some(r) = self.restoring.take() {
+        let restored = self.restoring.take();
+        let publish = restored.is_some();
+        if let Some(r) = restored {
             self.core = DashboardAggregator::from_persisted(self.config, r.assemble());
-            self.core.start(wall);
+        }
+        self.core.start(wall);
+        if publish {
             self.publish();
-        } else {
-            self.core.start(wall);
         }
     }
 
@@ -1089,7 +1091,6 @@ impl Operator for AggregateOperator {
             self.core.on_offer(&offer);
         } else {
             let mut click: EnrichedClick = crate::codec::decode(value)?;
-            ctx.event_time(click.ts_ms);
             for text in [
                 &mut click.product_id,
                 &mut click.category,
