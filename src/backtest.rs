@@ -2,6 +2,7 @@
 //! possible. It calls the same operator cores as the live stages, without topics in between,
 //! so what it reports is what the live pipeline computes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -12,7 +13,8 @@ use clickpulse_engine::enrich::{EnrichOperator, LogMemo, event_date};
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry};
 use clickpulse_engine::window::DashboardAggregator;
 use clickpulse_engine::window::dashboard::DashboardConfig;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::cli::BacktestArgs;
 use crate::inputs;
@@ -31,8 +33,59 @@ pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The report (as printed by `--json`) and every offer, sorted by (ts_ms, visitor, offer_id).
-pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
+/// What a backtest reports: `--json` prints it (its fields in this order, alphabetical), and
+/// chaos compares live runs with it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BacktestReport {
+    /// Per pattern: who could get its offer and who got one.
+    pub(crate) audience: BTreeMap<String, Audience>,
+    /// The dashboard's snapshot at the end (or as of `--until`).
+    pub(crate) dashboard: Value,
+    /// Wall time of the run, without reading the lookups and patterns.
+    pub(crate) elapsed_ms: u64,
+    /// Events read.
+    pub(crate) events: u64,
+    /// Events per second of wall time.
+    pub(crate) events_per_second: f64,
+    /// The log's first event time.
+    pub(crate) first_event_ms: Option<i64>,
+    /// Events of visitors the users lookup knows.
+    pub(crate) known_visitor_events: u64,
+    /// Distinct visitors the users lookup knows.
+    pub(crate) known_visitors: usize,
+    /// The log's last event time.
+    pub(crate) last_event_ms: Option<i64>,
+    /// Events the windows counted as late.
+    pub(crate) late_events: u64,
+    /// Rows that could not be read.
+    pub(crate) malformed: usize,
+    /// Offers made.
+    pub(crate) offers: usize,
+    /// Offers per pattern.
+    pub(crate) offers_by_pattern: BTreeMap<String, u64>,
+    /// Offers per UTC day of their event time.
+    pub(crate) offers_per_day: BTreeMap<String, u64>,
+    /// Offers a pattern's limits held back.
+    pub(crate) offers_suppressed: u64,
+    /// Events whose product the catalogue does not know.
+    pub(crate) unknown_product_events: u64,
+    /// Distinct visitors.
+    pub(crate) visitors: usize,
+}
+
+/// One pattern's audience in a [`BacktestReport`] (fields alphabetical, as printed).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Audience {
+    /// Visitors who could get its offer.
+    pub(crate) audience_visitors: usize,
+    /// The visitors who got it as a share of the audience (4 decimals).
+    pub(crate) share: f64,
+    /// Visitors who got it.
+    pub(crate) visitors_with_offer: usize,
+}
+
+/// The report and every offer, sorted by (ts_ms, visitor, offer_id).
+pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer>)> {
     let (lookups, _) = inputs::read_lookups(args.data.as_deref())?;
     let patterns = inputs::read_patterns(args.patterns.as_deref())?;
     let mut dead_letters = match &args.dead_letters_out {
@@ -107,7 +160,7 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
         let day = event_date(o.ts_ms).map_or_else(|| "invalid".to_owned(), |d| d.to_string());
         *offers_per_day.entry(day).or_insert(0u64) += 1;
     }
-    let audience: serde_json::Map<String, Value> = detect
+    let audience = detect
         .audience_counts()
         .into_iter()
         .map(|(pattern, (in_audience, offered))| {
@@ -118,36 +171,36 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(Value, Vec<Offer>)> {
             };
             (
                 pattern,
-                json!({
-                    "audience_visitors": in_audience,
-                    "visitors_with_offer": offered,
-                    "share": (share * 10_000.0).round() / 10_000.0,
-                }),
+                Audience {
+                    audience_visitors: in_audience,
+                    visitors_with_offer: offered,
+                    share: (share * 10_000.0).round() / 10_000.0,
+                },
             )
         })
         .collect();
     let detect_stats = detect.counters();
     let counters = enrich.counters();
     let events = counters.events;
-    let report = json!({
-        "dashboard": dashboard.snapshot(),
-        "late_events": dashboard.counters().1,
-        "offers": offers.len(),
-        "offers_by_pattern": detect_stats.offers_by_pattern,
-        "offers_suppressed": detect_stats.offers_suppressed,
-        "offers_per_day": offers_per_day,
-        "audience": audience,
-        "events": events,
-        "malformed": malformed,
-        "visitors": count(SEEN),
-        "known_visitors": count(KNOWN),
-        "unknown_product_events": counters.unknown_product_events,
-        "known_visitor_events": counters.known_visitor_events,
-        "first_event_ms": first_event_ms,
-        "last_event_ms": last_event_ms,
-        "elapsed_ms": elapsed.as_millis() as u64,
-        "events_per_second": (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
-    });
+    let report = BacktestReport {
+        dashboard: dashboard.snapshot(),
+        late_events: dashboard.counters().1,
+        offers: offers.len(),
+        offers_by_pattern: detect_stats.offers_by_pattern.clone(),
+        offers_suppressed: detect_stats.offers_suppressed,
+        offers_per_day,
+        audience,
+        events,
+        malformed,
+        visitors: count(SEEN),
+        known_visitors: count(KNOWN),
+        unknown_product_events: counters.unknown_product_events,
+        known_visitor_events: counters.known_visitor_events,
+        first_event_ms,
+        last_event_ms,
+        elapsed_ms: elapsed.as_millis() as u64,
+        events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+    };
     Ok((report, offers))
 }
 
@@ -166,52 +219,46 @@ fn write_offers(path: &std::path::Path, offers: &[Offer]) -> Result<()> {
 /// The human summary (without `--json`): the log's counts, then per pattern its audience (the
 /// visitors who could get its offer), the share of them who got one, and its offers per day of
 /// the log replayed (up to `until`).
-fn print_summary(report: &Value, until: Option<i64>) {
-    println!("events                  {}", report["events"]);
-    println!("malformed rows          {}", report["malformed"]);
-    println!("distinct visitors       {}", report["visitors"]);
-    println!("  with a users record   {}", report["known_visitors"]);
-    println!(
-        "unknown-product events  {}",
-        report["unknown_product_events"]
-    );
+fn print_summary(report: &BacktestReport, until: Option<i64>) {
+    println!("events                  {}", report.events);
+    println!("malformed rows          {}", report.malformed);
+    println!("distinct visitors       {}", report.visitors);
+    println!("  with a users record   {}", report.known_visitors);
+    println!("unknown-product events  {}", report.unknown_product_events);
     let days = log_days(
-        report["first_event_ms"].as_i64(),
-        report["last_event_ms"]
-            .as_i64()
+        report.first_event_ms,
+        report
+            .last_event_ms
             .map(|last| until.map_or(last, |t| last.min(t))),
     );
     let per_day = |n: u64| n as f64 / days.max(1) as f64;
-    let offers = report["offers"].as_u64().unwrap_or(0);
+    let offers = report.offers as u64;
     println!(
         "offers                  {} ({:.1} per day over {days} day(s) of events)",
         thousands(offers),
         per_day(offers)
     );
-    if let Some(audience) = report["audience"].as_object() {
-        for (pattern, a) in audience {
-            let n = report["offers_by_pattern"][pattern].as_u64().unwrap_or(0);
-            let share = a["share"].as_f64().unwrap_or(0.0);
-            println!("  {pattern}");
-            println!(
-                "    audience            {} visitors",
-                thousands(a["audience_visitors"].as_u64().unwrap_or(0))
-            );
-            println!(
-                "    got an offer        {} visitors ({:.2}% of the audience)",
-                thousands(a["visitors_with_offer"].as_u64().unwrap_or(0)),
-                share * 100.0
-            );
-            println!(
-                "    offers              {} ({:.1} per day)",
-                thousands(n),
-                per_day(n)
-            );
-        }
+    for (pattern, a) in &report.audience {
+        let n = report.offers_by_pattern.get(pattern).copied().unwrap_or(0);
+        println!("  {pattern}");
+        println!(
+            "    audience            {} visitors",
+            thousands(a.audience_visitors as u64)
+        );
+        println!(
+            "    got an offer        {} visitors ({:.2}% of the audience)",
+            thousands(a.visitors_with_offer as u64),
+            a.share * 100.0
+        );
+        println!(
+            "    offers              {} ({:.1} per day)",
+            thousands(n),
+            per_day(n)
+        );
     }
     println!(
         "throughput              {} events/s ({} ms)",
-        report["events_per_second"], report["elapsed_ms"]
+        report.events_per_second, report.elapsed_ms
     );
 }
 

@@ -22,8 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clickpulse_components::sources::collector::embedded::{
+    COLLECTOR_BATCHES, CollectedBatch, QueueSink, run as run_collector,
+};
 use clickpulse_connectors::embedded::EmbeddedStore;
-use clickpulse_connectors::embedded::runner::{CollectedBatch, RunnerConfig, run_collector};
+use clickpulse_connectors::embedded::runner::RunnerConfig;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
@@ -37,7 +40,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::cli::CollectorBenchArgs;
-use crate::collector_sink::{COLLECTOR_BATCHES, QueueSink};
 
 /// How long a connection waits after a `503` before sending again.
 const BACKOFF: Duration = Duration::from_millis(20);

@@ -170,13 +170,13 @@ impl Reference {
             dead_letters_out: None,
         })
         .context("the reference backtest failed")?;
-        let first_event_ms = report["first_event_ms"].as_i64().unwrap_or(0);
+        let first_event_ms = report.first_event_ms.unwrap_or(0);
         Ok(Reference {
-            events: report["events"].as_u64().unwrap_or(0),
+            events: report.events,
             offers: offers.into_iter().map(|o| o.offer_id).collect(),
-            dashboard: report["dashboard"].clone(),
+            dashboard: report.dashboard,
             first_event_ms,
-            last_event_ms: report["last_event_ms"].as_i64().unwrap_or(first_event_ms),
+            last_event_ms: report.last_event_ms.unwrap_or(first_event_ms),
         })
     }
 

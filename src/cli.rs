@@ -56,97 +56,125 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Where durable state lives [default: $XDG_DATA_HOME/clickpulse or ~/.local/share/clickpulse].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) data_dir: Option<PathBuf>,
-    /// Address to serve HTTP on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: SocketAddr,
-    /// How fast event time runs: N× real time, or `max`. The default, 1, is the real clock;
-    /// anything else is for tests and experiments (the pages then say so).
-    #[arg(long, default_value = "1")]
-    pub(crate) speed: Speed,
-    /// With --original-time: replay forever, shifting each pass by the log's span (whole
-    /// days). (The default live replay always runs on, day after day.)
-    #[arg(long = "loop")]
-    pub(crate) loop_forever: bool,
-    /// Replay the log's original timestamps from its first event, once (what reproducible
-    /// tests use). By default the log's days are laid over one day and replayed on the real
-    /// clock: event time is the wall time, 8 hours are replayed at once on a new data dir (to
-    /// fill the dashboard), then each second of today shows what happened at that time of day
-    /// on every day of the log, for ever.
-    #[arg(long)]
-    pub(crate) original_time: bool,
-    /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
-    #[arg(long = "log", value_name = "FILE")]
-    pub(crate) logs: Vec<PathBuf>,
-    /// Partitions per topic (fixed when the data dir is created).
-    #[arg(long, default_value_t = 4)]
-    pub(crate) partitions: u32,
-    /// Most records per commit (a stage takes what is waiting, up to this many, so large
-    /// batches cost no latency when traffic is light).
-    #[arg(long, default_value_t = 10_000)]
-    pub(crate) batch_size: usize,
-    /// How long the stages' commits may wait for the disk, in ms: one fsync then covers every
-    /// stage's commits made meanwhile, and a crash makes the stages redo at most this much
-    /// work. Clicks the collector accepted are on disk before its 202 whatever this is. 0:
-    /// every commit waits for the disk.
-    #[arg(long, default_value_t = 50)]
-    pub(crate) sync_interval_ms: u64,
-    /// Dashboard windows: how far (event time) a view may trail the newest one of its partition
-    /// and still count; later views are counted as late.
-    #[arg(long, default_value_t = 2_000, value_name = "MS")]
-    pub(crate) allowed_lateness_ms: i64,
-    /// Dashboard windows: wall-clock silence after which a partition stops holding the
-    /// watermark back (and, when all are silent, every window closes).
-    #[arg(long, default_value_t = 1_000, value_name = "MS")]
-    pub(crate) idle_timeout_ms: u64,
-    /// Origins allowed to send page views to `POST /collect` from their pages (repeatable;
-    /// `*` for any). Same-origin pages (the demo shop) need none.
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
-    pub(crate) cors_origins: Vec<String>,
-    /// The most distinct products, categories and countries the dashboard's windows hold (each);
-    /// views with others count as `(other)`, so what clients send cannot grow the state.
-    #[arg(long, default_value_t = clickpulse_engine::window::dashboard::DEFAULT_MAX_KEYS, value_name = "N")]
-    pub(crate) max_dashboard_keys: usize,
-    /// Lets the holder of this token see visitor ids and IP addresses on the dashboard and in
-    /// the state-machine log (open `/?viewer=TOKEN`, or send it as a bearer token); everyone
-    /// else sees them pseudonymised.
-    #[arg(long, env = "CLICKPULSE_VIEWER_TOKEN", hide_env_values = true)]
-    pub(crate) viewer_token: Option<String>,
-    /// The site's time zone, an IANA name such as `Europe/Berlin`: the pages show times in it
-    /// (each viewer can switch to their own). Windows and days stay in UTC.
-    #[arg(long, default_value = "UTC", value_name = "ZONE", value_parser = parse_time_zone)]
-    pub(crate) time_zone: String,
-    /// The most page views a minute `POST /collect` takes from one client address (bursts of a
-    /// sixth of it): more answer 429. Trusted senders (admin token, `--trusted-proxy`) are not
-    /// limited.
-    #[arg(long, default_value_t = 6_000, value_name = "VIEWS")]
-    pub(crate) collect_rate: u32,
-    /// A reverse proxy in front of the collector (IP address or CIDR block, repeatable): its
-    /// `X-Forwarded-For` and a click's `ip` field are believed. Anyone else's are ignored.
-    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_parser = parse_net)]
-    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
-    /// Most live clicks waiting to be stored before the collector answers 503.
-    #[arg(long, default_value_t = 20_000, value_name = "CLICKS")]
-    pub(crate) collector_queue: usize,
-    /// Records kept per topic partition once every consumer has read them.
-    #[arg(long, default_value_t = 100_000, value_name = "RECORDS")]
-    pub(crate) retention: u64,
-    /// Pattern directory, watched for changes [default: DATA_DIR/patterns, seeded with the
-    /// bundled seed patterns].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) patterns: Option<PathBuf>,
-    /// Bearer token for admin endpoints [default: generated at first start, kept in
-    /// DATA_DIR/admin-token].
-    #[arg(long, env = "CLICKPULSE_ADMIN_TOKEN", hide_env_values = true)]
-    pub(crate) admin_token: Option<String>,
+    /// The configuration, from a file and flags.
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
     /// Delete the data dir's contents first.
     #[arg(long)]
     pub(crate) reset: bool,
     /// Exit once the replay has ended and every stage has caught up (for scripts and tests).
     #[arg(long)]
     pub(crate) exit_when_done: bool,
+}
+
+/// `clickpulse.toml` and the flags that override it, the same for `demo` and `run`. A flag
+/// wins over its environment variable, which wins over the file, which wins over the default.
+/// The defaults are the configuration's (`config/clickpulse.example.toml` documents each).
+#[derive(Debug, Default, Args)]
+pub(crate) struct ConfigArgs {
+    /// The configuration file (TOML; see config/clickpulse.example.toml and
+    /// docs/deployment.md) [default: none: every setting at its default].
+    #[arg(long, value_name = "FILE", env = "CLICKPULSE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where durable state lives (embedded) [default: $XDG_DATA_HOME/clickpulse or
+    /// ~/.local/share/clickpulse] (`embedded.data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address to serve HTTP on [default: 127.0.0.1:8080] (`web.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// How fast event time runs: N× real time, or `max`. The default, 1, is the real clock;
+    /// anything else is for tests and experiments (the pages then say so) (`replay.speed`).
+    #[arg(long)]
+    pub(crate) speed: Option<Speed>,
+    /// With --original-time: replay forever, shifting each pass by the log's span (whole
+    /// days). (The default live replay always runs on, day after day.) (`replay.loop_forever`)
+    #[arg(long = "loop")]
+    pub(crate) loop_forever: bool,
+    /// Replay the log's original timestamps from its first event, once (what reproducible
+    /// tests use). By default the log's days are laid over one day and replayed on the real
+    /// clock: event time is the wall time, 8 hours are replayed at once on a new data dir (to
+    /// fill the dashboard), then each second of today shows what happened at that time of day
+    /// on every day of the log, for ever (`replay.original_time`).
+    #[arg(long)]
+    pub(crate) original_time: bool,
+    /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled
+    /// acme.com log] (`replay.logs`).
+    #[arg(long = "log", value_name = "FILE")]
+    pub(crate) logs: Vec<PathBuf>,
+    /// Partitions per topic of the data dir (fixed when it is created) [default: 4]
+    /// (`embedded.partitions`).
+    #[arg(long)]
+    pub(crate) partitions: Option<u32>,
+    /// Most records per commit (a stage takes what is waiting, up to this many, so large
+    /// batches cost no latency when traffic is light) [default: 10000] (`pipeline.batch_size`).
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// How long the stages' commits may wait for the disk, in ms: one fsync then covers every
+    /// stage's commits made meanwhile, and a crash makes the stages redo at most this much
+    /// work. Clicks the collector accepted are on disk before its 202 whatever this is. 0:
+    /// every commit waits for the disk [default: 50] (`embedded.sync_interval_ms`).
+    #[arg(long)]
+    pub(crate) sync_interval_ms: Option<u64>,
+    /// Dashboard windows: how far (event time) a view may trail the newest one of its partition
+    /// and still count; later views are counted as late [default: 2000]
+    /// (`pipeline.allowed_lateness_ms`).
+    #[arg(long, value_name = "MS")]
+    pub(crate) allowed_lateness_ms: Option<i64>,
+    /// Dashboard windows: wall-clock silence after which a partition stops holding the
+    /// watermark back (and, when all are silent, every window closes) [default: 1000 embedded,
+    /// 10000 distributed] (`pipeline.idle_timeout_ms`).
+    #[arg(long, value_name = "MS")]
+    pub(crate) idle_timeout_ms: Option<u64>,
+    /// Origins allowed to send page views to `POST /collect` from their pages (repeatable;
+    /// `*` for any). Same-origin pages (the demo shop) need none (`web.cors_origins`).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub(crate) cors_origins: Vec<String>,
+    /// The most distinct products, categories and countries the dashboard's windows hold (each);
+    /// views with others count as `(other)`, so what clients send cannot grow the state
+    /// (`pipeline.max_dashboard_keys`).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_dashboard_keys: Option<usize>,
+    /// Lets the holder of this token see visitor ids and IP addresses on the dashboard and in
+    /// the state-machine log (open `/?viewer=TOKEN`, or send it as a bearer token); everyone
+    /// else sees them pseudonymised (`web.viewer_token`).
+    #[arg(long, env = "CLICKPULSE_VIEWER_TOKEN", hide_env_values = true)]
+    pub(crate) viewer_token: Option<String>,
+    /// The site's time zone, an IANA name such as `Europe/Berlin`: the pages show times in it
+    /// (each viewer can switch to their own). Windows and days stay in UTC [default: UTC]
+    /// (`web.time_zone`).
+    #[arg(long, value_name = "ZONE", value_parser = parse_time_zone)]
+    pub(crate) time_zone: Option<String>,
+    /// The most page views a minute `POST /collect` takes from one client address (bursts of a
+    /// sixth of it): more answer 429. Trusted senders (admin token, `--trusted-proxy`) are not
+    /// limited [default: 6000] (`web.collect_rate`).
+    #[arg(long, value_name = "VIEWS")]
+    pub(crate) collect_rate: Option<u32>,
+    /// A reverse proxy in front of the collector (IP address or CIDR block, repeatable): its
+    /// `X-Forwarded-For` and a click's `ip` field are believed. Anyone else's are ignored
+    /// (`web.trusted_proxies`).
+    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_parser = parse_net)]
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// Most live clicks waiting to be stored before the collector answers 503 [default: 50000]
+    /// (`web.collector_queue`).
+    #[arg(long, value_name = "CLICKS")]
+    pub(crate) collector_queue: Option<usize>,
+    /// Records kept per topic partition once every consumer has read them (embedded)
+    /// [default: 100000] (`embedded.retention`).
+    #[arg(long, value_name = "RECORDS")]
+    pub(crate) retention: Option<u64>,
+    /// Pattern directory, watched for changes [default: embedded DATA_DIR/patterns,
+    /// distributed ./patterns; seeded with the bundled seed patterns] (`pipeline.patterns`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) patterns: Option<PathBuf>,
+    /// Bearer token for admin endpoints [default: generated at first start, kept in
+    /// DATA_DIR/admin-token (embedded) or Redis (distributed)] (`web.admin_token`).
+    #[arg(long, env = "CLICKPULSE_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// This web instance's name (its offer-delivery state is its own) [default: web-0]
+    /// (`web.instance`).
+    #[arg(long, value_name = "NAME", env = "CLICKPULSE_WEB_INSTANCE")]
+    pub(crate) web_instance: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -200,9 +228,9 @@ pub(crate) struct LookupsLoadArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The deployment's configuration (TOML; see config/ and docs/deployment.md).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: PathBuf,
+    /// The configuration, from a file and flags.
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
     /// Stages to run here: replay, collector, enrich, detect, aggregate, web, or all. Repeat
     /// the flag (or separate with commas) for several.
     #[arg(
@@ -215,13 +243,6 @@ pub(crate) struct RunArgs {
     /// This worker's id in metrics and leases [default: host name and process id].
     #[arg(long, value_name = "ID")]
     pub(crate) worker_id: Option<String>,
-    /// Address of the HTTP server (web and collector stages) [default: from the config].
-    #[arg(long, value_name = "ADDR")]
-    pub(crate) listen: Option<SocketAddr>,
-    /// This web instance's name (its offer-delivery state is its own) [default: from the
-    /// config, `web.instance`].
-    #[arg(long, value_name = "NAME", env = "CLICKPULSE_WEB_INSTANCE")]
-    pub(crate) web_instance: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -453,35 +474,5 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 
 /// An IANA time zone name (`Europe/Berlin`, `UTC`), as the tz database spells it.
 pub(crate) fn parse_time_zone(name: &str) -> Result<String, String> {
-    match name.parse::<chrono_tz::Tz>() {
-        Ok(tz) => Ok(tz.name().to_owned()),
-        Err(_) => {
-            let lower = name.to_ascii_lowercase();
-            let near: Vec<&str> = chrono_tz::TZ_VARIANTS
-                .iter()
-                .map(|tz| tz.name())
-                .filter(|n| {
-                    n.eq_ignore_ascii_case(name)
-                        || n.rsplit('/')
-                            .next()
-                            .is_some_and(|city| city.eq_ignore_ascii_case(&lower.replace(' ', "_")))
-                })
-                .take(3)
-                .collect();
-            Err(if near.is_empty() {
-                format!(
-                    "{name:?} is not a time zone of the tz database (names look like \
-                     \"Europe/Berlin\", \"America/New_York\" or \"UTC\")"
-                )
-            } else {
-                format!(
-                    "{name:?} is not a time zone of the tz database: did you mean {}?",
-                    near.iter()
-                        .map(|n| format!("{n:?}"))
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                )
-            })
-        }
-    }
+    clickpulse_components::config::parse_time_zone(name)
 }

@@ -12,11 +12,15 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clickpulse_connectors::embedded::runner::{
-    CollectedBatch, ReplayOptions, RunnerConfig, apply_retention, newest_event_time, run_collector,
-    run_operator, run_replay,
-};
-use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
+use clickpulse_components::sinks::dashboard_store::DashboardSettings;
+use clickpulse_components::sinks::offer_hub::OfferHubSettings;
+use clickpulse_components::sinks::{self, SinkSettings};
+use clickpulse_components::sources::collector::CollectorSettings;
+use clickpulse_components::sources::replay::ReplaySettings;
+use clickpulse_components::sources::{self, SourceSettings};
+use clickpulse_components::{EmbeddedRuntime, Pending, Runtime, Wiring, spawn_embedded};
+use clickpulse_connectors::embedded::EmbeddedStore;
+use clickpulse_connectors::embedded::runner::{RunnerConfig, apply_retention, run_operator};
 use clickpulse_connectors::shutdown::{Shutdown, Stop};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
@@ -27,24 +31,20 @@ use clickpulse_engine::topology::PIPELINE;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::dashboard::FrontierFn;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
-use clickpulse_server::collector::{Collector, Identity};
-use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
+use clickpulse_server::offers::OfferTokens;
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::cli::DemoArgs;
-use crate::collector_sink::{COLLECTOR_BATCHES, QueueSink};
 use crate::inputs;
 
 pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
-    if args.partitions == 0 || args.batch_size == 0 {
-        bail!("--partitions and --batch-size must be at least 1");
-    }
+    let config = crate::config::load(&args.config)?;
     // Bound before anything else: a taken port fails here, before the data dir is touched or a
     // one-time admin token is generated and shown.
-    let listener = bind_listener(args.listen)?;
-    let dir = inputs::data_dir(args.data_dir.clone());
+    let listener = bind_listener(config.web.listen)?;
+    let dir = inputs::data_dir(config.embedded.data_dir.clone());
     if args.reset && dir.exists() {
         let db = dir.join(clickpulse_connectors::embedded::DB_FILE);
         if db.exists() {
@@ -52,7 +52,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     }
     let store = Arc::new(
-        EmbeddedStore::open(&dir, &PIPELINE.partitions(args.partitions))
+        EmbeddedStore::open(&dir, &PIPELINE.partitions(config.embedded.partitions))
             .with_context(|| format!("cannot open the data dir {}", dir.display()))?,
     );
     info!(data_dir = %dir.display(), "Data dir opened.");
@@ -69,11 +69,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     // Event time never goes back across a restart: not below the newest event time committed.
     let clock = Arc::new(EventClock::default());
-    if let Some(newest) = newest_event_time(&store)? {
+    if let Some(newest) = sources::newest_event_time(&store)? {
         clock.floor(newest);
     }
-    let live = !args.original_time;
-    let input = inputs::read_logs(&args.logs, |_| {})?;
+    let live = !config.replay.original_time;
+    let input = inputs::read_logs(&config.replay.logs, |_| {})?;
     info!(
         events = input.clicks.len(),
         malformed = input.malformed.len(),
@@ -82,7 +82,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let input = Arc::new(if live { inputs::overlaid(input) } else { input });
 
     let pattern_dir = PatternDir::new(
-        &args
+        &config
+            .pipeline
             .patterns
             .clone()
             .unwrap_or_else(|| dir.join("patterns")),
@@ -95,7 +96,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("invalid patterns in {}", pattern_dir.path().display()))?,
     );
-    let admin_token = admin_token(&dir, args.admin_token.clone())?;
+    let admin_token = admin_token(&dir, config.web.admin_token.clone())?;
     let transition_log = Arc::new(Mutex::new(TransitionLog::default()));
     let last_pattern_error = Arc::new(Mutex::new(None));
 
@@ -105,122 +106,118 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     // One shutdown for every stage: a signal, a failed stage or the end of the replay.
     let stop = Shutdown::new();
     let shutdown = stop.flag();
-    let config = RunnerConfig {
-        batch_size: args.batch_size,
-        sync_interval: Duration::from_millis(args.sync_interval_ms),
+    let runner = RunnerConfig {
+        batch_size: config.pipeline.batch_size,
+        sync_interval: Duration::from_millis(config.embedded.sync_interval_ms),
         // The consumers of `click-data`.
         replay_consumers: PIPELINE.consumers_of(topics::CLICK_DATA),
         ..RunnerConfig::default()
     };
+    let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
+    let mut state = AppState::new(metrics.clone(), "embedded");
+    let settings = SourceSettings {
+        replay: ReplaySettings {
+            options: config.replay.options().map_err(anyhow::Error::msg)?,
+            input: {
+                let input = input.clone();
+                Arc::new(move || Ok(input.clone()))
+            },
+        },
+        collector: CollectorSettings {
+            queue: config.web.collector_queue,
+            identity: Some(config.web.identity(
+                OfferTokens::new(offer_secret.as_bytes()),
+                Some(Arc::from(admin_token.as_str())),
+            )),
+        },
+    };
+    let dashboard = DashboardHandle::default();
+    let sinks = SinkSettings {
+        dashboard: DashboardSettings {
+            aggregate: dashboard.clone(),
+        },
+        popups: OfferHubSettings {
+            registry: Some(registry.clone()),
+            tokens: Some(OfferTokens::new(offer_secret.as_bytes())),
+            instance: "web-0".to_owned(),
+        },
+    };
+    // The sources and sinks, from their registries: what the sources accept and have not
+    // committed yet is what the live aggregate's frontier waits for.
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut wiring = Wiring {
+        stop: &stop,
+        metrics: &metrics,
+        clock: &clock,
+        http: &mut state,
+        runtime: Runtime::Embedded(EmbeddedRuntime {
+            store: &store,
+            runner: &runner,
+            pending: &mut pending,
+        }),
+    };
+    sources::start(&settings, &mut wiring)?;
+    sinks::start(&sinks, &mut wiring)?;
     let spawn = |name: &'static str,
-                 work: Box<dyn FnOnce() -> Result<(), StoreError> + Send>|
+                 work: Box<
+        dyn FnOnce() -> Result<(), clickpulse_connectors::embedded::StoreError> + Send,
+    >|
      -> Result<()> {
-        stop.spawn_stage(name, move || work().map_err(StageError))?;
+        spawn_embedded(&stop, name, work)?;
         Ok(())
     };
     {
-        let (store, input, shutdown, config, m) = (
-            store.clone(),
-            input.clone(),
-            shutdown.clone(),
-            config.clone(),
-            metrics.stage("replay"),
-        );
-        let options = ReplayOptions {
-            speed: args.speed,
-            loop_forever: args.loop_forever,
-            align_warmup_ms: live.then_some(clickpulse_engine::replay::WARMUP_MS),
-            overlay: live,
-        };
-        let clock = clock.clone();
-        spawn(
-            "replay",
-            Box::new(move || run_replay(&store, &input, options, &clock, &m, &shutdown, &config)),
-        )?;
-    }
-    {
-        let (store, shutdown, config, m) = (
+        let (store, shutdown, runner, m) = (
             store.clone(),
             shutdown.clone(),
-            config.clone(),
+            runner.clone(),
             metrics.stage("enrich"),
         );
         spawn(
             "enrich",
             Box::new(move || {
-                run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &config)
+                run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &runner)
             }),
         )?;
     }
     {
-        let (store, shutdown, config, m) = (
+        let (store, shutdown, runner, m) = (
             store.clone(),
             shutdown.clone(),
-            config.clone(),
+            runner.clone(),
             metrics.stage("detect"),
         );
         let detector = DetectOperator::new(registry.clone()).with_log(transition_log.clone());
         spawn(
             "detect",
-            Box::new(move || run_operator(&store, detector, &m, &shutdown, &config)),
+            Box::new(move || run_operator(&store, detector, &m, &shutdown, &runner)),
         )?;
     }
-    let dashboard = DashboardHandle::default();
-    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel::<CollectedBatch>(COLLECTOR_BATCHES);
-    let sink = Arc::new(QueueSink::new(queue_tx, args.collector_queue));
     {
-        let (store, shutdown, config, m) = (
+        let (store, shutdown, runner, m) = (
             store.clone(),
             shutdown.clone(),
-            config.clone(),
+            runner.clone(),
             metrics.stage("aggregate"),
         );
         let window_config = DashboardConfig {
-            allowed_lateness_ms: args.allowed_lateness_ms,
-            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
-            partitions: args.partitions,
-            max_keys: args.max_dashboard_keys,
+            allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
+            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms(false)),
+            partitions: config.embedded.partitions,
+            max_keys: config.pipeline.max_dashboard_keys,
         };
         let mut aggregator = AggregateOperator::new(window_config, dashboard.clone());
         if live {
             // Live: the windows follow the clock through quiet minutes (see `live_frontier`).
-            aggregator = aggregator.with_frontier(live_frontier(&store, &clock, &sink));
+            aggregator = aggregator.with_frontier(live_frontier(&store, &clock, pending));
         }
         spawn(
             "aggregate",
-            Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &config)),
-        )?;
-    }
-    let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
-        .with_content(clickpulse_server::offers::content_from(registry.clone()));
-    {
-        let (store, shutdown, config, m) = (
-            store.clone(),
-            shutdown.clone(),
-            config.clone(),
-            metrics.stage("web"),
-        );
-        let web = WebOperator::new(hub.clone());
-        spawn(
-            "web",
-            Box::new(move || run_operator(&store, web, &m, &shutdown, &config)),
+            Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &runner)),
         )?;
     }
     {
-        let (store, shutdown, config, m) = (
-            store.clone(),
-            shutdown.clone(),
-            config.clone(),
-            metrics.stage("collector"),
-        );
-        spawn(
-            "collector",
-            Box::new(move || run_collector(&store, &queue_rx, &m, &shutdown, &config)),
-        )?;
-    }
-    let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
-    {
-        let (store, shutdown, keep) = (store.clone(), shutdown.clone(), args.retention);
+        let (store, shutdown, keep) = (store.clone(), shutdown.clone(), config.embedded.retention);
         spawn(
             "retention",
             Box::new(move || {
@@ -252,7 +249,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     let total = input.clicks.len() as u64;
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {}", config.web.listen))?;
         let address = listener.local_addr()?;
         info!(address = %address, "Serving HTTP.");
         eprintln!(
@@ -260,8 +257,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
              pipeline http://{address}/pipeline  (Ctrl-C stops it)"
         );
         let router = clickpulse_server::app(AppState {
-            metrics: metrics.clone(),
-            mode: "embedded",
             patterns: Some(PatternAdmin {
                 registry: registry.clone(),
                 dir: pattern_dir.clone(),
@@ -270,32 +265,15 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 catalogue: Some(catalogue.clone()),
             }),
             admin_token: Some(Arc::from(admin_token.as_str())),
-            dashboard: Some(dashboard.clone()),
-            collector: Some(Collector {
-                sink: sink.clone(),
-                clock: clock.clone(),
-                identity: Identity {
-                    tokens: OfferTokens::new(offer_secret.as_bytes()),
-                    trusted_proxies: Arc::from(args.trusted_proxies.clone()),
-                    admin_token: Some(Arc::from(admin_token.as_str())),
-                    per_client: Some(clickpulse_server::rate::PerClient::new(
-                        args.collect_rate,
-                        args.collect_rate.div_ceil(6).max(1),
-                    )),
-                },
-            }),
-            web: Some(WebDelivery {
-                hub: hub.clone(),
-                tokens: OfferTokens::new(offer_secret.as_bytes()),
-            }),
             products: products.clone(),
-            cors_origins: args.cors_origins.clone(),
-            time_zone: Arc::from(args.time_zone.as_str()),
+            cors_origins: config.web.cors_origins.clone(),
+            time_zone: Arc::from(config.web.time_zone.as_str()),
             privacy: Some(clickpulse_server::privacy::Privacy::new(
                 OfferTokens::new(offer_secret.as_bytes()),
-                args.viewer_token.as_deref().map(Arc::from),
+                config.web.viewer_token.as_deref().map(Arc::from),
                 Some(Arc::from(admin_token.as_str())),
             )),
+            ..state
         });
         let until = stop_signal(
             stop.clone(),
@@ -346,22 +324,6 @@ async fn stop_signal(
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
-    }
-}
-
-/// A stage's error as the demo reports it: with a hint where the cause is the data dir's disk.
-struct StageError(StoreError);
-
-impl std::fmt::Display for StageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        if self.0.is_fatal_io() {
-            f.write_str(
-                " (is the data dir's disk full or failing? The last commit is intact: restart \
-                 once it can be written)",
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -473,7 +435,7 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
 
 /// The sources' event-time frontier for the live aggregate: the clock (or the replay's next
 /// event while it catches up), read first; then whether everything published since has reached
-/// the aggregate's input, checked upstream first — the collector's queue, then `click-data`
+/// the aggregate's input, checked upstream first — the sources' queues (the collector's), then `click-data`
 /// (enrich commits its outputs with its offsets), then that no commit is still publishing what
 /// it appended. The aggregate checks its own input's backlog itself. An event that moves
 /// downstream between two of these checks was published after the clock was read, so it is not
@@ -481,12 +443,12 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
 fn live_frontier(
     store: &Arc<EmbeddedStore>,
     clock: &Arc<EventClock>,
-    sink: &Arc<QueueSink>,
+    sources_pending: Vec<Pending>,
 ) -> FrontierFn {
-    let (store, clock, sink) = (store.clone(), clock.clone(), sink.clone());
+    let (store, clock) = (store.clone(), clock.clone());
     Arc::new(move || {
         let low_ms = clock.frontier_ms()?;
-        let drained = sink.pending() == 0
+        let drained = sources_pending.iter().all(|pending| pending() == 0)
             && (0..store.partitions(topics::CLICK_DATA).unwrap_or(0)).all(|p| {
                 store
                     .committed("enrich", topics::CLICK_DATA, p)

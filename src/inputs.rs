@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clickpulse_connectors::embedded::runner::ReplayInput;
+use clickpulse_connectors::replay_cursor::ReplayInput;
 use clickpulse_engine::click_log::ClickLogBuilder;
 use clickpulse_engine::lookups::{LoadReport, Lookups};
 use clickpulse_engine::pattern::PatternSet;

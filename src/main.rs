@@ -24,7 +24,7 @@ mod bench_collector;
 mod bundled;
 mod chaos;
 mod cli;
-mod collector_sink;
+mod config;
 mod demo;
 mod generate;
 mod inputs;
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         cli::Command::Patterns(cli::PatternsCommand::Check(args)) => patterns_cmd::check(args),
         cli::Command::Lookups(cli::LookupsCommand::Load(args)) => lookups_cmd::load(args),
         cli::Command::Run(args) => run::run(args),
-        cli::Command::Config(cli::ConfigCommand::Check(args)) => run::config_check(args),
+        cli::Command::Config(cli::ConfigCommand::Check(args)) => config::check(args),
         cli::Command::Chaos(args) => chaos::run(args),
     };
     match result {

@@ -7,152 +7,43 @@
 //! each web/collector instance serves HTTP on its own.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clickpulse_connectors::distributed::kafka::{Acks, BatchProducer, OutRecord, ensure_topics};
-use clickpulse_connectors::distributed::replay::{CLOCK_KEY, PublishedClock, run_replay};
+use clickpulse_components::sinks::dashboard_store::DashboardSettings;
+use clickpulse_components::sinks::offer_hub::OfferHubSettings;
+use clickpulse_components::sinks::{self, SinkSettings};
+use clickpulse_components::sources::collector::CollectorSettings;
+use clickpulse_components::sources::replay::ReplaySettings;
+use clickpulse_components::sources::{self, SourceSettings};
+use clickpulse_components::{DistributedRuntime, Runtime, Wiring};
+use clickpulse_connectors::distributed::kafka::ensure_topics;
 use clickpulse_connectors::distributed::runner::{Placement, WorkerContext, run_stage};
 use clickpulse_connectors::distributed::store::{RedisLookups, RedisStore};
-use clickpulse_connectors::distributed::{DistributedError, KafkaConfig, RedisConfig};
-use clickpulse_connectors::embedded::runner::ReplayOptions;
-use clickpulse_engine::DeadLetter;
-use clickpulse_engine::click::Click;
-use clickpulse_engine::codec;
+use clickpulse_connectors::distributed::{DistributedError, RedisConfig};
 use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::lookups::Lookups;
-use clickpulse_engine::metrics::PipelineMetrics;
+use clickpulse_engine::metrics::{PipelineMetrics, StageStats, WorkerStats, merge_details};
 use clickpulse_engine::pattern::{
     DetectOperator, PatternDir, PatternRegistry, TransitionLog, TransitionRecord,
 };
-use clickpulse_engine::replay::{EventClock, Speed};
+use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
-use clickpulse_server::collector::Identity;
-use clickpulse_server::collector::{ClickSink, Collector, SinkFull};
-use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
+use clickpulse_server::offers::OfferTokens;
 use clickpulse_server::{AppState, PatternAdmin};
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::cli::RunArgs;
 use crate::inputs;
 use clickpulse_connectors::shutdown::Shutdown;
-
-/// `clickpulse.toml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ClusterConfig {
-    #[serde(default)]
-    kafka: KafkaConfig,
-    #[serde(default)]
-    redis: RedisConfig,
-    #[serde(default)]
-    pipeline: PipelineSection,
-    #[serde(default)]
-    replay: ReplaySection,
-    #[serde(default)]
-    web: WebSection,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct PipelineSection {
-    batch_size: usize,
-    allowed_lateness_ms: i64,
-    idle_timeout_ms: u64,
-    /// Pattern directory, watched for changes [default: the bundled seed patterns, written to
-    /// `./patterns`].
-    patterns: Option<PathBuf>,
-}
-
-impl Default for PipelineSection {
-    fn default() -> Self {
-        PipelineSection {
-            batch_size: 2_000,
-            allowed_lateness_ms: 2_000,
-            // Longer than in the embedded demo: a partition must not count as idle while an
-            // upstream worker is merely restarting or rebalancing.
-            idle_timeout_ms: 10_000,
-            patterns: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ReplaySection {
-    /// Log files [default: the bundled acme.com log].
-    logs: Vec<PathBuf>,
-    /// `max` or N× real time.
-    speed: String,
-    loop_forever: bool,
-    /// Replay the log's own timestamps instead of aligning it with the present.
-    original_time: bool,
-}
-
-impl Default for ReplaySection {
-    fn default() -> Self {
-        ReplaySection {
-            logs: Vec::new(),
-            speed: "1".to_owned(),
-            loop_forever: false,
-            original_time: false,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct WebSection {
-    listen: SocketAddr,
-    /// This web instance's name: its offer-delivery state is its own.
-    instance: String,
-    cors_origins: Vec<String>,
-    /// Most live clicks waiting for the brokers' acknowledgement before `/collect` answers 503.
-    collector_queue: usize,
-    /// Admin bearer token [default: `CLICKPULSE_ADMIN_TOKEN`, else generated once and kept in
-    /// Redis].
-    admin_token: Option<String>,
-    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For` and click `ip`
-    /// fields the collector believes.
-    trusted_proxies: Vec<ipnet::IpNet>,
-    /// The most page views a minute `/collect` takes from one client address.
-    collect_rate: u32,
-    /// Who may see visitor ids and addresses on the dashboard [default:
-    /// `CLICKPULSE_VIEWER_TOKEN`; none: everyone sees them pseudonymised].
-    viewer_token: Option<String>,
-    /// The site's time zone (IANA name): the pages show times in it.
-    time_zone: String,
-}
-
-impl Default for WebSection {
-    fn default() -> Self {
-        WebSection {
-            listen: "127.0.0.1:8080".parse().expect("valid address"),
-            instance: "web-0".to_owned(),
-            cors_origins: Vec::new(),
-            collector_queue: 50_000,
-            admin_token: None,
-            trusted_proxies: Vec::new(),
-            collect_rate: DEFAULT_COLLECT_RATE,
-            viewer_token: None,
-            time_zone: "UTC".to_owned(),
-        }
-    }
-}
-
-/// The most page views a minute from one client address, by default.
-const DEFAULT_COLLECT_RATE: u32 = 6_000;
 
 /// A worker's metrics older than this are ignored by the web stage.
 const STALE_MS: i64 = 5_000;
@@ -160,160 +51,8 @@ const STALE_MS: i64 = 5_000;
 /// Every stage a `run` process can host, from the one topology.
 const STAGES: &[clickpulse_engine::topology::Stage] = clickpulse_engine::topology::PIPELINE.stages;
 
-/// Reads and checks `clickpulse.toml`; every problem of the file is in the error.
-pub(crate) fn load_config(path: &std::path::Path) -> Result<ClusterConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-    match check_config(&path.display().to_string(), &text) {
-        (Some(config), errors) if errors.is_empty() => Ok(config),
-        (_, errors) => bail!("{}", errors.join("\n")),
-    }
-}
-
-/// Every problem of a `clickpulse.toml`, each with its file and (where it has one) line and
-/// column, and the configuration when there is none. A syntax error stops there; otherwise each
-/// table is checked on its own, so a mistake in one does not hide those in the others, and
-/// then what the types cannot say (ranges, names, the Redis URL, the speed, the time zone).
-pub(crate) fn check_config(file: &str, text: &str) -> (Option<ClusterConfig>, Vec<String>) {
-    let at = |span: Option<std::ops::Range<usize>>, message: &str| match span {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("{file}:{line}:{column}: {}", message.trim())
-        }
-        None => format!("{file}: {}", message.trim()),
-    };
-    let de = |e: toml::de::Error| at(e.span(), e.message());
-    let doc = match toml::de::DeTable::parse(text) {
-        Ok(doc) => doc,
-        Err(e) => return (None, vec![de(e)]),
-    };
-    let mut errors = Vec::new();
-    const TABLES: [&str; 5] = ["kafka", "redis", "pipeline", "replay", "web"];
-    for (key, _) in doc.get_ref() {
-        if !TABLES.contains(&key.get_ref().as_ref()) {
-            errors.push(at(
-                Some(key.span()),
-                &format!(
-                    "unknown table `{}`; expected one of {}",
-                    key.get_ref(),
-                    TABLES.join(", ")
-                ),
-            ));
-        }
-    }
-    // Each table alone (the others ignored), so every table's first mistake is reported, and
-    // the checks of the tables that are well-formed run too.
-    macro_rules! table {
-        ($name:ident: $ty:ty) => {{
-            #[derive(Deserialize)]
-            struct Only {
-                #[serde(default)]
-                $name: $ty,
-            }
-            match toml::from_str::<Only>(text) {
-                Ok(only) => Some(only.$name),
-                Err(e) => {
-                    errors.push(de(e));
-                    None
-                }
-            }
-        }};
-    }
-    let kafka = table!(kafka: KafkaConfig);
-    let redis = table!(redis: RedisConfig);
-    let pipeline = table!(pipeline: PipelineSection);
-    let replay = table!(replay: ReplaySection);
-    let web = table!(web: WebSection);
-    if let Some(kafka) = &kafka
-        && let Err(e) = kafka.validate()
-    {
-        errors.push(format!("{file}: {e}"));
-    }
-    if let Some(redis) = &redis
-        && let Err(e) = RedisStore::open(redis, None)
-    {
-        errors.push(format!("{file}: redis.url: {e}"));
-    }
-    if let Some(pipeline) = &pipeline
-        && pipeline.batch_size == 0
-    {
-        errors.push(format!("{file}: pipeline.batch_size must be at least 1"));
-    }
-    if let Some(replay) = &replay
-        && let Err(e) = replay.speed.parse::<Speed>()
-    {
-        errors.push(format!("{file}: replay.speed: {e}"));
-    }
-    if let Some(web) = &web
-        && let Err(e) = crate::cli::parse_time_zone(&web.time_zone)
-    {
-        errors.push(format!("{file}: web.time_zone: {e}"));
-    }
-    let (Some(kafka), Some(redis), Some(pipeline), Some(replay), Some(web)) =
-        (kafka, redis, pipeline, replay, web)
-    else {
-        return (None, errors);
-    };
-    let config = ClusterConfig {
-        kafka,
-        redis,
-        pipeline,
-        replay,
-        web,
-    };
-    (Some(config), errors)
-}
-
-/// `clickpulse config check FILE`: every problem at once, or what the file configures.
-pub(crate) fn config_check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.path)
-        .with_context(|| format!("cannot read the configuration {}", args.path.display()))?;
-    let file = args.path.display().to_string();
-    match check_config(&file, &text) {
-        (Some(config), errors) if errors.is_empty() => {
-            println!(
-                "{file}: OK — brokers {}, {} partitions, redis {}, web on {}, time zone {}",
-                config.kafka.brokers,
-                config.kafka.partitions,
-                redact_url(&config.redis.url),
-                config.web.listen,
-                config.web.time_zone
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        (_, errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} error(s) in {file}", errors.len());
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// A URL without its password (`redis://:secret@host` → `redis://:***@host`).
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = load_config(&args.config)?;
+    let config = crate::config::load(&args.config)?;
     let mut stages = BTreeSet::new();
     for s in &args.stages {
         match s.as_str() {
@@ -397,32 +136,6 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     };
 
     let clock = Arc::new(EventClock::default());
-    if stages.contains("replay") {
-        let live = !config.replay.original_time;
-        let input = inputs::read_logs(&config.replay.logs, |_| {})?;
-        info!(
-            events = input.clicks.len(),
-            malformed = input.malformed.len(),
-            "Log read and sorted by event time."
-        );
-        let speed: Speed = config
-            .replay
-            .speed
-            .parse()
-            .map_err(|e| anyhow::anyhow!("replay.speed: {e}"))?;
-        let options = ReplayOptions {
-            speed,
-            loop_forever: config.replay.loop_forever,
-            align_warmup_ms: live.then_some(clickpulse_engine::replay::WARMUP_MS),
-            overlay: live,
-        };
-        let input = if live { inputs::overlaid(input) } else { input };
-        let (ctx, clock) = (ctx("replay"), clock.clone());
-        spawn(
-            "replay",
-            Box::new(move || run_replay(&ctx, &input, options, &clock)),
-        )?;
-    }
     if stages.contains("enrich") {
         let ctx = ctx("enrich");
         let redis = config.redis.clone();
@@ -470,16 +183,17 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             Box::new(move || ship_state_logs(&redis, &log, &shutdown)),
         )?;
     }
+    // What the aggregate publishes, for the dashboard store (a sink).
+    let aggregate_dashboard = DashboardHandle::default();
     if stages.contains("aggregate") {
-        let handle = DashboardHandle::default();
         let window = DashboardConfig {
             allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
-            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms),
+            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms(true)),
+            max_keys: config.pipeline.max_dashboard_keys,
             partitions: config.kafka.partitions,
-            ..DashboardConfig::default()
         };
         let ctx_agg = ctx("aggregate");
-        let h = handle.clone();
+        let h = aggregate_dashboard.clone();
         spawn(
             "aggregate",
             Box::new(move || {
@@ -493,15 +207,12 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 )
             }),
         )?;
-        let (redis, shutdown) = (config.redis.clone(), shutdown.clone());
-        spawn(
-            "dashboard-publish",
-            Box::new(move || publish_dashboard(&redis, &handle, &shutdown)),
-        )?;
     }
 
     let serve_http = stages.contains("web") || stages.contains("collector");
     let mut catalogue = None;
+    // The offer secret (signs visitor tokens), where HTTP is served.
+    let mut offer_secret = None;
     let mut state = AppState::new(metrics.clone(), "distributed");
     state.cors_origins = config.web.cors_origins.clone();
     state.time_zone = Arc::from(
@@ -518,12 +229,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         let lookups = Lookups::from_parts(Vec::new(), products);
         state.products = Arc::new(clickpulse_server::shop_products(&lookups));
         catalogue = Some(Arc::new(crate::patterns_cmd::catalogue_of(&lookups)));
-        let admin = match config
-            .web
-            .admin_token
-            .clone()
-            .or_else(|| std::env::var("CLICKPULSE_ADMIN_TOKEN").ok())
-        {
+        let admin = match config.web.admin_token.clone() {
             Some(t) => t,
             None => {
                 let (token, created) =
@@ -539,13 +245,13 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         };
         state.admin_token = Some(Arc::from(admin.as_str()));
         let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
+        offer_secret = Some(OfferTokens::new(secret.as_bytes()));
         state.privacy = Some(clickpulse_server::privacy::Privacy::new(
             OfferTokens::new(secret.as_bytes()),
             config
                 .web
                 .viewer_token
                 .clone()
-                .or_else(|| std::env::var("CLICKPULSE_VIEWER_TOKEN").ok())
                 .map(|t| Arc::from(t.as_str())),
             state.admin_token.clone(),
         ));
@@ -561,83 +267,71 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             last_error,
             catalogue: catalogue.clone(),
         });
-        let dashboard = DashboardHandle::default();
-        state.dashboard = Some(dashboard.clone());
-        let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
-            .with_content(clickpulse_server::offers::content_from(registry.clone()));
-        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
-        let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
-        state.web = Some(WebDelivery {
-            hub: hub.clone(),
-            tokens: OfferTokens::new(secret.as_bytes()),
-        });
-        let ctx_web = ctx("web");
-        let instance = args
-            .web_instance
-            .clone()
-            .unwrap_or_else(|| config.web.instance.clone());
-        spawn(
-            "web",
-            Box::new(move || {
-                run_stage(
-                    &ctx_web,
-                    Placement::Single {
-                        lease: None,
-                        task: instance,
-                    },
-                    || WebOperator::new(hub.clone()),
-                )
-            }),
-        )?;
         let (redis, shutdown, metrics) = (config.redis.clone(), shutdown.clone(), metrics.clone());
         spawn(
             "web-poll",
-            Box::new(move || poll_for_web(&redis, &dashboard, &metrics, &log, &shutdown)),
+            Box::new(move || poll_cluster(&redis, &metrics, &log, &shutdown)),
         )?;
     }
-    if stages.contains("collector") {
-        let sink = Arc::new(KafkaSink {
-            producer: BatchProducer::new(&config.kafka)?,
-            kafka: config.kafka.clone(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            max_in_flight: config.web.collector_queue,
-            accepted: Arc::new(AtomicUsize::new(0)),
-            dead_letters: Arc::new(AtomicUsize::new(0)),
-            stage: metrics.stage("collector"),
-        });
-        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
-        let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
-        state.collector = Some(Collector {
-            sink: sink.clone(),
-            clock: clock.clone(),
-            identity: Identity {
-                tokens: OfferTokens::new(secret.as_bytes()),
-                trusted_proxies: Arc::from(config.web.trusted_proxies.clone()),
-                admin_token: state.admin_token.clone(),
-                per_client: Some(clickpulse_server::rate::PerClient::new(
-                    config.web.collect_rate,
-                    config.web.collect_rate.div_ceil(6).max(1),
-                )),
-            },
-        });
-        let (redis, shutdown, clock, worker) = (
-            config.redis.clone(),
-            shutdown.clone(),
-            clock.clone(),
-            worker_id.clone(),
-        );
-        let replay_here = stages.contains("replay");
-        spawn(
-            "collector-clock",
-            Box::new(move || follow_clock(&redis, &clock, &sink, &worker, replay_here, &shutdown)),
-        )?;
-    }
+    let identity = stages.contains("collector").then(|| {
+        config.web.identity(
+            offer_secret
+                .clone()
+                .expect("the offer secret is read where HTTP is served"),
+            state.admin_token.clone(),
+        )
+    });
+    let live = !config.replay.original_time;
+    let logs = config.replay.logs.clone();
+    let settings = SourceSettings {
+        replay: ReplaySettings {
+            options: config.replay.options().map_err(anyhow::Error::msg)?,
+            // Read only where the replay runs.
+            input: Arc::new(move || {
+                let input = inputs::read_logs(&logs, |_| {})?;
+                info!(
+                    events = input.clicks.len(),
+                    malformed = input.malformed.len(),
+                    "Log read and sorted by event time."
+                );
+                Ok(Arc::new(if live { inputs::overlaid(input) } else { input }))
+            }),
+        },
+        collector: CollectorSettings {
+            queue: config.web.collector_queue,
+            identity,
+        },
+    };
+    let sinks = SinkSettings {
+        dashboard: DashboardSettings {
+            aggregate: aggregate_dashboard,
+        },
+        popups: OfferHubSettings {
+            registry: pattern_parts
+                .as_ref()
+                .map(|(_, registry, _)| registry.clone()),
+            tokens: offer_secret,
+            instance: config.web.instance.clone(),
+        },
+    };
+    let mut wiring = Wiring {
+        stop: &stop,
+        metrics: &metrics,
+        clock: &clock,
+        http: &mut state,
+        runtime: Runtime::Distributed(DistributedRuntime {
+            worker: &ctx,
+            hosted: &stages,
+        }),
+    };
+    sources::start(&settings, &mut wiring)?;
+    sinks::start(&sinks, &mut wiring)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let listen = args.listen.unwrap_or(config.web.listen);
+    let listen = config.web.listen;
     let result = runtime.block_on(async {
         if serve_http {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -696,59 +390,27 @@ fn ship_state_logs(
     }
 }
 
-/// Publishes the aggregation's snapshot to Redis whenever it changes.
-fn publish_dashboard(
+/// The web stage's view of the cluster: every worker's metrics and the transition log, read
+/// from Redis a few times a second.
+fn poll_cluster(
     redis: &RedisConfig,
-    handle: &DashboardHandle,
-    shutdown: &AtomicBool,
-) -> Result<(), DistributedError> {
-    let mut store = RedisStore::open(redis, None)?;
-    let mut published = 0;
-    while !shutdown.load(Ordering::Relaxed) {
-        let generation = handle.generation();
-        if generation != published {
-            let snapshot = serde_json::to_vec(&*handle.snapshot()).expect("snapshot serializes");
-            match store.set("dashboard", &snapshot) {
-                Ok(()) => published = generation,
-                Err(error) => warn!(%error, "Cannot publish the dashboard."),
-            }
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    Ok(())
-}
-
-/// The web stage's view of the cluster: the dashboard snapshot, every worker's metrics and the
-/// transition log, read from Redis a few times a second.
-fn poll_for_web(
-    redis: &RedisConfig,
-    dashboard: &DashboardHandle,
     metrics: &PipelineMetrics,
     log: &Mutex<TransitionLog>,
     shutdown: &AtomicBool,
 ) -> Result<(), DistributedError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut store = RedisStore::open(redis, Some(stop))?;
-    let mut last_snapshot = Vec::new();
     let mut last_log_id = "0".to_owned();
     while !shutdown.load(Ordering::Relaxed) {
         let round = (|| -> Result<(), DistributedError> {
-            if let Some(bytes) = store.get("dashboard")?
-                && bytes != last_snapshot
-            {
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                    dashboard.publish(v);
-                }
-                last_snapshot = bytes;
-            }
             let now = clickpulse_engine::replay::wall_clock_ms();
             for stage in STAGES.iter().map(|x| x.name) {
                 // A worker that stopped reporting (killed, or gone after a graceful stop) no
                 // longer counts: its partitions' totals are carried by their new owner.
-                let workers: Vec<Value> = store
+                let workers: Vec<WorkerStats> = store
                     .read_metrics(stage)?
                     .into_iter()
-                    .filter(|w| w["ts_ms"].as_i64().is_some_and(|ts| now - ts < STALE_MS))
+                    .filter(|w| now - w.ts_ms < STALE_MS)
                     .collect();
                 if workers.is_empty() {
                     continue;
@@ -776,185 +438,30 @@ fn poll_for_web(
 }
 
 /// Sets a stage's metrics to the sum over its workers (standbys report zero events).
-fn record_cluster_stage(stage: &clickpulse_engine::metrics::StageMetrics, workers: &[Value]) {
-    let sum = |k: &str| workers.iter().filter_map(|w| w[k].as_u64()).sum::<u64>();
-    let details: Vec<Value> = workers.iter().map(|w| w["details"].clone()).collect();
-    let mut merged = clickpulse_connectors::distributed::runner::merge_stats(&details);
-    // Fields that are positions, not amounts, come from the most advanced worker.
-    for key in [
-        "watermark_ms",
-        "event_time_ms",
-        "position",
-        "log_events",
-        "pass",
-    ] {
-        if let Some(max) = details.iter().filter_map(|d| d[key].as_i64()).max() {
-            merged[key] = max.into();
-        }
-    }
+fn record_cluster_stage(stage: &clickpulse_engine::metrics::StageMetrics, workers: &[WorkerStats]) {
+    let sum = |f: fn(&StageStats) -> u64| workers.iter().map(|w| f(&w.stats)).sum::<u64>();
+    let details: Vec<Value> = workers.iter().map(|w| w.stats.details.clone()).collect();
+    let mut merged = merge_details(&details);
     merged["workers"] = workers
         .iter()
         .map(|w| {
             json!({
-                "worker": w["worker"], "events": w["events"], "events_per_second": w["events_per_second"],
-                "lag": w["lag"], "ts_ms": w["ts_ms"], "partitions": w["details"]["partitions"],
+                "worker": w.worker, "events": w.stats.events,
+                "events_per_second": w.stats.events_per_second, "lag": w.stats.lag,
+                "ts_ms": w.ts_ms, "partitions": w.stats.details["partitions"],
             })
         })
         .collect::<Vec<_>>()
         .into();
     // The active replay/aggregate worker carries the totals; standbys report their last view.
-    let events = workers
-        .iter()
-        .filter_map(|w| w["events"].as_u64())
-        .max()
-        .unwrap_or(0);
+    // Every web instance delivers every offer; collectors and group members each count their own.
+    let events = workers.iter().map(|w| w.stats.events).max().unwrap_or(0);
     let total = if matches!(stage.name(), "replay" | "aggregate" | "web") {
         events
     } else {
-        sum("events")
+        sum(|s| s.events)
     };
-    stage.record(total, sum("dead_letters"), merged);
-    stage.set_lag(sum("lag"));
-    stage.set_done(workers.iter().any(|w| w["done"].as_bool() == Some(true)));
-}
-
-/// Publishes live clicks to `click-data`; a request is acknowledged once the brokers have all
-/// of its clicks. Bounded: beyond `max_in_flight` clicks waiting, `/collect` answers 503.
-struct KafkaSink {
-    producer: BatchProducer,
-    kafka: KafkaConfig,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
-    accepted: Arc<AtomicUsize>,
-    /// Rejected clicks published to the dead-letter topic.
-    dead_letters: Arc<AtomicUsize>,
-    stage: Arc<clickpulse_engine::metrics::StageMetrics>,
-}
-
-impl ClickSink for KafkaSink {
-    fn offer(
-        &self,
-        clicks: Vec<Click>,
-        dead_letters: Vec<DeadLetter>,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, SinkFull> {
-        let n = clicks.len();
-        if self.in_flight.fetch_add(n, Ordering::SeqCst) + n > self.max_in_flight {
-            self.in_flight.fetch_sub(n, Ordering::SeqCst);
-            return Err(SinkFull);
-        }
-        let (tx, rx) = oneshot::channel();
-        let (in_flight, accepted) = (self.in_flight.clone(), self.accepted.clone());
-        let (rejected, letters) = (self.dead_letters.clone(), dead_letters.len());
-        let acks = Acks::with_callback(move |outcome| {
-            in_flight.fetch_sub(n, Ordering::SeqCst);
-            if outcome.is_ok() {
-                accepted.fetch_add(n, Ordering::SeqCst);
-                rejected.fetch_add(letters, Ordering::SeqCst);
-            }
-            let _ = tx.send(outcome);
-        });
-        let publish = |topic: &str, partitions: u32, key: &str, value: &[u8], what: &str| {
-            let record = OutRecord {
-                topic,
-                partition: topics::partition_for(key, partitions) as i32,
-                key,
-                value,
-                lineage: None,
-            };
-            if let Err(error) = self.producer.send(&record, &acks) {
-                self.stage.error();
-                warn!(%error, what, "Cannot publish a collected record.");
-            }
-        };
-        for click in &clicks {
-            let value = codec::encode(click);
-            let topic = &self.kafka.topics.click_data;
-            publish(
-                topic,
-                self.kafka.partitions,
-                &click.visitor,
-                &value,
-                "click",
-            );
-        }
-        for letter in &dead_letters {
-            let value = codec::encode(letter);
-            let topic = &self.kafka.topics.dead_letters;
-            let partitions = self.kafka.dead_letter_partitions;
-            publish(topic, partitions, &letter.source, &value, "dead letter");
-        }
-        acks.seal();
-        Ok(rx)
-    }
-}
-
-/// Keeps the collector's event clock on the replay's (published in Redis) and publishes the
-/// collector's counters.
-fn follow_clock(
-    redis: &RedisConfig,
-    clock: &EventClock,
-    sink: &KafkaSink,
-    worker: &str,
-    replay_here: bool,
-    shutdown: &AtomicBool,
-) -> Result<(), DistributedError> {
-    let mut store = RedisStore::open(redis, None)?;
-    while !shutdown.load(Ordering::Relaxed) {
-        if !replay_here
-            && let Ok(Some(bytes)) = store.get(CLOCK_KEY)
-            && let Ok(published) = serde_json::from_slice::<PublishedClock>(&bytes)
-        {
-            published.apply(clock);
-        }
-        let accepted = sink.accepted.load(Ordering::SeqCst) as u64;
-        sink.stage.record(
-            accepted,
-            sink.dead_letters.load(Ordering::SeqCst) as u64,
-            json!({"accepted": accepted, "in_flight": sink.in_flight.load(Ordering::SeqCst)}),
-        );
-        if let Err(error) = store.publish_metrics("collector", worker, &sink.stage.snapshot()) {
-            warn!(%error, "Cannot publish the collector's metrics.");
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_example_config_is_a_valid_config() {
-        let text = include_str!("../config/clickpulse.example.toml");
-        let config: ClusterConfig = toml::from_str(text).expect("the example parses");
-        assert_eq!(config.web.collect_rate, DEFAULT_COLLECT_RATE);
-        assert!(config.web.trusted_proxies.is_empty());
-    }
-
-    #[test]
-    fn every_example_config_loads() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut checked = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let config = load_config(&path).unwrap_or_else(|e| panic!("{e:#}"));
-                if path.ends_with("redis-cluster.toml") {
-                    assert!(config.redis.cluster);
-                }
-                checked += 1;
-            }
-        }
-        assert!(checked >= 4);
-    }
-
-    #[test]
-    fn unknown_options_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[redis]\nurl = \"redis://x\"\nclustr = true\n").unwrap();
-        let error = format!("{:#}", load_config(&path).unwrap_err());
-        assert!(error.contains("unknown field `clustr`"), "{error}");
-    }
+    stage.record(total, sum(|s| s.dead_letters), merged);
+    stage.set_lag(sum(|s| s.lag));
+    stage.set_done(workers.iter().any(|w| w.stats.done));
 }

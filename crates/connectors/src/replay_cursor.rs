@@ -10,7 +10,38 @@ use clickpulse_engine::replay::{Pacer, ReplayPlan, Speed};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::embedded::runner::{ReplayInput, ReplayOptions};
+use clickpulse_engine::click_log::ClickLog;
+use clickpulse_engine::reader::DeadLetter;
+#[cfg(doc)]
+use clickpulse_engine::replay::overlay_days;
+
+/// What the replay stage replays: the log sorted by event time, the rows that could not be read,
+/// and a fingerprint naming the input so a data dir is never resumed on another log.
+#[derive(Debug, Clone)]
+pub struct ReplayInput {
+    /// Valid clicks in event-time order.
+    pub clicks: ClickLog,
+    /// Rows that could not be read.
+    pub malformed: Vec<DeadLetter>,
+    /// Identifies the input (file names, sizes, counts).
+    pub fingerprint: String,
+}
+
+/// How a replay runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayOptions {
+    /// N× real time, or as fast as possible.
+    pub speed: Speed,
+    /// Start over (shifted by the log's span in whole days) at the end.
+    pub loop_forever: bool,
+    /// On first start, align the log with the present: shift it by whole days so today's time of
+    /// day falls on its first day, and start this many milliseconds before now (filling the
+    /// dashboard's windows at once). `None` replays the original timestamps from the start.
+    pub align_warmup_ms: Option<i64>,
+    /// The input is one day made of the log's days ([`overlay_days`]): aligned, it starts on the
+    /// day of `now − warmup` and runs on day after day (it always loops).
+    pub overlay: bool,
+}
 
 /// The replay's persisted position and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The window over which events/s is measured.
@@ -114,18 +115,94 @@ impl StageMetrics {
         latest.saturating_sub(e0) as f64 / secs
     }
 
-    /// The stage as JSON.
-    pub fn snapshot(&self) -> Value {
-        json!({
-            "events": self.events(),
-            "events_per_second": (self.events_per_second() * 10.0).round() / 10.0,
-            "errors": self.errors.load(Ordering::Relaxed),
-            "dead_letters": self.dead_letters.load(Ordering::Relaxed),
-            "lag": self.lag(),
-            "done": self.is_done(),
-            "details": self.details.lock().expect("metrics lock").clone(),
-        })
+    /// The stage's counters now.
+    pub fn snapshot(&self) -> StageStats {
+        StageStats {
+            events: self.events(),
+            events_per_second: (self.events_per_second() * 10.0).round() / 10.0,
+            errors: self.errors.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            lag: self.lag(),
+            done: self.is_done(),
+            details: self.details.lock().expect("metrics lock").clone(),
+        }
     }
+}
+
+/// A stage's counters, as `/api/stats` shows them and distributed workers publish them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// Events processed (a source: published).
+    pub events: u64,
+    /// Over the last few seconds.
+    pub events_per_second: f64,
+    /// Failed commits and unreadable records.
+    pub errors: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Records waiting in the input.
+    pub lag: u64,
+    /// Whether the stage is finished (a replay at the end of its log).
+    pub done: bool,
+    /// The operator's own figures (its `stats()`); combine several with [`merge_details`].
+    pub details: Value,
+}
+
+/// What one distributed worker publishes of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// The worker's id.
+    pub worker: String,
+    /// When it published, in unix ms.
+    pub ts_ms: i64,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: StageStats,
+}
+
+/// The fields of a stage's details that are positions (an event time reached, a place in the
+/// log), not amounts: several tasks' or workers' figures combine to the most advanced, never to
+/// their sum.
+pub const POSITION_FIELDS: &[&str] = &[
+    "watermark_ms",
+    "event_time_ms",
+    "position",
+    "log_events",
+    "pass",
+];
+
+/// Combines several tasks' or workers' details: amounts are summed, [`POSITION_FIELDS`] take the
+/// most advanced value, anything else is the first one's.
+pub fn merge_details(values: &[Value]) -> Value {
+    let mut merged = serde_json::Map::new();
+    for v in values {
+        let Some(obj) = v.as_object() else { continue };
+        for (k, x) in obj {
+            let position = POSITION_FIELDS.contains(&k.as_str());
+            match (merged.get_mut(k), x) {
+                (Some(Value::Number(a)), Value::Number(b)) if position => {
+                    if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+                        merged.insert(k.clone(), a.max(b).into());
+                    }
+                }
+                (Some(Value::Null), Value::Number(_)) if position => {
+                    merged.insert(k.clone(), x.clone());
+                }
+                (Some(Value::Number(a)), Value::Number(b)) => {
+                    if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
+                        merged.insert(k.clone(), (a + b).into());
+                    } else if let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) {
+                        merged.insert(k.clone(), json!(a + b));
+                    }
+                }
+                (None, _) => {
+                    merged.insert(k.clone(), x.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    Value::Object(merged)
 }
 
 /// The counters of every stage of a running pipeline.
@@ -170,12 +247,65 @@ impl PipelineMetrics {
             .lock()
             .expect("metrics lock")
             .iter()
-            .map(|s| (s.name.to_owned(), s.snapshot()))
+            .map(|s| {
+                let stats = serde_json::to_value(s.snapshot()).expect("stats serialize");
+                (s.name.to_owned(), stats)
+            })
             .collect();
         json!({
             "uptime_seconds": self.started.elapsed().as_secs(),
             "stages": stages,
             "topics": self.topics.lock().expect("metrics lock").clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_combine_to_the_most_advanced_and_amounts_to_their_sum() {
+        // Two detect tasks of one worker (two partitions): their watermarks are event times.
+        // Summed, two 2012 watermarks made one in 2054.
+        let merged = merge_details(&[
+            json!({"events": 3, "watermark_ms": 1_330_588_800_000i64, "rate": 0.5, "mode": "a"}),
+            json!({"events": 4, "watermark_ms": 1_330_588_900_000i64, "rate": 0.25, "mode": "b"}),
+            json!({"events": 1, "watermark_ms": null}),
+        ]);
+        assert_eq!(merged["events"], 8);
+        assert_eq!(merged["watermark_ms"], 1_330_588_900_000i64);
+        assert_eq!(merged["rate"], 0.75);
+        assert_eq!(merged["mode"], "a");
+        // A task without a watermark yet does not hide another's.
+        let merged = merge_details(&[
+            json!({"watermark_ms": null}),
+            json!({"watermark_ms": 5, "position": 9}),
+        ]);
+        assert_eq!(merged["watermark_ms"], 5);
+        assert_eq!(merged["position"], 9);
+    }
+
+    #[test]
+    fn what_a_worker_publishes_reads_back_as_it_was() {
+        let metrics = PipelineMetrics::default();
+        let stage = metrics.stage("detect");
+        stage.record(10, 2, json!({"watermark_ms": 42}));
+        stage.set_lag(3);
+        let published = WorkerStats {
+            worker: "w-1".into(),
+            ts_ms: 7,
+            stats: stage.snapshot(),
+        };
+        let text = serde_json::to_string(&published).unwrap();
+        let flat: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(flat["worker"], "w-1");
+        assert_eq!(flat["events"], 10);
+        assert_eq!(flat["lag"], 3);
+        assert_eq!(flat["details"]["watermark_ms"], 42);
+        assert_eq!(
+            serde_json::from_str::<WorkerStats>(&text).unwrap(),
+            published
+        );
     }
 }

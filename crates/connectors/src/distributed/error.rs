@@ -43,6 +43,9 @@ pub enum DistributedError {
         /// Fingerprint of the given input.
         given: String,
     },
+    /// A topic that is none of the pipeline's (its physical names are `[kafka.topics]`).
+    #[error("topic {0:?} is none of the pipeline's topics (see [kafka.topics])")]
+    UnknownTopic(String),
     /// Another worker holds the stage's lease and this one was asked not to wait.
     #[error("lost the lease of stage {0} to another worker")]
     LeaseLost(String),

@@ -5,12 +5,10 @@
 //! - [`kafka`]: client settings, topic creation, acknowledged batch publishing, tail scans.
 //! - [`store`]: Redis keys, atomic state commits, leases, cached lookups.
 //! - [`runner`]: the loop that drives an operator over its partitions.
-//! - [`replay`]: the replay stage (log → `click-data`), resumable without duplicates.
 
 mod config;
 mod error;
 pub mod kafka;
-pub mod replay;
 pub mod runner;
 pub mod store;
 

@@ -28,6 +28,7 @@
 //! from that partition, and keeps that newest lineage with its offsets. (The offers topic
 //! carries several offers per input offset; the web stage drops repeats by offer id.)
 
+use clickpulse_engine::metrics::merge_details;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,30 +206,6 @@ struct Polled {
     lineage: Option<u64>,
 }
 
-/// Sums the numeric fields of several tasks' stats (the other fields come from the first).
-pub fn merge_stats(values: &[Value]) -> Value {
-    let mut merged = serde_json::Map::new();
-    for v in values {
-        let Some(obj) = v.as_object() else { continue };
-        for (k, x) in obj {
-            match (merged.get_mut(k), x) {
-                (Some(Value::Number(a)), Value::Number(b)) => {
-                    if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
-                        merged.insert(k.clone(), (a + b).into());
-                    } else if let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) {
-                        merged.insert(k.clone(), json!(a + b));
-                    }
-                }
-                (None, _) => {
-                    merged.insert(k.clone(), x.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    Value::Object(merged)
-}
-
 struct Stage<'a, O, F> {
     ctx: &'a WorkerContext,
     stage: &'static str,
@@ -322,7 +299,7 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
                         a.3 + c.duplicates,
                     )
                 });
-        let mut details = merge_stats(&stats);
+        let mut details = merge_details(&stats);
         details["partitions"] = self
             .tasks
             .values()
@@ -459,29 +436,30 @@ struct TopicNames<'a> {
 }
 
 impl<'a> TopicNames<'a> {
-    fn new(kafka: &'a KafkaConfig, inputs: &[String]) -> Self {
+    /// The stage's input topics (physical names), each of which must be one of the pipeline's.
+    fn new(kafka: &'a KafkaConfig, inputs: &[String]) -> Result<Self, DistributedError> {
         let mut names = TopicNames {
             kafka,
             names: Vec::new(),
         };
         for topic in inputs {
-            names.index(topic);
+            let logical = names
+                .kafka
+                .topics
+                .logical(topic)
+                .ok_or_else(|| DistributedError::UnknownTopic(topic.clone()))?;
+            names.names.push((topic.clone(), logical));
         }
-        names
+        Ok(names)
     }
 
-    /// The index of physical topic `topic`, added if new.
-    fn index(&mut self, topic: &str) -> usize {
-        if let Some(i) = self.names.iter().position(|(t, _)| t == topic) {
-            return i;
-        }
-        let logical = self
-            .kafka
-            .topics
-            .logical(topic)
-            .unwrap_or(topics::CLICK_DATA);
-        self.names.push((topic.to_owned(), logical));
-        self.names.len() - 1
+    /// The index of input topic `topic`: a record of any other is refused, never taken for
+    /// one of another topic.
+    fn index(&self, topic: &str) -> Result<usize, DistributedError> {
+        self.names
+            .iter()
+            .position(|(t, _)| t == topic)
+            .ok_or_else(|| DistributedError::UnknownTopic(topic.to_owned()))
     }
 
     fn physical(&self, i: usize) -> &str {
@@ -647,7 +625,7 @@ pub fn run_stage<O: Operator>(
     // Per partition, the offset found right after a gap, until the gap is confirmed or filled.
     let mut gaps: std::collections::HashMap<(String, i32), i64> = std::collections::HashMap::new();
     let is_single = matches!(placement, Placement::Single { .. });
-    let mut names = TopicNames::new(&ctx.kafka, &inputs);
+    let names = TopicNames::new(&ctx.kafka, &inputs)?;
     let result = loop {
         if ctx.shutdown.load(Ordering::Relaxed) {
             break Ok(());
@@ -723,7 +701,7 @@ pub fn run_stage<O: Operator>(
             let topic_index = match &polled {
                 Some(Ok(m)) => {
                     let (topic, partition) = (m.topic(), m.partition() as u32);
-                    let t = names.index(topic);
+                    let t = names.index(topic)?;
                     let stored = *stored.slot(t, partition, || {
                         task_next(&s.tasks, is_single, topic, partition)
                     });
@@ -989,7 +967,7 @@ pub fn run_stage<O: Operator>(
                 let stats: Vec<Value> = s.tasks.values().map(|t| t.driver.op().stats()).collect();
                 let events = s.tasks.values().map(|t| t.driver.events).sum();
                 let dead = s.tasks.values().map(|t| t.driver.dead_letters).sum();
-                ctx.metrics.record(events, dead, merge_stats(&stats));
+                ctx.metrics.record(events, dead, merge_details(&stats));
             }
         }
     };
@@ -1008,9 +986,37 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{
-        FETCH_QUEUE_BACKOFF_MS, Marks, consumer_config, gap_confirmed, key_text, offset_of,
-        offset_slot,
+        FETCH_QUEUE_BACKOFF_MS, Marks, TopicNames, consumer_config, gap_confirmed, key_text,
+        offset_of, offset_slot,
     };
+    use crate::distributed::{DistributedError, KafkaConfig};
+
+    #[test]
+    fn a_record_of_a_topic_the_stage_does_not_read_is_refused_not_taken_for_click_data() {
+        let kafka = KafkaConfig::default();
+        let inputs = [
+            kafka.topics.enriched_click_data.clone(),
+            kafka.topics.special_offers.clone(),
+        ];
+        let names = TopicNames::new(&kafka, &inputs).unwrap();
+        assert_eq!(names.index(&kafka.topics.special_offers).unwrap(), 1);
+        assert_eq!(names.logical(1), clickpulse_engine::topics::SPECIAL_OFFERS);
+        assert!(matches!(
+            names.index("shop-orders"),
+            Err(DistributedError::UnknownTopic(t)) if t == "shop-orders"
+        ));
+        assert!(matches!(
+            names.index(&kafka.topics.click_data),
+            Err(DistributedError::UnknownTopic(_))
+        ));
+        let error = TopicNames::new(&kafka, &["shop-orders".to_owned()])
+            .err()
+            .expect("an unknown input topic is refused");
+        assert_eq!(
+            error.to_string(),
+            "topic \"shop-orders\" is none of the pipeline's topics (see [kafka.topics])"
+        );
+    }
 
     #[test]
     fn marks_keep_one_value_per_topic_and_partition_made_once() {
@@ -1037,7 +1043,6 @@ mod tests {
         assert_eq!(map.get(&("other".into(), 1)), Some(&0));
         assert_eq!(map.len(), 2);
     }
-    use crate::distributed::KafkaConfig;
 
     #[test]
     fn the_consumer_refetches_soon_after_a_full_queue_unless_configured_otherwise() {

@@ -15,6 +15,7 @@
 //! | `{prefix}:secrets` | hash | `admin_token`, `offer_secret` shared by the web instances |
 //! | `state_logs` | stream | the pattern transition log, capped at `state_log_max_len` |
 
+use clickpulse_engine::metrics::{StageStats, WorkerStats};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -426,13 +427,15 @@ impl RedisStore {
         &mut self,
         stage: &str,
         worker: &str,
-        snapshot: &serde_json::Value,
+        stats: &StageStats,
     ) -> Result<(), DistributedError> {
         let key = self.key(&format!("metrics:{stage}"));
-        let mut value = snapshot.clone();
-        value["ts_ms"] = clickpulse_engine::replay::wall_clock_ms().into();
-        value["worker"] = worker.into();
-        let json = value.to_string();
+        let published = WorkerStats {
+            worker: worker.to_owned(),
+            ts_ms: clickpulse_engine::replay::wall_clock_ms(),
+            stats: stats.clone(),
+        };
+        let json = serde_json::to_string(&published).expect("stats serialize");
         self.run("publish metrics", |c| {
             redis::cmd("HSET")
                 .arg(&key)
@@ -443,18 +446,19 @@ impl RedisStore {
     }
 
     /// Every worker's counters of `stage`.
-    pub fn read_metrics(
-        &mut self,
-        stage: &str,
-    ) -> Result<Vec<serde_json::Value>, DistributedError> {
+    pub fn read_metrics(&mut self, stage: &str) -> Result<Vec<WorkerStats>, DistributedError> {
         let key = self.key(&format!("metrics:{stage}"));
         let all: HashMap<String, String> =
             self.run("read metrics", |c| redis::cmd("HGETALL").arg(&key).query(c))?;
-        let mut v: Vec<serde_json::Value> = all
-            .values()
-            .filter_map(|s| serde_json::from_str(s).ok())
-            .collect();
-        v.sort_by(|a, b| a["worker"].as_str().cmp(&b["worker"].as_str()));
+        let mut v: Vec<WorkerStats> = Vec::new();
+        for (worker, text) in &all {
+            match serde_json::from_str(text) {
+                Ok(stats) => v.push(stats),
+                // From another version of Clickpulse, or damaged: left out, said once per read.
+                Err(error) => tracing::warn!(%error, stage, worker, "Unreadable worker metrics."),
+            }
+        }
+        v.sort_by(|a, b| a.worker.cmp(&b.worker));
         Ok(v)
     }
 

@@ -9,10 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use clickpulse_components::sources::replay::embedded::run as run_replay;
 use clickpulse_connectors::embedded::EmbeddedStore;
-use clickpulse_connectors::embedded::runner::{
-    ReplayInput, ReplayOptions, RunnerConfig, run_operator, run_replay,
-};
+use clickpulse_connectors::embedded::runner::{RunnerConfig, run_operator};
+use clickpulse_connectors::replay_cursor::{ReplayInput, ReplayOptions};
 use clickpulse_engine::click::{Click, Gender};
 use clickpulse_engine::click_log::ClickLog;
 use clickpulse_engine::enrich::EnrichOperator;

@@ -1,4 +1,4 @@
-//! The replay stage over Kafka: the log, in event time, into `click-data`.
+//! The replay over Kafka: the log, in event time, into `click-data`.
 //!
 //! One replay is active per deployment (a Redis lease; another copy waits as a standby). Every
 //! record carries its replay position in the lineage header; the position and the output
@@ -10,23 +10,21 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use clickpulse_connectors::distributed::DistributedError;
+use clickpulse_connectors::distributed::kafka::{Acks, BatchProducer, OutRecord, scan_lineage};
+use clickpulse_connectors::distributed::runner::{LEASE_TTL, WorkerContext};
+use clickpulse_connectors::distributed::store::RedisStore;
+use clickpulse_connectors::replay_cursor::{ReplayCursor, ReplayInput, ReplayOptions};
 use clickpulse_engine::codec;
 use clickpulse_engine::replay::{EventClock, Pacer, Speed, wall_clock_ms};
 use clickpulse_engine::topics;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::DistributedError;
-use super::kafka::{Acks, BatchProducer, OutRecord, scan_lineage};
-use super::runner::{LEASE_TTL, WorkerContext};
-use super::store::RedisStore;
-use crate::embedded::runner::{ReplayInput, ReplayOptions};
-use crate::replay_cursor::ReplayCursor;
+use crate::clock::{CLOCK_KEY, PublishedClock};
 
 const PROGRESS_KEY: &str = "replay";
 const LEASE: &str = "replay";
-/// The Redis key (after the prefix) of the published event clock.
-pub const CLOCK_KEY: &str = "clock";
 
 /// The replay's progress in Redis: the cursor both runtimes share, and what it has published.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,28 +35,8 @@ struct Progress {
     outputs: BTreeMap<u32, i64>,
 }
 
-/// The event clock as published for other processes (the collectors stamp live clicks with it).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct PublishedClock {
-    /// Event time at `wall_ms`.
-    pub ts_ms: i64,
-    /// Wall-clock unix ms of the anchor.
-    pub wall_ms: i64,
-    /// Event-time ms per wall ms.
-    pub rate: f64,
-}
-
-impl PublishedClock {
-    /// Sets `clock` to this anchor.
-    pub fn apply(&self, clock: &EventClock) {
-        let ago = Duration::from_millis((wall_clock_ms() - self.wall_ms).max(0) as u64);
-        let wall = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
-        clock.set(self.ts_ms, wall, self.rate);
-    }
-}
-
 /// Replays `input` into `click-data` until it ends (or forever when looping) or shutdown.
-pub fn run_replay(
+pub fn run(
     ctx: &WorkerContext,
     input: &ReplayInput,
     options: ReplayOptions,
