@@ -28,11 +28,7 @@ fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    clickpulse_chaos::free_port().expect("a free loopback port")
 }
 
 fn get(port: u16, path: &str) -> Option<Value> {

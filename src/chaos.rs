@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::cli::{BacktestArgs, ChaosArgs, ChaosMode};
-use clickpulse_chaos::{Cluster, Proc, Spec, Storage, Tools};
+use clickpulse_chaos::{Cluster, Proc, Spec, Storage, Tools, free_port};
 
 /// When the run must be over (`--deadline`): every wait checks it.
 #[derive(Debug, Clone, Copy)]
@@ -282,12 +282,6 @@ fn stop_children_on_signal() {
     });
 }
 
-/// A free loopback port.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// Starts `clickpulse ARGS` as one life of the pipeline, appending its output to
 /// `{work}/pipeline.log`.
 fn spawn(args: Vec<String>, work: &Path) -> Result<Proc> {
@@ -493,16 +487,8 @@ fn embedded(
             }
         }
     }
-    let delivered_prefix = format!("op/web/{}", clickpulse_server::offers::DELIVERED_PREFIX);
-    let offers_delivered = store
-        .state_with_prefix(&delivered_prefix)?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let dashboard = store
-        .state("op/aggregate/snapshot")?
-        .map(|v| serde_json::from_slice(&v))
-        .transpose()
+    let offers_delivered = clickpulse_components::sinks::offer_hub::delivered_embedded(&store)?;
+    let dashboard = clickpulse_components::sinks::dashboard_store::embedded_snapshot(&store)
         .context("the dashboard snapshot is unreadable")?
         .unwrap_or(Value::Null);
     Ok(Outcome {
@@ -665,10 +651,6 @@ fn drive(
 /// The replay's durable position, read after a kill.
 fn replayed_events(data_dir: &Path) -> Result<u64> {
     let store = EmbeddedStore::open(data_dir, &[])?;
-    let replayed = store
-        .state("replay/state")?
-        .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
-        .and_then(|v| v["events"].as_u64())
-        .unwrap_or(0);
-    Ok(replayed)
+    let cursor = clickpulse_components::sources::replay::embedded::cursor(&store)?;
+    Ok(cursor.map_or(0, |c| c.events))
 }

@@ -63,6 +63,9 @@ pub enum ClusterError {
     /// Redis refused a request.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The deployment's state could not be read.
+    #[error(transparent)]
+    State(#[from] clickpulse_connectors::distributed::DistributedError),
 }
 
 type Result<T, E = ClusterError> = std::result::Result<T, E>;
@@ -663,15 +666,21 @@ viewer_token = "{viewer}"
 
     /// The offer ids the web stage delivered (persisted with its state), sorted.
     pub fn delivered_offers(&self) -> Result<Vec<String>> {
-        let fields: Vec<String> = redis::cmd("HKEYS")
-            .arg("clickpulse:state:web:web-0")
-            .query(&mut self.redis()?)?;
-        let mut ids: Vec<String> = fields
-            .iter()
-            .filter_map(|f| f.strip_prefix("s:delivered/").map(str::to_owned))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        let config = clickpulse_connectors::distributed::RedisConfig {
+            url: if self.redis_nodes.is_empty() {
+                format!("redis://127.0.0.1:{}/0", self.redis_port)
+            } else {
+                format!("redis://127.0.0.1:{}", self.redis_port)
+            },
+            cluster: !self.redis_nodes.is_empty(),
+            ..Default::default()
+        };
+        let mut store = clickpulse_connectors::distributed::store::RedisStore::open(&config, None)?;
+        // The cluster's web worker runs under the configuration's default instance name.
+        let instance = clickpulse_components::config::WebConfig::default().instance;
+        let delivered =
+            clickpulse_components::sinks::offer_hub::delivered_distributed(&mut store, &instance)?;
+        Ok(delivered.into_iter().collect())
     }
 
     /// Events each stage has consumed, from the web stage's stats: replay, enrich, detect

@@ -221,7 +221,7 @@ struct Stage<'a, O, F> {
 
 impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
     fn task_key(&self, name: &str) -> String {
-        self.store.key(&format!("state:{}:{name}", self.stage))
+        self.store.task_key(self.stage, name)
     }
 
     fn physical(&self, logical: &str) -> String {

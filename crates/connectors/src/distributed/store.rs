@@ -254,7 +254,24 @@ impl RedisStore {
 
     // ---- operator state ----
 
-    /// The stored state of a task (`{prefix}:state:{stage}:{task}`).
+    /// The key of the hash holding task `task` of stage `stage`: its operator state, offsets
+    /// and output positions.
+    pub fn task_key(&self, stage: &str, task: &str) -> String {
+        self.key(&format!("state:{stage}:{task}"))
+    }
+
+    /// Task `task` of stage `stage`'s operator state as last committed (for inspection), the
+    /// keys as the operator names them.
+    pub fn operator_state(
+        &mut self,
+        stage: &str,
+        task: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, DistributedError> {
+        let key = self.task_key(stage, task);
+        Ok(self.load_task(&key)?.state)
+    }
+
+    /// The stored state of a task (`{prefix}:state:{stage}:{task}`, see [`Self::task_key`]).
     pub fn load_task(&mut self, key: &str) -> Result<TaskRecord, DistributedError> {
         let fields: Vec<(String, Vec<u8>)> =
             self.run("load state", |c| redis::cmd("HGETALL").arg(key).query(c))?;

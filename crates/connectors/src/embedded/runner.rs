@@ -76,6 +76,31 @@ fn operator_prefix(stage: &str) -> String {
     format!("op/{stage}/")
 }
 
+/// One key of stage `stage`'s operator state as last committed (for inspection).
+pub fn operator_state(
+    store: &EmbeddedStore,
+    stage: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    store.state(&format!("{}{key}", operator_prefix(stage)))
+}
+
+/// The keys of stage `stage`'s operator state starting with `prefix`, with their values, as
+/// last committed (for inspection); the keys as the operator names them.
+pub fn operator_state_with_prefix(
+    store: &EmbeddedStore,
+    stage: &str,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let stage_prefix = operator_prefix(stage);
+    Ok(store
+        .state_with_prefix(&format!("{stage_prefix}{prefix}"))?
+        .into_iter()
+        // The store strips what was asked for; the operator's own prefix is put back.
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect())
+}
+
 /// A JSON state value read back, or [`StoreError::Corrupt`] naming its key.
 pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {

@@ -1069,7 +1069,9 @@ impl AggregateOperator {
 const STATE_KEY: &str = "state";
 /// See [`AggregateOperator::checkpoint_interval`].
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
-const SNAPSHOT_KEY: &str = "snapshot";
+/// The aggregate's state key of the dashboard snapshot at its last checkpoint (for inspection:
+/// the dashboard store sink reads it back for `chaos` and tools).
+pub const SNAPSHOT_KEY: &str = "snapshot";
 
 impl Operator for AggregateOperator {
     fn name(&self) -> &'static str {

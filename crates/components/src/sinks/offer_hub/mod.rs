@@ -4,10 +4,17 @@
 //! distributed, every web instance runs its own (each with its own delivery state, named by its
 //! instance), since each serves its own browsers.
 
+use std::collections::BTreeSet;
+
+use clickpulse_connectors::distributed::DistributedError;
 use clickpulse_connectors::distributed::runner::{Placement, run_stage};
-use clickpulse_connectors::embedded::runner::run_operator;
+use clickpulse_connectors::distributed::store::RedisStore;
+use clickpulse_connectors::embedded::runner::{operator_state_with_prefix, run_operator};
+use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_engine::pattern::PatternRegistry;
-use clickpulse_server::offers::{OfferHub, OfferTokens, WebDelivery, WebOperator};
+use clickpulse_server::offers::{
+    DELIVERED_PREFIX, OfferHub, OfferTokens, WebDelivery, WebOperator,
+};
 
 use super::Sink;
 use crate::{ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};
@@ -69,5 +76,61 @@ fn start(settings: &super::SinkSettings, wiring: &mut Wiring<'_>) -> Result<(), 
                 })
             })
         }
+    }
+}
+
+/// The offer ids the embedded web stage has delivered, as of its last commit (for inspection:
+/// `chaos` compares them with the backtest's).
+pub fn delivered_embedded(store: &EmbeddedStore) -> Result<BTreeSet<String>, StoreError> {
+    Ok(operator_state_with_prefix(store, STAGE, DELIVERED_PREFIX)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(DELIVERED_PREFIX).map(str::to_owned))
+        .collect())
+}
+
+/// The offer ids web instance `instance` has delivered, as of its last commit.
+pub fn delivered_distributed(
+    store: &mut RedisStore,
+    instance: &str,
+) -> Result<BTreeSet<String>, DistributedError> {
+    Ok(store
+        .operator_state(STAGE, instance)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(DELIVERED_PREFIX).map(str::to_owned))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use clickpulse_connectors::embedded::CommitBatch;
+
+    use super::*;
+
+    #[test]
+    fn the_delivered_ids_are_read_back_from_what_the_web_stage_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), &[]).unwrap();
+        assert!(delivered_embedded(&store).unwrap().is_empty());
+        let state = [
+            "op/web/delivered/o-2",
+            "op/web/delivered/o-1",
+            "op/detect/delivered/x",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), Some(b"1".to_vec())))
+        .collect();
+        store
+            .commit(&CommitBatch {
+                state,
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        assert_eq!(
+            delivered_embedded(&store)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["o-1", "o-2"]
+        );
     }
 }

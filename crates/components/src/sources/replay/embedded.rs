@@ -20,12 +20,17 @@ use tracing::info;
 /// The cursor's state key.
 const REPLAY_STATE: &str = "replay/state";
 
+/// The replay's cursor as last committed (`None` before its first commit).
+pub fn cursor(store: &EmbeddedStore) -> Result<Option<ReplayCursor>, StoreError> {
+    match store.state(REPLAY_STATE)? {
+        Some(bytes) => Ok(Some(decode::<ReplayCursor>(REPLAY_STATE, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
 /// The newest event time the replay committed (its last event).
 pub fn newest_event_time(store: &EmbeddedStore) -> Result<Option<i64>, StoreError> {
-    Ok(match store.state(REPLAY_STATE)? {
-        Some(bytes) => decode::<ReplayCursor>(REPLAY_STATE, &bytes)?.event_time_ms,
-        None => None,
-    })
+    Ok(cursor(store)?.and_then(|c| c.event_time_ms))
 }
 
 /// Replays `input` into `click-data` until it ends (or forever when looping) or `shutdown` is
