@@ -49,6 +49,10 @@ pub struct TaskDriver<O> {
     /// The input partitions' newest event times: the watermark the operator is given.
     times: PartitionTimes,
     times_checkpointed: PartitionTimes,
+    /// The highest watermark the operator was told of ([`Operator::on_watermark`]), and the
+    /// one last checkpointed.
+    announced: Option<i64>,
+    announced_checkpointed: Option<i64>,
     /// Records taken (dead-lettered ones included).
     pub events: u64,
     /// Records dead-lettered.
@@ -67,6 +71,8 @@ impl<O: Operator> TaskDriver<O> {
             last_checkpoint: now,
             times: PartitionTimes::default(),
             times_checkpointed: PartitionTimes::default(),
+            announced: None,
+            announced_checkpointed: None,
             events: 0,
             dead_letters: 0,
         }
@@ -101,6 +107,19 @@ impl<O: Operator> TaskDriver<O> {
             self.times_checkpointed = self.times.clone();
             return Ok(());
         }
+        if key == ANNOUNCED_KEY {
+            let announced = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| RestoreError {
+                    operator: self.stage,
+                    key: key.to_owned(),
+                    message: "expected a watermark in ms".to_owned(),
+                })?;
+            self.announced = Some(announced);
+            self.announced_checkpointed = Some(announced);
+            return Ok(());
+        }
         self.op.restore(key, value)
     }
 
@@ -133,7 +152,14 @@ impl<O: Operator> TaskDriver<O> {
             &mut self.emitter,
             &mut self.times,
         );
-        match self.op.process_record(record.value, &mut ctx) {
+        let result = self.op.process_record(record.value, &mut ctx);
+        if let Some(watermark) = self.times.watermark()
+            && self.announced.is_none_or(|a| watermark > a)
+        {
+            self.announced = Some(watermark);
+            self.op.on_watermark(watermark, &mut self.emitter);
+        }
+        match result {
             Ok(()) => Processed::Ok,
             Err(error) => {
                 self.dead_letters += 1;
@@ -189,6 +215,15 @@ impl<O: Operator> TaskDriver<O> {
                 Some(serde_json::to_vec(&self.times).expect("partition times serialize")),
             ));
         }
+        if self.announced != self.announced_checkpointed
+            && let Some(announced) = self.announced
+        {
+            self.announced_checkpointed = self.announced;
+            changes.push((
+                ANNOUNCED_KEY.to_owned(),
+                Some(announced.to_string().into_bytes()),
+            ));
+        }
         self.last_checkpoint = now;
     }
 }
@@ -196,6 +231,10 @@ impl<O: Operator> TaskDriver<O> {
 /// The state key of the task's watermark, beside the operator's own keys (none of which starts
 /// with `runner/`).
 pub const WATERMARK_KEY: &str = "runner/partition-times";
+
+/// The state key of the highest watermark the operator was told of: a restarted task does not
+/// tell it again (the partition times alone can restore lower, when a partition was seen late).
+pub const ANNOUNCED_KEY: &str = "runner/watermark-announced";
 
 #[cfg(test)]
 mod tests {
@@ -207,6 +246,9 @@ mod tests {
         total: u64,
         ticks: u32,
         watermark: Option<i64>,
+        announced: Vec<i64>,
+        /// Whether `on_watermark` emits a timer output.
+        timers: bool,
     }
 
     impl Operator for Doubler {
@@ -231,6 +273,12 @@ mod tests {
         fn on_tick(&mut self, _wall: Instant, _out: &mut Emitter) {
             self.ticks += 1;
         }
+        fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) {
+            self.announced.push(watermark);
+            if self.timers {
+                out.emit("timers", "k", &watermark);
+            }
+        }
         fn checkpoint_interval(&self) -> Duration {
             Duration::from_secs(10)
         }
@@ -254,6 +302,8 @@ mod tests {
                 total: 0,
                 ticks: 0,
                 watermark: None,
+                announced: Vec::new(),
+                timers: false,
             },
             now,
         )
@@ -353,6 +403,52 @@ mod tests {
         assert!(
             again.iter().all(|(k, _)| k != WATERMARK_KEY),
             "an unchanged watermark is not written again"
+        );
+    }
+
+    #[test]
+    fn the_operator_hears_of_each_new_highest_watermark_once_also_after_a_restart() {
+        let t0 = Instant::now();
+        let mut d = driver(t0);
+        d.op_mut().timers = true;
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        d.process(record(0, 0, "k", &n(50)), t0);
+        // A partition seen late lowers the watermark: nothing is announced again until it
+        // passes 50.
+        d.process(record(1, 0, "k", &n(10)), t0);
+        d.process(record(1, 1, "k", &n(40)), t0);
+        d.process(record(1, 2, "k", &n(60)), t0);
+        assert_eq!(d.op().announced, [50], "partition 0 still holds it at 50");
+        d.process(record(0, 1, "k", &n(70)), t0);
+        assert_eq!(d.op().announced, [50, 60]);
+        let timers: Vec<Output> = d.outputs().filter(|o| o.topic == "timers").collect();
+        assert_eq!(
+            timers.len(),
+            2,
+            "what on_watermark emits goes out with the outputs"
+        );
+        // A restart from a checkpoint taken at 60, after which the slow partition's times come
+        // in again below it: nothing is announced twice.
+        let mut changes = StateChanges::new();
+        d.checkpoint(&mut changes, t0);
+        assert!(changes.iter().any(|(k, _)| k == ANNOUNCED_KEY));
+        let mut restarted = driver(t0);
+        for (key, value) in &changes {
+            restarted.restore(key, value.as_deref().unwrap()).unwrap();
+        }
+        restarted.process(record(2, 0, "k", &n(55)), t0);
+        restarted.process(record(2, 1, "k", &n(60)), t0);
+        assert!(restarted.op().announced.is_empty());
+        restarted.process(record(2, 2, "k", &n(65)), t0);
+        restarted.process(record(1, 3, "k", &n(80)), t0);
+        assert_eq!(restarted.op().announced, [65]);
+        let mut again = StateChanges::new();
+        restarted.checkpoint(&mut again, t0);
+        let mut unchanged = StateChanges::new();
+        restarted.checkpoint(&mut unchanged, t0);
+        assert!(
+            unchanged.iter().all(|(k, _)| k != ANNOUNCED_KEY),
+            "an unchanged announcement is not written again"
         );
     }
 }

@@ -197,6 +197,15 @@ pub trait Operator: Send {
     /// embedded runner calls it (the distributed one has no frontier to sample).
     fn on_poll(&mut self) {}
 
+    /// Called when the runner's watermark ([`Context::watermark`]: the lowest input
+    /// partition's newest event time) passes every value it had before, right after the record
+    /// that moved it: the place for event-time timers (what fires once event time has passed a
+    /// deadline). Never called twice with the same or a lower value, also across restarts.
+    /// No-op by default.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) {
+        let _ = (watermark, out);
+    }
+
     /// Called after every batch and while idle, with the wall clock: the place for timers such
     /// as the idle-partition watermark fallback. No-op by default.
     fn on_tick(&mut self, wall: std::time::Instant, out: &mut Emitter) {
