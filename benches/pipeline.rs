@@ -13,7 +13,9 @@
 //! `CLICKPULSE_BENCH_EVENTS` sets the live benchmark's log size (default 1,000,000);
 //! `CLICKPULSE_BENCH_BATCH` the demo's `--batch-size` (default 10,000, the demo's default);
 //! `CLICKPULSE_BENCH_DEMO_ARGS` adds options to the demo's command line (split on spaces), e.g.
-//! `--sync-interval-ms 0` to make every commit wait for the disk.
+//! `--sync-interval-ms 0` to make every commit wait for the disk; `CLICKPULSE_BENCH_BIN` runs
+//! another `clickpulse` binary than this build's (an A/B comparison of two builds, alternating
+//! runs).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -23,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_clickpulse")
+fn bin() -> String {
+    std::env::var("CLICKPULSE_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_clickpulse").to_owned())
 }
 
 fn free_port() -> u16 {
