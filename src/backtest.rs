@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use clickpulse_engine::enrich::{EnrichOperator, LogMemo, event_date};
 use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry};
 use clickpulse_engine::window::DashboardAggregator;
+use clickpulse_engine::window::DashboardSnapshot;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::cli::BacktestArgs;
 use crate::inputs;
@@ -40,7 +40,7 @@ pub(crate) struct BacktestReport {
     /// Per pattern: who could get its offer and who got one.
     pub(crate) audience: BTreeMap<String, Audience>,
     /// The dashboard's snapshot at the end (or as of `--until`).
-    pub(crate) dashboard: Value,
+    pub(crate) dashboard: DashboardSnapshot,
     /// Wall time of the run, without reading the lookups and patterns.
     pub(crate) elapsed_ms: u64,
     /// Events read.

@@ -160,7 +160,7 @@ fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
     println!("events                         {events}");
     println!(
         "distinct visitors              {visitors} (active_visitors_30m = {})",
-        snapshot["active_visitors_30m"]
+        snapshot.active_visitors_30m
     );
     println!("aggregation throughput         {rate:.0} events/s (one core, all dashboard windows)");
     println!(

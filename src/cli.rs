@@ -418,15 +418,6 @@ pub(crate) enum ChaosMode {
     Distributed,
 }
 
-impl ChaosMode {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            ChaosMode::Embedded => "embedded",
-            ChaosMode::Distributed => "distributed",
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct ChaosArgs {
     /// Log files (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].

@@ -26,7 +26,7 @@ use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::EventClock;
-use clickpulse_engine::topics;
+use clickpulse_engine::topics::{self, Topic};
 use clickpulse_engine::topology::PIPELINE;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::dashboard::FrontierFn;
@@ -110,7 +110,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         batch_size: config.pipeline.batch_size,
         sync_interval: Duration::from_millis(config.embedded.sync_interval_ms),
         // The consumers of `click-data`.
-        replay_consumers: PIPELINE.consumers_of(topics::CLICK_DATA),
+        replay_consumers: PIPELINE.consumers_of(Topic::ClickData),
         ..RunnerConfig::default()
     };
     let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
@@ -342,6 +342,7 @@ fn retention_loop(store: &EmbeddedStore, shutdown: &AtomicBool, keep: u64) {
         // Records are deleted once every consumer group of their topic (the topology's) has
         // passed them. Dead letters have no consumer, so they are never deleted.
         for (topic, groups) in PIPELINE.consumed_topics() {
+            let topic = topic.name();
             match apply_retention(store, topic, &groups, keep) {
                 Ok(0) => {}
                 Ok(removed) => {
@@ -361,7 +362,7 @@ fn click_stages() -> impl Iterator<Item = &'static str> {
         .filter(|s| {
             s.inputs
                 .iter()
-                .any(|t| *t == topics::CLICK_DATA || *t == topics::ENRICHED_CLICK_DATA)
+                .any(|t| matches!(t, Topic::ClickData | Topic::EnrichedClickData))
         })
         .map(|s| s.name)
 }

@@ -33,7 +33,7 @@ use clickpulse_engine::pattern::{
     DetectOperator, PatternDir, PatternRegistry, TransitionLog, TransitionRecord,
 };
 use clickpulse_engine::replay::EventClock;
-use clickpulse_engine::topics;
+use clickpulse_engine::topics::Topic;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
 use clickpulse_server::offers::OfferTokens;
@@ -147,7 +147,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 run_stage(
                     &ctx,
                     Placement::Partitioned {
-                        output: Some(topics::ENRICHED_CLICK_DATA),
+                        output: Some(Topic::EnrichedClickData),
                     },
                     || {
                         let store = RedisStore::open(&redis, Some(stop.clone()))
@@ -171,7 +171,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 run_stage(
                     &ctx_detect,
                     Placement::Partitioned {
-                        output: Some(topics::SPECIAL_OFFERS),
+                        output: Some(Topic::SpecialOffers),
                     },
                     || DetectOperator::new(registry.clone()).with_log(log2.clone()),
                 )

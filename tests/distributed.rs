@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use clickpulse_engine::window::DashboardSnapshot;
 use cluster::{Cluster, Storage};
 use common::*;
 use serde_json::Value;
@@ -17,7 +18,7 @@ const PATTERNS: &str = "tests/data/offer-patterns";
 
 /// The backtest's end-of-log dashboard, offer ids and event count for `logs` (the bundled log
 /// if empty).
-fn backtest(logs: &[&Path]) -> (Value, BTreeSet<String>, u64) {
+fn backtest(logs: &[&Path]) -> (DashboardSnapshot, BTreeSet<String>, u64) {
     let dir = tempfile::tempdir().unwrap();
     let offers = dir.path().join("offers.jsonl");
     let mut args: Vec<String> = vec!["backtest".into(), "--json".into(), "--patterns".into()];
@@ -46,7 +47,8 @@ fn backtest(logs: &[&Path]) -> (Value, BTreeSet<String>, u64) {
         })
         .collect();
     (
-        report["dashboard"].clone(),
+        serde_json::from_value(report["dashboard"].clone())
+            .expect("the report's dashboard is a snapshot"),
         ids,
         report["events"].as_u64().unwrap(),
     )
@@ -81,7 +83,7 @@ fn web_duplicates(stats: &Value) -> u64 {
 fn run_to_the_end(
     c: &mut Cluster,
     events: u64,
-    dashboard: &Value,
+    dashboard: &DashboardSnapshot,
     offers: &BTreeSet<String>,
     timeout_s: u64,
 ) -> Value {

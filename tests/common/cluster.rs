@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use clickpulse_chaos::Storage;
 use clickpulse_chaos::{Spec, Tools};
+use clickpulse_engine::window::DashboardSnapshot;
 use serde_json::Value;
 
 use super::common::bin;
@@ -77,7 +78,12 @@ impl Cluster {
         self.0.delivered_offers().unwrap()
     }
 
-    pub fn wait_until_done(&self, events: u64, expected: &Value, timeout: Duration) -> Value {
+    pub fn wait_until_done(
+        &self,
+        events: u64,
+        expected: &DashboardSnapshot,
+        timeout: Duration,
+    ) -> Value {
         self.0
             .wait_until_done(events, expected, timeout)
             .unwrap_or_else(|e| panic!("{e}"))

@@ -6,6 +6,16 @@
 //! logging to a file in the cluster's temp dir, each of which can be killed (`kill -9`),
 //! stopped (SIGTERM) and restarted. `clickpulse chaos --mode distributed` and the distributed
 //! integration tests both run on it.
+//!
+//! `clickpulse chaos` is [`deployment::run`]: one kill schedule over a [`Deployment`] (the
+//! [`embedded`] one, `clickpulse demo` lives on a data dir; the [`distributed`] one, a
+//! [`Cluster`]) and one comparison of what it delivered with the uninterrupted backtest.
+
+pub mod deployment;
+pub mod distributed;
+pub mod embedded;
+
+pub use deployment::{Deadline, Deployment, Outcome, Plan, Reference};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,6 +23,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub use clickpulse_connectors::distributed::store::RedisConn;
+use clickpulse_engine::window::DashboardSnapshot;
 use serde_json::Value;
 
 /// What can go wrong running a local deployment.
@@ -66,6 +77,14 @@ pub enum ClusterError {
     /// The deployment's state could not be read.
     #[error(transparent)]
     State(#[from] clickpulse_connectors::distributed::DistributedError),
+    /// A deployment's durable state is unreadable or damaged.
+    #[error("cannot read {what}: {source}")]
+    Inspect {
+        /// What was read.
+        what: String,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 type Result<T, E = ClusterError> = std::result::Result<T, E>;
@@ -657,11 +676,12 @@ viewer_token = "{viewer}"
 
     /// The web stage's `/api/dashboard`, as the viewer sees it (visitor ids not pseudonymised,
     /// as the backtest's).
-    pub fn dashboard(&self) -> Option<Value> {
+    pub fn dashboard(&self) -> Option<DashboardSnapshot> {
         get_json(
             self.web_port,
             &format!("/api/dashboard?viewer={VIEWER_TOKEN}"),
         )
+        .and_then(|v| serde_json::from_value(v).ok())
     }
 
     /// The offer ids the web stage delivered (persisted with its state), sorted.
@@ -700,7 +720,7 @@ viewer_token = "{viewer}"
     pub fn wait_until_done(
         &self,
         events: u64,
-        expected: &Value,
+        expected: &DashboardSnapshot,
         timeout: Duration,
     ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
@@ -724,8 +744,11 @@ viewer_token = "{viewer}"
                     ),
                     None => "no stats\n".to_owned(),
                 };
-                if let (Some(snapshot), Some(fields)) = (self.dashboard(), expected.as_object()) {
-                    for (k, v) in fields {
+                let as_json = |s: &DashboardSnapshot| serde_json::to_value(s).unwrap_or_default();
+                if let (Some(snapshot), Value::Object(fields)) =
+                    (self.dashboard().map(|s| as_json(&s)), as_json(expected))
+                {
+                    for (k, v) in &fields {
                         if snapshot.get(k) != Some(v) {
                             detail.push_str(&format!(
                                 "dashboard field {k}: live {} != expected {v}\n",

@@ -10,13 +10,13 @@ use clickpulse_engine::DeadLetter;
 use clickpulse_engine::operator::{
     Context, Emitter, Operator, Output, PartitionTimes, RestoreError, StateChanges,
 };
-use clickpulse_engine::topics;
+use clickpulse_engine::topics::Topic;
 
 /// One fetched record, as the runner hands it to the driver.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
-    /// Its logical topic (what the operator knows it by).
-    pub topic: &'a str,
+    /// Its topic (what the operator knows it by).
+    pub topic: Topic,
     /// The topic's name where it is stored (the physical name, for a dead letter's source).
     pub stored_as: &'a str,
     /// Its partition.
@@ -174,7 +174,7 @@ impl<O: Operator> TaskDriver<O> {
                     record.value,
                 );
                 let key = String::from_utf8_lossy(record.key);
-                self.emitter.emit(topics::DEAD_LETTERS, &key, &letter);
+                self.emitter.emit(Topic::DeadLetters, &key, &letter);
                 Processed::DeadLettered
             }
         }
@@ -241,6 +241,11 @@ mod tests {
     use super::*;
     use clickpulse_engine::operator::RecordError;
 
+    /// The test operator's topics (any of the pipeline's will do).
+    const NUMBERS: Topic = Topic::ClickData;
+    const DOUBLED: Topic = Topic::EnrichedClickData;
+    const TIMERS: Topic = Topic::SpecialOffers;
+
     /// Doubles numbers; anything else is an error. Checkpoints its total every 10 s.
     struct Doubler {
         total: u64,
@@ -255,8 +260,8 @@ mod tests {
         fn name(&self) -> &'static str {
             "doubler"
         }
-        fn input_topics(&self) -> Vec<&'static str> {
-            vec!["numbers"]
+        fn input_topics(&self) -> Vec<Topic> {
+            vec![NUMBERS]
         }
         fn process_record(
             &mut self,
@@ -267,7 +272,7 @@ mod tests {
             ctx.event_time(input as i64);
             self.total += input;
             self.watermark = ctx.watermark();
-            ctx.out.emit("doubled", "k", &(input * 2));
+            ctx.out.emit(DOUBLED, "k", &(input * 2));
             Ok(())
         }
         fn on_tick(&mut self, _wall: Instant, _out: &mut Emitter) {
@@ -276,7 +281,7 @@ mod tests {
         fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) {
             self.announced.push(watermark);
             if self.timers {
-                out.emit("timers", "k", &watermark);
+                out.emit(TIMERS, "k", &watermark);
             }
         }
         fn checkpoint_interval(&self) -> Duration {
@@ -311,8 +316,8 @@ mod tests {
 
     fn record<'a>(partition: u32, offset: u64, key: &'a str, value: &'a [u8]) -> Record<'a> {
         Record {
-            topic: "numbers",
-            stored_as: "numbers",
+            topic: NUMBERS,
+            stored_as: "shop-clicks",
             partition,
             offset,
             key: key.as_bytes(),
@@ -334,11 +339,14 @@ mod tests {
         );
         let outputs: Vec<Output> = d.outputs().collect();
         assert_eq!(outputs.len(), 2);
-        assert_eq!(outputs[0].topic, "doubled");
-        assert_eq!(outputs[1].topic, topics::DEAD_LETTERS);
+        assert_eq!(outputs[0].topic, DOUBLED);
+        assert_eq!(outputs[1].topic, Topic::DeadLetters);
         assert_eq!(outputs[1].key, "visitor-1", "keyed like the record");
         let letter: DeadLetter = clickpulse_engine::codec::decode(&outputs[1].value).unwrap();
-        assert_eq!(letter.source, "numbers/0");
+        assert_eq!(
+            letter.source, "shop-clicks/0",
+            "the name it is stored under"
+        );
         assert_eq!(letter.position, 8);
         assert!(
             letter
@@ -421,7 +429,7 @@ mod tests {
         assert_eq!(d.op().announced, [50], "partition 0 still holds it at 50");
         d.process(record(0, 1, "k", &n(70)), t0);
         assert_eq!(d.op().announced, [50, 60]);
-        let timers: Vec<Output> = d.outputs().filter(|o| o.topic == "timers").collect();
+        let timers: Vec<Output> = d.outputs().filter(|o| o.topic == TIMERS).collect();
         assert_eq!(
             timers.len(),
             2,

@@ -18,7 +18,7 @@ use crate::click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 use crate::click_log::ClickLog;
 use crate::lookups::{LookupSource, User, product_id_from_url};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
-use crate::topics;
+use crate::topics::Topic;
 
 /// Category and title of a product in neither lookup file.
 pub const UNKNOWN: &str = "Unknown";
@@ -578,15 +578,15 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
         "enrich"
     }
 
-    fn input_topics(&self) -> Vec<&'static str> {
-        vec![topics::CLICK_DATA]
+    fn input_topics(&self) -> Vec<Topic> {
+        vec![Topic::ClickData]
     }
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
         let click = crate::codec::decode::<Click>(value)?;
         let enriched = self.enrich(click);
         ctx.out
-            .emit(topics::ENRICHED_CLICK_DATA, &enriched.visitor, &enriched);
+            .emit(Topic::EnrichedClickData, &enriched.visitor, &enriched);
         Ok(())
     }
 
@@ -948,7 +948,7 @@ mod tests {
             let value = crate::codec::encode(&c);
             crate::operator::process_one(
                 &mut op,
-                topics::CLICK_DATA,
+                crate::topics::Topic::ClickData,
                 0,
                 &value,
                 std::time::Instant::now(),
@@ -957,7 +957,10 @@ mod tests {
             .unwrap();
         }
         assert_eq!(out.outputs().len(), 2);
-        assert_eq!(out.outputs()[1].topic, topics::ENRICHED_CLICK_DATA);
+        assert_eq!(
+            out.outputs()[1].topic,
+            crate::topics::Topic::EnrichedClickData
+        );
         let mut changes = Vec::new();
         op.checkpoint(&mut changes);
         let mut restored = EnrichOperator::new(lookups());

@@ -9,11 +9,13 @@
 
 use serde::Serialize;
 
+use crate::topics::Topic;
+
 /// One record an operator emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// Destination topic.
-    pub topic: &'static str,
+    pub topic: Topic,
     /// Partitioning key (the visitor id).
     pub key: String,
     /// Encoded value ([`crate::codec`]).
@@ -28,7 +30,7 @@ pub struct Emitter {
 
 impl Emitter {
     /// Emits `value` (encoded by [`crate::codec`]) to `topic` under `key`.
-    pub fn emit<T: Serialize>(&mut self, topic: &'static str, key: &str, value: &T) {
+    pub fn emit<T: Serialize>(&mut self, topic: Topic, key: &str, value: &T) {
         let value = crate::codec::encode(value);
         self.outputs.push(Output {
             topic,
@@ -106,8 +108,8 @@ impl PartitionTimes {
 /// What an operator is given with each record: where it comes from, the runner's clock and
 /// watermark, and where to emit.
 pub struct Context<'a> {
-    /// The record's topic (its logical name).
-    pub topic: &'a str,
+    /// The record's topic.
+    pub topic: Topic,
     /// Its partition.
     pub partition: u32,
     /// Its offset.
@@ -123,7 +125,7 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     /// The context of one record, with the runner's `times`.
     pub fn new(
-        topic: &'a str,
+        topic: Topic,
         partition: u32,
         offset: u64,
         now: std::time::Instant,
@@ -143,7 +145,7 @@ impl<'a> Context<'a> {
     /// Tells the runner the record's event time (it moves the watermark). Only an operator
     /// that reads [`Context::watermark`] needs to: the runner checkpoints what it is told.
     pub fn event_time(&mut self, ts_ms: i64) {
-        self.times.observe(self.topic, self.partition, ts_ms);
+        self.times.observe(self.topic.name(), self.partition, ts_ms);
     }
 
     /// The runner's watermark: the lowest of the input partitions' newest event times, this
@@ -165,7 +167,7 @@ pub trait Operator: Send {
     fn name(&self) -> &'static str;
 
     /// Every topic it consumes.
-    fn input_topics(&self) -> Vec<&'static str>;
+    fn input_topics(&self) -> Vec<Topic>;
 
     /// Called once, after the state is restored and before the first record, with the wall
     /// time the runner started at. No-op by default.
@@ -187,7 +189,7 @@ pub trait Operator: Send {
     /// Tells whether input `partition` of `topic` has records the stage has not read yet (the
     /// broker's consumer lag), before [`Operator::on_tick`]: a partition with a backlog is slow,
     /// not idle. No-op by default.
-    fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
+    fn input_backlog(&mut self, topic: Topic, partition: u32, pending: bool) {
         let _ = (topic, partition, pending);
     }
 
@@ -243,7 +245,7 @@ pub trait Operator: Send {
 /// own, the wall time `now`.
 pub fn process_one<O: Operator + ?Sized>(
     op: &mut O,
-    topic: &str,
+    topic: Topic,
     partition: u32,
     value: &[u8],
     now: std::time::Instant,

@@ -5,14 +5,66 @@
 //! positive, modulo the partition count), so the embedded backend and a Kafka cluster place a
 //! visitor in the same partition.
 
-/// Raw page views from the replay and the collector.
-pub const CLICK_DATA: &str = "click-data";
-/// Enriched page views.
-pub const ENRICHED_CLICK_DATA: &str = "enriched-click-data";
-/// Offers emitted by the detection stage.
-pub const SPECIAL_OFFERS: &str = "special-offers";
-/// Records that could not be processed, with the reason and where they came from.
-pub const DEAD_LETTERS: &str = "dead-letters";
+/// A topic of the pipeline, by its logical name. Operators read and emit these, so a topic
+/// that does not exist cannot be named, and every backend's name for one
+/// (`[kafka.topics]` in distributed mode) is a total mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Raw page views from the replay and the collector.
+    ClickData,
+    /// Enriched page views.
+    EnrichedClickData,
+    /// Offers emitted by the detection stage.
+    SpecialOffers,
+    /// Records that could not be processed, with the reason and where they came from.
+    DeadLetters,
+}
+
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 4] = [
+        Topic::ClickData,
+        Topic::EnrichedClickData,
+        Topic::SpecialOffers,
+        Topic::DeadLetters,
+    ];
+
+    /// Its logical name: the embedded store's table and the default Kafka topic.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Topic::ClickData => "click-data",
+            Topic::EnrichedClickData => "enriched-click-data",
+            Topic::SpecialOffers => "special-offers",
+            Topic::DeadLetters => "dead-letters",
+        }
+    }
+
+    /// The topic whose logical name is `name`.
+    pub fn from_name(name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// [`Topic::ClickData`]'s name (for the stores' APIs, which take names).
+pub const CLICK_DATA: &str = Topic::ClickData.name();
+/// [`Topic::EnrichedClickData`]'s name.
+pub const ENRICHED_CLICK_DATA: &str = Topic::EnrichedClickData.name();
+/// [`Topic::SpecialOffers`]'s name.
+pub const SPECIAL_OFFERS: &str = Topic::SpecialOffers.name();
+/// [`Topic::DeadLetters`]'s name.
+pub const DEAD_LETTERS: &str = Topic::DeadLetters.name();
 
 /// The partition of `key` among `partitions`, exactly as Kafka's Java client computes it.
 pub fn partition_for(key: &str, partitions: u32) -> u32 {
@@ -56,6 +108,15 @@ fn murmur2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_topic_is_found_by_its_name_and_no_other_name_is_a_topic() {
+        for t in Topic::ALL {
+            assert_eq!(Topic::from_name(t.name()), Some(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.name());
+        }
+        assert_eq!(Topic::from_name("clicks"), None);
+    }
 
     #[test]
     fn murmur2_matches_kafka_reference_values() {

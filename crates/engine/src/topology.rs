@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::topics;
+use crate::topics::Topic;
 
 /// What a stage is to the data flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,9 +39,9 @@ pub struct Stage {
     /// What it does, in a sentence (the pipeline view's tooltip).
     pub description: &'static str,
     /// The topics it reads, in the order it polls them.
-    pub inputs: &'static [&'static str],
+    pub inputs: &'static [Topic],
     /// The topics it writes.
-    pub outputs: &'static [&'static str],
+    pub outputs: &'static [Topic],
     /// Where its results leave the pipeline ([`Sink::name`]s).
     pub sinks: &'static [&'static str],
     /// Whether records it cannot process go to the dead-letter topic.
@@ -50,11 +50,11 @@ pub struct Stage {
     pub instances: Instances,
 }
 
-/// One topic.
+/// One topic of a topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Topic {
-    /// Its logical name (`[kafka.topics]` maps it to a physical one).
-    pub name: &'static str,
+pub struct TopicNode {
+    /// The topic (served as its logical name; `[kafka.topics]` maps it to a physical one).
+    pub name: Topic,
     /// Whether it is the dead-letter topic.
     pub dead: bool,
 }
@@ -78,7 +78,7 @@ pub struct Topology {
     /// Every stage, sources first, in data-flow order.
     pub stages: &'static [Stage],
     /// Every topic.
-    pub topics: &'static [Topic],
+    pub topics: &'static [TopicNode],
     /// Every sink.
     pub sinks: &'static [Sink],
 }
@@ -92,7 +92,7 @@ pub const PIPELINE: Topology = Topology {
             kind: StageKind::Source,
             description: "Replays the bundled clickstream log in event-time order",
             inputs: &[],
-            outputs: &[topics::CLICK_DATA],
+            outputs: &[Topic::ClickData],
             sinks: &[],
             dead_letters: false,
             instances: Instances::SingleActive,
@@ -102,7 +102,7 @@ pub const PIPELINE: Topology = Topology {
             kind: StageKind::Source,
             description: "Takes live page views from POST /collect",
             inputs: &[],
-            outputs: &[topics::CLICK_DATA],
+            outputs: &[Topic::ClickData],
             sinks: &[],
             dead_letters: false,
             instances: Instances::Replicated,
@@ -111,8 +111,8 @@ pub const PIPELINE: Topology = Topology {
             name: "enrich",
             kind: StageKind::Operator,
             description: "Adds product and visitor data to every click",
-            inputs: &[topics::CLICK_DATA],
-            outputs: &[topics::ENRICHED_CLICK_DATA],
+            inputs: &[Topic::ClickData],
+            outputs: &[Topic::EnrichedClickData],
             sinks: &[],
             dead_letters: true,
             instances: Instances::Group,
@@ -121,8 +121,8 @@ pub const PIPELINE: Topology = Topology {
             name: "detect",
             kind: StageKind::Operator,
             description: "Runs the behaviour patterns' state machines",
-            inputs: &[topics::ENRICHED_CLICK_DATA],
-            outputs: &[topics::SPECIAL_OFFERS],
+            inputs: &[Topic::EnrichedClickData],
+            outputs: &[Topic::SpecialOffers],
             sinks: &[],
             dead_letters: true,
             instances: Instances::Group,
@@ -131,7 +131,7 @@ pub const PIPELINE: Topology = Topology {
             name: "aggregate",
             kind: StageKind::Operator,
             description: "Event-time windows behind the dashboard",
-            inputs: &[topics::ENRICHED_CLICK_DATA, topics::SPECIAL_OFFERS],
+            inputs: &[Topic::EnrichedClickData, Topic::SpecialOffers],
             outputs: &[],
             sinks: &["dashboard"],
             dead_letters: true,
@@ -141,7 +141,7 @@ pub const PIPELINE: Topology = Topology {
             name: "web",
             kind: StageKind::Operator,
             description: "Delivers offers to browsers over Server-Sent Events",
-            inputs: &[topics::SPECIAL_OFFERS],
+            inputs: &[Topic::SpecialOffers],
             outputs: &[],
             sinks: &["popups"],
             dead_letters: true,
@@ -149,20 +149,20 @@ pub const PIPELINE: Topology = Topology {
         },
     ],
     topics: &[
-        Topic {
-            name: topics::CLICK_DATA,
+        TopicNode {
+            name: Topic::ClickData,
             dead: false,
         },
-        Topic {
-            name: topics::ENRICHED_CLICK_DATA,
+        TopicNode {
+            name: Topic::EnrichedClickData,
             dead: false,
         },
-        Topic {
-            name: topics::SPECIAL_OFFERS,
+        TopicNode {
+            name: Topic::SpecialOffers,
             dead: false,
         },
-        Topic {
-            name: topics::DEAD_LETTERS,
+        TopicNode {
+            name: Topic::DeadLetters,
             dead: true,
         },
     ],
@@ -198,12 +198,12 @@ impl Topology {
     pub fn partitions(&self, partitions: u32) -> Vec<(&'static str, u32)> {
         self.topics
             .iter()
-            .map(|t| (t.name, if t.dead { 1 } else { partitions }))
+            .map(|t| (t.name.name(), if t.dead { 1 } else { partitions }))
             .collect()
     }
 
     /// The operator stages that read `topic`, in data-flow order.
-    pub fn consumers_of(&self, topic: &str) -> Vec<&'static str> {
+    pub fn consumers_of(&self, topic: Topic) -> Vec<&'static str> {
         self.stages
             .iter()
             .filter(|s| s.inputs.contains(&topic))
@@ -221,7 +221,7 @@ impl Topology {
     }
 
     /// The topics some stage reads, in data-flow order, each with its consumers.
-    pub fn consumed_topics(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+    pub fn consumed_topics(&self) -> Vec<(Topic, Vec<&'static str>)> {
         self.topics
             .iter()
             .map(|t| (t.name, self.consumers_of(t.name)))
@@ -233,14 +233,18 @@ impl Topology {
     /// sink, a name used twice, a topic nobody writes. Empty when it is sound.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let topic = |name: &str| self.topics.iter().any(|t| t.name == name);
+        let topic = |name: &Topic| self.topics.iter().any(|t| t.name == *name);
         for (i, s) in self.stages.iter().enumerate() {
             if self.stages[..i].iter().any(|o| o.name == s.name) {
                 problems.push(format!("stage {:?} is declared twice", s.name));
             }
             for t in s.inputs.iter().chain(s.outputs) {
                 if !topic(t) {
-                    problems.push(format!("stage {:?} names undeclared topic {t:?}", s.name));
+                    problems.push(format!(
+                        "stage {:?} names undeclared topic {:?}",
+                        s.name,
+                        t.name()
+                    ));
                 }
             }
             for k in s.sinks {
@@ -257,7 +261,7 @@ impl Topology {
         }
         for t in self.topics.iter().filter(|t| !t.dead) {
             if !self.stages.iter().any(|s| s.outputs.contains(&t.name)) {
-                problems.push(format!("topic {:?} has no writer", t.name));
+                problems.push(format!("topic {:?} has no writer", t.name.name()));
             }
         }
         problems
@@ -285,9 +289,9 @@ mod tests {
         assert_eq!(
             PIPELINE.consumed_topics(),
             vec![
-                (topics::CLICK_DATA, vec!["enrich"]),
-                (topics::ENRICHED_CLICK_DATA, vec!["detect", "aggregate"]),
-                (topics::SPECIAL_OFFERS, vec!["aggregate", "web"]),
+                (Topic::ClickData, vec!["enrich"]),
+                (Topic::EnrichedClickData, vec!["detect", "aggregate"]),
+                (Topic::SpecialOffers, vec!["aggregate", "web"]),
             ]
         );
         assert_eq!(
@@ -304,7 +308,7 @@ mod tests {
                     name: "a",
                     kind: StageKind::Operator,
                     description: "",
-                    inputs: &["nowhere"],
+                    inputs: &[Topic::ClickData],
                     outputs: &[],
                     sinks: &["void"],
                     dead_letters: false,
@@ -321,8 +325,8 @@ mod tests {
                     instances: Instances::Group,
                 },
             ],
-            topics: &[Topic {
-                name: "orphan",
+            topics: &[TopicNode {
+                name: Topic::SpecialOffers,
                 dead: false,
             }],
             sinks: &[],
@@ -330,10 +334,10 @@ mod tests {
         assert_eq!(
             BROKEN.problems(),
             [
-                "stage \"a\" names undeclared topic \"nowhere\"",
+                "stage \"a\" names undeclared topic \"click-data\"",
                 "stage \"a\" names undeclared sink \"void\"",
                 "stage \"a\" is declared twice",
-                "topic \"orphan\" has no writer",
+                "topic \"special-offers\" has no writer",
             ]
         );
     }

@@ -2,12 +2,12 @@
 //! wall time: a restarted stage releases what it holds (the `chaos --seed 5` stall), and in live
 //! mode the windows move on with the sources' clock while nothing arrives.
 
+use clickpulse_engine::topics::Topic;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::{Device, EnrichedClick, Gender};
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges, process_one};
-use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
 use serde_json::Value;
@@ -46,7 +46,7 @@ fn feed(op: &mut AggregateOperator, partition: u32, click: &EnrichedClick) {
     let value = clickpulse_engine::codec::encode(click);
     process_one(
         op,
-        topics::ENRICHED_CLICK_DATA,
+        Topic::EnrichedClickData,
         partition,
         &value,
         Instant::now(),
@@ -126,7 +126,7 @@ fn a_restarted_aggregate_releases_what_it_holds_when_its_inputs_stay_quiet() {
         stat(&restarted, "watermark_ms"),
         stat(&uninterrupted, "watermark_ms")
     );
-    assert_eq!(*restarted_handle.snapshot(), *handle.snapshot());
+    assert_eq!(restarted_handle.snapshot(), handle.snapshot());
 }
 
 /// The sources' frontier, as a test sets it.
@@ -145,8 +145,13 @@ fn live(sources: &Sources, handle: &DashboardHandle) -> AggregateOperator {
         .with_frontier(Arc::new(move || *sources.0.lock().unwrap()))
 }
 
+/// The handle's snapshot as the dashboard page reads it.
+fn as_json(handle: &DashboardHandle) -> serde_json::Value {
+    serde_json::to_value(handle.snapshot().as_deref()).unwrap()
+}
+
 fn snapshot_minutes(handle: &DashboardHandle) -> Vec<(i64, u64)> {
-    handle.snapshot()["page_views_per_minute"]
+    as_json(handle)["page_views_per_minute"]
         .as_array()
         .unwrap()
         .iter()
@@ -182,7 +187,7 @@ fn live_windows_move_on_with_the_clock_through_a_quiet_stream() {
         "drained: the watermark follows the clock, below it"
     );
     assert_eq!(stat(&op, "pending"), 0);
-    assert_eq!(handle.snapshot()["active_visitors_5m"], 1);
+    assert_eq!(as_json(&handle)["active_visitors_5m"], 1);
     // The clock runs on ten minutes with nothing published: the minutes move on and read zero,
     // and the visitor leaves the last five minutes.
     sources.set(start + 10 * minute + 13_000, true);
@@ -194,8 +199,8 @@ fn live_windows_move_on_with_the_clock_through_a_quiet_stream() {
     let minutes = snapshot_minutes(&handle);
     assert_eq!(minutes.last(), Some(&(start + 10 * minute, 0)));
     assert!(minutes.contains(&(start, 3)));
-    assert_eq!(handle.snapshot()["active_visitors_5m"], 0);
-    assert_eq!(handle.snapshot()["active_visitors_30m"], 1);
+    assert_eq!(as_json(&handle)["active_visitors_5m"], 0);
+    assert_eq!(as_json(&handle)["active_visitors_30m"], 1);
     // A live view stamped with the clock is on time.
     feed(&mut op, 1, &view(start + 10 * minute + 13_000, "b"));
     assert_eq!(stat(&op, "late_events"), 0);
@@ -274,7 +279,7 @@ fn free_text_keys_cannot_grow_the_windows() {
     op.on_poll();
     op.on_tick(t0, &mut Emitter::default());
     listen(&mut op, t0, IDLE.as_secs() + 1);
-    let snap = handle.snapshot();
+    let snap = as_json(&handle);
     let countries = snap["country_views_30m"].as_array().unwrap();
     assert_eq!(countries.len(), 11, "ten countries and (other)");
     let total: u64 = countries.iter().map(|c| c["views"].as_u64().unwrap()).sum();
@@ -305,7 +310,7 @@ fn free_text_keys_cannot_grow_the_windows() {
     feed(&mut restored, 0, &held);
     feed(&mut restored, 1, &fresh);
     listen(&mut restored, Instant::now(), IDLE.as_secs() + 1);
-    let top = restored_handle.snapshot()["top_products_1h"].clone();
+    let top = as_json(&restored_handle)["top_products_1h"].clone();
     let views_of = |id: &str| {
         top.as_array()
             .unwrap()
@@ -377,6 +382,6 @@ fn a_checkpoint_writes_what_changed_not_the_whole_window_state() {
     }
     restored.on_poll();
     restored.on_tick(t0, &mut Emitter::default());
-    assert_eq!(*restored_handle.snapshot(), *handle.snapshot());
+    assert_eq!(restored_handle.snapshot(), handle.snapshot());
     assert!(store.keys().filter(|k| k.starts_with("pane/")).count() <= 3_601);
 }

@@ -503,7 +503,7 @@ fn feed(
 ) {
     use clickpulse_engine::operator::{Context, Operator};
     let mut ctx = Context::new(
-        "enriched-click-data",
+        clickpulse_engine::topics::Topic::EnrichedClickData,
         partition,
         0,
         std::time::Instant::now(),

@@ -1,15 +1,15 @@
 //! The dashboard endpoints: the latest snapshot, and a Server-Sent-Events stream of it.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use clickpulse_engine::window::DashboardHandle;
+use clickpulse_engine::window::{DashboardHandle, DashboardSnapshot};
 use futures_util::Stream;
-use serde_json::Value;
 
 use crate::privacy::{Audience, Privacy};
 use crate::{AppError, AppState};
@@ -45,11 +45,13 @@ pub(crate) async fn snapshot(
     State(state): State<AppState>,
     Query(access): Query<Access>,
     headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Option<DashboardSnapshot>>, AppError> {
     let privacy = crate::privacy::of(&state);
     let audience = access.audience(&privacy, &headers);
     Ok(Json(
-        privacy.snapshot_for(&audience, &handle(&state)?.snapshot()),
+        handle(&state)?
+            .snapshot()
+            .map(|s| privacy.snapshot_for(&audience, &s)),
     ))
 }
 
@@ -64,7 +66,9 @@ pub(crate) async fn stream(
     let handle = handle(&state)?;
     let privacy = crate::privacy::of(&state);
     let audience = access.audience(&privacy, &headers);
-    let seen = move |snapshot: &Value| privacy.snapshot_for(&audience, snapshot);
+    let seen = move |snapshot: Option<Arc<DashboardSnapshot>>| {
+        snapshot.map(|s| privacy.snapshot_for(&audience, &s))
+    };
     // At most one event per INTERVAL: after sending, wait out the interval, then send the
     // newest snapshot as soon as one differs from what was sent (read at send time, not before
     // the wait, so it is never stale).
@@ -76,7 +80,7 @@ pub(crate) async fn stream(
         loop {
             let generation = handle.generation();
             if last != Some(generation) {
-                let data = serde_json::to_string(&seen(&handle.snapshot()))
+                let data = serde_json::to_string(&seen(handle.snapshot()))
                     .unwrap_or_else(|_| "null".to_owned());
                 let event = Event::default().event("snapshot").data(data);
                 let now = tokio::time::Instant::now();
@@ -90,13 +94,11 @@ pub(crate) async fn stream(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use clickpulse_engine::metrics::PipelineMetrics;
     use http_body_util::BodyExt;
-    use serde_json::json;
+    use serde_json::Value;
     use tower::ServiceExt;
 
     use super::*;
@@ -104,7 +106,11 @@ mod tests {
     #[tokio::test]
     async fn snapshot_and_stream_serve_the_latest_dashboard() {
         let handle = DashboardHandle::default();
-        handle.publish(json!({"now_ms": 1000, "active_visitors_5m": 3}));
+        handle.publish(DashboardSnapshot {
+            now_ms: Some(1000),
+            active_visitors_5m: 3,
+            ..DashboardSnapshot::default()
+        });
         let router = crate::app(AppState {
             dashboard: Some(handle.clone()),
             ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
@@ -142,7 +148,10 @@ mod tests {
         assert!(text.starts_with("event: snapshot\ndata: {"), "{text}");
         assert!(text.contains("\"now_ms\":1000"), "{text}");
         // A new snapshot is pushed once published.
-        handle.publish(json!({"now_ms": 2000}));
+        handle.publish(DashboardSnapshot {
+            now_ms: Some(2000),
+            ..DashboardSnapshot::default()
+        });
         // A hang guard only: the frame is pushed on publish, however slow the machine.
         let frame = tokio::time::timeout(Duration::from_secs(300), body.frame())
             .await

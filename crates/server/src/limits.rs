@@ -1028,7 +1028,10 @@ mod tests {
     fn stream_state() -> (AppState, String) {
         let mut state = state();
         let dashboard = clickpulse_engine::window::DashboardHandle::default();
-        dashboard.publish(serde_json::json!({"now_ms": 1}));
+        dashboard.publish(clickpulse_engine::window::DashboardSnapshot {
+            now_ms: Some(1),
+            ..Default::default()
+        });
         state.dashboard = Some(dashboard);
         let tokens = crate::offers::OfferTokens::new(b"stream test");
         let token = tokens.issue_stream("v");

@@ -52,7 +52,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use clickpulse_engine::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use clickpulse_engine::pattern::{Offer, OfferContent};
-use clickpulse_engine::topics;
 use futures_util::Stream;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -743,8 +742,8 @@ impl Operator for WebOperator {
         "web"
     }
 
-    fn input_topics(&self) -> Vec<&'static str> {
-        vec![topics::SPECIAL_OFFERS]
+    fn input_topics(&self) -> Vec<clickpulse_engine::topics::Topic> {
+        vec![clickpulse_engine::topics::Topic::SpecialOffers]
     }
 
     fn process_record(&mut self, value: &[u8], _ctx: &mut Context<'_>) -> Result<(), RecordError> {

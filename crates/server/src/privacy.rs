@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use serde_json::Value;
+use clickpulse_engine::window::DashboardSnapshot;
 
 use crate::offers::OfferTokens;
 
@@ -96,30 +96,23 @@ impl Privacy {
         self.visitor_for(audience, visitor) == given
     }
 
-    /// A dashboard snapshot as `audience` may see it: `latest_views` pseudonymised.
-    pub fn snapshot_for(&self, audience: &Audience, snapshot: &Value) -> Value {
-        if *audience == Audience::Viewer {
-            return snapshot.clone();
-        }
+    /// A dashboard snapshot as `audience` may see it: `latest_views` pseudonymised (a
+    /// visitor with its identity token sees its own views in full).
+    pub fn snapshot_for(
+        &self,
+        audience: &Audience,
+        snapshot: &DashboardSnapshot,
+    ) -> DashboardSnapshot {
         let mut out = snapshot.clone();
-        if let Some(views) = out.get_mut("latest_views").and_then(Value::as_array_mut) {
-            for view in views {
-                let own = match (audience, view.get("visitor").and_then(Value::as_str)) {
-                    (Audience::Public { me: Some(me) }, Some(v)) => me == v,
-                    _ => false,
-                };
-                if own {
-                    continue;
-                }
-                if let Some(v) = view.get("visitor").and_then(Value::as_str) {
-                    let p = self.pseudonym(v);
-                    view["visitor"] = Value::from(p);
-                }
-                if let Some(ip) = view.get("ip").and_then(Value::as_str) {
-                    let cut = truncate_ip(ip);
-                    view["ip"] = Value::from(cut);
-                }
+        if *audience == Audience::Viewer {
+            return out;
+        }
+        for view in &mut out.latest_views {
+            if matches!(audience, Audience::Public { me: Some(me) } if *me == view.visitor) {
+                continue;
             }
+            view.visitor = self.pseudonym(&view.visitor);
+            view.ip = truncate_ip(&view.ip);
         }
         out
     }
@@ -160,8 +153,9 @@ pub fn truncate_ip(ip: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clickpulse_engine::window::snapshot::LatestView;
+
     use super::*;
-    use serde_json::json;
 
     fn privacy() -> Privacy {
         Privacy::new(
@@ -181,18 +175,29 @@ mod tests {
     #[test]
     fn the_public_sees_pseudonyms_the_viewer_and_the_visitor_itself_see_ids() {
         let p = privacy();
-        let snapshot = json!({"latest_views": [
-            {"visitor": "ann", "ip": "203.0.113.77", "product_id": "P1"},
-            {"visitor": "bob", "ip": "198.51.100.2", "product_id": "P2"},
-        ]});
+        let view = |visitor: &str, ip: &str, product_id: &str| LatestView {
+            ts_ms: 0,
+            visitor: visitor.to_owned(),
+            ip: ip.to_owned(),
+            country: "US".to_owned(),
+            product_id: product_id.to_owned(),
+            category: "shoes".to_owned(),
+        };
+        let snapshot = DashboardSnapshot {
+            latest_views: vec![
+                view("ann", "203.0.113.77", "P1"),
+                view("bob", "198.51.100.2", "P2"),
+            ],
+            ..DashboardSnapshot::default()
+        };
         let public = p.audience(&HeaderMap::new(), None, None, None);
         let seen = p.snapshot_for(&public, &snapshot);
-        let views = seen["latest_views"].as_array().unwrap();
-        assert_eq!(views[0]["visitor"], p.pseudonym("ann").as_str());
-        assert!(views[0]["visitor"].as_str().unwrap().starts_with("v-"));
+        let views = &seen.latest_views;
+        assert_eq!(views[0].visitor, p.pseudonym("ann"));
+        assert!(views[0].visitor.starts_with("v-"));
         assert_ne!(p.pseudonym("ann"), p.pseudonym("bob"));
-        assert_eq!(views[0]["ip"], "203.0.113.0");
-        assert_eq!(views[0]["product_id"], "P1");
+        assert_eq!(views[0].ip, "203.0.113.0");
+        assert_eq!(views[0].product_id, "P1");
         // The viewer token, as a bearer or in the query.
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer viewer".parse().unwrap());
@@ -214,12 +219,9 @@ mod tests {
         let token = p.tokens.issue("ann");
         let ann = p.audience(&HeaderMap::new(), None, Some("ann"), Some(&token));
         let seen = p.snapshot_for(&ann, &snapshot);
-        assert_eq!(seen["latest_views"][0]["visitor"], "ann");
-        assert_eq!(seen["latest_views"][0]["ip"], "203.0.113.77");
-        assert_eq!(
-            seen["latest_views"][1]["visitor"],
-            p.pseudonym("bob").as_str()
-        );
+        assert_eq!(seen.latest_views[0].visitor, "ann");
+        assert_eq!(seen.latest_views[0].ip, "203.0.113.77");
+        assert_eq!(seen.latest_views[1].visitor, p.pseudonym("bob"));
         // Claiming to be ann without her token is the public's view.
         let claim = p.audience(&HeaderMap::new(), None, Some("ann"), Some("00"));
         assert_eq!(claim, Audience::Public { me: None });

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use clickpulse_engine::topics;
+use clickpulse_engine::topics::{self, Topic};
 use serde::Deserialize;
 
 use super::DistributedError;
@@ -76,27 +76,21 @@ impl Default for TopicNames {
 }
 
 impl TopicNames {
-    /// The physical name of a logical topic (`topics::CLICK_DATA`, …).
-    pub fn physical(&self, logical: &str) -> &str {
-        match logical {
-            topics::CLICK_DATA => &self.click_data,
-            topics::ENRICHED_CLICK_DATA => &self.enriched_click_data,
-            topics::SPECIAL_OFFERS => &self.special_offers,
-            topics::DEAD_LETTERS => &self.dead_letters,
-            other => panic!("unknown logical topic {other:?}"),
+    /// The physical name of `topic`.
+    pub fn physical(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::ClickData => &self.click_data,
+            Topic::EnrichedClickData => &self.enriched_click_data,
+            Topic::SpecialOffers => &self.special_offers,
+            Topic::DeadLetters => &self.dead_letters,
         }
     }
 
-    /// The logical name of a physical topic.
-    pub fn logical(&self, physical: &str) -> Option<&'static str> {
-        [
-            topics::CLICK_DATA,
-            topics::ENRICHED_CLICK_DATA,
-            topics::SPECIAL_OFFERS,
-            topics::DEAD_LETTERS,
-        ]
-        .into_iter()
-        .find(|l| self.physical(l) == physical)
+    /// The topic whose physical name is `physical` (`None`: none of the pipeline's).
+    pub fn logical(&self, physical: &str) -> Option<Topic> {
+        Topic::ALL
+            .into_iter()
+            .find(|t| self.physical(*t) == physical)
     }
 }
 

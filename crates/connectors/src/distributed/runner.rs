@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use clickpulse_engine::metrics::StageMetrics;
 use clickpulse_engine::operator::{Operator, Output, StateChanges};
-use clickpulse_engine::topics;
+use clickpulse_engine::topics::{self, Topic};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -76,7 +76,7 @@ pub enum Placement {
     /// input's partition.
     Partitioned {
         /// Logical output topic.
-        output: Option<&'static str>,
+        output: Option<Topic>,
     },
     /// One operator over every partition of every input topic. With a `lease`, one worker in the
     /// deployment runs it and the others wait as standbys; without, each instance runs its own
@@ -165,7 +165,7 @@ impl ConsumerContext for GroupContext {
 }
 
 /// Logical topics whose records each carry a lineage of their own, rising within a partition.
-pub const ONE_RECORD_PER_LINEAGE: [&str; 2] = [topics::CLICK_DATA, topics::ENRICHED_CLICK_DATA];
+pub const ONE_RECORD_PER_LINEAGE: [Topic; 2] = [Topic::ClickData, Topic::EnrichedClickData];
 
 struct Task<O> {
     driver: TaskDriver<O>,
@@ -224,8 +224,8 @@ impl<O: Operator, F: FnMut() -> O> Stage<'_, O, F> {
         self.store.task_key(self.stage, name)
     }
 
-    fn physical(&self, logical: &str) -> String {
-        self.ctx.kafka.topics.physical(logical).to_owned()
+    fn physical(&self, topic: Topic) -> String {
+        self.ctx.kafka.topics.physical(topic).to_owned()
     }
 
     /// Opens the task of input partition `p` (partitioned) or the single task (`p` = 0).
@@ -432,7 +432,7 @@ impl<V: Copy> Marks<V> {
 /// polled record carries an index instead of a copy of its topic's name.
 struct TopicNames<'a> {
     kafka: &'a KafkaConfig,
-    names: Vec<(String, &'static str)>,
+    names: Vec<(String, Topic)>,
 }
 
 impl<'a> TopicNames<'a> {
@@ -466,7 +466,7 @@ impl<'a> TopicNames<'a> {
         &self.names[i].0
     }
 
-    fn logical(&self, i: usize) -> &'static str {
+    fn logical(&self, i: usize) -> Topic {
         self.names[i].1
     }
 }
@@ -562,7 +562,7 @@ pub fn run_stage<O: Operator>(
     let inputs: Vec<String> = sample
         .input_topics()
         .iter()
-        .map(|t| ctx.kafka.topics.physical(t).to_owned())
+        .map(|t| ctx.kafka.topics.physical(*t).to_owned())
         .collect();
     drop(sample);
     if matches!(placement, Placement::Partitioned { .. }) && inputs.len() != 1 {
@@ -749,7 +749,7 @@ pub fn run_stage<O: Operator>(
                 return;
             }
             outputs += 1;
-            let partition = if out.topic == topics::DEAD_LETTERS {
+            let partition = if out.topic == Topic::DeadLetters {
                 topics::partition_for(&out.key, ctx.kafka.dead_letter_partitions)
             } else {
                 out_partition
@@ -842,11 +842,11 @@ pub fn run_stage<O: Operator>(
                 }
             }
             for ((topic, q), next) in &task.next {
-                let logical = ctx
-                    .kafka
-                    .topics
-                    .logical(topic)
-                    .unwrap_or(topics::CLICK_DATA);
+                // Offsets stored under a topic that is none of the pipeline's (a renamed
+                // `[kafka.topics]` entry) are no input of this stage: no backlog to report.
+                let Some(logical) = ctx.kafka.topics.logical(topic) else {
+                    continue;
+                };
                 let pending = consumer.context().behind(topic, *q, *next) > 0;
                 task.driver.op_mut().input_backlog(logical, *q, pending);
             }
@@ -1000,7 +1000,10 @@ mod tests {
         ];
         let names = TopicNames::new(&kafka, &inputs).unwrap();
         assert_eq!(names.index(&kafka.topics.special_offers).unwrap(), 1);
-        assert_eq!(names.logical(1), clickpulse_engine::topics::SPECIAL_OFFERS);
+        assert_eq!(
+            names.logical(1),
+            clickpulse_engine::topics::Topic::SpecialOffers
+        );
         assert!(matches!(
             names.index("shop-orders"),
             Err(DistributedError::UnknownTopic(t)) if t == "shop-orders"

@@ -194,8 +194,8 @@ pub fn run_operator<O: Operator>(
     // (topic, partition, next offset) for every input partition.
     let mut positions = Vec::new();
     for topic in &inputs {
-        for p in 0..store.partitions(topic)? {
-            positions.push((*topic, p, store.committed(stage, topic, p)?));
+        for p in 0..store.partitions(topic.name())? {
+            positions.push((*topic, p, store.committed(stage, topic.name(), p)?));
         }
     }
     info!(stage, inputs = ?inputs, events = task.events, "Stage started.");
@@ -222,15 +222,15 @@ pub fn run_operator<O: Operator>(
         let mut consumed = 0;
         let now = Instant::now();
         for (topic, p, position) in positions.iter_mut() {
-            let fetched = store.fetch_batch(topic, *p, *position, per_partition)?;
+            let fetched = store.fetch_batch(topic.name(), *p, *position, per_partition)?;
             let mut next = None;
             for record in fetched.records() {
                 consumed += 1;
                 next = Some(record.offset + 1);
                 task.process(
                     Record {
-                        topic,
-                        stored_as: topic,
+                        topic: *topic,
+                        stored_as: topic.name(),
                         partition: *p,
                         offset: record.offset,
                         key: record.key,
@@ -252,8 +252,8 @@ pub fn run_operator<O: Operator>(
         // idle (the watermark waits for it).
         let mut lag = 0;
         for (topic, p, position) in &positions {
-            let behind = store.end_offset(topic, *p).saturating_sub(*position);
-            task.op_mut().input_backlog(topic, *p, behind > 0);
+            let behind = store.end_offset(topic.name(), *p).saturating_sub(*position);
+            task.op_mut().input_backlog(*topic, *p, behind > 0);
             lag += behind;
         }
         task.tick(Instant::now());
@@ -291,7 +291,7 @@ pub fn run_operator<O: Operator>(
         }
         batch.appends = task
             .outputs()
-            .map(|o| (o.topic.to_owned(), o.key, o.value))
+            .map(|o| (o.topic.name().to_owned(), o.key, o.value))
             .collect();
         if task.checkpoint_due(!batch.appends.is_empty(), Instant::now()) {
             // Older positions first: a partition's newest one is written last.
@@ -309,7 +309,7 @@ pub fn run_operator<O: Operator>(
             offsets: deferred,
             appends: task
                 .outputs()
-                .map(|o| (o.topic.to_owned(), o.key, o.value))
+                .map(|o| (o.topic.name().to_owned(), o.key, o.value))
                 .collect(),
             ..CommitBatch::default()
         };
@@ -406,8 +406,8 @@ mod tests {
         fn name(&self) -> &'static str {
             "counter"
         }
-        fn input_topics(&self) -> Vec<&'static str> {
-            vec![topics::CLICK_DATA]
+        fn input_topics(&self) -> Vec<clickpulse_engine::topics::Topic> {
+            vec![clickpulse_engine::topics::Topic::ClickData]
         }
         fn process_record(
             &mut self,

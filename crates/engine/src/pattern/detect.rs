@@ -22,7 +22,7 @@ use super::machine::{Cause, Match, Pattern};
 use super::{PatternRegistry, PatternSet};
 use crate::click::{EnrichedClick, EnrichedRef};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
-use crate::topics;
+use crate::topics::Topic;
 
 /// A special offer for one visitor (topic `special-offers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,8 +530,8 @@ impl Operator for DetectOperator {
         "detect"
     }
 
-    fn input_topics(&self) -> Vec<&'static str> {
-        vec![topics::ENRICHED_CLICK_DATA]
+    fn input_topics(&self) -> Vec<Topic> {
+        vec![Topic::EnrichedClickData]
     }
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
@@ -539,7 +539,7 @@ impl Operator for DetectOperator {
         ctx.event_time(click.ts_ms);
         let watermark = ctx.watermark().unwrap_or(click.ts_ms);
         for offer in self.detect_at(&click.borrowed(), watermark) {
-            ctx.out.emit(topics::SPECIAL_OFFERS, &offer.visitor, &offer);
+            ctx.out.emit(Topic::SpecialOffers, &offer.visitor, &offer);
         }
         Ok(())
     }

@@ -31,12 +31,16 @@ use serde_json::{Value, json};
 
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
+use super::snapshot::{
+    BucketVisitors, CategoryViews, CountryViews, DashboardSnapshot, DeviceViews, LatestView,
+    MinuteViews, ProductViews,
+};
 use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Frontier, Watermarks};
 use crate::click::{Device, EnrichedClick, EnrichedRef};
 use crate::operator::{Context, Emitter, Operator, RecordError, RestoreError, StateChanges};
 use crate::pattern::Offer;
-use crate::topics;
+use crate::topics::Topic;
 
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 const HALF_HOUR_MS: i64 = 30 * MINUTE_MS;
@@ -240,9 +244,7 @@ fn insert_visitor(set: &mut HashSet<Visitor>, v: &Visitor) {
     }
 }
 
-/// Device classes shown on the dashboard: a Bot counts as Other.
-const DEVICE_CLASSES: [&str; 4] = ["Desktop", "Mobile", "Tablet", "Other"];
-
+/// The slot of a device class in [`Devices`], in [`DeviceViews`]' order: a Bot counts as Other.
 fn device_slot(d: Device) -> usize {
     match d {
         Device::Desktop => 0,
@@ -757,46 +759,45 @@ impl DashboardAggregator {
     }
 
     /// The dashboard as of the watermark.
-    pub fn snapshot(&self) -> Value {
+    pub fn snapshot(&self) -> DashboardSnapshot {
         let Some(now) = self.s.watermark else {
-            return json!({
-                "now_ms": null,
-                "page_views_per_minute": [],
-                "visitors_per_30min": [],
-                "top_products_1h": [],
-                "category_views_1h": [],
-                "device_views_10m": {"Desktop": 0, "Mobile": 0, "Tablet": 0, "Other": 0},
-                "latest_views": [],
-                "active_visitors_30m": 0,
-                "active_visitors_5m": 0,
-                "active_visitors_per_minute_30m": [],
-                "country_views_30m": [],
-                "offers_by_pattern_1h": {},
-            });
+            return DashboardSnapshot::default();
         };
         let minutes = self.s.minutes.as_ref().expect("set");
-        let page_views: Vec<Value> = minutes
+        let page_views_per_minute = minutes
             .last(now, 15)
             .iter()
-            .map(|r| json!({"start_ms": r.start_ms, "views": r.value.map_or(0, |m| m.views), "final": r.is_final}))
+            .map(|r| MinuteViews {
+                start_ms: r.start_ms,
+                views: r.value.map_or(0, |m| m.views),
+                is_final: r.is_final,
+            })
             .collect();
-        let visitors_per_minute: Vec<Value> = minutes
+        let active_visitors_per_minute_30m = minutes
             .last(now, 30)
             .iter()
-            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, |m| m.visitors.len()), "final": r.is_final}))
+            .map(|r| BucketVisitors {
+                start_ms: r.start_ms,
+                visitors: r.value.map_or(0, |m| m.visitors.len() as u64),
+                is_final: r.is_final,
+            })
             .collect();
-        let half_hours: Vec<Value> = self
+        let visitors_per_30min = self
             .s
             .half_hours
             .as_ref()
             .expect("set")
             .last(now, 16)
             .iter()
-            .map(|r| json!({"start_ms": r.start_ms, "visitors": r.value.map_or(0, |s| s.len()), "final": r.is_final}))
+            .map(|r| BucketVisitors {
+                start_ms: r.start_ms,
+                visitors: r.value.map_or(0, |s| s.len() as u64),
+                is_final: r.is_final,
+            })
             .collect();
         let panes = &self.s.panes;
         let last_hour = self.last_hour.value_at(panes, now);
-        let top_products: Vec<Value> = last_hour
+        let top_products_1h = last_hour
             .products
             .ranked()
             .into_iter()
@@ -810,59 +811,74 @@ impl DashboardAggregator {
                     },
                     |(t, c)| (&**t, &**c),
                 );
-                json!({"product_id": id, "title": title, "category": category, "views": views})
+                ProductViews {
+                    product_id: id.to_string(),
+                    title: title.to_owned(),
+                    category: category.to_owned(),
+                    views,
+                }
             })
             .collect();
-        let categories: Vec<Value> = last_hour
+        let category_views_1h = last_hour
             .categories
             .ranked()
             .into_iter()
-            .map(|(category, views)| json!({"category": category, "views": views}))
+            .map(|(category, views)| CategoryViews {
+                category: category.to_string(),
+                views,
+            })
             .collect();
-        let devices = self.devices_10m.value_at(panes, now).0;
-        let device_views: serde_json::Map<String, Value> = DEVICE_CLASSES
-            .iter()
-            .zip(devices)
-            .map(|(name, n)| (name.to_string(), Value::from(n)))
-            .collect();
-        let latest: Vec<Value> = self
+        let [desktop, mobile, tablet, other] = self.devices_10m.value_at(panes, now).0;
+        let latest_views = self
             .s
             .latest
             .iter()
             .rev()
-            .map(|v| {
-                json!({"ts_ms": v.ts_ms, "visitor": v.visitor.as_str(), "ip": v.ip, "country": v.country,
-                       "product_id": v.product_id, "category": v.category})
+            .map(|v| LatestView {
+                ts_ms: v.ts_ms,
+                visitor: v.visitor.as_str().to_owned(),
+                ip: v.ip.clone(),
+                country: v.country.to_string(),
+                product_id: v.product_id.to_string(),
+                category: v.category.to_string(),
             })
             .collect();
-        let countries: Vec<Value> = self
+        let country_views_30m = self
             .countries_30m
             .value_at(panes, now)
             .0
             .ranked()
             .into_iter()
-            .map(|(country, views)| json!({"country": country, "views": views}))
+            .map(|(country, views)| CountryViews {
+                country: country.to_string(),
+                views,
+            })
             .collect();
-        let mut offers: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut offers_by_pattern_1h: BTreeMap<String, u64> = BTreeMap::new();
         for (_, at) in self.s.offers.range(now - HOUR_MS + 1..=now) {
             for pattern in at.values() {
-                *offers.entry(pattern.as_str()).or_default() += 1;
+                *offers_by_pattern_1h.entry(pattern.clone()).or_default() += 1;
             }
         }
-        json!({
-            "now_ms": now,
-            "page_views_per_minute": page_views,
-            "visitors_per_30min": half_hours,
-            "top_products_1h": top_products,
-            "category_views_1h": categories,
-            "device_views_10m": device_views,
-            "latest_views": latest,
-            "active_visitors_30m": self.visitors_30m.value_at(panes, now).0.len(),
-            "active_visitors_5m": self.visitors_5m.value_at(panes, now).0.len(),
-            "active_visitors_per_minute_30m": visitors_per_minute,
-            "country_views_30m": countries,
-            "offers_by_pattern_1h": offers,
-        })
+        DashboardSnapshot {
+            now_ms: Some(now),
+            page_views_per_minute,
+            visitors_per_30min,
+            top_products_1h,
+            category_views_1h,
+            device_views_10m: DeviceViews {
+                desktop,
+                mobile,
+                tablet,
+                other,
+            },
+            latest_views,
+            active_visitors_30m: self.visitors_30m.value_at(panes, now).0.len() as u64,
+            active_visitors_5m: self.visitors_5m.value_at(panes, now).0.len() as u64,
+            active_visitors_per_minute_30m,
+            country_views_30m,
+            offers_by_pattern_1h,
+        }
     }
 
     fn persisted(&mut self) -> &Persisted {
@@ -875,12 +891,12 @@ impl DashboardAggregator {
 /// The latest snapshot, shared with the HTTP server; `generation` changes with every update.
 #[derive(Debug, Clone, Default)]
 pub struct DashboardHandle {
-    inner: Arc<(RwLock<Arc<Value>>, AtomicU64)>,
+    inner: Arc<(RwLock<Option<Arc<DashboardSnapshot>>>, AtomicU64)>,
 }
 
 impl DashboardHandle {
-    /// The latest snapshot (`null` before the first).
-    pub fn snapshot(&self) -> Arc<Value> {
+    /// The latest snapshot (`None` before the first: served as `null`).
+    pub fn snapshot(&self) -> Option<Arc<DashboardSnapshot>> {
         self.inner.0.read().expect("dashboard lock").clone()
     }
 
@@ -890,8 +906,8 @@ impl DashboardHandle {
     }
 
     /// Publishes a new snapshot.
-    pub fn publish(&self, snapshot: Value) {
-        *self.inner.0.write().expect("dashboard lock") = Arc::new(snapshot);
+    pub fn publish(&self, snapshot: DashboardSnapshot) {
+        *self.inner.0.write().expect("dashboard lock") = Some(Arc::new(snapshot));
         self.inner.1.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -1078,8 +1094,8 @@ impl Operator for AggregateOperator {
         "aggregate"
     }
 
-    fn input_topics(&self) -> Vec<&'static str> {
-        vec![topics::ENRICHED_CLICK_DATA, topics::SPECIAL_OFFERS]
+    fn input_topics(&self) -> Vec<Topic> {
+        vec![Topic::EnrichedClickData, Topic::SpecialOffers]
     }
 
     fn on_start(&mut self, now: Instant) {
@@ -1088,7 +1104,7 @@ impl Operator for AggregateOperator {
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
         self.settle(ctx.now);
-        if ctx.topic == topics::SPECIAL_OFFERS {
+        if ctx.topic == Topic::SpecialOffers {
             let offer: Offer = crate::codec::decode(value)?;
             self.core.on_offer(&offer);
         } else {
@@ -1107,8 +1123,8 @@ impl Operator for AggregateOperator {
         Ok(())
     }
 
-    fn input_backlog(&mut self, topic: &str, partition: u32, pending: bool) {
-        if topic == topics::ENRICHED_CLICK_DATA {
+    fn input_backlog(&mut self, topic: Topic, partition: u32, pending: bool) {
+        if topic == Topic::EnrichedClickData {
             self.core.set_backlog(partition, pending);
         }
     }
@@ -1199,7 +1215,8 @@ impl Operator for AggregateOperator {
             |o: &BTreeMap<String, String>| to_json(o),
         );
         self.written.watermark = self.core.s.watermark;
-        let snapshot = serde_json::to_vec(&*self.handle.snapshot()).expect("snapshot serializes");
+        let snapshot =
+            serde_json::to_vec(&self.handle.snapshot().as_deref()).expect("snapshot serializes");
         changes.push((SNAPSHOT_KEY.to_owned(), Some(snapshot)));
     }
 

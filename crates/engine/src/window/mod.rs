@@ -7,6 +7,7 @@
 //! - [`buckets`]: tumbling and hopping windows ([`WindowSpec`], [`Buckets`]) and sliding windows
 //!   over one-second panes ([`Sliding`]).
 //! - [`dashboard`]: the dashboard metrics and the aggregation operator.
+//! - [`snapshot`]: the typed [`DashboardSnapshot`] it publishes.
 //! - [`visitor`]: visitor ids hashed once and shared, as the window state keys them.
 //!
 //! Time has one-second resolution here: the watermark is floored to a whole second, and a
@@ -15,11 +16,13 @@
 
 pub mod buckets;
 pub mod dashboard;
+pub mod snapshot;
 pub mod visitor;
 pub mod watermark;
 
 pub use buckets::{Buckets, Sliding, WindowSpec};
 pub use dashboard::{AggregateOperator, DashboardAggregator, DashboardHandle};
+pub use snapshot::DashboardSnapshot;
 pub use watermark::{EventTimeBuffer, Frontier, Watermarks};
 
 /// Milliseconds per second: the resolution of watermarks and panes.

@@ -8,7 +8,7 @@ use clickpulse_connectors::distributed::DistributedError;
 use clickpulse_connectors::distributed::runner::WorkerContext;
 use clickpulse_connectors::distributed::store::RedisStore;
 use clickpulse_engine::window::DashboardHandle;
-use serde_json::Value;
+use clickpulse_engine::window::DashboardSnapshot;
 use tracing::warn;
 
 /// The Redis key (after the prefix) of the snapshot.
@@ -23,8 +23,10 @@ pub fn publish(ctx: &WorkerContext, handle: &DashboardHandle) -> Result<(), Dist
     let mut published = 0;
     while !ctx.shutdown.load(Ordering::Relaxed) {
         let generation = handle.generation();
-        if generation != published {
-            let snapshot = serde_json::to_vec(&*handle.snapshot()).expect("snapshot serializes");
+        if generation != published
+            && let Some(snapshot) = handle.snapshot()
+        {
+            let snapshot = serde_json::to_vec(&*snapshot).expect("snapshot serializes");
             match store.set(KEY, &snapshot) {
                 Ok(()) => published = generation,
                 Err(error) => warn!(%error, "Cannot publish the dashboard."),
@@ -42,9 +44,11 @@ pub fn follow(ctx: &WorkerContext, handle: &DashboardHandle) -> Result<(), Distr
     while !ctx.shutdown.load(Ordering::Relaxed) {
         match store.get(KEY) {
             Ok(Some(bytes)) if bytes != last => {
-                match serde_json::from_slice::<Value>(&bytes) {
+                match serde_json::from_slice::<DashboardSnapshot>(&bytes) {
                     Ok(snapshot) => handle.publish(snapshot),
-                    Err(error) => warn!(%error, "The dashboard snapshot in Redis is not JSON."),
+                    Err(error) => {
+                        warn!(%error, "The dashboard snapshot in Redis is not a snapshot.")
+                    }
                 }
                 last = bytes;
             }

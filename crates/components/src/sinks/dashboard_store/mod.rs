@@ -5,9 +5,8 @@
 
 use clickpulse_connectors::embedded::runner::operator_state;
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
-use clickpulse_engine::window::DashboardHandle;
 use clickpulse_engine::window::dashboard::SNAPSHOT_KEY;
-use serde_json::Value;
+use clickpulse_engine::window::{DashboardHandle, DashboardSnapshot};
 
 use super::Sink;
 use crate::{ComponentError, Runtime, Wiring, spawn_distributed};
@@ -59,15 +58,16 @@ fn start(settings: &super::SinkSettings, wiring: &mut Wiring<'_>) -> Result<(), 
 
 /// The dashboard snapshot the embedded aggregate committed last (for inspection: `chaos`
 /// compares it with the backtest's).
-pub fn embedded_snapshot(store: &EmbeddedStore) -> Result<Option<Value>, StoreError> {
+pub fn embedded_snapshot(store: &EmbeddedStore) -> Result<Option<DashboardSnapshot>, StoreError> {
     const WRITER: &str = "aggregate";
     match operator_state(store, WRITER, SNAPSHOT_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
+        // `null`: the aggregate checkpointed before its first snapshot.
+        Some(bytes) => serde_json::from_slice::<Option<DashboardSnapshot>>(&bytes).map_err(|e| {
+            StoreError::Corrupt {
                 key: format!("op/{WRITER}/{SNAPSHOT_KEY}"),
                 message: e.to_string(),
-            }),
+            }
+        }),
         None => Ok(None),
     }
 }
@@ -91,11 +91,18 @@ mod tests {
                 })
                 .unwrap()
         };
+        let snapshot = DashboardSnapshot {
+            now_ms: Some(60_000),
+            active_visitors_5m: 3,
+            ..DashboardSnapshot::default()
+        };
+        put(&serde_json::to_vec(&snapshot).unwrap());
+        assert_eq!(embedded_snapshot(&store).unwrap(), Some(snapshot));
+        put(b"null");
+        assert_eq!(embedded_snapshot(&store).unwrap(), None);
         put(br#"{"active_visitors_5m":3}"#);
-        assert_eq!(
-            embedded_snapshot(&store).unwrap(),
-            Some(serde_json::json!({"active_visitors_5m": 3}))
-        );
+        let error = embedded_snapshot(&store).unwrap_err().to_string();
+        assert!(error.contains("op/aggregate/snapshot"), "{error}");
         put(b"{not json");
         let error = embedded_snapshot(&store).unwrap_err().to_string();
         assert!(error.contains("op/aggregate/snapshot"), "{error}");
