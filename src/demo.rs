@@ -12,6 +12,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clickpulse_components::operators::aggregate::AggregateSettings;
+use clickpulse_components::operators::detect::DetectSettings;
+use clickpulse_components::operators::enrich::EnrichSettings;
+use clickpulse_components::operators::{self, OperatorSettings};
 use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
@@ -20,17 +24,14 @@ use clickpulse_components::sources::replay::ReplaySettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{EmbeddedRuntime, Pending, Runtime, Wiring, spawn_embedded};
 use clickpulse_connectors::embedded::EmbeddedStore;
-use clickpulse_connectors::embedded::runner::{RunnerConfig, apply_retention, run_operator};
+use clickpulse_connectors::embedded::runner::{RunnerConfig, apply_retention};
 use clickpulse_connectors::shutdown::{Shutdown, Stop};
-use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::metrics::PipelineMetrics;
-use clickpulse_engine::pattern::{DetectOperator, PatternDir, PatternRegistry, TransitionLog};
+use clickpulse_engine::pattern::{PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::EventClock;
-use clickpulse_engine::topics::{self, Topic};
+use clickpulse_engine::topics::Topic;
 use clickpulse_engine::topology::PIPELINE;
-use clickpulse_engine::window::dashboard::DashboardConfig;
-use clickpulse_engine::window::dashboard::FrontierFn;
-use clickpulse_engine::window::{AggregateOperator, DashboardHandle, Frontier};
+use clickpulse_engine::window::DashboardHandle;
 use clickpulse_server::offers::OfferTokens;
 use clickpulse_server::{AppState, PatternAdmin};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,6 +133,20 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         },
     };
     let dashboard = DashboardHandle::default();
+    let operator_settings = OperatorSettings {
+        enrich: EnrichSettings {
+            lookups: Some(lookups),
+        },
+        detect: DetectSettings {
+            registry: Some(registry.clone()),
+            log: transition_log.clone(),
+        },
+        aggregate: AggregateSettings {
+            dashboard: dashboard.clone(),
+            pipeline: config.pipeline.clone(),
+            live,
+        },
+    };
     let sinks = SinkSettings {
         dashboard: DashboardSettings {
             aggregate: dashboard.clone(),
@@ -157,6 +172,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         }),
     };
     sources::start(&settings, &mut wiring)?;
+    operators::start(&operator_settings, &mut wiring)?;
     sinks::start(&sinks, &mut wiring)?;
     let spawn = |name: &'static str,
                  work: Box<
@@ -166,56 +182,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         spawn_embedded(&stop, name, work)?;
         Ok(())
     };
-    {
-        let (store, shutdown, runner, m) = (
-            store.clone(),
-            shutdown.clone(),
-            runner.clone(),
-            metrics.stage("enrich"),
-        );
-        spawn(
-            "enrich",
-            Box::new(move || {
-                run_operator(&store, EnrichOperator::new(lookups), &m, &shutdown, &runner)
-            }),
-        )?;
-    }
-    {
-        let (store, shutdown, runner, m) = (
-            store.clone(),
-            shutdown.clone(),
-            runner.clone(),
-            metrics.stage("detect"),
-        );
-        let detector = DetectOperator::new(registry.clone()).with_log(transition_log.clone());
-        spawn(
-            "detect",
-            Box::new(move || run_operator(&store, detector, &m, &shutdown, &runner)),
-        )?;
-    }
-    {
-        let (store, shutdown, runner, m) = (
-            store.clone(),
-            shutdown.clone(),
-            runner.clone(),
-            metrics.stage("aggregate"),
-        );
-        let window_config = DashboardConfig {
-            allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
-            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms(false)),
-            partitions: config.embedded.partitions,
-            max_keys: config.pipeline.max_dashboard_keys,
-        };
-        let mut aggregator = AggregateOperator::new(window_config, dashboard.clone());
-        if live {
-            // Live: the windows follow the clock through quiet minutes (see `live_frontier`).
-            aggregator = aggregator.with_frontier(live_frontier(&store, &clock, pending));
-        }
-        spawn(
-            "aggregate",
-            Box::new(move || run_operator(&store, aggregator, &m, &shutdown, &runner)),
-        )?;
-    }
     {
         let (store, shutdown, keep) = (store.clone(), shutdown.clone(), config.embedded.retention);
         spawn(
@@ -432,34 +398,6 @@ fn admin_token(data_dir: &std::path::Path, given: Option<String>) -> Result<Stri
         );
     }
     Ok(token)
-}
-
-/// The sources' event-time frontier for the live aggregate: the clock (or the replay's next
-/// event while it catches up), read first; then whether everything published since has reached
-/// the aggregate's input, checked upstream first — the sources' queues (the collector's), then `click-data`
-/// (enrich commits its outputs with its offsets), then that no commit is still publishing what
-/// it appended. The aggregate checks its own input's backlog itself. An event that moves
-/// downstream between two of these checks was published after the clock was read, so it is not
-/// behind the frontier.
-fn live_frontier(
-    store: &Arc<EmbeddedStore>,
-    clock: &Arc<EventClock>,
-    sources_pending: Vec<Pending>,
-) -> FrontierFn {
-    let (store, clock) = (store.clone(), clock.clone());
-    Arc::new(move || {
-        let low_ms = clock.frontier_ms()?;
-        let drained = sources_pending.iter().all(|pending| pending() == 0)
-            && (0..store.partitions(topics::CLICK_DATA).unwrap_or(0)).all(|p| {
-                store
-                    .committed("enrich", topics::CLICK_DATA, p)
-                    .is_ok_and(|next| next >= store.end_offset(topics::CLICK_DATA, p))
-            })
-            // Enrich's offsets are visible a moment before the records committed with them
-            // (the ends are published after the transaction): wait that moment out.
-            && !store.publishing();
-        Some(Frontier { low_ms, drained })
-    })
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {

@@ -15,6 +15,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clickpulse_components::operators::aggregate::AggregateSettings;
+use clickpulse_components::operators::detect::DetectSettings;
+use clickpulse_components::operators::enrich::EnrichSettings;
+use clickpulse_components::operators::{self, OperatorSettings};
 use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
@@ -23,19 +27,14 @@ use clickpulse_components::sources::replay::ReplaySettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{DistributedRuntime, Runtime, Wiring};
 use clickpulse_connectors::distributed::kafka::ensure_topics;
-use clickpulse_connectors::distributed::runner::{Placement, WorkerContext, run_stage};
-use clickpulse_connectors::distributed::store::{RedisLookups, RedisStore};
+use clickpulse_connectors::distributed::runner::WorkerContext;
+use clickpulse_connectors::distributed::store::RedisStore;
 use clickpulse_connectors::distributed::{DistributedError, RedisConfig};
-use clickpulse_engine::enrich::EnrichOperator;
 use clickpulse_engine::lookups::Lookups;
 use clickpulse_engine::metrics::{PipelineMetrics, StageStats, WorkerStats, merge_details};
-use clickpulse_engine::pattern::{
-    DetectOperator, PatternDir, PatternRegistry, TransitionLog, TransitionRecord,
-};
+use clickpulse_engine::pattern::{PatternDir, PatternRegistry, TransitionLog, TransitionRecord};
 use clickpulse_engine::replay::EventClock;
-use clickpulse_engine::topics::Topic;
-use clickpulse_engine::window::dashboard::DashboardConfig;
-use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
+use clickpulse_engine::window::DashboardHandle;
 use clickpulse_server::offers::OfferTokens;
 use clickpulse_server::{AppState, PatternAdmin};
 use serde_json::{Value, json};
@@ -136,78 +135,22 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     };
 
     let clock = Arc::new(EventClock::default());
-    if stages.contains("enrich") {
-        let ctx = ctx("enrich");
-        let redis = config.redis.clone();
-        let stop = shutdown.clone();
-        spawn(
-            "enrich",
-            Box::new(move || {
-                let ttl = Duration::from_millis(redis.lookup_cache_ttl_ms);
-                run_stage(
-                    &ctx,
-                    Placement::Partitioned {
-                        output: Some(Topic::EnrichedClickData),
-                    },
-                    || {
-                        let store = RedisStore::open(&redis, Some(stop.clone()))
-                            .expect("the Redis URL was validated");
-                        EnrichOperator::new(RedisLookups::new(store, ttl))
-                    },
-                )
-            }),
-        )?;
-    }
-    if stages.contains("detect") {
-        let (_, registry, _) = pattern_parts
-            .as_ref()
-            .expect("patterns are loaded for detect");
-        let log = Arc::new(Mutex::new(TransitionLog::default().with_outbox()));
-        let ctx_detect = ctx("detect");
-        let (registry, log2) = (registry.clone(), log.clone());
-        spawn(
-            "detect",
-            Box::new(move || {
-                run_stage(
-                    &ctx_detect,
-                    Placement::Partitioned {
-                        output: Some(Topic::SpecialOffers),
-                    },
-                    || DetectOperator::new(registry.clone()).with_log(log2.clone()),
-                )
-            }),
-        )?;
-        let (redis, shutdown) = (config.redis.clone(), shutdown.clone());
-        spawn(
-            "state-logs",
-            Box::new(move || ship_state_logs(&redis, &log, &shutdown)),
-        )?;
-    }
     // What the aggregate publishes, for the dashboard store (a sink).
     let aggregate_dashboard = DashboardHandle::default();
-    if stages.contains("aggregate") {
-        let window = DashboardConfig {
-            allowed_lateness_ms: config.pipeline.allowed_lateness_ms,
-            idle_timeout: Duration::from_millis(config.pipeline.idle_timeout_ms(true)),
-            max_keys: config.pipeline.max_dashboard_keys,
-            partitions: config.kafka.partitions,
-        };
-        let ctx_agg = ctx("aggregate");
-        let h = aggregate_dashboard.clone();
-        spawn(
-            "aggregate",
-            Box::new(move || {
-                run_stage(
-                    &ctx_agg,
-                    Placement::Single {
-                        lease: Some("aggregate".into()),
-                        task: "all".into(),
-                    },
-                    || AggregateOperator::new(window, h.clone()),
-                )
-            }),
-        )?;
-    }
+    let operator_settings = OperatorSettings {
+        enrich: EnrichSettings::default(),
+        detect: DetectSettings {
+            registry: pattern_parts
+                .as_ref()
+                .map(|(_, registry, _)| registry.clone()),
+            log: Arc::default(),
+        },
+        aggregate: AggregateSettings {
+            dashboard: aggregate_dashboard.clone(),
+            pipeline: config.pipeline.clone(),
+            live: !config.replay.original_time,
+        },
+    };
 
     let serve_http = stages.contains("web") || stages.contains("collector");
     let mut catalogue = None;
@@ -325,6 +268,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         }),
     };
     sources::start(&settings, &mut wiring)?;
+    operators::start(&operator_settings, &mut wiring)?;
     sinks::start(&sinks, &mut wiring)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -362,32 +306,6 @@ fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     getrandom::fill(&mut raw).expect("the OS has randomness");
     raw.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Copies the detect stage's transitions to the capped `state_logs` stream.
-fn ship_state_logs(
-    redis: &RedisConfig,
-    log: &Mutex<TransitionLog>,
-    shutdown: &AtomicBool,
-) -> Result<(), DistributedError> {
-    let mut store = RedisStore::open(redis, None)?;
-    loop {
-        let stopping = shutdown.load(Ordering::Relaxed);
-        let records: Vec<String> = log
-            .lock()
-            .expect("log lock")
-            .drain_outbox()
-            .iter()
-            .map(|r| serde_json::to_string(r).expect("record serializes"))
-            .collect();
-        if let Err(error) = store.append_state_logs(&records, redis.state_log_max_len) {
-            warn!(%error, dropped = records.len(), "Cannot ship transitions to state_logs.");
-        }
-        if stopping {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// The web stage's view of the cluster: every worker's metrics and the transition log, read

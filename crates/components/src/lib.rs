@@ -1,13 +1,14 @@
-//! Clickpulse's sources and sinks as plug-ins, in Vector's component layout: each in a folder of
-//! its own with its settings, its implementation for each runtime and its tests, and all of
-//! them registered in one list ([`sources::SOURCES`], [`sinks::SINKS`]). `demo` (embedded) and `run`
-//! (distributed) start the same plug-ins through the same list, handing each a [`Wiring`]: the
-//! process's shutdown, metrics and event clock, the HTTP server's state (where an HTTP source
-//! mounts itself) and the runtime it runs on.
+//! Clickpulse's sources, operators and sinks as plug-ins, in Vector's component layout: each in
+//! a folder of its own with its settings, its implementation for each runtime and its tests,
+//! and all of them registered in one list each ([`sources::SOURCES`],
+//! [`operators::OPERATORS`], [`sinks::SINKS`]). `demo` (embedded) and `run` (distributed) start
+//! the same plug-ins through the same lists, handing each a [`Wiring`]: the process's shutdown,
+//! metrics and event clock, the HTTP server's state (where an HTTP source mounts itself) and
+//! the runtime it runs on.
 //!
 //! Adding a source is one folder under `src/sources/` and one line in [`sources::SOURCES`]
-//! (and a stage in the topology, which a test keeps in step with the registry); a sink, one
-//! folder under `src/sinks/` and one line in [`sinks::SINKS`].
+//! (and a stage in the topology, which a test keeps in step with the registry); an operator or
+//! a sink likewise under `src/operators/` or `src/sinks/`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use clickpulse_server::AppState;
 
 pub mod clock;
 pub mod config;
+pub mod operators;
 pub mod sinks;
 pub mod sources;
 
@@ -61,6 +63,15 @@ pub enum ComponentError {
     /// The brokers or Redis failed.
     #[error(transparent)]
     Distributed(#[from] DistributedError),
+}
+
+/// What a plug-in's settings must hold where it runs: `value`, or [`ComponentError::Missing`].
+pub(crate) fn required<T: Clone>(
+    value: &Option<T>,
+    stage: &'static str,
+    what: &'static str,
+) -> Result<T, ComponentError> {
+    value.clone().ok_or(ComponentError::Missing { stage, what })
 }
 
 /// Any error, boxed (what a caller-supplied input loader returns).

@@ -7,9 +7,8 @@
 use std::collections::BTreeSet;
 
 use clickpulse_connectors::distributed::DistributedError;
-use clickpulse_connectors::distributed::runner::{Placement, run_stage};
 use clickpulse_connectors::distributed::store::RedisStore;
-use clickpulse_connectors::embedded::runner::{operator_state_with_prefix, run_operator};
+use clickpulse_connectors::embedded::runner::operator_state_with_prefix;
 use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_engine::pattern::PatternRegistry;
 use clickpulse_server::offers::{
@@ -17,7 +16,8 @@ use clickpulse_server::offers::{
 };
 
 use super::Sink;
-use crate::{ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};
+use crate::operators::run_on;
+use crate::{ComponentError, Wiring, required};
 
 /// The registry's entry.
 pub const SINK: Sink = Sink {
@@ -37,46 +37,24 @@ pub struct OfferHubSettings {
 }
 
 /// The stage that delivers to the hub.
-const STAGE: &str = "web";
+pub const STAGE: &str = "web";
 
 fn start(settings: &super::SinkSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {
     if !wiring.hosts(STAGE) {
         return Ok(());
     }
     let settings = &settings.popups;
-    let tokens = settings.tokens.clone().ok_or(ComponentError::Missing {
-        stage: STAGE,
-        what: "the offer secret",
-    })?;
-    let registry = settings.registry.clone().ok_or(ComponentError::Missing {
-        stage: STAGE,
-        what: "the patterns",
-    })?;
+    let tokens = required(&settings.tokens, STAGE, "the offer secret")?;
+    let registry = required(&settings.registry, STAGE, "the patterns")?;
     let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
         .with_content(clickpulse_server::offers::content_from(registry));
     wiring.http.web = Some(WebDelivery {
         hub: hub.clone(),
         tokens,
     });
-    match &wiring.runtime {
-        Runtime::Embedded(rt) => {
-            let metrics = wiring.metrics.stage(STAGE);
-            let (store, config, shutdown) =
-                (rt.store.clone(), rt.runner.clone(), wiring.stop.flag());
-            spawn_embedded(wiring.stop, STAGE, move || {
-                run_operator(&store, WebOperator::new(hub), &metrics, &shutdown, &config)
-            })
-        }
-        Runtime::Distributed(rt) => {
-            let ctx = (rt.worker)(STAGE);
-            let task = settings.instance.clone();
-            spawn_distributed(wiring.stop, STAGE, move || {
-                run_stage(&ctx, Placement::Single { lease: None, task }, || {
-                    WebOperator::new(hub.clone())
-                })
-            })
-        }
-    }
+    run_on(wiring, STAGE, settings.instance.clone(), move || {
+        WebOperator::new(hub.clone())
+    })
 }
 
 /// The offer ids the embedded web stage has delivered, as of its last commit (for inspection:
