@@ -47,6 +47,8 @@ fn view(visitor: &str, ts_ms: i64, product: &Arc<str>, category: &Arc<str>) -> E
         city: None,
         region: None,
         device: Device::Desktop,
+        event: clickpulse_engine::event::EventType::PageView,
+        detail: None,
     }
 }
 

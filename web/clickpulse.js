@@ -1,4 +1,4 @@
-/*! clickpulse.js — send page views to a Clickpulse collector.
+/*! clickpulse.js — send page views and interactions to a Clickpulse collector.
  *
  * Include it on any page:
  *   <script src="https://your-clickpulse-host/clickpulse.js" async></script>
@@ -11,7 +11,11 @@
  * other page can send views as this visitor. Without an identity (the request failed) a view is
  * counted under an anonymous id the server derives from the day, the address and the browser.
  *
- * `window.clickpulse.track({gender, age, url})` sends a view by hand;
+ * `window.clickpulse.track("add_to_cart", {product: {id, price, quantity, currency}})` sends an
+ * interaction (`remove_from_cart`, `begin_checkout`, `purchase` with an `order`, `search` with a
+ * `query`, or a custom name; the fields are those of docs/click-format.md);
+ * `window.clickpulse.track({gender, age, url})` sends a page view by hand (every page view
+ * carries the page's referrer and title);
  * `window.clickpulse.identify(visitor, token)` switches to an identity your backend got from
  * `POST /api/identity`; `window.clickpulse.visitor()` is the current id (or null).
  */
@@ -67,18 +71,31 @@
     return Promise.resolve(null);
   }
 
-  function track(extra) {
+  // The fields of an event the collector takes from the page (docs/click-format.md).
+  var FIELDS = ["url", "gender", "age", "session_id", "referrer", "page_title", "utm", "product", "order", "query", "properties"];
+
+  // track() or track({fields}): a page view; track("type", {fields}): that event.
+  function track(type, fields) {
+    if (typeof type !== "string") {
+      fields = type;
+      type = "page_view";
+    }
     return ready.then(function (id) {
       identity = id;
       var click = { url: window.location.href };
+      if (type !== "page_view") click.type = type;
+      if (type === "page_view") {
+        if (document.referrer) click.referrer = document.referrer;
+        if (document.title) click.page_title = document.title;
+      }
       if (id) {
         click.visitor = id.visitor;
         click.token = id.token;
       }
-      if (extra) {
-        if (extra.url) click.url = extra.url;
-        if (extra.gender) click.gender = extra.gender;
-        if (typeof extra.age === "number") click.age = extra.age;
+      if (fields) {
+        FIELDS.forEach(function (name) {
+          if (fields[name] !== undefined && fields[name] !== null) click[name] = fields[name];
+        });
       }
       return send(JSON.stringify(click)).then(function (r) {
         // A token the server no longer takes (a new server secret): start a new identity.

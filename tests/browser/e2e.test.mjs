@@ -54,12 +54,16 @@ async function viewProduct(page, id) {
   await page.waitForSelector('[data-testid="view-sent"]', { state: "visible", timeout: 60_000 });
 }
 
-test("target identity (F, 30): clothing, shoes, other clothing pops up the offer; other visitors see nothing", async () => {
+test("target identity (F, 30): clothing, add to cart, shoes, other clothing pops up the offer; other visitors see nothing", async () => {
   const ann = await shopper("F", 30);
   const bystander = await shopper("F", 30);
   await bystander.page.goto(`${demo.base}/shop/product/${SHOES}`);
 
   await viewProduct(ann.page, CLOTHING);
+  // An add to cart between the views: it reaches click-data (the collector answered 202 once it
+  // was durable) and leaves the seed pattern's match as it is (the seed sees page views only).
+  await ann.page.click('[data-testid="add-to-cart"]');
+  await ann.page.waitForFunction(() => document.body.dataset.cartEventsSent === "1", null, { timeout: 60_000 });
   await viewProduct(ann.page, SHOES);
   const started = Date.now();
   await ann.page.goto(`${demo.base}/shop/product/${OTHER_CLOTHING}`);

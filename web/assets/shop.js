@@ -8,7 +8,8 @@
  *     `clickpulse.identityKey` as {visitor, identity_token, expires_at} and only ever sent in a
  *     POST body, to renew the offer token (POST /api/identity {visitor, identity_token}) when it
  *     is about to expire or the stream says it has.
- *   - Every product page load sends one page view: POST /collect {visitor, url, gender, age}.
+ *   - Every product page load sends one page view: POST /collect {visitor, url, gender, age,
+ *     page_title, referrer}; "Add to cart" sends an add_to_cart event naming the product.
  *   - Offers arrive over /api/offers/stream (SSE, event `offer`) and show as a modal, once per
  *     offer_id (ids kept in localStorage `clickpulse.seenOffers`, last 50).
  *
@@ -524,18 +525,39 @@
     }
     renderCart();
     CP.toast(`Added “${product.title}” to your cart`, { testid: "cart-toast" });
+    const item = { id: product.id, quantity: 1 };
+    if (product.category) item.category = product.category;
+    if (typeof product.price === "number") item.price = product.price;
+    sendEvent({ type: "add_to_cart", product: item }, "Add to cart", "cart").then((sent) => {
+      if (sent) document.body.dataset.cartEventsSent = String(Number(document.body.dataset.cartEventsSent || 0) + 1);
+    });
   }
 
   // ------------------------------------------------------------------ page views
 
-  /** POST one page view for this product page load; retries once on 503 (overload). */
+  /** POST one page view for this product page load (with the page's referrer and title). */
   async function sendPageView() {
-    const identity = await ensureIdentity();
     // Listen for offers before sending the view that may trigger one (never wait long, though).
     await Promise.race([state.offersReady, new Promise((resolve) => setTimeout(resolve, 2000))]);
+    const fields = { page_title: document.title };
+    if (document.referrer) fields.referrer = document.referrer;
+    if (await sendEvent(fields, "Page view", "view")) {
+      state.viewsSent += 1;
+      document.body.dataset.viewsSent = String(state.viewsSent);
+      CP.toast("Page view sent", { testid: "view-sent", ms: 3500 });
+    }
+  }
+
+  /**
+   * POST one event of this visitor (`fields` beside the visitor, token, URL and demographics:
+   * docs/click-format.md); retries once on 503 (overload). Whether it was taken; a failure is
+   * shown as "<label> not sent: …" (toast `<testid>-failed`).
+   */
+  async function sendEvent(fields, label, testid) {
+    const identity = await ensureIdentity();
     if (!identity) {
-      CP.toast("Page view not sent: no visitor id", { kind: "error", testid: "view-failed" });
-      return;
+      CP.toast(`${label} not sent: no visitor id`, { kind: "error", testid: `${testid}-failed` });
+      return false;
     }
     await freshToken();
     const click = {
@@ -545,21 +567,17 @@
       url: location.href,
       gender: ["F", "M", "U"].includes(identity.gender) ? identity.gender : "U",
       age: CP.clampAge(identity.age),
+      ...fields,
     };
     for (let attempt = 0; attempt < 2; attempt++) {
       let result;
       try {
         result = await CP.postJSON("/collect", click);
       } catch (err) {
-        CP.toast("Page view not sent: the server is not reachable", { kind: "error", testid: "view-failed" });
-        return;
+        CP.toast(`${label} not sent: the server is not reachable`, { kind: "error", testid: `${testid}-failed` });
+        return false;
       }
-      if (result.status === 202) {
-        state.viewsSent += 1;
-        document.body.dataset.viewsSent = String(state.viewsSent);
-        CP.toast("Page view sent", { testid: "view-sent", ms: 3500 });
-        return;
-      }
+      if (result.status === 202) return true;
       if (result.status === 503 && attempt === 0) {
         const retryAfter = Number(result.response.headers.get("Retry-After"));
         const seconds = Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter, 10) : 1;
@@ -567,9 +585,10 @@
         continue;
       }
       const reason = (result.body && result.body.error) || `HTTP ${result.status}`;
-      CP.toast(`Page view not sent: ${reason}`, { kind: "error", testid: "view-failed" });
-      return;
+      CP.toast(`${label} not sent: ${reason}`, { kind: "error", testid: `${testid}-failed` });
+      return false;
     }
+    return false;
   }
 
   // ------------------------------------------------------------------ offers

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{EventDetail, EventProduct, EventType, InvalidEvent, Order, Properties, Utm};
+
 /// A visitor's gender as the lookups record it: `M`, `F` or `U` (unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Gender {
@@ -82,40 +84,209 @@ impl Device {
     }
 }
 
-/// One page view as it enters the pipeline (topic `click-data`).
+/// One event as it enters the pipeline (topic `click-data`): a page view or an interaction
+/// ([`EventType`]), with what it says beyond a page view in `detail`.
 ///
 /// The replayed log fills `city`, `country` and `region` from its own columns; a live click may
 /// carry `gender` and `age`, which then override the lookups (as the original demo shop did).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Its JSON form is flat — the documented JSON-lines format, [`ClickJson`] — and its binary
+/// form (the embedded and Kafka topics) is its fields in order; [`ClickRef`] serializes the
+/// same way.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Click {
     /// Event time, unix milliseconds (UTC).
     pub ts_ms: i64,
     /// Visitor id (the log's SWID without braces, or the live visitor id).
     pub visitor: String,
-    /// The page's URL; its last path part is the product id.
+    /// The page's URL; for a page view without a product its last path part is the product id.
     pub url: String,
     /// Client IP address, if known.
-    #[serde(default)]
     pub ip: String,
     /// The browser's user agent, if known.
-    #[serde(default)]
     pub user_agent: String,
     /// City, as the source knows it.
-    #[serde(default)]
     pub city: Option<String>,
     /// Country, lower-case ISO 3166-1 alpha-3 (`usa`), as the source knows it.
-    #[serde(default)]
     pub country: Option<String>,
     /// State or region, as the source knows it.
-    #[serde(default)]
     pub region: Option<String>,
     /// Gender supplied by a live event; overrides the lookups.
-    #[serde(default)]
     pub gender: Option<Gender>,
     /// Age supplied by a live event; overrides the birth date in the lookups.
+    pub age: Option<u32>,
+    /// What the visitor did.
+    pub event: EventType,
+    /// What the event says beyond a page view (`None` for a bare page view).
+    pub detail: Option<Box<EventDetail>>,
+}
+
+impl Serialize for Click {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.borrowed().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Click {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let json = ClickJson::deserialize(deserializer)?;
+            return json.into_click().map_err(D::Error::custom);
+        }
+        // The binary form: the fields in order, as [`ClickRef`] writes them.
+        type Wire = (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Gender>,
+            Option<u32>,
+            EventType,
+            Option<Box<EventDetail>>,
+        );
+        let (
+            ts_ms,
+            visitor,
+            url,
+            ip,
+            user_agent,
+            city,
+            country,
+            region,
+            gender,
+            age,
+            event,
+            detail,
+        ) = Wire::deserialize(deserializer)?;
+        Ok(Click {
+            ts_ms,
+            visitor,
+            url,
+            ip,
+            user_agent,
+            city,
+            country,
+            region,
+            gender,
+            age,
+            event,
+            detail,
+        })
+    }
+}
+
+/// The JSON form of an event: the JSON-lines log format, the collector's body
+/// (`docs/click-format.md`). Flat: the event's detail fields sit beside the page view's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickJson {
+    /// Visitor id (required in logs; optional at the collector).
+    #[serde(default)]
+    pub visitor: Option<String>,
+    /// The collector's identity token for `visitor` (refused in logs).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The page's URL.
+    pub url: String,
+    /// Event time (required in logs; the collector stamps its own).
+    #[serde(default)]
+    pub ts_ms: Option<i64>,
+    /// Client IP address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// User agent.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// City.
+    #[serde(default)]
+    pub city: Option<String>,
+    /// Country.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// State or region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Gender.
+    #[serde(default)]
+    pub gender: Option<Gender>,
+    /// Age.
     #[serde(default)]
     pub age: Option<u32>,
+    /// The event's type (default `page_view`).
+    #[serde(default, rename = "type")]
+    pub event: EventType,
+    /// The client's session id.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The referring page.
+    #[serde(default)]
+    pub referrer: Option<String>,
+    /// The page's title.
+    #[serde(default)]
+    pub page_title: Option<String>,
+    /// Campaign parameters.
+    #[serde(default)]
+    pub utm: Option<Utm>,
+    /// The product the event is about.
+    #[serde(default)]
+    pub product: Option<EventProduct>,
+    /// The order (`purchase`).
+    #[serde(default)]
+    pub order: Option<Order>,
+    /// The search query (`search`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Custom properties.
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+impl ClickJson {
+    /// The event's type and detail (`None` when it says nothing beyond a page view).
+    pub fn take_event(&mut self) -> (EventType, Option<Box<EventDetail>>) {
+        let detail = EventDetail {
+            session_id: self.session_id.take(),
+            referrer: self.referrer.take(),
+            page_title: self.page_title.take(),
+            utm: self.utm.take(),
+            product: self.product.take(),
+            order: self.order.take(),
+            query: self.query.take(),
+            properties: std::mem::take(&mut self.properties),
+        };
+        let event = std::mem::take(&mut self.event);
+        (event, (!detail.is_empty()).then(|| Box::new(detail)))
+    }
+
+    /// The click of a log line: `ts_ms` and `visitor` are required, `token` refused.
+    pub fn into_click(mut self) -> Result<Click, String> {
+        if self.token.is_some() {
+            return Err("field `token` belongs to the collector's requests, not to logs".into());
+        }
+        let ts_ms = self.ts_ms.ok_or("missing field `ts_ms`")?;
+        let visitor = self.visitor.take().ok_or("missing field `visitor`")?;
+        let (event, detail) = self.take_event();
+        let detail = crate::event::with_url_utm(&self.url, detail);
+        Ok(Click {
+            ts_ms,
+            visitor,
+            url: self.url,
+            ip: self.ip.unwrap_or_default(),
+            user_agent: self.user_agent.unwrap_or_default(),
+            city: self.city,
+            country: self.country,
+            region: self.region,
+            gender: self.gender,
+            age: self.age,
+            event,
+            detail,
+        })
+    }
 }
 
 /// Why a click cannot enter the pipeline.
@@ -143,6 +314,9 @@ pub enum InvalidClick {
     /// The age is implausible.
     #[error("age {0} is out of range 0..=130")]
     AgeOutOfRange(u32),
+    /// The event's type or detail breaks a rule.
+    #[error(transparent)]
+    Event(#[from] InvalidEvent),
 }
 
 /// The longest field value a click may carry, in bytes.
@@ -164,6 +338,8 @@ impl Click {
             region: None,
             gender: None,
             age: None,
+            event: EventType::PageView,
+            detail: None,
         }
     }
 
@@ -180,6 +356,8 @@ impl Click {
             region: self.region.as_deref(),
             gender: self.gender,
             age: self.age,
+            event: &self.event,
+            detail: self.detail.as_deref(),
         }
     }
 
@@ -200,6 +378,30 @@ pub(crate) fn full_click_for_tests(ts_ms: i64, visitor: &str) -> Click {
         region: Some("tx".into()),
         gender: Some(Gender::F),
         age: Some(31),
+        event: EventType::AddToCart,
+        detail: Some(Box::new(EventDetail {
+            session_id: Some("s-1".into()),
+            referrer: Some("https://www.google.com/".into()),
+            page_title: Some("Shoes".into()),
+            utm: Some(Utm {
+                source: Some("newsletter".into()),
+                ..Utm::default()
+            }),
+            product: Some(EventProduct {
+                id: Some("VD1".into()),
+                category: Some("shoes".into()),
+                price: Some(59.9),
+                quantity: Some(2),
+                currency: Some("EUR".into()),
+            }),
+            order: None,
+            query: None,
+            properties: [(
+                "colour".to_owned(),
+                crate::event::PropValue::Text("red".into()),
+            )]
+            .into(),
+        })),
         ..Click::new(ts_ms, visitor, "http://www.acme.com/SH5/VD1")
     }
 }
@@ -208,7 +410,7 @@ pub(crate) fn full_click_for_tests(ts_ms: i64, visitor: &str) -> Click {
 /// [`ClickLog`](crate::click_log::ClickLog)'s interned strings. Readers hand these out so a
 /// click is copied only where it is kept. It serializes exactly as the [`Click`] it borrows
 /// (same fields, same order), so a replay encodes it without copying it first.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClickRef<'a> {
     /// Event time, unix milliseconds (UTC).
     pub ts_ms: i64,
@@ -230,6 +432,91 @@ pub struct ClickRef<'a> {
     pub gender: Option<Gender>,
     /// Age supplied by a live event.
     pub age: Option<u32>,
+    /// What the visitor did.
+    pub event: &'a EventType,
+    /// What the event says beyond a page view.
+    pub detail: Option<&'a EventDetail>,
+}
+
+/// The JSON form: the page view's fields as they always were, then the type, then the detail's
+/// fields flat, each only when present.
+#[derive(Serialize)]
+struct ClickRefJson<'a> {
+    ts_ms: i64,
+    visitor: &'a str,
+    url: &'a str,
+    ip: &'a str,
+    user_agent: &'a str,
+    city: Option<&'a str>,
+    country: Option<&'a str>,
+    region: Option<&'a str>,
+    gender: Option<Gender>,
+    age: Option<u32>,
+    #[serde(rename = "type")]
+    event: &'a EventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    referrer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utm: Option<&'a Utm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<&'a EventProduct>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'a Order>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a Properties>,
+}
+
+impl Serialize for ClickRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self;
+        if !serializer.is_human_readable() {
+            // The fields in order (postcard writes a tuple as it writes a struct).
+            return (
+                c.ts_ms,
+                c.visitor,
+                c.url,
+                c.ip,
+                c.user_agent,
+                c.city,
+                c.country,
+                c.region,
+                c.gender,
+                c.age,
+                c.event,
+                c.detail,
+            )
+                .serialize(serializer);
+        }
+        let d = c.detail;
+        ClickRefJson {
+            ts_ms: c.ts_ms,
+            visitor: c.visitor,
+            url: c.url,
+            ip: c.ip,
+            user_agent: c.user_agent,
+            city: c.city,
+            country: c.country,
+            region: c.region,
+            gender: c.gender,
+            age: c.age,
+            event: c.event,
+            session_id: d.and_then(|d| d.session_id.as_deref()),
+            referrer: d.and_then(|d| d.referrer.as_deref()),
+            page_title: d.and_then(|d| d.page_title.as_deref()),
+            utm: d.and_then(|d| d.utm.as_ref()),
+            product: d.and_then(|d| d.product.as_ref()),
+            order: d.and_then(|d| d.order.as_ref()),
+            query: d.and_then(|d| d.query.as_deref()),
+            properties: d.map(|d| &d.properties).filter(|p| !p.is_empty()),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl ClickRef<'_> {
@@ -246,6 +533,8 @@ impl ClickRef<'_> {
             region: self.region.map(str::to_owned),
             gender: self.gender,
             age: self.age,
+            event: self.event.clone(),
+            detail: self.detail.map(|d| Box::new(d.clone())),
         }
     }
 
@@ -279,6 +568,7 @@ impl ClickRef<'_> {
         {
             return Err(InvalidClick::AgeOutOfRange(age));
         }
+        crate::event::validate(self.event, self.detail)?;
         Ok(())
     }
 }
@@ -295,7 +585,8 @@ pub struct EnrichedClick {
     pub ip: String,
     /// The page's URL.
     pub url: String,
-    /// Product id: the URL's last path part, `home` for the home page.
+    /// Product id: the event's `product.id`, else the URL's last path part (`home` for the home
+    /// page).
     pub product_id: Arc<str>,
     /// Product category, `Unknown` for a product in neither lookup file.
     pub category: Arc<str>,
@@ -315,6 +606,10 @@ pub struct EnrichedClick {
     pub region: Option<String>,
     /// Device class from the user agent.
     pub device: Device,
+    /// What the visitor did.
+    pub event: EventType,
+    /// What the event says beyond a page view, as the click carried it.
+    pub detail: Option<Box<EventDetail>>,
 }
 
 /// An [`EnrichedClick`] whose texts are borrowed: what detection and the aggregation read of a
@@ -351,6 +646,10 @@ pub struct EnrichedRef<'a> {
     pub region: Option<&'a str>,
     /// Device class.
     pub device: Device,
+    /// What the visitor did.
+    pub event: &'a EventType,
+    /// What the event says beyond a page view.
+    pub detail: Option<&'a EventDetail>,
 }
 
 impl EnrichedClick {
@@ -371,6 +670,8 @@ impl EnrichedClick {
             city: self.city.as_deref(),
             region: self.region.as_deref(),
             device: self.device,
+            event: &self.event,
+            detail: self.detail.as_deref(),
         }
     }
 }
@@ -393,6 +694,8 @@ impl EnrichedRef<'_> {
             city: self.city.map(str::to_owned),
             region: self.region.map(str::to_owned),
             device: self.device,
+            event: self.event.clone(),
+            detail: self.detail.map(|d| Box::new(d.clone())),
         }
     }
 }

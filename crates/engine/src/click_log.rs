@@ -14,6 +14,7 @@ use ahash::RandomState;
 use hashbrown::HashTable;
 
 use crate::click::{Click, ClickRef, Gender};
+use crate::event::{EventDetail, EventType};
 
 /// Id of an absent optional field.
 const NONE: u32 = u32::MAX;
@@ -45,6 +46,9 @@ struct Profile {
     region: u32,
     age: Option<u32>,
     gender: Option<Gender>,
+    /// The event's index in [`ClickLog::events`], [`NONE`] for a page view with no detail
+    /// (then page views share profiles as before; an interaction has a profile of its own).
+    event: u32,
 }
 
 /// Distinct profiles, each stored once, by id.
@@ -157,6 +161,16 @@ impl ClickLogBuilder {
             region: log.places.optional_after(region, click.region),
             age: click.age,
             gender: click.gender,
+            event: if click.event.is_page_view() && click.detail.is_none() {
+                NONE
+            } else {
+                let id = u32::try_from(log.events.len()).expect("fewer than 2^32 interactions");
+                log.events.push((
+                    click.event.clone(),
+                    click.detail.map(|d| Box::new(d.clone())),
+                ));
+                id
+            },
         };
         let row = Row {
             ts_ms: click.ts_ms,
@@ -235,6 +249,8 @@ pub struct ClickLog {
     agents: Strings,
     places: Strings,
     profiles: Profiles,
+    /// The events that are not bare page views: their type and detail.
+    events: Vec<(EventType, Option<Box<EventDetail>>)>,
 }
 
 impl ClickLog {
@@ -272,6 +288,14 @@ impl ClickLog {
             region: self.places.get_optional(p.region),
             gender: p.gender,
             age: p.age,
+            event: match self.events.get(p.event as usize) {
+                Some((event, _)) => event,
+                None => &EventType::PageView,
+            },
+            detail: self
+                .events
+                .get(p.event as usize)
+                .and_then(|(_, detail)| detail.as_deref()),
         }
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 use crate::click_log::ClickLog;
+use crate::event::{EventDetail, EventProduct, EventType};
 use crate::lookups::{LookupSource, User, product_id_from_url};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use crate::topics::Topic;
@@ -82,14 +83,16 @@ impl Enricher {
     /// Enriches one click.
     pub fn enrich(&mut self, click: Click, lookups: &impl LookupSource) -> EnrichedClick {
         let derived = self.derive(&click.borrowed(), lookups);
-        derived.with_request(
-            click.ts_ms,
-            click.visitor,
-            click.ip,
-            click.url,
-            click.city,
-            click.region,
-        )
+        derived.with_request(Request {
+            ts_ms: click.ts_ms,
+            visitor: click.visitor,
+            ip: click.ip,
+            url: click.url,
+            city: click.city,
+            region: click.region,
+            event: click.event,
+            detail: click.detail,
+        })
     }
 
     /// Enriches a borrowed click, copying only what the enriched click keeps (a backtest's
@@ -134,8 +137,17 @@ impl Enricher {
             ids.user_agent as usize,
             ids.ip as usize,
         );
-        if memo.products[url].is_none() {
-            memo.products[url] = Some(self.product(click.url, lookups));
+        let named = click.detail.and_then(|d| d.product.as_ref());
+        match named {
+            // An event that names its product: asked about once per event.
+            Some(named) if named.id.is_some() => {
+                let facts = self.named_product(named, lookups);
+                memo.named_products.insert(i, facts);
+            }
+            _ if memo.products[url].is_none() => {
+                memo.products[url] = Some(self.product(click.url, lookups));
+            }
+            _ => {}
         }
         let user = *memo.users[visitor]
             .get_or_insert_with(|| lookups.user(crate::replay::unlayered(click.visitor)));
@@ -160,7 +172,10 @@ impl Enricher {
             None => memo.ip_countries[ip].as_ref(),
         }
         .expect("the country was found above");
-        let product = memo.products[url].as_ref().expect("found above");
+        let product = match memo.named_products.get(&i) {
+            Some(named) => named,
+            None => memo.products[url].as_ref().expect("found above"),
+        };
         let (gender, age) = demographics(&click, user);
         EnrichedRef {
             ts_ms: click.ts_ms,
@@ -177,12 +192,17 @@ impl Enricher {
             city: click.city,
             region: click.region,
             device,
+            event: click.event,
+            detail: click.detail,
         }
     }
 
     /// What the lookups and the request add to a click.
     fn derive(&mut self, click: &ClickRef<'_>, lookups: &impl LookupSource) -> Derived {
-        let product = self.product(click.url, lookups);
+        let product = match click.detail.and_then(|d| d.product.as_ref()) {
+            Some(named) if named.id.is_some() => self.named_product(named, lookups),
+            _ => self.product(click.url, lookups),
+        };
         // A visitor of an overlaid replay's day `k` (`id~k`) is the log's visitor `id`.
         let user = lookups.user(crate::replay::unlayered(click.visitor));
         let country = self.country(click);
@@ -202,6 +222,30 @@ impl Enricher {
             None => ProductFacts {
                 id: self.intern(product_id),
                 category: self.unknown.clone(),
+                title: self.unknown.clone(),
+            },
+        }
+    }
+
+    /// Id, category and title of the product an event names: the sender's id, the sender's
+    /// category when given (else the catalogue's), the catalogue's title.
+    fn named_product(&mut self, named: &EventProduct, lookups: &impl LookupSource) -> ProductFacts {
+        let id = named.id.as_deref().unwrap_or_default();
+        let known = lookups.product(id);
+        let category = match (&named.category, &known) {
+            (Some(given), _) => self.intern(given),
+            (None, Some(p)) => p.category.clone(),
+            (None, None) => self.unknown.clone(),
+        };
+        match known {
+            Some(p) => ProductFacts {
+                id: p.id.clone(),
+                category,
+                title: p.title.clone(),
+            },
+            None => ProductFacts {
+                id: self.intern(id),
+                category,
                 title: self.unknown.clone(),
             },
         }
@@ -288,6 +332,8 @@ pub struct LogMemo<'a> {
     column_countries: Vec<Option<Option<Arc<str>>>>,
     /// By IP id.
     ip_countries: Vec<Option<Arc<str>>>,
+    /// By click index: the product of each event that names its own.
+    named_products: HashMap<usize, ProductFacts>,
 }
 
 impl<'a> LogMemo<'a> {
@@ -306,6 +352,7 @@ impl<'a> LogMemo<'a> {
             devices: empty(n.user_agent),
             column_countries: empty(n.country.unwrap_or(0)),
             ip_countries: empty(n.ip),
+            named_products: HashMap::new(),
         }
     }
 }
@@ -343,14 +390,16 @@ struct Derived {
 impl Derived {
     /// [`Derived::with_request`], copying the fields it keeps from a borrowed click.
     fn with_borrowed_request(self, click: &ClickRef<'_>) -> EnrichedClick {
-        self.with_request(
-            click.ts_ms,
-            click.visitor.to_owned(),
-            click.ip.to_owned(),
-            click.url.to_owned(),
-            click.city.map(str::to_owned),
-            click.region.map(str::to_owned),
-        )
+        self.with_request(Request {
+            ts_ms: click.ts_ms,
+            visitor: click.visitor.to_owned(),
+            ip: click.ip.to_owned(),
+            url: click.url.to_owned(),
+            city: click.city.map(str::to_owned),
+            region: click.region.map(str::to_owned),
+            event: click.event.clone(),
+            detail: click.detail.map(|d| Box::new(d.clone())),
+        })
     }
 
     fn new(
@@ -373,20 +422,12 @@ impl Derived {
         }
     }
 
-    fn with_request(
-        self,
-        ts_ms: i64,
-        visitor: String,
-        ip: String,
-        url: String,
-        city: Option<String>,
-        region: Option<String>,
-    ) -> EnrichedClick {
+    fn with_request(self, r: Request) -> EnrichedClick {
         EnrichedClick {
-            ts_ms,
-            visitor,
-            ip,
-            url,
+            ts_ms: r.ts_ms,
+            visitor: r.visitor,
+            ip: r.ip,
+            url: r.url,
             product_id: self.product_id,
             category: self.category,
             title: self.title,
@@ -394,11 +435,25 @@ impl Derived {
             gender: self.gender,
             age: self.age,
             country: self.country,
-            city,
-            region,
+            city: r.city,
+            region: r.region,
             device: self.device,
+            event: r.event,
+            detail: r.detail,
         }
     }
+}
+
+/// What an enriched click keeps of the click as it came.
+struct Request {
+    ts_ms: i64,
+    visitor: String,
+    ip: String,
+    url: String,
+    city: Option<String>,
+    region: Option<String>,
+    event: EventType,
+    detail: Option<Box<EventDetail>>,
 }
 
 /// The UTC date of an event time in unix milliseconds.
@@ -709,6 +764,8 @@ mod tests {
             region: None,
             gender: None,
             age: None,
+            event: crate::event::EventType::PageView,
+            detail: None,
         }
     }
 
@@ -829,6 +886,55 @@ mod tests {
     }
 
     #[test]
+    fn an_event_that_names_its_product_wins_over_the_url() {
+        let mut e = EnrichOperator::new(lookups());
+        let named = |id: &str, category: Option<&str>| {
+            let mut c = click("F30", "http://www.acme.com/cart", ts(2012, 3, 1, 8));
+            c.event = EventType::AddToCart;
+            c.detail = Some(Box::new(EventDetail {
+                product: Some(EventProduct {
+                    id: Some(id.to_owned()),
+                    category: category.map(str::to_owned),
+                    price: Some(21.0),
+                    ..EventProduct::default()
+                }),
+                ..EventDetail::default()
+            }));
+            c
+        };
+        let known = e.enrich(named("VD55177927", None));
+        assert_eq!(
+            (&*known.product_id, &*known.category, &*known.title),
+            ("VD55177927", "clothing", "Red Shirt")
+        );
+        assert_eq!(known.event, EventType::AddToCart);
+        assert_eq!(
+            known
+                .detail
+                .as_ref()
+                .unwrap()
+                .product
+                .as_ref()
+                .unwrap()
+                .price,
+            Some(21.0)
+        );
+        let recategorised = e.enrich(named("VD55177927", Some("gifts")));
+        assert_eq!(&*recategorised.category, "gifts");
+        let unknown = e.enrich(named("VD0", None));
+        assert_eq!(
+            (&*unknown.product_id, &*unknown.category, &*unknown.title),
+            ("VD0", "Unknown", "Unknown")
+        );
+        // A page view that names nothing: the URL's last path part, as before.
+        let view = e.enrich(click("F30", "http://www.acme.com/SH1/VD55177927", 0));
+        assert_eq!(
+            (&*view.product_id, view.event.clone()),
+            ("VD55177927", EventType::PageView)
+        );
+    }
+
+    #[test]
     fn a_logged_click_enriches_as_a_borrowed_one() {
         // Texts repeated across clicks and columns, so answers come from the memo too: a
         // country column that decides, one that leaves it to the IP, none, an unknown alpha-2
@@ -858,6 +964,19 @@ mod tests {
             c.country = countries[n % countries.len()].map(str::to_owned);
             c.ip = ips[(n / 3) % ips.len()].to_owned();
             c.city = (n % 2 == 0).then(|| "Oslo".to_owned());
+            // Every fifth an interaction that names its product (known or not, with or
+            // without the sender's category), whatever its URL says.
+            if n % 5 == 0 {
+                c.event = EventType::AddToCart;
+                c.detail = Some(Box::new(EventDetail {
+                    product: Some(EventProduct {
+                        id: Some(["VD55177927", "VD0"][n % 2].to_owned()),
+                        category: (n % 3 == 0).then(|| "gifts".to_owned()),
+                        ..EventProduct::default()
+                    }),
+                    ..EventDetail::default()
+                }));
+            }
             clicks.push(c);
         }
         let log = ClickLog::from_clicks(&clicks);

@@ -214,5 +214,7 @@ fn view(ts_ms: i64, product: &str, category: &str, i: usize) -> EnrichedClick {
         city: Some("dallas".to_owned()),
         region: None,
         device: Device::ALL[i % Device::ALL.len()],
+        event: crate::event::EventType::PageView,
+        detail: None,
     }
 }

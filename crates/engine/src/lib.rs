@@ -24,6 +24,7 @@ pub mod click_log;
 pub mod codec;
 pub mod enrich;
 mod error;
+pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lookups;

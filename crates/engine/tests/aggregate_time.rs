@@ -30,6 +30,8 @@ fn view(ts_ms: i64, visitor: &str) -> EnrichedClick {
         city: None,
         region: None,
         device: Device::Desktop,
+        event: clickpulse_engine::event::EventType::PageView,
+        detail: None,
     }
 }
 

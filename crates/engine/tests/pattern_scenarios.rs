@@ -11,6 +11,8 @@
 //! start 2012-03-10T00:00:00Z                 # time origin of the +seconds below
 //! visitor ann F 1982-03-10                   # id, gender, birth date (or -); no line = unknown
 //! +0 ann C1 clothing                         # +seconds, visitor, product, category
+//! +5 ann C1 clothing add_to_cart price=20     # an event of another type, with its fields:
+//!                                             # price=, quantity=, revenue=, query=, prop.KEY=
 //! ```
 //! `expected.txt`: `+seconds visitor pattern from -> to cause [offer]`, one per transition.
 
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, NaiveDate};
 use clickpulse_engine::Enricher;
 use clickpulse_engine::click::{Click, Gender};
+use clickpulse_engine::event::{EventDetail, EventProduct, EventType, LineItem, Order, PropValue};
 use clickpulse_engine::lookups::{Lookups, Product, User};
 use clickpulse_engine::pattern::{DetectOperator, PatternRegistry, PatternSet, TransitionLog};
 
@@ -34,6 +37,54 @@ fn product(id: &str, category: &str) -> Product {
         image: None,
         price: None,
     }
+}
+
+/// An event's detail from `price=20 quantity=2 revenue=50 query=red prop.plan=gold`: its
+/// product is the line's product; an order (for `revenue=`) has one line of it.
+fn event_detail(product: &str, fields: &[&str]) -> EventDetail {
+    let mut detail = EventDetail {
+        product: Some(EventProduct {
+            id: Some(product.to_owned()),
+            ..EventProduct::default()
+        }),
+        ..EventDetail::default()
+    };
+    for field in fields {
+        let (key, value) = field.split_once('=').expect("key=value");
+        let item = detail.product.as_mut().unwrap();
+        match key {
+            "price" => item.price = Some(value.parse().unwrap()),
+            "quantity" => item.quantity = Some(value.parse().unwrap()),
+            "revenue" => {
+                detail.order = Some(Order {
+                    id: format!("order-{product}"),
+                    revenue: value.parse().unwrap(),
+                    currency: None,
+                    items: vec![LineItem {
+                        product_id: product.to_owned(),
+                        category: None,
+                        price: None,
+                        quantity: 1,
+                    }],
+                });
+            }
+            "query" => detail.query = Some(value.replace('+', " ")),
+            prop => {
+                let name = prop
+                    .strip_prefix("prop.")
+                    .expect("price, quantity, revenue, query or prop.KEY");
+                let value = match value.parse::<f64>() {
+                    Ok(n) => PropValue::Number(n),
+                    Err(_) => match value {
+                        "true" | "false" => PropValue::Bool(value == "true"),
+                        text => PropValue::Text(text.to_owned()),
+                    },
+                };
+                detail.properties.insert(name.to_owned(), value);
+            }
+        }
+    }
+    detail
 }
 
 fn repo_patterns() -> PathBuf {
@@ -71,7 +122,7 @@ fn run_scenario(name: &str) {
                         .then(|| NaiveDate::parse_from_str(birth, "%Y-%m-%d").unwrap()),
                 },
             )),
-            [t, visitor, product, category] if t.starts_with('+') => {
+            [t, visitor, product, category, rest @ ..] if t.starts_with('+') => {
                 let secs: i64 = t[1..].parse().unwrap();
                 products.push(Product {
                     id: (*product).into(),
@@ -82,7 +133,13 @@ fn run_scenario(name: &str) {
                     price: None,
                 });
                 let url = format!("http://www.acme.com/SH55126545/{product}");
-                clicks.push(Click::new(start_ms + secs * 1000, *visitor, url));
+                let mut click = Click::new(start_ms + secs * 1000, *visitor, url);
+                if let Some((event, fields)) = rest.split_first() {
+                    click.event = EventType::parse(event).unwrap();
+                    click.detail = Some(Box::new(event_detail(product, fields)));
+                }
+                click.validate().unwrap();
+                clicks.push(click);
             }
             other => panic!("{name}/views.txt: cannot read {other:?}"),
         }
@@ -179,6 +236,8 @@ scenarios!(
     five_step_late_refresh_is_ignored,
     late_restart_three_step,
     late_restart_five_step,
+    interactions_leave_page_view_patterns_as_they_are,
+    typed_steps_see_their_events,
 );
 
 /// Under `late = "reset"` an expired match still decides the visitor's next view (it is dropped),

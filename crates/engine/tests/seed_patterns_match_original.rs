@@ -365,6 +365,8 @@ fn enriched(v: usize, row: &Row) -> EnrichedClick {
         city: None,
         region: None,
         device: Device::Desktop,
+        event: clickpulse_engine::event::EventType::PageView,
+        detail: None,
     }
 }
 

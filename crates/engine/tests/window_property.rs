@@ -49,6 +49,8 @@ fn click(
             Device::Bot,
             Device::Other,
         ][device % 5],
+        event: clickpulse_engine::event::EventType::PageView,
+        detail: None,
     }
 }
 

@@ -39,9 +39,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use clickpulse_engine::DeadLetter;
-use clickpulse_engine::click::{Click, Gender};
+use clickpulse_engine::click::{Click, ClickJson};
 use clickpulse_engine::replay::EventClock;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -139,33 +138,6 @@ pub struct Sender<'a> {
     pub token: Option<&'a str>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CollectedClick {
-    #[serde(default)]
-    visitor: Option<String>,
-    #[serde(default)]
-    token: Option<String>,
-    url: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    ts_ms: Option<i64>,
-    #[serde(default)]
-    ip: Option<String>,
-    #[serde(default)]
-    user_agent: Option<String>,
-    #[serde(default)]
-    city: Option<String>,
-    #[serde(default)]
-    country: Option<String>,
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default)]
-    gender: Option<Gender>,
-    #[serde(default)]
-    age: Option<u32>,
-}
-
 /// A click of a request that was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -251,7 +223,9 @@ fn parse_click(
     sender: &Sender<'_>,
     identity: Option<&Identity>,
 ) -> Result<Click, String> {
-    let c: CollectedClick = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    // The JSON-lines format's fields (`ts_ms` is ignored: the server stamps event time).
+    let mut c: ClickJson = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let (event, detail) = c.take_event();
     let ip = match c.ip {
         Some(ip) if sender.trusted => {
             let ip = ip.trim();
@@ -298,6 +272,7 @@ fn parse_click(
         (None, Some(identity)) => identity.anonymous_id(ts_ms, &ip, &user_agent),
         (None, None) => return Err("missing field `visitor`".to_owned()),
     };
+    let detail = clickpulse_engine::event::with_url_utm(&c.url, detail);
     let click = Click {
         ts_ms,
         visitor,
@@ -309,6 +284,8 @@ fn parse_click(
         region: c.region,
         gender: c.gender,
         age: c.age,
+        event,
+        detail,
     };
     click.validate().map_err(|e| e.to_string())?;
     Ok(click)
@@ -547,7 +524,7 @@ mod tests {
         );
         assert_eq!(
             (clicks[0].gender, clicks[0].age),
-            (Some(Gender::F), Some(30))
+            (Some(clickpulse_engine::click::Gender::F), Some(30))
         );
         let batch = parse_body(br#"[{"visitor":"a","url":"http://x/1"},{"visitor":"b","url":"http://x/2","ip":"9.9.9.9"}]"#, 1, "", "").unwrap().clicks;
         assert_eq!(batch[1].ip, "9.9.9.9");
@@ -577,6 +554,39 @@ mod tests {
             ]
         );
         assert_eq!(parsed.rejected[1].raw, r#"{"url":"x"}"#);
+    }
+
+    #[test]
+    fn interactions_are_taken_with_their_fields_and_bad_ones_rejected_alone() {
+        use clickpulse_engine::event::EventType;
+        let parsed = parse_body(
+            br#"[{"type":"add_to_cart","visitor":"a","url":"http://x/p/VD1?utm_source=ads&utm_medium=cpc","product":{"id":"VD1","price":9.5,"quantity":1,"currency":"EUR"}},
+                 {"type":"purchase","visitor":"a","url":"http://x/done"},
+                 {"type":"search","visitor":"a","url":"http://x/s","query":"red shoes","properties":{"results":12}}]"#,
+            7,
+            "1.2.3.4",
+            "UA",
+        )
+        .unwrap();
+        let types: Vec<&str> = parsed.clicks.iter().map(|c| c.event.as_str()).collect();
+        assert_eq!(types, ["add_to_cart", "search"]);
+        let cart = parsed.clicks[0].detail.as_ref().unwrap();
+        assert_eq!(cart.product_id(), Some("VD1"));
+        let utm = cart.utm.as_ref().unwrap();
+        assert_eq!(
+            (utm.source.as_deref(), utm.medium.as_deref()),
+            (Some("ads"), Some("cpc"))
+        );
+        assert_eq!(parsed.clicks[1].event, EventType::Search);
+        assert_eq!(parsed.rejected.len(), 1);
+        assert_eq!(parsed.rejected[0].index, 1);
+        assert!(
+            parsed.rejected[0]
+                .reason
+                .starts_with("click 1: a purchase event needs an order"),
+            "{}",
+            parsed.rejected[0].reason
+        );
     }
 
     fn identity() -> Identity {

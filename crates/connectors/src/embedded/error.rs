@@ -29,6 +29,20 @@ pub enum StoreError {
         /// Partitions requested.
         requested: u32,
     },
+    /// The data dir's records are in another encoding than this build's.
+    #[error(
+        "the data dir {path} holds records in format {found}, and this Clickpulse reads format \
+         {expected} (events gained types and detail in format 2); start with --reset (drops the \
+         data dir's topics and state) or use a fresh --data-dir"
+    )]
+    FormatMismatch {
+        /// The database file.
+        path: PathBuf,
+        /// The format on disk.
+        found: u32,
+        /// This build's.
+        expected: u32,
+    },
     /// The data dir does not exist (read-only commands never create it).
     #[error(
         "no data dir at {0} (nothing was created; give --data-dir, or run `clickpulse demo` first)"

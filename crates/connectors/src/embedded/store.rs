@@ -19,6 +19,13 @@ use super::error::{StoreError, db};
 const OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("offsets");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const META: TableDefinition<&str, u32> = TableDefinition::new("topic_partitions");
+/// The encoding of the records and state (key [`FORMAT_KEY`]): a data dir written in another
+/// is refused rather than read as dead letters.
+const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
+const FORMAT_KEY: &str = "records";
+/// This build's record format. 1: page views (no `format` table); 2: events with a type and a
+/// detail (`clickpulse_engine::event`).
+pub(crate) const RECORD_FORMAT: u32 = 2;
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_users");
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_products");
 
@@ -401,6 +408,25 @@ impl EmbeddedStore {
         let txn = database.begin_write().map_err(db)?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
+            let mut format = txn.open_table(FORMAT).map_err(db)?;
+            let found = match format.get(FORMAT_KEY).map_err(db)? {
+                Some(v) => Some(v.value()),
+                // Written before formats were recorded, if it has topics at all.
+                None => (!meta.is_empty().map_err(db)?).then_some(1),
+            };
+            match found {
+                Some(found) if found != RECORD_FORMAT => {
+                    return Err(StoreError::FormatMismatch {
+                        path,
+                        found,
+                        expected: RECORD_FORMAT,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    format.insert(FORMAT_KEY, RECORD_FORMAT).map_err(db)?;
+                }
+            }
             for &(topic, requested) in topics {
                 let requested = requested.max(1);
                 let existing = meta.get(topic).map_err(db)?.map(|v| v.value());
@@ -1546,6 +1572,45 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Sets the recorded format (`None`: as a data dir from before formats were recorded).
+    fn set_format(dir: &Path, format: Option<u32>) {
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(FORMAT).unwrap();
+            match format {
+                Some(f) => table.insert(FORMAT_KEY, f).unwrap(),
+                None => table.remove(FORMAT_KEY).unwrap(),
+            };
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_data_dir_in_another_record_format_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = [("t", 2)];
+        drop(EmbeddedStore::open(dir.path(), &topics).unwrap());
+        // Reopening the format it wrote works.
+        drop(EmbeddedStore::open(dir.path(), &topics).unwrap());
+        for (on_disk, found) in [(None, 1), (Some(RECORD_FORMAT + 1), RECORD_FORMAT + 1)] {
+            set_format(dir.path(), on_disk);
+            let Err(err) = EmbeddedStore::open(dir.path(), &topics) else {
+                panic!("format {found} was opened");
+            };
+            assert!(
+                matches!(err, StoreError::FormatMismatch { found: f, expected: RECORD_FORMAT, .. } if f == found),
+                "{err}"
+            );
+            assert!(err.to_string().contains("--reset"), "{err}");
+        }
+        // A fresh data dir records this build's format.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(EmbeddedStore::open(fresh.path(), &topics).unwrap());
+        set_format(fresh.path(), Some(RECORD_FORMAT));
+        assert!(EmbeddedStore::open(fresh.path(), &topics).is_ok());
     }
 
     #[test]

@@ -342,6 +342,10 @@ impl DetectOperator {
         // after the 64th evaluate their own.
         let (mut asked, mut in_audience) = (0u64, 0u64);
         for (i, pattern) in set.patterns().iter().enumerate() {
+            // An event of a type the pattern does not see leaves its match as it is.
+            if !pattern.events.sees(click.event) {
+                continue;
+            }
             let index = slots.iter().position(|s| *s.pattern == *pattern.name);
             // A visitor without a slot for the pattern starts from a blank one, made a `Slot`
             // only if it is kept.

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::click::{EnrichedClick, EnrichedRef};
+use crate::event::{EventType, PropValue};
 
 /// Index of a state in [`Pattern::states`]; 0 is `init`.
 pub type StateId = u16;
@@ -61,11 +62,15 @@ pub enum Field {
     Visitor,
     /// Page URL.
     Url,
+    /// The event's type (`page_view`, `add_to_cart`, …).
+    Type,
+    /// A search's query.
+    Query,
 }
 
 impl Field {
     /// Every field with its name in pattern files.
-    pub const ALL: [(&'static str, Field); 10] = [
+    pub const ALL: [(&'static str, Field); 12] = [
         ("category", Field::Category),
         ("product", Field::Product),
         ("title", Field::Title),
@@ -76,6 +81,8 @@ impl Field {
         ("gender", Field::Gender),
         ("visitor", Field::Visitor),
         ("url", Field::Url),
+        ("type", Field::Type),
+        ("query", Field::Query),
     ];
 
     /// The field's name in pattern files.
@@ -102,6 +109,98 @@ impl Field {
             },
             Field::Visitor => click.visitor,
             Field::Url => click.url,
+            Field::Type => click.event.as_str(),
+            Field::Query => click.detail.and_then(|d| d.query.as_deref()).unwrap_or(""),
+        }
+    }
+}
+
+/// A number an event may carry, that conditions can bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// The product's unit price (`product.price`).
+    Price,
+    /// How many (`product.quantity`).
+    Quantity,
+    /// An order's revenue (`order.revenue`).
+    Revenue,
+}
+
+impl Amount {
+    /// Every amount with its name in pattern files.
+    pub const ALL: [(&'static str, Amount); 3] = [
+        ("price", Amount::Price),
+        ("quantity", Amount::Quantity),
+        ("revenue", Amount::Revenue),
+    ];
+
+    /// Its name in pattern files.
+    pub fn name(self) -> &'static str {
+        Amount::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    fn value(self, click: &EnrichedRef<'_>) -> Option<f64> {
+        let detail = click.detail?;
+        match self {
+            Amount::Price => detail.product.as_ref()?.price,
+            Amount::Quantity => detail.product.as_ref()?.quantity.map(f64::from),
+            Amount::Revenue => detail.order.as_ref().map(|o| o.revenue),
+        }
+    }
+}
+
+/// What a condition asks of a custom property.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropertyTest {
+    /// A text (or a number or boolean written as text) equal to one of these (ASCII
+    /// case-insensitive).
+    OneOf(Vec<String>),
+    /// A number within `min..=max`.
+    Between(f64, f64),
+    /// A boolean equal to this.
+    Is(bool),
+}
+
+impl PropertyTest {
+    fn eval(&self, value: Option<&PropValue>) -> bool {
+        match (self, value) {
+            (PropertyTest::OneOf(values), Some(v)) => {
+                let text = v.to_string();
+                values.iter().any(|x| x.eq_ignore_ascii_case(&text))
+            }
+            (PropertyTest::Between(min, max), Some(PropValue::Number(n))) => {
+                (*min..=*max).contains(n)
+            }
+            (PropertyTest::Is(b), Some(PropValue::Bool(v))) => b == v,
+            _ => false,
+        }
+    }
+}
+
+/// Which events a pattern sees: a pattern whose conditions name no `type` sees page views only
+/// (every other event leaves its matches as they are); one that names types sees those, and
+/// page views where a condition names none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EventFilter {
+    /// Page views only.
+    #[default]
+    PageViews,
+    /// These types.
+    Only(Vec<EventType>),
+    /// Every event (a condition excludes a type with `not`).
+    All,
+}
+
+impl EventFilter {
+    /// Whether the pattern sees an event of type `event`.
+    pub fn sees(&self, event: &EventType) -> bool {
+        match self {
+            EventFilter::PageViews => event.is_page_view(),
+            EventFilter::Only(types) => types.contains(event),
+            EventFilter::All => true,
         }
     }
 }
@@ -129,6 +228,10 @@ pub enum Condition {
     ProductSameAs(StateId),
     /// The product was not recorded in this match yet.
     ProductNotSeen,
+    /// The event carries the amount, within `min..=max`.
+    Amount(Amount, f64, f64),
+    /// The event's custom property passes the test.
+    Property(String, PropertyTest),
 }
 
 impl Condition {
@@ -154,6 +257,12 @@ impl Condition {
                 .and_then(|m| m.first_product_of(*state))
                 .is_some_and(|p| **p == **click.product_id),
             Condition::ProductNotSeen => current.is_none_or(|m| !m.has_seen(click.product_id)),
+            Condition::Amount(amount, min, max) => amount
+                .value(click)
+                .is_some_and(|v| (*min..=*max).contains(&v)),
+            Condition::Property(key, test) => {
+                test.eval(click.detail.and_then(|d| d.properties.get(key)))
+            }
         }
     }
 
@@ -192,7 +301,28 @@ impl Condition {
                 write!(f, "the same product as at {}", states[*s as usize])
             }
             Condition::ProductNotSeen => f.write_str("a product not yet seen in this match"),
+            Condition::Amount(amount, min, max) => {
+                write!(f, "{} {}", amount.name(), range_words(*min, *max))
+            }
+            Condition::Property(key, PropertyTest::OneOf(values)) => {
+                write!(f, "property {key} is {}", values.join(" or "))
+            }
+            Condition::Property(key, PropertyTest::Between(min, max)) => {
+                write!(f, "property {key} {}", range_words(*min, *max))
+            }
+            Condition::Property(key, PropertyTest::Is(b)) => write!(f, "property {key} is {b}"),
         }
+    }
+}
+
+/// "is 10", "from 10 to 50", "at least 10", "at most 50".
+pub(crate) fn range_words(min: f64, max: f64) -> String {
+    match (min == f64::NEG_INFINITY, max == f64::INFINITY) {
+        _ if min == max => format!("is {min}"),
+        (false, false) => format!("from {min} to {max}"),
+        (false, true) => format!("at least {min}"),
+        (true, false) => format!("at most {max}"),
+        (true, true) => "is any number".to_owned(),
     }
 }
 
@@ -303,6 +433,8 @@ pub struct Pattern {
     pub audience: Condition,
     /// Views that abort a match.
     pub abort_if: Option<Condition>,
+    /// Which events it sees (the others leave its matches as they are).
+    pub events: EventFilter,
     /// State names; index 0 is `init`.
     pub states: Vec<String>,
     /// Outgoing transitions of each state, in priority order.
@@ -501,6 +633,7 @@ impl Pattern {
             if self.late == Late::Reset
                 && remembered
                 && self.ignore_refresh
+                && click.event.is_page_view()
                 && *m.last_product == **click.product_id
             {
                 return out;
@@ -517,7 +650,11 @@ impl Pattern {
             }
         }
         if let Some(m) = current.as_mut() {
-            if self.ignore_refresh && *m.last_product == **click.product_id {
+            // A refresh is a page view: adding the product just viewed to the cart is not one.
+            if self.ignore_refresh
+                && click.event.is_page_view()
+                && *m.last_product == **click.product_id
+            {
                 return out;
             }
             if self

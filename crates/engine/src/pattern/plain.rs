@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::machine::{Condition, Contiguity, Field, INIT, Pattern, StateId, Target};
+use super::machine::{Condition, Contiguity, Field, INIT, Pattern, PropertyTest, StateId, Target};
 use crate::click::{Device, EnrichedRef, Gender};
 
 /// What the shop knows of a shopper before any view: what they chose, and the device class
@@ -30,12 +30,20 @@ impl Pattern {
             let _ = write!(out, "For {}: ", who(&self.audience));
         }
         let steps = self.main_path();
-        let views: Vec<String> = steps.iter().map(|c| view(c)).collect();
+        let views: Vec<Step> = steps.iter().map(|c| step(c)).collect();
         let mut sentence = match views.split_first() {
             Some((first, rest)) => {
-                let mut s = format!("look at {first}");
+                let mut s = first.with_verb();
+                let mut verb = first.verb;
                 for v in rest {
-                    let _ = write!(s, ", then {v}");
+                    // "look at clothing, then shoes": a verb is said when it changes.
+                    let words = if v.verb == verb && v.verb == LOOK {
+                        v.object.clone()
+                    } else {
+                        v.with_verb()
+                    };
+                    let _ = write!(s, ", then {words}");
+                    verb = v.verb;
                 }
                 s
             }
@@ -81,6 +89,8 @@ impl Pattern {
             city: None,
             region: None,
             device: profile.device,
+            event: &crate::event::EventType::PageView,
+            detail: None,
         };
         Some(self.audience.eval(&click, None))
     }
@@ -172,7 +182,10 @@ fn group(cs: &[Condition]) -> String {
             }
             Condition::KnownVisitor(true) => qualifiers.push("with a customer account".into()),
             Condition::KnownVisitor(false) => qualifiers.push("without a customer account".into()),
-            other => qualifiers.push(format!("who match {}", who(other))),
+            composite @ (Condition::All(_) | Condition::Any(_) | Condition::Not(_)) => {
+                qualifiers.push(format!("who match {}", who(composite)));
+            }
+            leaf => qualifiers.push(fact(leaf)),
         }
     }
     if qualifiers.is_empty() {
@@ -189,6 +202,105 @@ fn device_words(device: &str) -> &'static str {
         "desktop" => "on a computer",
         "bot" => "that are robots",
         _ => "on another kind of device",
+    }
+}
+
+/// One step of the way to the offer: what the visitor does and to what.
+struct Step {
+    /// What the visitor does (`LOOK` for a page view).
+    verb: &'static str,
+    /// What to: "shoes", "a different clothing item".
+    object: String,
+}
+
+const LOOK: &str = "look at {}";
+
+impl Step {
+    /// "look at shoes", "add shoes to the cart".
+    fn with_verb(&self) -> String {
+        self.verb.replace("{}", &self.object)
+    }
+}
+
+/// A transition's condition as a step: its event type gives the verb, the rest the object.
+fn step(c: &Condition) -> Step {
+    let parts: &[Condition] = match c {
+        Condition::All(cs) => cs,
+        other => std::slice::from_ref(other),
+    };
+    let mut types: Vec<&str> = Vec::new();
+    let mut rest = Vec::new();
+    for part in parts {
+        match part {
+            Condition::OneOf(Field::Type, values) => {
+                types.extend(values.iter().map(String::as_str));
+            }
+            other => rest.push(other.clone()),
+        }
+    }
+    let object = view(&Condition::All(rest));
+    let nothing = object == "any product";
+    let extras_only = object.starts_with('(');
+    // "a product (price at least 50)" where only extras constrain it.
+    let noun = match (nothing, extras_only) {
+        (true, _) => "a product".to_owned(),
+        (false, true) => format!("a product {object}"),
+        (false, false) => object.clone(),
+    };
+    // What follows a verb without an object: " (price at least 50)", " (shoes)".
+    let suffix = match (nothing, extras_only) {
+        (true, _) => String::new(),
+        (false, true) => format!(" {object}"),
+        (false, false) => format!(" ({object})"),
+    };
+    let (verb, object) = match types.as_slice() {
+        [] | ["page_view"] => (LOOK, object),
+        ["add_to_cart"] => ("add {} to the cart", noun),
+        ["remove_from_cart"] => ("take {} out of the cart", noun),
+        ["purchase"] if nothing || extras_only => ("place an order{}", suffix),
+        ["purchase"] => ("buy {}", noun),
+        ["begin_checkout"] => ("start the checkout{}", suffix),
+        ["search"] => ("search the shop{}", suffix),
+        _ => {
+            let named: Vec<String> = types.iter().map(|t| format!("“{t}”")).collect();
+            ("do {}", format!("{}{suffix}", join(&named, "or")))
+        }
+    };
+    Step { verb, object }
+}
+
+/// A condition on one fact of an event, in words: "price from 10 to 50", "plan is gold".
+fn fact(c: &Condition) -> String {
+    match c {
+        Condition::Amount(amount, min, max) => {
+            format!(
+                "{} {}",
+                amount.name(),
+                super::machine::range_words(*min, *max)
+            )
+        }
+        Condition::Property(key, PropertyTest::OneOf(values)) => {
+            format!("{key} is {}", join(values, "or"))
+        }
+        Condition::Property(key, PropertyTest::Between(min, max)) => {
+            format!("{key} {}", super::machine::range_words(*min, *max))
+        }
+        Condition::Property(key, PropertyTest::Is(true)) => key.clone(),
+        Condition::Property(key, PropertyTest::Is(false)) => format!("not {key}"),
+        Condition::OneOf(Field::Query, values) => {
+            let quoted: Vec<String> = values.iter().map(|v| format!("“{v}”")).collect();
+            format!("searching for {}", join(&quoted, "or"))
+        }
+        Condition::OneOf(field, values) => format!("{} {}", field.name(), join(values, "or")),
+        Condition::AgeBetween(min, max) => format!("aged {min}–{max}"),
+        Condition::KnownVisitor(true) => "with a customer account".to_owned(),
+        Condition::KnownVisitor(false) => "without a customer account".to_owned(),
+        Condition::True => "anything".to_owned(),
+        Condition::ProductDiffersFrom(_) => "a different product".to_owned(),
+        Condition::ProductSameAs(_) => "the same product".to_owned(),
+        Condition::ProductNotSeen => "a new product".to_owned(),
+        // Composites: `who` words each part, never this condition itself again.
+        composite @ (Condition::All(_) | Condition::Any(_) | Condition::Not(_)) => who(composite),
     }
 }
 
@@ -222,6 +334,15 @@ fn view(c: &Condition) -> String {
                 what = Some(join(&cs.iter().map(view).collect::<Vec<_>>(), "or"));
             }
             Condition::Not(inner) => extra.push(format!("anything but {}", view(inner))),
+            Condition::All(cs) => {
+                let inner = view(&Condition::All(cs.clone()));
+                if inner != "any product" {
+                    extra.push(inner);
+                }
+            }
+            leaf @ (Condition::Amount(..)
+            | Condition::Property(..)
+            | Condition::OneOf(Field::Query | Field::Type, _)) => extra.push(fact(leaf)),
             other => extra.push(who(other)),
         }
     }
@@ -290,6 +411,22 @@ mod tests {
             age: Some(age),
             device,
         }
+    }
+
+    #[test]
+    fn interactions_in_a_shoppers_words() {
+        let text = "name = \"p\"\nwithin = \"15m\"\ncontiguity = \"relaxed\"\n[offer]\ndefault = \"offer1\"\n\
+                    [[step]]\nwhen = { category = \"shoes\" }\n\
+                    [[step]]\nwhen = { type = \"add_to_cart\", price = { min = 50 } }\n\
+                    [[step]]\nwhen = { type = \"search\", query = \"socks\" }\n\
+                    [[step]]\nwhen = { type = \"purchase\", revenue = { max = 100 }, properties = { coupon = true } }\n";
+        let p = compile_pattern("p.toml", text).unwrap();
+        assert_eq!(
+            p.in_plain_words(),
+            "Look at shoes, then add a product (price at least 50) to the cart, then search the \
+             shop (searching for “socks”), then place an order (revenue at most 100) (coupon), \
+             within 15 minutes."
+        );
     }
 
     #[test]

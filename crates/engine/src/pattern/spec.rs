@@ -16,11 +16,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::machine::{
-    Condition, Contiguity, Field, INIT, Late, OfferContent, OfferRule, Pattern, StateId, Target,
-    Transition,
+    Amount, Condition, Contiguity, EventFilter, Field, INIT, Late, OfferContent, OfferRule,
+    Pattern, PropertyTest, StateId, Target, Transition,
 };
 use super::{PatternError, PatternErrors, sort_errors};
 use crate::click::Device;
+use crate::event::EventType;
 use crate::lookups::Lookups;
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +301,46 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
     };
     let machine_ok = machine.is_some();
     let (states, edges) = machine.unwrap_or_else(|| (vec!["init".to_owned()], Vec::new()));
+    // Which events the pattern sees: page views only unless a condition names a type; then
+    // a condition that names none is about page views.
+    let tables: Vec<&toml::Table> = edges
+        .iter()
+        .filter_map(|e| e.when.map(|t| t.get_ref()))
+        .chain(raw.abort_if.as_ref().map(|t| t.get_ref()))
+        .collect();
+    let mut named = Vec::new();
+    let mut under_not = false;
+    for t in &tables {
+        under_not |= named_types(t, false, &mut named);
+    }
+    let typed = under_not || !named.is_empty();
+    let untyped_edge = edges
+        .iter()
+        .any(|e| e.when.is_none_or(|t| !names_type(t.get_ref())))
+        || raw
+            .abort_if
+            .as_ref()
+            .is_some_and(|t| !names_type(t.get_ref()));
+    let events = match (typed, under_not) {
+        (false, _) => EventFilter::PageViews,
+        (true, true) => EventFilter::All,
+        (true, false) => {
+            if untyped_edge && !named.contains(&EventType::PageView) {
+                named.insert(0, EventType::PageView);
+            }
+            EventFilter::Only(named)
+        }
+    };
+    let page_views_only = |when: Condition, table: Option<&toml::Table>| {
+        if typed && table.is_none_or(|t| !names_type(t)) {
+            and(
+                Condition::OneOf(Field::Type, vec!["page_view".to_owned()]),
+                when,
+            )
+        } else {
+            when
+        }
+    };
     let mut transitions: Vec<Vec<Transition>> = vec![Vec::new(); states.len()];
     for edge in edges {
         let when = match &edge.when {
@@ -308,6 +349,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
             }
             None => Condition::True,
         };
+        let when = page_views_only(when, edge.when.map(|t| t.get_ref()));
         let when = match edge.extra {
             Some(extra) => and(when, extra),
             None => when,
@@ -328,7 +370,8 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
             .map(|t| compile_condition(&src, t.get_ref(), t.span(), field, &states))
     };
     let audience = table(&raw.audience, "audience").unwrap_or(Condition::True);
-    let abort_if = table(&raw.abort_if, "abort_if");
+    let abort_if = table(&raw.abort_if, "abort_if")
+        .map(|c| page_views_only(c, raw.abort_if.as_ref().map(|t| t.get_ref())));
     let mut rules = Vec::new();
     for (i, rule) in raw.offer.get_ref().rules.iter().enumerate() {
         let field = format!("offer.rules[{i}].when");
@@ -354,6 +397,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         ignore_refresh: raw.ignore_refresh,
         audience,
         abort_if,
+        events,
         states,
         transitions,
         offer: OfferRule {
@@ -735,10 +779,51 @@ fn compile_key(
                 Condition::ProductSameAs(id as StateId)
             }
         }
+        "price" | "quantity" | "revenue" => {
+            let (_, amount) = *Amount::ALL
+                .iter()
+                .find(|(n, _)| *n == key)
+                .expect("one of the amounts");
+            let (min, max) = number_range(value).map_err(err)?;
+            Condition::Amount(amount, min, max)
+        }
+        "properties" => {
+            let toml::Value::Table(t) = value else {
+                return Err(err(
+                    "expected a table of property conditions ({ plan = \"gold\" })".to_owned(),
+                ));
+            };
+            let mut all = Vec::new();
+            for (name, test) in t {
+                let test = match test {
+                    toml::Value::Boolean(b) => PropertyTest::Is(*b),
+                    toml::Value::Table(_) | toml::Value::Integer(_) | toml::Value::Float(_) => {
+                        let (min, max) = number_range(test)
+                            .map_err(|m| err(format!("property {name:?}: {m}")))?;
+                        PropertyTest::Between(min, max)
+                    }
+                    other => PropertyTest::OneOf(strings(other).map_err(|m| {
+                        err(format!(
+                            "property {name:?}: {m}, a boolean, a number or {{ min = .., max = .. }}"
+                        ))
+                    })?),
+                };
+                all.push(Condition::Property(name.clone(), test));
+            }
+            match all.len() {
+                0 => return Err(err("expected at least one property".to_owned())),
+                1 => all.pop().expect("one"),
+                _ => Condition::All(all),
+            }
+        }
         other => {
             let Some((_, f)) = Field::ALL.iter().find(|(n, _)| *n == other) else {
                 let mut known: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
                 known.extend([
+                    "price",
+                    "quantity",
+                    "revenue",
+                    "properties",
                     "age",
                     "known_visitor",
                     "product_not_seen",
@@ -756,22 +841,12 @@ fn compile_key(
                     &tail,
                 )));
             };
-            let values = match value {
-                toml::Value::String(s) => vec![s.clone()],
-                toml::Value::Array(items) if !items.is_empty() => items
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_owned)
-                            .ok_or_else(|| err("expected strings".to_owned()))
-                    })
-                    .collect::<Result<_, _>>()?,
-                _ => {
-                    return Err(err(
-                        "expected a string or a non-empty array of strings".to_owned()
-                    ));
+            let values = strings(value).map_err(err)?;
+            if *f == Field::Type {
+                for v in &values {
+                    EventType::parse(v).map_err(|e| err(e.to_string()))?;
                 }
-            };
+            }
             if *f == Field::Gender
                 && values
                     .iter()
@@ -783,6 +858,92 @@ fn compile_key(
         }
     };
     Ok(condition)
+}
+
+/// A string or a non-empty array of strings.
+fn strings(value: &toml::Value) -> Result<Vec<String>, String> {
+    match value {
+        toml::Value::String(s) => Ok(vec![s.clone()]),
+        toml::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "expected strings".to_owned())
+            })
+            .collect(),
+        _ => Err("expected a string or a non-empty array of strings".to_owned()),
+    }
+}
+
+/// A number (`= 10`) or a range (`{ min = 10, max = 50 }`, either bound optional).
+fn number_range(value: &toml::Value) -> Result<(f64, f64), String> {
+    let number = |v: &toml::Value, what: &str| match v {
+        toml::Value::Integer(n) => Ok(*n as f64),
+        toml::Value::Float(x) if x.is_finite() => Ok(*x),
+        _ => Err(format!("{what} must be a number")),
+    };
+    match value {
+        toml::Value::Table(t) => {
+            if let Some(unknown) = t.keys().find(|k| *k != "min" && *k != "max") {
+                return Err(format!("unknown key {unknown:?}; expected min and/or max"));
+            }
+            let min = t.get("min").map(|v| number(v, "min")).transpose()?;
+            let max = t.get("max").map(|v| number(v, "max")).transpose()?;
+            let (min, max) = (
+                min.unwrap_or(f64::NEG_INFINITY),
+                max.unwrap_or(f64::INFINITY),
+            );
+            if min > max {
+                return Err(format!("min {min} is greater than max {max}"));
+            }
+            if t.is_empty() {
+                return Err("expected min and/or max".to_owned());
+            }
+            Ok((min, max))
+        }
+        other => {
+            let n = number(other, "the value")
+                .map_err(|_| "expected a number or { min = .., max = .. }".to_owned())?;
+            Ok((n, n))
+        }
+    }
+}
+
+/// The event types a condition table names (`type = ...` anywhere in it), and whether one is
+/// named under a `not` (then the pattern must see every event to tell).
+fn named_types(table: &toml::Table, negated: bool, types: &mut Vec<EventType>) -> bool {
+    let mut under_not = false;
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("type", v) => {
+                under_not |= negated;
+                for name in strings(v).unwrap_or_default() {
+                    if let Ok(t) = EventType::parse(&name)
+                        && !types.contains(&t)
+                    {
+                        types.push(t);
+                    }
+                }
+            }
+            ("not", toml::Value::Table(t)) => under_not |= named_types(t, true, types),
+            ("all" | "any", toml::Value::Array(items)) => {
+                for item in items {
+                    if let toml::Value::Table(t) = item {
+                        under_not |= named_types(t, negated, types);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    under_not
+}
+
+/// Whether a condition table names a type anywhere.
+fn names_type(table: &toml::Table) -> bool {
+    let mut types = Vec::new();
+    named_types(table, false, &mut types) || !types.is_empty()
 }
 
 /// What exists, for [`check_values`]: the catalogue's categories and product ids, and the offers
@@ -1141,6 +1302,65 @@ mod tests {
         let anyone = phones.replace("audience = { device = \"Mobile\" }\n", "");
         let text = parse_pattern("p.toml", &anyone).unwrap().explain();
         assert!(text.starts_with("Any visitor can start a match."), "{text}");
+    }
+
+    #[test]
+    fn event_types_and_amounts_compile_and_bad_ones_are_reported() {
+        let base = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { category = \"shoes\" }\n";
+        // No type named: page views only, conditions as written.
+        let plain = parse_pattern("p.toml", base).unwrap();
+        assert_eq!(plain.events, EventFilter::PageViews);
+        let typed = format!(
+            "{base}[[step]]\nwhen = {{ type = [\"add_to_cart\", \"wishlist_add\"], price = {{ min = 10, max = 99.5 }}, quantity = 2 }}\n"
+        );
+        let p = parse_pattern("p.toml", &typed).unwrap();
+        assert_eq!(
+            p.events,
+            EventFilter::Only(vec![
+                EventType::PageView,
+                EventType::AddToCart,
+                EventType::parse("wishlist_add").unwrap()
+            ])
+        );
+        // The step that names no type is about page views.
+        let text = p.explain();
+        assert!(
+            text.contains("type is page_view and category is shoes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("price from 10 to 99.5") && text.contains("quantity is 2"),
+            "{text}"
+        );
+        let negated = base.replace(
+            "[offer]",
+            "abort_if = { not = { type = \"page_view\" } }\n[offer]",
+        );
+        assert_eq!(
+            parse_pattern("p.toml", &negated).unwrap().events,
+            EventFilter::All
+        );
+        for (when, message) in [
+            ("type = \"Add To Cart\"", "is neither a built-in type"),
+            (
+                "price = \"cheap\"",
+                "expected a number or { min = .., max = .. }",
+            ),
+            (
+                "price = { min = 5, max = 1 }",
+                "min 5 is greater than max 1",
+            ),
+            ("revenue = { above = 5 }", "unknown key \"above\""),
+            (
+                "properties = { plan = [1] }",
+                "property \"plan\": expected strings",
+            ),
+            ("properties = 3", "expected a table of property conditions"),
+        ] {
+            let text = format!("{base}[[step]]\nwhen = {{ {when} }}\n");
+            let e = error(&text);
+            assert!(e.contains(message), "{when}: {e}");
+        }
     }
 
     #[test]

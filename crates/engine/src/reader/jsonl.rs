@@ -91,4 +91,121 @@ mod tests {
             .collect();
         assert_eq!(lines, [3, 4, 5]);
     }
+
+    fn reason(record: &LogRecord) -> &str {
+        match record {
+            LogRecord::Malformed(d) => &d.reason,
+            LogRecord::Click(c) => panic!("expected a dead letter, read {c:?}"),
+        }
+    }
+
+    #[test]
+    fn interactions_read_with_their_fields_and_old_lines_as_page_views() {
+        use crate::event::{EventType, PropValue};
+        let records = read(concat!(
+            r#"{"ts_ms":1,"visitor":"a","url":"http://x/SH1/VD1?utm_source=mail&utm_medium=email"}"#,
+            "\n",
+            r#"{"type":"add_to_cart","ts_ms":2,"visitor":"a","url":"http://x/SH1/VD1","session_id":"s1","product":{"id":"VD1","price":19.5,"quantity":2,"currency":"EUR"},"properties":{"colour":"red","size":42,"gift":true}}"#,
+            "\n",
+            r#"{"type":"purchase","ts_ms":3,"visitor":"a","url":"http://x/done","order":{"id":"o-1","revenue":39.0,"currency":"EUR","items":[{"product_id":"VD1","price":19.5,"quantity":2}]}}"#,
+            "\n",
+            r#"{"type":"search","ts_ms":4,"visitor":"a","url":"http://x/s","query":"red shoes","referrer":"https://www.google.com/"}"#,
+            "\n",
+            r#"{"type":"newsletter_signup","ts_ms":5,"visitor":"a","url":"http://x/"}"#,
+            "\n",
+        ));
+        let clicks: Vec<&Click> = records
+            .iter()
+            .map(|r| match r {
+                LogRecord::Click(c) => c,
+                LogRecord::Malformed(d) => panic!("line {}: {}", d.position, d.reason),
+            })
+            .collect();
+        let types: Vec<&str> = clicks.iter().map(|c| c.event.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "page_view",
+                "add_to_cart",
+                "purchase",
+                "search",
+                "newsletter_signup"
+            ]
+        );
+        // An old line: a page view, its campaign read from the URL.
+        let utm = clicks[0].detail.as_ref().unwrap().utm.as_ref().unwrap();
+        assert_eq!(
+            (utm.source.as_deref(), utm.medium.as_deref()),
+            (Some("mail"), Some("email"))
+        );
+        let cart = clicks[1].detail.as_ref().unwrap();
+        assert_eq!(cart.product_id(), Some("VD1"));
+        assert_eq!(cart.product.as_ref().unwrap().quantity, Some(2));
+        assert_eq!(cart.session_id.as_deref(), Some("s1"));
+        assert_eq!(cart.properties["size"], PropValue::Number(42.0));
+        assert_eq!(cart.properties["gift"], PropValue::Bool(true));
+        let order = clicks[2].detail.as_ref().unwrap().order.as_ref().unwrap();
+        assert_eq!(
+            (order.id.as_str(), order.revenue, order.items.len()),
+            ("o-1", 39.0, 1)
+        );
+        assert_eq!(clicks[3].event, EventType::Search);
+        assert!(clicks[4].detail.is_none());
+        // What a line says, a dump prints again, and it reads back the same.
+        for click in clicks {
+            let json = serde_json::to_string(click).unwrap();
+            assert_eq!(&parse_click(json.as_bytes()).unwrap(), click, "{json}");
+        }
+    }
+
+    #[test]
+    fn events_that_break_a_rule_are_dead_letters_with_the_reason() {
+        let cases = [
+            (
+                r#"{"type":"add_to_cart","ts_ms":2,"visitor":"a","url":"http://x/1"}"#,
+                "a add_to_cart event needs product.id",
+            ),
+            (
+                r#"{"type":"purchase","ts_ms":2,"visitor":"a","url":"http://x/1"}"#,
+                "a purchase event needs an order",
+            ),
+            (
+                r#"{"type":"Add To Cart","ts_ms":2,"visitor":"a","url":"http://x/1"}"#,
+                "is neither a built-in type",
+            ),
+            (
+                r#"{"ts_ms":2,"visitor":"a","url":"http://x/1","token":"t"}"#,
+                "field `token` belongs to the collector",
+            ),
+            (
+                r#"{"visitor":"a","url":"http://x/1"}"#,
+                "missing field `ts_ms`",
+            ),
+            (
+                r#"{"ts_ms":2,"visitor":"a","url":"http://x/1","properties":{"k":[1]}}"#,
+                "a property's value must be a string, a number or a bool",
+            ),
+            (
+                r#"{"ts_ms":2,"visitor":"a","url":"http://x/1","product":{"id":"VD1","currency":"euro"}}"#,
+                "is not an ISO 4217 code",
+            ),
+            (
+                r#"{"ts_ms":2,"visitor":"a","url":"http://x/1","product":{"id":"VD1","colour":"red"}}"#,
+                "unknown field `colour`",
+            ),
+        ];
+        for (line, expected) in cases {
+            let records = read(&format!("{line}\n"));
+            let reason = reason(&records[0]);
+            assert!(reason.contains(expected), "{line}: {reason}");
+        }
+        let long = format!(
+            r#"{{"ts_ms":2,"visitor":"a","url":"http://x/1","properties":{{"plan":"{}"}}}}"#,
+            "x".repeat(300)
+        );
+        assert!(
+            reason(&read(&format!("{long}\n"))[0])
+                .contains("field properties.plan is 300 bytes long, more than the limit of 256")
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::io::BufRead;
 
 use super::{DeadLetter, Lines, LogRecord, ReaderError};
 use crate::click::{ClickRef, InvalidClick};
+use crate::event::{EventDetail, EventType, Utm};
 
 /// The fewest columns a row may have (column 53 is the state).
 pub const MIN_COLUMNS: usize = 53;
@@ -44,7 +45,7 @@ impl<R: BufRead> TsvReader<R> {
         mut on_click: impl FnMut(ClickRef<'_>),
         mut on_malformed: impl FnMut(DeadLetter),
     ) -> Result<(), ReaderError> {
-        let mut scratch = String::new();
+        let mut scratch = Scratch::default();
         while let Some(line) = self.lines.next_line() {
             let line = line?;
             if line.bytes.is_empty() {
@@ -69,7 +70,7 @@ impl<R: BufRead> Iterator for TsvReader<R> {
     type Item = Result<LogRecord, ReaderError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut scratch = String::new();
+        let mut scratch = Scratch::default();
         loop {
             let line = match self.lines.next_line()? {
                 Ok(line) => line,
@@ -152,9 +153,22 @@ impl RowError {
     }
 }
 
+/// What a parsed row borrows that is not in the row itself.
+#[derive(Default)]
+struct Scratch {
+    /// The lower-cased country, when the row's is not lower-case already.
+    country: String,
+    /// The campaign parameters of the row's URL, when it has any.
+    detail: Option<EventDetail>,
+}
+
 /// Parses one TSV row (without its line ending) into a valid click, borrowed from the row
-/// (`scratch` holds the lower-cased country when the row's is not lower-case already).
-fn parse_row<'a>(row: &'a [u8], scratch: &'a mut String) -> Result<ClickRef<'a>, RowError> {
+/// and `scratch`.
+fn parse_row<'a>(row: &'a [u8], scratch: &'a mut Scratch) -> Result<ClickRef<'a>, RowError> {
+    let Scratch {
+        country: scratch,
+        detail,
+    } = scratch;
     // Only the first 53 columns matter: split no further (the rest of a 178-column row stays
     // one unsplit piece). A tab is ASCII, so every cut is at a character boundary.
     let mut tabs = [0usize; MIN_COLUMNS];
@@ -245,6 +259,17 @@ fn parse_row<'a>(row: &'a [u8], scratch: &'a mut String) -> Result<ClickRef<'a>,
         region: optional(state),
         gender: None,
         age: None,
+        // The log has page views only; their campaign is in the URL, if anywhere.
+        event: &EventType::PageView,
+        detail: {
+            *detail = memchr::memmem::find(url.as_bytes(), b"utm_")
+                .and_then(|_| Utm::from_url(url))
+                .map(|utm| EventDetail {
+                    utm: Some(utm),
+                    ..EventDetail::default()
+                });
+            detail.as_ref()
+        },
     };
     // The same rules as the JSON-lines reader and the collector.
     click.validate().map_err(RowError::Invalid)?;

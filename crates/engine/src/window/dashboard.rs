@@ -547,7 +547,7 @@ impl DashboardAggregator {
 
     /// Takes one enriched click from input `partition`, seen at wall time `wall`.
     pub fn on_click(&mut self, partition: u32, click: EnrichedClick, wall: Instant) {
-        if self.admit(partition, click.ts_ms, wall) {
+        if self.admit(partition, click.ts_ms, wall) && click.event.is_page_view() {
             let view = View::new(click, &mut self.visitor_ids);
             self.s.buffer.push(view.ts_ms, view);
         }
@@ -556,7 +556,8 @@ impl DashboardAggregator {
     /// [`DashboardAggregator::on_click`] for a borrowed view: only what the aggregation keeps is
     /// copied.
     pub fn on_click_ref(&mut self, partition: u32, click: &EnrichedRef<'_>, wall: Instant) {
-        if self.admit(partition, click.ts_ms, wall) {
+        // The windows count page views; every event moves the watermark.
+        if self.admit(partition, click.ts_ms, wall) && click.event.is_page_view() {
             let view = View::from_ref(click, &mut self.visitor_ids);
             self.s.buffer.push(view.ts_ms, view);
         }
