@@ -146,7 +146,7 @@ fn patterns_check_reports_every_error_with_file_and_line() {
         "check",
         &format!("{}/patterns", env!("CARGO_MANIFEST_DIR")),
     ]);
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("2 pattern(s) OK"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 pattern(s) OK"));
 }
 
 #[test]

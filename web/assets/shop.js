@@ -24,7 +24,7 @@
 
   const SEEN_KEY = "clickpulse.seenOffers";
   const SEEN_LIMIT = 50;
-  const CART_KEY = "clickpulse.cartCount";
+  const CART_KEY = "clickpulse.cart";
   const KEY_KEY = "clickpulse.identityKey";
   // Renew the offer token this long before it expires.
   const RENEW_MARGIN_MS = 60 * 1000;
@@ -46,8 +46,9 @@
 
   // ------------------------------------------------------------------ routing
 
-  /** {view: "list"} or {view: "product", id} from the path. */
+  /** {view: "list"}, {view: "cart"} or {view: "product", id} from the path. */
   function route() {
+    if (/^\/shop\/cart\/?$/.test(location.pathname)) return { view: "cart" };
     const match = /^\/shop\/product\/([^/]+)\/?$/.exec(location.pathname);
     if (match) {
       let id = match[1];
@@ -397,25 +398,50 @@
     const heading = el("h2", { id: "list-title", text: "All products" });
     const shown = el("span", { className: "muted", dataset: { testid: "product-count" } });
 
+    // The search box: a query narrows the grid, and is sent as a search event.
+    let query = (params.get("q") || "").trim();
+    const byId = new Map(products.map((p) => [p.id, p]));
+    const matches = (card) => {
+      if (!query) return true;
+      const p = byId.get(card.dataset.productId) || {};
+      const text = `${p.title || ""} ${p.category || ""} ${p.description || ""}`.toLowerCase();
+      return query.toLowerCase().split(/\s+/).every((word) => text.includes(word));
+    };
+    const input = el("input", { type: "search", className: "search__input", id: "shop-search", value: query, attrs: { placeholder: "Search the shop", "aria-label": "Search the shop" }, dataset: { testid: "search-input" } });
+    const search = el("form", { className: "search", attrs: { role: "search" }, dataset: { testid: "search" }, on: { submit: (event) => {
+      event.preventDefault();
+      query = input.value.trim();
+      select(selected);
+      if (!query) return;
+      const results = [...grid.children].filter((card) => !card.hidden).length;
+      sendEvent({ type: "search", query, properties: { results } }, "Search", "search").then((sent) => {
+        if (sent) countSent("searchEvents");
+      });
+    } } }, [input, el("button", { type: "submit", className: "btn", dataset: { testid: "search-submit" } }, ["Search"])]);
+
     function select(value) {
       selected = value;
       for (const button of chips.children) button.setAttribute("aria-pressed", String(button.dataset.category === value));
       let visible = 0;
       for (const card of grid.children) {
-        const match = value === "" || card.dataset.category === value;
+        const match = (value === "" || card.dataset.category === value) && matches(card);
         card.hidden = !match;
         if (match) visible++;
       }
       heading.textContent = value === "" ? "All products" : CP.categoryLabel(value);
-      shown.textContent = `${visible} ${visible === 1 ? "product" : "products"}`;
+      shown.textContent = query
+        ? `${visible} ${visible === 1 ? "result" : "results"} for “${query}”`
+        : `${visible} ${visible === 1 ? "product" : "products"}`;
       // Keep the choice in the address bar so a reload (or Back) restores it.
       const url = new URL(location.href);
       if (value) url.searchParams.set("category", value);
       else url.searchParams.delete("category");
+      if (query) url.searchParams.set("q", query);
+      else url.searchParams.delete("q");
       history.replaceState(null, "", url.href);
     }
 
-    CP.replaceChildren(main, [el("div", { className: "section-title" }, [heading, shown]), chips, products.length ? grid : el("div", { className: "card notice", text: "No products are available." })]);
+    CP.replaceChildren(main, [search, el("div", { className: "section-title" }, [heading, shown]), chips, products.length ? grid : el("div", { className: "card notice", text: "No products are available." })]);
     select(selected);
     document.body.dataset.view = "list";
   }
@@ -504,33 +530,142 @@
     ]);
   }
 
+  // ------------------------------------------------------------------ cart and checkout
+
+  /** Where this visitor's cart is kept: the cart is the visitor's, across pages and visits. */
+  function cartKey() {
+    const id = state.identity && state.identity.visitor;
+    return `${CART_KEY}.${id || "anonymous"}`;
+  }
+
+  /** The cart's lines: [{id, title, category, price, quantity}]. */
   function readCart() {
     try {
-      return Number(sessionStorage.getItem(CART_KEY)) || 0;
+      const lines = JSON.parse(localStorage.getItem(cartKey()) || "[]");
+      return Array.isArray(lines) ? lines.filter((l) => l && typeof l.id === "string" && l.quantity > 0) : [];
     } catch (_) {
-      return 0;
+      return [];
     }
+  }
+
+  function writeCart(lines) {
+    try {
+      localStorage.setItem(cartKey(), JSON.stringify(lines));
+    } catch (_) {
+      /* storage unavailable: the cart lasts for this page */
+    }
+    renderCart();
   }
 
   function renderCart() {
-    document.getElementById("cart-count").textContent = String(readCart());
+    const count = readCart().reduce((n, l) => n + l.quantity, 0);
+    document.getElementById("cart-count").textContent = String(count);
+  }
+
+  const cartTotal = (lines) => Math.round(lines.reduce((sum, l) => sum + (l.price || 0) * l.quantity, 0) * 100) / 100;
+  const money = (amount) => `$${amount.toFixed(2)}`;
+
+  /** The event fields naming one cart line's product. */
+  function lineProduct(line, quantity) {
+    const item = { id: line.id, quantity };
+    if (line.category) item.category = line.category;
+    if (typeof line.price === "number") item.price = line.price;
+    if (typeof line.price === "number") item.currency = "USD";
+    return item;
+  }
+
+  /** Counts an event the collector took, for tests: `data-<name>-sent` on the body. */
+  function countSent(name) {
+    const key = `${name}Sent`;
+    document.body.dataset[key] = String(Number(document.body.dataset[key] || 0) + 1);
   }
 
   function addedToCart(product) {
-    const count = readCart() + 1;
-    try {
-      sessionStorage.setItem(CART_KEY, String(count));
-    } catch (_) {
-      /* purely visual */
-    }
-    renderCart();
+    const lines = readCart();
+    const line = lines.find((l) => l.id === product.id);
+    if (line) line.quantity += 1;
+    else lines.push({ id: product.id, title: product.title, category: product.category || "", price: typeof product.price === "number" ? product.price : null, quantity: 1 });
+    writeCart(lines);
     CP.toast(`Added “${product.title}” to your cart`, { testid: "cart-toast" });
-    const item = { id: product.id, quantity: 1 };
-    if (product.category) item.category = product.category;
-    if (typeof product.price === "number") item.price = product.price;
-    sendEvent({ type: "add_to_cart", product: item }, "Add to cart", "cart").then((sent) => {
-      if (sent) document.body.dataset.cartEventsSent = String(Number(document.body.dataset.cartEventsSent || 0) + 1);
+    sendEvent({ type: "add_to_cart", product: lineProduct(product, 1) }, "Add to cart", "cart").then((sent) => {
+      if (sent) countSent("cartEvents");
     });
+  }
+
+  /** The cart page: its lines, removal, checkout and a (pretend) order. */
+  function showCart() {
+    const main = document.getElementById("shop-main");
+    document.body.dataset.view = "cart";
+    document.title = "Your cart · Acme Store";
+    const lines = readCart();
+    if (lines.length === 0) {
+      CP.replaceChildren(main, [
+        backLink(),
+        el("div", { className: "card notice", dataset: { testid: "cart-empty" } }, [
+          el("h2", { text: "Your cart is empty" }),
+          el("p", { text: "Add a product from its page and it shows up here." }),
+        ]),
+      ]);
+      return;
+    }
+    const rows = lines.map((line) =>
+      el("li", { className: "cart-line", dataset: { testid: "cart-line", productId: line.id } }, [
+        el("a", { href: productHref(line.id), text: line.title || line.id }),
+        el("span", { className: "muted", text: ` × ${line.quantity}` }),
+        el("span", { className: "cart-line__price", text: typeof line.price === "number" ? money(line.price * line.quantity) : "" }),
+        el("button", { type: "button", className: "btn btn--ghost", dataset: { testid: "remove-from-cart" }, on: { click: () => removeLine(line) } }, ["Remove"]),
+      ])
+    );
+    const total = cartTotal(lines);
+    const checkout = el("button", { type: "button", className: "btn btn--primary btn--lg", dataset: { testid: "checkout" }, on: { click: () => beginCheckout(lines, total) } }, ["Checkout"]);
+    CP.replaceChildren(main, [
+      backLink(),
+      el("article", { className: "card cart", dataset: { testid: "cart-page" } }, [
+        el("h2", { text: "Your cart" }),
+        el("ul", { className: "cart-lines" }, rows),
+        el("p", { className: "cart-total", dataset: { testid: "cart-total" }, text: `Total ${money(total)}` }),
+        el("div", { id: "checkout-step" }, [checkout]),
+      ]),
+    ]);
+  }
+
+  function removeLine(line) {
+    writeCart(readCart().filter((l) => l.id !== line.id));
+    sendEvent({ type: "remove_from_cart", product: lineProduct(line, line.quantity) }, "Removal", "remove").then((sent) => {
+      if (sent) countSent("removeEvents");
+    });
+    showCart();
+  }
+
+  async function beginCheckout(lines, total) {
+    const step = document.getElementById("checkout-step");
+    const sent = await sendEvent({ type: "begin_checkout", properties: { items: lines.length, total } }, "Checkout", "checkout");
+    if (!sent) return;
+    countSent("checkoutEvents");
+    const place = el("button", { type: "button", className: "btn btn--primary btn--lg", dataset: { testid: "place-order" }, on: { click: () => placeOrder(lines, total) } }, [`Place order (${money(total)})`]);
+    CP.replaceChildren(step, [el("p", { className: "muted", text: "This shop is a demo: no payment is taken." }), place]);
+  }
+
+  async function placeOrder(lines, total) {
+    const orderId = `o-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+    const items = lines.map((l) => {
+      const item = { product_id: l.id, quantity: l.quantity };
+      if (l.category) item.category = l.category;
+      if (typeof l.price === "number") item.price = l.price;
+      return item;
+    });
+    const sent = await sendEvent({ type: "purchase", order: { id: orderId, revenue: total, currency: "USD", items } }, "Order", "purchase");
+    if (!sent) return;
+    countSent("purchaseEvents");
+    writeCart([]);
+    const main = document.getElementById("shop-main");
+    CP.replaceChildren(main, [
+      backLink(),
+      el("div", { className: "card notice", dataset: { testid: "order-confirmation", orderId } }, [
+        el("h2", { text: "Thank you for your order" }),
+        el("p", { text: `Order ${orderId}: ${money(total)}. A confirmation would be on its way, if this shop were real.` }),
+      ]),
+    ]);
   }
 
   // ------------------------------------------------------------------ page views
@@ -833,7 +968,6 @@
       state.markOffersReady = resolve;
     });
     setupIdentityControls();
-    renderCart();
     const where = route();
 
     // The sidebar shows the stored identity at once; a first visit creates one.
@@ -842,8 +976,10 @@
       state.identity = stored;
       renderIdentity();
     }
+    renderCart();
     const identityPromise = ensureIdentity().then((identity) => {
       if (identity) renderIdentity();
+      renderCart();
       // The rules say whether this profile can earn an offer.
       if (identity && identity !== stored) loadRules();
       return identity;
@@ -853,6 +989,7 @@
     connectOffers();
 
     if (where.view === "product") showProduct(where.id);
+    else if (where.view === "cart") identityPromise.then(() => showCart());
     else showList();
 
     // Back/Forward may restore this page from the back-forward cache without reloading it:

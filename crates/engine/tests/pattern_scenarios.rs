@@ -238,6 +238,7 @@ scenarios!(
     late_restart_five_step,
     interactions_leave_page_view_patterns_as_they_are,
     typed_steps_see_their_events,
+    cart_abandonment_fires_at_the_deadline,
 );
 
 /// Under `late = "reset"` an expired match still decides the visitor's next view (it is dropped),

@@ -188,6 +188,7 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
         .route("/pipeline", get(static_files::pipeline))
         .route("/shop", get(static_files::shop))
         .route("/shop/product/{id}", get(static_files::shop_product))
+        .route("/shop/cart", get(static_files::shop))
         .route("/clickpulse.js", get(static_files::snippet))
         .route("/assets/{*path}", get(static_files::asset))
         .route("/vendor/{*path}", get(static_files::vendor))

@@ -13,12 +13,12 @@
 //! cap carries over. A removed pattern's slots are dropped.
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::{Cause, Match, Pattern};
+use super::machine::{Cause, Fired, Match, Pattern, Step};
 use super::{PatternRegistry, PatternSet};
 use crate::click::{EnrichedClick, EnrichedRef};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
@@ -228,6 +228,9 @@ pub struct DetectOperator {
     audience: Option<AudienceTracker>,
     checkpointing: bool,
     checkpointed_events: u64,
+    /// Deadlines of waiting matches, by event time (an entry may outlive its match: firing
+    /// looks at the match itself).
+    deadlines: BTreeSet<(i64, String)>,
 }
 
 impl DetectOperator {
@@ -246,6 +249,7 @@ impl DetectOperator {
             audience: None,
             checkpointing: true,
             checkpointed_events: 0,
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -302,13 +306,64 @@ impl DetectOperator {
         self.detect_ref(&click.borrowed())
     }
 
-    /// [`DetectOperator::detect`] for a borrowed view.
+    /// [`DetectOperator::detect`] for a borrowed view: first the deadlines its time passes
+    /// fire (every visitor's), then the view goes through the patterns.
     pub fn detect_ref(&mut self, click: &EnrichedRef<'_>) -> Vec<Offer> {
         let watermark = self
             .stats
             .watermark_ms
             .map_or(click.ts_ms, |w| w.max(click.ts_ms));
-        self.detect_at(click, watermark)
+        let mut offers = self.fire_due(watermark);
+        offers.extend(self.detect_at(click, watermark));
+        offers
+    }
+
+    /// Fires every deadline at or before `watermark` (event time): the offers they earn.
+    pub fn fire_due(&mut self, watermark: i64) -> Vec<Offer> {
+        let mut offers = Vec::new();
+        while self
+            .deadlines
+            .first()
+            .is_some_and(|(at, _)| *at <= watermark)
+        {
+            let (_, visitor) = self.deadlines.pop_first().expect("checked above");
+            offers.extend(self.fire_visitor(&visitor, watermark));
+        }
+        offers
+    }
+
+    /// Fires `visitor`'s deadlines at or before `now_ms`.
+    fn fire_visitor(&mut self, visitor: &str, now_ms: i64) -> Vec<Offer> {
+        let Some((key, mut state)) = self.visitors.remove_entry(visitor) else {
+            return Vec::new();
+        };
+        let set = self.set.clone();
+        let mut offers = Vec::new();
+        let mut changed = false;
+        for slot in &mut state.slots {
+            let Some(pattern) = set.get(&slot.pattern) else {
+                continue;
+            };
+            let Some(fired) = pattern.fire_due(&mut slot.live, now_ms) else {
+                continue;
+            };
+            changed = true;
+            offers.extend(deadline_passed(
+                (&mut self.stats, &mut self.audience, self.log.as_ref()),
+                pattern,
+                visitor,
+                &mut slot.last_offer_ms,
+                &fired,
+            ));
+        }
+        state.slots.retain(|s| !is_idle(&set, s, now_ms));
+        if changed && self.checkpointing {
+            self.dirty.insert(key.clone());
+        }
+        if !state.slots.is_empty() {
+            self.visitors.insert(key, state);
+        }
+        offers
     }
 
     /// Runs one view through every pattern at the runner's `watermark` (what state can be
@@ -342,8 +397,10 @@ impl DetectOperator {
         // after the 64th evaluate their own.
         let (mut asked, mut in_audience) = (0u64, 0u64);
         for (i, pattern) in set.patterns().iter().enumerate() {
-            // An event of a type the pattern does not see leaves its match as it is.
-            if !pattern.events.sees(click.event) {
+            // An event of a type the pattern does not see leaves its match as it is (a
+            // deadline it passes still fires first).
+            let has_timers = pattern.timers.iter().any(Option::is_some);
+            if !has_timers && !pattern.events.sees(click.event) {
                 continue;
             }
             let index = slots.iter().position(|s| *s.pattern == *pattern.name);
@@ -362,6 +419,20 @@ impl DetectOperator {
                 }
                 None => (&mut blank_live, &mut blank_last_offer),
             };
+            // A deadline due by this event's time fires before the event is looked at.
+            if let Some(fired) = pattern.fire_due(live, click.ts_ms) {
+                offers.extend(deadline_passed(
+                    (&mut self.stats, &mut self.audience, self.log.as_ref()),
+                    pattern,
+                    click.visitor,
+                    last_offer_ms,
+                    &fired,
+                ));
+                changed = true;
+            }
+            if !pattern.events.sees(click.event) {
+                continue;
+            }
             let outcome = pattern.advance_with(live, click, || {
                 let group = set.audience_of(i);
                 let Some(bit) = 1u64.checked_shl(group as u32) else {
@@ -380,54 +451,32 @@ impl DetectOperator {
             {
                 record_visitor(&mut tracker.in_audience, &pattern.name, click.visitor);
             }
-            let mut emitted = None;
-            if let Some((offer, started_ms)) = outcome.offer {
-                let capped = match (pattern.frequency_cap_ms, *last_offer_ms) {
-                    (Some(cap), Some(last)) => click.ts_ms - last < cap,
-                    _ => false,
-                };
-                if capped {
-                    self.stats.offers_suppressed += 1;
-                } else {
-                    if pattern.frequency_cap_ms.is_some() {
-                        *last_offer_ms = Some(click.ts_ms);
-                    }
-                    let o = make_offer(click, pattern, &offer, started_ms);
-                    self.stats.offers += 1;
-                    *self
-                        .stats
-                        .offers_by_pattern
-                        .entry(pattern.name.clone())
-                        .or_default() += 1;
-                    if let Some(tracker) = self.audience.as_mut() {
-                        record_visitor(&mut tracker.offered, &pattern.name, click.visitor);
-                    }
-                    emitted = Some(o.offer.clone());
-                    offers.push(o);
-                }
-            }
-            changed |= !outcome.steps.is_empty() || emitted.is_some();
-            if let Some(log) = &self.log
-                && !outcome.steps.is_empty()
+            let given = outcome.offer.as_ref().and_then(|(offer, started_ms)| {
+                give_offer(
+                    &mut self.stats,
+                    &mut self.audience,
+                    pattern,
+                    last_offer_ms,
+                    click.visitor,
+                    offer,
+                    *started_ms,
+                    click.ts_ms,
+                )
+            });
+            changed |= !outcome.steps.is_empty() || given.is_some();
+            log_steps(
+                self.log.as_ref(),
+                pattern,
+                click.visitor,
+                &outcome.steps,
+                (click.ts_ms, click.product_id, click.category),
+                given.as_ref().map(|o| &o.offer),
+            );
+            offers.extend(given);
+            if !outcome.steps.is_empty()
+                && let Some(d) = live.as_ref().and_then(|m| m.deadline.as_ref())
             {
-                let mut log = log.lock().expect("transition log lock");
-                for step in &outcome.steps {
-                    log.push(TransitionRecord {
-                        ts_ms: click.ts_ms,
-                        visitor: click.visitor.to_owned(),
-                        pattern: pattern.name.clone(),
-                        from: pattern.state_name(Some(step.from)).to_owned(),
-                        to: pattern.state_name(step.to).to_owned(),
-                        cause: step.cause,
-                        product_id: click.product_id.to_string(),
-                        category: click.category.to_string(),
-                        offer: if step.to.is_none() {
-                            emitted.clone()
-                        } else {
-                            None
-                        },
-                    });
-                }
+                self.deadlines.insert((d.at_ms, click.visitor.to_owned()));
             }
             if index.is_none()
                 && !idle(
@@ -511,18 +560,127 @@ fn idle(
     }
 }
 
-fn make_offer(click: &EnrichedRef<'_>, pattern: &Pattern, offer: &str, started_ms: i64) -> Offer {
+/// The offer `pattern` gives `visitor` for a match started at `started_ms` and completed at
+/// `at_ms` (by an event then, or by a deadline passing): its id is derived from these, so a
+/// replay or a restart gives the same one.
+fn make_offer(visitor: &str, pattern: &Pattern, offer: &str, started_ms: i64, at_ms: i64) -> Offer {
     let key = format!(
         "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-        click.visitor, pattern.name, pattern.version, started_ms, click.ts_ms
+        visitor, pattern.name, pattern.version, started_ms, at_ms
     );
     Offer {
         offer_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes())),
-        visitor: click.visitor.to_owned(),
+        visitor: visitor.to_owned(),
         pattern: pattern.name.clone(),
         pattern_version: pattern.version.clone(),
         offer: offer.to_owned(),
-        ts_ms: click.ts_ms,
+        ts_ms: at_ms,
+    }
+}
+
+/// An offer reached at `at_ms`: given (and counted), or held back by the pattern's frequency
+/// cap (counted as suppressed).
+#[allow(clippy::too_many_arguments)]
+fn give_offer(
+    stats: &mut DetectStats,
+    audience: &mut Option<AudienceTracker>,
+    pattern: &Pattern,
+    last_offer_ms: &mut Option<i64>,
+    visitor: &str,
+    offer: &str,
+    started_ms: i64,
+    at_ms: i64,
+) -> Option<Offer> {
+    let capped = match (pattern.frequency_cap_ms, *last_offer_ms) {
+        (Some(cap), Some(last)) => at_ms - last < cap,
+        _ => false,
+    };
+    if capped {
+        stats.offers_suppressed += 1;
+        return None;
+    }
+    if pattern.frequency_cap_ms.is_some() {
+        *last_offer_ms = Some(at_ms);
+    }
+    stats.offers += 1;
+    *stats
+        .offers_by_pattern
+        .entry(pattern.name.clone())
+        .or_default() += 1;
+    if let Some(tracker) = audience.as_mut() {
+        record_visitor(&mut tracker.offered, &pattern.name, visitor);
+    }
+    Some(make_offer(visitor, pattern, offer, started_ms, at_ms))
+}
+
+/// A deadline that passed: its offer (if it earned one the cap allows), counted and logged.
+fn deadline_passed(
+    (stats, audience, log): (
+        &mut DetectStats,
+        &mut Option<AudienceTracker>,
+        Option<&Arc<Mutex<TransitionLog>>>,
+    ),
+    pattern: &Pattern,
+    visitor: &str,
+    last_offer_ms: &mut Option<i64>,
+    fired: &Fired,
+) -> Option<Offer> {
+    let given = fired.offer.as_ref().and_then(|(offer, started)| {
+        give_offer(
+            stats,
+            audience,
+            pattern,
+            last_offer_ms,
+            visitor,
+            offer,
+            *started,
+            fired.at_ms,
+        )
+    });
+    log_steps(
+        log,
+        pattern,
+        visitor,
+        std::slice::from_ref(&fired.step),
+        (fired.at_ms, &fired.product, ""),
+        given.as_ref().map(|o| &o.offer),
+    );
+    given
+}
+
+/// Writes state changes to the transition log, if there is one: `(time, product, category)`
+/// of what made them, and the offer the last one gave.
+fn log_steps(
+    log: Option<&Arc<Mutex<TransitionLog>>>,
+    pattern: &Pattern,
+    visitor: &str,
+    steps: &[Step],
+    (ts_ms, product, category): (i64, &str, &str),
+    offer: Option<&String>,
+) {
+    let Some(log) = log else {
+        return;
+    };
+    if steps.is_empty() {
+        return;
+    }
+    let mut log = log.lock().expect("transition log lock");
+    for step in steps {
+        log.push(TransitionRecord {
+            ts_ms,
+            visitor: visitor.to_owned(),
+            pattern: pattern.name.clone(),
+            from: pattern.state_name(Some(step.from)).to_owned(),
+            to: pattern.state_name(step.to).to_owned(),
+            cause: step.cause,
+            product_id: product.to_owned(),
+            category: category.to_owned(),
+            offer: if step.to.is_none() {
+                offer.cloned()
+            } else {
+                None
+            },
+        });
     }
 }
 
@@ -546,6 +704,12 @@ impl Operator for DetectOperator {
             ctx.out.emit(Topic::SpecialOffers, &offer.visitor, &offer);
         }
         Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut crate::operator::Emitter) {
+        for offer in self.fire_due(watermark) {
+            out.emit(Topic::SpecialOffers, &offer.visitor, &offer);
+        }
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
@@ -576,10 +740,13 @@ impl Operator for DetectOperator {
             self.stats = serde_json::from_slice(value).map_err(err)?;
             self.checkpointed_events = self.stats.events;
         } else if let Some(visitor) = key.strip_prefix(VISITOR_PREFIX) {
-            self.visitors.insert(
-                visitor.to_owned(),
-                serde_json::from_slice(value).map_err(err)?,
-            );
+            let state: VisitorState = serde_json::from_slice(value).map_err(err)?;
+            for m in state.slots.iter().filter_map(|s| s.live.as_ref()) {
+                if let Some(d) = &m.deadline {
+                    self.deadlines.insert((d.at_ms, visitor.to_owned()));
+                }
+            }
+            self.visitors.insert(visitor.to_owned(), state);
         }
         Ok(())
     }

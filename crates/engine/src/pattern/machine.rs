@@ -326,6 +326,20 @@ pub(crate) fn range_words(min: f64, max: f64) -> String {
     }
 }
 
+/// A deadline kept by a state: a match that enters it waits `after_ms` (event time) for an
+/// event meeting `absent`; if one comes first the match is cancelled, else at the deadline it
+/// moves on to `to` (`absent = { type = "purchase" }, for = "15m"`). Every other event leaves
+/// the waiting match as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timer {
+    /// How long after entering the state the deadline is.
+    pub after_ms: i64,
+    /// What must not happen before it.
+    pub absent: Condition,
+    /// Where the match goes at the deadline.
+    pub to: Target,
+}
+
 /// Where a transition leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -439,6 +453,8 @@ pub struct Pattern {
     pub states: Vec<String>,
     /// Outgoing transitions of each state, in priority order.
     pub transitions: Vec<Vec<Transition>>,
+    /// Each state's deadline, if it keeps one (index: state).
+    pub timers: Vec<Option<Timer>>,
     /// Which offer to emit.
     pub offer: OfferRule,
     /// At most one offer per visitor per this many milliseconds.
@@ -478,6 +494,22 @@ impl fmt::Display for Explain<'_> {
                     }
                     Target::State(s) => write!(f, " leads to {}.", p.states[s as usize])?,
                     Target::Offer => f.write_str(" earns the offer.")?,
+                }
+            }
+            if let Some(Some(timer)) = p.timers.get(from) {
+                write!(
+                    f,
+                    " At {}, the match waits {}: an event where ",
+                    p.states[from],
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        timer.after_ms as u64
+                    ))
+                )?;
+                describe(&timer.absent, f)?;
+                f.write_str(" cancels it; if none comes, it ")?;
+                match timer.to {
+                    Target::State(s) => write!(f, "moves on to {}.", p.states[s as usize])?,
+                    Target::Offer => f.write_str("earns the offer then.")?,
                 }
             }
         }
@@ -543,6 +575,32 @@ pub struct Match {
     pub entered: Vec<(StateId, Arc<str>)>,
     /// Every product recorded in this match.
     pub seen: Vec<Arc<str>>,
+    /// The deadline of its state's [`Timer`], while it waits for an absence.
+    #[serde(default)]
+    pub deadline: Option<Deadline>,
+}
+
+/// When a waiting match moves on, and the offer it then earns (chosen by the offer rules on the
+/// event that started the wait).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// Event time of the deadline.
+    pub at_ms: i64,
+    /// The offer, when the deadline earns one.
+    pub offer: Option<String>,
+}
+
+/// A deadline that passed: the state change it made and the offer it earned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The state change.
+    pub step: Step,
+    /// The offer and when the match started, if the deadline earned one.
+    pub offer: Option<(String, i64)>,
+    /// The deadline's event time (the offer's time).
+    pub at_ms: i64,
+    /// The product of the match's last recorded event.
+    pub product: Arc<str>,
 }
 
 impl Match {
@@ -581,6 +639,10 @@ pub enum Cause {
     Expired,
     /// An `abort_if` view.
     Aborted,
+    /// A deadline passed without the event it waited for not to happen.
+    Absent,
+    /// What the deadline waited for not to happen, happened.
+    Cancelled,
 }
 
 /// One state change, for the transition log.
@@ -623,6 +685,25 @@ impl Pattern {
         in_audience: impl FnOnce() -> bool,
     ) -> Outcome {
         let mut out = Outcome::default();
+        // A match waiting for an absence (its due deadline is fired first: [`Pattern::fire_due`]):
+        // the awaited event cancels it, any other leaves it as it is; `within` is not its limit.
+        if let Some(m) = current.as_ref()
+            && let Some(deadline) = &m.deadline
+        {
+            let cancelled = click.ts_ms < deadline.at_ms
+                && self.timers[m.state as usize]
+                    .as_ref()
+                    .is_some_and(|t| t.absent.eval(click, Some(m)));
+            if cancelled {
+                out.steps.push(Step {
+                    from: m.state,
+                    to: Some(INIT),
+                    cause: Cause::Cancelled,
+                });
+                *current = None;
+            }
+            return out;
+        }
         if let (Some(m), Some(within)) = (current.as_ref(), self.within_ms)
             && click.ts_ms - m.started_ms >= within
         {
@@ -677,6 +758,7 @@ impl Pattern {
             match taken.map(|t| t.to) {
                 Some(Target::State(to)) => {
                     m.record(to, click.product_id);
+                    m.deadline = self.deadline_of(to, click);
                     out.steps.push(Step {
                         from,
                         to: Some(to),
@@ -725,6 +807,7 @@ impl Pattern {
                     last_product: click.product_id.clone(),
                     entered: Vec::new(),
                     seen: Vec::new(),
+                    deadline: self.deadline_of(to, click),
                 };
                 m.record(to, click.product_id);
                 *current = Some(m);
@@ -746,6 +829,60 @@ impl Pattern {
         out
     }
 
+    /// The deadline a match entering `state` on `click` waits for, if the state keeps one.
+    fn deadline_of(&self, state: StateId, click: &EnrichedRef<'_>) -> Option<Deadline> {
+        let timer = self.timers.get(state as usize)?.as_ref()?;
+        Some(Deadline {
+            at_ms: click.ts_ms.saturating_add(timer.after_ms),
+            offer: (timer.to == Target::Offer).then(|| self.offer.choose(click).to_owned()),
+        })
+    }
+
+    /// Moves a match whose deadline is at or before event time `now_ms` on, as its state's
+    /// timer says; `None` when it has none due. Callers fire what is due before a visitor's
+    /// next event at or after the deadline reaches [`Pattern::advance_with`], and when the
+    /// watermark passes it, so it fires once, at the deadline, whichever comes first.
+    pub fn fire_due(&self, current: &mut Option<Match>, now_ms: i64) -> Option<Fired> {
+        let m = current.as_mut()?;
+        let deadline = m.deadline.clone().filter(|d| d.at_ms <= now_ms)?;
+        let timer = self.timers.get(m.state as usize)?.as_ref()?;
+        let from = m.state;
+        let product = m.last_product.clone();
+        m.deadline = None;
+        match timer.to {
+            Target::Offer => {
+                let started = m.started_ms;
+                *current = None;
+                Some(Fired {
+                    step: Step {
+                        from,
+                        to: None,
+                        cause: Cause::Absent,
+                    },
+                    offer: Some((
+                        deadline.offer.unwrap_or_else(|| self.offer.default.clone()),
+                        started,
+                    )),
+                    at_ms: deadline.at_ms,
+                    product,
+                })
+            }
+            Target::State(to) => {
+                m.record(to, &product);
+                Some(Fired {
+                    step: Step {
+                        from,
+                        to: Some(to),
+                        cause: Cause::Absent,
+                    },
+                    offer: None,
+                    at_ms: deadline.at_ms,
+                    product,
+                })
+            }
+        }
+    }
+
     /// Whether a match has expired by event time `now_ms`: any view at `now_ms` or later is late
     /// for it.
     pub fn is_expired(&self, m: &Match, now_ms: i64) -> bool {
@@ -763,7 +900,8 @@ impl Pattern {
         let Some(m) = current.as_mut() else {
             return false;
         };
-        if !self.is_expired(m, now_ms) {
+        // A waiting match lives until its deadline fires.
+        if m.deadline.is_some() || !self.is_expired(m, now_ms) {
             return false;
         }
         let forgotten = self

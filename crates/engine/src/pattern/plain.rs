@@ -30,7 +30,21 @@ impl Pattern {
             let _ = write!(out, "For {}: ", who(&self.audience));
         }
         let steps = self.main_path();
-        let views: Vec<Step> = steps.iter().map(|c| step(c)).collect();
+        let views: Vec<Step> = steps
+            .iter()
+            .map(|(c, absent_for)| match absent_for {
+                None => step(c),
+                // "not place an order within 15 minutes"
+                Some(ms) => Step {
+                    verb: "{}",
+                    object: format!(
+                        "don't {} within {}",
+                        step(c).with_verb(),
+                        duration_words(*ms)
+                    ),
+                },
+            })
+            .collect();
         let mut sentence = match views.split_first() {
             Some((first, rest)) => {
                 let mut s = first.with_verb();
@@ -49,10 +63,14 @@ impl Pattern {
             }
             None => "look at any product".to_owned(),
         };
-        if self.contiguity == Contiguity::Strict && views.len() > 1 {
+        // What a waiting step allows is said by the step itself.
+        let events = steps.iter().filter(|(_, wait)| wait.is_none()).count();
+        if self.contiguity == Contiguity::Strict && events > 1 {
             sentence.push_str(", one right after the other");
         }
-        if let Some(ms) = self.within_ms {
+        // A wait says its own time; `within` does not apply while a match waits.
+        let waits = events < steps.len();
+        if let Some(ms) = self.within_ms.filter(|_| !waits) {
             let _ = write!(sentence, ", within {}", duration_words(ms));
         }
         if out.is_empty() {
@@ -95,22 +113,41 @@ impl Pattern {
         Some(self.audience.eval(&click, None))
     }
 
-    /// The conditions of the shortest way from `init` to the offer (loops left out).
-    fn main_path(&self) -> Vec<&Condition> {
-        // Breadth-first from init: each state's first way in.
+    /// The conditions of the shortest way from `init` to the offer (loops left out), each with
+    /// its wait when it is an absence (a state's deadline).
+    fn main_path(&self) -> Vec<(&Condition, Option<i64>)> {
+        // Breadth-first from init: each state's first way in (`usize::MAX`: its timer).
         let n = self.states.len();
         let mut via: Vec<Option<(StateId, usize)>> = vec![None; n];
         let mut seen = vec![false; n];
         seen[INIT as usize] = true;
         let mut queue = std::collections::VecDeque::from([INIT]);
+        let edge = |from: StateId, i: usize| -> (&Condition, Option<i64>, Target) {
+            if i == usize::MAX {
+                let t = self.timers[from as usize].as_ref().expect("a timer edge");
+                (&t.absent, Some(t.after_ms), t.to)
+            } else {
+                let t = &self.transitions[from as usize][i];
+                (&t.when, None, t.to)
+            }
+        };
         while let Some(s) = queue.pop_front() {
-            for (i, t) in self.transitions[s as usize].iter().enumerate() {
-                match t.to {
+            let timer = self
+                .timers
+                .get(s as usize)
+                .is_some_and(Option::is_some)
+                .then_some(usize::MAX);
+            let ways = (0..self.transitions[s as usize].len()).chain(timer);
+            for i in ways {
+                let (_, _, to) = edge(s, i);
+                match to {
                     Target::Offer => {
-                        let mut path = vec![&t.when];
+                        let (c, wait, _) = edge(s, i);
+                        let mut path = vec![(c, wait)];
                         let mut at = s;
                         while let Some((from, j)) = via[at as usize] {
-                            path.push(&self.transitions[from as usize][j].when);
+                            let (c, wait, _) = edge(from, j);
+                            path.push((c, wait));
                             at = from;
                         }
                         path.reverse();

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::machine::{
     Amount, Condition, Contiguity, EventFilter, Field, INIT, Late, OfferContent, OfferRule,
-    Pattern, PropertyTest, StateId, Target, Transition,
+    Pattern, PropertyTest, StateId, Target, Timer, Transition,
 };
 use super::{PatternError, PatternErrors, sort_errors};
 use crate::click::Device;
@@ -86,7 +86,11 @@ struct RawOfferRule {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Option<String>,
-    when: Spanned<toml::Table>,
+    when: Option<Spanned<toml::Table>>,
+    /// What must not happen (instead of `when`), for how long.
+    absent: Option<Spanned<toml::Table>>,
+    #[serde(rename = "for")]
+    for_: Option<Spanned<String>>,
     #[serde(default, rename = "loop")]
     loops: bool,
     #[serde(default = "default_one")]
@@ -342,6 +346,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         }
     };
     let mut transitions: Vec<Vec<Transition>> = vec![Vec::new(); states.len()];
+    let mut timers: Vec<Option<Timer>> = vec![None; states.len()];
     for edge in edges {
         let when = match &edge.when {
             Some(table) => {
@@ -350,6 +355,27 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
             None => Condition::True,
         };
         let when = page_views_only(when, edge.when.map(|t| t.get_ref()));
+        if let Some(d) = edge.absent_for {
+            let field = edge.field.replace(".absent", ".for");
+            let after_ms = match duration(d, &field) {
+                Some(ms) if ms > MAX_WITHIN_MS => {
+                    src.fail(
+                        d.span(),
+                        field,
+                        "is longer than 7 days (a waiting match is state kept for the visitor)",
+                    );
+                    MAX_WITHIN_MS
+                }
+                Some(ms) => ms,
+                None => continue,
+            };
+            timers[edge.from as usize] = Some(Timer {
+                after_ms,
+                absent: when,
+                to: edge.to,
+            });
+            continue;
+        }
         let when = match edge.extra {
             Some(extra) => and(when, extra),
             None => when,
@@ -361,7 +387,8 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         if transitions[INIT as usize].is_empty() {
             src.fail(0..0, "transition", "no transition leaves `init`");
         }
-        if !transitions.iter().flatten().any(|t| t.to == Target::Offer) {
+        let timer_reaches = timers.iter().flatten().any(|t| t.to == Target::Offer);
+        if !timer_reaches && !transitions.iter().flatten().any(|t| t.to == Target::Offer) {
             src.fail(0..0, "transition", "no transition reaches `offer`");
         }
     }
@@ -400,6 +427,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         events,
         states,
         transitions,
+        timers,
         offer: OfferRule {
             rules,
             default: raw.offer.get_ref().default.clone(),
@@ -482,6 +510,8 @@ struct Edge<'a> {
     when: Option<&'a Spanned<toml::Table>>,
     extra: Option<Condition>,
     field: String,
+    /// For an absence (`when` is then what must not happen): how long.
+    absent_for: Option<&'a Spanned<String>>,
 }
 
 type Machine<'a> = (Vec<String>, Vec<Edge<'a>>);
@@ -548,6 +578,7 @@ fn transitions_to_edges<'a>(
             when: t.when.as_ref(),
             extra: None,
             field: format!("transition[{i}].when"),
+            absent_for: None,
         });
     }
     Some((states, edges))
@@ -585,6 +616,7 @@ fn steps_to_edges<'a>(src: &Source<'_>, raw: &'a [Spanned<RawStep>]) -> Option<M
             repeat = 1;
         }
         let last = i + 1 == raw.len();
+        check_absence(src, raw, i, &field);
         if last && s.loops {
             src.fail(
                 step.span(),
@@ -641,10 +673,14 @@ fn steps_to_edges<'a>(src: &Source<'_>, raw: &'a [Spanned<RawStep>]) -> Option<M
             edges.push(Edge {
                 from,
                 to: *to,
-                when: Some(&s.when),
+                when: s.when.as_ref().or(s.absent.as_ref()),
                 extra: (s.distinct && (r > 0 || previous != INIT))
                     .then_some(Condition::ProductNotSeen),
-                field: format!("step[{i}].when"),
+                field: format!(
+                    "step[{i}].{}",
+                    if s.absent.is_some() { "absent" } else { "when" }
+                ),
+                absent_for: s.absent.as_ref().and(s.for_.as_ref()),
             });
         }
         if let Some(Target::State(last)) = targets.last() {
@@ -652,15 +688,59 @@ fn steps_to_edges<'a>(src: &Source<'_>, raw: &'a [Spanned<RawStep>]) -> Option<M
                 edges.push(Edge {
                     from: *last,
                     to: Target::State(*last),
-                    when: Some(&s.when),
+                    when: s.when.as_ref(),
                     extra: None,
                     field: format!("step[{i}].when"),
+                    absent_for: None,
                 });
             }
             previous = *last;
         }
     }
     Some((states, edges))
+}
+
+/// The rules of a step's `when`, `absent` and `for` (errors are reported).
+fn check_absence(src: &Source<'_>, raw: &[Spanned<RawStep>], i: usize, field: &str) {
+    let (step, s) = (&raw[i], raw[i].get_ref());
+    let fail = |key: &str, message: &str| src.fail(step.span(), format!("{field}.{key}"), message);
+    match (&s.when, &s.absent, &s.for_) {
+        (Some(_), None, None) => return,
+        (None, None, _) => fail(
+            "when",
+            "a step needs `when` (what the visitor does) or `absent` with `for` (what must not \
+             happen, for how long)",
+        ),
+        (Some(_), Some(_), _) => fail("absent", "a step has either `when` or `absent`, not both"),
+        (_, None, Some(_)) => fail("for", "`for` belongs to an `absent` step"),
+        (None, Some(_), None) => fail(
+            "for",
+            "an `absent` step needs `for`: how long, like \"15m\"",
+        ),
+        (None, Some(_), Some(_)) => {}
+    }
+    if s.absent.is_none() {
+        return;
+    }
+    if i == 0 {
+        fail(
+            "absent",
+            "an absent step waits after the step before it, so it cannot be the first",
+        );
+    } else if raw[i - 1].get_ref().absent.is_some() {
+        fail("absent", "two absent steps in a row: merge them into one");
+    } else if raw[i - 1].get_ref().loops {
+        fail(
+            "absent",
+            "the step before an absent step cannot loop (its match waits for the deadline)",
+        );
+    }
+    if s.loops || s.repeat != 1 || s.distinct {
+        fail(
+            "absent",
+            "an absent step cannot loop, repeat or be distinct",
+        );
+    }
 }
 
 /// Compiles a condition table. Keys combine with AND. Errors are reported; a key in error is
@@ -1360,6 +1440,62 @@ mod tests {
             let text = format!("{base}[[step]]\nwhen = {{ {when} }}\n");
             let e = error(&text);
             assert!(e.contains(message), "{when}: {e}");
+        }
+    }
+
+    #[test]
+    fn absent_steps_compile_to_a_timer_and_their_rules_are_checked() {
+        let text = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n\
+                    [[step]]\nname = \"carted\"\nwhen = { type = \"add_to_cart\" }\n\
+                    [[step]]\nabsent = { type = \"purchase\" }\nfor = \"15m\"\n";
+        let p = parse_pattern("p.toml", text).unwrap();
+        let carted = p.states.iter().position(|s| s == "carted").unwrap();
+        let timer = p.timers[carted].as_ref().expect("carted waits");
+        assert_eq!((timer.after_ms, timer.to), (900_000, Target::Offer));
+        assert!(
+            p.transitions[carted].is_empty(),
+            "a waiting state has no event transition"
+        );
+        assert_eq!(
+            p.events,
+            EventFilter::Only(vec![EventType::AddToCart, EventType::Purchase])
+        );
+        let head = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n";
+        let view = "[[step]]\nwhen = { category = \"shoes\" }\n";
+        let absent = "[[step]]\nabsent = { type = \"purchase\" }\nfor = \"15m\"\n";
+        for (steps, message) in [
+            (format!("{absent}{view}"), "cannot be the first"),
+            (
+                format!("{view}{absent}{absent}"),
+                "two absent steps in a row",
+            ),
+            (
+                format!("{}{absent}", view.replace("}\n", "}\nloop = true\n")),
+                "the step before an absent step cannot loop",
+            ),
+            (
+                format!("{view}[[step]]\nabsent = {{ type = \"purchase\" }}\n"),
+                "needs `for`",
+            ),
+            (
+                format!("{view}[[step]]\nwhen = {{ category = \"shoes\" }}\nfor = \"1m\"\n"),
+                "`for` belongs to an `absent` step",
+            ),
+            (
+                format!("{view}[[step]]\nname = \"x\"\n"),
+                "a step needs `when`",
+            ),
+            (
+                format!("{view}[[step]]\nabsent = {{ type = \"purchase\" }}\nfor = \"8d\"\n"),
+                "longer than 7 days",
+            ),
+            (
+                format!("{view}[[step]]\nabsent = {{ type = \"purchase\" }}\nfor = \"soon\"\n"),
+                "is not a duration",
+            ),
+        ] {
+            let e = error(&format!("{head}{steps}"));
+            assert!(e.contains(message), "{steps}: {e}");
         }
     }
 

@@ -1,0 +1,198 @@
+//! Patterns that react to what a visitor did not do, checked against a batch recomputation:
+//! for random events of a few visitors (page views, adds to cart, purchases), the cart
+//! abandonment pattern (added to the cart, no purchase within 15 minutes) gives exactly the
+//! offers a plain per-visitor scan says — once each, at the deadline — in the backtest's path
+//! and in the runner's (records, then the watermark), also when the operator is checkpointed
+//! and restored from its checkpoint at any point.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use clickpulse_engine::click::{Click, EnrichedClick};
+use clickpulse_engine::event::{EventDetail, EventProduct, EventType, LineItem, Order};
+use clickpulse_engine::lookups::Lookups;
+use clickpulse_engine::operator::{Context, Emitter, Operator, PartitionTimes, StateChanges};
+use clickpulse_engine::pattern::{DetectOperator, Offer, PatternRegistry, PatternSet};
+use clickpulse_engine::topics::Topic;
+use clickpulse_engine::{Enricher, codec};
+use proptest::prelude::*;
+
+const PATTERN: &str = r#"
+name = "cart-abandonment"
+[offer]
+default = "cart-discount"
+[[step]]
+when = { type = "add_to_cart" }
+[[step]]
+absent = { type = "purchase" }
+for = "15m"
+"#;
+const WAIT_MS: i64 = 15 * 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    View,
+    Add,
+    Purchase,
+}
+
+/// Events in time order: (ts, visitor, kind).
+fn events() -> impl Strategy<Value = Vec<(i64, usize, Kind)>> {
+    prop::collection::vec(
+        (
+            0i64..400_000,
+            0usize..4,
+            prop_oneof![Just(Kind::View), Just(Kind::Add), Just(Kind::Purchase)],
+        ),
+        1..60,
+    )
+    .prop_map(|steps| {
+        let mut ts = 1_330_560_000_000;
+        steps
+            .into_iter()
+            .map(|(gap, visitor, kind)| {
+                ts += gap;
+                (ts, visitor, kind)
+            })
+            .collect()
+    })
+}
+
+fn click(ts_ms: i64, visitor: usize, kind: Kind) -> EnrichedClick {
+    let mut c = Click::new(ts_ms, format!("v{visitor}"), "http://shop/p/VD1");
+    match kind {
+        Kind::View => {}
+        Kind::Add => {
+            c.event = EventType::AddToCart;
+            c.detail = Some(Box::new(EventDetail {
+                product: Some(EventProduct {
+                    id: Some("VD1".into()),
+                    ..EventProduct::default()
+                }),
+                ..EventDetail::default()
+            }));
+        }
+        Kind::Purchase => {
+            c.event = EventType::Purchase;
+            c.detail = Some(Box::new(EventDetail {
+                order: Some(Order {
+                    id: format!("o-{ts_ms}"),
+                    revenue: 10.0,
+                    currency: None,
+                    items: vec![LineItem {
+                        product_id: "VD1".into(),
+                        category: None,
+                        price: None,
+                        quantity: 1,
+                    }],
+                }),
+                ..EventDetail::default()
+            }));
+        }
+    }
+    c.validate().unwrap();
+    Enricher::new().enrich(c, &Lookups::default())
+}
+
+/// The batch recomputation: each visitor's events in order; a wait starts at an add to cart
+/// (when not waiting) and ends with a purchase before its deadline; it fires at the deadline
+/// once event time (anyone's event) reaches it.
+fn expected(events: &[(i64, usize, Kind)]) -> BTreeSet<(String, i64)> {
+    let mut offers = BTreeSet::new();
+    let mut deadline: [Option<i64>; 4] = [None; 4];
+    for &(ts, visitor, kind) in events {
+        for (v, d) in deadline.iter_mut().enumerate() {
+            if let Some(at) = *d
+                && at <= ts
+            {
+                offers.insert((format!("v{v}"), at));
+                *d = None;
+            }
+        }
+        match (kind, deadline[visitor]) {
+            (Kind::Add, None) => deadline[visitor] = Some(ts + WAIT_MS),
+            (Kind::Purchase, Some(at)) if ts < at => deadline[visitor] = None,
+            _ => {}
+        }
+    }
+    offers
+}
+
+fn registry() -> PatternRegistry {
+    PatternRegistry::new(PatternSet::parse([("cart.toml", PATTERN)]).unwrap())
+}
+
+fn keys(offers: &[Offer]) -> Vec<(String, i64)> {
+    offers
+        .iter()
+        .map(|o| (o.visitor.clone(), o.ts_ms))
+        .collect()
+}
+
+/// The runner's path: each record, then the watermark when it moved; checkpointed and
+/// restored into a new operator before record `restart`.
+fn through_the_runner(clicks: &[EnrichedClick], restart: usize) -> Vec<Offer> {
+    let mut op = DetectOperator::new(registry());
+    let (mut emitter, mut times) = (Emitter::default(), PartitionTimes::default());
+    let mut announced: Option<i64> = None;
+    let mut offers = Vec::new();
+    for (i, c) in clicks.iter().enumerate() {
+        if i == restart {
+            let mut changes = StateChanges::default();
+            op.checkpoint(&mut changes);
+            op = DetectOperator::new(registry());
+            for (key, value) in changes {
+                if let Some(value) = value {
+                    op.restore(&key, &value).unwrap();
+                }
+            }
+        }
+        let bytes = codec::encode(c);
+        let mut ctx = Context::new(
+            Topic::EnrichedClickData,
+            0,
+            i as u64,
+            Instant::now(),
+            &mut emitter,
+            &mut times,
+        );
+        op.process_record(&bytes, &mut ctx).unwrap();
+        if let Some(w) = times.watermark()
+            && announced.is_none_or(|a| w > a)
+        {
+            announced = Some(w);
+            op.on_watermark(w, &mut emitter);
+        }
+        for out in emitter.drain() {
+            assert_eq!(out.topic, Topic::SpecialOffers);
+            offers.push(codec::decode::<Offer>(&out.value).unwrap());
+        }
+    }
+    offers
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn absence_offers_fire_once_at_the_deadline_in_every_path(
+        events in events(),
+        restart in 0usize..60,
+    ) {
+        let want = expected(&events);
+        let clicks: Vec<EnrichedClick> =
+            events.iter().map(|&(ts, v, k)| click(ts, v, k)).collect();
+        let mut backtest = DetectOperator::new(registry());
+        let batch: Vec<Offer> = clicks.iter().flat_map(|c| backtest.detect(c)).collect();
+        let live = through_the_runner(&clicks, restart.min(clicks.len()));
+        for (path, offers) in [("backtest", &batch), ("runner", &live)] {
+            let got = keys(offers);
+            let unique: BTreeSet<(String, i64)> = got.iter().cloned().collect();
+            prop_assert_eq!(unique.len(), got.len(), "{} gave an offer twice: {:?}", path, got);
+            prop_assert_eq!(&unique, &want, "{}", path);
+        }
+        // The same offers, ids included, whichever path and wherever the restart.
+        let ids = |o: &[Offer]| o.iter().map(|o| o.offer_id.clone()).collect::<BTreeSet<_>>();
+        prop_assert_eq!(ids(&batch), ids(&live));
+    }
+}

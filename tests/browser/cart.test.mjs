@@ -1,0 +1,109 @@
+// The shop's whole journey in a real browser: search, view, add to cart, checkout and purchase
+// (every step an event the collector took), and the cart-abandonment pattern: a visitor who adds
+// to the cart and leaves gets its offer once event time passes the 15-minute deadline, a visitor
+// who buys does not. The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { startDemo, launchBrowser, consoleErrors, screenshots } from "./harness.mjs";
+
+const CLOTHING = "VD55177927";
+const SHOES = "VD55179433";
+
+let demo;
+let browser;
+
+before(async () => {
+  demo = await startDemo(["--speed", "60", "--idle-timeout-ms", "300", "--allowed-lateness-ms", "1000"]);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await demo?.stop();
+});
+
+async function shopper() {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  const page = await context.newPage();
+  const errors = consoleErrors(page);
+  await page.goto(`${demo.base}/shop`);
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem("clickpulse.identity") || "null")?.token);
+  return { context, page, errors };
+}
+
+/** Waits until `name` events were taken by the collector (`data-<name>-sent` on the body). */
+async function sent(page, name, count) {
+  await page.waitForFunction(
+    ([key, n]) => Number(document.body.dataset[key] || 0) >= n,
+    [`${name}Sent`, count],
+    { timeout: 60_000 },
+  );
+}
+
+async function addToCart(page, id) {
+  await page.goto(`${demo.base}/shop/product/${id}`);
+  await page.waitForSelector('[data-testid="view-sent"]', { state: "visible", timeout: 60_000 });
+  await page.click('[data-testid="add-to-cart"]');
+  await sent(page, "cartEvents", 1);
+}
+
+test("search, add to cart, checkout and purchase: each step is an event, the cart persists and empties on the order", async () => {
+  const ann = await shopper();
+  await ann.page.fill('[data-testid="search-input"]', "shoes");
+  await ann.page.click('[data-testid="search-submit"]');
+  await sent(ann.page, "searchEvents", 1);
+  const count = await ann.page.textContent('[data-testid="product-count"]');
+  assert.match(count, /results? for “shoes”/);
+  const visible = await ann.page.$$eval('[data-testid="product-card"]', (cards) => cards.filter((c) => !c.hidden).length);
+  assert.ok(visible > 0 && visible < 31, `the search narrows the grid (${visible} shown)`);
+
+  await addToCart(ann.page, CLOTHING);
+  await addToCart(ann.page, SHOES);
+  // The cart is the visitor's: it is still there on another page and after a reload.
+  await ann.page.goto(`${demo.base}/shop/cart`);
+  await ann.page.reload();
+  await ann.page.waitForSelector('[data-testid="cart-page"]');
+  assert.equal((await ann.page.$$('[data-testid="cart-line"]')).length, 2);
+  assert.equal(await ann.page.textContent('[data-testid="cart-count"]'), "2");
+  await ann.page.screenshot({ path: path.join(screenshots, "shop-cart.png") });
+
+  await ann.page.click('[data-testid="checkout"]');
+  await sent(ann.page, "checkoutEvents", 1);
+  await ann.page.click('[data-testid="place-order"]');
+  await sent(ann.page, "purchaseEvents", 1);
+  const confirmation = await ann.page.waitForSelector('[data-testid="order-confirmation"]');
+  assert.match(await confirmation.getAttribute("data-order-id"), /^o-/);
+  assert.equal(await ann.page.textContent('[data-testid="cart-count"]'), "0");
+  assert.deepEqual(ann.errors, []);
+  await ann.context.close();
+});
+
+test("added to the cart and left: the cart-abandonment offer pops up after 15 minutes of event time; a buyer gets none", async () => {
+  const buyer = await shopper();
+  await addToCart(buyer.page, SHOES);
+  await buyer.page.goto(`${demo.base}/shop/cart`);
+  await buyer.page.click('[data-testid="checkout"]');
+  await sent(buyer.page, "checkoutEvents", 1);
+  await buyer.page.click('[data-testid="place-order"]');
+  await sent(buyer.page, "purchaseEvents", 1);
+
+  // Added after the buyer's purchase: its deadline comes after the buyer's would have.
+  const leaver = await shopper();
+  await addToCart(leaver.page, CLOTHING);
+  await leaver.page.goto(`${demo.base}/shop`);
+  const popup = await leaver.page.waitForSelector('[data-testid="offer-popup"]', { state: "visible", timeout: 120_000 });
+  assert.equal(await popup.getAttribute("data-offer"), "cart-discount");
+  const imageOk = await leaver.page.$eval('[data-testid="offer-image"]', (img) => img.complete && img.naturalWidth > 0);
+  assert.ok(imageOk, "the offer's picture loads");
+  await leaver.page.screenshot({ path: path.join(screenshots, "shop-cart-abandonment.png") });
+
+  // The leaver's deadline passed, so the buyer's did too: the buyer's purchase cancelled the
+  // wait, and no offer reached the buyer's page.
+  assert.equal(await buyer.page.isVisible('[data-testid="offer-popup"]'), false);
+  assert.equal(Number(await buyer.page.evaluate(() => document.body.dataset.offersReceived || 0)), 0);
+  assert.deepEqual(leaver.errors, []);
+  assert.deepEqual(buyer.errors, []);
+  await leaver.context.close();
+  await buyer.context.close();
+});
