@@ -457,6 +457,9 @@ pub enum InvalidEvent {
 
 /// Checks an event's detail against its type's needs and the limits.
 pub fn validate(event: &EventType, detail: Option<&EventDetail>) -> Result<(), InvalidEvent> {
+    if detail.is_none() && event.is_page_view() {
+        return Ok(());
+    }
     let missing = |what| InvalidEvent::Missing {
         event: event.as_str().to_owned(),
         what,

@@ -313,6 +313,9 @@ impl DetectOperator {
             .stats
             .watermark_ms
             .map_or(click.ts_ms, |w| w.max(click.ts_ms));
+        if self.deadlines.is_empty() {
+            return self.detect_at(click, watermark);
+        }
         let mut offers = self.fire_due(watermark);
         offers.extend(self.detect_at(click, watermark));
         offers
@@ -399,7 +402,7 @@ impl DetectOperator {
         for (i, pattern) in set.patterns().iter().enumerate() {
             // An event of a type the pattern does not see leaves its match as it is (a
             // deadline it passes still fires first).
-            let has_timers = pattern.timers.iter().any(Option::is_some);
+            let has_timers = !pattern.timers.is_empty();
             if !has_timers && !pattern.events.sees(click.event) {
                 continue;
             }
@@ -420,7 +423,7 @@ impl DetectOperator {
                 None => (&mut blank_live, &mut blank_last_offer),
             };
             // A deadline due by this event's time fires before the event is looked at.
-            if let Some(fired) = pattern.fire_due(live, click.ts_ms) {
+            if has_timers && let Some(fired) = pattern.fire_due(live, click.ts_ms) {
                 offers.extend(deadline_passed(
                     (&mut self.stats, &mut self.audience, self.log.as_ref()),
                     pattern,
@@ -464,14 +467,16 @@ impl DetectOperator {
                 )
             });
             changed |= !outcome.steps.is_empty() || given.is_some();
-            log_steps(
-                self.log.as_ref(),
-                pattern,
-                click.visitor,
-                &outcome.steps,
-                (click.ts_ms, click.product_id, click.category),
-                given.as_ref().map(|o| &o.offer),
-            );
+            if !outcome.steps.is_empty() {
+                log_steps(
+                    self.log.as_ref(),
+                    pattern,
+                    click.visitor,
+                    &outcome.steps,
+                    (click.ts_ms, click.product_id, click.category),
+                    given.as_ref().map(|o| &o.offer),
+                );
+            }
             offers.extend(given);
             if !outcome.steps.is_empty()
                 && let Some(d) = live.as_ref().and_then(|m| m.deadline.as_ref())

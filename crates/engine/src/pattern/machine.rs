@@ -453,7 +453,7 @@ pub struct Pattern {
     pub states: Vec<String>,
     /// Outgoing transitions of each state, in priority order.
     pub transitions: Vec<Vec<Transition>>,
-    /// Each state's deadline, if it keeps one (index: state).
+    /// Each state's deadline, if it keeps one (index: state; empty when none does).
     pub timers: Vec<Option<Timer>>,
     /// Which offer to emit.
     pub offer: OfferRule,

@@ -427,7 +427,12 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         events,
         states,
         transitions,
-        timers,
+        // Empty when no state keeps one: detection then skips deadlines at no cost.
+        timers: if timers.iter().any(Option::is_some) {
+            timers
+        } else {
+            Vec::new()
+        },
         offer: OfferRule {
             rules,
             default: raw.offer.get_ref().default.clone(),

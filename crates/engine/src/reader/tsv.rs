@@ -262,7 +262,8 @@ fn parse_row<'a>(row: &'a [u8], scratch: &'a mut Scratch) -> Result<ClickRef<'a>
         // The log has page views only; their campaign is in the URL, if anywhere.
         event: &EventType::PageView,
         detail: {
-            *detail = memchr::memmem::find(url.as_bytes(), b"utm_")
+            // Most URLs have no query: one byte search rules them out.
+            *detail = memchr::memchr(b'?', url.as_bytes())
                 .and_then(|_| Utm::from_url(url))
                 .map(|utm| EventDetail {
                     utm: Some(utm),
