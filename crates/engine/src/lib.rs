@@ -33,6 +33,7 @@ pub mod operator;
 pub mod pattern;
 pub mod reader;
 pub mod replay;
+pub mod source;
 pub mod topics;
 pub mod topology;
 pub mod window;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::click::{EnrichedClick, EnrichedRef};
 use crate::event::{EventType, PropValue};
+use crate::source::Medium;
 
 /// Index of a state in [`Pattern::states`]; 0 is `init`.
 pub type StateId = u16;
@@ -232,6 +233,8 @@ pub enum Condition {
     Amount(Amount, f64, f64),
     /// The event's custom property passes the test.
     Property(String, PropertyTest),
+    /// The event's source ([`crate::source::classify`]) is one of these.
+    Source(Vec<Medium>),
 }
 
 impl Condition {
@@ -262,6 +265,9 @@ impl Condition {
                 .is_some_and(|v| (*min..=*max).contains(&v)),
             Condition::Property(key, test) => {
                 test.eval(click.detail.and_then(|d| d.properties.get(key)))
+            }
+            Condition::Source(media) => {
+                media.contains(&crate::source::classify(click.url, click.detail).medium)
             }
         }
     }
@@ -311,6 +317,10 @@ impl Condition {
                 write!(f, "property {key} {}", range_words(*min, *max))
             }
             Condition::Property(key, PropertyTest::Is(b)) => write!(f, "property {key} is {b}"),
+            Condition::Source(media) => {
+                let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
+                write!(f, "source is {}", names.join(" or "))
+            }
         }
     }
 }

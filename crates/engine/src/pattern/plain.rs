@@ -328,6 +328,10 @@ fn fact(c: &Condition) -> String {
             let quoted: Vec<String> = values.iter().map(|v| format!("“{v}”")).collect();
             format!("searching for {}", join(&quoted, "or"))
         }
+        Condition::Source(media) => {
+            let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
+            format!("coming from {}", join(&names, "or"))
+        }
         Condition::OneOf(field, values) => format!("{} {}", field.name(), join(values, "or")),
         Condition::AgeBetween(min, max) => format!("aged {min}–{max}"),
         Condition::KnownVisitor(true) => "with a customer account".to_owned(),
@@ -379,6 +383,7 @@ fn view(c: &Condition) -> String {
             }
             leaf @ (Condition::Amount(..)
             | Condition::Property(..)
+            | Condition::Source(..)
             | Condition::OneOf(Field::Query | Field::Type, _)) => extra.push(fact(leaf)),
             other => extra.push(who(other)),
         }

@@ -23,6 +23,7 @@ use super::{PatternError, PatternErrors, sort_errors};
 use crate::click::Device;
 use crate::event::EventType;
 use crate::lookups::Lookups;
+use crate::source::Medium;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -872,6 +873,22 @@ fn compile_key(
             let (min, max) = number_range(value).map_err(err)?;
             Condition::Amount(amount, min, max)
         }
+        "source" => {
+            let media = strings(value)
+                .map_err(err)?
+                .iter()
+                .map(|name| {
+                    Medium::parse(name).ok_or_else(|| {
+                        let all: Vec<&str> = Medium::ALL.iter().map(|m| m.as_str()).collect();
+                        err(format!(
+                            "unknown source {name:?}; expected one of {}",
+                            all.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Condition::Source(media)
+        }
         "properties" => {
             let toml::Value::Table(t) = value else {
                 return Err(err(
@@ -905,6 +922,7 @@ fn compile_key(
             let Some((_, f)) = Field::ALL.iter().find(|(n, _)| *n == other) else {
                 let mut known: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
                 known.extend([
+                    "source",
                     "price",
                     "quantity",
                     "revenue",
@@ -1441,11 +1459,52 @@ mod tests {
                 "property \"plan\": expected strings",
             ),
             ("properties = 3", "expected a table of property conditions"),
+            (
+                "source = \"google\"",
+                "unknown source \"google\"; expected one of direct, search",
+            ),
         ] {
             let text = format!("{base}[[step]]\nwhen = {{ {when} }}\n");
             let e = error(&text);
             assert!(e.contains(message), "{when}: {e}");
         }
+    }
+
+    #[test]
+    fn a_source_condition_holds_for_events_from_that_source() {
+        let text = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { source = [\"search\", \"email\"] }\n";
+        let p = parse_pattern("p.toml", text).unwrap();
+        let when = &p.transitions[INIT as usize][0].when;
+        let view = |referrer: Option<&str>| {
+            let mut c = crate::click::Click::new(0, "v", "https://shop.example/p/VD1");
+            c.detail = referrer.map(|r| {
+                Box::new(crate::event::EventDetail {
+                    referrer: Some(r.to_owned()),
+                    ..Default::default()
+                })
+            });
+            crate::Enricher::new().enrich(c, &Lookups::default())
+        };
+        assert!(when.eval(
+            &view(Some("https://www.bing.com/search?q=x")).borrowed(),
+            None
+        ));
+        assert!(when.eval(
+            &view(Some("https://outlook.live.com/mail/")).borrowed(),
+            None
+        ));
+        assert!(!when.eval(&view(Some("https://www.facebook.com/")).borrowed(), None));
+        assert!(!when.eval(&view(None).borrowed(), None));
+        assert!(
+            p.explain().contains("source is search or email"),
+            "{}",
+            p.explain()
+        );
+        assert!(
+            p.in_plain_words().contains("coming from search or email"),
+            "{}",
+            p.in_plain_words()
+        );
     }
 
     #[test]
