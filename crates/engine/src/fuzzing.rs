@@ -99,6 +99,16 @@ fn summarize(
                 if let Err(e) = click.validate() {
                     panic!("a reader yielded an invalid click ({e}): {click:?}");
                 }
+                // What goes on the topics and into dumps reads back as it went in.
+                let decoded: crate::click::Click =
+                    crate::codec::decode(&crate::codec::encode(&click)).unwrap_or_else(|e| {
+                        panic!("a read click does not decode ({e}): {click:?}")
+                    });
+                assert_eq!(decoded, click, "the binary form round-trips");
+                let json = serde_json::to_string(&click).expect("a click serializes");
+                let parsed: crate::click::Click = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("a dumped click does not read back ({e}): {json}"));
+                assert_eq!(parsed, click, "the JSON form round-trips");
                 summary.clicks.push(click);
             }
             Ok(LogRecord::Malformed(dead)) => {

@@ -112,6 +112,16 @@ fn tsv_reader_corpus_reads_without_panics() {
             assert_eq!(lines, [3, 4, 5, 6]);
         });
     }
+    // Interactions read with their type; one that lacks what its type needs is a dead letter.
+    expect(&corpus, "interactions.jsonl", fuzz_log_readers, |s| {
+        assert_eq!(s.format, Some(LogFormat::JsonLines));
+        let types: Vec<&str> = s.sniffed.clicks.iter().map(|c| c.event.as_str()).collect();
+        assert_eq!(types, ["add_to_cart", "purchase", "search", "wishlist_add"]);
+        assert_eq!(
+            reasons(&s),
+            [(4, "a add_to_cart event needs product.id".to_owned())]
+        );
+    });
 }
 
 #[test]

@@ -48,6 +48,17 @@ pub fn fuzz_collector_body(data: &[u8]) -> Result<Vec<Click>, String> {
                     panic!("an invalid click was accepted ({e}): {click:?}");
                 }
                 assert_eq!(click.ts_ms, FUZZ_TS_MS, "the server stamps the time");
+                // What goes on the topics and into dumps reads back as it went in.
+                let binary = clickpulse_engine::codec::encode(click);
+                let decoded: Click =
+                    clickpulse_engine::codec::decode(&binary).unwrap_or_else(|e| {
+                        panic!("an accepted click does not decode ({e}): {click:?}")
+                    });
+                assert_eq!(&decoded, click, "the binary form round-trips");
+                let json = serde_json::to_string(click).expect("a click serializes");
+                let parsed: Click = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("a dumped click does not read back ({e}): {json}"));
+                assert_eq!(&parsed, click, "the JSON form round-trips");
                 assert_eq!(
                     click.visitor,
                     click.visitor.trim(),

@@ -46,6 +46,19 @@ fn collector_corpus_parses_without_panics() {
     }
     assert_eq!(outcome(&corpus, "batch-of-two.json"), Ok(2));
     assert_eq!(outcome(&corpus, "escaped-strings.json"), Ok(1));
+    // Interactions: every type of the event model, their detail, and custom properties.
+    let events = fuzz_collector_body(&corpus["interactions.json"]).expect("valid events");
+    let types: Vec<&str> = events.iter().map(|c| c.event.as_str()).collect();
+    assert_eq!(
+        types,
+        ["add_to_cart", "purchase", "search", "newsletter_signup"]
+    );
+    let utm = events[0].detail.as_ref().and_then(|d| d.utm.as_ref());
+    assert_eq!(
+        utm.and_then(|u| u.medium.as_deref()),
+        Some("email"),
+        "UTM read from the URL"
+    );
     let one = fuzz_collector_body(&corpus["one-click-all-fields.json"]).expect("a valid click");
     assert_eq!(
         (one[0].ip.as_str(), one[0].user_agent.as_str()),
@@ -65,6 +78,15 @@ fn collector_corpus_parses_without_panics() {
         ("not-json.txt", "body is not JSON"),
         ("not-utf8.bin", "body is not UTF-8"),
         ("age-out-of-range.json", "click 0: age 131 is out of range"),
+        (
+            "purchase-without-order.json",
+            "click 0: a purchase event needs an order",
+        ),
+        (
+            "property-over-the-limit.json",
+            "click 0: field properties.note is 300 bytes long, more than the limit of 256",
+        ),
+        ("bad-event-type.json", "is neither a built-in type"),
         (
             "nested-arrays.json",
             "click 0: invalid type: map, expected a string",
