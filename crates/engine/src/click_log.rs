@@ -277,6 +277,10 @@ impl ClickLog {
     pub fn get(&self, i: usize) -> ClickRef<'_> {
         let r = self.rows[i];
         let p = self.profiles.by_id[r.profile as usize];
+        let (event, detail) = match self.events.get(p.event as usize) {
+            Some((event, detail)) => (event, detail.as_deref()),
+            None => (&EventType::PageView, None),
+        };
         ClickRef {
             ts_ms: r.ts_ms,
             visitor: self.visitors.get(r.visitor),
@@ -288,14 +292,8 @@ impl ClickLog {
             region: self.places.get_optional(p.region),
             gender: p.gender,
             age: p.age,
-            event: match self.events.get(p.event as usize) {
-                Some((event, _)) => event,
-                None => &EventType::PageView,
-            },
-            detail: self
-                .events
-                .get(p.event as usize)
-                .and_then(|(_, detail)| detail.as_deref()),
+            event,
+            detail,
         }
     }
 

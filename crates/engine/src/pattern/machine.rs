@@ -88,10 +88,7 @@ impl Field {
 
     /// The field's name in pattern files.
     pub fn name(self) -> &'static str {
-        Field::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("?", |(n, _)| n)
+        name_in(&Field::ALL, self)
     }
 
     fn value<'a>(self, click: &EnrichedRef<'a>) -> &'a str {
@@ -116,6 +113,14 @@ impl Field {
     }
 }
 
+/// The name `value` has in a table of names (`?` if none: every value is in its table, tested).
+fn name_in<T: PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("?", |(n, _)| n)
+}
+
 /// A number an event may carry, that conditions can bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Amount {
@@ -137,10 +142,7 @@ impl Amount {
 
     /// Its name in pattern files.
     pub fn name(self) -> &'static str {
-        Amount::ALL
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map_or("?", |(n, _)| n)
+        name_in(&Amount::ALL, self)
     }
 
     fn value(self, click: &EnrichedRef<'_>) -> Option<f64> {
