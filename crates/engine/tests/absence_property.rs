@@ -196,3 +196,21 @@ proptest! {
         prop_assert_eq!(ids(&batch), ids(&live));
     }
 }
+
+/// A pattern replaced while a match waits: the old version's deadline gives nothing (the match
+/// is dropped, as the next event would drop it), in the runner's path too.
+#[test]
+fn a_replaced_pattern_s_waiting_match_gives_no_offer() {
+    let registry = registry();
+    let mut op = DetectOperator::new(registry.clone());
+    let start = 1_330_560_000_000;
+    assert!(op.detect(&click(start, 0, Kind::Add)).is_empty());
+    registry
+        .replace(PatternSet::parse([("cart.toml", &PATTERN.replace("15m", "20m")[..])]).unwrap());
+    // Another visitor's event: it picks the new set up, and event time passes the old deadline.
+    let offers = op.detect(&click(start + WAIT_MS + 1, 1, Kind::View));
+    assert!(offers.is_empty(), "{offers:?}");
+    let mut emitter = Emitter::default();
+    op.on_watermark(start + 2 * WAIT_MS, &mut emitter);
+    assert_eq!(emitter.drain().count(), 0);
+}

@@ -321,8 +321,18 @@ impl DetectOperator {
         offers
     }
 
+    /// Takes the registry's current patterns if they were replaced.
+    fn pick_up_replacements(&mut self) {
+        let generation = self.registry.generation();
+        if generation != self.generation {
+            self.set = self.registry.current();
+            self.generation = generation;
+        }
+    }
+
     /// Fires every deadline at or before `watermark` (event time): the offers they earn.
     pub fn fire_due(&mut self, watermark: i64) -> Vec<Offer> {
+        self.pick_up_replacements();
         let mut offers = Vec::new();
         while self
             .deadlines
@@ -347,6 +357,13 @@ impl DetectOperator {
             let Some(pattern) = set.get(&slot.pattern) else {
                 continue;
             };
+            // A match of an earlier version of the pattern is dropped, as an event would drop it.
+            if *slot.version != *pattern.version {
+                if slot.live.take().is_some() {
+                    changed = true;
+                }
+                continue;
+            }
             let Some(fired) = pattern.fire_due(&mut slot.live, now_ms) else {
                 continue;
             };
@@ -372,11 +389,7 @@ impl DetectOperator {
     /// Runs one view through every pattern at the runner's `watermark` (what state can be
     /// swept by); returns the offers it earned.
     pub fn detect_at(&mut self, click: &EnrichedRef<'_>, watermark: i64) -> Vec<Offer> {
-        let generation = self.registry.generation();
-        if generation != self.generation {
-            self.set = self.registry.current();
-            self.generation = generation;
-        }
+        self.pick_up_replacements();
         self.stats.events += 1;
         self.stats.watermark_ms = Some(
             self.stats
