@@ -402,9 +402,14 @@ pub(crate) struct GenerateArgs {
     /// Random seed: the same seed and arguments give the same file.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
-    /// Output file (`.tsv`; `.tsv.gz` or `.tsv.zst` to compress with gzip or Zstandard).
+    /// Output file (`.tsv`, or `.jsonl` with `--interactions`; add `.gz` or `.zst` to compress
+    /// with gzip or Zstandard).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
+    /// Write JSON lines whose sessions also search, add to the cart, check out and buy, at
+    /// published e-commerce rates (`--events` then counts every event).
+    #[arg(long)]
+    pub(crate) interactions: bool,
 }
 
 /// Which deployment `clickpulse chaos` runs.

@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 
+use std::collections::BTreeMap;
+
 #[test]
 fn real_log_counts_are_exact() {
     let part1 = data("omniture/Omniture.1.tsv.zst");
@@ -158,6 +160,93 @@ fn generated_logs_are_deterministic_in_every_compression_and_follow_the_real_log
     assert!(
         (unknown - real_unknown).abs() < 0.05,
         "unknown-product share {unknown}, real log {real_unknown}"
+    );
+}
+
+#[test]
+fn generated_logs_with_interactions_follow_the_published_rates_and_read_back_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("shop.jsonl");
+    let generate = |path: &std::path::Path| {
+        run_ok(&[
+            "generate",
+            "--interactions",
+            "--visitors",
+            "20000",
+            "--days",
+            "3",
+            "--events",
+            "200000",
+            "--seed",
+            "3",
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+    };
+    generate(&path);
+    let again = tmp.path().join("again.jsonl");
+    generate(&again);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        std::fs::read_to_string(&again).unwrap(),
+        "same seed, same bytes"
+    );
+    // Sessions (30 minutes without an event) and what they did.
+    let mut by_visitor: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        by_visitor
+            .entry(e["visitor"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                e["ts_ms"].as_i64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+            ));
+    }
+    let (mut sessions, mut with) = (0u64, BTreeMap::<String, u64>::new());
+    for events in by_visitor.values_mut() {
+        events.sort();
+        let mut kinds = std::collections::BTreeSet::new();
+        for (i, (t, kind)) in events.iter().enumerate() {
+            if i == 0 || t - events[i - 1].0 > 30 * 60_000 {
+                sessions += 1;
+                for k in std::mem::take(&mut kinds) {
+                    *with.entry(k).or_default() += 1;
+                }
+            }
+            kinds.insert(kind.clone());
+        }
+        for k in kinds {
+            *with.entry(k).or_default() += 1;
+        }
+    }
+    let share = |kind: &str| with.get(kind).copied().unwrap_or(0) as f64 / sessions as f64;
+    for (kind, rate, within) in [
+        ("add_to_cart", 0.052, 0.01),
+        ("purchase", 0.014, 0.005),
+        ("search", 0.054, 0.01),
+    ] {
+        let got = share(kind);
+        assert!(
+            (got - rate).abs() < within,
+            "{kind} in {got} of {sessions} sessions, published {rate}"
+        );
+    }
+    assert!(
+        share("begin_checkout") > share("purchase")
+            && share("add_to_cart") > share("begin_checkout")
+    );
+    // The backtest reads every line, and the cart-abandonment pattern finds carts left.
+    let report = run_json(&["backtest", "--log", path.to_str().unwrap(), "--json"]);
+    assert_eq!(report["events"], 200_000);
+    assert_eq!(report["malformed"], 0);
+    assert!(
+        report["offers_by_pattern"]["cart-abandonment"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
     );
 }
 

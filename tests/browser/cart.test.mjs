@@ -1,5 +1,5 @@
 // The shop's whole journey in a real browser: search, view, add to cart, checkout and purchase
-// (every step an event the collector took), and the cart-abandonment pattern: a visitor who adds
+// (every step an event the collector took, and counted on the dashboard's shop panels), and the cart-abandonment pattern: a visitor who adds
 // to the cart and leaves gets its offer once event time passes the 15-minute deadline, a visitor
 // who buys does not. The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
 import { test, before, after } from "node:test";
@@ -76,6 +76,34 @@ test("search, add to cart, checkout and purchase: each step is an event, the car
   assert.match(await confirmation.getAttribute("data-order-id"), /^o-/);
   assert.equal(await ann.page.textContent('[data-testid="cart-count"]'), "0");
   assert.deepEqual(ann.errors, []);
+
+  // The dashboard's shop panels count the journey once event time has passed it: the search
+  // and its query, both adds to cart, the checkout, the purchase, its revenue and its products.
+  const board = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+  const boardErrors = consoleErrors(board);
+  await board.goto(`${demo.base}/`);
+  const atLeast = (id, n) =>
+    board.waitForFunction(
+      ([testid, min]) => Number((document.querySelector(`[data-testid="${testid}"]`)?.textContent || "").replace(/[^0-9]/g, "")) >= min,
+      [id, n],
+      { timeout: 60_000 },
+    );
+  await atLeast("purchases-1h", 1);
+  await atLeast("carts-1h", 2);
+  await atLeast("checkouts-1h", 1);
+  await atLeast("searches-1h", 1);
+  await atLeast("active-sessions", 1);
+  await board.waitForSelector('[data-testid="query-row"][data-key="shoes"]', { timeout: 60_000 });
+  const products = await board.$$eval('[data-testid="revenue-product-row"]', (rows) => rows.map((r) => r.dataset.productId));
+  assert.ok(products.includes(CLOTHING) && products.includes(SHOES), `both ordered products rank by revenue (${products})`);
+  assert.match(await board.textContent('[data-testid="revenue-1h"]'), /\$\d/);
+  assert.notEqual(await board.textContent('[data-testid="aov-1h"]'), "—");
+  const sources = await board.$$eval('[data-testid="source-row"]', (rows) => rows.map((r) => r.dataset.key));
+  assert.ok(sources.length > 0, "sessions are counted by source");
+  await board.locator('[data-testid="revenue-products"]').scrollIntoViewIfNeeded();
+  await board.screenshot({ path: path.join(screenshots, "dashboard-shop.png"), fullPage: true });
+  assert.deepEqual(boardErrors, []);
+  await board.close();
   await ann.context.close();
 });
 

@@ -497,6 +497,7 @@
         console.warn(`dashboard: ${panel.name} failed`, err);
       }
     }
+    if (window.CPShop) window.CPShop.panels(snap, ready, productTitle);
     honourLogAnchor();
   }
 
@@ -851,6 +852,7 @@
   function boot() {
     CP.onTimeZone(onTimeZoneChanged);
     createCharts();
+    if (window.CPShop) window.CPShop.createCharts();
     renderWaiting(false, false);
     // Empty panels before the first snapshot, so nothing looks broken while connecting.
     const blank = {};

@@ -613,7 +613,7 @@ fn check_quantity(field: &'static str, quantity: Option<u32>) -> Result<(), Inva
 }
 
 /// The largest index ≤ `max` that is a char boundary of `s`.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
+pub fn floor_char_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {
         return s.len();
     }

@@ -4,14 +4,18 @@
 
 use std::sync::OnceLock;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::EventDetail;
 
 /// How a visitor came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Medium {
     /// No referrer and no campaign: typed, bookmarked, or the referrer was withheld.
+    #[default]
     Direct,
     /// From a search engine.
     Search,

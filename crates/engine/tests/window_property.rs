@@ -1,6 +1,7 @@
-//! Property: for random event sets — out of order across partitions, with late events and a
-//! checkpoint/restore in the middle — the streamed dashboard equals a batch recomputation from
-//! the definitions over the same events, at every watermark it is checked at.
+//! Property: for random event sets — page views and interactions, out of order across
+//! partitions, with late events and a checkpoint/restore in the middle — the streamed dashboard
+//! (view windows, and sessions, sources and conversions) equals a batch recomputation from the
+//! definitions over the same events, at every watermark it is checked at.
 
 use clickpulse_engine::topics::Topic;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickpulse_engine::click::{Device, EnrichedClick, Gender};
+use clickpulse_engine::event::{EventDetail, EventProduct, EventType, LineItem, Order, Utm};
 use clickpulse_engine::operator::{Emitter, Operator, StateChanges, process_one};
 use clickpulse_engine::pattern::Offer;
 use clickpulse_engine::window::dashboard::DashboardConfig;
@@ -23,6 +25,7 @@ fn click(
     product: usize,
     device: usize,
     country: usize,
+    kind: usize,
 ) -> EnrichedClick {
     let products = [
         "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11", "P12",
@@ -49,18 +52,403 @@ fn click(
             Device::Bot,
             Device::Other,
         ][device % 5],
-        event: clickpulse_engine::event::EventType::PageView,
+        event: EventType::PageView,
         detail: None,
     }
+    .with_kind(kind, product)
+}
+
+/// Turns a page view into the event of `kind`: most stay page views without detail; the
+/// others carry a referrer, a campaign, a client session id, or are interactions.
+trait WithKind {
+    fn with_kind(self, kind: usize, product: usize) -> Self;
+}
+
+impl WithKind for EnrichedClick {
+    fn with_kind(mut self, kind: usize, product: usize) -> Self {
+        let p = self.product_id.to_string();
+        let product_detail = || EventProduct {
+            id: Some(p.clone()),
+            price: Some(9.99),
+            quantity: Some(1),
+            currency: Some("EUR".into()),
+            ..EventProduct::default()
+        };
+        let (event, detail) = match kind {
+            0..=5 => return self,
+            6 => (
+                EventType::PageView,
+                EventDetail {
+                    referrer: Some(
+                        [
+                            "https://www.google.com/search?q=x",
+                            "https://blog.example.org/post",
+                            "http://www.acme.com/SH1/P2",
+                        ][product % 3]
+                            .into(),
+                    ),
+                    ..EventDetail::default()
+                },
+            ),
+            7 => (
+                EventType::PageView,
+                EventDetail {
+                    utm: Some(Utm {
+                        source: Some(["newsletter", "facebook"][product % 2].into()),
+                        medium: Some(["email", "social"][product % 2].into()),
+                        campaign: Some("spring".into()),
+                        ..Utm::default()
+                    }),
+                    ..EventDetail::default()
+                },
+            ),
+            8 => (
+                EventType::AddToCart,
+                EventDetail {
+                    product: Some(product_detail()),
+                    ..EventDetail::default()
+                },
+            ),
+            9 => (
+                EventType::RemoveFromCart,
+                EventDetail {
+                    product: Some(product_detail()),
+                    ..EventDetail::default()
+                },
+            ),
+            10 => (EventType::BeginCheckout, EventDetail::default()),
+            11 => (
+                EventType::Purchase,
+                EventDetail {
+                    order: Some(Order {
+                        id: format!("O{}", product % 4),
+                        revenue: 12.34 + product as f64,
+                        currency: Some(["EUR", "USD"][product % 2].into()),
+                        items: vec![LineItem {
+                            product_id: p.clone(),
+                            category: None,
+                            price: Some(6.17),
+                            quantity: 2,
+                        }],
+                    }),
+                    ..EventDetail::default()
+                },
+            ),
+            12 => (
+                EventType::Search,
+                EventDetail {
+                    query: Some(["  Red  SHOES ", "boots", "red shoes"][product % 3].into()),
+                    ..EventDetail::default()
+                },
+            ),
+            13 => (
+                EventType::parse("newsletter_signup").unwrap(),
+                EventDetail::default(),
+            ),
+            _ => (
+                EventType::PageView,
+                EventDetail {
+                    session_id: Some(format!("s{}", product % 2)),
+                    ..EventDetail::default()
+                },
+            ),
+        };
+        self.event = event;
+        self.detail = Some(Box::new(detail));
+        self
+    }
+}
+
+/// The path of a test URL.
+fn path(url: &str) -> &str {
+    url.strip_prefix("http://www.acme.com").unwrap()
+}
+
+/// Sessions, sources and conversions straight from their definitions (see
+/// `clickpulse_engine::window::shop`).
+fn batch_shop(upto: &[(usize, &EnrichedClick)], now: i64) -> Value {
+    const GAP: i64 = 30 * MIN;
+    let current = now.div_euclid(MIN) * MIN;
+    let in_hour = |ts: i64| {
+        let m = ts.div_euclid(MIN) * MIN;
+        current - 59 * MIN <= m && m <= current && ts <= now
+    };
+    let mut ordered = upto.to_vec();
+    ordered.sort_by(|(i, a), (j, b)| {
+        (a.ts_ms, &a.visitor, &a.product_id, &a.ip, i).cmp(&(
+            b.ts_ms,
+            &b.visitor,
+            &b.product_id,
+            &b.ip,
+            j,
+        ))
+    });
+    let mut by_visitor: BTreeMap<&str, Vec<&EnrichedClick>> = BTreeMap::new();
+    for (_, c) in &ordered {
+        by_visitor.entry(c.visitor.as_str()).or_default().push(c);
+    }
+    type Tally = BTreeMap<String, i64>;
+    let bump = |t: &mut Tally, k: &str| *t.entry(k.to_owned()).or_default() += 1;
+    let (mut started, mut ended, mut duration, mut pages_sum, mut bounces, mut active) =
+        (0, 0, 0, 0, 0, 0);
+    let (mut sources, mut hosts, mut utm_s, mut utm_m, mut utm_c, mut entries, mut exits) = (
+        Tally::new(),
+        Tally::new(),
+        Tally::new(),
+        Tally::new(),
+        Tally::new(),
+        Tally::new(),
+        Tally::new(),
+    );
+    for events in by_visitor.values() {
+        // Split into sessions: a gap over 30 minutes, or another client session id.
+        let mut sessions: Vec<(Vec<&EnrichedClick>, Option<i64>)> = Vec::new();
+        let mut current_id: Option<String> = None;
+        for (k, c) in events.iter().enumerate() {
+            let id = c.detail.as_ref().and_then(|d| d.session_id.clone());
+            let new = match sessions.last() {
+                None => true,
+                Some((s, _)) => {
+                    let last = s.last().unwrap().ts_ms;
+                    let gap = c.ts_ms - last > GAP;
+                    let other = matches!((&current_id, &id), (Some(a), Some(b)) if a != b);
+                    if gap || other {
+                        // The session closed: at its last event plus the gap, or at this event.
+                        sessions.last_mut().unwrap().1 =
+                            Some(if gap { last + GAP } else { c.ts_ms });
+                    }
+                    gap || other
+                }
+            };
+            if new {
+                sessions.push((Vec::new(), None));
+                current_id = None;
+            }
+            if current_id.is_none() {
+                current_id = id;
+            }
+            sessions.last_mut().unwrap().0.push(c);
+            let _ = k;
+        }
+        if let Some((s, closed)) = sessions.last_mut() {
+            let last = s.last().unwrap().ts_ms;
+            if closed.is_none() && last + GAP <= now {
+                *closed = Some(last + GAP);
+            }
+        }
+        for (s, closed) in &sessions {
+            let first = s[0];
+            if in_hour(first.ts_ms) {
+                started += 1;
+                let medium =
+                    match clickpulse_engine::source::classify(&first.url, first.detail.as_deref())
+                        .medium
+                    {
+                        clickpulse_engine::source::Medium::Internal => {
+                            clickpulse_engine::source::Medium::Direct
+                        }
+                        m => m,
+                    };
+                bump(&mut sources, medium.as_str());
+                if medium != clickpulse_engine::source::Medium::Direct
+                    && let Some(d) = first.detail.as_deref()
+                {
+                    if let Some(h) = d
+                        .referrer
+                        .as_deref()
+                        .and_then(clickpulse_engine::source::host_of)
+                    {
+                        bump(&mut hosts, &h);
+                    }
+                    if let Some(u) = &d.utm {
+                        for (t, v) in [
+                            (&mut utm_s, &u.source),
+                            (&mut utm_m, &u.medium),
+                            (&mut utm_c, &u.campaign),
+                        ] {
+                            if let Some(v) = v {
+                                bump(t, v)
+                            }
+                        }
+                    }
+                }
+            }
+            let views: Vec<&&EnrichedClick> = s.iter().filter(|c| c.event.is_page_view()).collect();
+            if let Some(v) = views.first()
+                && in_hour(v.ts_ms)
+            {
+                bump(&mut entries, path(&v.url));
+            }
+            match closed {
+                Some(at) => {
+                    if in_hour(*at) {
+                        ended += 1;
+                        duration += s.last().unwrap().ts_ms - first.ts_ms;
+                        pages_sum += views.len() as i64;
+                        bounces += i64::from(views.len() == 1);
+                        if let Some(v) = views.last() {
+                            bump(&mut exits, path(&v.url));
+                        }
+                    }
+                }
+                None => active += 1,
+            }
+        }
+    }
+    let ranked = |t: &Tally, top: usize| {
+        let mut v: Vec<(&String, &i64)> = t.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        v.into_iter()
+            .take(top)
+            .map(|(k, n)| json!({"key": k, "count": n}))
+            .collect::<Vec<_>>()
+    };
+    // Conversions, an order id counting once within the hour of minutes before it.
+    let mut counted: Vec<(i64, &str)> = Vec::new();
+    let mut by_minute: BTreeMap<i64, [i64; 6]> = BTreeMap::new();
+    let mut revenue: BTreeMap<i64, BTreeMap<String, (i64, i64)>> = BTreeMap::new();
+    let mut products: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut queries = Tally::new();
+    let mut custom = Tally::new();
+    for (_, c) in &ordered {
+        let m = c.ts_ms.div_euclid(MIN) * MIN;
+        let slot = match &c.event {
+            EventType::AddToCart => 0,
+            EventType::RemoveFromCart => 1,
+            EventType::BeginCheckout => 2,
+            EventType::Purchase => {
+                let order = c.detail.as_ref().unwrap().order.as_ref().unwrap();
+                if counted
+                    .iter()
+                    .any(|(at, id)| *id == order.id && *at >= m - 59 * MIN)
+                {
+                    continue;
+                }
+                counted.push((m, &order.id));
+                if in_hour(c.ts_ms) {
+                    let cur = order.currency.clone().unwrap_or_default();
+                    let e = revenue.entry(m).or_default().entry(cur).or_default();
+                    e.0 += (order.revenue * 100.0).round() as i64;
+                    e.1 += 1;
+                    for item in &order.items {
+                        let p = products.entry(item.product_id.clone()).or_default();
+                        p.0 += (item.price.unwrap() * item.quantity as f64 * 100.0).round() as i64;
+                        p.1 += i64::from(item.quantity);
+                    }
+                }
+                3
+            }
+            EventType::Search => {
+                if in_hour(c.ts_ms) {
+                    let q = c.detail.as_ref().unwrap().query.as_deref().unwrap();
+                    bump(
+                        &mut queries,
+                        &q.split_whitespace()
+                            .map(str::to_lowercase)
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    );
+                }
+                4
+            }
+            EventType::Custom(name) => {
+                if in_hour(c.ts_ms) {
+                    bump(&mut custom, name);
+                }
+                5
+            }
+            EventType::PageView => continue,
+        };
+        by_minute.entry(m).or_default()[slot] += 1;
+    }
+    let money = |per: &BTreeMap<String, (i64, i64)>| {
+        per.iter()
+            .map(|(c, (h, n))| json!({"currency": c, "hundredths": h, "orders": n}))
+            .collect::<Vec<_>>()
+    };
+    let per_minute: Vec<Value> = (0..15)
+        .rev()
+        .map(|k| {
+            let s = current - k * MIN;
+            let n = by_minute.get(&s).copied().unwrap_or_default();
+            json!({"start_ms": s, "add_to_cart": n[0], "begin_checkout": n[2], "purchases": n[3],
+                   "revenue": money(&revenue.get(&s).cloned().unwrap_or_default()), "final": s + MIN <= now})
+        })
+        .collect();
+    let hour_sum = |slot: usize| {
+        by_minute
+            .iter()
+            .filter(|(m, _)| in_hour(**m))
+            .map(|(_, n)| n[slot])
+            .sum::<i64>()
+    };
+    let mut hour_revenue: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for per in revenue.values() {
+        for (c, (h, n)) in per {
+            let e = hour_revenue.entry(c.clone()).or_default();
+            e.0 += h;
+            e.1 += n;
+        }
+    }
+    let viewed: HashSet<&str> = upto
+        .iter()
+        .filter(|(_, c)| c.event.is_page_view())
+        .map(|(_, c)| &*c.product_id)
+        .collect();
+    let mut top: Vec<(&String, &(i64, i64))> = products.iter().collect();
+    top.sort_by(|a, b| {
+        (b.1)
+            .0
+            .cmp(&(a.1).0)
+            .then((b.1).1.cmp(&(a.1).1))
+            .then(a.0.cmp(b.0))
+    });
+    let top: Vec<Value> = top
+        .into_iter()
+        .take(10)
+        .map(|(p, (h, units))| {
+            let title = if viewed.contains(p.as_str()) {
+                format!("Title of {p}")
+            } else {
+                "Unknown".into()
+            };
+            json!({"product_id": p, "title": title, "units": units, "hundredths": h})
+        })
+        .collect();
+    json!({
+        "active_sessions": active,
+        "sessions_1h": {"started": started, "ended": ended, "duration_ms": duration, "pages": pages_sum, "bounces": bounces},
+        "entry_pages_1h": ranked(&entries, 10),
+        "exit_pages_1h": ranked(&exits, 10),
+        "sources_1h": ranked(&sources, 7),
+        "referrer_hosts_1h": ranked(&hosts, 10),
+        "utm_sources_1h": ranked(&utm_s, 10),
+        "utm_mediums_1h": ranked(&utm_m, 10),
+        "utm_campaigns_1h": ranked(&utm_c, 10),
+        "conversions_per_minute": per_minute,
+        "conversions_1h": {
+            "add_to_cart": hour_sum(0), "remove_from_cart": hour_sum(1), "begin_checkout": hour_sum(2),
+            "purchases": hour_sum(3), "searches": hour_sum(4), "revenue": money(&hour_revenue),
+        },
+        "top_products_by_revenue_1h": top,
+        "top_queries_1h": ranked(&queries, 10),
+        "custom_events_1h": ranked(&custom, 10),
+    })
 }
 
 /// The dashboard straight from its definitions. `applied` are the non-late events, in arrival
 /// order; `now` the watermark.
 fn batch(applied: &[EnrichedClick], offers: &[Offer], now: i64) -> Value {
-    let upto: Vec<(usize, &EnrichedClick)> = applied
+    let all: Vec<(usize, &EnrichedClick)> = applied
         .iter()
         .enumerate()
         .filter(|(_, c)| c.ts_ms <= now)
+        .collect();
+    // The view windows count page views.
+    let upto: Vec<(usize, &EnrichedClick)> = all
+        .iter()
+        .copied()
+        .filter(|(_, c)| c.event.is_page_view())
         .collect();
     let in_last = |c: &EnrichedClick, span: i64| now - span < c.ts_ms && c.ts_ms <= now;
     let minute = now.div_euclid(MIN) * MIN;
@@ -182,6 +570,7 @@ fn batch(applied: &[EnrichedClick], offers: &[Offer], now: i64) -> Value {
         "active_visitors_per_minute_30m": per_minute,
         "country_views_30m": countries,
         "offers_by_pattern_1h": offers_by,
+        "shop": batch_shop(&all, now),
     })
 }
 
@@ -194,6 +583,7 @@ enum Step {
         product: usize,
         device: usize,
         country: usize,
+        kind: usize,
     },
     Late {
         visitor: usize,
@@ -210,8 +600,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (0u32..3, prop_oneof![0i64..2_000, 0i64..120_000, 0i64..1_200_000], 0usize..30, 0usize..12, 0usize..5, 0usize..3)
-            .prop_map(|(partition, gap_ms, visitor, product, device, country)| Step::Click { partition, gap_ms, visitor, product, device, country }),
+        8 => (0u32..3, prop_oneof![0i64..2_000, 0i64..120_000, 0i64..1_200_000], 0usize..30, 0usize..12, 0usize..5, 0usize..3, 0usize..15)
+            .prop_map(|(partition, gap_ms, visitor, product, device, country, kind)| Step::Click { partition, gap_ms, visitor, product, device, country, kind }),
         1 => (0usize..30).prop_map(|visitor| Step::Late { visitor }),
         1 => (0i64..7_200_000, 0usize..2, any::<bool>()).prop_map(|(back_ms, pattern, dup)| Step::Offer { back_ms, pattern, dup }),
         2 => Just(Step::Tick),
@@ -261,9 +651,9 @@ proptest! {
         };
         for s in steps {
             match s {
-                Step::Click { partition, gap_ms, visitor, product, device, country } => {
+                Step::Click { partition, gap_ms, visitor, product, device, country, kind } => {
                     clocks[partition as usize] += gap_ms;
-                    let c = click(clocks[partition as usize], visitor, product, device, country);
+                    let c = click(clocks[partition as usize], visitor, product, device, country, kind);
                     process_one(&mut op, Topic::EnrichedClickData, partition, &clickpulse_engine::codec::encode(&c), Instant::now(), &mut out).unwrap();
                     // A partition lagging more than the allowed lateness behind the others
                     // delivers late events: counted, not applied.
@@ -275,7 +665,7 @@ proptest! {
                 }
                 Step::Late { visitor } => {
                     if let Some(w) = watermark {
-                        let c = click(w - 1_000, visitor, 0, 0, 0);
+                        let c = click(w - 1_000, visitor, 0, 0, 0, 0);
                         process_one(&mut op, Topic::EnrichedClickData, 0, &clickpulse_engine::codec::encode(&c), Instant::now(), &mut out).unwrap();
                         late_expected += 1;
                     }
@@ -357,15 +747,15 @@ proptest! {
         let mut offers = 0usize;
         for s in steps {
             match s {
-                Step::Click { partition, gap_ms, visitor, product, device, country } => {
+                Step::Click { partition, gap_ms, visitor, product, device, country, kind } => {
                     clocks[partition as usize] += gap_ms;
-                    let c = click(clocks[partition as usize], visitor, product, device, country);
+                    let c = click(clocks[partition as usize], visitor, product, device, country, kind);
                     on_read.on_click_ref(partition, &c.borrowed(), wall);
                     kept.on_click(partition, c, wall);
                 }
                 Step::Late { visitor } => {
                     if let Some(w) = kept.now() {
-                        let c = click(w - 1_000, visitor, 0, 0, 0);
+                        let c = click(w - 1_000, visitor, 0, 0, 0, 0);
                         on_read.on_click_ref(0, &c.borrowed(), wall);
                         kept.on_click(0, c, wall);
                     }

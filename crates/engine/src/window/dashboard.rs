@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
+use super::shop::{ShopEvent, ShopState, ShopWindows};
 use super::snapshot::{
     BucketVisitors, CategoryViews, CountryViews, DashboardSnapshot, DeviceViews, LatestView,
     MinuteViews, ProductViews,
@@ -38,8 +39,10 @@ use super::snapshot::{
 use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Frontier, Watermarks};
 use crate::click::{Device, EnrichedClick, EnrichedRef};
+use crate::event::{EventDetail, EventType};
 use crate::operator::{Context, Emitter, Operator, RecordError, RestoreError, StateChanges};
 use crate::pattern::Offer;
+use crate::source::Medium;
 use crate::topics::Topic;
 
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -168,7 +171,7 @@ impl Caps {
     }
 }
 
-/// What the aggregation keeps of a view.
+/// What the aggregation keeps of an event (a view, or an interaction for the shop windows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct View {
     ts_ms: i64,
@@ -179,26 +182,96 @@ struct View {
     category: Arc<str>,
     title: Arc<str>,
     device: Device,
+    #[serde(default, skip_serializing_if = "EventType::is_page_view")]
+    event: EventType,
+    /// The URL's path (shared).
+    #[serde(default)]
+    page: Arc<str>,
+    /// The source by this event's referrer and campaign (direct without detail).
+    #[serde(default, skip_serializing_if = "is_direct")]
+    medium: Medium,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<Box<EventDetail>>,
+}
+
+fn is_direct(m: &Medium) -> bool {
+    *m == Medium::Direct
+}
+
+/// The source of an event (only one with detail can have a referrer or a campaign).
+fn medium_of(url: &str, detail: Option<&EventDetail>) -> Medium {
+    match detail {
+        Some(d) if d.referrer.is_some() || d.utm.is_some() => {
+            crate::source::classify(url, Some(d)).medium
+        }
+        _ => Medium::Direct,
+    }
+}
+
+/// The path of `url` (`/` for none), without query and fragment, cut at
+/// [`crate::event::MAX_SHORT_BYTES`]: a dashboard key, so what a client sends cannot make the
+/// shop windows' state large.
+fn path_of(url: &str) -> &str {
+    let path = full_path_of(url);
+    &path[..crate::event::floor_char_boundary(path, crate::event::MAX_SHORT_BYTES)]
+}
+
+fn full_path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = match rest.find('/') {
+        Some(i) if url.contains("://") => &rest[i..],
+        Some(_) => rest,
+        None if url.contains("://") => "/",
+        None => rest,
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    if end == 0 { "/" } else { &rest[..end] }
+}
+
+/// One shared text per page path, so a view's page costs a lookup, not an allocation.
+#[derive(Debug, Default)]
+struct Pages(HashSet<Arc<str>>);
+
+impl Pages {
+    /// Paths are forgotten (not the views holding them) once this many are held.
+    const MAX: usize = 100_000;
+
+    fn get(&mut self, url: &str) -> Arc<str> {
+        let path = path_of(url);
+        if let Some(p) = self.0.get(path) {
+            return p.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let p: Arc<str> = Arc::from(path);
+        self.0.insert(p.clone());
+        p
+    }
 }
 
 impl View {
     /// Takes what it keeps out of the click: cloning the four shared strings and copying the
     /// IP cost eight atomic reference-count operations and an allocation per view.
-    fn new(c: EnrichedClick, visitors: &mut VisitorInterner) -> Self {
+    fn new(c: EnrichedClick, visitors: &mut VisitorInterner, pages: &mut Pages) -> Self {
         View {
             ts_ms: c.ts_ms,
             visitor: visitors.get(&c.visitor),
+            medium: medium_of(&c.url, c.detail.as_deref()),
+            page: pages.get(&c.url),
             ip: c.ip,
             country: c.country,
             product_id: c.product_id,
             category: c.category,
             title: c.title,
             device: c.device,
+            event: c.event,
+            detail: c.detail,
         }
     }
 
     /// Copies what it keeps out of a borrowed view.
-    fn from_ref(c: &EnrichedRef<'_>, visitors: &mut VisitorInterner) -> Self {
+    fn from_ref(c: &EnrichedRef<'_>, visitors: &mut VisitorInterner, pages: &mut Pages) -> Self {
         View {
             ts_ms: c.ts_ms,
             visitor: visitors.get(c.visitor),
@@ -208,6 +281,22 @@ impl View {
             category: c.category.clone(),
             title: c.title.clone(),
             device: c.device,
+            event: c.event.clone(),
+            page: pages.get(c.url),
+            medium: medium_of(c.url, c.detail),
+            detail: c.detail.map(|d| Box::new(d.clone())),
+        }
+    }
+
+    fn shop_event(&self) -> ShopEvent<'_> {
+        ShopEvent {
+            ts_ms: self.ts_ms,
+            visitor: &self.visitor,
+            event: &self.event,
+            page: &self.page,
+            product_id: &self.product_id,
+            medium: self.medium,
+            detail: self.detail.as_deref(),
         }
     }
 }
@@ -432,6 +521,9 @@ struct Persisted {
     events: u64,
     late_events: u64,
     offers_seen: u64,
+    /// Sessions and shop minutes (checkpointed under their own keys; here when assembled).
+    #[serde(default, skip_serializing)]
+    shop: ShopState,
 }
 
 const MINUTE: WindowSpec = WindowSpec::Tumbling { size_ms: MINUTE_MS };
@@ -461,6 +553,9 @@ pub struct DashboardAggregator {
     caps: Caps,
     /// Seconds of `offers` changed since the operator last checkpointed them.
     offers_changed: std::collections::BTreeSet<i64>,
+    /// Sessions, sources and conversions.
+    shop: ShopWindows,
+    pages: Pages,
 }
 
 impl DashboardAggregator {
@@ -495,6 +590,7 @@ impl DashboardAggregator {
         );
         let mut watermarks = Watermarks::new(config.allowed_lateness_ms, config.idle_timeout);
         watermarks.restore(s.watermark);
+        let shop = ShopWindows::from_state(std::mem::take(&mut s.shop), config.max_keys);
         let mut agg = DashboardAggregator {
             watermarks,
             partitions: config.partitions,
@@ -508,6 +604,8 @@ impl DashboardAggregator {
             keep_sliding: true,
             caps: Caps::new(config.max_keys, &Panes::default()),
             offers_changed: std::collections::BTreeSet::new(),
+            shop,
+            pages: Pages::default(),
         };
         agg.caps = Caps::new(config.max_keys, &agg.s.panes);
         if let Some(now) = agg.s.watermark {
@@ -547,8 +645,8 @@ impl DashboardAggregator {
 
     /// Takes one enriched click from input `partition`, seen at wall time `wall`.
     pub fn on_click(&mut self, partition: u32, click: EnrichedClick, wall: Instant) {
-        if self.admit(partition, click.ts_ms, wall) && click.event.is_page_view() {
-            let view = View::new(click, &mut self.visitor_ids);
+        if self.admit(partition, click.ts_ms, wall) {
+            let view = View::new(click, &mut self.visitor_ids, &mut self.pages);
             self.s.buffer.push(view.ts_ms, view);
         }
     }
@@ -556,9 +654,8 @@ impl DashboardAggregator {
     /// [`DashboardAggregator::on_click`] for a borrowed view: only what the aggregation keeps is
     /// copied.
     pub fn on_click_ref(&mut self, partition: u32, click: &EnrichedRef<'_>, wall: Instant) {
-        // The windows count page views; every event moves the watermark.
-        if self.admit(partition, click.ts_ms, wall) && click.event.is_page_view() {
-            let view = View::from_ref(click, &mut self.visitor_ids);
+        if self.admit(partition, click.ts_ms, wall) {
+            let view = View::from_ref(click, &mut self.visitor_ids, &mut self.pages);
             self.s.buffer.push(view.ts_ms, view);
         }
     }
@@ -654,11 +751,21 @@ impl DashboardAggregator {
                 });
             }
         }
-        // Only the last views applied can be among the newest kept for `latest_views`: the
-        // others give their texts to the panes instead of a copy.
-        let newest = released.len().saturating_sub(LATEST);
+        // Only the last page views applied can be among the newest kept for `latest_views`:
+        // the others give their texts to the panes instead of a copy.
+        let newest = released
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, v)| v.event.is_page_view())
+            .nth(LATEST - 1)
+            .map_or(0, |(i, _)| i);
+        // The view windows count page views; the shop windows see every event.
         for (i, view) in released.into_iter().enumerate() {
-            self.apply(view, i >= newest);
+            self.shop.apply(view.shop_event());
+            if view.event.is_page_view() {
+                self.apply(view, i >= newest);
+            }
         }
         self.s.watermark = Some(watermark);
         self.advance_windows(watermark);
@@ -723,6 +830,7 @@ impl DashboardAggregator {
     }
 
     fn advance_windows(&mut self, now: i64) {
+        self.shop.advance(now);
         if self.keep_sliding {
             let panes = &self.s.panes;
             self.last_hour.advance(panes, now);
@@ -879,7 +987,15 @@ impl DashboardAggregator {
             active_visitors_per_minute_30m,
             country_views_30m,
             offers_by_pattern_1h,
+            shop: self.shop.snapshot(now, |id| {
+                self.s.product_titles.get(id).map(|(t, _)| t.to_string())
+            }),
         }
+    }
+
+    /// Open sessions (each holds a little state until 30 minutes after its last event).
+    pub fn open_sessions(&self) -> usize {
+        self.shop.open_sessions()
     }
 
     fn persisted(&mut self) -> &Persisted {
@@ -945,6 +1061,7 @@ struct Restoring {
     minutes: BTreeMap<i64, Minute>,
     half_hours: BTreeMap<i64, HashSet<Visitor>>,
     offers: BTreeMap<i64, BTreeMap<String, String>>,
+    shop: ShopState,
 }
 
 impl Restoring {
@@ -969,6 +1086,7 @@ impl Restoring {
             halves.insert(k, v);
         }
         s.offers.extend(self.offers);
+        s.shop = self.shop;
         s
     }
 }
@@ -1005,6 +1123,8 @@ const PANE_PREFIX: &str = "pane/";
 const MINUTE_PREFIX: &str = "minute/";
 const HALF_HOUR_PREFIX: &str = "half/";
 const OFFERS_PREFIX: &str = "offers/";
+const SESSION_PREFIX: &str = "shop/session/";
+const SHOP_MINUTE_PREFIX: &str = "shop/minute/";
 
 /// Writes what of `held` changed since `written` (keys after `since`, or not written yet) with
 /// `encode`, deletes what is written and no longer held, and records what is written now.
@@ -1215,6 +1335,16 @@ impl Operator for AggregateOperator {
             &mut self.written.offers,
             |o: &BTreeMap<String, String>| to_json(o),
         );
+        // Sessions and shop minutes: those an event or the watermark changed.
+        let (sessions, minutes) = self.core.shop.take_changes();
+        for v in sessions {
+            let json = self.core.shop.session_json(&v);
+            changes.push((format!("{SESSION_PREFIX}{}", v.as_str()), json));
+        }
+        for start in minutes {
+            let json = self.core.shop.minute_json(start);
+            changes.push((format!("{SHOP_MINUTE_PREFIX}{start}"), json));
+        }
         self.written.watermark = self.core.s.watermark;
         let snapshot =
             serde_json::to_vec(&self.handle.snapshot().as_deref()).expect("snapshot serializes");
@@ -1251,6 +1381,12 @@ impl Operator for AggregateOperator {
         } else if let Some(ts) = at(OFFERS_PREFIX)? {
             r.offers.insert(ts, parse(value).map_err(bad)?);
             self.written.offers.insert(ts);
+        } else if let Some(visitor) = key.strip_prefix(SESSION_PREFIX) {
+            ShopWindows::restore_session(&mut r.shop, visitor, value)
+                .map_err(|e| bad(e.to_string()))?;
+        } else if let Some(start) = at(SHOP_MINUTE_PREFIX)? {
+            ShopWindows::restore_minute(&mut r.shop, start, value)
+                .map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }

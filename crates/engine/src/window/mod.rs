@@ -7,6 +7,7 @@
 //! - [`buckets`]: tumbling and hopping windows ([`WindowSpec`], [`Buckets`]) and sliding windows
 //!   over one-second panes ([`Sliding`]).
 //! - [`dashboard`]: the dashboard metrics and the aggregation operator.
+//! - [`shop`]: sessions, sources and conversions, fed every event.
 //! - [`snapshot`]: the typed [`DashboardSnapshot`] it publishes.
 //! - [`visitor`]: visitor ids hashed once and shared, as the window state keys them.
 //!
@@ -16,6 +17,7 @@
 
 pub mod buckets;
 pub mod dashboard;
+pub mod shop;
 pub mod snapshot;
 pub mod visitor;
 pub mod watermark;

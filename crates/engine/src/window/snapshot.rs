@@ -35,6 +35,136 @@ pub struct DashboardSnapshot {
     pub country_views_30m: Vec<CountryViews>,
     /// Offers of the last hour, by pattern.
     pub offers_by_pattern_1h: BTreeMap<String, u64>,
+    /// Sessions, sources and conversions (see [`super::shop`]).
+    #[serde(default)]
+    pub shop: ShopSnapshot,
+}
+
+/// Sessions, sources and conversions as of the watermark. "The last hour" (`_1h`) is the 60
+/// UTC minutes up to the one containing `now_ms`. Money is in hundredths of the currency's
+/// unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopSnapshot {
+    /// Sessions that an event can still continue (an event in the last 30 minutes).
+    pub active_sessions: u64,
+    /// Sessions started and ended in the last hour, with the ended ones' totals.
+    pub sessions_1h: SessionTotals,
+    /// The first page of sessions, by the minute of that page view.
+    pub entry_pages_1h: Vec<Ranked>,
+    /// The last page of sessions that ended.
+    pub exit_pages_1h: Vec<Ranked>,
+    /// Sessions started, by source (`direct`, `search`, `social`, `referral`, `email`, `paid`).
+    pub sources_1h: Vec<Ranked>,
+    /// Sessions started, by referrer host (direct ones have none).
+    pub referrer_hosts_1h: Vec<Ranked>,
+    /// Sessions started, by `utm_source`.
+    pub utm_sources_1h: Vec<Ranked>,
+    /// Sessions started, by `utm_medium`.
+    pub utm_mediums_1h: Vec<Ranked>,
+    /// Sessions started, by `utm_campaign`.
+    pub utm_campaigns_1h: Vec<Ranked>,
+    /// Adds to cart, checkouts, purchases and revenue per tumbling minute, the 15 up to the one
+    /// containing `now_ms`.
+    pub conversions_per_minute: Vec<ConversionMinute>,
+    /// The last hour's conversions.
+    pub conversions_1h: ConversionTotals,
+    /// The 10 products with the most revenue in the last hour.
+    pub top_products_by_revenue_1h: Vec<ProductRevenue>,
+    /// The 10 most frequent search queries of the last hour (trimmed, lower case).
+    pub top_queries_1h: Vec<Ranked>,
+    /// Custom events of the last hour, by name.
+    pub custom_events_1h: Vec<Ranked>,
+}
+
+/// A key and its count, in a list ranked by count (then key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ranked {
+    /// The key (`(other)` for the keys over a minute's bound).
+    pub key: String,
+    /// Its count.
+    pub count: i64,
+}
+
+/// Sessions of the last hour. Averages are `duration_ms / ended` and `pages / ended`; the
+/// bounce rate is `bounces / ended`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTotals {
+    /// Sessions whose first event is in the last hour.
+    pub started: i64,
+    /// Sessions that closed (30 minutes after their last event) in the last hour.
+    pub ended: i64,
+    /// Their summed duration, first to last event.
+    pub duration_ms: i64,
+    /// Their summed page views.
+    pub pages: i64,
+    /// How many of them had one page view.
+    pub bounces: i64,
+}
+
+/// Revenue and orders in one currency (`""`: sent without one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    /// Revenue in hundredths of the unit.
+    pub hundredths: i64,
+    /// Orders (average order value: `hundredths / orders`).
+    pub orders: i64,
+}
+
+/// One minute's conversions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionMinute {
+    /// The minute's start (UTC-aligned).
+    pub start_ms: i64,
+    /// Adds to cart.
+    pub add_to_cart: i64,
+    /// Checkouts begun.
+    pub begin_checkout: i64,
+    /// Purchases.
+    pub purchases: i64,
+    /// Revenue per currency.
+    pub revenue: Vec<Money>,
+    /// Whether the watermark has passed its end.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+/// The last hour's conversions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionTotals {
+    /// Adds to cart.
+    pub add_to_cart: i64,
+    /// Removals from the cart.
+    pub remove_from_cart: i64,
+    /// Checkouts begun.
+    pub begin_checkout: i64,
+    /// Purchases (an order id counts once within the hour).
+    pub purchases: i64,
+    /// Searches.
+    pub searches: i64,
+    /// Revenue and orders per currency.
+    pub revenue: Vec<Money>,
+}
+
+/// A product's sales in the last hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductRevenue {
+    /// The product id.
+    pub product_id: String,
+    /// Its catalogue title (`Unknown` when the catalogue has none).
+    pub title: String,
+    /// Units sold.
+    pub units: i64,
+    /// Revenue in hundredths (of the orders' currency).
+    pub hundredths: i64,
 }
 
 /// One minute's page views.
@@ -156,6 +286,25 @@ mod tests {
                 "active_visitors_per_minute_30m": [],
                 "country_views_30m": [],
                 "offers_by_pattern_1h": {},
+                "shop": {
+                    "active_sessions": 0,
+                    "sessions_1h": {"started": 0, "ended": 0, "duration_ms": 0, "pages": 0, "bounces": 0},
+                    "entry_pages_1h": [],
+                    "exit_pages_1h": [],
+                    "sources_1h": [],
+                    "referrer_hosts_1h": [],
+                    "utm_sources_1h": [],
+                    "utm_mediums_1h": [],
+                    "utm_campaigns_1h": [],
+                    "conversions_per_minute": [],
+                    "conversions_1h": {
+                        "add_to_cart": 0, "remove_from_cart": 0, "begin_checkout": 0,
+                        "purchases": 0, "searches": 0, "revenue": [],
+                    },
+                    "top_products_by_revenue_1h": [],
+                    "top_queries_1h": [],
+                    "custom_events_1h": [],
+                },
             })
         );
     }
