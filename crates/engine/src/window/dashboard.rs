@@ -618,8 +618,10 @@ impl DashboardAggregator {
     /// windows are no longer updated as the watermark moves, and each snapshot computes them
     /// from the one-second panes instead. Snapshots are the same; a live stage, which takes one
     /// per tick, keeps them up to date (updating them was a tenth of a backtest's time).
+    /// Nothing is recorded for checkpoints either: such a caller takes none.
     pub fn sliding_windows_on_read(mut self) -> Self {
         self.keep_sliding = false;
+        self.shop = self.shop.without_checkpoints();
         self.last_hour = Sliding::new(HOUR_MS);
         self.devices_10m = Sliding::new(10 * MINUTE_MS);
         self.countries_30m = Sliding::new(HALF_HOUR_MS);

@@ -163,9 +163,11 @@ pub struct ShopWindows {
     /// `(last event time, visitor)` of open sessions in the order they were last touched
     /// (event-time order); an entry whose session moved on since is skipped.
     expiry: VecDeque<(i64, Visitor)>,
-    /// Sessions and minutes changed since the operator last took them.
+    /// Sessions and minutes changed since the operator last took them (kept only for a
+    /// caller that checkpoints: see [`ShopWindows::without_checkpoints`]).
     changed_sessions: HashSet<Visitor>,
     changed_minutes: BTreeSet<i64>,
+    track_changes: bool,
 }
 
 impl ShopWindows {
@@ -187,7 +189,14 @@ impl ShopWindows {
             expiry: open.into(),
             changed_sessions: HashSet::default(),
             changed_minutes: BTreeSet::new(),
+            track_changes: true,
         }
+    }
+
+    /// For a caller that never checkpoints (a backtest): what changed is not recorded.
+    pub fn without_checkpoints(mut self) -> Self {
+        self.track_changes = false;
+        self
     }
 
     /// Open sessions.
@@ -197,7 +206,9 @@ impl ShopWindows {
 
     fn minute(&mut self, ts: i64) -> &mut ShopMinute {
         let start = super::floor_to(ts, MINUTE_MS);
-        self.changed_minutes.insert(start);
+        if self.track_changes {
+            self.changed_minutes.insert(start);
+        }
         self.s.minutes.entry(start).or_default()
     }
 
@@ -240,9 +251,15 @@ impl ShopWindows {
         if moved {
             self.expiry.push_back((e.ts_ms, visitor.clone()));
         }
-        self.changed_sessions.insert(visitor.clone());
+        if self.track_changes {
+            self.changed_sessions.insert(visitor.clone());
+        }
         if matches!(e.event, EventType::Purchase) {
             self.purchase(e);
+        }
+        // Most events are page views that are not a session's first: no minute changes.
+        if e.event.is_page_view() && !first_page {
+            return;
         }
         let m = self.minute(e.ts_ms);
         if first_page {
@@ -382,7 +399,9 @@ impl ShopWindows {
             closing.dedup();
             for v in closing {
                 let session = self.s.sessions.remove(&v).expect("open");
-                self.changed_sessions.insert(v);
+                if self.track_changes {
+                    self.changed_sessions.insert(v);
+                }
                 self.end(session, closes_at);
             }
         }
