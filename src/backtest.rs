@@ -49,6 +49,9 @@ pub(crate) struct BacktestReport {
     pub(crate) events_per_second: f64,
     /// The log's first event time.
     pub(crate) first_event_ms: Option<i64>,
+    /// Each funnel over the whole log: visitors whose session reached each step, and the
+    /// median time from the step before.
+    pub(crate) funnels: Vec<clickpulse_engine::window::snapshot::FunnelResult>,
     /// Events of visitors the users lookup knows.
     pub(crate) known_visitor_events: u64,
     /// Distinct visitors the users lookup knows.
@@ -102,8 +105,11 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
     let mut detect = DetectOperator::new(PatternRegistry::new(patterns))
         .with_audience_tracking()
         .without_checkpoints();
+    let funnels = inputs::read_funnels(args.funnels.as_deref())?;
     let mut dashboard = DashboardAggregator::new(DashboardConfig::default(), Instant::now())
-        .sliding_windows_on_read();
+        .sliding_windows_on_read()
+        .with_funnels(clickpulse_engine::funnel::FunnelRegistry::new(funnels))
+        .with_funnel_totals();
     let mut write_error = None;
     let started = Instant::now();
     let input = inputs::read_logs(&args.logs, |letter| {
@@ -197,6 +203,7 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
         unknown_product_events: counters.unknown_product_events,
         known_visitor_events: counters.known_visitor_events,
         first_event_ms,
+        funnels: dashboard.funnel_totals(),
         last_event_ms,
         elapsed_ms: elapsed.as_millis() as u64,
         events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),

@@ -191,7 +191,10 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
         let mut detect =
             DetectOperator::new(PatternRegistry::new(patterns.clone())).without_checkpoints();
         let mut agg = DashboardAggregator::new(DashboardConfig::default(), Instant::now())
-            .sliding_windows_on_read();
+            .sliding_windows_on_read()
+            .with_funnels(clickpulse_engine::funnel::FunnelRegistry::new(
+                inputs::read_funnels(None)?,
+            ));
         let t = Instant::now();
         let input = inputs::read_logs(logs, |_| {})?;
         let read = t.elapsed().as_secs_f64();
@@ -260,6 +263,7 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
             data: None,
             until: None,
             patterns: None,
+            funnels: None,
             offers_out: None,
             json: true,
             dead_letters_out: None,

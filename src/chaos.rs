@@ -120,6 +120,7 @@ fn reference(args: &ChaosArgs) -> Result<Reference> {
         data: None,
         until: None,
         patterns: args.patterns.clone(),
+        funnels: None,
         offers_out: None,
         json: true,
         dead_letters_out: None,

@@ -167,6 +167,10 @@ pub(crate) struct ConfigArgs {
     /// distributed ./patterns; seeded with the bundled seed patterns] (`pipeline.patterns`).
     #[arg(long, value_name = "DIR")]
     pub(crate) patterns: Option<PathBuf>,
+    /// Funnel directory, watched for changes [default: embedded DATA_DIR/funnels, distributed
+    /// ./funnels; seeded with the shop funnel] (`pipeline.funnels`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) funnels: Option<PathBuf>,
     /// Bearer token for admin endpoints [default: generated at first start, kept in
     /// DATA_DIR/admin-token (embedded) or Redis (distributed)] (`web.admin_token`).
     #[arg(long, env = "CLICKPULSE_ADMIN_TOKEN", hide_env_values = true)]
@@ -192,6 +196,10 @@ pub(crate) struct BacktestArgs {
     /// Pattern file or directory [default: the bundled seed patterns].
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub(crate) patterns: Option<PathBuf>,
+    /// Funnel file or directory: the report gets each funnel over the whole log (`funnels`)
+    /// [default: the shop funnel].
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub(crate) funnels: Option<PathBuf>,
     /// Write every offer as a JSON line, sorted by (ts_ms, visitor).
     #[arg(long, value_name = "FILE")]
     pub(crate) offers_out: Option<PathBuf>,

@@ -69,6 +69,7 @@ fn apply(args: &ConfigArgs, config: &mut Config) {
     set_some(&mut pipeline.idle_timeout_ms, &args.idle_timeout_ms);
     set(&mut pipeline.max_dashboard_keys, &args.max_dashboard_keys);
     set_some(&mut pipeline.patterns, &args.patterns);
+    set_some(&mut pipeline.funnels, &args.funnels);
     extend(&mut web.cors_origins, &args.cors_origins);
     set_some(&mut web.viewer_token, &args.viewer_token);
     set(&mut web.time_zone, &args.time_zone);

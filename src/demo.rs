@@ -97,6 +97,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("invalid patterns in {}", pattern_dir.path().display()))?,
     );
+    let funnel_dir = config
+        .pipeline
+        .funnels
+        .clone()
+        .unwrap_or_else(|| dir.join("funnels"));
+    let funnels = crate::patterns_cmd::funnel_dir(&funnel_dir)?;
     let admin_token = admin_token(&dir, config.web.admin_token.clone())?;
     let transition_log = Arc::new(Mutex::new(TransitionLog::default()));
     let last_pattern_error = Arc::new(Mutex::new(None));
@@ -145,6 +151,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             dashboard: dashboard.clone(),
             pipeline: config.pipeline.clone(),
             live,
+            funnels: Some(funnels.clone()),
         },
     };
     let sinks = SinkSettings {
@@ -203,6 +210,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             "pattern-watch",
             Box::new(move || {
                 clickpulse_server::watch_patterns(&dir, &registry, &shutdown, &last_error);
+                Ok(())
+            }),
+        )?;
+    }
+    {
+        let shutdown = shutdown.clone();
+        spawn(
+            "funnel-watch",
+            Box::new(move || {
+                clickpulse_server::watch_funnels(&funnel_dir, &funnels, &shutdown);
                 Ok(())
             }),
         )?;

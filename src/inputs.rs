@@ -159,6 +159,15 @@ pub(crate) fn data_dir(given: Option<PathBuf>) -> PathBuf {
 
 /// Loads patterns from a file or directory, or the bundled seed patterns when `path` is `None`.
 /// Every invalid file is reported.
+/// The funnels at `path`, or the shop funnel.
+pub(crate) fn read_funnels(path: Option<&Path>) -> Result<clickpulse_engine::funnel::FunnelSet> {
+    use clickpulse_engine::funnel::FunnelSet;
+    Ok(match path {
+        Some(path) => FunnelSet::load(path)?,
+        None => FunnelSet::default_set(),
+    })
+}
+
 pub(crate) fn read_patterns(path: Option<&Path>) -> Result<PatternSet> {
     let set = match path {
         Some(path) => PatternSet::load(path),

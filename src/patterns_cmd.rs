@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clickpulse_engine::lookups::Lookups;
 use clickpulse_engine::pattern::{Catalogue, PatternDir, PatternSet};
 use tracing::info;
@@ -73,6 +73,24 @@ pub(crate) fn check(args: PatternsCheckArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The funnel directory `dir` (created, and seeded with the shop funnel when empty) and its
+/// funnels, for the dashboard; `clickpulse_server::watch_funnels` keeps them current.
+pub(crate) fn funnel_dir(
+    dir: &std::path::Path,
+) -> Result<clickpulse_engine::funnel::FunnelRegistry> {
+    use clickpulse_engine::funnel::{DEFAULT_FUNNEL, FunnelRegistry, FunnelSet};
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the funnel directory {}", dir.display()))?;
+    if std::fs::read_dir(dir)?.next().is_none() {
+        std::fs::write(dir.join(DEFAULT_FUNNEL.0), DEFAULT_FUNNEL.1)?;
+        info!(dir = %dir.display(), "Shop funnel written.");
+    }
+    let set = FunnelSet::load(dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("invalid funnels in {}", dir.display()))?;
+    Ok(FunnelRegistry::new(set))
 }
 
 #[cfg(test)]

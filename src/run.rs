@@ -134,6 +134,27 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         None
     };
 
+    // Funnels (aggregate).
+    let funnels = if stages.contains("aggregate") {
+        let dir = config
+            .pipeline
+            .funnels
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("funnels"));
+        let registry = crate::patterns_cmd::funnel_dir(&dir)?;
+        let (watched, shutdown) = (registry.clone(), shutdown.clone());
+        spawn(
+            "funnel-watch",
+            Box::new(move || {
+                clickpulse_server::watch_funnels(&dir, &watched, &shutdown);
+                Ok(())
+            }),
+        )?;
+        Some(registry)
+    } else {
+        None
+    };
+
     let clock = Arc::new(EventClock::default());
     // What the aggregate publishes, for the dashboard store (a sink).
     let aggregate_dashboard = DashboardHandle::default();
@@ -149,6 +170,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             dashboard: aggregate_dashboard.clone(),
             pipeline: config.pipeline.clone(),
             live: !config.replay.original_time,
+            funnels,
         },
     };
 

@@ -79,14 +79,7 @@ fn patterns_hot_reload_through_the_api_and_the_directory() {
     let (shopper, token) = new_identity(port);
     let mut view = || {
         let product = shoes.next().expect("a pair of shoes left");
-        let click = format!(
-            r#"{{"visitor":"{shopper}","token":"{token}","url":"http://www.acme.com/SH55126545/{product}"}}"#
-        );
-        let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
-            .send(click.as_str())
-            .unwrap()
-            .status();
-        assert_eq!(status.as_u16(), 202);
+        collect_view(port, &shopper, &token, product);
     };
     let offers_reach = |n: u64, what: &str| {
         wait_until(what, || (offers_seen(port) >= n).then_some(()));

@@ -1,5 +1,6 @@
 // The shop's whole journey in a real browser: search, view, add to cart, checkout and purchase
-// (every step an event the collector took, and counted on the dashboard's shop panels), and the cart-abandonment pattern: a visitor who adds
+// (every step an event the collector took, and counted on the dashboard's shop panels and its
+// shop funnel), and the cart-abandonment pattern: a visitor who adds
 // to the cart and leaves gets its offer once event time passes the 15-minute deadline, a visitor
 // who buys does not. The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
 import { test, before, after } from "node:test";
@@ -98,6 +99,17 @@ test("search, add to cart, checkout and purchase: each step is an event, the car
   assert.ok(products.includes(CLOTHING) && products.includes(SHOES), `both ordered products rank by revenue (${products})`);
   assert.match(await board.textContent('[data-testid="revenue-1h"]'), /\$\d/);
   assert.notEqual(await board.textContent('[data-testid="aov-1h"]'), "—");
+  // The shop funnel: this shopper's session went through every step, in order.
+  await board.waitForFunction(
+    () => Number(document.querySelector('[data-testid="funnel"][data-funnel="shop"] [data-testid="funnel-step"][data-step="Purchase"]')?.dataset.visitors || 0) >= 1,
+    null,
+    { timeout: 60_000 },
+  );
+  const steps = await board.$$eval('[data-testid="funnel"][data-funnel="shop"] [data-testid="funnel-step"]', (rows) =>
+    rows.map((r) => [r.dataset.step, Number(r.dataset.visitors)]),
+  );
+  assert.deepEqual(steps.map(([name]) => name), ["Product view", "Add to cart", "Checkout", "Purchase"]);
+  assert.ok(steps.every(([, n]) => n >= 1), `every step reached (${JSON.stringify(steps)})`);
   const sources = await board.$$eval('[data-testid="source-row"]', (rows) => rows.map((r) => r.dataset.key));
   assert.ok(sources.length > 0, "sessions are counted by source");
   await board.locator('[data-testid="revenue-products"]').scrollIntoViewIfNeeded();

@@ -258,3 +258,16 @@ pub fn next_offer(offers: &mpsc::Receiver<Value>, what: &str) -> Value {
         .recv_timeout(HANG_GUARD)
         .unwrap_or_else(|_| panic!("hang guard: no {what} after {HANG_GUARD:?}"))
 }
+
+/// Sends a page view of `product` through the collector as `visitor` with its `token` (202
+/// expected).
+pub fn collect_view(port: u16, visitor: &str, token: &str, product: &str) {
+    let click = format!(
+        r#"{{"visitor":"{visitor}","token":"{token}","url":"http://www.acme.com/SH55126545/{product}"}}"#
+    );
+    let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+        .send(click.as_str())
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+}

@@ -205,10 +205,55 @@ window.CPShop = (function () {
     );
   }
 
+  /** One table per funnel: visitors per step, conversion from the step before and from the first, median time. */
+  function renderFunnels(shop, ready) {
+    const host = document.getElementById("funnels");
+    const funnels = ready ? arr(shop.funnels_1h).filter((f) => f && arr(f.steps).length) : [];
+    if (funnels.length === 0) {
+      CP.replaceChildren(host, el("p", { className: "empty-note", text: ready ? "No funnels are active" : "Waiting for the first events…" }));
+      return;
+    }
+    CP.replaceChildren(
+      host,
+      funnels.map((f) => {
+        const steps = arr(f.steps);
+        const first = num(steps[0] && steps[0].visitors);
+        return el("div", { className: "funnel", dataset: { testid: "funnel", funnel: f.name } }, [
+          el("div", { className: "funnel__title" }, [
+            el("span", { className: "mono", text: f.name }),
+            el("span", { className: "muted", text: f.description ? ` · ${f.description}` : "" }),
+          ]),
+          el(
+            "ol",
+            { className: "funnel__steps" },
+            steps.map((step, i) => {
+              const visitors = num(step.visitors);
+              const before = i > 0 ? num(steps[i - 1].visitors) : null;
+              const rate = before === null ? "" : before > 0 ? fmtPct(visitors / before) : "—";
+              const pct = first > 0 ? Math.max(visitors > 0 ? 2 : 0, Math.round((visitors / first) * 100)) : 0;
+              const median = isNum(step.median_ms_from_previous) ? fmtDuration(step.median_ms_from_previous / 1000) : "";
+              return el("li", { className: "funnel__step", dataset: { testid: "funnel-step", step: step.name, visitors: String(visitors) } }, [
+                el("div", { className: "funnel__row" }, [
+                  el("span", { className: "funnel__name", text: `${i + 1}. ${step.name}` }),
+                  el("span", { className: "funnel__value", text: fmtInt(visitors) }),
+                ]),
+                el("div", { className: "bar", attrs: { "aria-hidden": "true" } }, [el("div", { className: "bar__fill", style: { width: `${pct}%` } })]),
+                el("div", { className: "funnel__meta muted" }, [
+                  el("span", { dataset: { testid: "funnel-rate" }, text: rate ? `${rate} of the step before` : "entry step" }),
+                  el("span", { text: median ? `median ${median} after the step before` : "" }),
+                ]),
+              ]);
+            })
+          ),
+        ]);
+      })
+    );
+  }
+
   /** Fills every shop panel; a bad field in one panel leaves the others drawn. */
   function panels(snap, ready, productTitle) {
     const shop = obj(obj(snap).shop);
-    for (const panel of [renderKpis, renderSessions, renderLists, renderProducts, renderChart]) {
+    for (const panel of [renderKpis, renderSessions, renderLists, renderProducts, renderFunnels, renderChart]) {
       try {
         panel(shop, ready, productTitle);
       } catch (err) {

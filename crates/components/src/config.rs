@@ -64,6 +64,9 @@ pub struct PipelineConfig {
     /// Pattern directory, watched for changes [default: embedded, `DATA_DIR/patterns`;
     /// distributed, `./patterns`; seeded with the bundled seed patterns when empty].
     pub patterns: Option<PathBuf>,
+    /// Funnel directory, watched for changes [default: embedded, `DATA_DIR/funnels`;
+    /// distributed, `./funnels`; seeded with the shop funnel when empty].
+    pub funnels: Option<PathBuf>,
 }
 
 /// The idle timeout's default in one process: every stage is in it, so silence is silence.
@@ -80,6 +83,7 @@ impl Default for PipelineConfig {
             idle_timeout_ms: None,
             max_dashboard_keys: clickpulse_engine::window::dashboard::DEFAULT_MAX_KEYS,
             patterns: None,
+            funnels: None,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod codec;
 pub mod enrich;
 mod error;
 pub mod event;
+pub mod funnel;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lookups;

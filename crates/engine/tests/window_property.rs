@@ -183,6 +183,7 @@ fn batch_shop(upto: &[(usize, &EnrichedClick)], now: i64) -> Value {
             j,
         ))
     });
+    let mut funnel: Vec<(i64, String, usize, Option<i64>)> = Vec::new();
     let mut by_visitor: BTreeMap<&str, Vec<&EnrichedClick>> = BTreeMap::new();
     for (_, c) in &ordered {
         by_visitor.entry(c.visitor.as_str()).or_default().push(c);
@@ -234,6 +235,19 @@ fn batch_shop(upto: &[(usize, &EnrichedClick)], now: i64) -> Value {
             let last = s.last().unwrap().ts_ms;
             if closed.is_none() && last + GAP <= now {
                 *closed = Some(last + GAP);
+            }
+        }
+        for (s, _) in &sessions {
+            // The funnel: each step reached by an event after the one that reached the step
+            // before, one step per event.
+            let mut at: Option<i64> = None;
+            let mut next = 0;
+            for c in s {
+                if next < FUNNEL_STEPS && funnel_step(c, next) {
+                    funnel.push((c.ts_ms, c.visitor.clone(), next, at.map(|a| c.ts_ms - a)));
+                    at = Some(c.ts_ms);
+                    next += 1;
+                }
             }
         }
         for (s, closed) in &sessions {
@@ -433,6 +447,22 @@ fn batch_shop(upto: &[(usize, &EnrichedClick)], now: i64) -> Value {
         "top_products_by_revenue_1h": top,
         "top_queries_1h": ranked(&queries, 10),
         "custom_events_1h": ranked(&custom, 10),
+        "funnels_1h": [{
+            "name": "test",
+            "description": "shoes, cart, checkout, order",
+            "steps": (0..FUNNEL_STEPS).map(|step| {
+                let reached: Vec<&(i64, String, usize, Option<i64>)> =
+                    funnel.iter().filter(|(ts, _, s, _)| *s == step && in_hour(*ts)).collect();
+                let visitors: HashSet<&str> = reached.iter().map(|(_, v, _, _)| v.as_str()).collect();
+                let mut times: Vec<i64> = reached.iter().filter_map(|(_, _, _, t)| *t).collect();
+                times.sort_unstable();
+                json!({
+                    "name": (["Shoes", "Cart", "Checkout", "Order"][step]),
+                    "visitors": visitors.len(),
+                    "median_ms_from_previous": (!times.is_empty()).then(|| times[(times.len() - 1) / 2]),
+                })
+            }).collect::<Vec<_>>(),
+        }],
     })
 }
 
@@ -619,8 +649,42 @@ fn config() -> DashboardConfig {
     }
 }
 
+/// The funnel the streamed side counts, and its definition for the batch side.
+const FUNNEL: &str = r#"
+name = "test"
+description = "shoes, cart, checkout, order"
+[[step]]
+name = "Shoes"
+when = { category = "shoes" }
+[[step]]
+name = "Cart"
+when = { type = "add_to_cart" }
+[[step]]
+name = "Checkout"
+when = { type = "begin_checkout" }
+[[step]]
+name = "Order"
+when = { type = "purchase" }
+"#;
+const FUNNEL_STEPS: usize = 4;
+
+fn funnel_step(c: &EnrichedClick, step: usize) -> bool {
+    match step {
+        0 => c.event.is_page_view() && &*c.category == "shoes",
+        1 => c.event == EventType::AddToCart,
+        2 => c.event == EventType::BeginCheckout,
+        _ => c.event == EventType::Purchase,
+    }
+}
+
+fn funnels() -> clickpulse_engine::funnel::FunnelRegistry {
+    clickpulse_engine::funnel::FunnelRegistry::new(
+        clickpulse_engine::funnel::FunnelSet::parse([("test.toml", FUNNEL)]).unwrap(),
+    )
+}
+
 fn operator() -> AggregateOperator {
-    AggregateOperator::new(config(), DashboardHandle::default())
+    AggregateOperator::new(config(), DashboardHandle::default()).with_funnels(funnels())
 }
 
 proptest! {
@@ -740,8 +804,10 @@ proptest! {
     /// taken owned) shows, at every watermark.
     #[test]
     fn sliding_windows_computed_on_read_equal_the_maintained_ones(steps in prop::collection::vec(step(), 1..300)) {
-        let mut kept = DashboardAggregator::new(config(), Instant::now());
-        let mut on_read = DashboardAggregator::new(config(), Instant::now()).sliding_windows_on_read();
+        let mut kept = DashboardAggregator::new(config(), Instant::now()).with_funnels(funnels());
+        let mut on_read = DashboardAggregator::new(config(), Instant::now())
+            .sliding_windows_on_read()
+            .with_funnels(funnels());
         let wall = Instant::now();
         let mut clocks = [1_331_000_000_000i64; 3];
         let mut offers = 0usize;

@@ -95,7 +95,7 @@ impl AppState {
     }
 }
 
-pub use patterns::{PatternAdmin, watch_patterns};
+pub use patterns::{PatternAdmin, watch_funnels, watch_patterns};
 
 /// The catalogue as the shop shows it (the home page is not a product).
 pub fn shop_products(lookups: &clickpulse_engine::lookups::Lookups) -> Vec<serde_json::Value> {

@@ -9,8 +9,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use clickpulse_engine::funnel::{FunnelRegistry, FunnelSet};
 use clickpulse_engine::pattern::{
-    Catalogue, PatternDir, PatternErrors, PatternRegistry, Profile, TransitionLog,
+    Catalogue, PatternDir, PatternErrors, PatternRegistry, Profile, TransitionLog, dir_fingerprint,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -52,46 +53,78 @@ impl PatternAdmin {
     }
 }
 
-/// Polls the pattern directory once a second; a valid change replaces the active patterns, an
-/// invalid one is logged (and shown in `/api/patterns`) while the old patterns keep running.
-/// Polling works on every filesystem and a second is well within what a marketer notices.
+/// Calls `changed` after each change of `fingerprint`, polled four times a second until
+/// `shutdown` (and 100 ms after the change, to let a writer finish). Polling works on every
+/// filesystem and a second is well within what a marketer notices.
+fn on_changes(fingerprint: impl Fn() -> String, shutdown: &AtomicBool, mut changed: impl FnMut()) {
+    let mut seen = fingerprint();
+    while !shutdown.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(250));
+        if fingerprint() == seen {
+            continue;
+        }
+        thread::sleep(Duration::from_millis(100));
+        seen = fingerprint();
+        changed();
+    }
+}
+
+/// Watches the pattern directory: a valid change replaces the active patterns, an invalid one
+/// is logged (and shown in `/api/patterns`) while the old patterns keep running.
 pub fn watch_patterns(
     dir: &PatternDir,
     registry: &PatternRegistry,
     shutdown: &AtomicBool,
     last_error: &Mutex<Option<String>>,
 ) {
-    let mut seen = dir.fingerprint();
-    while !shutdown.load(Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(250));
-        let now = dir.fingerprint();
-        if now == seen {
-            continue;
-        }
-        thread::sleep(Duration::from_millis(100)); // let a writer finish
-        // The admin API's changes are made under this lock (file, reload, swap as one step):
-        // a reload outside it could swap in a set read before a change, dropping an active
-        // pattern until the next reload.
-        let _writes = PatternAdmin::lock_writes();
-        seen = dir.fingerprint();
-        match dir.load() {
+    on_changes(
+        || dir.fingerprint(),
+        shutdown,
+        || {
+            // The admin API's changes are made under this lock (file, reload, swap as one step):
+            // a reload outside it could swap in a set read before a change, dropping an active
+            // pattern until the next reload.
+            let _writes = PatternAdmin::lock_writes();
+            match dir.load() {
+                Ok(set) if set == *registry.current() => {}
+                Ok(set) => {
+                    let names: Vec<String> = set
+                        .patterns()
+                        .iter()
+                        .map(|p| format!("{}@{}", p.name, p.version))
+                        .collect();
+                    tracing::info!(patterns = ?names, "Patterns reloaded.");
+                    registry.replace(set);
+                    *last_error.lock().expect("last error lock") = None;
+                }
+                Err(errors) => {
+                    tracing::warn!(%errors, "Pattern change rejected; the previous patterns keep running.");
+                    *last_error.lock().expect("last error lock") = Some(errors.to_string());
+                }
+            }
+        },
+    );
+}
+
+/// Watches the funnel directory `dir`: a valid change replaces the funnels the dashboard counts
+/// (from the events that arrive after it), an invalid one is logged while the old funnels keep
+/// counting.
+pub fn watch_funnels(dir: &std::path::Path, registry: &FunnelRegistry, shutdown: &AtomicBool) {
+    on_changes(
+        || dir_fingerprint(dir),
+        shutdown,
+        || match FunnelSet::load(dir) {
             Ok(set) if set == *registry.current() => {}
             Ok(set) => {
-                let names: Vec<String> = set
-                    .patterns()
-                    .iter()
-                    .map(|p| format!("{}@{}", p.name, p.version))
-                    .collect();
-                tracing::info!(patterns = ?names, "Patterns reloaded.");
+                let names: Vec<&str> = set.funnels().iter().map(|f| f.name.as_str()).collect();
+                tracing::info!(funnels = ?names, "Funnels reloaded.");
                 registry.replace(set);
-                *last_error.lock().expect("last error lock") = None;
             }
             Err(errors) => {
-                tracing::warn!(%errors, "Pattern change rejected; the previous patterns keep running.");
-                *last_error.lock().expect("last error lock") = Some(errors.to_string());
+                tracing::warn!(%errors, "Funnel change rejected; the previous funnels keep counting.");
             }
-        }
-    }
+        },
+    );
 }
 
 fn admin(state: &AppState) -> Result<&PatternAdmin, AppError> {

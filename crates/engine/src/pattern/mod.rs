@@ -204,6 +204,23 @@ impl PatternSet {
     }
 }
 
+/// Names, sizes and modification times of the `*.toml` files at `path`: changes when any file
+/// does (what the directory watchers poll).
+pub fn dir_fingerprint(path: &Path) -> String {
+    let mut out = String::new();
+    for file in pattern_files(path).unwrap_or_default() {
+        let meta = std::fs::metadata(&file).ok();
+        let modified = meta.as_ref().and_then(|m| m.modified().ok());
+        out.push_str(&format!(
+            "{}:{:?}:{:?};",
+            file.display(),
+            meta.map(|m| m.len()),
+            modified
+        ));
+    }
+    out
+}
+
 /// The pattern files at `path`: the file itself, or a directory's `*.toml` files sorted by name.
 pub fn pattern_files(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     if !path.is_dir() {
@@ -220,22 +237,40 @@ pub fn pattern_files(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 }
 
 /// The active pattern set, shared between the detector and whoever reloads it.
-#[derive(Debug, Clone, Default)]
-pub struct PatternRegistry {
-    inner: Arc<(RwLock<Arc<PatternSet>>, AtomicU64)>,
+pub type PatternRegistry = Registry<PatternSet>;
+
+/// A value shared between the stages that use it and whoever reloads it (the active patterns,
+/// the active funnels): swapped whole, with a generation that changes on every swap.
+#[derive(Debug)]
+pub struct Registry<T> {
+    inner: Arc<(RwLock<Arc<T>>, AtomicU64)>,
 }
 
-impl PatternRegistry {
-    /// A registry holding `set`.
-    pub fn new(set: PatternSet) -> Self {
-        PatternRegistry {
-            inner: Arc::new((RwLock::new(Arc::new(set)), AtomicU64::new(1))),
+impl<T> Clone for Registry<T> {
+    fn clone(&self) -> Self {
+        Registry {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Default> Default for Registry<T> {
+    fn default() -> Self {
+        Registry::new(T::default())
+    }
+}
+
+impl<T> Registry<T> {
+    /// A registry holding `value`.
+    pub fn new(value: T) -> Self {
+        Registry {
+            inner: Arc::new((RwLock::new(Arc::new(value)), AtomicU64::new(1))),
         }
     }
 
-    /// The active set.
-    pub fn current(&self) -> Arc<PatternSet> {
-        self.inner.0.read().expect("pattern registry lock").clone()
+    /// The active value.
+    pub fn current(&self) -> Arc<T> {
+        self.inner.0.read().expect("registry lock").clone()
     }
 
     /// Bumped on every replacement.
@@ -243,9 +278,9 @@ impl PatternRegistry {
         self.inner.1.load(Ordering::Acquire)
     }
 
-    /// Replaces the active set.
-    pub fn replace(&self, set: PatternSet) {
-        *self.inner.0.write().expect("pattern registry lock") = Arc::new(set);
+    /// Replaces the active value.
+    pub fn replace(&self, value: T) {
+        *self.inner.0.write().expect("registry lock") = Arc::new(value);
         self.inner.1.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -278,18 +313,7 @@ impl PatternDir {
 
     /// Names, sizes and modification times of the files: changes when any file does.
     pub fn fingerprint(&self) -> String {
-        let mut out = String::new();
-        for file in pattern_files(&self.dir).unwrap_or_default() {
-            let meta = std::fs::metadata(&file).ok();
-            let modified = meta.as_ref().and_then(|m| m.modified().ok());
-            out.push_str(&format!(
-                "{}:{:?}:{:?};",
-                file.display(),
-                meta.map(|m| m.len()),
-                modified
-            ));
-        }
-        out
+        dir_fingerprint(&self.dir)
     }
 
     fn file_for(&self, name: &str) -> Result<std::path::PathBuf, PatternErrors> {

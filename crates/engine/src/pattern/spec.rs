@@ -169,6 +169,38 @@ pub(crate) fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
     Some(position(text, value.span().start))
 }
 
+/// `text` as a file's TOML table of type `T`; a syntax or type error stops there, as nothing
+/// after it can be read.
+fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, PatternErrors> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |s| position(text, s.start));
+        PatternErrors(vec![PatternError {
+            file: file.to_owned(),
+            line,
+            column,
+            field: String::new(),
+            message: e.message().trim().to_owned(),
+        }])
+    })
+}
+
+/// A pattern's or funnel's `name`, reported unless it is non-empty a-z, 0-9, `-` and `_`.
+fn checked_name(src: &Source<'_>, name: &Spanned<String>) -> String {
+    let text = name.get_ref();
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        src.fail(
+            name.span(),
+            "name",
+            "must be non-empty and use only a-z, 0-9, - and _",
+        );
+    }
+    text.clone()
+}
+
 /// The most states a pattern may have.
 const MAX_STATES: usize = 64;
 
@@ -186,28 +218,8 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         text,
         errors: RefCell::new(Vec::new()),
     };
-    let raw: RawPattern = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((0, 0), |s| position(text, s.start));
-        PatternErrors(vec![PatternError {
-            file: file.to_owned(),
-            line,
-            column,
-            field: String::new(),
-            message: e.message().trim().to_owned(),
-        }])
-    })?;
-    let name = raw.name.get_ref().clone();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
-        src.fail(
-            raw.name.span(),
-            "name",
-            "must be non-empty and use only a-z, 0-9, - and _",
-        );
-    }
+    let raw: RawPattern = parse_toml(file, text)?;
+    let name = checked_name(&src, &raw.name);
     let duration = |d: &Spanned<String>, field: &str| -> Option<i64> {
         let parsed = match humantime::parse_duration(d.get_ref()) {
             Ok(parsed) => parsed,
@@ -1367,6 +1379,86 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// A funnel file: steps a visitor takes in order within a session (`docs/funnels.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunnel {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    step: Vec<Spanned<RawFunnelStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunnelStep {
+    name: Spanned<String>,
+    when: Spanned<toml::Table>,
+}
+
+/// Parses and validates a funnel file, reporting every error: the step conditions are the
+/// patterns' ([`compile_condition`], without state references); a step whose condition names no
+/// `type` is about page views.
+pub fn compile_funnel(file: &str, text: &str) -> Result<crate::funnel::Funnel, PatternErrors> {
+    use crate::funnel::{Funnel, FunnelStep, MAX_STEPS};
+    let src = Source {
+        file,
+        text,
+        errors: RefCell::new(Vec::new()),
+    };
+    let raw: RawFunnel = parse_toml(file, text)?;
+    let name = checked_name(&src, &raw.name);
+    if !(2..=MAX_STEPS).contains(&raw.step.len()) {
+        src.fail(
+            0..0,
+            "step",
+            format!(
+                "a funnel has 2 to {MAX_STEPS} [[step]] tables, this one has {}",
+                raw.step.len()
+            ),
+        );
+    }
+    let mut steps = Vec::new();
+    for (i, step) in raw.step.iter().enumerate() {
+        let field = format!("step[{i}].when");
+        let s = step.get_ref();
+        let step_name = s.name.get_ref().trim();
+        if step_name.is_empty() || step_name.len() > 80 {
+            src.fail(
+                s.name.span(),
+                format!("step[{i}].name"),
+                "must be 1 to 80 bytes",
+            );
+        }
+        let table = s.when.get_ref();
+        let when = compile_condition(&src, table, s.when.span(), &field, &[]);
+        let when = if names_type(table) {
+            when
+        } else {
+            and(
+                Condition::OneOf(Field::Type, vec!["page_view".to_owned()]),
+                when,
+            )
+        };
+        steps.push(FunnelStep {
+            name: step_name.to_owned(),
+            when,
+        });
+    }
+    let mut errors = src.errors.into_inner();
+    if !errors.is_empty() {
+        sort_errors(&mut errors);
+        return Err(PatternErrors(errors));
+    }
+    Ok(Funnel {
+        name,
+        description: raw.description,
+        steps,
+        source: file.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use super::visitor::{TextInterner, Visitor, VisitorInterner};
 use super::watermark::{EventTimeBuffer, Frontier, Watermarks};
 use crate::click::{Device, EnrichedClick, EnrichedRef};
 use crate::event::{EventDetail, EventType};
+use crate::funnel::{FunnelRegistry, FunnelSet, Hits};
 use crate::operator::{Context, Emitter, Operator, RecordError, RestoreError, StateChanges};
 use crate::pattern::Offer;
 use crate::source::Medium;
@@ -192,6 +193,15 @@ struct View {
     medium: Medium,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     detail: Option<Box<EventDetail>>,
+    /// The funnel steps it met, under the funnels of fingerprint `funnel_set`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    hits: Hits,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    funnel_set: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_direct(m: &Medium) -> bool {
@@ -253,8 +263,20 @@ impl Pages {
 impl View {
     /// Takes what it keeps out of the click: cloning the four shared strings and copying the
     /// IP cost eight atomic reference-count operations and an allocation per view.
-    fn new(c: EnrichedClick, visitors: &mut VisitorInterner, pages: &mut Pages) -> Self {
+    fn new(
+        c: EnrichedClick,
+        visitors: &mut VisitorInterner,
+        pages: &mut Pages,
+        funnels: &FunnelSet,
+    ) -> Self {
+        let hits = if funnels.is_empty() {
+            0
+        } else {
+            funnels.hits(&c.borrowed())
+        };
         View {
+            hits,
+            funnel_set: funnels.fingerprint(),
             ts_ms: c.ts_ms,
             visitor: visitors.get(&c.visitor),
             medium: medium_of(&c.url, c.detail.as_deref()),
@@ -271,8 +293,19 @@ impl View {
     }
 
     /// Copies what it keeps out of a borrowed view.
-    fn from_ref(c: &EnrichedRef<'_>, visitors: &mut VisitorInterner, pages: &mut Pages) -> Self {
+    fn from_ref(
+        c: &EnrichedRef<'_>,
+        visitors: &mut VisitorInterner,
+        pages: &mut Pages,
+        funnels: &FunnelSet,
+    ) -> Self {
         View {
+            hits: if funnels.is_empty() {
+                0
+            } else {
+                funnels.hits(c)
+            },
+            funnel_set: funnels.fingerprint(),
             ts_ms: c.ts_ms,
             visitor: visitors.get(c.visitor),
             ip: c.ip.to_owned(),
@@ -288,8 +321,15 @@ impl View {
         }
     }
 
-    fn shop_event(&self) -> ShopEvent<'_> {
+    /// What the shop windows read of it; its funnel steps count only under the funnels they
+    /// were decided with (`current`: the set's fingerprint).
+    fn shop_event(&self, current: u64) -> ShopEvent<'_> {
         ShopEvent {
+            hits: if self.funnel_set == current {
+                self.hits
+            } else {
+                0
+            },
             ts_ms: self.ts_ms,
             visitor: &self.visitor,
             event: &self.event,
@@ -556,6 +596,9 @@ pub struct DashboardAggregator {
     /// Sessions, sources and conversions.
     shop: ShopWindows,
     pages: Pages,
+    /// The active funnels (followed at every event) and the set in use.
+    funnels: Option<(FunnelRegistry, u64)>,
+    funnel_set: Arc<FunnelSet>,
 }
 
 impl DashboardAggregator {
@@ -606,6 +649,8 @@ impl DashboardAggregator {
             offers_changed: std::collections::BTreeSet::new(),
             shop,
             pages: Pages::default(),
+            funnels: None,
+            funnel_set: Arc::default(),
         };
         agg.caps = Caps::new(config.max_keys, &agg.s.panes);
         if let Some(now) = agg.s.watermark {
@@ -630,6 +675,43 @@ impl DashboardAggregator {
         self
     }
 
+    /// Counts the funnels of `registry`, following its changes.
+    pub fn with_funnels(mut self, registry: FunnelRegistry) -> Self {
+        self.set_funnel_registry(registry);
+        self
+    }
+
+    fn set_funnel_registry(&mut self, registry: FunnelRegistry) {
+        self.funnels = Some((registry, 0));
+        self.refresh_funnels();
+    }
+
+    /// Takes up a changed funnel set (a generation check: one atomic load). Whether it changed.
+    pub fn refresh_funnels(&mut self) -> bool {
+        let Some((registry, seen)) = &mut self.funnels else {
+            return false;
+        };
+        let generation = registry.generation();
+        if generation == *seen {
+            return false;
+        }
+        *seen = generation;
+        self.funnel_set = registry.current();
+        self.shop.set_funnels(self.funnel_set.clone());
+        true
+    }
+
+    /// Also counts each funnel over the whole input ([`DashboardAggregator::funnel_totals`]).
+    pub fn with_funnel_totals(mut self) -> Self {
+        self.shop = self.shop.with_funnel_totals();
+        self
+    }
+
+    /// Each funnel over every event applied (with [`DashboardAggregator::with_funnel_totals`]).
+    pub fn funnel_totals(&self) -> Vec<super::snapshot::FunnelResult> {
+        self.shop.funnel_totals()
+    }
+
     /// The watermark: the dashboard's `now`.
     pub fn now(&self) -> Option<i64> {
         self.s.watermark
@@ -648,7 +730,13 @@ impl DashboardAggregator {
     /// Takes one enriched click from input `partition`, seen at wall time `wall`.
     pub fn on_click(&mut self, partition: u32, click: EnrichedClick, wall: Instant) {
         if self.admit(partition, click.ts_ms, wall) {
-            let view = View::new(click, &mut self.visitor_ids, &mut self.pages);
+            self.refresh_funnels();
+            let view = View::new(
+                click,
+                &mut self.visitor_ids,
+                &mut self.pages,
+                &self.funnel_set,
+            );
             self.s.buffer.push(view.ts_ms, view);
         }
     }
@@ -657,7 +745,13 @@ impl DashboardAggregator {
     /// copied.
     pub fn on_click_ref(&mut self, partition: u32, click: &EnrichedRef<'_>, wall: Instant) {
         if self.admit(partition, click.ts_ms, wall) {
-            let view = View::from_ref(click, &mut self.visitor_ids, &mut self.pages);
+            self.refresh_funnels();
+            let view = View::from_ref(
+                click,
+                &mut self.visitor_ids,
+                &mut self.pages,
+                &self.funnel_set,
+            );
             self.s.buffer.push(view.ts_ms, view);
         }
     }
@@ -763,8 +857,9 @@ impl DashboardAggregator {
             .nth(LATEST - 1)
             .map_or(0, |(i, _)| i);
         // The view windows count page views; the shop windows see every event.
+        let funnels = self.funnel_set.fingerprint();
         for (i, view) in released.into_iter().enumerate() {
-            self.shop.apply(view.shop_event());
+            self.shop.apply(view.shop_event(funnels));
             if view.event.is_page_view() {
                 self.apply(view, i >= newest);
             }
@@ -1053,6 +1148,8 @@ pub struct AggregateOperator {
     restoring: Option<Restoring>,
     /// Whether the aggregation runs (see [`AggregateOperator::settle`]).
     started: bool,
+    /// The funnels counted, if any.
+    funnels: Option<FunnelRegistry>,
 }
 
 /// The parts of a window state read back so far.
@@ -1169,7 +1266,16 @@ impl AggregateOperator {
             sampled: None,
             written: Written::default(),
             restoring: None,
+            funnels: None,
         }
+    }
+
+    /// Counts the funnels of `registry` (hot-reloaded: a new set counts from the events that
+    /// arrive after it).
+    pub fn with_funnels(mut self, registry: FunnelRegistry) -> Self {
+        self.core.set_funnel_registry(registry.clone());
+        self.funnels = Some(registry);
+        self
     }
 
     /// Makes a state read back by [`Operator::restore`] the aggregation (once every key is in)
@@ -1184,6 +1290,9 @@ impl AggregateOperator {
         let publish = restored.is_some();
         if let Some(r) = restored {
             self.core = DashboardAggregator::from_persisted(self.config, r.assemble());
+            if let Some(registry) = &self.funnels {
+                self.core.set_funnel_registry(registry.clone());
+            }
         }
         self.core.start(wall);
         if publish {
@@ -1262,6 +1371,8 @@ impl Operator for AggregateOperator {
     fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
         self.settle(wall);
         let frontier = self.sampled.take();
+        // A reloaded funnel set shows at once, even while no event arrives.
+        self.dirty |= self.core.refresh_funnels();
         if self.core.tick_with(wall, frontier) || self.dirty {
             self.dirty = true;
             self.publish();
@@ -1418,6 +1529,77 @@ impl Operator for AggregateOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::funnel::FunnelSet;
+
+    fn funnel(name: &str, description: &str) -> String {
+        format!(
+            "name = \"{name}\"\ndescription = \"{description}\"\n[[step]]\nname = \"Shoes\"\n\
+             when = {{ category = \"shoes\" }}\n[[step]]\nname = \"Cart\"\n\
+             when = {{ type = \"add_to_cart\" }}\n"
+        )
+    }
+
+    #[test]
+    fn a_reloaded_funnel_keeps_its_counts_by_name_and_a_new_one_counts_from_then_on() {
+        let t0 = 1_331_000_000_000;
+        let registry = FunnelRegistry::new(
+            FunnelSet::parse([("f.toml", funnel("f", "one").as_str())]).unwrap(),
+        );
+        let wall = Instant::now();
+        let mut agg = DashboardAggregator::new(DashboardConfig::default(), wall)
+            .with_funnels(registry.clone());
+        let event = |ts: i64, event: EventType| EnrichedClick {
+            ts_ms: ts,
+            visitor: "v".into(),
+            ip: "10.0.0.1".into(),
+            url: "http://www.acme.com/SH1/P1".into(),
+            product_id: Arc::from("P1"),
+            category: Arc::from("shoes"),
+            title: Arc::from("P1"),
+            known_visitor: false,
+            gender: crate::click::Gender::U,
+            age: None,
+            country: Arc::from("usa"),
+            city: None,
+            region: None,
+            device: Device::Desktop,
+            event,
+            detail: None,
+        };
+        let steps = |agg: &DashboardAggregator, name: &str| -> Vec<i64> {
+            let snap = agg.snapshot();
+            let f = snap
+                .shop
+                .funnels_1h
+                .iter()
+                .find(|f| f.name == name)
+                .expect("listed");
+            f.steps.iter().map(|s| s.visitors).collect()
+        };
+        agg.on_click(0, event(t0, EventType::PageView), wall);
+        agg.advance_to(t0 + 10_000);
+        assert_eq!(steps(&agg, "f"), [1, 0]);
+        // Edited (same name) and a new one.
+        let both = [
+            ("f.toml", funnel("f", "two")),
+            ("g.toml", funnel("g", "new")),
+        ];
+        registry.replace(FunnelSet::parse(both.iter().map(|(f, t)| (*f, t.as_str()))).unwrap());
+        assert!(agg.refresh_funnels());
+        agg.on_click(0, event(t0 + 20_000, EventType::AddToCart), wall);
+        agg.advance_to(t0 + 30_000);
+        assert_eq!(
+            steps(&agg, "f"),
+            [1, 1],
+            "the session kept its progress in f"
+        );
+        assert_eq!(
+            steps(&agg, "g"),
+            [0, 0],
+            "g starts with the events after it"
+        );
+        assert_eq!(agg.snapshot().shop.funnels_1h[0].description, "two");
+    }
 
     #[test]
     fn pane_counts_checkpoint_as_the_vectors_they_replaced() {

@@ -17,6 +17,9 @@
 //!   counts once within the hour), revenue per currency, products by revenue, searches and
 //!   their queries, custom events.
 //!
+//! - **Funnels** ([`crate::funnel`]): per funnel and step, the distinct visitors whose session
+//!   reached the step in the last hour, and the median time from the step before.
+//!
 //! "The last hour" is the 60 UTC minutes up to the one containing `now`; per-minute series are
 //! the 15 up to it. Money is kept in hundredths of the currency's unit (integers, so adding
 //! and removing minutes is exact). Each minute holds at most `max_keys` distinct keys per
@@ -31,10 +34,12 @@ use serde::{Deserialize, Serialize};
 use super::MINUTE_MS;
 use super::dashboard::OTHER_KEY;
 use super::snapshot::{
-    ConversionMinute, ConversionTotals, Money, ProductRevenue, Ranked, SessionTotals, ShopSnapshot,
+    ConversionMinute, ConversionTotals, FunnelResult, FunnelStepResult, Money, ProductRevenue,
+    Ranked, SessionTotals, ShopSnapshot,
 };
 use super::visitor::Visitor;
 use crate::event::{EventDetail, EventType};
+use crate::funnel::{FunnelSet, Hits, hit};
 use crate::source::Medium;
 
 /// Inactivity that ends a session.
@@ -63,6 +68,8 @@ pub struct ShopEvent<'a> {
     pub medium: Medium,
     /// What the event carried beyond a page view.
     pub detail: Option<&'a EventDetail>,
+    /// The funnel steps it meets, under the windows' current funnels ([`ShopWindows::set_funnels`]).
+    pub hits: Hits,
 }
 
 /// Counts (or hundredths) per key.
@@ -80,6 +87,88 @@ struct Session {
     /// The last page viewed: the exit page if nothing follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exit: Option<Arc<str>>,
+    /// How far the session got in each funnel it entered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    funnels: Vec<Progress>,
+}
+
+/// A session's progress in one funnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Progress {
+    funnel: Arc<str>,
+    /// Steps reached.
+    reached: u8,
+    /// When the last of them was.
+    at_ms: i64,
+}
+
+/// A funnel's steps reached in one minute (or, for a backtest's totals, in the whole log).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct FunnelCounts {
+    /// Per step, the visitors whose session reached it.
+    visitors: Vec<BTreeSet<Visitor>>,
+    /// Per step, the milliseconds from the step before (none for the first step).
+    times_ms: Vec<Vec<i64>>,
+}
+
+impl FunnelCounts {
+    fn record(&mut self, step: usize, visitor: &Visitor, since_ms: Option<i64>) {
+        if self.visitors.len() <= step {
+            self.visitors.resize_with(step + 1, BTreeSet::new);
+            self.times_ms.resize_with(step + 1, Vec::new);
+        }
+        if !self.visitors[step].contains(visitor) {
+            self.visitors[step].insert(visitor.clone());
+        }
+        if let Some(ms) = since_ms {
+            self.times_ms[step].push(ms);
+        }
+    }
+}
+
+/// The results of `funnels` from the counts `of` (merged over minutes) gives each.
+fn funnel_results<'a>(
+    funnels: &FunnelSet,
+    of: impl Fn(&str) -> Vec<&'a FunnelCounts>,
+) -> Vec<FunnelResult> {
+    funnels
+        .funnels()
+        .iter()
+        .map(|f| {
+            let parts = of(&f.name);
+            let steps = f
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let mut visitors: BTreeSet<&Visitor> = BTreeSet::new();
+                    let mut times: Vec<i64> = Vec::new();
+                    for c in &parts {
+                        if let Some(v) = c.visitors.get(i) {
+                            visitors.extend(v.iter());
+                        }
+                        if let Some(t) = c.times_ms.get(i) {
+                            times.extend(t.iter().copied());
+                        }
+                    }
+                    times.sort_unstable();
+                    FunnelStepResult {
+                        name: step.name.clone(),
+                        visitors: visitors.len() as i64,
+                        // The middle value; of two, the lower.
+                        median_ms_from_previous: (!times.is_empty())
+                            .then(|| times[(times.len() - 1) / 2]),
+                    }
+                })
+                .collect();
+            FunnelResult {
+                name: f.name.clone(),
+                description: f.description.clone(),
+                steps,
+            }
+        })
+        .collect()
 }
 
 /// What happened in one UTC minute. Every field is a sum, so the last hour is the sum of its
@@ -116,6 +205,9 @@ struct ShopMinute {
     product_units: Counts,
     queries: Counts,
     custom_events: Counts,
+    /// Funnel name → steps reached in this minute.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    funnels: BTreeMap<Arc<str>, FunnelCounts>,
 }
 
 /// Adds `n` to `key` in `counts`, unless `counts` already holds `max` other keys: then to
@@ -168,6 +260,10 @@ pub struct ShopWindows {
     changed_sessions: HashSet<Visitor>,
     changed_minutes: BTreeSet<i64>,
     track_changes: bool,
+    /// The funnels counted.
+    funnels: Arc<FunnelSet>,
+    /// Per funnel, its steps reached over the whole input (a backtest's report), if kept.
+    totals: Option<BTreeMap<Arc<str>, FunnelCounts>>,
 }
 
 impl ShopWindows {
@@ -190,7 +286,29 @@ impl ShopWindows {
             changed_sessions: HashSet::default(),
             changed_minutes: BTreeSet::new(),
             track_changes: true,
+            funnels: Arc::default(),
+            totals: None,
         }
+    }
+
+    /// Counts `funnels` from now on (a session keeps its progress in a funnel that keeps its
+    /// name; a funnel renamed or removed is no longer counted).
+    pub fn set_funnels(&mut self, funnels: Arc<FunnelSet>) {
+        self.funnels = funnels;
+    }
+
+    /// Also keeps each funnel's steps over the whole input, for [`ShopWindows::funnel_totals`].
+    pub fn with_funnel_totals(mut self) -> Self {
+        self.totals = Some(BTreeMap::new());
+        self
+    }
+
+    /// Each funnel over the whole input (with [`ShopWindows::with_funnel_totals`]).
+    pub fn funnel_totals(&self) -> Vec<FunnelResult> {
+        let totals = self.totals.as_ref();
+        funnel_results(&self.funnels, |name| {
+            totals.and_then(|t| t.get(name)).into_iter().collect()
+        })
     }
 
     /// For a caller that never checkpoints (a backtest): what changed is not recorded.
@@ -254,6 +372,9 @@ impl ShopWindows {
         if self.track_changes {
             self.changed_sessions.insert(visitor.clone());
         }
+        if e.hits != 0 {
+            self.advance_funnels(&e);
+        }
         if matches!(e.event, EventType::Purchase) {
             self.purchase(e);
         }
@@ -281,6 +402,55 @@ impl ShopWindows {
                 }
             }
             EventType::Custom(name) => add(&mut m.custom_events, name, 1, max),
+        }
+    }
+
+    /// Moves the visitor's session on in every funnel whose next step `e` meets (one step per
+    /// funnel and event).
+    fn advance_funnels(&mut self, e: &ShopEvent<'_>) {
+        let funnels = self.funnels.clone();
+        let session = self.s.sessions.get_mut(e.visitor).expect("open");
+        let mut reached: Vec<(Arc<str>, usize, Option<i64>)> = Vec::new();
+        for (f, funnel) in funnels.funnels().iter().enumerate() {
+            let progress = session
+                .funnels
+                .iter_mut()
+                .find(|p| *p.funnel == *funnel.name);
+            let next = progress.as_ref().map_or(0, |p| usize::from(p.reached));
+            if next >= funnel.steps.len() || !hit(e.hits, f, next) {
+                continue;
+            }
+            let since = progress.as_ref().map(|p| e.ts_ms - p.at_ms);
+            let name = match progress {
+                Some(p) => {
+                    p.reached += 1;
+                    p.at_ms = e.ts_ms;
+                    p.funnel.clone()
+                }
+                None => {
+                    let name: Arc<str> = Arc::from(funnel.name.as_str());
+                    session.funnels.push(Progress {
+                        funnel: name.clone(),
+                        reached: 1,
+                        at_ms: e.ts_ms,
+                    });
+                    name
+                }
+            };
+            reached.push((name, next, since));
+        }
+        for (name, step, since) in reached {
+            if let Some(totals) = &mut self.totals {
+                totals
+                    .entry(name.clone())
+                    .or_default()
+                    .record(step, e.visitor, since);
+            }
+            let m = self.minute(e.ts_ms);
+            m.funnels
+                .entry(name)
+                .or_default()
+                .record(step, e.visitor, since);
         }
     }
 
@@ -333,6 +503,7 @@ impl ShopWindows {
                 last_ms: e.ts_ms,
                 pages: 0,
                 exit: None,
+                funnels: Vec::new(),
             },
         );
         let medium = match e.medium {
@@ -590,6 +761,9 @@ impl ShopWindows {
             top_products_by_revenue_1h,
             top_queries_1h: ranked(&|m| &m.queries, TOP),
             custom_events_1h: ranked(&|m| &m.custom_events, TOP),
+            funnels_1h: funnel_results(&self.funnels, |name| {
+                hour.iter().filter_map(|m| m.funnels.get(name)).collect()
+            }),
         }
     }
 }
@@ -626,6 +800,7 @@ mod tests {
                 product_id: &self.product,
                 medium: Medium::Direct,
                 detail: detail.as_ref(),
+                hits: 0,
             });
         }
     }

@@ -75,6 +75,34 @@ pub struct ShopSnapshot {
     pub top_queries_1h: Vec<Ranked>,
     /// Custom events of the last hour, by name.
     pub custom_events_1h: Vec<Ranked>,
+    /// Every active funnel over the last hour.
+    #[serde(default)]
+    pub funnels_1h: Vec<FunnelResult>,
+}
+
+/// A funnel's steps reached, within a session, over a time span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelResult {
+    /// The funnel's name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Its steps, in order.
+    pub steps: Vec<FunnelStepResult>,
+}
+
+/// One step of a [`FunnelResult`]. Step-to-step conversion is `visitors / previous visitors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelStepResult {
+    /// The step's name.
+    pub name: String,
+    /// Distinct visitors whose session reached it in the span (after the steps before it).
+    pub visitors: i64,
+    /// The median time from the step before to this one (the lower of two middle values);
+    /// `null` for the first step or when none reached it.
+    pub median_ms_from_previous: Option<i64>,
 }
 
 /// A key and its count, in a list ranked by count (then key).
@@ -304,6 +332,7 @@ mod tests {
                     "top_products_by_revenue_1h": [],
                     "top_queries_1h": [],
                     "custom_events_1h": [],
+                    "funnels_1h": [],
                 },
             })
         );

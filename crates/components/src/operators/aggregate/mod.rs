@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use clickpulse_engine::funnel::FunnelRegistry;
 use clickpulse_engine::topics;
 use clickpulse_engine::window::dashboard::DashboardConfig;
 use clickpulse_engine::window::{AggregateOperator, DashboardHandle};
@@ -30,6 +31,8 @@ pub struct AggregateSettings {
     /// Whether the clicks are stamped with the event clock (replayed onto the present, and
     /// live clicks): then quiet minutes close as the clock passes them.
     pub live: bool,
+    /// The funnels the dashboard counts (hot-reloaded), if any.
+    pub funnels: Option<FunnelRegistry>,
 }
 
 fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {
@@ -56,8 +59,12 @@ fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), Com
         _ => None,
     };
     let dashboard = settings.dashboard.clone();
+    let funnels = settings.funnels.clone();
     run_on(wiring, STAGE, String::new(), move || {
-        let aggregator = AggregateOperator::new(window, dashboard.clone());
+        let mut aggregator = AggregateOperator::new(window, dashboard.clone());
+        if let Some(funnels) = &funnels {
+            aggregator = aggregator.with_funnels(funnels.clone());
+        }
         match &frontier {
             Some(frontier) => aggregator.with_frontier(frontier.clone()),
             None => aggregator,
