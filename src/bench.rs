@@ -170,8 +170,13 @@ fn windows(visitors: usize, events: usize) -> Result<ExitCode> {
         state as f64 / 1048576.0,
         state as f64 / visitors as f64
     );
+    let sessions = agg.open_sessions();
+    let session_bytes = agg.session_checkpoint_bytes() as f64 / sessions.max(1) as f64;
     println!(
-        "bench windows: events={events} visitors={visitors} aggregate_events_per_second={rate:.0} state_bytes={state} state_bytes_per_visitor={:.0}",
+        "open sessions                  {sessions} ({session_bytes:.0} bytes each as checkpointed, JSON with its key; in the state above)"
+    );
+    println!(
+        "bench windows: events={events} visitors={visitors} aggregate_events_per_second={rate:.0} state_bytes={state} state_bytes_per_visitor={:.0} open_sessions={sessions} session_checkpoint_bytes={session_bytes:.0}",
         state as f64 / visitors as f64
     );
     Ok(ExitCode::SUCCESS)

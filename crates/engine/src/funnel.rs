@@ -48,6 +48,9 @@ pub struct FunnelStep {
     pub name: String,
     /// What an event must be to reach it.
     pub when: Condition,
+    /// The types `when` can hold for (`None`: it may hold for any), checked first: most events
+    /// are page views, which the later steps of a shop funnel never take.
+    pub types: Option<Vec<crate::event::EventType>>,
 }
 
 /// The active funnels, by name, with a fingerprint of their definitions.
@@ -154,6 +157,13 @@ impl FunnelSet {
         let mut hits = 0;
         for (f, funnel) in self.funnels.iter().enumerate() {
             for (s, step) in funnel.steps.iter().enumerate() {
+                if step
+                    .types
+                    .as_ref()
+                    .is_some_and(|t| !t.contains(click.event))
+                {
+                    continue;
+                }
                 if step.when.eval(click, None) {
                     hits |= 1 << (f * MAX_STEPS + s);
                 }

@@ -1435,17 +1435,20 @@ pub fn compile_funnel(file: &str, text: &str) -> Result<crate::funnel::Funnel, P
         }
         let table = s.when.get_ref();
         let when = compile_condition(&src, table, s.when.span(), &field, &[]);
-        let when = if names_type(table) {
-            when
+        let mut named = Vec::new();
+        let under_not = named_types(table, false, &mut named);
+        let (when, types) = if under_not {
+            (when, None)
+        } else if named.is_empty() {
+            // The type is checked first (`FunnelStep::types`): the condition need not repeat it.
+            (when, Some(vec![EventType::PageView]))
         } else {
-            and(
-                Condition::OneOf(Field::Type, vec!["page_view".to_owned()]),
-                when,
-            )
+            (when, Some(named))
         };
         steps.push(FunnelStep {
             name: step_name.to_owned(),
             when,
+            types,
         });
     }
     let mut errors = src.errors.into_inner();

@@ -107,7 +107,7 @@ struct Progress {
 #[serde(default)]
 struct FunnelCounts {
     /// Per step, the visitors whose session reached it.
-    visitors: Vec<BTreeSet<Visitor>>,
+    visitors: Vec<HashSet<Visitor>>,
     /// Per step, the milliseconds from the step before (none for the first step).
     times_ms: Vec<Vec<i64>>,
 }
@@ -115,7 +115,7 @@ struct FunnelCounts {
 impl FunnelCounts {
     fn record(&mut self, step: usize, visitor: &Visitor, since_ms: Option<i64>) {
         if self.visitors.len() <= step {
-            self.visitors.resize_with(step + 1, BTreeSet::new);
+            self.visitors.resize_with(step + 1, HashSet::default);
             self.times_ms.resize_with(step + 1, Vec::new);
         }
         if !self.visitors[step].contains(visitor) {
@@ -142,7 +142,7 @@ fn funnel_results<'a>(
                 .iter()
                 .enumerate()
                 .map(|(i, step)| {
-                    let mut visitors: BTreeSet<&Visitor> = BTreeSet::new();
+                    let mut visitors: HashSet<&Visitor> = HashSet::default();
                     let mut times: Vec<i64> = Vec::new();
                     for c in &parts {
                         if let Some(v) = c.visitors.get(i) {
@@ -320,6 +320,15 @@ impl ShopWindows {
     /// Open sessions.
     pub fn open_sessions(&self) -> usize {
         self.s.sessions.len()
+    }
+
+    /// The open sessions' checkpointed size: their JSON bytes, keys included.
+    pub fn session_checkpoint_bytes(&self) -> usize {
+        self.s
+            .sessions
+            .iter()
+            .map(|(v, s)| v.as_str().len() + serde_json::to_vec(s).map_or(0, |json| json.len()))
+            .sum()
     }
 
     fn minute(&mut self, ts: i64) -> &mut ShopMinute {
