@@ -117,11 +117,20 @@ fn twenty_kills_of_distributed_workers_plus_broker_and_redis_restarts_change_not
 
 /// Runs `clickpulse chaos` (embedded) with `args`, returning its exit status and JSON report.
 fn chaos(work: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, Value, String) {
+    chaos_with(work, args, &data_path(PATTERNS))
+}
+
+/// [`chaos`] with the patterns of `patterns`.
+fn chaos_with(
+    work: &std::path::Path,
+    args: &[&str],
+    patterns: &std::path::Path,
+) -> (std::process::ExitStatus, Value, String) {
     let out = std::process::Command::new(bin())
         .arg("chaos")
         .args(args)
         .args(["--json", "--patterns"])
-        .arg(data_path(PATTERNS))
+        .arg(patterns)
         .arg("--work-dir")
         .arg(work)
         .output()
@@ -160,6 +169,46 @@ fn a_sweep_of_twelve_seeds_on_a_log_slice_each_match_the_backtest() {
         assert_eq!(report["snapshot_equal"], true, "seed {seed}");
         assert_eq!(report["unfinished"], Value::Null, "seed {seed}");
     }
+}
+
+/// Kills on a log with interactions: sessions, conversions, the shop funnel and the
+/// cart-abandonment offers (fired at their deadlines in event time) come out as the backtest's.
+#[test]
+fn kills_on_a_log_with_interactions_change_no_offer_and_no_dashboard_figure() {
+    let work = tempfile::tempdir().unwrap();
+    let log = interactions_log(work.path(), 1_000, 10_000, 6);
+    let patterns = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
+    let report = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+    ]);
+    assert!(
+        report["offers_by_pattern"]["cart-abandonment"].as_u64() > Some(0),
+        "{}",
+        report["offers_by_pattern"]
+    );
+    let runs = work.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let (status, report, stderr) = chaos_with(
+        &runs,
+        &[
+            "--kills",
+            "8",
+            "--seed",
+            "7",
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &patterns,
+    );
+    assert!(status.success(), "{report}\n{stderr}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["snapshot_equal"], true, "{report}");
+    assert_eq!(report["unfinished"], Value::Null, "{report}");
 }
 
 /// A run that cannot finish in time stops what it started, says which stages were not done,

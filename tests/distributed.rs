@@ -19,15 +19,15 @@ const PATTERNS: &str = "tests/data/offer-patterns";
 /// The backtest's end-of-log dashboard, offer ids and event count for `logs` (the bundled log
 /// if empty).
 fn backtest(logs: &[&Path]) -> (DashboardSnapshot, BTreeSet<String>, u64) {
+    backtest_with(logs, &Path::new(env!("CARGO_MANIFEST_DIR")).join(PATTERNS))
+}
+
+/// [`backtest`] with the patterns of `patterns`.
+fn backtest_with(logs: &[&Path], patterns: &Path) -> (DashboardSnapshot, BTreeSet<String>, u64) {
     let dir = tempfile::tempdir().unwrap();
     let offers = dir.path().join("offers.jsonl");
     let mut args: Vec<String> = vec!["backtest".into(), "--json".into(), "--patterns".into()];
-    args.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(PATTERNS)
-            .display()
-            .to_string(),
-    );
+    args.push(patterns.display().to_string());
     args.push("--offers-out".into());
     args.push(offers.display().to_string());
     for log in logs {
@@ -132,6 +132,45 @@ fn separate_processes_equal_the_backtest() {
         enrich["lookup_round_trips"].as_u64().unwrap() < 116_607 / 10,
         "{enrich}"
     );
+}
+
+#[test]
+fn a_log_with_interactions_gives_the_backtest_s_cart_offers_and_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = interactions_log(dir.path(), 3_000, 30_000, 4);
+    let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
+    let report = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+    ]);
+    assert!(
+        report["offers_by_pattern"]["cart-abandonment"].as_u64() > Some(0),
+        "{}",
+        report["offers_by_pattern"]
+    );
+    assert!(
+        report["funnels"][0]["steps"][3]["visitors"].as_u64() > Some(0),
+        "{}",
+        report["funnels"]
+    );
+    let (dashboard, offers, events) = backtest_with(&[&log], &patterns);
+    assert!(
+        dashboard.shop.sessions_1h.started > 0,
+        "{:?}",
+        dashboard.shop
+    );
+    let mut c = Cluster::start_spec_with(
+        clickpulse_chaos::Spec {
+            replay: format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+            ..clickpulse_chaos::Spec::default()
+        },
+        &patterns,
+    );
+    run_to_the_end(&mut c, events, &dashboard, &offers, 150);
 }
 
 #[test]

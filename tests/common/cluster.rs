@@ -51,8 +51,16 @@ impl Cluster {
 
     /// A cluster for `spec` (its pattern dir: the test pattern).
     pub fn start_spec(spec: Spec) -> Cluster {
+        Cluster::start_spec_with(
+            spec,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/offer-patterns"),
+        )
+    }
+
+    /// A cluster for `spec` whose detection runs the patterns of `patterns`.
+    pub fn start_spec_with(spec: Spec, patterns: &Path) -> Cluster {
         let spec = Spec {
-            patterns: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/offer-patterns"),
+            patterns: patterns.to_owned(),
             ..spec
         };
         Cluster(clickpulse_chaos::Cluster::start(Tools::from_env(bin()), &spec).unwrap())

@@ -271,3 +271,46 @@ pub fn collect_view(port: u16, visitor: &str, token: &str, product: &str) {
         .status();
     assert_eq!(status.as_u16(), 202);
 }
+
+/// A generated log with interactions (`clickpulse generate --interactions`) in `dir`, and an
+/// hour after its last event one home-page view by every visitor: every partition's event time
+/// then passes every cart's 15-minute deadline, so the offers a backtest fires by event time
+/// are all due in a live run too.
+pub fn interactions_log(dir: &Path, visitors: usize, events: usize, seed: u64) -> PathBuf {
+    let raw = dir.join("generated.jsonl");
+    run_ok(&[
+        "generate",
+        "--interactions",
+        "--visitors",
+        &visitors.to_string(),
+        "--days",
+        "1",
+        "--events",
+        &events.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        raw.to_str().unwrap(),
+    ]);
+    let mut text = std::fs::read_to_string(&raw).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines
+        .iter()
+        .map(|e| e["ts_ms"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|e| e["visitor"].as_str().unwrap())
+        .collect();
+    for v in &ids {
+        let tail = serde_json::json!({"ts_ms": last + 3_600_000, "visitor": v, "url": "http://www.acme.com/"});
+        text.push_str(&format!("{tail}\n"));
+    }
+    let log = dir.join("shop.jsonl");
+    std::fs::write(&log, text).unwrap();
+    log
+}
