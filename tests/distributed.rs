@@ -138,20 +138,7 @@ fn separate_processes_equal_the_backtest() {
 fn a_log_with_interactions_gives_the_backtest_s_cart_offers_and_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let log = interactions_log(dir.path(), 3_000, 30_000, 4);
-    let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
-    let report = run_json(&[
-        "backtest",
-        "--json",
-        "--log",
-        log.to_str().unwrap(),
-        "--patterns",
-        patterns.to_str().unwrap(),
-    ]);
-    assert!(
-        report["offers_by_pattern"]["cart-abandonment"].as_u64() > Some(0),
-        "{}",
-        report["offers_by_pattern"]
-    );
+    let (report, patterns) = backtest_with_cart_offers(&log);
     assert!(
         report["funnels"][0]["steps"][3]["visitors"].as_u64() > Some(0),
         "{}",

@@ -314,3 +314,24 @@ pub fn interactions_log(dir: &Path, visitors: usize, events: usize, seed: u64) -
     std::fs::write(&log, text).unwrap();
     log
 }
+
+/// `clickpulse backtest --json` of `log` with the bundled patterns (`patterns/`), checked to fire
+/// cart-abandonment offers (what a run on a log with interactions must reproduce); returns the
+/// report and the pattern directory.
+pub fn backtest_with_cart_offers(log: &Path) -> (Value, PathBuf) {
+    let patterns = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
+    let report = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+    ]);
+    assert!(
+        report["offers_by_pattern"]["cart-abandonment"].as_u64() > Some(0),
+        "{}",
+        report["offers_by_pattern"]
+    );
+    (report, patterns)
+}

@@ -341,7 +341,6 @@ impl View {
             visitor: &self.visitor,
             event: &self.event,
             page: &self.page,
-            product_id: &self.product_id,
             medium: self.medium,
             detail: self.detail.as_deref(),
         }

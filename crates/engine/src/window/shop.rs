@@ -62,8 +62,6 @@ pub struct ShopEvent<'a> {
     pub event: &'a EventType,
     /// The page's path (`/shop/product/p1`).
     pub page: &'a Arc<str>,
-    /// The product it is about (the URL's, for a page view of a log without detail).
-    pub product_id: &'a Arc<str>,
     /// How the visitor came, by this event's referrer and campaign.
     pub medium: Medium,
     /// What the event carried beyond a page view.
@@ -787,7 +785,6 @@ mod tests {
     struct Feed {
         w: ShopWindows,
         page: Arc<str>,
-        product: Arc<str>,
     }
 
     impl Feed {
@@ -795,7 +792,6 @@ mod tests {
             Feed {
                 w: ShopWindows::new(max_keys),
                 page: Arc::from("/p"),
-                product: Arc::from("P1"),
             }
         }
 
@@ -806,7 +802,6 @@ mod tests {
                 visitor: &v,
                 event: &event,
                 page: &self.page,
-                product_id: &self.product,
                 medium: Medium::Direct,
                 detail: detail.as_ref(),
                 hits: 0,
