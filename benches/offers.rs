@@ -34,6 +34,7 @@ fn offer(id: String, visitor: &str) -> Offer {
         pattern_version: "bench".to_owned(),
         offer: "offer1".to_owned(),
         ts_ms: 1,
+        product: None,
     }
 }
 

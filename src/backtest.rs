@@ -124,6 +124,11 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
     if let Some(e) = write_error {
         return Err(e).context("cannot write dead letters");
     }
+    let input = if args.interactions {
+        inputs::with_interactions(input)?
+    } else {
+        input
+    };
     if let Some(mut out) = dead_letters {
         out.flush().context("cannot write dead letters")?;
     }

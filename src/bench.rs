@@ -269,6 +269,7 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
             until: None,
             patterns: None,
             funnels: None,
+            interactions: false,
             offers_out: None,
             json: true,
             dead_letters_out: None,

@@ -21,7 +21,7 @@ pub(crate) const PRODUCTS_JSON: &[u8] = include_bytes!("../data/products.json");
 pub(crate) const PRODUCTS_TSV: &[u8] = include_bytes!("../data/products.tsv");
 
 /// The seed behaviour patterns (copied into a new data dir's `patterns/` folder).
-pub(crate) const PATTERNS: [(&str, &str); 3] = [
+pub(crate) const PATTERNS: [(&str, &str); 4] = [
     (
         "seed-clothes-shoes-clothes.toml",
         include_str!("../patterns/seed-clothes-shoes-clothes.toml"),
@@ -33,5 +33,9 @@ pub(crate) const PATTERNS: [(&str, &str); 3] = [
     (
         "cart-abandonment.toml",
         include_str!("../patterns/cart-abandonment.toml"),
+    ),
+    (
+        "browse-abandonment.toml",
+        include_str!("../patterns/browse-abandonment.toml"),
     ),
 ];

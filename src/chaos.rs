@@ -121,6 +121,7 @@ fn reference(args: &ChaosArgs) -> Result<Reference> {
         until: None,
         patterns: args.patterns.clone(),
         funnels: None,
+        interactions: false,
         offers_out: None,
         json: true,
         dead_letters_out: None,

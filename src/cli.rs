@@ -98,6 +98,11 @@ pub(crate) struct ConfigArgs {
     /// on every day of the log, for ever (`replay.original_time`).
     #[arg(long)]
     pub(crate) original_time: bool,
+    /// Add the shop interactions the log's sessions would have had (searches, carts,
+    /// checkouts, orders at published rates): `auto` (for the bundled log on the real clock),
+    /// `on` or `off` [default: auto] (`replay.interactions`).
+    #[arg(long, value_name = "auto|on|off")]
+    pub(crate) interactions: Option<clickpulse_components::config::Interactions>,
     /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled
     /// acme.com log] (`replay.logs`).
     #[arg(long = "log", value_name = "FILE")]
@@ -200,6 +205,10 @@ pub(crate) struct BacktestArgs {
     /// [default: the shop funnel].
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub(crate) funnels: Option<PathBuf>,
+    /// Add the shop interactions the demo's live replay adds to the bundled log (the same
+    /// events: searches, carts, checkouts and orders derived from the log's sessions).
+    #[arg(long)]
+    pub(crate) interactions: bool,
     /// Write every offer as a JSON line, sorted by (ts_ms, visitor).
     #[arg(long, value_name = "FILE")]
     pub(crate) offers_out: Option<PathBuf>,

@@ -63,6 +63,7 @@ fn apply(args: &ConfigArgs, config: &mut Config) {
     }
     replay.loop_forever |= args.loop_forever;
     replay.original_time |= args.original_time;
+    set(&mut replay.interactions, &args.interactions);
     extend(&mut replay.logs, &args.logs);
     set(&mut pipeline.batch_size, &args.batch_size);
     set(&mut pipeline.allowed_lateness_ms, &args.allowed_lateness_ms);

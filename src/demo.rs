@@ -74,13 +74,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         clock.floor(newest);
     }
     let live = !config.replay.original_time;
-    let input = inputs::read_logs(&config.replay.logs, |_| {})?;
-    info!(
-        events = input.clicks.len(),
-        malformed = input.malformed.len(),
-        "Log read and sorted by event time."
-    );
-    let input = Arc::new(if live { inputs::overlaid(input) } else { input });
+    let input = inputs::replay_input(&config.replay)?;
 
     let pattern_dir = PatternDir::new(
         &config

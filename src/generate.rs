@@ -11,7 +11,7 @@
 //! With `--interactions` the log is JSON lines (`docs/click-format.md`) and sessions also search,
 //! add to and remove from the cart, check out and buy, at the rates of [`Rates`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chrono::DateTime;
+use clickpulse_engine::ClickLog;
+use clickpulse_engine::click::Click;
+use clickpulse_engine::event::{EventDetail, EventProduct, EventType, LineItem, Order};
 use clickpulse_engine::reader::{LogReader, LogRecord};
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
@@ -187,9 +190,8 @@ fn product_of(url: &str) -> &str {
     url.trim_end_matches('/').rsplit('/').next().unwrap_or("")
 }
 
-/// Writes one session as JSON lines: its page views `(time, url)` and, at [`RATES`], a search,
-/// an add to cart of a product it viewed (and perhaps its removal), a checkout and a purchase.
-/// Returns how many events it wrote.
+/// Writes one session as JSON lines: its page views `(time, url)` and what it does beyond them
+/// ([`session_interactions`]), in time order. Returns how many events it wrote.
 fn write_session_jsonl(
     out: &mut dyn Write,
     rng: &mut ChaCha8Rng,
@@ -198,30 +200,34 @@ fn write_session_jsonl(
     products: &BTreeMap<String, Product>,
     orders: &mut u64,
 ) -> std::io::Result<u64> {
-    let base = |kind: &str, ts_s: i64, url: &str| {
-        let mut e = serde_json::json!({
-            "type": kind,
-            "ts_ms": ts_s * 1000,
-            "visitor": v.id,
-            "url": url,
-            "ip": v.place.0,
-            "user_agent": v.agent,
-        });
-        for (key, value) in [
-            ("city", &v.place.1),
-            ("country", &v.place.2),
-            ("region", &v.place.3),
-        ] {
-            if !value.is_empty() {
-                e[key] = serde_json::Value::from(value.as_str());
-            }
-        }
-        e
-    };
-    let mut events: Vec<serde_json::Value> = views
+    let mut events: Vec<Click> = views
         .iter()
-        .map(|(t, url)| base("page_view", *t, url))
+        .map(|(t, url)| v.click(EventType::PageView, *t, url))
         .collect();
+    events.extend(session_interactions(rng, v, views, products, orders));
+    // In time order (stable: a page view before an interaction of the same second).
+    events.sort_by_key(|e| e.ts_ms);
+    for e in &events {
+        serde_json::to_writer(&mut *out, e)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(events.len() as u64)
+}
+
+/// What one session with page views `(time, url)` does beyond them, at [`RATES`]: a search, an
+/// add to cart of a product it viewed (and perhaps its removal), a checkout and a purchase.
+fn session_interactions(
+    rng: &mut ChaCha8Rng,
+    v: &Visitor,
+    views: &[(i64, &str)],
+    products: &BTreeMap<String, Product>,
+    orders: &mut u64,
+) -> Vec<Click> {
+    let with = |mut c: Click, detail: EventDetail| {
+        c.detail = Some(Box::new(detail));
+        c
+    };
+    let mut events = Vec::new();
     let (first, last) = (views[0].0, views[views.len() - 1].0);
     let site = "http://www.acme.com";
     if rng.random_bool(RATES.search) {
@@ -231,13 +237,15 @@ fn write_session_jsonl(
             .filter(|w| w.len() > 3 && w.chars().all(char::is_alphabetic))
             .collect();
         let query = words[rng.random_range(0..words.len())].to_lowercase();
-        let mut e = base(
-            "search",
-            first + rng.random_range(1..20),
-            &format!("{site}/search?q={query}"),
-        );
-        e["query"] = query.into();
-        events.push(e);
+        let at = first + rng.random_range(1..20);
+        let url = format!("{site}/search?q={query}");
+        events.push(with(
+            v.click(EventType::Search, at, &url),
+            EventDetail {
+                query: Some(query),
+                ..EventDetail::default()
+            },
+        ));
     }
     let viewed: Vec<&(i64, &str)> = views
         .iter()
@@ -247,23 +255,32 @@ fn write_session_jsonl(
         let (at, url) = *viewed[rng.random_range(0..viewed.len())];
         let p = &products[product_of(url)];
         let quantity = if rng.random_bool(0.15) { 2 } else { 1 };
-        let product = serde_json::json!({"id": p.id, "price": p.price, "quantity": quantity, "currency": "USD"});
+        let product = EventProduct {
+            id: Some(p.id.clone()),
+            category: None,
+            price: Some(p.price),
+            quantity: Some(quantity),
+            currency: Some("USD".to_owned()),
+        };
         let added = at + rng.random_range(5..60);
-        let mut e = base("add_to_cart", added, url);
-        e["product"] = product.clone();
-        events.push(e);
+        let carted = |product: EventProduct| EventDetail {
+            product: Some(product),
+            ..EventDetail::default()
+        };
+        events.push(with(
+            v.click(EventType::AddToCart, added, url),
+            carted(product.clone()),
+        ));
         if rng.random_bool(RATES.remove_given_cart) {
-            let mut e = base(
-                "remove_from_cart",
-                added + rng.random_range(10..120),
-                &format!("{site}/shop/cart"),
-            );
-            e["product"] = product;
-            events.push(e);
+            let at = added + rng.random_range(10..120);
+            events.push(with(
+                v.click(EventType::RemoveFromCart, at, &format!("{site}/shop/cart")),
+                carted(product),
+            ));
         } else if rng.random_bool(RATES.checkout_given_cart) {
             let checkout = last.max(added) + rng.random_range(20..90);
-            events.push(base(
-                "begin_checkout",
+            events.push(v.click(
+                EventType::BeginCheckout,
                 checkout,
                 &format!("{site}/checkout"),
             ));
@@ -271,24 +288,89 @@ fn write_session_jsonl(
                 *orders += 1;
                 let bought = checkout + rng.random_range(40..240);
                 let revenue = (p.price * f64::from(quantity) * 100.0).round() / 100.0;
-                let mut e = base("purchase", bought, &format!("{site}/checkout/done"));
-                e["order"] = serde_json::json!({
-                    "id": format!("g-{}", *orders),
-                    "revenue": revenue,
-                    "currency": "USD",
-                    "items": [{"product_id": p.id, "price": p.price, "quantity": quantity}],
-                });
-                events.push(e);
+                let order = Order {
+                    id: format!("g-{}", *orders),
+                    revenue,
+                    currency: Some("USD".to_owned()),
+                    items: vec![LineItem {
+                        product_id: p.id.clone(),
+                        category: None,
+                        price: Some(p.price),
+                        quantity,
+                    }],
+                };
+                events.push(with(
+                    v.click(
+                        EventType::Purchase,
+                        bought,
+                        &format!("{site}/checkout/done"),
+                    ),
+                    EventDetail {
+                        order: Some(order),
+                        ..EventDetail::default()
+                    },
+                ));
             }
         }
     }
-    // In time order (stable: a page view before an interaction of the same second).
-    events.sort_by_key(|e| e["ts_ms"].as_i64());
-    for e in &events {
-        serde_json::to_writer(&mut *out, e)?;
-        out.write_all(b"\n")?;
+    events
+}
+
+/// The shop interactions of a log of page views (the bundled one, for the demo's live replay):
+/// the log's sessions (a visitor's views less than 30 minutes apart) do what
+/// [`session_interactions`] says, each with the user agent and location of its first view.
+/// Same log and seed, same interactions.
+pub(crate) fn interactions_of(log: &ClickLog, seed: u64) -> Result<Vec<Click>> {
+    let products = catalogue()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Per visitor (dense id): the open session's views, by index into the log.
+    let mut open: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut sessions: Vec<Vec<usize>> = Vec::new();
+    for i in 0..log.len() {
+        if !log.get(i).event.is_page_view() {
+            continue;
+        }
+        let views = open.entry(log.visitor_id(i)).or_default();
+        if let Some(&last) = views.last()
+            && log.ts_ms(i) - log.ts_ms(last) >= SESSION_GAP_S * 1000
+        {
+            sessions.push(std::mem::take(views));
+        }
+        views.push(i);
     }
-    Ok(events.len() as u64)
+    sessions.extend(open.into_values());
+    // In the order sessions start: the same for the same log, whatever the map's order.
+    sessions.sort_unstable_by_key(|views| views[0]);
+    let mut orders = 0;
+    let mut out = Vec::new();
+    let mut views: Vec<(i64, &str)> = Vec::new();
+    for session in &sessions {
+        let first = log.get(session[0]);
+        let v = Visitor {
+            id: first.visitor.to_owned(),
+            agent: first.user_agent.to_owned(),
+            place: (
+                first.ip.to_owned(),
+                first.city.unwrap_or_default().to_owned(),
+                first.country.unwrap_or_default().to_owned(),
+                first.region.unwrap_or_default().to_owned(),
+            ),
+        };
+        views.clear();
+        views.extend(
+            session
+                .iter()
+                .map(|&i| (log.ts_ms(i) / 1000, log.get(i).url)),
+        );
+        out.extend(session_interactions(
+            &mut rng,
+            &v,
+            &views,
+            &products,
+            &mut orders,
+        ));
+    }
+    Ok(out)
 }
 
 /// One generated visitor: its id, user agent and location stay the same across sessions.
@@ -296,6 +378,21 @@ struct Visitor {
     id: String,
     agent: String,
     place: (String, String, String, String),
+}
+
+impl Visitor {
+    /// An event of this visitor at `ts_s` (unix seconds) on `url`.
+    fn click(&self, event: EventType, ts_s: i64, url: &str) -> Click {
+        let mut c = Click::new(ts_s * 1000, self.id.clone(), url);
+        c.ip = self.place.0.clone();
+        c.user_agent = self.agent.clone();
+        let known = |s: &String| (!s.is_empty()).then(|| s.clone());
+        c.city = known(&self.place.1);
+        c.country = known(&self.place.2);
+        c.region = known(&self.place.3);
+        c.event = event;
+        c
+    }
 }
 
 fn guid(rng: &mut ChaCha8Rng) -> String {

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clickpulse_connectors::replay_cursor::ReplayInput;
@@ -94,6 +95,60 @@ pub(crate) fn read_logs(
         fingerprint,
     })
 }
+
+/// What the replay replays, as `[replay]` says: the logs (or the bundled one), with shop
+/// interactions added ([`with_interactions`]) and the days laid over one day ([`overlaid`])
+/// when it says so.
+pub(crate) fn replay_input(
+    config: &clickpulse_components::config::ReplayConfig,
+) -> Result<Arc<ReplayInput>> {
+    let mut input = read_logs(&config.logs, |_| {})?;
+    tracing::info!(
+        events = input.clicks.len(),
+        malformed = input.malformed.len(),
+        "Log read and sorted by event time."
+    );
+    if config.adds_interactions() {
+        input = with_interactions(input)?;
+        tracing::info!(
+            events = input.clicks.len(),
+            "Shop interactions added to the log's sessions."
+        );
+    }
+    Ok(Arc::new(if config.original_time {
+        input
+    } else {
+        overlaid(input)
+    }))
+}
+
+/// The input with the shop interactions its sessions would have had
+/// ([`crate::generate::interactions_of`]: searches, carts, checkouts and orders at published
+/// rates), so the dashboard's conversion panels and funnels are alive without anyone clicking.
+/// Its fingerprint says so, so a data dir is never resumed with the other input.
+pub(crate) fn with_interactions(input: ReplayInput) -> Result<ReplayInput> {
+    let extra = crate::generate::interactions_of(&input.clicks, INTERACTIONS_SEED)?;
+    let mut clicks = ClickLogBuilder::with_capacity(input.clicks.len() + extra.len());
+    for click in input.clicks.iter() {
+        clicks.push(click);
+    }
+    for click in &extra {
+        clicks.push(click.borrowed());
+    }
+    Ok(ReplayInput {
+        clicks: clicks.finish(),
+        fingerprint: format!(
+            "{}, with {} shop interactions",
+            input.fingerprint,
+            extra.len()
+        ),
+        malformed: input.malformed,
+    })
+}
+
+/// The seed of the interactions [`with_interactions`] adds: fixed, so the demo and
+/// `backtest --interactions` see the same events.
+const INTERACTIONS_SEED: u64 = 20_120_301;
 
 /// The input's days laid over one day, for the live replay on the real clock
 /// ([`overlay_days`](clickpulse_engine::replay::overlay_days)); its fingerprint says so, so a

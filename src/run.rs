@@ -246,21 +246,12 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             state.admin_token.clone(),
         )
     });
-    let live = !config.replay.original_time;
-    let logs = config.replay.logs.clone();
+    let replay = config.replay.clone();
     let settings = SourceSettings {
         replay: ReplaySettings {
             options: config.replay.options().map_err(anyhow::Error::msg)?,
             // Read only where the replay runs.
-            input: Arc::new(move || {
-                let input = inputs::read_logs(&logs, |_| {})?;
-                info!(
-                    events = input.clicks.len(),
-                    malformed = input.malformed.len(),
-                    "Log read and sorted by event time."
-                );
-                Ok(Arc::new(if live { inputs::overlaid(input) } else { input }))
-            }),
+            input: Arc::new(move || Ok(inputs::replay_input(&replay)?)),
         },
         collector: CollectorSettings {
             queue: config.web.collector_queue,

@@ -19,7 +19,41 @@ fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
         "now is the newest event time"
     );
     assert_eq!(live, &backtest["dashboard"]);
-    assert_eq!(status["state"]["runner/aggregate"]["events"], 116_607);
+    // Every enriched click, and every offer (the shipped browse-abandonment pattern finds a few).
+    let offers = status["topics"]["special-offers"]["records"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        status["state"]["runner/aggregate"]["events"],
+        116_607 + offers
+    );
+}
+
+/// The replay with the shop interactions the demo adds to the bundled log on the real clock
+/// (forced on here, with the original timestamps, to be reproducible): the same events as
+/// `backtest --interactions`, so the same carts, orders, funnel and cart-abandonment offers.
+#[test]
+fn with_shop_interactions_the_end_of_log_snapshot_equals_the_backtest_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    demo_to_end(dir, &["--interactions", "on"]);
+    let status = run_json(&["status", "--json", "--data-dir", dir]);
+    let live = &status["state"]["op/aggregate/snapshot"];
+    let backtest = run_json(&["backtest", "--interactions", "--json"]);
+    let events = backtest["events"].as_u64().unwrap();
+    assert!(events > 116_607, "interactions were added: {events}");
+    assert_eq!(status["topics"]["enriched-click-data"]["records"], events);
+    let funnel = &backtest["funnels"][0];
+    assert!(
+        funnel["steps"][3]["visitors"].as_u64() > Some(0),
+        "visitors who bought: {funnel}"
+    );
+    assert!(backtest["offers_by_pattern"]["cart-abandonment"].as_u64() > Some(0));
+    assert_eq!(live, &backtest["dashboard"]);
+    assert_eq!(
+        status["topics"]["special-offers"]["records"],
+        backtest["offers"]
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@
 // (every step an event the collector took, and counted on the dashboard's shop panels and its
 // shop funnel), and the cart-abandonment pattern: a visitor who adds
 // to the cart and leaves gets its offer once event time passes the 15-minute deadline, a visitor
-// who buys does not. The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
+// who buys does not; and the browse-abandonment pattern: a visitor who comes back to one product
+// three times in a session without adding it gets an offer for that product 10 minutes later.
+// The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
@@ -10,12 +12,15 @@ import { startDemo, launchBrowser, consoleErrors, screenshots } from "./harness.
 
 const CLOTHING = "VD55177927";
 const SHOES = "VD55179433";
+const BOOK = "VD55181667";
+const MOVIE = "VD55149415";
 
 let demo;
 let browser;
 
 before(async () => {
-  demo = await startDemo(["--speed", "60", "--idle-timeout-ms", "300", "--allowed-lateness-ms", "1000"]);
+  // Without the replay's own shop interactions: the panels then show this journey alone.
+  demo = await startDemo(["--speed", "60", "--idle-timeout-ms", "300", "--allowed-lateness-ms", "1000", "--interactions", "off"]);
   browser = await launchBrowser();
 });
 
@@ -146,4 +151,27 @@ test("added to the cart and left: the cart-abandonment offer pops up after 15 mi
   assert.deepEqual(buyer.errors, []);
   await leaver.context.close();
   await buyer.context.close();
+});
+
+test("came back to one product three times without adding it: the browse-abandonment offer for that product pops up 10 minutes later", async () => {
+  const browser_ = await shopper();
+  const { page } = browser_;
+  // Three visits of the book in one session (a movie between them, so none is a reload).
+  let views = 0;
+  for (const id of [BOOK, MOVIE, BOOK, MOVIE, BOOK]) {
+    await page.goto(`${demo.base}/shop/product/${id}`);
+    await page.waitForSelector('[data-testid="view-sent"]', { state: "visible", timeout: 60_000 });
+    views += 1;
+  }
+  assert.equal(views, 5);
+  await page.goto(`${demo.base}/shop`);
+  const popup = await page.waitForSelector('[data-testid="offer-popup"][data-pattern="browse-abandonment"]', { state: "visible", timeout: 120_000 });
+  assert.equal(await popup.getAttribute("data-offer"), "product-discount");
+  // The offer is for the book: its link and its picture are the book's.
+  assert.equal(await page.getAttribute('[data-testid="offer-link"]', "href"), `/shop/product/${BOOK}`);
+  const image = await page.$eval('[data-testid="offer-image"]', (img) => ({ src: img.getAttribute("src"), ok: img.complete && img.naturalWidth > 0 }));
+  assert.ok(image.ok && image.src.includes(BOOK), `the book's picture (${image.src})`);
+  await page.screenshot({ path: path.join(screenshots, "shop-browse-abandonment.png") });
+  assert.deepEqual(browser_.errors, []);
+  await browser_.context.close();
 });

@@ -35,13 +35,15 @@ before(async () => {
     body: readmePattern(),
   });
   assert.equal(r.status, 200, await r.text());
-  // The shipped cart-abandonment pattern is for everyone; without it, a young man is outside
+  // The shipped abandonment patterns are for everyone; without them, a young man is outside
   // every audience (the last test).
-  const gone = await fetch(`${demo.base}/api/patterns/cart-abandonment`, {
-    method: "DELETE",
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-  });
-  assert.equal(gone.status, 200, await gone.text());
+  for (const name of ["cart-abandonment", "browse-abandonment"]) {
+    const gone = await fetch(`${demo.base}/api/patterns/${name}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    assert.equal(gone.status, 200, await gone.text());
+  }
 });
 
 after(async () => {

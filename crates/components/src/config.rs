@@ -112,6 +112,37 @@ pub struct ReplayConfig {
     /// Replay the log's own timestamps from its first event, once, instead of laying its days
     /// over one day on the real clock.
     pub original_time: bool,
+    /// Whether the replay adds the shop interactions the log's sessions would have had.
+    pub interactions: Interactions,
+}
+
+/// Whether the replay adds shop interactions (searches, carts, checkouts, orders at published
+/// rates) to the log's sessions, so the conversion panels and funnels are alive without anyone
+/// clicking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interactions {
+    /// For the bundled log on the real clock (the demo as a user sees it); not for other logs
+    /// or `original_time` (reproducible runs see the log as it is).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for Interactions {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Interactions::Auto),
+            "on" => Ok(Interactions::On),
+            "off" => Ok(Interactions::Off),
+            other => Err(format!("{other:?} is not auto, on or off")),
+        }
+    }
 }
 
 impl Default for ReplayConfig {
@@ -121,11 +152,21 @@ impl Default for ReplayConfig {
             speed: "1".to_owned(),
             loop_forever: false,
             original_time: false,
+            interactions: Interactions::Auto,
         }
     }
 }
 
 impl ReplayConfig {
+    /// Whether the replay adds shop interactions to the log ([`Interactions`]).
+    pub fn adds_interactions(&self) -> bool {
+        match self.interactions {
+            Interactions::Auto => self.logs.is_empty() && !self.original_time,
+            Interactions::On => true,
+            Interactions::Off => false,
+        }
+    }
+
     /// The speed (checked by [`check`]).
     pub fn speed(&self) -> Result<Speed, String> {
         self.speed.parse()

@@ -654,6 +654,9 @@ pub struct EnrichedRef<'a> {
     pub event: &'a EventType,
     /// What the event says beyond a page view.
     pub detail: Option<&'a EventDetail>,
+    /// The visitor's session as of this event, where detection tracks it (for the patterns'
+    /// `session` conditions; `None` elsewhere).
+    pub session: Option<crate::session::SessionFacts>,
 }
 
 impl EnrichedClick {
@@ -676,6 +679,7 @@ impl EnrichedClick {
             device: self.device,
             event: &self.event,
             detail: self.detail.as_deref(),
+            session: None,
         }
     }
 }

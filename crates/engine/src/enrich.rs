@@ -194,6 +194,7 @@ impl Enricher {
             device,
             event: click.event,
             detail: click.detail,
+            session: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`topics`]: topic names and the visitor-keyed partitioner shared by every backend.
 //! - [`window`]: event-time windows, watermarks and the dashboard aggregation.
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
+//! - [`session`]: the session rule the dashboard and the patterns share.
 
 pub mod click;
 pub mod click_log;
@@ -34,6 +35,7 @@ pub mod operator;
 pub mod pattern;
 pub mod reader;
 pub mod replay;
+pub mod session;
 pub mod source;
 pub mod topics;
 pub mod topology;

@@ -3,7 +3,9 @@
 //! abandonment pattern (added to the cart, no purchase within 15 minutes) gives exactly the
 //! offers a plain per-visitor scan says — once each, at the deadline — in the backtest's path
 //! and in the runner's (records, then the watermark), also when the operator is checkpointed
-//! and restored from its checkpoint at any point.
+//! and restored from its checkpoint at any point. The same for the shipped browse abandonment
+//! pattern (a product's third view in a session, not in the cart, not added within 10 minutes:
+//! an offer for that product), which also needs the session rule.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -122,6 +124,113 @@ fn registry() -> PatternRegistry {
     PatternRegistry::new(PatternSet::parse([("cart.toml", PATTERN)]).unwrap())
 }
 
+const BROWSE: &str = include_str!("../../../patterns/browse-abandonment.toml");
+const BROWSE_WAIT_MS: i64 = 10 * 60_000;
+const SESSION_GAP_MS: i64 = 30 * 60_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn browse_registry() -> PatternRegistry {
+    PatternRegistry::new(PatternSet::parse([("browse.toml", BROWSE)]).unwrap())
+}
+
+/// (gap before it, visitor, product, added to the cart rather than viewed): gaps from seconds
+/// to over an hour, so sessions end between events.
+fn browse_events() -> impl Strategy<Value = Vec<(i64, usize, usize, bool)>> {
+    prop::collection::vec(
+        (
+            prop_oneof![4 => 0i64..400_000, 1 => 1_700_000i64..4_000_000],
+            0usize..3,
+            0usize..2,
+            prop::bool::weighted(0.2),
+        ),
+        1..80,
+    )
+    .prop_map(|steps| {
+        let mut ts = 1_330_560_000_000;
+        steps
+            .into_iter()
+            .map(|(gap, visitor, product, add)| {
+                ts += gap;
+                (ts, visitor, product, add)
+            })
+            .collect()
+    })
+}
+
+/// A view (with the product named, in a catalogue category) or an add to the cart.
+fn browse_click(ts_ms: i64, visitor: usize, product: usize, add: bool) -> EnrichedClick {
+    let id = format!("VD{product}");
+    let mut c = Click::new(ts_ms, format!("v{visitor}"), format!("http://shop/p/{id}"));
+    if add {
+        c.event = EventType::AddToCart;
+    }
+    c.detail = Some(Box::new(EventDetail {
+        product: Some(EventProduct {
+            id: Some(id),
+            category: Some("clothing".into()),
+            ..EventProduct::default()
+        }),
+        ..EventDetail::default()
+    }));
+    c.validate().unwrap();
+    Enricher::new().enrich(c, &Lookups::default())
+}
+
+/// The batch recomputation from the pattern's words: per visitor, sessions end after 30 minutes
+/// without an event; in a session each product's visits are counted (a view right after a view
+/// of the same product is a reload, not another) and an add puts it in the cart; the third view of a product not in the cart starts a wait (unless one runs), which an
+/// add of that product before the deadline cancels; at the deadline (event time) the offer for
+/// that product is given unless the visitor got one less than a day before.
+fn browse_expected(events: &[(i64, usize, usize, bool)]) -> BTreeSet<(String, i64, String)> {
+    #[derive(Default, Clone)]
+    struct V {
+        last: Option<i64>,
+        last_viewed: Option<usize>,
+        views: [u32; 2],
+        in_cart: [bool; 2],
+        waiting: Option<(usize, i64)>,
+        last_offer: Option<i64>,
+    }
+    let mut offers = BTreeSet::new();
+    let mut vs = vec![V::default(); 3];
+    for &(ts, visitor, product, add) in events {
+        for (i, v) in vs.iter_mut().enumerate() {
+            if let Some((p, at)) = v.waiting
+                && at <= ts
+            {
+                v.waiting = None;
+                if v.last_offer.is_none_or(|last| at - last >= DAY_MS) {
+                    v.last_offer = Some(at);
+                    offers.insert((format!("v{i}"), at, format!("VD{p}")));
+                }
+            }
+        }
+        let v = &mut vs[visitor];
+        if v.last.is_none_or(|last| ts - last >= SESSION_GAP_MS) {
+            v.views = [0; 2];
+            v.in_cart = [false; 2];
+            v.last_viewed = None;
+        }
+        v.last = Some(ts);
+        if add {
+            v.in_cart[product] = true;
+        } else if v.last_viewed != Some(product) {
+            // A view right after a view of the same product is a reload: not another visit.
+            v.views[product] += 1;
+            v.last_viewed = Some(product);
+        }
+        match v.waiting {
+            Some((p, at)) if add && p == product && ts < at => v.waiting = None,
+            Some(_) => {}
+            None if !add && v.views[product] == 3 && !v.in_cart[product] => {
+                v.waiting = Some((product, ts + BROWSE_WAIT_MS));
+            }
+            None => {}
+        }
+    }
+    offers
+}
+
 fn keys(offers: &[Offer]) -> Vec<(String, i64)> {
     offers
         .iter()
@@ -131,7 +240,11 @@ fn keys(offers: &[Offer]) -> Vec<(String, i64)> {
 
 /// The runner's path: each record, then the watermark when it moved; checkpointed and
 /// restored into a new operator before record `restart`.
-fn through_the_runner(clicks: &[EnrichedClick], restart: usize) -> Vec<Offer> {
+fn through_the_runner(
+    registry: fn() -> PatternRegistry,
+    clicks: &[EnrichedClick],
+    restart: usize,
+) -> Vec<Offer> {
     let mut op = DetectOperator::new(registry());
     let (mut emitter, mut times) = (Emitter::default(), PartitionTimes::default());
     let mut announced: Option<i64> = None;
@@ -184,7 +297,7 @@ proptest! {
             events.iter().map(|&(ts, v, k)| click(ts, v, k)).collect();
         let mut backtest = DetectOperator::new(registry());
         let batch: Vec<Offer> = clicks.iter().flat_map(|c| backtest.detect(c)).collect();
-        let live = through_the_runner(&clicks, restart.min(clicks.len()));
+        let live = through_the_runner(registry, &clicks, restart.min(clicks.len()));
         for (path, offers) in [("backtest", &batch), ("runner", &live)] {
             let got = keys(offers);
             let unique: BTreeSet<(String, i64)> = got.iter().cloned().collect();
@@ -192,6 +305,34 @@ proptest! {
             prop_assert_eq!(&unique, &want, "{}", path);
         }
         // The same offers, ids included, whichever path and wherever the restart.
+        let ids = |o: &[Offer]| o.iter().map(|o| o.offer_id.clone()).collect::<BTreeSet<_>>();
+        prop_assert_eq!(ids(&batch), ids(&live));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn browse_abandonment_offers_the_product_once_at_the_deadline_in_every_path(
+        events in browse_events(),
+        restart in 0usize..80,
+    ) {
+        let want = browse_expected(&events);
+        let clicks: Vec<EnrichedClick> =
+            events.iter().map(|&(ts, v, p, add)| browse_click(ts, v, p, add)).collect();
+        let mut backtest = DetectOperator::new(browse_registry());
+        let batch: Vec<Offer> = clicks.iter().flat_map(|c| backtest.detect(c)).collect();
+        let live = through_the_runner(browse_registry, &clicks, restart.min(clicks.len()));
+        for (path, offers) in [("backtest", &batch), ("runner", &live)] {
+            let got: Vec<(String, i64, String)> = offers
+                .iter()
+                .map(|o| (o.visitor.clone(), o.ts_ms, o.product.clone().unwrap_or_default()))
+                .collect();
+            let unique: BTreeSet<_> = got.iter().cloned().collect();
+            prop_assert_eq!(unique.len(), got.len(), "{} gave an offer twice: {:?}", path, got);
+            prop_assert_eq!(&unique, &want, "{}", path);
+        }
         let ids = |o: &[Offer]| o.iter().map(|o| o.offer_id.clone()).collect::<BTreeSet<_>>();
         prop_assert_eq!(ids(&batch), ids(&live));
     }

@@ -743,6 +743,7 @@ proptest! {
                         pattern_version: "1".into(),
                         offer: "offer1".into(),
                         ts_ms: ts,
+                        product: None,
                     };
                     let o = if dup && !offers.is_empty() { offers.last().unwrap().clone() } else { o };
                     process_one(&mut op, Topic::SpecialOffers, 0, &clickpulse_engine::codec::encode(&o), Instant::now(), &mut out).unwrap();
@@ -835,6 +836,7 @@ proptest! {
                         pattern_version: "1".into(),
                         offer: "offer1".into(),
                         ts_ms: clocks[0] - back_ms,
+                        product: None,
                     };
                     kept.on_offer(&o);
                     on_read.on_offer(&o);

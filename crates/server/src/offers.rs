@@ -256,12 +256,18 @@ impl OfferHub {
     pub fn deliver_at(&self, offer: Offer, now: Instant) -> bool {
         // What it shows is worked out outside the lock.
         let content = (self.content_for)(&offer);
+        // The product the match earned the offer for (`product_from`) wins over the offer's own.
+        let product = |c: &OfferContent| offer.product.clone().or_else(|| c.product.clone());
         let image_url = match &content {
-            Some(c) => c.image.clone().or_else(|| {
-                c.product
-                    .as_deref()
-                    .and_then(crate::static_files::product_image)
-            }),
+            // The offer's own picture is for its own product: a match's product shows its own.
+            Some(c) => match offer.product.as_deref() {
+                Some(p) => crate::static_files::product_image(p).or_else(|| c.image.clone()),
+                None => c.image.clone().or_else(|| {
+                    c.product
+                        .as_deref()
+                        .and_then(crate::static_files::product_image)
+                }),
+            },
             None => (self.image_for)(&offer.offer),
         };
         let (title, text, link) = match &content {
@@ -269,7 +275,7 @@ impl OfferHub {
                 c.title.clone(),
                 c.text.clone(),
                 // Only ids that need no escaping make a link (catalogue ids are such).
-                c.product
+                product(c)
                     .as_ref()
                     .filter(|p| {
                         p.bytes()
@@ -807,6 +813,7 @@ mod tests {
             pattern_version: "1".to_owned(),
             offer: "offer1".to_owned(),
             ts_ms: 1,
+            product: None,
         }
     }
 
@@ -922,6 +929,29 @@ mod tests {
         assert_eq!(
             plain.image_url.as_deref(),
             Some("/images/offers/offer1.png")
+        );
+    }
+
+    /// An offer for the product a match recorded (`product_from`, the browse-abandonment
+    /// pattern's) shows and links that product, not the offer's own.
+    #[test]
+    fn an_offer_for_a_product_shows_and_links_that_product() {
+        let hub = OfferHub::new(|_| None).with_content(|_: &Offer| {
+            Some(OfferContent {
+                title: "15% off".into(),
+                text: String::new(),
+                image: Some("/images/offers/offer1.png".into()),
+                product: Some("VD55137665".into()),
+            })
+        });
+        let mut o = offer("browse", "v1");
+        o.product = Some("VD55129406".into());
+        assert!(hub.deliver(o));
+        let shown = &hub.recent("v1")[0];
+        assert_eq!(shown.link.as_deref(), Some("/shop/product/VD55129406"));
+        assert_eq!(
+            shown.image_url.as_deref(),
+            Some("/images/products/VD55129406.png")
         );
     }
 

@@ -32,6 +32,7 @@ fn offer(id: &str, visitor: &str) -> Offer {
         pattern_version: "1".to_owned(),
         offer: "offer1".to_owned(),
         ts_ms: 1,
+        product: None,
     }
 }
 

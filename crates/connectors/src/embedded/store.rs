@@ -24,8 +24,8 @@ const META: TableDefinition<&str, u32> = TableDefinition::new("topic_partitions"
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
 const FORMAT_KEY: &str = "records";
 /// This build's record format. 1: page views (no `format` table); 2: events with a type and a
-/// detail (`clickpulse_engine::event`).
-pub(crate) const RECORD_FORMAT: u32 = 2;
+/// detail (`clickpulse_engine::event`); 3: offers name the product they are for.
+pub(crate) const RECORD_FORMAT: u32 = 3;
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_users");
 const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("lookup_products");
 

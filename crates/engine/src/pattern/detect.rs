@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::machine::{Cause, Fired, Match, Pattern, Step};
+use super::machine::{Cause, Earned, Fired, Match, Pattern, Step};
 use super::{PatternRegistry, PatternSet};
 use crate::click::{EnrichedClick, EnrichedRef};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
+use crate::session::VisitorSession;
 use crate::topics::Topic;
 
 /// A special offer for one visitor (topic `special-offers`).
@@ -39,6 +40,10 @@ pub struct Offer {
     pub offer: String,
     /// Event time of the completing view.
     pub ts_ms: i64,
+    /// The product the offer is for, when the pattern says (`[offer] product_from`): the shop
+    /// shows and links it in place of the offer's own.
+    #[serde(default)]
+    pub product: Option<String>,
 }
 
 /// One entry of the transition log.
@@ -186,6 +191,16 @@ struct Slot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct VisitorState {
     slots: Vec<Slot>,
+    /// The visitor's current session, while a pattern asks about sessions and it has not ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<VisitorSession>,
+}
+
+impl VisitorState {
+    /// Whether nothing of it matters any more.
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.session.is_none()
+    }
 }
 
 /// How far behind the highest event time a visitor's views may arrive before its expired
@@ -380,7 +395,7 @@ impl DetectOperator {
         if changed && self.checkpointing {
             self.dirty.insert(key.clone());
         }
-        if !state.slots.is_empty() {
+        if !state.is_empty() {
             self.visitors.insert(key, state);
         }
         offers
@@ -401,13 +416,27 @@ impl DetectOperator {
         // blank slot below they were two thirds of this function's time.
         let set: &PatternSet = &self.set;
         // Take the visitor's slots out (keeping the key's allocation) and put back what is left.
-        let (key, mut slots) = match self.visitors.remove_entry(click.visitor) {
-            Some((key, state)) => (Some(key), state.slots),
-            None => (None, Vec::new()),
+        let (key, mut slots, mut session) = match self.visitors.remove_entry(click.visitor) {
+            Some((key, state)) => (Some(key), state.slots, state.session),
+            None => (None, Vec::new(), None),
         };
         let before = slots.len();
         slots.retain(|s| set.get(&s.pattern).is_some());
         let mut changed = slots.len() != before;
+        // The session is kept only while a pattern asks about it; then every event changes it.
+        let with_session;
+        let click = if set.uses_sessions() {
+            let facts = VisitorSession::apply(&mut session, click);
+            changed = true;
+            with_session = EnrichedRef {
+                session: Some(facts),
+                ..*click
+            };
+            &with_session
+        } else {
+            changed |= session.take().is_some();
+            click
+        };
         // Whether the view is in each distinct audience (bit `g` of `in_audience` for the
         // audience of pattern `g`), evaluated when first asked (bit `g` of `asked`). Patterns
         // after the 64th evaluate their own.
@@ -467,15 +496,14 @@ impl DetectOperator {
             {
                 record_visitor(&mut tracker.in_audience, &pattern.name, click.visitor);
             }
-            let given = outcome.offer.as_ref().and_then(|(offer, started_ms)| {
+            let given = outcome.offer.as_ref().and_then(|earned| {
                 give_offer(
                     &mut self.stats,
                     &mut self.audience,
                     pattern,
                     last_offer_ms,
                     click.visitor,
-                    offer,
-                    *started_ms,
+                    earned,
                     click.ts_ms,
                 )
             });
@@ -518,9 +546,9 @@ impl DetectOperator {
         if changed && self.checkpointing {
             self.dirty.insert(click.visitor.to_owned());
         }
-        if !slots.is_empty() {
+        if !slots.is_empty() || session.is_some() {
             let key = key.unwrap_or_else(|| click.visitor.to_owned());
-            self.visitors.insert(key, VisitorState { slots });
+            self.visitors.insert(key, VisitorState { slots, session });
         }
         self.since_sweep += 1;
         // Sweeping visits every visitor, so it runs once per that many views: O(1) amortized.
@@ -548,10 +576,19 @@ impl DetectOperator {
                 }
             }
             state.slots.retain(|s| !is_idle(&set, s, now));
-            if checkpointing && (trimmed || state.slots.len() != before || state.slots.is_empty()) {
+            // A session ended (by the same grace) cannot be continued by a view still to come.
+            if state
+                .session
+                .as_ref()
+                .is_some_and(|s| !set.uses_sessions() || s.has_ended(now))
+            {
+                state.session = None;
+                trimmed = true;
+            }
+            if checkpointing && (trimmed || state.slots.len() != before || state.is_empty()) {
                 dirty.insert(visitor.clone());
             }
-            !state.slots.is_empty()
+            !state.is_empty()
         });
     }
 }
@@ -581,32 +618,31 @@ fn idle(
 /// The offer `pattern` gives `visitor` for a match started at `started_ms` and completed at
 /// `at_ms` (by an event then, or by a deadline passing): its id is derived from these, so a
 /// replay or a restart gives the same one.
-fn make_offer(visitor: &str, pattern: &Pattern, offer: &str, started_ms: i64, at_ms: i64) -> Offer {
+fn make_offer(visitor: &str, pattern: &Pattern, earned: &Earned, at_ms: i64) -> Offer {
     let key = format!(
         "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-        visitor, pattern.name, pattern.version, started_ms, at_ms
+        visitor, pattern.name, pattern.version, earned.started_ms, at_ms
     );
     Offer {
         offer_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes())),
         visitor: visitor.to_owned(),
         pattern: pattern.name.clone(),
         pattern_version: pattern.version.clone(),
-        offer: offer.to_owned(),
+        offer: earned.offer.clone(),
         ts_ms: at_ms,
+        product: earned.product.as_deref().map(str::to_owned),
     }
 }
 
 /// An offer reached at `at_ms`: given (and counted), or held back by the pattern's frequency
 /// cap (counted as suppressed).
-#[allow(clippy::too_many_arguments)]
 fn give_offer(
     stats: &mut DetectStats,
     audience: &mut Option<AudienceTracker>,
     pattern: &Pattern,
     last_offer_ms: &mut Option<i64>,
     visitor: &str,
-    offer: &str,
-    started_ms: i64,
+    earned: &Earned,
     at_ms: i64,
 ) -> Option<Offer> {
     let capped = match (pattern.frequency_cap_ms, *last_offer_ms) {
@@ -628,7 +664,7 @@ fn give_offer(
     if let Some(tracker) = audience.as_mut() {
         record_visitor(&mut tracker.offered, &pattern.name, visitor);
     }
-    Some(make_offer(visitor, pattern, offer, started_ms, at_ms))
+    Some(make_offer(visitor, pattern, earned, at_ms))
 }
 
 /// A deadline that passed: its offer (if it earned one the cap allows), counted and logged.
@@ -643,15 +679,14 @@ fn deadline_passed(
     last_offer_ms: &mut Option<i64>,
     fired: &Fired,
 ) -> Option<Offer> {
-    let given = fired.offer.as_ref().and_then(|(offer, started)| {
+    let given = fired.offer.as_ref().and_then(|earned| {
         give_offer(
             stats,
             audience,
             pattern,
             last_offer_ms,
             visitor,
-            offer,
-            *started,
+            earned,
             fired.at_ms,
         )
     });

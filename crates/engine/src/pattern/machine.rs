@@ -237,9 +237,74 @@ pub enum Condition {
     Property(String, PropertyTest),
     /// The event's source ([`crate::source::classify`]) is one of these.
     Source(Vec<Medium>),
+    /// The visitor's session as of the event passes the test ([`crate::session`]).
+    Session(SessionTest),
+}
+
+/// What a condition asks of the visitor's session (`session = { pages = { min = 3 } }`), as of
+/// the event looked at, which counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionTest {
+    /// Page views in the session, within `min..=max`.
+    Pages(u32, u32),
+    /// Page views of the event's product in the session, within `min..=max`.
+    ProductViews(u32, u32),
+    /// Whether the event's product is in the cart (added in the session and not removed).
+    ProductInCart(bool),
+    /// The session's source (its first event's) is one of these.
+    Source(Vec<Medium>),
+}
+
+impl SessionTest {
+    /// Every test with its key in `session = { .. }`.
+    pub const KEYS: [&'static str; 4] = ["pages", "product_views", "product_in_cart", "source"];
+
+    fn eval(&self, s: &crate::session::SessionFacts) -> bool {
+        match self {
+            SessionTest::Pages(min, max) => (*min..=*max).contains(&s.pages),
+            SessionTest::ProductViews(min, max) => (*min..=*max).contains(&s.product_views),
+            SessionTest::ProductInCart(b) => s.product_in_cart == *b,
+            SessionTest::Source(media) => media.contains(&s.source),
+        }
+    }
+
+    /// In words: "the session's pages at least 3", "its product viewed 3 times in the session".
+    pub fn words(&self) -> String {
+        let count = |min: u32, max: u32, what: &str| match (min, max) {
+            (a, b) if a == b => format!("{what} {a} times"),
+            (0, b) => format!("{what} at most {b} times"),
+            (a, u32::MAX) => format!("{what} at least {a} times"),
+            (a, b) => format!("{what} {a} to {b} times"),
+        };
+        match self {
+            SessionTest::Pages(min, max) => count(*min, *max, "pages viewed in the session"),
+            SessionTest::ProductViews(n, m) if n == m => {
+                format!("the product's visit number {n} in the session")
+            }
+            SessionTest::ProductViews(min, max) => {
+                count(*min, *max, "the product visited in the session")
+            }
+            SessionTest::ProductInCart(true) => "the product in the cart".to_owned(),
+            SessionTest::ProductInCart(false) => "the product not in the cart".to_owned(),
+            SessionTest::Source(media) => {
+                let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
+                format!("a session from {}", names.join(" or "))
+            }
+        }
+    }
 }
 
 impl Condition {
+    /// Whether this condition or one nested in it satisfies `f`.
+    pub fn mentions(&self, f: &impl Fn(&Condition) -> bool) -> bool {
+        f(self)
+            || match self {
+                Condition::All(cs) | Condition::Any(cs) => cs.iter().any(|c| c.mentions(f)),
+                Condition::Not(c) => c.mentions(f),
+                _ => false,
+            }
+    }
+
     /// Evaluates the condition for `click`, extending `current` (if a match is live).
     pub fn eval(&self, click: &EnrichedRef<'_>, current: Option<&Match>) -> bool {
         match self {
@@ -271,6 +336,7 @@ impl Condition {
             Condition::Source(media) => {
                 media.contains(&crate::source::classify(click.url, click.detail).medium)
             }
+            Condition::Session(test) => click.session.as_ref().is_some_and(|s| test.eval(s)),
         }
     }
 
@@ -323,6 +389,7 @@ impl Condition {
                 let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
                 write!(f, "source is {}", names.join(" or "))
             }
+            Condition::Session(test) => f.write_str(&test.words()),
         }
     }
 }
@@ -424,6 +491,9 @@ pub struct OfferRule {
     pub rules: Vec<(Condition, String)>,
     /// The offer when no rule holds.
     pub default: String,
+    /// The state whose first recorded product the offer is for (`product_from`), if any: the
+    /// offer record carries it, and the shop shows that product.
+    pub product_from: Option<StateId>,
 }
 
 impl OfferRule {
@@ -607,8 +677,8 @@ pub struct Deadline {
 pub struct Fired {
     /// The state change.
     pub step: Step,
-    /// The offer and when the match started, if the deadline earned one.
-    pub offer: Option<(String, i64)>,
+    /// The offer, if the deadline earned one.
+    pub offer: Option<Earned>,
     /// The deadline's event time (the offer's time).
     pub at_ms: i64,
     /// The product of the match's last recorded event.
@@ -657,6 +727,17 @@ pub enum Cause {
     Cancelled,
 }
 
+/// An offer a match earned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earned {
+    /// The chosen offer.
+    pub offer: String,
+    /// When the match started.
+    pub started_ms: i64,
+    /// The product it is for ([`OfferRule::product_from`]).
+    pub product: Option<Arc<str>>,
+}
+
 /// One state change, for the transition log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -673,8 +754,8 @@ pub struct Step {
 pub struct Outcome {
     /// State changes, in order (an expiry may precede a new start).
     pub steps: Vec<Step>,
-    /// The offer reached, if any: the chosen offer and when the match started.
-    pub offer: Option<(String, i64)>,
+    /// The offer reached, if any.
+    pub offer: Option<Earned>,
     /// Whether the visitor was in the audience when evaluated from `init`.
     pub in_audience: bool,
 }
@@ -783,7 +864,11 @@ impl Pattern {
                         to: None,
                         cause: Cause::Transition,
                     });
-                    out.offer = Some((self.offer.choose(click).to_owned(), m.started_ms));
+                    out.offer = Some(Earned {
+                        offer: self.offer.choose(click).to_owned(),
+                        started_ms: m.started_ms,
+                        product: self.offer_product(m),
+                    });
                     *current = None;
                 }
                 None if self.contiguity == Contiguity::Relaxed => {}
@@ -835,10 +920,19 @@ impl Pattern {
                     to: None,
                     cause: Cause::Transition,
                 });
-                out.offer = Some((self.offer.choose(click).to_owned(), click.ts_ms));
+                out.offer = Some(Earned {
+                    offer: self.offer.choose(click).to_owned(),
+                    started_ms: click.ts_ms,
+                    product: None,
+                });
             }
         }
         out
+    }
+
+    /// The product an offer earned by `m` is for, if the pattern names a state for it.
+    fn offer_product(&self, m: &Match) -> Option<Arc<str>> {
+        m.first_product_of(self.offer.product_from?).cloned()
     }
 
     /// The deadline a match entering `state` on `click` waits for, if the state keeps one.
@@ -864,6 +958,7 @@ impl Pattern {
         match timer.to {
             Target::Offer => {
                 let started = m.started_ms;
+                let offer_product = self.offer_product(m);
                 *current = None;
                 Some(Fired {
                     step: Step {
@@ -871,10 +966,11 @@ impl Pattern {
                         to: None,
                         cause: Cause::Absent,
                     },
-                    offer: Some((
-                        deadline.offer.unwrap_or_else(|| self.offer.default.clone()),
-                        started,
-                    )),
+                    offer: Some(Earned {
+                        offer: deadline.offer.unwrap_or_else(|| self.offer.default.clone()),
+                        started_ms: started,
+                        product: offer_product,
+                    }),
                     at_ms: deadline.at_ms,
                     product,
                 })
@@ -935,6 +1031,21 @@ impl Pattern {
                 true
             }
         }
+    }
+
+    /// Whether a condition of the pattern asks about the visitor's session (detection then
+    /// keeps every visitor's session: [`crate::session::VisitorSession`]).
+    pub fn uses_session(&self) -> bool {
+        let is = |c: &Condition| matches!(c, Condition::Session(_));
+        self.audience.mentions(&is)
+            || self.abort_if.as_ref().is_some_and(|c| c.mentions(&is))
+            || self
+                .transitions
+                .iter()
+                .flatten()
+                .any(|t| t.when.mentions(&is))
+            || self.timers.iter().flatten().any(|t| t.absent.mentions(&is))
+            || self.offer.rules.iter().any(|(c, _)| c.mentions(&is))
     }
 
     /// The name of a state, `offer` for the offer.

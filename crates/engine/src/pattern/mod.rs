@@ -81,6 +81,8 @@ pub struct PatternSet {
     patterns: Vec<Arc<Pattern>>,
     /// Per pattern, the position of the first pattern with an equal audience.
     audience_of: Vec<usize>,
+    /// Whether a pattern has a `session` condition.
+    uses_sessions: bool,
 }
 
 impl PatternSet {
@@ -112,6 +114,7 @@ impl PatternSet {
             })
             .collect();
         Ok(PatternSet {
+            uses_sessions: patterns.iter().any(Pattern::uses_session),
             patterns: patterns.into_iter().map(Arc::new).collect(),
             audience_of,
         })
@@ -191,6 +194,11 @@ impl PatternSet {
     /// do) need it evaluated once per view.
     pub fn audience_of(&self, index: usize) -> usize {
         self.audience_of[index]
+    }
+
+    /// Whether a pattern asks about visitors' sessions (`session = { .. }` conditions).
+    pub fn uses_sessions(&self) -> bool {
+        self.uses_sessions
     }
 
     /// The pattern called `name`.

@@ -109,6 +109,7 @@ impl Pattern {
             device: profile.device,
             event: &crate::event::EventType::PageView,
             detail: None,
+            session: None,
         };
         Some(self.audience.eval(&click, None))
     }
@@ -332,6 +333,7 @@ fn fact(c: &Condition) -> String {
             let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
             format!("coming from {}", join(&names, "or"))
         }
+        Condition::Session(test) => test.words(),
         Condition::OneOf(field, values) => format!("{} {}", field.name(), join(values, "or")),
         Condition::AgeBetween(min, max) => format!("aged {min}–{max}"),
         Condition::KnownVisitor(true) => "with a customer account".to_owned(),
@@ -384,6 +386,7 @@ fn view(c: &Condition) -> String {
             leaf @ (Condition::Amount(..)
             | Condition::Property(..)
             | Condition::Source(..)
+            | Condition::Session(..)
             | Condition::OneOf(Field::Query | Field::Type, _)) => extra.push(fact(leaf)),
             other => extra.push(who(other)),
         }

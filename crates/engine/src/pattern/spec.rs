@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::machine::{
     Amount, Condition, Contiguity, EventFilter, Field, INIT, Late, OfferContent, OfferRule,
-    Pattern, PropertyTest, StateId, Target, Timer, Transition,
+    Pattern, PropertyTest, SessionTest, StateId, Target, Timer, Transition,
 };
 use super::{PatternError, PatternErrors, sort_errors};
 use crate::click::Device;
@@ -63,6 +63,8 @@ struct RawOffer {
     default: String,
     #[serde(default)]
     rules: Vec<RawOfferRule>,
+    /// A state: the offer is for the first product the match recorded there.
+    product_from: Option<String>,
 }
 
 /// `[offers.<name>]`: what the shop shows for an offer.
@@ -421,6 +423,23 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         ));
     }
     let offers = compile_offers(&src, &raw);
+    let product_from = raw.offer.get_ref().product_from.as_ref().and_then(|state| {
+        let id = states
+            .iter()
+            .position(|s| s == state)
+            .filter(|id| *id != INIT as usize);
+        if id.is_none() {
+            src.fail(
+                raw.offer.span(),
+                "offer.product_from",
+                format!(
+                    "unknown state {state:?}; states are {}",
+                    states[1..].join(", ")
+                ),
+            );
+        }
+        id.map(|id| id as StateId)
+    });
     let mut errors = src.errors.into_inner();
     if !errors.is_empty() {
         sort_errors(&mut errors);
@@ -449,6 +468,7 @@ pub fn compile_pattern(file: &str, text: &str) -> Result<Pattern, PatternErrors>
         offer: OfferRule {
             rules,
             default: raw.offer.get_ref().default.clone(),
+            product_from,
         },
         frequency_cap_ms,
         offers,
@@ -885,21 +905,62 @@ fn compile_key(
             let (min, max) = number_range(value).map_err(err)?;
             Condition::Amount(amount, min, max)
         }
-        "source" => {
-            let media = strings(value)
-                .map_err(err)?
-                .iter()
-                .map(|name| {
-                    Medium::parse(name).ok_or_else(|| {
-                        let all: Vec<&str> = Medium::ALL.iter().map(|m| m.as_str()).collect();
-                        err(format!(
-                            "unknown source {name:?}; expected one of {}",
-                            all.join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Condition::Source(media)
+        "source" => Condition::Source(media(value, &err)?),
+        "session" => {
+            let toml::Value::Table(t) = value else {
+                return Err(err(
+                    "expected a table of session conditions ({ pages = { min = 3 } })".to_owned(),
+                ));
+            };
+            let mut all = Vec::new();
+            for (name, test) in t {
+                let sub = |m: String| err(format!("session.{name}: {m}"));
+                let count = |v: &toml::Value| -> Result<(u32, u32), PatternError> {
+                    let (min, max) = number_range(v).map_err(sub)?;
+                    let whole = |x: f64| x.is_infinite() || (x >= 0.0 && x.fract() == 0.0);
+                    if !whole(min) || !whole(max) {
+                        return Err(sub("counts are whole numbers, 0 or more".to_owned()));
+                    }
+                    let to_u32 = |x: f64, inf: u32| {
+                        if x.is_infinite() {
+                            inf
+                        } else {
+                            x.min(u32::MAX as f64) as u32
+                        }
+                    };
+                    Ok((to_u32(min, 0), to_u32(max, u32::MAX)))
+                };
+                let test = match name.as_str() {
+                    "pages" => {
+                        let (min, max) = count(test)?;
+                        SessionTest::Pages(min, max)
+                    }
+                    "product_views" => {
+                        let (min, max) = count(test)?;
+                        SessionTest::ProductViews(min, max)
+                    }
+                    "product_in_cart" => match test {
+                        toml::Value::Boolean(b) => SessionTest::ProductInCart(*b),
+                        _ => return Err(sub("expected true or false".to_owned())),
+                    },
+                    "source" => SessionTest::Source(media(test, &sub)?),
+                    other => {
+                        let tail = format!("expected one of {}", SessionTest::KEYS.join(", "));
+                        return Err(err(unknown(
+                            &format!("unknown session condition {other:?}"),
+                            other,
+                            &SessionTest::KEYS,
+                            &tail,
+                        )));
+                    }
+                };
+                all.push(Condition::Session(test));
+            }
+            match all.len() {
+                0 => return Err(err("expected at least one session condition".to_owned())),
+                1 => all.pop().expect("one"),
+                _ => Condition::All(all),
+            }
         }
         "properties" => {
             let toml::Value::Table(t) = value else {
@@ -935,6 +996,7 @@ fn compile_key(
                 let mut known: Vec<&str> = Field::ALL.iter().map(|(n, _)| *n).collect();
                 known.extend([
                     "source",
+                    "session",
                     "price",
                     "quantity",
                     "revenue",
@@ -973,6 +1035,26 @@ fn compile_key(
         }
     };
     Ok(condition)
+}
+
+/// Sources by name: a string or a non-empty array of them.
+fn media(
+    value: &toml::Value,
+    err: &impl Fn(String) -> PatternError,
+) -> Result<Vec<Medium>, PatternError> {
+    strings(value)
+        .map_err(err)?
+        .iter()
+        .map(|name| {
+            Medium::parse(name).ok_or_else(|| {
+                let all: Vec<&str> = Medium::ALL.iter().map(|m| m.as_str()).collect();
+                err(format!(
+                    "unknown source {name:?}; expected one of {}",
+                    all.join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A string or a non-empty array of strings.
@@ -1599,6 +1681,77 @@ mod tests {
             p.in_plain_words().contains("coming from search or email"),
             "{}",
             p.in_plain_words()
+        );
+    }
+
+    #[test]
+    fn session_conditions_compile_and_their_errors_say_what_is_wrong() {
+        let base = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n";
+        let text = format!(
+            "{base}[[step]]\nwhen = {{ session = {{ pages = {{ min = 3 }}, product_views = 2, \
+             product_in_cart = false, source = \"search\" }} }}\n"
+        );
+        let p = parse_pattern("p.toml", &text).unwrap();
+        let when = &p.transitions[INIT as usize][0].when;
+        let Condition::All(tests) = when else {
+            panic!("four session tests: {when:?}")
+        };
+        assert_eq!(
+            tests,
+            &[
+                Condition::Session(SessionTest::Pages(3, u32::MAX)),
+                Condition::Session(SessionTest::ProductViews(2, 2)),
+                Condition::Session(SessionTest::ProductInCart(false)),
+                Condition::Session(SessionTest::Source(vec![Medium::Search])),
+            ]
+        );
+        assert!(p.uses_session());
+        let plain = parse_pattern("p.toml", &format!("{base}[[step]]\nwhen = {{}}\n")).unwrap();
+        assert!(!plain.uses_session());
+        let words = p.in_plain_words();
+        assert!(
+            words.contains("the product's visit number 2 in the session"),
+            "{words}"
+        );
+        // The condition reads the facts detection attaches; without them it does not hold.
+        let c = crate::click::Click::new(0, "v", "https://shop.example/p/VD1");
+        let view = crate::Enricher::new().enrich(c, &Lookups::default());
+        let mut r = view.borrowed();
+        assert!(!when.eval(&r, None));
+        r.session = Some(crate::session::SessionFacts {
+            pages: 3,
+            product_views: 2,
+            product_in_cart: false,
+            source: Medium::Search,
+        });
+        assert!(when.eval(&r, None));
+        for (when, message) in [
+            ("session = 3", "expected a table of session conditions"),
+            ("session = {}", "expected at least one session condition"),
+            (
+                "session = { page = 3 }",
+                "unknown session condition \"page\": did you mean \"pages\"?",
+            ),
+            (
+                "session = { pages = 2.5 }",
+                "session.pages: counts are whole numbers",
+            ),
+            (
+                "session = { product_in_cart = 1 }",
+                "expected true or false",
+            ),
+            ("session = { source = \"tv\" }", "unknown source \"tv\""),
+        ] {
+            let text = format!("{base}[[step]]\nwhen = {{ {when} }}\n");
+            let e = error(&text);
+            assert!(e.contains(message), "{when}: {e}");
+        }
+        let unknown_state = "name = \"p\"\n[offer]\ndefault = \"offer1\"\nproduct_from = \"nowhere\"\n\
+             [[step]]\nname = \"seen\"\nwhen = {}\n[[step]]\nwhen = {}\n";
+        let e = error(unknown_state);
+        assert!(
+            e.contains("offer.product_from: unknown state \"nowhere\"; states are seen"),
+            "{e}"
         );
     }
 

@@ -42,8 +42,7 @@ use crate::event::{EventDetail, EventType};
 use crate::funnel::{FunnelSet, Hits, hit};
 use crate::source::Medium;
 
-/// Inactivity that ends a session.
-pub const SESSION_GAP_MS: i64 = 30 * MINUTE_MS;
+pub use crate::session::SESSION_GAP_MS;
 /// The minutes "the last hour" spans.
 const HOUR_MINUTES: i64 = 60;
 /// The minutes of the per-minute conversion series.
@@ -343,10 +342,7 @@ impl ShopWindows {
         let max = self.max_keys;
         let client_id = e.detail.and_then(|d| d.session_id.as_deref());
         let session = self.s.sessions.get(e.visitor);
-        let other_id = match (session.and_then(|s| s.id.as_deref()), client_id) {
-            (Some(a), Some(b)) => a != b,
-            _ => false,
-        };
+        let other_id = crate::session::other_id(session.and_then(|s| s.id.as_deref()), client_id);
         if other_id {
             let session = self.s.sessions.remove(e.visitor).expect("open");
             self.end(session, e.ts_ms);
