@@ -5,6 +5,7 @@
 //! [`EnrichedClick`] is the same view after the enrichment stage added what the lookups and the
 //! request tell about it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -182,35 +183,39 @@ impl<'de> Deserialize<'de> for Click {
 
 /// The JSON form of an event: the JSON-lines log format, the collector's body
 /// (`docs/click-format.md`). Flat: the event's detail fields sit beside the page view's.
+///
+/// The page view's texts borrow from the input where it has them unescaped (a log line): a
+/// reader hands them on without copying ([`ClickJson::with_log_click`]).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClickJson {
+pub struct ClickJson<'a> {
     /// Visitor id (required in logs; optional at the collector).
-    #[serde(default)]
-    pub visitor: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub visitor: Option<Cow<'a, str>>,
     /// The collector's identity token for `visitor` (refused in logs).
-    #[serde(default)]
-    pub token: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub token: Option<Cow<'a, str>>,
     /// The page's URL.
-    pub url: String,
+    #[serde(borrow)]
+    pub url: Cow<'a, str>,
     /// Event time (required in logs; the collector stamps its own).
     #[serde(default)]
     pub ts_ms: Option<i64>,
     /// Client IP address.
-    #[serde(default)]
-    pub ip: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub ip: Option<Cow<'a, str>>,
     /// User agent.
-    #[serde(default)]
-    pub user_agent: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub user_agent: Option<Cow<'a, str>>,
     /// City.
-    #[serde(default)]
-    pub city: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub city: Option<Cow<'a, str>>,
     /// Country.
-    #[serde(default)]
-    pub country: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub country: Option<Cow<'a, str>>,
     /// State or region.
-    #[serde(default)]
-    pub region: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub region: Option<Cow<'a, str>>,
     /// Gender.
     #[serde(default)]
     pub gender: Option<Gender>,
@@ -246,7 +251,17 @@ pub struct ClickJson {
     pub properties: Properties,
 }
 
-impl ClickJson {
+/// An optional text borrowed from the input where it has no escapes: serde borrows a `Cow`
+/// only as a field of its own, never inside an `Option`, so the `Option` is taken apart here.
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|t| t.0))
+}
+
+impl<'a> ClickJson<'a> {
     /// The event's type and detail (`None` when it says nothing beyond a page view).
     pub fn take_event(&mut self) -> (EventType, Option<Box<EventDetail>>) {
         let detail = EventDetail {
@@ -263,29 +278,60 @@ impl ClickJson {
         (event, (!detail.is_empty()).then(|| Box::new(detail)))
     }
 
-    /// The click of a log line: `ts_ms` and `visitor` are required, `token` refused.
-    pub fn into_click(mut self) -> Result<Click, String> {
+    /// The time and visitor of a log line: both are required, and `token` is refused.
+    fn log_key(&mut self) -> Result<(i64, Cow<'a, str>), String> {
         if self.token.is_some() {
             return Err("field `token` belongs to the collector's requests, not to logs".into());
         }
         let ts_ms = self.ts_ms.ok_or("missing field `ts_ms`")?;
         let visitor = self.visitor.take().ok_or("missing field `visitor`")?;
+        Ok((ts_ms, visitor))
+    }
+
+    /// The click of a log line: `ts_ms` and `visitor` are required, `token` refused.
+    pub fn into_click(mut self) -> Result<Click, String> {
+        let (ts_ms, visitor) = self.log_key()?;
         let (event, detail) = self.take_event();
         let detail = crate::event::with_url_utm(&self.url, detail);
+        let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
         Ok(Click {
             ts_ms,
-            visitor,
-            url: self.url,
-            ip: self.ip.unwrap_or_default(),
-            user_agent: self.user_agent.unwrap_or_default(),
-            city: self.city,
-            country: self.country,
-            region: self.region,
+            visitor: visitor.into_owned(),
+            url: self.url.into_owned(),
+            ip: owned(self.ip).unwrap_or_default(),
+            user_agent: owned(self.user_agent).unwrap_or_default(),
+            city: owned(self.city),
+            country: owned(self.country),
+            region: owned(self.region),
             gender: self.gender,
             age: self.age,
             event,
             detail,
         })
+    }
+
+    /// [`ClickJson::into_click`] without copying: the click of a log line, borrowed from it,
+    /// checked ([`ClickRef::validate`]) and handed to `f`.
+    pub fn with_log_click<R>(mut self, f: impl FnOnce(ClickRef<'_>) -> R) -> Result<R, String> {
+        let (ts_ms, visitor) = self.log_key()?;
+        let (event, detail) = self.take_event();
+        let detail = crate::event::with_url_utm(&self.url, detail);
+        let click = ClickRef {
+            ts_ms,
+            visitor: &visitor,
+            url: &self.url,
+            ip: self.ip.as_deref().unwrap_or_default(),
+            user_agent: self.user_agent.as_deref().unwrap_or_default(),
+            city: self.city.as_deref(),
+            country: self.country.as_deref(),
+            region: self.region.as_deref(),
+            gender: self.gender,
+            age: self.age,
+            event: &event,
+            detail: detail.as_deref(),
+        };
+        click.validate().map_err(|e| e.to_string())?;
+        Ok(f(click))
     }
 }
 

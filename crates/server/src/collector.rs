@@ -28,6 +28,7 @@
 //! allowed to send; `413` over the size limit; `415` for a compressed body; `503` with
 //! `Retry-After` when the pipeline cannot take more — nothing is buffered without bound.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -224,7 +225,8 @@ fn parse_click(
     identity: Option<&Identity>,
 ) -> Result<Click, String> {
     // The JSON-lines format's fields (`ts_ms` is ignored: the server stamps event time).
-    let mut c: ClickJson = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let mut c =
+        <ClickJson<'_> as serde::Deserialize>::deserialize(item).map_err(|e| e.to_string())?;
     let (event, detail) = c.take_event();
     let ip = match c.ip {
         Some(ip) if sender.trusted => {
@@ -236,7 +238,9 @@ fn parse_click(
         // An untrusted client's word about its own address is not taken.
         _ => sender.ip.to_owned(),
     };
-    let user_agent = c.user_agent.unwrap_or_else(|| sender.user_agent.to_owned());
+    let user_agent = c
+        .user_agent
+        .map_or_else(|| sender.user_agent.to_owned(), Cow::into_owned);
     // A country becomes a dashboard key: only ISO 3166-1 (a code or a name), as the lower-case
     // alpha-3 code the log uses.
     let country = match c.country {
@@ -276,12 +280,12 @@ fn parse_click(
     let click = Click {
         ts_ms,
         visitor,
-        url: c.url,
+        url: c.url.into_owned(),
         ip,
         user_agent,
-        city: c.city,
+        city: c.city.map(Cow::into_owned),
         country,
-        region: c.region,
+        region: c.region.map(Cow::into_owned),
         gender: c.gender,
         age: c.age,
         event,

@@ -171,20 +171,12 @@ impl LogReader {
     /// error stops it.
     pub fn read_all(
         self,
-        mut on_click: impl FnMut(ClickRef<'_>),
-        mut on_malformed: impl FnMut(DeadLetter),
+        on_click: impl FnMut(ClickRef<'_>),
+        on_malformed: impl FnMut(DeadLetter),
     ) -> Result<(), ReaderError> {
         match self.inner {
             Inner::Tsv(mut r) => r.read_all(on_click, on_malformed),
-            Inner::Json(r) => {
-                for record in r {
-                    match record? {
-                        LogRecord::Click(click) => on_click(click.borrowed()),
-                        LogRecord::Malformed(letter) => on_malformed(letter),
-                    }
-                }
-                Ok(())
-            }
+            Inner::Json(mut r) => r.read_all(on_click, on_malformed),
         }
     }
 }
