@@ -173,7 +173,18 @@ fn browse_click(ts_ms: i64, visitor: usize, product: usize, add: bool) -> Enrich
         ..EventDetail::default()
     }));
     c.validate().unwrap();
-    Enricher::new().enrich(c, &Lookups::default())
+    Enricher::new().enrich(c, &catalogue())
+}
+
+/// A catalogue of the two products (the pattern is about catalogue products).
+fn catalogue() -> Lookups {
+    let mut lookups = Lookups::default();
+    let products = r#"[{"id":"VD0","category":"clothing","title":"Zero"},
+                       {"id":"VD1","category":"clothing","title":"One"}]"#;
+    lookups
+        .load_products_json("products.json", products.as_bytes())
+        .unwrap();
+    lookups
 }
 
 /// The batch recomputation from the pattern's words: per visitor, sessions end after 30 minutes

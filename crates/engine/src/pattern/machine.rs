@@ -225,6 +225,9 @@ pub enum Condition {
     AgeBetween(u32, u32),
     /// Whether the visitor has a users record.
     KnownVisitor(bool),
+    /// Whether the event's product is one of the catalogue's (not the home page, a cart or a
+    /// search page, nor an id the catalogue does not have).
+    CatalogueProduct(bool),
     /// The product differs from the first product recorded in that state in this match.
     ProductDiffersFrom(StateId),
     /// The product is the first product recorded in that state in this match.
@@ -279,13 +282,11 @@ impl SessionTest {
         match self {
             SessionTest::Pages(min, max) => count(*min, *max, "pages viewed in the session"),
             SessionTest::ProductViews(n, m) if n == m => {
-                format!("the product's visit number {n} in the session")
+                format!("its visit number {n} in the session")
             }
-            SessionTest::ProductViews(min, max) => {
-                count(*min, *max, "the product visited in the session")
-            }
-            SessionTest::ProductInCart(true) => "the product in the cart".to_owned(),
-            SessionTest::ProductInCart(false) => "the product not in the cart".to_owned(),
+            SessionTest::ProductViews(min, max) => count(*min, *max, "visited in the session"),
+            SessionTest::ProductInCart(true) => "in the cart".to_owned(),
+            SessionTest::ProductInCart(false) => "not in the cart".to_owned(),
             SessionTest::Source(media) => {
                 let names: Vec<&str> = media.iter().map(|m| m.as_str()).collect();
                 format!("a session from {}", names.join(" or "))
@@ -320,6 +321,11 @@ impl Condition {
                 click.age.is_some_and(|a| (*min..=*max).contains(&a))
             }
             Condition::KnownVisitor(known) => click.known_visitor == *known,
+            Condition::CatalogueProduct(wanted) => {
+                let known = &**click.title != crate::enrich::UNKNOWN
+                    && &**click.product_id != crate::lookups::HOME_PRODUCT_ID;
+                known == *wanted
+            }
             Condition::ProductDiffersFrom(state) => current
                 .and_then(|m| m.first_product_of(*state))
                 .is_none_or(|p| **p != **click.product_id),
@@ -368,6 +374,8 @@ impl Condition {
             Condition::AgeBetween(min, max) => write!(f, "aged {min}–{max}"),
             Condition::KnownVisitor(true) => f.write_str("a known visitor"),
             Condition::KnownVisitor(false) => f.write_str("an unknown visitor"),
+            Condition::CatalogueProduct(true) => f.write_str("a product of the catalogue"),
+            Condition::CatalogueProduct(false) => f.write_str("not a product of the catalogue"),
             Condition::ProductDiffersFrom(s) => {
                 write!(f, "a different product than at {}", states[*s as usize])
             }

@@ -338,6 +338,8 @@ fn fact(c: &Condition) -> String {
         Condition::AgeBetween(min, max) => format!("aged {min}–{max}"),
         Condition::KnownVisitor(true) => "with a customer account".to_owned(),
         Condition::KnownVisitor(false) => "without a customer account".to_owned(),
+        Condition::CatalogueProduct(true) => "a product of the shop".to_owned(),
+        Condition::CatalogueProduct(false) => "a page without a product".to_owned(),
         Condition::True => "anything".to_owned(),
         Condition::ProductDiffersFrom(_) => "a different product".to_owned(),
         Condition::ProductSameAs(_) => "the same product".to_owned(),
@@ -349,10 +351,15 @@ fn fact(c: &Condition) -> String {
 
 /// The products a transition's view must show: "shoes", "a different clothing item".
 fn view(c: &Condition) -> String {
-    let parts: &[Condition] = match c {
-        Condition::All(cs) => cs,
-        other => std::slice::from_ref(other),
-    };
+    // A table nested in `all` (a `session` table of several tests) reads as its parts.
+    fn flatten<'c>(c: &'c Condition, out: &mut Vec<&'c Condition>) {
+        match c {
+            Condition::All(cs) => cs.iter().for_each(|c| flatten(c, out)),
+            other => out.push(other),
+        }
+    }
+    let mut parts = Vec::new();
+    flatten(c, &mut parts);
     let mut what: Option<String> = None;
     let mut which: Option<&str> = None;
     let mut extra = Vec::new();
@@ -373,16 +380,16 @@ fn view(c: &Condition) -> String {
             Condition::ProductDiffersFrom(_) => which = Some("a different"),
             Condition::ProductSameAs(_) => which = Some("the same"),
             Condition::ProductNotSeen => which = Some("a new"),
+            Condition::CatalogueProduct(true) => {
+                what.get_or_insert_with(|| "a product".to_owned());
+            }
+            Condition::CatalogueProduct(false) => extra.push(fact(part)),
             Condition::Any(cs) => {
                 what = Some(join(&cs.iter().map(view).collect::<Vec<_>>(), "or"));
             }
             Condition::Not(inner) => extra.push(format!("anything but {}", view(inner))),
-            Condition::All(cs) => {
-                let inner = view(&Condition::All(cs.clone()));
-                if inner != "any product" {
-                    extra.push(inner);
-                }
-            }
+            // Flattened above.
+            Condition::All(_) => {}
             leaf @ (Condition::Amount(..)
             | Condition::Property(..)
             | Condition::Source(..)

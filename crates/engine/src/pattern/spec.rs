@@ -868,6 +868,10 @@ fn compile_key(
             }
             _ => return Err(err("expected an age or { min = .., max = .. }".to_owned())),
         },
+        "catalogue_product" => match value {
+            toml::Value::Boolean(b) => Condition::CatalogueProduct(*b),
+            _ => return Err(err("expected true or false".to_owned())),
+        },
         "known_visitor" => match value {
             toml::Value::Boolean(b) => Condition::KnownVisitor(*b),
             _ => return Err(err("expected true or false".to_owned())),
@@ -1003,6 +1007,7 @@ fn compile_key(
                     "properties",
                     "age",
                     "known_visitor",
+                    "catalogue_product",
                     "product_not_seen",
                     "product_differs_from",
                     "product_same_as",
@@ -1685,6 +1690,49 @@ mod tests {
     }
 
     #[test]
+    fn catalogue_product_holds_for_the_catalogue_s_products_only() {
+        let text = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n\
+                    [[step]]\nwhen = { catalogue_product = true }\n";
+        let p = parse_pattern("p.toml", text).unwrap();
+        let when = &p.transitions[INIT as usize][0].when;
+        let mut lookups = Lookups::default();
+        let products = r#"[{"id":"VD1","category":"shoes","title":"Red shoes"}]"#;
+        lookups
+            .load_products_json("products.json", products.as_bytes())
+            .unwrap();
+        lookups
+            .load_products_tsv(
+                "products.tsv",
+                "url\tcategory\nhttp://www.acme.com/\tbooks\n".as_bytes(),
+            )
+            .unwrap();
+        let holds = |url: &str| {
+            let c = crate::click::Click::new(0, "v", url);
+            let view = crate::Enricher::new().enrich(c, &lookups);
+            when.eval(&view.borrowed(), None)
+        };
+        assert!(holds("http://www.acme.com/SH1/VD1"));
+        assert!(!holds("http://www.acme.com/"), "the home page");
+        assert!(
+            !holds("http://www.acme.com/shop/cart"),
+            "a page without a product"
+        );
+        assert!(
+            !holds("http://www.acme.com/SH1/VD9"),
+            "an id the catalogue does not have"
+        );
+        assert!(
+            p.in_plain_words().starts_with("Look at a product"),
+            "{}",
+            p.in_plain_words()
+        );
+        let e = error(
+            "name = \"p\"\n[offer]\ndefault = \"offer1\"\n[[step]]\nwhen = { catalogue_product = 1 }\n",
+        );
+        assert!(e.contains("expected true or false"), "{e}");
+    }
+
+    #[test]
     fn session_conditions_compile_and_their_errors_say_what_is_wrong() {
         let base = "name = \"p\"\n[offer]\ndefault = \"offer1\"\n";
         let text = format!(
@@ -1710,7 +1758,7 @@ mod tests {
         assert!(!plain.uses_session());
         let words = p.in_plain_words();
         assert!(
-            words.contains("the product's visit number 2 in the session"),
+            words.contains("(its visit number 2 in the session) (not in the cart)"),
             "{words}"
         );
         // The condition reads the facts detection attaches; without them it does not hold.
