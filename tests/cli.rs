@@ -28,9 +28,7 @@ fn sigterm_drains_commits_and_exits_zero_then_a_restart_continues() {
     demo_to_end(dir, &[]);
     let s = run_json(&["status", "--json", "--data-dir", dir]);
     assert_eq!(s["topics"]["enriched-click-data"]["records"], 116_607);
-    // The aggregate reads the offers too (the shipped browse-abandonment pattern finds a few).
-    let offers = s["topics"]["special-offers"]["records"].as_u64().unwrap();
-    assert_eq!(s["state"]["runner/aggregate"]["events"], 116_607 + offers);
+    let offers = assert_aggregate_read_the_log_and_its_offers(&s);
     // Without `--json`, a short summary for people.
     let text = String::from_utf8(run_ok(&["status", "--data-dir", dir]).stdout).unwrap();
     let aggregated = format!("116,{:03} events", 607 + offers);

@@ -19,14 +19,7 @@ fn end_of_log_snapshot_at_max_speed_equals_the_backtest() {
         "now is the newest event time"
     );
     assert_eq!(live, &backtest["dashboard"]);
-    // Every enriched click, and every offer (the shipped browse-abandonment pattern finds a few).
-    let offers = status["topics"]["special-offers"]["records"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(
-        status["state"]["runner/aggregate"]["events"],
-        116_607 + offers
-    );
+    assert_aggregate_read_the_log_and_its_offers(&status);
 }
 
 /// The replay with the shop interactions the demo adds to the bundled log on the real clock

@@ -63,12 +63,5 @@ fn a_full_disk_stops_the_pipeline_cleanly_and_a_restart_finishes_the_log() {
     let after = run_json(&["status", "--json", "--data-dir", dir]);
     assert_eq!(after["topics"]["click-data"]["records"], 116_607);
     assert_eq!(after["topics"]["enriched-click-data"]["records"], 116_607);
-    // Every enriched click, and every offer (the shipped browse-abandonment pattern finds a few).
-    let offers = after["topics"]["special-offers"]["records"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(
-        after["state"]["runner/aggregate"]["events"],
-        116_607 + offers
-    );
+    assert_aggregate_read_the_log_and_its_offers(&after);
 }

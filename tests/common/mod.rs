@@ -335,3 +335,17 @@ pub fn backtest_with_cart_offers(log: &Path) -> (Value, PathBuf) {
     );
     (report, patterns)
 }
+
+/// The aggregate of a finished demo on the bundled log (as `status --json` reports it) read
+/// every one of the log's 116,607 clicks and every offer (the shipped browse-abandonment
+/// pattern finds a few); returns the offers.
+pub fn assert_aggregate_read_the_log_and_its_offers(status: &Value) -> u64 {
+    let offers = status["topics"]["special-offers"]["records"]
+        .as_u64()
+        .expect("a special-offers topic");
+    assert_eq!(
+        status["state"]["runner/aggregate"]["events"],
+        116_607 + offers
+    );
+    offers
+}

@@ -249,6 +249,35 @@ fn keys(offers: &[Offer]) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Both paths gave each expected offer (by `key`) exactly once, and the same offers, ids
+/// included, whichever path and wherever the restart.
+fn same_offers_once_each<K: Ord + Clone + std::fmt::Debug>(
+    batch: &[Offer],
+    live: &[Offer],
+    want: &BTreeSet<K>,
+    key: impl Fn(&[Offer]) -> Vec<K>,
+) -> Result<(), TestCaseError> {
+    for (path, offers) in [("backtest", batch), ("runner", live)] {
+        let got = key(offers);
+        let unique: BTreeSet<K> = got.iter().cloned().collect();
+        prop_assert_eq!(
+            unique.len(),
+            got.len(),
+            "{} gave an offer twice: {:?}",
+            path,
+            got
+        );
+        prop_assert_eq!(&unique, want, "{}", path);
+    }
+    let ids = |o: &[Offer]| {
+        o.iter()
+            .map(|o| o.offer_id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    prop_assert_eq!(ids(batch), ids(live));
+    Ok(())
+}
+
 /// The runner's path: each record, then the watermark when it moved; checkpointed and
 /// restored into a new operator before record `restart`.
 fn through_the_runner(
@@ -309,15 +338,7 @@ proptest! {
         let mut backtest = DetectOperator::new(registry());
         let batch: Vec<Offer> = clicks.iter().flat_map(|c| backtest.detect(c)).collect();
         let live = through_the_runner(registry, &clicks, restart.min(clicks.len()));
-        for (path, offers) in [("backtest", &batch), ("runner", &live)] {
-            let got = keys(offers);
-            let unique: BTreeSet<(String, i64)> = got.iter().cloned().collect();
-            prop_assert_eq!(unique.len(), got.len(), "{} gave an offer twice: {:?}", path, got);
-            prop_assert_eq!(&unique, &want, "{}", path);
-        }
-        // The same offers, ids included, whichever path and wherever the restart.
-        let ids = |o: &[Offer]| o.iter().map(|o| o.offer_id.clone()).collect::<BTreeSet<_>>();
-        prop_assert_eq!(ids(&batch), ids(&live));
+        same_offers_once_each(&batch, &live, &want, keys)?;
     }
 }
 
@@ -335,17 +356,13 @@ proptest! {
         let mut backtest = DetectOperator::new(browse_registry());
         let batch: Vec<Offer> = clicks.iter().flat_map(|c| backtest.detect(c)).collect();
         let live = through_the_runner(browse_registry, &clicks, restart.min(clicks.len()));
-        for (path, offers) in [("backtest", &batch), ("runner", &live)] {
-            let got: Vec<(String, i64, String)> = offers
+        let with_product = |offers: &[Offer]| -> Vec<(String, i64, String)> {
+            offers
                 .iter()
                 .map(|o| (o.visitor.clone(), o.ts_ms, o.product.clone().unwrap_or_default()))
-                .collect();
-            let unique: BTreeSet<_> = got.iter().cloned().collect();
-            prop_assert_eq!(unique.len(), got.len(), "{} gave an offer twice: {:?}", path, got);
-            prop_assert_eq!(&unique, &want, "{}", path);
-        }
-        let ids = |o: &[Offer]| o.iter().map(|o| o.offer_id.clone()).collect::<BTreeSet<_>>();
-        prop_assert_eq!(ids(&batch), ids(&live));
+                .collect()
+        };
+        same_offers_once_each(&batch, &live, &want, with_product)?;
     }
 }
 
