@@ -134,6 +134,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     };
     let dashboard = DashboardHandle::default();
     let operator_settings = OperatorSettings {
+        pipeline: config.pipeline.clone(),
+        live,
         enrich: EnrichSettings {
             lookups: Some(lookups),
         },
@@ -143,8 +145,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         },
         aggregate: AggregateSettings {
             dashboard: dashboard.clone(),
-            pipeline: config.pipeline.clone(),
-            live,
             funnels: Some(funnels.clone()),
         },
     };

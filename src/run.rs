@@ -159,6 +159,8 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     // What the aggregate publishes, for the dashboard store (a sink).
     let aggregate_dashboard = DashboardHandle::default();
     let operator_settings = OperatorSettings {
+        pipeline: config.pipeline.clone(),
+        live: !config.replay.original_time,
         enrich: EnrichSettings::default(),
         detect: DetectSettings {
             registry: pattern_parts
@@ -168,8 +170,6 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         },
         aggregate: AggregateSettings {
             dashboard: aggregate_dashboard.clone(),
-            pipeline: config.pipeline.clone(),
-            live: !config.replay.original_time,
             funnels,
         },
     };

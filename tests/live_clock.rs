@@ -233,3 +233,39 @@ fn at_another_speed_a_restart_resumes_the_clock_where_it_was() {
     demo.kill().unwrap();
     demo.wait().unwrap();
 }
+
+/// A quiet shop: one visitor adds something to the cart and nothing else happens anywhere.
+/// Detection's deadlines follow the sources' frontier (the clock) once everything published has
+/// reached it, so the cart-abandonment offer comes when the clock passes its 15 minutes; it
+/// used to wait for the next event on every partition (here: forever).
+#[test]
+fn in_a_quiet_shop_the_cart_abandonment_offer_comes_when_the_clock_passes_its_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = far_away_log(tmp.path());
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    // At 60× the 15 minutes pass in 15 s of wall time.
+    let mut demo = start(dir.to_str().unwrap(), port, &log, &["--speed", "60"]);
+    let (visitor, token) = new_identity(port);
+    let offers = subscribe(port, &visitor, &token);
+    let body = serde_json::json!({
+        "type": "add_to_cart", "visitor": visitor, "token": token,
+        "url": "http://www.acme.com/SH55126545/VD55177927",
+        "product": {"id": "VD55177927", "price": 25.0, "quantity": 1},
+    });
+    let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+        .send(body.to_string().as_str())
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    let added_ms = clock(port);
+    let offer = next_offer(&offers, "the cart-abandonment offer in a quiet shop");
+    assert_eq!(offer["pattern"], "cart-abandonment", "{offer}");
+    assert_eq!(offer["visitor"], visitor.as_str());
+    assert!(
+        clock(port) >= added_ms + 15 * 60_000 - 1_000,
+        "not before the deadline (the add was stamped at most a second before {added_ms})"
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}

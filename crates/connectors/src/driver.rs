@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use clickpulse_engine::DeadLetter;
 use clickpulse_engine::operator::{
-    Context, Emitter, Operator, Output, PartitionTimes, RestoreError, StateChanges,
+    Context, Emitter, EventTimeRules, Operator, Output, PartitionTimes, RestoreError, StateChanges,
 };
 use clickpulse_engine::topics::Topic;
+use clickpulse_engine::window::{Frontier, Watermarks};
 
 /// One fetched record, as the runner hands it to the driver.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,53 @@ pub enum Processed {
     DeadLettered,
 }
 
+/// The watermark of an operator with [`EventTimeRules`]: the windows' [`Watermarks`] over its
+/// input partitions (numbered in the order they are first seen).
+struct RuledClock {
+    marks: Watermarks,
+    partitions: Vec<(Topic, u32)>,
+    frontier: Option<clickpulse_engine::window::dashboard::FrontierFn>,
+    /// The frontier as sampled before the inputs were read ([`TaskDriver::poll`]).
+    sampled: Option<Frontier>,
+}
+
+impl RuledClock {
+    fn new(rules: EventTimeRules) -> Self {
+        RuledClock {
+            marks: Watermarks::new(rules.allowed_lateness_ms, rules.idle_timeout),
+            partitions: Vec::new(),
+            frontier: rules.frontier,
+            sampled: None,
+        }
+    }
+
+    fn slot(&mut self, topic: Topic, partition: u32) -> u32 {
+        let at = match self
+            .partitions
+            .iter()
+            .position(|&(t, p)| t == topic && p == partition)
+        {
+            Some(at) => at,
+            None => {
+                self.partitions.push((topic, partition));
+                self.partitions.len() - 1
+            }
+        };
+        at as u32
+    }
+
+    /// Restores the partitions' newest event times of a checkpoint, as seen at `wall`.
+    fn restore_times(&mut self, times: &PartitionTimes, wall: Instant) {
+        let mut restored = std::collections::BTreeMap::new();
+        for (topic, partition, ts) in times.iter() {
+            if let Some(topic) = Topic::from_name(topic) {
+                restored.insert(self.slot(topic, partition), ts);
+            }
+        }
+        self.marks.restore_partitions(&restored, wall);
+    }
+}
+
 /// One operator task: the operator, what it emitted and not yet handed on, its counters, and
 /// when it last checkpointed.
 pub struct TaskDriver<O> {
@@ -53,6 +101,8 @@ pub struct TaskDriver<O> {
     /// one last checkpointed.
     announced: Option<i64>,
     announced_checkpointed: Option<i64>,
+    /// The watermark's lateness, idle and frontier rules, for an operator that has them.
+    rules: Option<RuledClock>,
     /// Records taken (dead-lettered ones included).
     pub events: u64,
     /// Records dead-lettered.
@@ -63,7 +113,9 @@ impl<O: Operator> TaskDriver<O> {
     /// A task of `op`, its last checkpoint counted as taken at `now`.
     pub fn new(op: O, now: Instant) -> Self {
         let checkpoint_every = op.checkpoint_interval();
+        let rules = op.event_time_rules().map(RuledClock::new);
         TaskDriver {
+            rules,
             stage: op.name(),
             op,
             emitter: Emitter::default(),
@@ -125,7 +177,33 @@ impl<O: Operator> TaskDriver<O> {
 
     /// Starts the operator at wall time `now`, once its state is restored.
     pub fn start(&mut self, now: Instant) {
+        if let Some(rules) = &mut self.rules {
+            // The restored partitions hold the watermark where it was until they deliver more
+            // or go idle; it never moves below what was announced.
+            rules.restore_times(&self.times, now);
+            rules.marks.restore(self.announced);
+        }
         self.op.on_start(now);
+    }
+
+    /// Called at the start of every poll, before the runner reads the inputs: samples what
+    /// must be known before them (the sources' frontier: anything published before it is then
+    /// in the batch, or shows as a backlog).
+    pub fn poll(&mut self) {
+        if let Some(rules) = &mut self.rules {
+            rules.sampled = rules.frontier.as_ref().and_then(|f| f());
+        }
+        self.op.on_poll();
+    }
+
+    /// Tells whether input `partition` of `topic` has records not read yet (a partition with
+    /// a backlog is slow, not idle), before [`TaskDriver::tick`].
+    pub fn input_backlog(&mut self, topic: Topic, partition: u32, pending: bool) {
+        if let Some(rules) = &mut self.rules {
+            let slot = rules.slot(topic, partition);
+            rules.marks.set_backlog(slot, pending);
+        }
+        self.op.input_backlog(topic, partition, pending);
     }
 
     /// Tells the operator the runner stops (what it emits goes with the last checkpoint).
@@ -153,11 +231,18 @@ impl<O: Operator> TaskDriver<O> {
             &mut self.times,
         );
         let result = self.op.process_record(record.value, &mut ctx);
-        if let Some(watermark) = self.times.watermark()
-            && self.announced.is_none_or(|a| watermark > a)
-        {
-            self.announced = Some(watermark);
-            self.op.on_watermark(watermark, &mut self.emitter);
+        match &mut self.rules {
+            Some(rules) => {
+                if let Some(ts) = self.times.newest(record.topic.name(), record.partition) {
+                    let slot = rules.slot(record.topic, record.partition);
+                    rules.marks.observe(slot, ts, now);
+                }
+            }
+            None => {
+                if let Some(watermark) = self.times.watermark() {
+                    self.announce(watermark);
+                }
+            }
         }
         match result {
             Ok(()) => Processed::Ok,
@@ -180,9 +265,29 @@ impl<O: Operator> TaskDriver<O> {
         }
     }
 
-    /// Runs the operator's timers at wall time `now` (after a batch, and while idle).
+    /// Tells the operator of `watermark` if it is higher than any before.
+    fn announce(&mut self, watermark: i64) {
+        if self.announced.is_none_or(|a| watermark > a) {
+            self.announced = Some(watermark);
+            self.op.on_watermark(watermark, &mut self.emitter);
+        }
+    }
+
+    /// Runs the operator's timers at wall time `now` (after a batch, and while idle); with
+    /// [`EventTimeRules`], announces the watermark they give now.
     pub fn tick(&mut self, now: Instant) {
+        if let Some(rules) = &mut self.rules {
+            let sampled = rules.sampled.take();
+            if let Some(watermark) = rules.marks.advance_with(now, sampled) {
+                self.announce(watermark);
+            }
+        }
         self.op.on_tick(now, &mut self.emitter);
+    }
+
+    /// The watermark announced to the operator last (`None` before the first).
+    pub fn announced(&self) -> Option<i64> {
+        self.announced
     }
 
     /// Whether anything is waiting to be handed on.
@@ -238,6 +343,8 @@ pub const ANNOUNCED_KEY: &str = "runner/watermark-announced";
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use clickpulse_engine::operator::RecordError;
 
@@ -254,6 +361,7 @@ mod tests {
         announced: Vec<i64>,
         /// Whether `on_watermark` emits a timer output.
         timers: bool,
+        rules: Option<EventTimeRules>,
     }
 
     impl Operator for Doubler {
@@ -284,6 +392,9 @@ mod tests {
                 out.emit(TIMERS, "k", &watermark);
             }
         }
+        fn event_time_rules(&self) -> Option<EventTimeRules> {
+            self.rules.clone()
+        }
         fn checkpoint_interval(&self) -> Duration {
             Duration::from_secs(10)
         }
@@ -309,6 +420,7 @@ mod tests {
                 watermark: None,
                 announced: Vec::new(),
                 timers: false,
+                rules: None,
             },
             now,
         )
@@ -457,6 +569,161 @@ mod tests {
         assert!(
             unchanged.iter().all(|(k, _)| k != ANNOUNCED_KEY),
             "an unchanged announcement is not written again"
+        );
+    }
+
+    /// A task whose operator follows the windows' rules: 2 ms of lateness, 100 ms of silence
+    /// makes a partition idle, and `frontier` (if any) for the sources' frontier.
+    fn ruled(now: Instant, frontier: Option<Arc<Mutex<Option<Frontier>>>>) -> TaskDriver<Doubler> {
+        let mut d = driver(now);
+        d.op_mut().rules = Some(EventTimeRules {
+            allowed_lateness_ms: 2,
+            idle_timeout: Duration::from_millis(100),
+            frontier: frontier.map(|f| {
+                Arc::new(move || *f.lock().unwrap())
+                    as clickpulse_engine::window::dashboard::FrontierFn
+            }),
+        });
+        // The rules are read when the task is made.
+        TaskDriver::new(std::mem::replace(d.op_mut(), driver(now).op), now)
+    }
+
+    /// A started ruled task whose partition 0 is at 50 s and partition 1 at 10 s (at `t0`).
+    fn started_at_50_and_10(t0: Instant) -> TaskDriver<Doubler> {
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        let mut d = ruled(t0, None);
+        d.start(t0);
+        d.process(record(0, 0, "k", &n(50 * S)), t0);
+        d.process(record(1, 0, "k", &n(10 * S)), t0);
+        d
+    }
+
+    /// Times in whole seconds (the windows' watermark is floored to a second).
+    const S: u64 = 1_000;
+
+    #[test]
+    fn with_rules_a_silent_partition_stops_holding_the_watermark_back_after_the_idle_timeout() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        let mut d = started_at_50_and_10(t0);
+        d.tick(t0);
+        assert_eq!(
+            d.op().announced,
+            [9 * S as i64],
+            "the slower partition, less the lateness"
+        );
+        // Partition 1 goes quiet while partition 0 goes on (the stage polls every 40 ms: a
+        // longer gap would count as its own stall, not as its inputs' silence).
+        d.process(record(0, 1, "k", &n(70 * S)), ms(40));
+        d.tick(ms(40));
+        d.process(record(0, 2, "k", &n(75 * S)), ms(80));
+        d.tick(ms(80));
+        assert_eq!(d.op().announced, [9 * S as i64], "not idle yet");
+        d.process(record(0, 3, "k", &n(80 * S)), ms(120));
+        d.tick(ms(120));
+        assert_eq!(
+            d.op().announced,
+            [9 * S as i64, 79 * S as i64],
+            "partition 1 is idle"
+        );
+        // Everything quiet: the stream paused, the watermark moves up to the newest event.
+        for wall in [160, 200, 240] {
+            d.tick(ms(wall));
+        }
+        assert_eq!(d.op().announced.last(), Some(&(80 * S as i64)));
+    }
+
+    #[test]
+    fn with_rules_a_partition_with_unread_records_is_slow_not_idle() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        let mut d = started_at_50_and_10(t0);
+        d.input_backlog(NUMBERS, 1, true);
+        for wall in (40..400).step_by(40) {
+            d.process(record(0, wall, "k", &n(50 * S + wall)), ms(wall));
+            d.tick(ms(wall));
+        }
+        assert_eq!(
+            d.op().announced,
+            [9 * S as i64],
+            "held back for its backlog"
+        );
+        d.input_backlog(NUMBERS, 1, false);
+        d.process(record(0, 400, "k", &n(60 * S)), ms(400));
+        d.tick(ms(400));
+        assert_eq!(d.op().announced, [9 * S as i64, 59 * S as i64]);
+    }
+
+    #[test]
+    fn with_rules_and_a_frontier_a_drained_stream_follows_the_clock() {
+        let t0 = Instant::now();
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        let frontier = Arc::new(Mutex::new(None));
+        let mut d = ruled(t0, Some(frontier.clone()));
+        d.start(t0);
+        *frontier.lock().unwrap() = Some(Frontier {
+            low_ms: 20 * S as i64,
+            drained: false,
+        });
+        d.poll();
+        d.process(record(0, 0, "k", &n(10 * S)), t0);
+        d.tick(t0);
+        assert_eq!(
+            d.op().announced,
+            [9 * S as i64],
+            "inputs decide while not drained"
+        );
+        // Nothing more on its way, and the clock at 600 s: the watermark follows it.
+        *frontier.lock().unwrap() = Some(Frontier {
+            low_ms: 600 * S as i64,
+            drained: true,
+        });
+        d.poll();
+        d.tick(t0);
+        assert_eq!(d.op().announced.last(), Some(&(599 * S as i64)));
+        // Not drained again: never more than what the frontier allows.
+        *frontier.lock().unwrap() = Some(Frontier {
+            low_ms: 700 * S as i64,
+            drained: false,
+        });
+        d.poll();
+        d.process(record(0, 1, "k", &n(900 * S)), t0);
+        d.tick(t0);
+        assert_eq!(d.op().announced.last(), Some(&(699 * S as i64)));
+    }
+
+    #[test]
+    fn with_rules_a_restarted_task_holds_its_partitions_until_they_deliver_or_go_idle() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let n = |v: u64| clickpulse_engine::codec::encode(&v);
+        let mut d = started_at_50_and_10(t0);
+        d.tick(t0);
+        let mut changes = StateChanges::new();
+        d.checkpoint(&mut changes, t0);
+        let mut restarted = ruled(ms(1_000), None);
+        for (key, value) in &changes {
+            restarted.restore(key, value.as_deref().unwrap()).unwrap();
+        }
+        restarted.start(ms(1_000));
+        restarted.process(record(0, 1, "k", &n(60 * S)), ms(1_050));
+        restarted.tick(ms(1_050));
+        assert!(
+            restarted.op().announced.is_empty(),
+            "partition 1 still holds it at 10 s: {:?}",
+            restarted.op().announced
+        );
+        restarted.process(record(0, 2, "k", &n(61 * S)), ms(1_090));
+        restarted.tick(ms(1_090));
+        assert!(restarted.op().announced.is_empty());
+        restarted.process(record(0, 3, "k", &n(61 * S)), ms(1_130));
+        restarted.tick(ms(1_130));
+        assert_eq!(
+            restarted.op().announced,
+            [60 * S as i64],
+            "partition 1 idle since the restart"
         );
     }
 }

@@ -103,6 +103,46 @@ impl PartitionTimes {
     pub fn watermark(&self) -> Option<i64> {
         self.times.iter().map(|(_, _, ts)| *ts).min()
     }
+
+    /// The newest event time of `topic`/`partition` (`None` before its first event).
+    pub fn newest(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.times
+            .iter()
+            .find(|(t, p, _)| *p == partition && t == topic)
+            .map(|(_, _, ts)| *ts)
+    }
+
+    /// Every partition's newest event time, as `(topic, partition, time)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32, i64)> {
+        self.times.iter().map(|(t, p, ts)| (t.as_str(), *p, *ts))
+    }
+}
+
+/// How the watermark an operator is announced ([`Operator::on_watermark`]) treats disorder and
+/// silence, for an operator that opts in ([`Operator::event_time_rules`]): the dashboard
+/// windows' rules ([`crate::window::watermark`]). Each partition's watermark is its newest event
+/// time less the allowed lateness; a partition silent for the idle timeout stops holding the
+/// others back (one with unread records waits longer); when all are, the watermark moves up to
+/// the newest event; and in live mode it follows the sources' frontier through a quiet stream.
+/// The runner announces it after each batch and each idle poll.
+#[derive(Clone)]
+pub struct EventTimeRules {
+    /// How far behind its partition's newest event a record may arrive and still count.
+    pub allowed_lateness_ms: i64,
+    /// Wall-clock silence after which a partition is idle.
+    pub idle_timeout: std::time::Duration,
+    /// The sources' event-time frontier (live and embedded only).
+    pub frontier: Option<crate::window::dashboard::FrontierFn>,
+}
+
+impl std::fmt::Debug for EventTimeRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventTimeRules")
+            .field("allowed_lateness_ms", &self.allowed_lateness_ms)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("frontier", &self.frontier.is_some())
+            .finish()
+    }
 }
 
 /// What an operator is given with each record: where it comes from, the runner's clock and
@@ -199,13 +239,21 @@ pub trait Operator: Send {
     /// embedded runner calls it (the distributed one has no frontier to sample).
     fn on_poll(&mut self) {}
 
-    /// Called when the runner's watermark ([`Context::watermark`]: the lowest input
-    /// partition's newest event time) passes every value it had before, right after the record
-    /// that moved it: the place for event-time timers (what fires once event time has passed a
-    /// deadline). Never called twice with the same or a lower value, also across restarts.
+    /// Called when the runner's watermark passes every value it had before: the place for
+    /// event-time timers (what fires once event time has passed a deadline). Never called twice
+    /// with the same or a lower value, also across restarts. Without
+    /// [`Operator::event_time_rules`] that watermark is [`Context::watermark`] (the lowest input
+    /// partition's newest event time), announced right after the record that moved it; with
+    /// them, it follows those rules and is announced after each batch and idle poll.
     /// No-op by default.
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) {
         let _ = (watermark, out);
+    }
+
+    /// The rules the watermark announced to [`Operator::on_watermark`] follows (`None`, the
+    /// default: the lowest partition's newest event time, nothing for silence).
+    fn event_time_rules(&self) -> Option<EventTimeRules> {
+        None
     }
 
     /// Called after every batch and while idle, with the wall clock: the place for timers such

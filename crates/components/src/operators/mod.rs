@@ -9,17 +9,25 @@ use clickpulse_connectors::embedded::runner::run_operator;
 use clickpulse_engine::operator::Operator;
 use clickpulse_engine::topology::{Instances, PIPELINE};
 
+use crate::config::PipelineConfig;
 use crate::{ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};
 
 pub mod aggregate;
 pub mod detect;
 pub mod enrich;
+pub mod frontier;
 
 /// Every operator stage, in the topology's order.
 pub static OPERATORS: &[OperatorStage] = &[enrich::OPERATOR, detect::OPERATOR, aggregate::OPERATOR];
 
 /// What each operator is started with (each operator's own part).
 pub struct OperatorSettings {
+    /// The windows' and the watermarks' knobs.
+    pub pipeline: PipelineConfig,
+    /// Whether the clicks are stamped with the event clock (replayed onto the present, and
+    /// live clicks): then event time moves on with the clock through a quiet stream (embedded:
+    /// the sources' frontier).
+    pub live: bool,
     /// Enrichment's.
     pub enrich: enrich::EnrichSettings,
     /// Detection's.

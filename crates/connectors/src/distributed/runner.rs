@@ -848,7 +848,7 @@ pub fn run_stage<O: Operator>(
                     continue;
                 };
                 let pending = consumer.context().behind(topic, *q, *next) > 0;
-                task.driver.op_mut().input_backlog(logical, *q, pending);
+                task.driver.input_backlog(logical, *q, pending);
             }
             let now = Instant::now();
             task.driver.tick(now);

@@ -217,7 +217,7 @@ pub fn run_operator<O: Operator>(
     let mut deferred: Vec<OffsetCommit> = Vec::new();
     while !shutdown.load(Ordering::Relaxed) {
         let generation = store.append_generation();
-        task.op_mut().on_poll();
+        task.poll();
         let mut batch = CommitBatch::default();
         let mut consumed = 0;
         let now = Instant::now();
@@ -253,7 +253,7 @@ pub fn run_operator<O: Operator>(
         let mut lag = 0;
         for (topic, p, position) in &positions {
             let behind = store.end_offset(topic.name(), *p).saturating_sub(*position);
-            task.op_mut().input_backlog(*topic, *p, behind > 0);
+            task.input_backlog(*topic, *p, behind > 0);
             lag += behind;
         }
         task.tick(Instant::now());
@@ -267,7 +267,7 @@ pub fn run_operator<O: Operator>(
             }
             // Timers may have changed state without input (a watermark advancing on idleness):
             // persist that too, so what is served is what a restart would restore.
-            task.op_mut().checkpoint(&mut changes);
+            task.checkpoint(&mut changes, Instant::now());
             if !changes.is_empty() {
                 let batch = CommitBatch {
                     state: changes

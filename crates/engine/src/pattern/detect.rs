@@ -246,6 +246,8 @@ pub struct DetectOperator {
     /// Deadlines of waiting matches, by event time (an entry may outlive its match: firing
     /// looks at the match itself).
     deadlines: BTreeSet<(i64, String)>,
+    /// What the deadlines' watermark follows (the windows' rules), when run by a runner.
+    event_time: Option<crate::operator::EventTimeRules>,
 }
 
 impl DetectOperator {
@@ -265,7 +267,16 @@ impl DetectOperator {
             checkpointing: true,
             checkpointed_events: 0,
             deadlines: BTreeSet::new(),
+            event_time: None,
         }
+    }
+
+    /// Fires deadlines by the windows' watermark rules (lateness, idle partitions, the live
+    /// frontier) instead of the lowest partition's newest event: an absence completes on time
+    /// also while some partitions, or the whole shop, are quiet.
+    pub fn with_event_time_rules(mut self, rules: crate::operator::EventTimeRules) -> Self {
+        self.event_time = Some(rules);
+        self
     }
 
     /// Also writes every transition to `log`.
@@ -757,6 +768,10 @@ impl Operator for DetectOperator {
             ctx.out.emit(Topic::SpecialOffers, &offer.visitor, &offer);
         }
         Ok(())
+    }
+
+    fn event_time_rules(&self) -> Option<crate::operator::EventTimeRules> {
+        self.event_time.clone()
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut crate::operator::Emitter) {

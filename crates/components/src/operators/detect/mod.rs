@@ -5,6 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use clickpulse_engine::operator::EventTimeRules;
 use clickpulse_engine::pattern::{DetectOperator, PatternRegistry, TransitionLog};
 
 use super::{OperatorSettings, OperatorStage, run_on};
@@ -41,7 +44,25 @@ fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), Com
             log
         }
     };
+    let distributed = matches!(wiring.runtime, Runtime::Distributed(_));
+    // Deadlines follow the windows' rules of time. Distributed, a quiet stream moves them on by
+    // idleness alone: the sources' frontier is not shared across processes (RELIABILITY.md,
+    // "Time").
+    let rules = EventTimeRules {
+        allowed_lateness_ms: settings.pipeline.allowed_lateness_ms,
+        idle_timeout: Duration::from_millis(settings.pipeline.idle_timeout_ms(distributed)),
+        frontier: match &mut wiring.runtime {
+            Runtime::Embedded(rt) if settings.live => Some(super::frontier::live_frontier(
+                rt.store,
+                wiring.clock,
+                rt.pending.clone(),
+            )),
+            _ => None,
+        },
+    };
     run_on(wiring, STAGE, String::new(), move || {
-        DetectOperator::new(registry.clone()).with_log(log.clone())
+        DetectOperator::new(registry.clone())
+            .with_log(log.clone())
+            .with_event_time_rules(rules.clone())
     })
 }

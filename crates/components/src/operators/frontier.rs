@@ -1,5 +1,7 @@
-//! The aggregation's live frontier, embedded: where every source and stage runs in one process,
-//! it can tell when everything up to the clock has reached the windows.
+//! The live frontier of the stages that read `enriched-click-data` (detection and the
+//! aggregation), embedded: where every source and stage runs in one process, it can tell when
+//! everything up to the clock has reached their input, so event time moves on with the clock
+//! through a quiet stream (the windows close, absence deadlines fire).
 
 use std::sync::Arc;
 
@@ -11,11 +13,11 @@ use clickpulse_engine::window::dashboard::FrontierFn;
 
 use crate::Pending;
 
-/// The sources' event-time frontier for the live aggregate: the clock (or the replay's next
+/// The sources' event-time frontier for a live stage reading `enriched-click-data`: the clock (or the replay's next
 /// event while it catches up), read first; then whether everything published since has reached
 /// the aggregate's input, checked upstream first — the sources' queues (the collector's), then
 /// `click-data` (enrich commits its outputs with its offsets), then that no commit is still
-/// publishing what it appended. The aggregate checks its own input's backlog itself. An event
+/// publishing what it appended. The stage checks its own input's backlog itself. An event
 /// that moves downstream between two of these checks was published after the clock was read,
 /// so it is not behind the frontier.
 pub fn live_frontier(
