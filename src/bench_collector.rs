@@ -157,6 +157,7 @@ fn embedded<T>(
             trusted_proxies: Arc::from(vec!["127.0.0.0/8".parse::<ipnet::IpNet>()?]),
             ..Identity::new(OfferTokens::new(b"bench collector"))
         },
+        ignored: Default::default(),
     });
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

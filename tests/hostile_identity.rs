@@ -177,7 +177,7 @@ fn one_address_cannot_flood_the_pipeline_with_made_up_visitors() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("60 page views a minute")
+            .contains("60 events a minute")
     );
     // The server still answers, and a trusted server-side sender is not limited.
     assert!(demo.get("/api/health").is_some());

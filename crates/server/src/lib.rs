@@ -182,8 +182,22 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
             collector::MAX_BODY_BYTES,
         ))
         .layer(cors);
+    let snowplow = Router::new()
+        .route(
+            collector::snowplow::TP2_PATH,
+            axum::routing::post(collector::snowplow::post),
+        )
+        .route(
+            collector::snowplow::PIXEL_PATH,
+            get(collector::snowplow::pixel),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            collector::MAX_BODY_BYTES,
+        ))
+        .layer(collector::snowplow::cors_layer(&state.cors_origins));
     let router = Router::new()
         .merge(collect)
+        .merge(snowplow)
         .route("/", get(static_files::dashboard))
         .route("/pipeline", get(static_files::pipeline))
         .route("/shop", get(static_files::shop))
@@ -260,6 +274,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
                 "clock".to_owned(),
                 json!({"now_ms": clock.now_ms(), "rate": clock.rate()}),
             );
+            map.insert("collector_ignored".to_owned(), collector.ignored.snapshot());
         }
     }
     Ok(Json(snapshot))

@@ -577,6 +577,7 @@ mod tests {
             sink: Arc::new(Instant202),
             clock: Arc::new(EventClock::default()),
             identity: crate::collector::Identity::new(crate::offers::OfferTokens::new(b"test")),
+            ignored: Default::default(),
         });
         state
     }

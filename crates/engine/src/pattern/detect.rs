@@ -181,9 +181,11 @@ pub struct DetectStats {
 struct Slot {
     pattern: Arc<str>,
     version: Arc<str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Every field is written (no `skip_serializing_if`): checkpoints are postcard, which has no
+    // field names to tell a left-out field by. `default` still reads JSON states that left it out.
+    #[serde(default)]
     live: Option<Match>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     last_offer_ms: Option<i64>,
 }
 
@@ -192,8 +194,30 @@ struct Slot {
 struct VisitorState {
     slots: Vec<Slot>,
     /// The visitor's current session, while a pattern asks about sessions and it has not ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     session: Option<VisitorSession>,
+}
+
+/// The first byte of a visitor state checkpointed as postcard. States written before it are JSON
+/// objects and begin with `{`: both read back.
+const STATE_POSTCARD: u8 = 1;
+
+impl VisitorState {
+    /// Its checkpoint value. Every event a session-tracking pattern sees changes its visitor's
+    /// state, so the state of every visitor active since the last checkpoint is written at each
+    /// one: postcard, not JSON, keeps that cheap.
+    fn encode(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![STATE_POSTCARD]).expect("visitor state serializes")
+    }
+
+    /// Reads a value [`VisitorState::encode`] wrote, or a JSON one of an older data dir.
+    fn decode(bytes: &[u8]) -> Result<VisitorState, String> {
+        match bytes.split_first() {
+            Some((&STATE_POSTCARD, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            _ => Err("not a visitor state (neither postcard nor JSON)".to_owned()),
+        }
+    }
 }
 
 impl VisitorState {
@@ -786,10 +810,7 @@ impl Operator for DetectOperator {
         }
         self.checkpointed_events = self.stats.events;
         for visitor in self.dirty.drain() {
-            let value = self
-                .visitors
-                .get(&visitor)
-                .map(|s| serde_json::to_vec(s).expect("visitor state serializes"));
+            let value = self.visitors.get(&visitor).map(VisitorState::encode);
             changes.push((format!("{VISITOR_PREFIX}{visitor}"), value));
         }
         changes.push((
@@ -799,16 +820,16 @@ impl Operator for DetectOperator {
     }
 
     fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
-        let err = |e: serde_json::Error| RestoreError {
+        let err = |message: String| RestoreError {
             operator: "detect",
             key: key.to_owned(),
-            message: e.to_string(),
+            message,
         };
         if key == STATS_KEY {
-            self.stats = serde_json::from_slice(value).map_err(err)?;
+            self.stats = serde_json::from_slice(value).map_err(|e| err(e.to_string()))?;
             self.checkpointed_events = self.stats.events;
         } else if let Some(visitor) = key.strip_prefix(VISITOR_PREFIX) {
-            let state: VisitorState = serde_json::from_slice(value).map_err(err)?;
+            let state = VisitorState::decode(value).map_err(err)?;
             for m in state.slots.iter().filter_map(|s| s.live.as_ref()) {
                 if let Some(d) = &m.deadline {
                     self.deadlines.insert((d.at_ms, visitor.to_owned()));
@@ -830,5 +851,83 @@ impl Operator for DetectOperator {
             .collect::<Vec<_>>()
             .into();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::machine::Deadline;
+
+    fn waiting_state() -> VisitorState {
+        let product: Arc<str> = "VD55177927".into();
+        VisitorState {
+            slots: vec![
+                Slot {
+                    pattern: "cart-abandonment".into(),
+                    version: "3".into(),
+                    live: Some(Match {
+                        state: 1,
+                        started_ms: 1_330_588_819_000,
+                        last_product: product.clone(),
+                        entered: vec![(1, product.clone())],
+                        seen: vec![product],
+                        deadline: Some(Deadline {
+                            at_ms: 1_330_589_719_000,
+                            offer: Some("cart-discount".into()),
+                        }),
+                    }),
+                    last_offer_ms: None,
+                },
+                Slot {
+                    pattern: "seed".into(),
+                    version: "1".into(),
+                    live: None,
+                    last_offer_ms: Some(1_330_500_000_000),
+                },
+            ],
+            session: None,
+        }
+    }
+
+    /// Drops every `null` member, as JSON states were written before postcard
+    /// (`skip_serializing_if`).
+    fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => map
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+            serde_json::Value::Array(items) => items.into_iter().map(without_nulls).collect(),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn visitor_states_round_trip_as_postcard_and_older_json_states_still_restore() {
+        let state = waiting_state();
+        let bytes = state.encode();
+        assert_eq!(bytes[0], STATE_POSTCARD);
+        assert_eq!(VisitorState::decode(&bytes).unwrap(), state);
+        let old = without_nulls(serde_json::to_value(&state).unwrap()).to_string();
+        assert!(!old.contains("null"), "{old}");
+        assert_eq!(VisitorState::decode(old.as_bytes()).unwrap(), state);
+        for bad in [&b""[..], b"\x02junk", b"[1]", &bytes[..bytes.len() - 1]] {
+            assert!(VisitorState::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_restored_postcard_state_brings_its_deadline_back() {
+        let mut op = DetectOperator::new(PatternRegistry::new(PatternSet::default()));
+        op.restore("v/amber-falcon", &waiting_state().encode())
+            .unwrap();
+        assert_eq!(
+            op.deadlines.iter().collect::<Vec<_>>(),
+            [&(1_330_589_719_000, "amber-falcon".to_owned())]
+        );
+        let err = op.restore("v/x", b"\x07").unwrap_err();
+        assert!(err.message.contains("neither postcard nor JSON"), "{err:?}");
     }
 }

@@ -69,6 +69,7 @@ fn start(settings: &super::SourceSettings, wiring: &mut Wiring<'_>) -> Result<()
         sink,
         clock: wiring.clock.clone(),
         identity,
+        ignored: Default::default(),
     });
     Ok(())
 }

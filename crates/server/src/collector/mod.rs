@@ -1,3 +1,7 @@
+//! The HTTP collector's protocols: `POST /collect` ([`collect`], below) and Snowplow's tracker
+//! protocol ([`snowplow`]). Each reads its requests into clicks; admission (size, encoding,
+//! origin, who sent it) and delivery (rate limit, queue, durability) are shared.
+//!
 //! `POST /collect`: live page views from websites (the shop, or any site using
 //! `clickpulse.js`).
 //!
@@ -47,6 +51,8 @@ use tokio::sync::oneshot;
 
 use crate::{AppError, AppState};
 
+pub mod snowplow;
+
 /// The most clicks in one request.
 pub const MAX_BATCH: usize = 500;
 /// The largest accepted body, in bytes.
@@ -83,6 +89,41 @@ pub struct Collector {
     pub clock: Arc<EventClock>,
     /// Who may name which visitor, and whose word about the client's address counts.
     pub identity: Identity,
+    /// Valid events of other trackers' protocols that mean nothing here (page pings, ...).
+    pub ignored: Arc<IgnoredEvents>,
+}
+
+/// Counts of events a protocol takes and drops on purpose, by protocol and kind (shown by
+/// `/api/stats` under `collector_ignored`): accepted, so the tracker does not send them again,
+/// and not kept. Since this process started.
+#[derive(Debug, Default)]
+pub struct IgnoredEvents(
+    std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+);
+
+impl IgnoredEvents {
+    /// Counts `n` events of `kind` from `protocol`.
+    pub fn add(&self, protocol: &'static str, kind: &'static str, n: u64) {
+        *self
+            .0
+            .lock()
+            .expect("ignored counts lock")
+            .entry((protocol, kind))
+            .or_default() += n;
+    }
+
+    /// `{protocol: {kind: count}}`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for ((protocol, kind), n) in self.0.lock().expect("ignored counts lock").iter() {
+            out.entry(*protocol)
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("an object")
+                .insert((*kind).to_owned(), json!(n));
+        }
+        serde_json::Value::Object(out)
+    }
 }
 
 /// The collector's rules on identity (see the module docs).
@@ -354,29 +395,84 @@ fn client_ip(identity: &Identity, peer: Option<std::net::IpAddr>, headers: &Head
     peer.to_string()
 }
 
-pub(crate) async fn collect(
-    State(state): State<AppState>,
+/// A request to one of the collector's endpoints that passed its admission checks (within the
+/// size limit, not compressed, from a page allowed to send), with who sent it. Each protocol
+/// (`/collect`, Snowplow's) parses its body into clicks and hands them to [`Admitted::deliver`].
+pub(crate) struct Admitted {
+    pub(crate) collector: Collector,
+    pub(crate) metrics: Arc<clickpulse_engine::metrics::StageMetrics>,
+    pub(crate) body: Bytes,
+    ip: String,
+    user_agent: String,
+    admin: bool,
+    trusted: bool,
+    token: Option<String>,
+}
+
+/// Why accepted clicks could not be taken now: the client should retry later.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The client's address sent too much (`429` with `Retry-After`).
+    RateLimited { retry_after_s: u64, per_minute: u32 },
+    /// The pipeline cannot take or store them now (`503` with `Retry-After`).
+    Busy(&'static str),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::RateLimited {
+                retry_after_s,
+                per_minute,
+            } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry_after_s.to_string())],
+                Json(json!({"error": format!(
+                    "this address sent more than {per_minute} events a minute; retry in \
+                     {retry_after_s} s"
+                )})),
+            )
+                .into_response(),
+            Refused::Busy(reason) => crate::limits::busy(reason),
+        }
+    }
+}
+
+/// What [`Admitted::deliver`] did with a request's clicks.
+pub(crate) struct Delivered {
+    /// Clicks now durable.
+    pub(crate) accepted: usize,
+    /// Clicks refused, now durable as dead letters.
+    pub(crate) rejected: Vec<Rejected>,
+}
+
+/// Checks a request before its body is read as clicks: size, encoding, origin; and works out
+/// who sent it.
+pub(crate) fn admit(
+    state: &AppState,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
+) -> Result<Admitted, AppError> {
     let Some(collector) = &state.collector else {
         return Err(AppError::NotFound(
             "the collector does not run in this process".to_owned(),
         ));
     };
     let metrics = state.metrics.stage("collector");
+    let refuse = |e: AppError| {
+        metrics.error();
+        Err(e)
+    };
     let body = match body {
         Ok(body) if body.len() <= MAX_BODY_BYTES => body,
         Ok(_) => {
-            metrics.error();
-            return Err(AppError::TooLarge(format!(
+            return refuse(AppError::TooLarge(format!(
                 "body over {MAX_BODY_BYTES} bytes (the limit)"
             )));
         }
         Err(rejection) => {
-            metrics.error();
-            return Err(crate::limits::body_error(
+            return refuse(crate::limits::body_error(
                 rejection.status(),
                 &rejection,
                 MAX_BODY_BYTES,
@@ -388,15 +484,13 @@ pub(crate) async fn collect(
         .and_then(|v| v.to_str().ok())
         .filter(|e| !e.eq_ignore_ascii_case("identity"))
     {
-        metrics.error();
-        return Err(AppError::UnsupportedMedia(format!(
+        return refuse(AppError::UnsupportedMedia(format!(
             "Content-Encoding {encoding:?} is not supported: send the JSON uncompressed"
         )));
     }
-    if let Err(origin) = origin_may_send(&state.cors_origins, &headers) {
-        metrics.error();
-        return Err(AppError::Forbidden(format!(
-            "pages on {origin} may not send page views here (allowed: this site's own pages{})",
+    if let Err(origin) = origin_may_send(&state.cors_origins, headers) {
+        return refuse(AppError::Forbidden(format!(
+            "pages on {origin} may not send events here (allowed: this site's own pages{})",
             if state.cors_origins.is_empty() {
                 String::new()
             } else {
@@ -408,99 +502,151 @@ pub(crate) async fn collect(
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_owned();
     let peer_ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
-    let ip = client_ip(identity, peer_ip, &headers);
+    let ip = client_ip(identity, peer_ip, headers);
     let admin = identity
         .admin_token
         .as_deref()
-        .is_some_and(|t| crate::bearer_matches(&headers, t));
-    let sender = Sender {
-        ip: &ip,
+        .is_some_and(|t| crate::bearer_matches(headers, t));
+    Ok(Admitted {
+        collector: collector.clone(),
+        metrics,
+        body,
+        ip,
         user_agent,
+        admin,
         trusted: admin || peer_ip.is_some_and(|p| identity.is_trusted_proxy(p)),
         token: headers
             .get("x-clickpulse-token")
-            .and_then(|v| v.to_str().ok()),
-    };
-    let parsed = match parse_body_from(&body, collector.clock.now_ms(), &sender, Some(identity)) {
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    })
+}
+
+impl Admitted {
+    /// Who sent it.
+    pub(crate) fn sender(&self) -> Sender<'_> {
+        Sender {
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            trusted: self.trusted,
+            token: self.token.as_deref(),
+        }
+    }
+
+    /// The event time a click received now gets.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.collector.clock.now_ms()
+    }
+
+    /// Counts a request refused for its content.
+    pub(crate) fn refused(&self) {
+        self.metrics.error();
+    }
+
+    /// Hands `parsed` to the pipeline (its rejected clicks as dead letters of `source`) and
+    /// waits until all of it is durable: an accepted click is never lost.
+    pub(crate) async fn deliver(
+        &self,
+        parsed: ParsedBody,
+        source: &str,
+    ) -> Result<Delivered, Refused> {
+        let n = parsed.clicks.len();
+        // Per client: behind a trusted proxy, the forwarded address; a server-side sender with
+        // the admin token is not limited.
+        if let (Some(limit), false, Ok(client)) = (
+            &self.collector.identity.per_client,
+            self.admin,
+            self.ip.parse::<std::net::IpAddr>(),
+        ) && let Err(wait) = limit.check(client, (n + parsed.rejected.len()) as u32)
+        {
+            self.metrics.error();
+            return Err(Refused::RateLimited {
+                retry_after_s: wait.as_secs().max(1),
+                per_minute: limit.per_minute,
+            });
+        }
+        let letters: Vec<DeadLetter> = parsed
+            .rejected
+            .iter()
+            .map(|r| DeadLetter::new(source, r.index as u64, &r.reason, r.raw.as_bytes()))
+            .collect();
+        let Ok(durable) = self.collector.sink.offer(parsed.clicks, letters) else {
+            self.metrics.error();
+            return Err(Refused::Busy("the pipeline is at capacity; retry shortly"));
+        };
+        match tokio::time::timeout(DURABLE_WITHIN, durable).await {
+            Ok(Ok(Ok(()))) => {
+                if n == 0 {
+                    self.metrics.error();
+                }
+                Ok(Delivered {
+                    accepted: n,
+                    rejected: parsed.rejected,
+                })
+            }
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "Collected clicks could not be stored.");
+                self.metrics.error();
+                Err(Refused::Busy(
+                    "the pipeline cannot store clicks right now; retry shortly",
+                ))
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.error();
+                Err(Refused::Busy(
+                    "the pipeline is not keeping up; retry shortly",
+                ))
+            }
+        }
+    }
+}
+
+/// `POST /collect`.
+pub(crate) async fn collect(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let request = admit(&state, peer, &headers, body)?;
+    let parsed = match parse_body_from(
+        &request.body,
+        request.now_ms(),
+        &request.sender(),
+        Some(&request.collector.identity),
+    ) {
         Ok(parsed) => parsed,
         Err(reason) => {
-            metrics.error();
+            request.refused();
             return Err(AppError::BadRequest(reason));
         }
     };
-    let n = parsed.clicks.len();
-    // Per client: behind a trusted proxy, the forwarded address; a server-side sender with the
-    // admin token is not limited.
-    if let (Some(limit), false, Ok(client)) =
-        (&identity.per_client, admin, ip.parse::<std::net::IpAddr>())
-        && let Err(wait) = limit.check(client, (n + parsed.rejected.len()) as u32)
-    {
-        metrics.error();
-        let secs = wait.as_secs().max(1);
-        return Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, secs.to_string())],
-            Json(json!({"error": format!(
-                "this address sent more than {} page views a minute; retry in {secs} s",
-                limit.per_minute
-            )})),
-        )
-            .into_response());
-    }
-    let rejected: Vec<serde_json::Value> = parsed
+    let delivered = match request.deliver(parsed, DEAD_LETTER_SOURCE).await {
+        Ok(delivered) => delivered,
+        Err(refused) => return Ok(refused.into_response()),
+    };
+    let rejected: Vec<serde_json::Value> = delivered
         .rejected
         .iter()
         .map(|r| json!({"index": r.index, "error": r.reason}))
         .collect();
-    let letters: Vec<DeadLetter> = parsed
-        .rejected
-        .iter()
-        .map(|r| {
-            DeadLetter::new(
-                DEAD_LETTER_SOURCE,
-                r.index as u64,
-                &r.reason,
-                r.raw.as_bytes(),
-            )
-        })
-        .collect();
-    let unavailable = crate::limits::busy;
-    let Ok(durable) = collector.sink.offer(parsed.clicks, letters) else {
-        metrics.error();
-        return Ok(unavailable("the pipeline is at capacity; retry shortly"));
-    };
-    // Answer only once the clicks are durable: an accepted click is never lost.
-    match tokio::time::timeout(DURABLE_WITHIN, durable).await {
-        Ok(Ok(Ok(()))) if n == 0 => {
-            // Every click was bad: refused, and kept as dead letters.
-            metrics.error();
-            let first = parsed.rejected.first().map_or("", |r| r.reason.as_str());
-            Ok((
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": first, "rejected": rejected})),
-            )
-                .into_response())
-        }
-        Ok(Ok(Ok(()))) if !rejected.is_empty() => Ok((
+    Ok(match (delivered.accepted, rejected.is_empty()) {
+        // Every click was bad: refused, and kept as dead letters.
+        (0, _) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": delivered.rejected.first().map_or("", |r| r.reason.as_str()), "rejected": rejected})),
+        )
+            .into_response(),
+        (n, true) => (StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response(),
+        (n, false) => (
             StatusCode::ACCEPTED,
             Json(json!({"accepted": n, "rejected": rejected})),
         )
-            .into_response()),
-        Ok(Ok(Ok(()))) => Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response()),
-        Ok(Ok(Err(error))) => {
-            tracing::warn!(%error, "Collected clicks could not be stored.");
-            metrics.error();
-            Ok(unavailable(
-                "the pipeline cannot store clicks right now; retry shortly",
-            ))
-        }
-        Ok(Err(_)) | Err(_) => {
-            metrics.error();
-            Ok(unavailable("the pipeline is not keeping up; retry shortly"))
-        }
-    }
+            .into_response(),
+    })
 }
 
 #[cfg(test)]

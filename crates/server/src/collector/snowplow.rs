@@ -1,0 +1,1052 @@
+//! Snowplow's tracker protocol: a shop that already runs a Snowplow tracker points its collector
+//! URL at Clickpulse, and its events arrive as if sent by `clickpulse.js`.
+//!
+//! - `POST /com.snowplowanalytics.snowplow/tp2`: a `payload_data` self-describing JSON whose
+//!   `data` is a batch of events (what the JavaScript, Node and Python trackers send with the
+//!   POST method), with any `Content-Type`.
+//! - `GET /i`: one event in the query string (the GET method's pixel); the answer is a 1×1 GIF
+//!   that no cache keeps.
+//! - `OPTIONS` on both: CORS as the Snowplow collector answers it, with credentials, for the
+//!   origins the collector accepts (this site's own and `--cors-origin`).
+//!
+//! What is mapped onto the event model, what is ignored and counted, and how visitors are
+//! identified is in `docs/sources/snowplow.md`. Answers: `200 ok` once the batch's events are
+//! durable (events that cannot be mapped go to `dead-letters` with their reason and do not
+//! fail the batch); `400` for a body the tracker should not send again (not a payload, no
+//! event could be taken); `403` for a page on an origin that may not send; `429` and `503`
+//! with `Retry-After` for back-pressure. Bad input never gets a 5xx.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use clickpulse_engine::click::Click;
+use clickpulse_engine::event::{
+    EventDetail, EventProduct, EventType, LineItem, Order, PropValue, with_url_utm,
+};
+use serde_json::{Map, Value};
+
+use super::{Identity, ParsedBody, Rejected, Sender, admit};
+use crate::{AppError, AppState};
+
+/// The POST endpoint's path (the trackers' default `postPath`).
+pub const TP2_PATH: &str = "/com.snowplowanalytics.snowplow/tp2";
+/// The GET endpoint's path.
+pub const PIXEL_PATH: &str = "/i";
+/// The source name of the Snowplow endpoints' dead letters.
+pub const DEAD_LETTER_SOURCE: &str = "snowplow";
+/// The self-describing context a page attaches to name a Clickpulse visitor: `{"visitor",
+/// "token"}` as `POST /api/identity` issued them. Its events then reach that visitor's offers.
+pub const IDENTITY_SCHEMA: &str = "iglu:io.clickpulse/identity/jsonschema/1-0-0";
+
+/// The smallest transparent GIF: what `GET /i` answers, as Snowplow's collector does.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0xf0, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// What the events of one request came to.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedEvents {
+    /// Events taken as clicks, and events refused with their reasons.
+    pub body: ParsedBody,
+    /// Events that are valid Snowplow but mean nothing to Clickpulse (page pings, ...), by
+    /// what they are: counted, not kept.
+    pub ignored: BTreeMap<&'static str, u64>,
+}
+
+/// One event of the tracker protocol: its fields, as sent.
+type Fields<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+
+/// Reads a `tp2` POST body: a `payload_data` self-describing JSON of 1 to
+/// [`MAX_BATCH`](super::MAX_BATCH) events. `Err`: the whole body is refused (400).
+pub fn parse_post(
+    bytes: &[u8],
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
+) -> Result<ParsedEvents, String> {
+    parse_post_with_query(bytes, "", ts_ms, sender, identity)
+}
+
+/// [`parse_post`] for a request with a query string: its fields are merged into every event
+/// and win over the event's own (as Snowplow's enrich does).
+pub fn parse_post_with_query(
+    bytes: &[u8],
+    query: &str,
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
+) -> Result<ParsedEvents, String> {
+    let merged: Fields<'_> = form_urlencoded::parse(query.as_bytes()).collect();
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("body is not UTF-8: {e}"))?;
+    let payload: Value =
+        serde_json::from_str(text).map_err(|e| format!("body is not JSON: {e}"))?;
+    let schema = payload["schema"].as_str().unwrap_or("");
+    if !schema.starts_with("iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-") {
+        return Err(format!(
+            "expected a payload_data self-describing JSON \
+             (iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-*), not schema {:?}",
+            schema.chars().take(120).collect::<String>()
+        ));
+    }
+    let Some(events) = payload["data"].as_array() else {
+        return Err("payload_data has no `data` array of events".to_owned());
+    };
+    if events.is_empty() {
+        return Err("no events in the payload".to_owned());
+    }
+    if events.len() > super::MAX_BATCH {
+        return Err(format!(
+            "{} events in one request; at most {}",
+            events.len(),
+            super::MAX_BATCH
+        ));
+    }
+    let mut parsed = ParsedEvents::default();
+    for (i, event) in events.iter().enumerate() {
+        let taken = match event {
+            Value::Object(map) => fields_of_json(map).and_then(|mut fields| {
+                fields.extend(merged.iter().map(|(k, v)| (k.clone(), v.clone())));
+                to_click(&fields, ts_ms, sender, identity)
+            }),
+            _ => Err("an event is a JSON object of fields".to_owned()),
+        };
+        parsed.take(i, taken, || event.to_string());
+    }
+    Ok(parsed)
+}
+
+/// Reads a `GET /i` query string: one event.
+pub fn parse_query(
+    query: &str,
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
+) -> ParsedEvents {
+    let fields: Fields<'_> = form_urlencoded::parse(query.as_bytes()).collect();
+    let mut parsed = ParsedEvents::default();
+    let taken = to_click(&fields, ts_ms, sender, identity);
+    parsed.take(0, taken, || query.to_owned());
+    parsed
+}
+
+impl ParsedEvents {
+    fn take(&mut self, index: usize, taken: Result<Mapped, String>, raw: impl FnOnce() -> String) {
+        match taken {
+            Ok(Mapped::Click(click)) => self.body.clicks.push(*click),
+            Ok(Mapped::Ignored(what)) => *self.ignored.entry(what).or_default() += 1,
+            Err(e) => self.body.rejected.push(Rejected {
+                index,
+                reason: format!("event {index}: {e}"),
+                raw: raw(),
+            }),
+        }
+    }
+}
+
+/// The fields of one POSTed event. The trackers send every value as a string; a number or a
+/// boolean is taken as its text, a `null` as absent.
+fn fields_of_json(map: &Map<String, Value>) -> Result<Fields<'_>, String> {
+    let mut fields = Fields::new();
+    for (key, value) in map {
+        let text = match value {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Bool(b) => Cow::Owned(b.to_string()),
+            Value::Null => continue,
+            Value::Array(_) | Value::Object(_) => {
+                return Err(format!("field `{key}` is not a string"));
+            }
+        };
+        fields.insert(Cow::Borrowed(key.as_str()), text);
+    }
+    Ok(fields)
+}
+
+/// What an event becomes.
+#[derive(Debug)]
+enum Mapped {
+    Click(Box<Click>),
+    Ignored(&'static str),
+}
+
+/// A self-describing JSON: `{"schema": "iglu:vendor/name/jsonschema/version", "data": ...}`.
+struct SelfDescribing<'a> {
+    vendor: &'a str,
+    name: &'a str,
+    data: &'a Value,
+}
+
+impl<'a> SelfDescribing<'a> {
+    fn of(value: &'a Value) -> Result<SelfDescribing<'a>, String> {
+        let schema = value["schema"]
+            .as_str()
+            .ok_or("a self-describing JSON without `schema`")?;
+        let mut parts = schema
+            .strip_prefix("iglu:")
+            .ok_or_else(|| format!("schema {schema:?} is not an iglu: URI"))?
+            .split('/');
+        let (Some(vendor), Some(name), Some("jsonschema"), Some(_version)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "schema {schema:?} is not iglu:vendor/name/jsonschema/version"
+            ));
+        };
+        Ok(SelfDescribing {
+            vendor,
+            name,
+            data: &value["data"],
+        })
+    }
+
+    fn is(&self, vendor: &str, name: &str) -> bool {
+        self.vendor == vendor && self.name == name
+    }
+}
+
+const SNOWPLOW: &str = "com.snowplowanalytics.snowplow";
+const ECOMMERCE: &str = "com.snowplowanalytics.snowplow.ecommerce";
+
+/// A JSON field sent either plainly (`plain`) or base64url-encoded (`encoded`, padding optional).
+fn json_field(fields: &Fields<'_>, plain: &str, encoded: &str) -> Result<Option<Value>, String> {
+    let text = if let Some(text) = fields.get(plain) {
+        text.clone().into_owned()
+    } else if let Some(text) = fields.get(encoded) {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('=').as_bytes())
+            .map_err(|e| format!("field `{encoded}` is not base64url: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| format!("field `{encoded}` is not UTF-8 JSON"))?
+    } else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("field `{plain}`/`{encoded}` is not JSON: {e}"))
+}
+
+/// The entities of the event's contexts (`co`/`cx`: a `contexts` self-describing JSON whose
+/// data is an array of self-describing entities).
+fn contexts(fields: &Fields<'_>) -> Result<Vec<Value>, String> {
+    let Some(contexts) = json_field(fields, "co", "cx")? else {
+        return Ok(Vec::new());
+    };
+    let outer = SelfDescribing::of(&contexts).map_err(|e| format!("contexts: {e}"))?;
+    match outer.data {
+        Value::Array(entities) => Ok(entities.clone()),
+        _ => Err("contexts: `data` is not an array of entities".to_owned()),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn count(value: &Value) -> Option<u32> {
+    number(value)
+        .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
+        .map(|n| n as u32)
+}
+
+/// A product of the e-commerce plugin's product entity.
+fn ecommerce_product(data: &Value) -> EventProduct {
+    EventProduct {
+        id: text(&data["id"]),
+        category: text(&data["category"]),
+        price: number(&data["price"]),
+        quantity: count(&data["quantity"]),
+        currency: text(&data["currency"]),
+    }
+}
+
+/// The event type and detail of a self-describing (`ue`) event, with the contexts' entities.
+fn unstructured(
+    event: &SelfDescribing<'_>,
+    entities: &[SelfDescribing<'_>],
+    detail: &mut EventDetail,
+) -> Result<Option<EventType>, String> {
+    let data = event.data;
+    let products = || {
+        entities
+            .iter()
+            .filter(|e| e.is(ECOMMERCE, "product"))
+            .map(|e| ecommerce_product(e.data))
+    };
+    if event.is(SNOWPLOW, "add_to_cart") || event.is(SNOWPLOW, "remove_from_cart") {
+        detail.product = Some(EventProduct {
+            id: text(&data["sku"]),
+            category: text(&data["category"]),
+            price: number(&data["unitPrice"]),
+            quantity: count(&data["quantity"]),
+            currency: text(&data["currency"]),
+        });
+        return Ok(Some(if event.name == "add_to_cart" {
+            EventType::AddToCart
+        } else {
+            EventType::RemoveFromCart
+        }));
+    }
+    if event.is(SNOWPLOW, "site_search") {
+        let terms: Vec<String> = data["terms"]
+            .as_array()
+            .map(|t| t.iter().filter_map(text).collect())
+            .unwrap_or_default();
+        if terms.is_empty() {
+            return Err("site_search without `terms`".to_owned());
+        }
+        detail.query = Some(terms.join(" "));
+        return Ok(Some(EventType::Search));
+    }
+    if event.is(ECOMMERCE, "snowplow_ecommerce_action") {
+        let action = data["type"].as_str().unwrap_or("");
+        return Ok(match action {
+            "add_to_cart" | "remove_from_cart" => {
+                detail.product = Some(
+                    products()
+                        .next()
+                        .ok_or_else(|| format!("{action} without a product entity"))?,
+                );
+                Some(if action == "add_to_cart" {
+                    EventType::AddToCart
+                } else {
+                    EventType::RemoveFromCart
+                })
+            }
+            "checkout_step" => {
+                let step = entities
+                    .iter()
+                    .find(|e| e.is(ECOMMERCE, "checkout_step"))
+                    .and_then(|e| count(&e.data["step"]));
+                // The first step is where a checkout begins; the later ones are counted.
+                (step.unwrap_or(1) <= 1).then_some(EventType::BeginCheckout)
+            }
+            "transaction" => {
+                let transaction = entities
+                    .iter()
+                    .find(|e| e.is(ECOMMERCE, "transaction"))
+                    .ok_or("transaction without a transaction entity")?
+                    .data;
+                let items = products()
+                    .map(|p| {
+                        Ok(LineItem {
+                            product_id: p.id.ok_or("a product entity without `id`")?,
+                            category: p.category,
+                            price: p.price,
+                            quantity: p.quantity.unwrap_or(1),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                detail.order = Some(Order {
+                    id: text(&transaction["transaction_id"])
+                        .ok_or("transaction without `transaction_id`")?,
+                    revenue: number(&transaction["revenue"])
+                        .ok_or("transaction without a numeric `revenue`")?,
+                    currency: text(&transaction["currency"]),
+                    items,
+                });
+                Some(EventType::Purchase)
+            }
+            "" => return Err("snowplow_ecommerce_action without `type`".to_owned()),
+            // product_view, list_view, list_click, promo_view, promo_click, refund, trns_error:
+            // a product page's view is its page view.
+            _ => None,
+        });
+    }
+    // Any other self-describing event (link_click, submit_form, a shop's own): a custom event
+    // named after its schema; its data is not taken apart.
+    Ok(Some(custom_type(event.name)?))
+}
+
+/// A custom event type named after `name` (`Add Gift Wrap` → `add_gift_wrap`).
+fn custom_type(name: &str) -> Result<EventType, String> {
+    let mut snake = String::with_capacity(name.len());
+    let mut previous_lower = false;
+    for c in name.trim().chars() {
+        if c.is_ascii_uppercase() {
+            if previous_lower {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+            previous_lower = false;
+        } else if c.is_ascii_alphanumeric() {
+            snake.push(c);
+            previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        } else {
+            if !snake.ends_with('_') && !snake.is_empty() {
+                snake.push('_');
+            }
+            previous_lower = false;
+        }
+    }
+    let snake = snake.trim_end_matches('_');
+    EventType::parse(snake).map_err(|e| e.to_string())
+}
+
+/// Which visitor an event is: the Clickpulse identity context's visitor when its token is
+/// right; a trusted sender's `uid`; else `sp-` and the tracker's domain user id (its first-party
+/// cookie: a namespace of its own, so no tracker can name a Clickpulse visitor); else the
+/// anonymous id of the client's day, address and user agent.
+fn visitor_of(
+    fields: &Fields<'_>,
+    entities: &[SelfDescribing<'_>],
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    ip: &str,
+    user_agent: &str,
+    identity: Option<&Identity>,
+) -> Result<String, String> {
+    let given = |key: &str| fields.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if let Some(context) = entities.iter().find(|e| e.is("io.clickpulse", "identity")) {
+        let visitor = context.data["visitor"]
+            .as_str()
+            .ok_or("the identity context has no `visitor`")?;
+        let token = context.data["token"]
+            .as_str()
+            .ok_or("the identity context has no `token`")?;
+        let identity = identity.ok_or("visitor ids cannot be checked here")?;
+        if !identity.tokens.verify(visitor, token) {
+            return Err(format!("the token is not visitor {visitor:?}'s"));
+        }
+        return Ok(visitor.to_owned());
+    }
+    if sender.trusted
+        && let Some(uid) = given("uid")
+    {
+        return Ok(uid.to_owned());
+    }
+    if let Some(duid) = given("duid") {
+        let id_like = duid.len() <= 64
+            && duid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_like {
+            return Err(
+                "field `duid` is not a tracker's id (at most 64 letters, digits, - and _)"
+                    .to_owned(),
+            );
+        }
+        return Ok(format!("sp-{duid}"));
+    }
+    match identity {
+        Some(identity) => Ok(identity.anonymous_id(ts_ms, ip, user_agent)),
+        None => Err("the event names no visitor (`duid`)".to_owned()),
+    }
+}
+
+/// Maps one tracker-protocol event onto a click stamped at `ts_ms` (the server's clock: the
+/// tracker's `dtm`/`stm` are a device's and are not believed).
+fn to_click(
+    fields: &Fields<'_>,
+    ts_ms: i64,
+    sender: &Sender<'_>,
+    identity: Option<&Identity>,
+) -> Result<Mapped, String> {
+    let kind = fields.get("e").map_or("", |e| e.as_ref());
+    match kind {
+        "pv" | "se" | "ue" | "tr" => {}
+        "pp" => return Ok(Mapped::Ignored("page_ping")),
+        "ti" => return Ok(Mapped::Ignored("transaction_item")),
+        "" => return Err("missing field `e` (the event type)".to_owned()),
+        other => {
+            return Err(format!(
+                "event type e={:?} is not one of pv, pp, se, ue, tr, ti",
+                other.chars().take(20).collect::<String>()
+            ));
+        }
+    }
+    let context_values = contexts(fields)?;
+    let entities = context_values
+        .iter()
+        .map(SelfDescribing::of)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("contexts: {e}"))?;
+    let given = |key: &str| fields.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let mut detail = EventDetail {
+        session_id: given("sid").map(str::to_owned),
+        referrer: given("refr").map(str::to_owned),
+        page_title: given("page").map(str::to_owned),
+        ..EventDetail::default()
+    };
+    let event = match kind {
+        "pv" => EventType::PageView,
+        "se" => {
+            let action = given("se_ac").ok_or("a structured event without `se_ac`")?;
+            for (key, field) in [
+                ("category", "se_ca"),
+                ("label", "se_la"),
+                ("property", "se_pr"),
+            ] {
+                if let Some(v) = given(field) {
+                    detail
+                        .properties
+                        .insert(key.to_owned(), PropValue::Text(v.to_owned()));
+                }
+            }
+            if let Some(v) = given("se_va") {
+                let value = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| format!("se_va {v:?} is not a number"))?;
+                detail
+                    .properties
+                    .insert("value".to_owned(), PropValue::Number(value));
+            }
+            custom_type(action)?
+        }
+        "ue" => {
+            let outer = json_field(fields, "ue_pr", "ue_px")?
+                .ok_or("a self-describing event without `ue_pr` or `ue_px`")?;
+            let outer = SelfDescribing::of(&outer).map_err(|e| format!("ue: {e}"))?;
+            let inner = SelfDescribing::of(outer.data).map_err(|e| format!("ue: {e}"))?;
+            match unstructured(&inner, &entities, &mut detail)? {
+                Some(event) => event,
+                None => return Ok(Mapped::Ignored("ecommerce_action")),
+            }
+        }
+        _ => {
+            // A transaction (the classic e-commerce API): its items come as `ti` events.
+            detail.order = Some(Order {
+                id: given("tr_id")
+                    .ok_or("a transaction without `tr_id`")?
+                    .to_owned(),
+                revenue: given("tr_tt")
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .ok_or("a transaction without a numeric `tr_tt`")?,
+                currency: given("tr_cu").map(str::to_owned),
+                items: Vec::new(),
+            });
+            EventType::Purchase
+        }
+    };
+    // A page view is of a page; a server-side tracker's cart or order event often has none: it
+    // is then placed at the app (`snowplow://shop/`).
+    let app_url;
+    let url = match given("url") {
+        Some(url) => url,
+        None if kind == "pv" => return Err("missing field `url` (the page's URL)".to_owned()),
+        None => {
+            let app = given("aid")
+                .filter(|a| {
+                    a.len() <= 64
+                        && a.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                .unwrap_or("app");
+            app_url = format!("snowplow://{app}/");
+            &app_url
+        }
+    };
+    let ip = match given("ip") {
+        Some(ip) if sender.trusted => {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("ip {ip:?} is not an IP address"))?;
+            ip.to_owned()
+        }
+        _ => sender.ip.to_owned(),
+    };
+    let user_agent = given("ua").unwrap_or(sender.user_agent).to_owned();
+    let visitor = visitor_of(fields, &entities, ts_ms, sender, &ip, &user_agent, identity)?;
+    let detail = (!detail.is_empty()).then(|| Box::new(detail));
+    let click = Click {
+        ts_ms,
+        visitor,
+        url: url.to_owned(),
+        ip,
+        user_agent,
+        city: None,
+        country: None,
+        region: None,
+        gender: None,
+        age: None,
+        event,
+        detail: with_url_utm(url, detail),
+    };
+    click.validate().map_err(|e| e.to_string())?;
+    Ok(Mapped::Click(Box::new(click)))
+}
+
+/// Counts what a request's ignored events were (the collector stage's `snowplow_ignored`).
+fn count_ignored(state: &AppState, ignored: &BTreeMap<&'static str, u64>) {
+    if let Some(collector) = &state.collector {
+        for (what, n) in ignored {
+            collector.ignored.add(DEAD_LETTER_SOURCE, what, *n);
+        }
+    }
+}
+
+/// Hands the parsed events to the pipeline; `ok` is the answer once they are durable.
+async fn deliver(
+    state: &AppState,
+    request: &super::Admitted,
+    parsed: ParsedEvents,
+    ok: Response,
+) -> Response {
+    count_ignored(state, &parsed.ignored);
+    let ignored_only = parsed.body.clicks.is_empty()
+        && parsed.body.rejected.is_empty()
+        && !parsed.ignored.is_empty();
+    if ignored_only {
+        return ok;
+    }
+    match request.deliver(parsed.body, DEAD_LETTER_SOURCE).await {
+        Ok(delivered) if delivered.accepted == 0 && !delivered.rejected.is_empty() => {
+            // Nothing could be taken: the tracker must not send it again (it is kept as dead
+            // letters).
+            AppError::BadRequest(delivered.rejected[0].reason.clone()).into_response()
+        }
+        Ok(_) => ok,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// `POST /com.snowplowanalytics.snowplow/tp2`.
+pub(crate) async fn post(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let request = admit(&state, peer, &headers, body)?;
+    let parsed = parse_post_with_query(
+        &request.body,
+        query.as_deref().unwrap_or(""),
+        request.now_ms(),
+        &request.sender(),
+        Some(&request.collector.identity),
+    )
+    .map_err(|reason| {
+        request.refused();
+        AppError::BadRequest(reason)
+    })?;
+    let ok = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok",
+    )
+        .into_response();
+    Ok(deliver(&state, &request, parsed, ok).await)
+}
+
+/// `GET /i`.
+pub(crate) async fn pixel(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let query = query.unwrap_or_default();
+    if query.len() > super::MAX_BODY_BYTES {
+        return Err(AppError::TooLarge(format!(
+            "query over {} bytes (the limit)",
+            super::MAX_BODY_BYTES
+        )));
+    }
+    let request = admit(&state, peer, &headers, Ok(Bytes::new()))?;
+    let parsed = parse_query(
+        &query,
+        request.now_ms(),
+        &request.sender(),
+        Some(&request.collector.identity),
+    );
+    let mut ok = (StatusCode::OK, [(header::CONTENT_TYPE, "image/gif")], PIXEL).into_response();
+    let h = ok.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    Ok(deliver(&state, &request, parsed, ok).await)
+}
+
+/// The endpoints' CORS: as Snowplow's collector answers trackers (credentials included, the
+/// origin echoed), for the origins that may send (`origins`, `*` for any; a page of this site
+/// needs none).
+pub(crate) fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<String> = origins
+        .iter()
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+        .collect();
+    CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("sp-anonymous"),
+        ])
+        .allow_credentials(true)
+        .max_age(std::time::Duration::from_secs(3600))
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| {
+                let o = o.to_ascii_lowercase();
+                origins.iter().any(|a| a == "*" || *a == o)
+            })
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TS: i64 = 1_764_806_400_000;
+
+    fn trusted() -> Sender<'static> {
+        Sender {
+            ip: "203.0.113.9",
+            user_agent: "curl/8",
+            trusted: true,
+            token: None,
+        }
+    }
+
+    fn untrusted() -> Sender<'static> {
+        Sender {
+            trusted: false,
+            ..trusted()
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity::new(crate::offers::OfferTokens::new(b"k"))
+    }
+
+    fn payload(events: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+            "data": events,
+        }))
+        .unwrap()
+    }
+
+    fn self_describing(schema: &str, data: Value) -> Value {
+        serde_json::json!({"schema": schema, "data": data})
+    }
+
+    fn ue(schema: &str, data: Value) -> String {
+        self_describing(
+            "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+            self_describing(schema, data),
+        )
+        .to_string()
+    }
+
+    fn cx(entities: Vec<Value>) -> String {
+        let json = self_describing(
+            "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
+            Value::Array(entities),
+        )
+        .to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn one(event: Value, sender: &Sender<'_>) -> ParsedEvents {
+        parse_post(
+            &payload(Value::Array(vec![event])),
+            TS,
+            sender,
+            Some(&identity()),
+        )
+        .unwrap()
+    }
+
+    fn click(event: Value) -> Click {
+        let parsed = one(event, &untrusted());
+        assert!(
+            parsed.body.rejected.is_empty(),
+            "{:?}",
+            parsed.body.rejected
+        );
+        parsed.body.clicks.into_iter().next().expect("one click")
+    }
+
+    #[test]
+    fn a_page_view_takes_the_page_s_fields_and_the_server_s_time() {
+        let c = click(serde_json::json!({
+            "e": "pv", "url": "https://shop.example/shop/product/VD55177927?utm_source=news",
+            "refr": "https://www.google.com/", "page": "Shoes", "duid": "0b6c1f9e-aa",
+            "sid": "s-42", "dtm": "1000", "stm": "2000", "tv": "js-4.6.0", "p": "web",
+            "ua": "Mozilla/5.0 (X11)", "res": "1920x1080", "aid": "shop",
+        }));
+        assert_eq!(c.ts_ms, TS);
+        assert_eq!(c.visitor, "sp-0b6c1f9e-aa");
+        assert_eq!(c.event, EventType::PageView);
+        assert_eq!(c.user_agent, "Mozilla/5.0 (X11)");
+        assert_eq!(c.ip, "203.0.113.9");
+        let d = c.detail.unwrap();
+        assert_eq!(d.session_id.as_deref(), Some("s-42"));
+        assert_eq!(d.referrer.as_deref(), Some("https://www.google.com/"));
+        assert_eq!(d.page_title.as_deref(), Some("Shoes"));
+        assert_eq!(d.utm.unwrap().source.as_deref(), Some("news"));
+    }
+
+    #[test]
+    fn cart_events_of_both_schemas_carry_their_product() {
+        let legacy = click(serde_json::json!({
+            "e": "ue", "url": "https://shop.example/cart", "duid": "d1",
+            "ue_pr": ue("iglu:com.snowplowanalytics.snowplow/add_to_cart/jsonschema/1-0-0",
+                serde_json::json!({"sku": "VD1", "category": "shoes", "unitPrice": 59.9, "quantity": 2, "currency": "EUR"})),
+        }));
+        assert_eq!(legacy.event, EventType::AddToCart);
+        let p = legacy.detail.unwrap().product.unwrap();
+        assert_eq!(
+            (p.id.as_deref(), p.price, p.quantity, p.currency.as_deref()),
+            (Some("VD1"), Some(59.9), Some(2), Some("EUR"))
+        );
+        // The e-commerce plugin: the action is the event, the product an entity; ue_px with
+        // and without padding.
+        for pad in ["", "="] {
+            let action = ue(
+                "iglu:com.snowplowanalytics.snowplow.ecommerce/snowplow_ecommerce_action/jsonschema/1-0-2",
+                serde_json::json!({"type": "remove_from_cart"}),
+            );
+            let mut px = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(action);
+            if !px.len().is_multiple_of(4) {
+                px.push_str(pad);
+            }
+            let c = click(serde_json::json!({
+                "e": "ue", "url": "https://shop.example/cart", "duid": "d1", "ue_px": px,
+                "cx": cx(vec![self_describing(
+                    "iglu:com.snowplowanalytics.snowplow.ecommerce/product/jsonschema/1-0-0",
+                    serde_json::json!({"id": "VD2", "name": "Boot", "category": "shoes", "price": 80, "currency": "EUR", "quantity": 1}))]),
+            }));
+            assert_eq!(c.event, EventType::RemoveFromCart);
+            assert_eq!(c.detail.unwrap().product_id(), Some("VD2"));
+        }
+    }
+
+    #[test]
+    fn a_transaction_is_a_purchase_with_its_lines() {
+        let c = click(serde_json::json!({
+            "e": "ue", "url": "https://shop.example/checkout", "duid": "d1",
+            "ue_pr": ue("iglu:com.snowplowanalytics.snowplow.ecommerce/snowplow_ecommerce_action/jsonschema/1-0-2",
+                serde_json::json!({"type": "transaction"})),
+            "co": self_describing("iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0", serde_json::json!([
+                self_describing("iglu:com.snowplowanalytics.snowplow.ecommerce/transaction/jsonschema/1-0-0",
+                    serde_json::json!({"transaction_id": "o-7", "revenue": 139.9, "currency": "EUR", "payment_method": "card", "total_quantity": 2})),
+                self_describing("iglu:com.snowplowanalytics.snowplow.ecommerce/product/jsonschema/1-0-0",
+                    serde_json::json!({"id": "VD1", "category": "shoes", "price": 59.9, "currency": "EUR"})),
+                self_describing("iglu:com.snowplowanalytics.snowplow.ecommerce/product/jsonschema/1-0-0",
+                    serde_json::json!({"id": "VD2", "category": "shoes", "price": 80, "currency": "EUR", "quantity": 1})),
+            ])).to_string(),
+        }));
+        assert_eq!(c.event, EventType::Purchase);
+        let order = c.detail.unwrap().order.unwrap();
+        assert_eq!((order.id.as_str(), order.revenue), ("o-7", 139.9));
+        let lines: Vec<_> = order
+            .items
+            .iter()
+            .map(|i| (i.product_id.as_str(), i.quantity))
+            .collect();
+        assert_eq!(lines, [("VD1", 1), ("VD2", 1)]);
+    }
+
+    #[test]
+    fn searches_checkouts_structured_and_other_events() {
+        let search = click(
+            serde_json::json!({"e": "ue", "url": "https://s/", "duid": "d",
+            "ue_pr": ue("iglu:com.snowplowanalytics.snowplow/site_search/jsonschema/1-0-0",
+                serde_json::json!({"terms": ["red", "shoes"]}))}),
+        );
+        assert_eq!(search.event, EventType::Search);
+        assert_eq!(search.detail.unwrap().query.as_deref(), Some("red shoes"));
+        let checkout = |step: u32| {
+            one(
+                serde_json::json!({"e": "ue", "url": "https://s/", "duid": "d",
+                "ue_pr": ue("iglu:com.snowplowanalytics.snowplow.ecommerce/snowplow_ecommerce_action/jsonschema/1-0-2",
+                    serde_json::json!({"type": "checkout_step"})),
+                "cx": cx(vec![self_describing("iglu:com.snowplowanalytics.snowplow.ecommerce/checkout_step/jsonschema/1-0-0",
+                    serde_json::json!({"step": step}))])}),
+                &untrusted(),
+            )
+        };
+        assert_eq!(checkout(1).body.clicks[0].event, EventType::BeginCheckout);
+        assert_eq!(
+            checkout(2).ignored,
+            BTreeMap::from([("ecommerce_action", 1)])
+        );
+        let se = click(
+            serde_json::json!({"e": "se", "url": "https://s/", "duid": "d",
+            "se_ca": "video", "se_ac": "Play Video", "se_va": "3.5"}),
+        );
+        assert_eq!(se.event, EventType::parse("play_video").unwrap());
+        let props = se.detail.unwrap().properties;
+        assert_eq!(props["category"], PropValue::Text("video".into()));
+        assert_eq!(props["value"], PropValue::Number(3.5));
+        let link = click(
+            serde_json::json!({"e": "ue", "url": "https://s/", "duid": "d",
+            "ue_pr": ue("iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1",
+                serde_json::json!({"targetUrl": "https://elsewhere/"}))}),
+        );
+        assert_eq!(link.event, EventType::parse("link_click").unwrap());
+        let tr = click(
+            serde_json::json!({"e": "tr", "url": "https://s/", "duid": "d",
+            "tr_id": "o-1", "tr_tt": "20.5", "tr_cu": "USD"}),
+        );
+        assert_eq!(tr.detail.unwrap().order.unwrap().revenue, 20.5);
+        // A server-side tracker's order has no page: it is placed at the app.
+        let server_side = click(serde_json::json!({"e": "tr", "aid": "shop", "duid": "d",
+            "tr_id": "o-2", "tr_tt": "1"}));
+        assert_eq!(server_side.url, "snowplow://shop/");
+        let ping = one(
+            serde_json::json!({"e": "pp", "url": "https://s/"}),
+            &untrusted(),
+        );
+        assert_eq!(ping.ignored, BTreeMap::from([("page_ping", 1)]));
+    }
+
+    #[test]
+    fn who_the_visitor_is() {
+        let id = identity();
+        let token = id.tokens.issue("amber-falcon-river-42");
+        let with_context = |token: &str| {
+            serde_json::json!({"e": "pv", "url": "https://s/", "duid": "d", "uid": "u-1",
+                "cx": cx(vec![self_describing(IDENTITY_SCHEMA,
+                    serde_json::json!({"visitor": "amber-falcon-river-42", "token": token}))])})
+        };
+        assert_eq!(click(with_context(&token)).visitor, "amber-falcon-river-42");
+        let forged = one(with_context("not-the-token"), &untrusted());
+        assert!(
+            forged.body.rejected[0].reason.contains("not visitor"),
+            "{forged:?}"
+        );
+        // `uid` only from a trusted sender; a tracker's cookie id in its own namespace.
+        let named = serde_json::json!({"e": "pv", "url": "https://s/", "duid": "d", "uid": "u-1"});
+        assert_eq!(one(named.clone(), &trusted()).body.clicks[0].visitor, "u-1");
+        assert_eq!(one(named, &untrusted()).body.clicks[0].visitor, "sp-d");
+        let bare = one(
+            serde_json::json!({"e": "pv", "url": "https://s/"}),
+            &untrusted(),
+        );
+        assert!(bare.body.clicks[0].visitor.starts_with("anon-"));
+        let odd = one(
+            serde_json::json!({"e": "pv", "url": "https://s/", "duid": "a b"}),
+            &untrusted(),
+        );
+        assert!(odd.body.rejected[0].reason.contains("duid"));
+    }
+
+    #[test]
+    fn bad_events_are_rejected_alone_and_bad_bodies_whole() {
+        let parsed = parse_post(
+            &payload(serde_json::json!([
+                {"e": "pv", "url": "https://s/", "duid": "d"},
+                {"e": "pv", "duid": "d"},
+                {"e": "zz", "url": "https://s/"},
+                {"e": "ue", "url": "https://s/", "ue_px": "%%%"},
+                {"e": "ue", "url": "https://s/", "ue_pr": "{not json"},
+                {"e": "se", "url": "https://s/"},
+                {"e": "pv", "url": "https://s/", "co": "[]"},
+                {"e": "pv", "url": ["https://s/"]},
+                "pv",
+            ])),
+            TS,
+            &untrusted(),
+            Some(&identity()),
+        )
+        .unwrap();
+        assert_eq!(parsed.body.clicks.len(), 1);
+        let reasons: Vec<_> = parsed
+            .body
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 8, "{reasons:?}");
+        assert!(reasons[0].1.contains("missing field `url`"));
+        assert!(reasons[1].1.contains("e=\"zz\""));
+        assert!(reasons[2].1.contains("base64url"));
+        assert!(reasons[3].1.contains("not JSON"));
+        assert!(reasons[4].1.contains("se_ac"));
+        for body in [
+            &b"{}"[..],
+            b"not json",
+            b"\xff",
+            br#"{"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": []}"#,
+            br#"{"schema": "iglu:com.acme/payload/jsonschema/1-0-0", "data": [{"e": "pv"}]}"#,
+        ] {
+            assert!(parse_post(body, TS, &untrusted(), None).is_err(), "{body:?}");
+        }
+        let many = payload(Value::Array(vec![
+            serde_json::json!({"e": "pp"});
+            super::super::MAX_BATCH + 1
+        ]));
+        assert!(
+            parse_post(&many, TS, &untrusted(), None)
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
+
+    #[test]
+    fn a_post_s_query_string_is_merged_into_every_event() {
+        let body = payload(serde_json::json!([
+            {"e": "pv", "url": "https://s/a", "duid": "d1"},
+            {"e": "pv", "url": "https://s/b"},
+        ]));
+        let parsed =
+            parse_post_with_query(&body, "duid=q9&aid=x", TS, &untrusted(), Some(&identity()))
+                .unwrap();
+        let visitors: Vec<_> = parsed
+            .body
+            .clicks
+            .iter()
+            .map(|c| c.visitor.as_str())
+            .collect();
+        assert_eq!(visitors, ["sp-q9", "sp-q9"]);
+    }
+
+    #[test]
+    fn a_pixel_is_one_event_in_the_query_string() {
+        let parsed = parse_query(
+            "e=pv&url=https%3A%2F%2Fshop.example%2Fshop%2Fproduct%2FVD1&page=Boot+shop&duid=d9&tv=js-4",
+            TS,
+            &untrusted(),
+            Some(&identity()),
+        );
+        let c = &parsed.body.clicks[0];
+        assert_eq!(c.url, "https://shop.example/shop/product/VD1");
+        assert_eq!(
+            c.detail.as_ref().unwrap().page_title.as_deref(),
+            Some("Boot shop")
+        );
+        assert_eq!(c.visitor, "sp-d9");
+    }
+
+    #[test]
+    fn custom_names_become_identifiers() {
+        for (name, want) in [
+            ("Play Video", "play_video"),
+            ("linkClick", "link_click"),
+            ("submit-form", "submit_form"),
+            ("add_gift_wrap", "add_gift_wrap"),
+        ] {
+            assert_eq!(custom_type(name).unwrap(), EventType::parse(want).unwrap());
+        }
+        assert!(custom_type("!!!").is_err());
+        assert!(custom_type(&"a".repeat(60)).is_err());
+    }
+}
