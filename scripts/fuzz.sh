@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the log readers, the collector's JSON and the pattern parser with cargo fuzz
+# Fuzzes the log readers, the collector's JSON, the Snowplow endpoints' parsers and the pattern parser with cargo fuzz
 # (libFuzzer), each for the given number of seconds (default 60), one after the other.
 #
 #   scripts/fuzz.sh [seconds]
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets=(tsv_reader collector_json pattern_parser)
+targets=(tsv_reader collector_json pattern_parser snowplow_tp2)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

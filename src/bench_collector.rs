@@ -1,5 +1,6 @@
-//! `clickpulse bench collector`: `POST /collect` under sustained load, loopback only and
-//! bounded in time.
+//! `clickpulse bench collector`: the collector under sustained load, loopback only and
+//! bounded in time, in one of its protocols (`--protocol`: `POST /collect`, or Snowplow's
+//! `tp2` POST).
 //!
 //! Each of `--connections` tasks holds one HTTP/1.1 keep-alive connection (hyper's client, the
 //! server's own HTTP stack) and sends `--batch` clicks per request, one request at a time, until
@@ -224,7 +225,7 @@ async fn load(addr: SocketAddr, args: &CollectorBenchArgs) -> (Tally, Duration) 
         .collect();
     let health = tokio::spawn(probe_health(addr, deadline));
     let tasks: Vec<_> = (0..args.connections)
-        .map(|c| tokio::spawn(connection(addr, c, args.batch, deadline)))
+        .map(|c| tokio::spawn(connection(addr, args.protocol, c, args.batch, deadline)))
         .collect();
     let mut tally = Tally::default();
     for task in tasks {
@@ -302,8 +303,91 @@ async fn probe_health(addr: SocketAddr, deadline: Instant) -> (u64, u64, Duratio
     (asked, answered, max)
 }
 
+/// A collector protocol the load is sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// `POST /collect` (answers `202 {"accepted": n}`).
+    Clickpulse,
+    /// Snowplow's `tp2` POST (answers `200 ok` once the whole batch is durable).
+    Snowplow,
+    /// Segment's `POST /v1/batch` (answers `200 {"success": true}`).
+    Segment,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "clickpulse" => Ok(Protocol::Clickpulse),
+            "snowplow" => Ok(Protocol::Snowplow),
+            "segment" => Ok(Protocol::Segment),
+            other => Err(format!("{other:?} is not clickpulse, snowplow or segment")),
+        }
+    }
+}
+
+impl Protocol {
+    fn path(self) -> &'static str {
+        match self {
+            Protocol::Clickpulse => "/collect",
+            Protocol::Snowplow => clickpulse_server::collector::snowplow::TP2_PATH,
+            Protocol::Segment => "/v1/batch",
+        }
+    }
+
+    /// The events an answer says were accepted (`None`: not an acceptance).
+    fn accepted(self, status: u16, body: &[u8], batch: usize) -> Option<u64> {
+        match (self, status) {
+            (Protocol::Clickpulse, 202) => Some(
+                serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["accepted"].as_u64())
+                    .unwrap_or(0),
+            ),
+            (Protocol::Snowplow, 200) if body == b"ok" => Some(batch as u64),
+            (Protocol::Segment, 200) => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .filter(|v| v["success"] == true && v.get("rejected").is_none())
+                .map(|_| batch as u64),
+            _ => None,
+        }
+    }
+}
+
 /// The body one connection sends: `batch` product views of visitors of its own.
-fn body(connection: usize, batch: usize) -> Bytes {
+fn body(protocol: Protocol, connection: usize, batch: usize) -> Bytes {
+    if protocol == Protocol::Snowplow {
+        let events: Vec<_> = (0..batch)
+            .map(|i| {
+                json!({
+                    "e": "pv", "p": "srv", "tv": "clickpulse-bench",
+                    "url": "http://127.0.0.1/shop/product/VD55177927",
+                    "uid": format!("bench-{connection}-{i}"),
+                    "ua": "clickpulse-bench",
+                })
+            })
+            .collect();
+        let payload = json!({
+            "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+            "data": events,
+        });
+        return Bytes::from(serde_json::to_vec(&payload).expect("events serialize"));
+    }
+    if protocol == Protocol::Segment {
+        let messages: Vec<_> = (0..batch)
+            .map(|i| {
+                json!({
+                    "type": "page",
+                    "userId": format!("bench-{connection}-{i}"),
+                    "properties": {"url": "http://127.0.0.1/shop/product/VD55177927"},
+                    "context": {"userAgent": "clickpulse-bench"},
+                })
+            })
+            .collect();
+        let payload = json!({"batch": messages, "writeKey": "clickpulse-bench"});
+        return Bytes::from(serde_json::to_vec(&payload).expect("messages serialize"));
+    }
     let clicks: Vec<_> = (0..batch)
         .map(|i| {
             json!({
@@ -318,8 +402,14 @@ fn body(connection: usize, batch: usize) -> Bytes {
     Bytes::from(serde_json::to_vec(&clicks).expect("clicks serialize"))
 }
 
-async fn connection(addr: SocketAddr, index: usize, batch: usize, deadline: Instant) -> Tally {
-    let body = body(index, batch);
+async fn connection(
+    addr: SocketAddr,
+    protocol: Protocol,
+    index: usize,
+    batch: usize,
+    deadline: Instant,
+) -> Tally {
+    let body = body(protocol, index, batch);
     let host = addr.to_string();
     let mut tally = Tally::default();
     let mut sender = None;
@@ -333,7 +423,7 @@ async fn connection(addr: SocketAddr, index: usize, batch: usize, deadline: Inst
             }
         }
         let s = sender.as_mut().expect("connected");
-        let request = hyper::Request::post("/collect")
+        let request = hyper::Request::post(protocol.path())
             .header(header::HOST, &host)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body.clone()))
@@ -357,14 +447,12 @@ async fn connection(addr: SocketAddr, index: usize, batch: usize, deadline: Inst
                 continue;
             }
         };
+        if let Some(n) = protocol.accepted(status.as_u16(), &bytes, batch) {
+            tally.accepted_requests += 1;
+            tally.accepted_events += n;
+            continue;
+        }
         match status.as_u16() {
-            202 => {
-                tally.accepted_requests += 1;
-                tally.accepted_events += serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["accepted"].as_u64())
-                    .unwrap_or(0);
-            }
             503 => {
                 tally.unavailable += 1;
                 if !retry_after {
@@ -412,6 +500,7 @@ fn report(
     if args.json {
         let summary = json!({
             "url": args.url,
+            "protocol": format!("{:?}", args.protocol).to_lowercase(),
             "overload": args.overload,
             "connections": args.connections,
             "batch": args.batch,
@@ -447,7 +536,8 @@ fn report(
             None => "not counted (--url)".to_owned(),
         };
         println!(
-            "{} connections x {} clicks per request for {:.1} s{}",
+            "{:?} protocol, {} connections x {} clicks per request for {:.1} s{}",
+            args.protocol,
             args.connections,
             args.batch,
             secs,

@@ -131,8 +131,9 @@ pub(crate) struct ConfigArgs {
     /// 10000 distributed] (`pipeline.idle_timeout_ms`).
     #[arg(long, value_name = "MS")]
     pub(crate) idle_timeout_ms: Option<u64>,
-    /// Origins allowed to send page views to `POST /collect` from their pages (repeatable;
-    /// `*` for any). Same-origin pages (the demo shop) need none (`web.cors_origins`).
+    /// Origins allowed to send events to the collector (`POST /collect`, the Snowplow
+    /// endpoints) from their pages (repeatable; `*` for any). Same-origin pages (the demo shop)
+    /// need none (`web.cors_origins`).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub(crate) cors_origins: Vec<String>,
     /// The most distinct products, categories and countries the dashboard's windows hold (each);
@@ -150,7 +151,16 @@ pub(crate) struct ConfigArgs {
     /// (`web.time_zone`).
     #[arg(long, value_name = "ZONE", value_parser = parse_time_zone)]
     pub(crate) time_zone: Option<String>,
-    /// The most page views a minute `POST /collect` takes from one client address (bursts of a
+    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`) or
+    /// `snowplow` (Snowplow's own browser tracker and e-commerce plugin, to the Snowplow
+    /// endpoints: docs/sources/snowplow.md) [default: clickpulse] (`web.shop_tracker`).
+    #[arg(long, value_name = "clickpulse|snowplow")]
+    pub(crate) shop_tracker: Option<clickpulse_server::ShopTracker>,
+    /// A write key the Segment endpoints (`POST /v1/batch`, `/v1/track`, ...) take (repeatable);
+    /// without any, every key is taken (one is always required) (`web.segment_write_keys`).
+    #[arg(long = "segment-write-key", value_name = "KEY")]
+    pub(crate) segment_write_keys: Vec<String>,
+    /// The most events a minute the collector takes from one client address (bursts of a
     /// sixth of it): more answer 429. Trusted senders (admin token, `--trusted-proxy`) are not
     /// limited [default: 6000] (`web.collect_rate`).
     #[arg(long, value_name = "VIEWS")]
@@ -380,6 +390,15 @@ pub(crate) struct CollectorBenchArgs {
     /// Clicks per request (1 to 500).
     #[arg(long, default_value_t = 10)]
     pub(crate) batch: usize,
+    /// The collector protocol to send: `clickpulse` (`POST /collect`), `snowplow` (`POST
+    /// /com.snowplowanalytics.snowplow/tp2`, tracker-protocol page views) or `segment` (`POST
+    /// /v1/batch`, page messages).
+    #[arg(
+        long,
+        default_value = "clickpulse",
+        value_name = "clickpulse|snowplow|segment"
+    )]
+    pub(crate) protocol: crate::bench_collector::Protocol,
     /// Load a running server instead (`http://HOST:PORT`); the topic cannot be counted then.
     #[arg(long, value_name = "URL")]
     pub(crate) url: Option<String>,

@@ -74,6 +74,8 @@ fn apply(args: &ConfigArgs, config: &mut Config) {
     extend(&mut web.cors_origins, &args.cors_origins);
     set_some(&mut web.viewer_token, &args.viewer_token);
     set(&mut web.time_zone, &args.time_zone);
+    set(&mut web.shop_tracker, &args.shop_tracker);
+    extend(&mut web.segment_write_keys, &args.segment_write_keys);
     set(&mut web.collect_rate, &args.collect_rate);
     extend(&mut web.trusted_proxies, &args.trusted_proxies);
     set(&mut web.collector_queue, &args.collector_queue);

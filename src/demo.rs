@@ -245,6 +245,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             products: products.clone(),
             cors_origins: config.web.cors_origins.clone(),
             time_zone: Arc::from(config.web.time_zone.as_str()),
+            shop_tracker: config.web.shop_tracker,
+            segment_write_keys: config.web.segment_write_keys.clone(),
             privacy: Some(clickpulse_server::privacy::Privacy::new(
                 OfferTokens::new(offer_secret.as_bytes()),
                 config.web.viewer_token.as_deref().map(Arc::from),

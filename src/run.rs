@@ -180,6 +180,8 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let mut offer_secret = None;
     let mut state = AppState::new(metrics.clone(), "distributed");
     state.cors_origins = config.web.cors_origins.clone();
+    state.shop_tracker = config.web.shop_tracker;
+    state.segment_write_keys = config.web.segment_write_keys.clone();
     state.time_zone = Arc::from(
         crate::cli::parse_time_zone(&config.web.time_zone)
             .map_err(|e| anyhow::anyhow!("[web] time_zone: {e}"))?

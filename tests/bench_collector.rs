@@ -49,6 +49,20 @@ fn sustained_load_loses_nothing_accepted() {
 }
 
 #[test]
+fn snowplow_tracker_protocol_under_load_loses_nothing_accepted() {
+    let s = bench(&["--connections", "8", "--protocol", "snowplow"]);
+    assert_eq!(s["protocol"], "snowplow", "{s}");
+    assert_nothing_lost(&s);
+}
+
+#[test]
+fn segment_http_api_under_load_loses_nothing_accepted() {
+    let s = bench(&["--connections", "8", "--protocol", "segment"]);
+    assert_eq!(s["protocol"], "segment", "{s}");
+    assert_nothing_lost(&s);
+}
+
+#[test]
 fn over_capacity_answers_503_with_retry_after_and_loses_nothing() {
     let s = bench(&["--connections", "16", "--overload"]);
     assert_nothing_lost(&s);

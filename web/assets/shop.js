@@ -9,7 +9,9 @@
  *     POST body, to renew the offer token (POST /api/identity {visitor, identity_token}) when it
  *     is about to expire or the stream says it has.
  *   - Every product page load sends one page view: POST /collect {visitor, url, gender, age,
- *     page_title, referrer}; "Add to cart" sends an add_to_cart event naming the product.
+ *     page_title, referrer}; "Add to cart" sends an add_to_cart event naming the product. With
+ *     `--shop-tracker snowplow` (GET /api/site `shop_tracker`) the same events go through
+ *     Snowplow's own browser tracker and e-commerce plugin to the Snowplow endpoints instead.
  *   - Offers arrive over /api/offers/stream (SSE, event `offer`) and show as a modal, once per
  *     offer_id (ids kept in localStorage `clickpulse.seenOffers`, last 50).
  *
@@ -695,6 +697,7 @@
       return false;
     }
     await freshToken();
+    if ((await shopTracker()) === "snowplow") return snowplowSend(fields, identity, label, testid);
     const click = {
       visitor: identity.visitor,
       // The identity token proves the id is this browser's: nobody can send views as another.
@@ -723,6 +726,152 @@
       CP.toast(`${label} not sent: ${reason}`, { kind: "error", testid: `${testid}-failed` });
       return false;
     }
+    return false;
+  }
+
+  // ------------------------------------------------------------------ Snowplow
+
+  /** Which tracker sends the shop's events (`shop_tracker` of GET /api/site): "clickpulse" or
+   * "snowplow". The same events either way: the dashboard and the offers do not change. */
+  function shopTracker() {
+    if (!state.tracker) {
+      state.tracker = CP.fetchJSON("/api/site", { timeoutMs: 5000 })
+        .then((body) => (body && body.shop_tracker === "snowplow" ? "snowplow" : "clickpulse"))
+        .catch(() => "clickpulse");
+    }
+    return state.tracker;
+  }
+
+  const SNOWPLOW_VENDOR = [
+    "/vendor/snowplow/browser-tracker-4.10.1.umd.min.js",
+    "/vendor/snowplow/browser-plugin-snowplow-ecommerce-4.10.2.umd.min.js",
+  ];
+  const IDENTITY_SCHEMA = "iglu:io.clickpulse/identity/jsonschema/1-0-0";
+
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = src;
+      script.onload = resolve;
+      script.onerror = () => reject(new Error(`cannot load ${src}`));
+      document.head.appendChild(script);
+    });
+  }
+
+  /**
+   * Snowplow's own browser tracker and e-commerce plugin, pointed at this server's Snowplow
+   * collector endpoints, as a shop running Snowplow has them. Each event carries the visitor's
+   * identity as a global context (docs/sources/snowplow.md), read when the event is tracked.
+   * Resolves to {sp, ec, pending}: `pending` maps a tracked event's id to its callback, called
+   * with the answer's status once the tracker's request for it is answered.
+   */
+  function snowplow() {
+    if (!state.snowplow) {
+      state.snowplow = (async () => {
+        for (const src of SNOWPLOW_VENDOR) await loadScript(src);
+        const sp = window.snowplowBrowserTracking;
+        const ec = window.snowplowEcommerceAccelerator;
+        const pending = new Map();
+        const settle = (events, status) => {
+          for (const event of events || []) {
+            const done = pending.get(event.eid);
+            pending.delete(event.eid);
+            if (done) done(status);
+          }
+        };
+        // The id of the event being tracked, taken as the tracker builds it.
+        const lastEvent = { eid: null };
+        sp.newTracker("shop", location.origin, {
+          appId: "acme-shop",
+          eventMethod: "post",
+          bufferSize: 1,
+          stateStorageStrategy: "localStorage",
+          contexts: { webPage: true },
+          plugins: [ec.SnowplowEcommercePlugin(), { afterTrack: (payload) => (lastEvent.eid = payload.eid) }],
+          onRequestSuccess: (batch, response) => settle(batch, response.status),
+          onRequestFailure: (failure, response) => settle(failure.events, response ? response.status : 0),
+        });
+        sp.addGlobalContexts([
+          () => {
+            const identity = state.identity;
+            const data = { visitor: identity.visitor, token: identity.token };
+            if (["F", "M", "U"].includes(identity.gender)) data.gender = identity.gender;
+            const age = CP.clampAge(identity.age);
+            if (age !== null && age !== undefined) data.age = age;
+            return { schema: IDENTITY_SCHEMA, data };
+          },
+        ]);
+        return { sp, ec, pending, lastEvent };
+      })();
+    }
+    return state.snowplow;
+  }
+
+  /** A product entity of the e-commerce plugin for an event's `product` (or an order line). */
+  function snowplowProduct(product) {
+    const known = state.products.find((p) => p.id === product.id) || {};
+    return {
+      id: product.id,
+      name: known.title || product.id,
+      category: product.category || known.category || "Unknown",
+      price: typeof product.price === "number" ? product.price : typeof known.price === "number" ? known.price : 0,
+      currency: product.currency || "USD",
+      quantity: product.quantity || 1,
+    };
+  }
+
+  /** Tracks `fields` (the event `sendEvent` was given) with Snowplow's tracker and waits for the
+   * collector's answer. Whether it was taken; a failure is shown as for `/collect`. */
+  async function snowplowSend(fields, identity, label, testid) {
+    let tracker;
+    try {
+      tracker = await snowplow();
+    } catch (err) {
+      CP.toast(`${label} not sent: ${err.message}`, { kind: "error", testid: `${testid}-failed` });
+      return false;
+    }
+    const { sp, ec, pending, lastEvent } = tracker;
+    const cart = (products) => {
+      const total = products.reduce((sum, p) => sum + p.price * p.quantity, 0);
+      return { products, total_value: Math.round(total * 100) / 100, currency: "USD" };
+    };
+    const track = () => {
+      switch (fields.type) {
+        case "add_to_cart":
+          return ec.trackAddToCart(cart([snowplowProduct(fields.product)]));
+        case "remove_from_cart":
+          return ec.trackRemoveFromCart(cart([snowplowProduct(fields.product)]));
+        case "begin_checkout":
+          return ec.trackCheckoutStep({ step: 1 });
+        case "purchase": {
+          const products = fields.order.items.map((item) => snowplowProduct({ ...item, id: item.product_id }));
+          return ec.trackTransaction({
+            transaction_id: fields.order.id,
+            revenue: fields.order.revenue,
+            currency: fields.order.currency || "USD",
+            payment_method: "demo",
+            total_quantity: products.reduce((n, p) => n + p.quantity, 0),
+            products,
+          });
+        }
+        case "search":
+          return sp.trackSelfDescribingEvent({
+            event: { schema: "iglu:com.snowplowanalytics.snowplow/site_search/jsonschema/1-0-0", data: { terms: fields.query.trim().split(/\s+/) } },
+          });
+        default:
+          return sp.trackPageView({ title: fields.page_title });
+      }
+    };
+    lastEvent.eid = null;
+    const answered = new Promise((resolve) => {
+      track();
+      if (lastEvent.eid) pending.set(lastEvent.eid, resolve);
+      else resolve(0);
+    });
+    const status = await Promise.race([answered, new Promise((resolve) => setTimeout(() => resolve(-1), 15000))]);
+    if (status === 200) return true;
+    const reason = status === -1 ? "no answer (the tracker will retry)" : status === 0 ? "the tracker did not send it" : `HTTP ${status}`;
+    CP.toast(`${label} not sent: ${reason}`, { kind: "error", testid: `${testid}-failed` });
     return false;
   }
 

@@ -193,7 +193,8 @@ pub struct WebConfig {
     pub listen: SocketAddr,
     /// This web instance's name (distributed): its offer-delivery state is its own.
     pub instance: String,
-    /// Origins allowed to send page views to `POST /collect` from their pages (`*`: any).
+    /// Origins allowed to send events to the collector (`POST /collect`, the Snowplow endpoints)
+    /// from their pages (`*`: any).
     pub cors_origins: Vec<String>,
     /// Most live clicks accepted and not yet durable before `/collect` answers 503.
     pub collector_queue: usize,
@@ -203,13 +204,19 @@ pub struct WebConfig {
     /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For` and click `ip`
     /// fields the collector believes.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// The most page views a minute `/collect` takes from one client address.
+    /// The most events a minute the collector takes from one client address.
     pub collect_rate: u32,
     /// Who may see visitor ids and addresses on the dashboard [default:
     /// `CLICKPULSE_VIEWER_TOKEN`; none: everyone sees them pseudonymised].
     pub viewer_token: Option<String>,
     /// The site's time zone (IANA name): the pages show times in it.
     pub time_zone: String,
+    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`) or
+    /// `snowplow` (Snowplow's browser tracker, to the Snowplow endpoints).
+    pub shop_tracker: clickpulse_server::ShopTracker,
+    /// The write keys the Segment endpoints (`/v1/...`) take; empty: any (one is always
+    /// required, as Segment requires it).
+    pub segment_write_keys: Vec<String>,
 }
 
 impl WebConfig {
@@ -243,6 +250,8 @@ impl Default for WebConfig {
             collect_rate: DEFAULT_COLLECT_RATE,
             viewer_token: None,
             time_zone: "UTC".to_owned(),
+            shop_tracker: clickpulse_server::ShopTracker::Clickpulse,
+            segment_write_keys: Vec::new(),
         }
     }
 }

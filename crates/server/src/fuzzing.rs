@@ -1,6 +1,6 @@
-//! The harness shared by the `collector_json` fuzz target (`fuzz/fuzz_targets/`) and the
-//! regression test that replays its corpus under plain `cargo test`
-//! (`crates/server/tests/fuzz_regressions.rs`). Not part of the stable API.
+//! The harnesses shared by the `collector_json` and `snowplow_tp2` fuzz targets
+//! (`fuzz/fuzz_targets/`) and the regression tests that replay their corpora under plain
+//! `cargo test` (`crates/server/tests/fuzz_regressions.rs`). Not part of the stable API.
 
 use clickpulse_engine::click::Click;
 
@@ -43,30 +43,82 @@ pub fn fuzz_collector_body(data: &[u8]) -> Result<Vec<Click>, String> {
                 "{} clicks accepted",
                 clicks.len()
             );
-            for click in clicks {
-                if let Err(e) = click.validate() {
-                    panic!("an invalid click was accepted ({e}): {click:?}");
-                }
-                assert_eq!(click.ts_ms, FUZZ_TS_MS, "the server stamps the time");
-                // What goes on the topics and into dumps reads back as it went in.
-                let binary = clickpulse_engine::codec::encode(click);
-                let decoded: Click =
-                    clickpulse_engine::codec::decode(&binary).unwrap_or_else(|e| {
-                        panic!("an accepted click does not decode ({e}): {click:?}")
-                    });
-                assert_eq!(&decoded, click, "the binary form round-trips");
-                let json = serde_json::to_string(click).expect("a click serializes");
-                let parsed: Click = serde_json::from_str(&json)
-                    .unwrap_or_else(|e| panic!("a dumped click does not read back ({e}): {json}"));
-                assert_eq!(&parsed, click, "the JSON form round-trips");
-                assert_eq!(
-                    click.visitor,
-                    click.visitor.trim(),
-                    "the visitor is trimmed"
-                );
-            }
+            check_accepted(clicks);
         }
         Err(reason) => assert!(!reason.is_empty(), "a rejected body gets a reason"),
+    }
+    result
+}
+
+/// What every accepted click must be: valid, stamped with the server's time, trimmed, and the
+/// same after the topics' binary form and the dumps' JSON.
+fn check_accepted(clicks: &[Click]) {
+    for click in clicks {
+        if let Err(e) = click.validate() {
+            panic!("an invalid click was accepted ({e}): {click:?}");
+        }
+        assert_eq!(click.ts_ms, FUZZ_TS_MS, "the server stamps the time");
+        // What goes on the topics and into dumps reads back as it went in.
+        let binary = clickpulse_engine::codec::encode(click);
+        let decoded: Click = clickpulse_engine::codec::decode(&binary)
+            .unwrap_or_else(|e| panic!("an accepted click does not decode ({e}): {click:?}"));
+        assert_eq!(&decoded, click, "the binary form round-trips");
+        let json = serde_json::to_string(click).expect("a click serializes");
+        let parsed: Click = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("a dumped click does not read back ({e}): {json}"));
+        assert_eq!(&parsed, click, "the JSON form round-trips");
+        assert_eq!(
+            click.visitor,
+            click.visitor.trim(),
+            "the visitor is trimmed"
+        );
+    }
+}
+
+/// Parses `data` as a Snowplow `tp2` POST body and as a `GET /i` query string: every event of
+/// an accepted body is a valid click, counted as ignored, or rejected with a reason naming it,
+/// once; a refused body gets a reason.
+pub fn fuzz_snowplow(data: &[u8]) -> Result<Vec<Click>, String> {
+    use crate::collector::snowplow::{parse_post, parse_query};
+    let sender = crate::collector::Sender {
+        ip: FUZZ_IP,
+        user_agent: FUZZ_USER_AGENT,
+        trusted: false,
+        token: None,
+    };
+    let identity = crate::collector::Identity::new(crate::offers::OfferTokens::new(b"fuzz"));
+    let query = parse_query(
+        &String::from_utf8_lossy(data),
+        FUZZ_TS_MS,
+        &sender,
+        Some(&identity),
+    );
+    assert_eq!(
+        query.body.clicks.len()
+            + query.body.rejected.len()
+            + query.ignored.values().sum::<u64>() as usize,
+        1,
+        "a query string is one event"
+    );
+    check_accepted(&query.body.clicks);
+    let result = parse_post(data, FUZZ_TS_MS, &sender, Some(&identity)).map(|parsed| {
+        let ignored = parsed.ignored.values().sum::<u64>() as usize;
+        let events = parsed.body.clicks.len() + parsed.body.rejected.len() + ignored;
+        assert!((1..=MAX_BATCH).contains(&events), "{events} events");
+        let mut indices: Vec<usize> = parsed.body.rejected.iter().map(|r| r.index).collect();
+        for r in &parsed.body.rejected {
+            assert!(
+                r.reason.starts_with(&format!("event {}: ", r.index)),
+                "a rejected event names itself: {r:?}"
+            );
+        }
+        indices.dedup();
+        assert_eq!(indices.len(), parsed.body.rejected.len(), "each event once");
+        check_accepted(&parsed.body.clicks);
+        parsed.body.clicks
+    });
+    if let Err(reason) = &result {
+        assert!(!reason.is_empty(), "a refused body gets a reason");
     }
     result
 }

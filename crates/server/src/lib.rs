@@ -74,6 +74,35 @@ pub struct AppState {
     /// The site's time zone (an IANA name, validated by whoever configures it): the pages show
     /// times in it unless the viewer picks their own.
     pub time_zone: Arc<str>,
+    /// Which tracker the demo shop sends its events with.
+    pub shop_tracker: ShopTracker,
+    /// The write keys the Segment endpoints take (empty: any key; one is always required).
+    pub segment_write_keys: Vec<String>,
+}
+
+/// Which tracker the demo shop's pages send their events with (`GET /api/site` tells them):
+/// the same events and the same offers either way, through a different collector protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShopTracker {
+    /// `clickpulse.js`'s protocol: `POST /collect`.
+    #[default]
+    Clickpulse,
+    /// Snowplow's browser tracker and e-commerce plugin, to the Snowplow endpoints
+    /// ([`collector::snowplow`]).
+    Snowplow,
+}
+
+impl std::str::FromStr for ShopTracker {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "clickpulse" => Ok(ShopTracker::Clickpulse),
+            "snowplow" => Ok(ShopTracker::Snowplow),
+            other => Err(format!("{other:?} is not clickpulse or snowplow")),
+        }
+    }
 }
 
 impl AppState {
@@ -91,6 +120,8 @@ impl AppState {
             cors_origins: Vec::new(),
             privacy: None,
             time_zone: Arc::from("UTC"),
+            shop_tracker: ShopTracker::default(),
+            segment_write_keys: Vec::new(),
         }
     }
 }
@@ -195,9 +226,16 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
             collector::MAX_BODY_BYTES,
         ))
         .layer(collector::snowplow::cors_layer(&state.cors_origins));
+    let segment = Router::new()
+        .route("/v1/{path}", axum::routing::post(collector::segment::post))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            collector::segment::MAX_BATCH_BYTES,
+        ))
+        .layer(cors_layer(&state.cors_origins));
     let router = Router::new()
         .merge(collect)
         .merge(snowplow)
+        .merge(segment)
         .route("/", get(static_files::dashboard))
         .route("/pipeline", get(static_files::pipeline))
         .route("/shop", get(static_files::shop))
@@ -258,9 +296,9 @@ async fn topology() -> Json<clickpulse_engine::topology::Topology> {
     Json(clickpulse_engine::topology::PIPELINE)
 }
 
-/// What every page needs to know of the site: its time zone.
+/// What every page needs to know of the site: its time zone, and the shop's tracker.
 async fn site(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"time_zone": &*state.time_zone}))
+    Json(json!({"time_zone": &*state.time_zone, "shop_tracker": state.shop_tracker}))
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
@@ -344,7 +382,10 @@ mod tests {
         let (status, body) = get_json(router.clone(), "/api/site").await;
         assert_eq!(
             (status, body),
-            (StatusCode::OK, json!({"time_zone": "UTC"}))
+            (
+                StatusCode::OK,
+                json!({"time_zone": "UTC", "shop_tracker": "clickpulse"})
+            )
         );
         let (status, body) = get_json(router, "/api/stats").await;
         assert_eq!(status, StatusCode::OK);

@@ -51,7 +51,9 @@ use tokio::sync::oneshot;
 
 use crate::{AppError, AppState};
 
+pub mod segment;
 pub mod snowplow;
+mod values;
 
 /// The most clicks in one request.
 pub const MAX_BATCH: usize = 500;
@@ -454,6 +456,17 @@ pub(crate) fn admit(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Admitted, AppError> {
+    admit_within(state, peer, headers, body, MAX_BODY_BYTES)
+}
+
+/// [`admit`] with a size limit of the protocol's own (Segment's batches: 500 KB).
+pub(crate) fn admit_within(
+    state: &AppState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Admitted, AppError> {
     let Some(collector) = &state.collector else {
         return Err(AppError::NotFound(
             "the collector does not run in this process".to_owned(),
@@ -465,17 +478,17 @@ pub(crate) fn admit(
         Err(e)
     };
     let body = match body {
-        Ok(body) if body.len() <= MAX_BODY_BYTES => body,
+        Ok(body) if body.len() <= limit => body,
         Ok(_) => {
             return refuse(AppError::TooLarge(format!(
-                "body over {MAX_BODY_BYTES} bytes (the limit)"
+                "body over {limit} bytes (the limit)"
             )));
         }
         Err(rejection) => {
             return refuse(crate::limits::body_error(
                 rejection.status(),
                 &rejection,
-                MAX_BODY_BYTES,
+                limit,
             ));
         }
     };
@@ -600,6 +613,89 @@ impl Admitted {
                     "the pipeline is not keeping up; retry shortly",
                 ))
             }
+        }
+    }
+}
+
+/// What the events of one request in another tracker's protocol (Snowplow's, Segment's) came
+/// to.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedEvents {
+    /// Events taken as clicks, and events refused with their reasons.
+    pub body: ParsedBody,
+    /// Events that are valid in their protocol but mean nothing to Clickpulse (page pings,
+    /// `screen` calls, ...), by what they are: counted, not kept.
+    pub ignored: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// What one event of another tracker's protocol becomes.
+#[derive(Debug)]
+pub(crate) enum Mapped {
+    Click(Box<Click>),
+    Ignored(&'static str),
+}
+
+impl ParsedEvents {
+    /// Adds event `index` (`what` in its reason: `event 3: …`), mapped or refused.
+    pub(crate) fn take(
+        &mut self,
+        index: usize,
+        what: &str,
+        taken: Result<Mapped, String>,
+        raw: impl FnOnce() -> String,
+    ) {
+        match taken {
+            Ok(Mapped::Click(click)) => self.body.clicks.push(*click),
+            Ok(Mapped::Ignored(kind)) => *self.ignored.entry(kind).or_default() += 1,
+            Err(e) => self.body.rejected.push(Rejected {
+                index,
+                reason: format!("{what} {index}: {e}"),
+                raw: raw(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+impl ParsedEvents {
+    /// The one click of a request whose events were all taken (tests).
+    pub(crate) fn the_click(self) -> Click {
+        assert!(self.body.rejected.is_empty(), "{:?}", self.body.rejected);
+        self.body.clicks.into_iter().next().expect("a click")
+    }
+}
+
+/// Checks a batch's number of events (`what`: "events", "messages").
+pub(crate) fn batch_len(len: usize, what: &str) -> Result<(), String> {
+    match len {
+        0 => Err(format!("no {what} in the request")),
+        n if n > MAX_BATCH => Err(format!("{n} {what} in one request; at most {MAX_BATCH}")),
+        _ => Ok(()),
+    }
+}
+
+impl Admitted {
+    /// Counts `parsed`'s ignored events under `source`, hands the rest to the pipeline and
+    /// answers `ok(rejected)` once they are durable; `400` when no event of the request could
+    /// be taken (the tracker must not send it again; the events are kept as dead letters).
+    pub(crate) async fn deliver_events(
+        &self,
+        parsed: ParsedEvents,
+        source: &'static str,
+        ok: impl FnOnce(&[Rejected]) -> Response,
+    ) -> Response {
+        for (kind, n) in &parsed.ignored {
+            self.collector.ignored.add(source, kind, *n);
+        }
+        if parsed.body.clicks.is_empty() && parsed.body.rejected.is_empty() {
+            return ok(&[]);
+        }
+        match self.deliver(parsed.body, source).await {
+            Ok(d) if d.accepted == 0 => {
+                AppError::BadRequest(d.rejected[0].reason.clone()).into_response()
+            }
+            Ok(d) => ok(&d.rejected),
+            Err(refused) => refused.into_response(),
         }
     }
 }

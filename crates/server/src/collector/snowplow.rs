@@ -33,7 +33,8 @@ use clickpulse_engine::event::{
 };
 use serde_json::{Map, Value};
 
-use super::{Identity, ParsedBody, Rejected, Sender, admit};
+use super::values::{count, custom_type, namespaced, number, text, verified_visitor};
+use super::{Identity, Mapped, ParsedEvents, Sender, admit, batch_len};
 use crate::{AppError, AppState};
 
 /// The POST endpoint's path (the trackers' default `postPath`).
@@ -52,16 +53,6 @@ const PIXEL: &[u8] = &[
     0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
-
-/// What the events of one request came to.
-#[derive(Debug, Default, PartialEq)]
-pub struct ParsedEvents {
-    /// Events taken as clicks, and events refused with their reasons.
-    pub body: ParsedBody,
-    /// Events that are valid Snowplow but mean nothing to Clickpulse (page pings, ...), by
-    /// what they are: counted, not kept.
-    pub ignored: BTreeMap<&'static str, u64>,
-}
 
 /// One event of the tracker protocol: its fields, as sent.
 type Fields<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
@@ -101,16 +92,7 @@ pub fn parse_post_with_query(
     let Some(events) = payload["data"].as_array() else {
         return Err("payload_data has no `data` array of events".to_owned());
     };
-    if events.is_empty() {
-        return Err("no events in the payload".to_owned());
-    }
-    if events.len() > super::MAX_BATCH {
-        return Err(format!(
-            "{} events in one request; at most {}",
-            events.len(),
-            super::MAX_BATCH
-        ));
-    }
+    batch_len(events.len(), "events")?;
     let mut parsed = ParsedEvents::default();
     for (i, event) in events.iter().enumerate() {
         let taken = match event {
@@ -120,7 +102,7 @@ pub fn parse_post_with_query(
             }),
             _ => Err("an event is a JSON object of fields".to_owned()),
         };
-        parsed.take(i, taken, || event.to_string());
+        parsed.take(i, "event", taken, || event.to_string());
     }
     Ok(parsed)
 }
@@ -135,22 +117,8 @@ pub fn parse_query(
     let fields: Fields<'_> = form_urlencoded::parse(query.as_bytes()).collect();
     let mut parsed = ParsedEvents::default();
     let taken = to_click(&fields, ts_ms, sender, identity);
-    parsed.take(0, taken, || query.to_owned());
+    parsed.take(0, "event", taken, || query.to_owned());
     parsed
-}
-
-impl ParsedEvents {
-    fn take(&mut self, index: usize, taken: Result<Mapped, String>, raw: impl FnOnce() -> String) {
-        match taken {
-            Ok(Mapped::Click(click)) => self.body.clicks.push(*click),
-            Ok(Mapped::Ignored(what)) => *self.ignored.entry(what).or_default() += 1,
-            Err(e) => self.body.rejected.push(Rejected {
-                index,
-                reason: format!("event {index}: {e}"),
-                raw: raw(),
-            }),
-        }
-    }
 }
 
 /// The fields of one POSTed event. The trackers send every value as a string; a number or a
@@ -170,13 +138,6 @@ fn fields_of_json(map: &Map<String, Value>) -> Result<Fields<'_>, String> {
         fields.insert(Cow::Borrowed(key.as_str()), text);
     }
     Ok(fields)
-}
-
-/// What an event becomes.
-#[derive(Debug)]
-enum Mapped {
-    Click(Box<Click>),
-    Ignored(&'static str),
 }
 
 /// A self-describing JSON: `{"schema": "iglu:vendor/name/jsonschema/version", "data": ...}`.
@@ -245,28 +206,6 @@ fn contexts(fields: &Fields<'_>) -> Result<Vec<Value>, String> {
         Value::Array(entities) => Ok(entities.clone()),
         _ => Err("contexts: `data` is not an array of entities".to_owned()),
     }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn count(value: &Value) -> Option<u32> {
-    number(value)
-        .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
-        .map(|n| n as u32)
 }
 
 /// A product of the e-commerce plugin's product entity.
@@ -378,31 +317,6 @@ fn unstructured(
     Ok(Some(custom_type(event.name)?))
 }
 
-/// A custom event type named after `name` (`Add Gift Wrap` → `add_gift_wrap`).
-fn custom_type(name: &str) -> Result<EventType, String> {
-    let mut snake = String::with_capacity(name.len());
-    let mut previous_lower = false;
-    for c in name.trim().chars() {
-        if c.is_ascii_uppercase() {
-            if previous_lower {
-                snake.push('_');
-            }
-            snake.push(c.to_ascii_lowercase());
-            previous_lower = false;
-        } else if c.is_ascii_alphanumeric() {
-            snake.push(c);
-            previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        } else {
-            if !snake.ends_with('_') && !snake.is_empty() {
-                snake.push('_');
-            }
-            previous_lower = false;
-        }
-    }
-    let snake = snake.trim_end_matches('_');
-    EventType::parse(snake).map_err(|e| e.to_string())
-}
-
 /// Which visitor an event is: the Clickpulse identity context's visitor when its token is
 /// right; a trusted sender's `uid`; else `sp-` and the tracker's domain user id (its first-party
 /// cookie: a namespace of its own, so no tracker can name a Clickpulse visitor); else the
@@ -418,17 +332,7 @@ fn visitor_of(
 ) -> Result<String, String> {
     let given = |key: &str| fields.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     if let Some(context) = entities.iter().find(|e| e.is("io.clickpulse", "identity")) {
-        let visitor = context.data["visitor"]
-            .as_str()
-            .ok_or("the identity context has no `visitor`")?;
-        let token = context.data["token"]
-            .as_str()
-            .ok_or("the identity context has no `token`")?;
-        let identity = identity.ok_or("visitor ids cannot be checked here")?;
-        if !identity.tokens.verify(visitor, token) {
-            return Err(format!("the token is not visitor {visitor:?}'s"));
-        }
-        return Ok(visitor.to_owned());
+        return verified_visitor(context.data, "the identity context", identity).map(|v| v.0);
     }
     if sender.trusted
         && let Some(uid) = given("uid")
@@ -436,17 +340,7 @@ fn visitor_of(
         return Ok(uid.to_owned());
     }
     if let Some(duid) = given("duid") {
-        let id_like = duid.len() <= 64
-            && duid
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !id_like {
-            return Err(
-                "field `duid` is not a tracker's id (at most 64 letters, digits, - and _)"
-                    .to_owned(),
-            );
-        }
-        return Ok(format!("sp-{duid}"));
+        return namespaced("sp-", "duid", duid, b"");
     }
     match identity {
         Some(identity) => Ok(identity.anonymous_id(ts_ms, ip, user_agent)),
@@ -568,6 +462,16 @@ fn to_click(
     };
     let user_agent = given("ua").unwrap_or(sender.user_agent).to_owned();
     let visitor = visitor_of(fields, &entities, ts_ms, sender, &ip, &user_agent, identity)?;
+    // The Clickpulse identity (verified above) may say the visitor's gender and age, as
+    // `POST /collect` may.
+    let (gender, age) = match entities.iter().find(|e| e.is("io.clickpulse", "identity")) {
+        Some(context) => {
+            let (_, gender, age) =
+                verified_visitor(context.data, "the identity context", identity)?;
+            (gender, age)
+        }
+        None => (None, None),
+    };
     let detail = (!detail.is_empty()).then(|| Box::new(detail));
     let click = Click {
         ts_ms,
@@ -578,47 +482,13 @@ fn to_click(
         city: None,
         country: None,
         region: None,
-        gender: None,
-        age: None,
+        gender,
+        age,
         event,
         detail: with_url_utm(url, detail),
     };
     click.validate().map_err(|e| e.to_string())?;
     Ok(Mapped::Click(Box::new(click)))
-}
-
-/// Counts what a request's ignored events were (the collector stage's `snowplow_ignored`).
-fn count_ignored(state: &AppState, ignored: &BTreeMap<&'static str, u64>) {
-    if let Some(collector) = &state.collector {
-        for (what, n) in ignored {
-            collector.ignored.add(DEAD_LETTER_SOURCE, what, *n);
-        }
-    }
-}
-
-/// Hands the parsed events to the pipeline; `ok` is the answer once they are durable.
-async fn deliver(
-    state: &AppState,
-    request: &super::Admitted,
-    parsed: ParsedEvents,
-    ok: Response,
-) -> Response {
-    count_ignored(state, &parsed.ignored);
-    let ignored_only = parsed.body.clicks.is_empty()
-        && parsed.body.rejected.is_empty()
-        && !parsed.ignored.is_empty();
-    if ignored_only {
-        return ok;
-    }
-    match request.deliver(parsed.body, DEAD_LETTER_SOURCE).await {
-        Ok(delivered) if delivered.accepted == 0 && !delivered.rejected.is_empty() => {
-            // Nothing could be taken: the tracker must not send it again (it is kept as dead
-            // letters).
-            AppError::BadRequest(delivered.rejected[0].reason.clone()).into_response()
-        }
-        Ok(_) => ok,
-        Err(refused) => refused.into_response(),
-    }
 }
 
 /// `POST /com.snowplowanalytics.snowplow/tp2`.
@@ -647,7 +517,9 @@ pub(crate) async fn post(
         "ok",
     )
         .into_response();
-    Ok(deliver(&state, &request, parsed, ok).await)
+    Ok(request
+        .deliver_events(parsed, DEAD_LETTER_SOURCE, |_| ok)
+        .await)
 }
 
 /// `GET /i`.
@@ -679,7 +551,9 @@ pub(crate) async fn pixel(
     );
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
-    Ok(deliver(&state, &request, parsed, ok).await)
+    Ok(request
+        .deliver_events(parsed, DEAD_LETTER_SOURCE, |_| ok)
+        .await)
 }
 
 /// The endpoints' CORS: as Snowplow's collector answers trackers (credentials included, the
@@ -710,6 +584,8 @@ pub(crate) fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
 
 #[cfg(test)]
 mod tests {
+    use clickpulse_engine::click::Gender;
+
     use super::*;
 
     const TS: i64 = 1_764_806_400_000;
@@ -774,13 +650,7 @@ mod tests {
     }
 
     fn click(event: Value) -> Click {
-        let parsed = one(event, &untrusted());
-        assert!(
-            parsed.body.rejected.is_empty(),
-            "{:?}",
-            parsed.body.rejected
-        );
-        parsed.body.clicks.into_iter().next().expect("one click")
+        one(event, &untrusted()).the_click()
     }
 
     #[test]
@@ -927,7 +797,27 @@ mod tests {
                 "cx": cx(vec![self_describing(IDENTITY_SCHEMA,
                     serde_json::json!({"visitor": "amber-falcon-river-42", "token": token}))])})
         };
-        assert_eq!(click(with_context(&token)).visitor, "amber-falcon-river-42");
+        let c = click(with_context(&token));
+        assert_eq!(c.visitor, "amber-falcon-river-42");
+        assert_eq!((c.gender, c.age), (None, None));
+        let with_demographics = |gender: Value, age: Value| {
+            one(
+                serde_json::json!({"e": "pv", "url": "https://s/",
+                "cx": cx(vec![self_describing(IDENTITY_SCHEMA,
+                    serde_json::json!({"visitor": "amber-falcon-river-42", "token": token, "gender": gender, "age": age}))])}),
+                &untrusted(),
+            )
+        };
+        let c = &with_demographics("F".into(), 31.into()).body.clicks[0];
+        assert_eq!((c.gender, c.age), (Some(Gender::F), Some(31)));
+        for (gender, age) in [
+            (Value::from("X"), Value::from(31)),
+            ("M".into(), (-1).into()),
+            ("M".into(), 200.into()),
+        ] {
+            let refused = with_demographics(gender.clone(), age.clone());
+            assert_eq!(refused.body.rejected.len(), 1, "{gender} {age}");
+        }
         let forged = one(with_context("not-the-token"), &untrusted());
         assert!(
             forged.body.rejected[0].reason.contains("not visitor"),
@@ -1034,19 +924,5 @@ mod tests {
             Some("Boot shop")
         );
         assert_eq!(c.visitor, "sp-d9");
-    }
-
-    #[test]
-    fn custom_names_become_identifiers() {
-        for (name, want) in [
-            ("Play Video", "play_video"),
-            ("linkClick", "link_click"),
-            ("submit-form", "submit_form"),
-            ("add_gift_wrap", "add_gift_wrap"),
-        ] {
-            assert_eq!(custom_type(name).unwrap(), EventType::parse(want).unwrap());
-        }
-        assert!(custom_type("!!!").is_err());
-        assert!(custom_type(&"a".repeat(60)).is_err());
     }
 }
