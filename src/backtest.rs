@@ -144,7 +144,20 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
     let malformed = input.malformed.len();
     let mut memo = LogMemo::new(log);
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
-        let enriched = enrich.enrich_logged_ref(&mut memo, i);
+        let click = log.get(i);
+        // As live: an identify event links its visitor and goes no further; a linked visitor's
+        // events are enriched with its user's record (outside the memo, which is by visitor).
+        if let Some(user) = clickpulse_engine::event::identified_user(click.event, click.detail) {
+            enrich.link(click.visitor, user);
+            continue;
+        }
+        let linked;
+        let enriched = if enrich.linked_user(click.visitor).is_some() {
+            linked = enrich.enrich_ref(&click);
+            linked.borrowed()
+        } else {
+            enrich.enrich_logged_ref(&mut memo, i)
+        };
         let new_offers = detect.detect_ref(&enriched);
         let known = enriched.known_visitor;
         dashboard.on_click_ref(0, &enriched, wall);

@@ -62,6 +62,38 @@ fn bundled_logs_inflate_to_the_original_tsv() {
     }
 }
 
+/// An `identify` line links its visitor to a user of the bundled users lookup (F, born
+/// 1984-04-08): the visitor's later events are that known user's, and the line itself is no
+/// event downstream (as live: `tests/browser/segment.test.mjs`).
+#[test]
+fn identify_links_a_visitor_to_a_known_user_for_its_later_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("identify.jsonl");
+    let view = |ts: i64| {
+        format!(
+            r#"{{"ts_ms": {ts}, "visitor": "seg-anon", "url": "http://www.acme.com/SH55126545/VD55177927"}}"#
+        )
+    };
+    let identify = r#"{"ts_ms": 1330588820000, "visitor": "seg-anon", "url": "segment://server/", "type": "identify", "properties": {"user_id": "0001BDD9-EABF-4D0D-81BD-D9EABFCD0D7D"}}"#;
+    std::fs::write(
+        &log,
+        format!(
+            "{}\n{identify}\n{}\n{}\n",
+            view(1_330_588_819_000),
+            view(1_330_588_821_000),
+            view(1_330_588_822_000)
+        ),
+    )
+    .unwrap();
+    let report = run_json(&["backtest", "--log", log.to_str().unwrap(), "--json"]);
+    assert_eq!(report["events"], 3, "{report}");
+    assert_eq!(
+        report["known_visitor_events"], 2,
+        "the two views after identify: {report}"
+    );
+    assert_eq!(report["malformed"], 0);
+}
+
 #[test]
 fn bad_rows_are_counted_and_written_as_dead_letters() {
     let tmp = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::click::{Click, ClickRef, Device, EnrichedClick, EnrichedRef, Gender};
 use crate::click_log::ClickLog;
 use crate::event::{EventDetail, EventProduct, EventType};
-use crate::lookups::{LookupSource, User, product_id_from_url};
+use crate::lookups::{LookupSource, Product, User, product_id_from_url};
 use crate::operator::{Context, Operator, RecordError, RestoreError, StateChanges};
 use crate::topics::Topic;
 
@@ -547,7 +547,32 @@ pub struct EnrichOperator<L> {
     lookups: L,
     stats: EnrichStats,
     checkpointed: EnrichStats,
+    /// Visitor → the user an `identify` event linked it to: the visitor's later events get that
+    /// user's demographics. Checkpointed with the offsets, one state entry per visitor, so a
+    /// restart (or, distributed, the worker that takes the partition over) keeps them.
+    links: HashMap<String, String>,
+    dirty_links: std::collections::HashSet<String>,
 }
+
+/// The lookups as a linked visitor sees them: the users lookup asked for its user instead.
+struct Linked<'a, L> {
+    lookups: &'a L,
+    links: &'a HashMap<String, String>,
+}
+
+impl<L: LookupSource> LookupSource for Linked<'_, L> {
+    fn user(&self, visitor: &str) -> Option<User> {
+        let user = self.links.get(visitor).map_or(visitor, String::as_str);
+        self.lookups.user(user)
+    }
+
+    fn product(&self, product_id: &str) -> Option<Arc<Product>> {
+        self.lookups.product(product_id)
+    }
+}
+
+/// State key prefix of a visitor's link.
+const LINK_PREFIX: &str = "link/";
 
 impl<L: LookupSource> EnrichOperator<L> {
     /// A stage reading lookups from `lookups`.
@@ -557,7 +582,23 @@ impl<L: LookupSource> EnrichOperator<L> {
             lookups,
             stats: EnrichStats::default(),
             checkpointed: EnrichStats::default(),
+            links: HashMap::new(),
+            dirty_links: std::collections::HashSet::new(),
         }
+    }
+
+    /// Links `visitor` to `user` (an `identify` event): its later events get that user's
+    /// demographics.
+    pub fn link(&mut self, visitor: &str, user: &str) {
+        if self.links.get(visitor).map(String::as_str) != Some(user) {
+            self.links.insert(visitor.to_owned(), user.to_owned());
+            self.dirty_links.insert(visitor.to_owned());
+        }
+    }
+
+    /// The user `visitor` is linked to, if an `identify` event linked it.
+    pub fn linked_user(&self, visitor: &str) -> Option<&str> {
+        self.links.get(visitor).map(String::as_str)
     }
 
     /// The stage's counters.
@@ -567,13 +608,21 @@ impl<L: LookupSource> EnrichOperator<L> {
 
     /// Enriches one click and counts it.
     pub fn enrich(&mut self, click: Click) -> EnrichedClick {
-        let enriched = self.enricher.enrich(click, &self.lookups);
+        let linked = Linked {
+            lookups: &self.lookups,
+            links: &self.links,
+        };
+        let enriched = self.enricher.enrich(click, &linked);
         self.count(enriched)
     }
 
     /// Enriches one borrowed click and counts it (see [`Enricher::enrich_ref`]).
     pub fn enrich_ref(&mut self, click: &ClickRef<'_>) -> EnrichedClick {
-        let enriched = self.enricher.enrich_ref(click, &self.lookups);
+        let linked = Linked {
+            lookups: &self.lookups,
+            links: &self.links,
+        };
+        let enriched = self.enricher.enrich_ref(click, &linked);
         self.count(enriched)
     }
 
@@ -640,6 +689,12 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
         let click = crate::codec::decode::<Click>(value)?;
+        // An identify event links its visitor and goes no further.
+        if let Some(user) = crate::event::identified_user(&click.event, click.detail.as_deref()) {
+            let user = user.to_owned();
+            self.link(&click.visitor, &user);
+            return Ok(());
+        }
         let enriched = self.enrich(click);
         ctx.out
             .emit(Topic::EnrichedClickData, &enriched.visitor, &enriched);
@@ -650,12 +705,23 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
         // Only the two keys, borrowed from the record: the click itself is decoded once, by
         // `process_record` (decoding it here too cost a tenth of the distributed enrich worker).
         let keys: Vec<LookupKeys<'_>> = values.iter().filter_map(|v| lookup_keys(v)).collect();
-        let visitors: Vec<&str> = keys.iter().map(|k| k.visitor).collect();
+        // A linked visitor's record is its user's.
+        let visitors: Vec<&str> = keys
+            .iter()
+            .map(|k| self.links.get(k.visitor).map_or(k.visitor, String::as_str))
+            .collect();
         let products: Vec<&str> = keys.iter().map(|k| product_id_from_url(k.url)).collect();
         self.lookups.prefetch(&visitors, &products);
     }
 
     fn checkpoint(&mut self, changes: &mut StateChanges) {
+        for visitor in self.dirty_links.drain() {
+            let user = self
+                .links
+                .get(&visitor)
+                .map(|u| serde_json::to_vec(u).expect("a text serializes"));
+            changes.push((format!("{LINK_PREFIX}{visitor}"), user));
+        }
         if self.stats == self.checkpointed {
             return;
         }
@@ -667,7 +733,14 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
     }
 
     fn restore(&mut self, key: &str, value: &[u8]) -> Result<(), RestoreError> {
-        if key == STATS_KEY {
+        if let Some(visitor) = key.strip_prefix(LINK_PREFIX) {
+            let user: String = serde_json::from_slice(value).map_err(|e| RestoreError {
+                operator: "enrich",
+                key: key.to_owned(),
+                message: format!("a linked user id is not a JSON text: {e}"),
+            })?;
+            self.links.insert(visitor.to_owned(), user);
+        } else if key == STATS_KEY {
             self.stats = serde_json::from_slice(value).map_err(|e| RestoreError {
                 operator: "enrich",
                 key: key.to_owned(),
@@ -680,6 +753,7 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
 
     fn stats(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.stats).expect("stats serialize");
+        v["linked_visitors"] = self.links.len().into();
         if let Some(serde_json::Value::Object(cache)) = self.lookups.cache_stats() {
             for (k, x) in cache {
                 v[format!("lookup_{k}")] = x;
@@ -1095,5 +1169,65 @@ mod tests {
                 known_visitor_events: 1
             }
         );
+    }
+
+    #[test]
+    fn identify_links_a_visitor_to_a_user_across_a_restore() {
+        let identify = |visitor: &str, user: &str| {
+            let mut c = click(visitor, "segment://server/", 0);
+            c.event = crate::event::EventType::parse(crate::event::IDENTIFY).unwrap();
+            c.detail = Some(Box::new(EventDetail {
+                properties: [(
+                    "user_id".to_owned(),
+                    crate::event::PropValue::Text(user.into()),
+                )]
+                .into(),
+                ..EventDetail::default()
+            }));
+            c.validate().unwrap();
+            c
+        };
+        let feed = |op: &mut EnrichOperator<Lookups>, c: &Click| {
+            let mut out = crate::operator::Emitter::default();
+            crate::operator::process_one(
+                op,
+                crate::topics::Topic::ClickData,
+                0,
+                &crate::codec::encode(c),
+                std::time::Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+            out.outputs()
+                .iter()
+                .map(|o| crate::codec::decode::<EnrichedClick>(&o.value).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let view = click("seg-anon", "http://www.acme.com/SH1/VD55177927", 0);
+        let mut op = EnrichOperator::new(lookups());
+        assert!(!feed(&mut op, &view)[0].known_visitor, "not yet linked");
+        // The identify event goes no further; the visitor's next view is F30's.
+        assert!(feed(&mut op, &identify("seg-anon", "F30")).is_empty());
+        let linked = feed(&mut op, &view);
+        assert!(linked[0].known_visitor);
+        assert_eq!(linked[0].gender, Gender::F);
+        assert_eq!(linked[0].visitor, "seg-anon", "the visitor keeps its id");
+        let mut changes = Vec::new();
+        op.checkpoint(&mut changes);
+        assert!(changes.iter().any(|(k, _)| k == "link/seg-anon"));
+        let mut restored = EnrichOperator::new(lookups());
+        for (k, v) in &changes {
+            restored.restore(k, v.as_deref().unwrap()).unwrap();
+        }
+        assert_eq!(restored.linked_user("seg-anon"), Some("F30"));
+        assert!(feed(&mut restored, &view)[0].known_visitor);
+        // Nothing changed: nothing more to write.
+        let mut again = Vec::new();
+        restored.checkpoint(&mut again);
+        assert!(again.iter().all(|(k, _)| !k.starts_with("link/")));
+        // An identify without a user id is not an event.
+        let mut bad = identify("v", "x");
+        bad.detail = None;
+        assert!(bad.validate().is_err());
     }
 }

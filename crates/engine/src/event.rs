@@ -455,6 +455,23 @@ pub enum InvalidEvent {
     PropertyKey(String),
 }
 
+/// The custom event that links its visitor to a user of the users lookup: `identify` with the
+/// user's id as its property `user_id` (what Segment's `identify` call becomes). Enrichment keeps
+/// the link and gives the visitor's later events that user's demographics; the event itself goes
+/// no further.
+pub const IDENTIFY: &str = "identify";
+
+/// The user an `identify` event links its visitor to (`None` for every other event).
+pub fn identified_user<'a>(event: &EventType, detail: Option<&'a EventDetail>) -> Option<&'a str> {
+    if event.as_str() != IDENTIFY {
+        return None;
+    }
+    match detail?.properties.get("user_id")? {
+        PropValue::Text(user) if !user.trim().is_empty() => Some(user.trim()),
+        _ => None,
+    }
+}
+
 /// Checks an event's detail against its type's needs and the limits.
 pub fn validate(event: &EventType, detail: Option<&EventDetail>) -> Result<(), InvalidEvent> {
     if detail.is_none() && event.is_page_view() {
@@ -478,6 +495,11 @@ pub fn validate(event: &EventType, detail: Option<&EventDetail>) -> Result<(), I
                 .is_none_or(|q| q.trim().is_empty()) =>
         {
             return Err(missing("a query"));
+        }
+        EventType::Custom(name)
+            if &**name == IDENTIFY && identified_user(event, detail).is_none() =>
+        {
+            return Err(missing("properties.user_id (the user's id, a text)"));
         }
         _ => {}
     }

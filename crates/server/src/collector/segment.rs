@@ -301,9 +301,6 @@ fn to_click(
     };
     match kind {
         "screen" | "group" | "alias" => return Ok(Mapped::Ignored(kind)),
-        // The link of an anonymous id to a user id is the shop's: it is taken (200) and
-        // counted; demographics come from the users lookup by the visitor's own id.
-        "identify" => return Ok(Mapped::Ignored("identify")),
         _ => {}
     }
     let context = &message["context"];
@@ -335,6 +332,15 @@ fn to_click(
     }
     let event = match kind {
         "page" => EventType::PageView,
+        // Links the visitor (its anonymous id) to the shop's user: enrichment then gives its
+        // later events that user's demographics (clickpulse_engine::event::IDENTIFY).
+        "identify" => {
+            let user = text(&message["userId"]).ok_or("an identify message without `userId`")?;
+            detail
+                .properties
+                .insert("user_id".to_owned(), PropValue::Text(user));
+            EventType::parse(clickpulse_engine::event::IDENTIFY).map_err(|e| e.to_string())?
+        }
         _ => {
             let name = text(&message["event"]).ok_or("a track message without `event`")?;
             track(&name, &props, &mut detail)?
@@ -525,12 +531,27 @@ mod tests {
             custom.detail.unwrap().properties["list_name"],
             PropValue::Text("weekly".into())
         );
-        for kind in ["screen", "group", "alias", "identify"] {
+        for kind in ["screen", "group", "alias"] {
             assert_eq!(
                 one(kind, json!({"userId": "u"})).ignored,
                 BTreeMap::from([(kind, 1)])
             );
         }
+        // identify links the anonymous visitor to the user (enrichment keeps the link).
+        let identify = click(
+            "i",
+            json!({"anonymousId": "a-1", "userId": "shop-user-7", "traits": {"plan": "gold"}}),
+        );
+        assert_eq!(identify.visitor, "seg-a-1");
+        assert_eq!(
+            clickpulse_engine::event::identified_user(&identify.event, identify.detail.as_deref()),
+            Some("shop-user-7")
+        );
+        assert!(
+            one("identify", json!({"anonymousId": "a-1"})).body.rejected[0]
+                .reason
+                .contains("userId")
+        );
     }
 
     #[test]
