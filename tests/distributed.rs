@@ -585,3 +585,101 @@ fn private_redis(dir: &Path, port: u16, args: &[&str]) -> std::process::Child {
     });
     child
 }
+
+/// `POST` `body` to the cluster's HTTP port; returns the status and the answer's text.
+fn post_raw(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut request = ureq::post(&format!("http://127.0.0.1:{port}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(body)
+        .expect("the collector answers");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+/// The other trackers' protocols in distributed mode: what the real Snowplow Node tracker sent
+/// (a captured batch: page view, add to cart, order, structured event, page ping) and a Segment
+/// batch (Product Added, Order Completed, identify) go through the collector into the brokers'
+/// `click-data`, and the aggregate's dashboard (Redis) counts their conversions; identify's link
+/// is enrichment's partition state.
+#[test]
+fn snowplow_and_segment_events_flow_through_the_distributed_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("one-view.jsonl");
+    std::fs::write(
+        &log,
+        "{\"ts_ms\": 1330588819000, \"visitor\": \"quiet\", \"url\": \"http://www.acme.com/\"}\n",
+    )
+    .unwrap();
+    let mut c = Cluster::start(
+        "",
+        &format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+    );
+    c.worker("all", "all");
+    let port = c.web_port;
+    wait_for(Duration::from_secs(60), "the cluster serves", || {
+        get_json(port, "/api/health")
+    });
+    let snowplow = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/snowplow_tp2/node-tracker-base64-batch.json"),
+    )
+    .unwrap();
+    let (status, body) = post_raw(
+        port,
+        "/com.snowplowanalytics.snowplow/tp2",
+        &[("content-type", "application/json; charset=UTF-8")],
+        &snowplow,
+    );
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let segment = serde_json::json!({"writeKey": "any", "batch": [
+        {"type": "identify", "anonymousId": "a-1", "userId": "0001BDD9-EABF-4D0D-81BD-D9EABFCD0D7D"},
+        {"type": "track", "anonymousId": "a-1", "event": "Product Added",
+         "properties": {"product_id": "VD55177927", "price": 20, "quantity": 1, "currency": "USD"}},
+        {"type": "track", "anonymousId": "a-1", "event": "Order Completed",
+         "properties": {"order_id": "seg-1", "revenue": 20, "currency": "USD",
+                        "products": [{"product_id": "VD55177927", "price": 20, "quantity": 1}]}},
+    ]});
+    let (status, body) = post_raw(
+        port,
+        "/v1/batch",
+        &[("content-type", "text/plain")],
+        segment.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let stats = wait_for(
+        Duration::from_secs(120),
+        "both protocols' conversions on the dashboard",
+        || {
+            let d = get_json(
+                port,
+                &format!("/api/dashboard?viewer={}", clickpulse_chaos::VIEWER_TOKEN),
+            )?;
+            let c = &d["shop"]["conversions_1h"];
+            (c["add_to_cart"] == 2 && c["purchases"] == 2).then_some(())?;
+            get_json(port, "/api/stats")
+        },
+    );
+    // The page ping was taken and counted; the Snowplow visitor is the tracker's domain id.
+    assert_eq!(
+        stats["collector_ignored"]["snowplow"]["page_ping"], 1,
+        "{stats}"
+    );
+    let enrich = &stats["stages"]["enrich"]["details"];
+    assert_eq!(enrich["linked_visitors"], 1, "{enrich}");
+    // Everything the collector took reached enrichment once: 4 Snowplow events and 2 Segment
+    // events besides the log's view (the identify stops at enrichment).
+    assert_eq!(enrich["events"], 1 + 4 + 2, "{enrich}");
+    assert_eq!(
+        enrich["known_visitor_events"], 2,
+        "the Segment visitor is linked: {enrich}"
+    );
+}

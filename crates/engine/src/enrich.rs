@@ -693,6 +693,10 @@ impl<L: LookupSource + Send> Operator for EnrichOperator<L> {
         if let Some(user) = crate::event::identified_user(&click.event, click.detail.as_deref()) {
             let user = user.to_owned();
             self.link(&click.visitor, &user);
+            // The batch was prefetched before this link was known: a remote users lookup
+            // fetches the user's record now (identify events are rare), so the visitor's next
+            // events in this batch find it.
+            self.lookups.prefetch(&[user.as_str()], &[]);
             return Ok(());
         }
         let enriched = self.enrich(click);
