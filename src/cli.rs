@@ -151,10 +151,11 @@ pub(crate) struct ConfigArgs {
     /// (`web.time_zone`).
     #[arg(long, value_name = "ZONE", value_parser = parse_time_zone)]
     pub(crate) time_zone: Option<String>,
-    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`) or
+    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`),
     /// `snowplow` (Snowplow's own browser tracker and e-commerce plugin, to the Snowplow
-    /// endpoints: docs/sources/snowplow.md) [default: clickpulse] (`web.shop_tracker`).
-    #[arg(long, value_name = "clickpulse|snowplow")]
+    /// endpoints: docs/sources/snowplow.md) or `segment` (Segment's analytics.js, to the Segment
+    /// endpoints: docs/sources/segment.md) [default: clickpulse] (`web.shop_tracker`).
+    #[arg(long, value_name = "clickpulse|snowplow|segment")]
     pub(crate) shop_tracker: Option<clickpulse_server::ShopTracker>,
     /// A write key the Segment endpoints (`POST /v1/batch`, `/v1/track`, ...) take (repeatable);
     /// without any, every key is taken (one is always required) (`web.segment_write_keys`).

@@ -6,9 +6,10 @@
 // three times in a session without adding it gets an offer for that product 10 minutes later.
 // The demo runs its clock at 60× so 15 minutes of event time pass in 15 s.
 //
-// Every test runs twice: with the shop's own tracker (`clickpulse.js`'s protocol, POST /collect)
-// and with `--shop-tracker snowplow` (Snowplow's own browser tracker and e-commerce plugin, to the
-// Snowplow endpoints): the same clicks give the same panels and the same offers.
+// Every test runs three times: with the shop's own tracker (`clickpulse.js`'s protocol, POST
+// /collect), with `--shop-tracker snowplow` (Snowplow's own browser tracker and e-commerce plugin,
+// to the Snowplow endpoints) and with `--shop-tracker segment` (Segment's analytics.js, to the
+// Segment endpoints): the same clicks give the same panels and the same offers.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
@@ -40,8 +41,10 @@ async function shopper() {
 function sentThroughTracker(shopper) {
   const collect = shopper.sentTo.filter((r) => r === "POST /collect").length;
   const snowplow = shopper.sentTo.filter((r) => r === "POST /com.snowplowanalytics.snowplow/tp2").length;
-  if (tracker === "snowplow") assert.ok(collect === 0 && snowplow > 0, `Snowplow only (${collect} to /collect, ${snowplow} to tp2)`);
-  else assert.ok(collect > 0 && snowplow === 0, `POST /collect only (${collect} to /collect, ${snowplow} to tp2)`);
+  const segment = shopper.sentTo.filter((r) => /^POST \/v1\/[a-z]+$/.test(r)).length;
+  const counts = `${collect} to /collect, ${snowplow} to tp2, ${segment} to /v1/*`;
+  const through = { clickpulse: collect, snowplow, segment }[tracker];
+  assert.ok(through > 0 && collect + snowplow + segment === through, `${tracker} only (${counts})`);
 }
 
 /** Waits until `name` events were taken by the collector (`data-<name>-sent` on the body). */
@@ -60,7 +63,7 @@ async function addToCart(page, id) {
   await sent(page, "cartEvents", 1);
 }
 
-for (const name of ["clickpulse", "snowplow"]) {
+for (const name of ["clickpulse", "snowplow", "segment"]) {
   describe(`the shop with the ${name} tracker`, () => {
     before(async () => {
       tracker = name;

@@ -697,7 +697,9 @@
       return false;
     }
     await freshToken();
-    if ((await shopTracker()) === "snowplow") return snowplowSend(fields, identity, label, testid);
+    const tracker = await shopTracker();
+    if (tracker === "snowplow") return snowplowSend(fields, identity, label, testid);
+    if (tracker === "segment") return segmentSend(fields, identity, label, testid);
     const click = {
       visitor: identity.visitor,
       // The identity token proves the id is this browser's: nobody can send views as another.
@@ -736,7 +738,7 @@
   function shopTracker() {
     if (!state.tracker) {
       state.tracker = CP.fetchJSON("/api/site", { timeoutMs: 5000 })
-        .then((body) => (body && body.shop_tracker === "snowplow" ? "snowplow" : "clickpulse"))
+        .then((body) => (body && ["snowplow", "segment"].includes(body.shop_tracker) ? body.shop_tracker : "clickpulse"))
         .catch(() => "clickpulse");
     }
     return state.tracker;
@@ -872,6 +874,107 @@
     if (status === 200) return true;
     const reason = status === -1 ? "no answer (the tracker will retry)" : status === 0 ? "the tracker did not send it" : `HTTP ${status}`;
     CP.toast(`${label} not sent: ${reason}`, { kind: "error", testid: `${testid}-failed` });
+    return false;
+  }
+
+  // ------------------------------------------------------------------ Segment
+
+  const SEGMENT_VENDOR = "/vendor/segment/analytics-next-1.84.3.umd.js";
+  // Any key: the demo's Segment endpoints take every write key unless --segment-write-key
+  // names some.
+  const SEGMENT_WRITE_KEY = "acme-shop";
+
+  /**
+   * Segment's own analytics.js (`@segment/analytics-next`), sending to this server's Segment
+   * endpoints (its settings given inline: nothing is fetched from Segment's CDN). Each event
+   * carries the visitor's identity as `context.clickpulse` (docs/sources/segment.md).
+   */
+  function segment() {
+    if (!state.segment) {
+      state.segment = (async () => {
+        await loadScript(SEGMENT_VENDOR);
+        const [analytics] = await window.AnalyticsNext.AnalyticsBrowser.load({
+          writeKey: SEGMENT_WRITE_KEY,
+          cdnSettings: {
+            integrations: {
+              "Segment.io": {
+                apiKey: SEGMENT_WRITE_KEY,
+                apiHost: `${location.host}/v1`,
+                protocol: location.protocol.replace(":", ""),
+              },
+            },
+          },
+        });
+        return analytics;
+      })();
+    }
+    return state.segment;
+  }
+
+  /** Sends `fields` with analytics.js; whether it was delivered. */
+  async function segmentSend(fields, identity, label, testid) {
+    let analytics;
+    try {
+      analytics = await segment();
+    } catch (err) {
+      CP.toast(`${label} not sent: ${err.message}`, { kind: "error", testid: `${testid}-failed` });
+      return false;
+    }
+    const clickpulse = { visitor: identity.visitor, token: identity.token };
+    if (["F", "M", "U"].includes(identity.gender)) clickpulse.gender = identity.gender;
+    const age = CP.clampAge(identity.age);
+    if (age !== null && age !== undefined) clickpulse.age = age;
+    const options = { context: { clickpulse } };
+    const product = (p) => {
+      const known = state.products.find((x) => x.id === p.id) || {};
+      return {
+        product_id: p.id,
+        name: known.title || p.id,
+        category: p.category || known.category,
+        price: typeof p.price === "number" ? p.price : known.price,
+        quantity: p.quantity || 1,
+        currency: p.currency || "USD",
+      };
+    };
+    let ctx;
+    try {
+      switch (fields.type) {
+        case "add_to_cart":
+          ctx = await analytics.track("Product Added", product(fields.product), options);
+          break;
+        case "remove_from_cart":
+          ctx = await analytics.track("Product Removed", product(fields.product), options);
+          break;
+        case "begin_checkout":
+          ctx = await analytics.track("Checkout Started", { value: fields.properties?.total, currency: "USD" }, options);
+          break;
+        case "purchase":
+          ctx = await analytics.track(
+            "Order Completed",
+            {
+              order_id: fields.order.id,
+              revenue: fields.order.revenue,
+              currency: fields.order.currency || "USD",
+              products: fields.order.items.map((item) => product({ ...item, id: item.product_id })),
+            },
+            options,
+          );
+          break;
+        case "search":
+          ctx = await analytics.track("Products Searched", { query: fields.query }, options);
+          break;
+        default:
+          ctx = await analytics.page(undefined, undefined, { title: fields.page_title }, options);
+      }
+    } catch (err) {
+      CP.toast(`${label} not sent: ${err.message}`, { kind: "error", testid: `${testid}-failed` });
+      return false;
+    }
+    // analytics.js resolves once its plugins ran; a delivery it could not make is kept and
+    // retried by it, and marked on the context.
+    const failed = ctx && typeof ctx.failedDelivery === "function" ? ctx.failedDelivery() : null;
+    if (!failed) return true;
+    CP.toast(`${label} not sent: ${failed.reason || "delivery failed"}`, { kind: "error", testid: `${testid}-failed` });
     return false;
   }
 

@@ -211,8 +211,9 @@ pub struct WebConfig {
     pub viewer_token: Option<String>,
     /// The site's time zone (IANA name): the pages show times in it.
     pub time_zone: String,
-    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`) or
-    /// `snowplow` (Snowplow's browser tracker, to the Snowplow endpoints).
+    /// Which tracker the demo shop sends its events with: `clickpulse` (`POST /collect`),
+    /// `snowplow` (Snowplow's browser tracker, to the Snowplow endpoints) or `segment`
+    /// (Segment's analytics.js, to the Segment endpoints).
     pub shop_tracker: clickpulse_server::ShopTracker,
     /// The write keys the Segment endpoints (`/v1/...`) take; empty: any (one is always
     /// required, as Segment requires it).

@@ -91,6 +91,9 @@ pub enum ShopTracker {
     /// Snowplow's browser tracker and e-commerce plugin, to the Snowplow endpoints
     /// ([`collector::snowplow`]).
     Snowplow,
+    /// Segment's analytics.js (`@segment/analytics-next`), to the Segment endpoints
+    /// ([`collector::segment`]).
+    Segment,
 }
 
 impl std::str::FromStr for ShopTracker {
@@ -100,7 +103,8 @@ impl std::str::FromStr for ShopTracker {
         match s {
             "clickpulse" => Ok(ShopTracker::Clickpulse),
             "snowplow" => Ok(ShopTracker::Snowplow),
-            other => Err(format!("{other:?} is not clickpulse or snowplow")),
+            "segment" => Ok(ShopTracker::Segment),
+            other => Err(format!("{other:?} is not clickpulse, snowplow or segment")),
         }
     }
 }
