@@ -103,8 +103,8 @@ pub(crate) struct ConfigArgs {
     /// `on` or `off` [default: auto] (`replay.interactions`).
     #[arg(long, value_name = "auto|on|off")]
     pub(crate) interactions: Option<clickpulse_components::config::Interactions>,
-    /// Logs to replay (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled
-    /// acme.com log] (`replay.logs`).
+    /// Logs to replay (Omniture TSV, JSON lines or Snowplow enriched events, plain, gzip or
+    /// Zstandard) [default: the bundled acme.com log] (`replay.logs`).
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Partitions per topic of the data dir (fixed when it is created) [default: 4]
@@ -199,7 +199,8 @@ pub(crate) struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BacktestArgs {
-    /// Log files (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
+    /// Log files (Omniture TSV, JSON lines or Snowplow enriched events, plain, gzip or
+    /// Zstandard) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Folder with the lookup files (users.json[.gz], products.json, products.tsv)
@@ -462,7 +463,8 @@ pub(crate) enum ChaosMode {
 
 #[derive(Debug, Args)]
 pub(crate) struct ChaosArgs {
-    /// Log files (TSV or JSON lines, plain, gzip or Zstandard) [default: the bundled acme.com log].
+    /// Log files (Omniture TSV, JSON lines or Snowplow enriched events, plain, gzip or
+    /// Zstandard) [default: the bundled acme.com log].
     #[arg(long = "log", value_name = "FILE")]
     pub(crate) logs: Vec<PathBuf>,
     /// Pattern file or directory [default: the bundled seed patterns].

@@ -94,6 +94,23 @@ fn identify_links_a_visitor_to_a_known_user_for_its_later_events() {
     assert_eq!(report["malformed"], 0);
 }
 
+/// A Snowplow pipeline's enriched events (131-field TSV) read as a log: its page view, its
+/// e-commerce add to cart, its transaction and its structured event reach the dashboard; the
+/// page ping and the transaction item are skipped.
+#[test]
+fn snowplow_enriched_events_are_a_log() {
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/tsv_reader/snowplow-enriched.tsv");
+    let report = run_json(&["backtest", "--log", log.to_str().unwrap(), "--json"]);
+    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(report["malformed"], 0);
+    let shop = &report["dashboard"]["shop"];
+    assert_eq!(shop["conversions_1h"]["add_to_cart"], 1, "{shop}");
+    assert_eq!(shop["conversions_1h"]["purchases"], 1, "{shop}");
+    assert_eq!(shop["custom_events_1h"][0]["key"], "play_video", "{shop}");
+    assert_eq!(shop["utm_sources_1h"][0]["key"], "news", "{shop}");
+}
+
 #[test]
 fn bad_rows_are_counted_and_written_as_dead_letters() {
     let tmp = tempfile::tempdir().unwrap();

@@ -95,8 +95,10 @@ test("the Node library's page, e-commerce track calls and identify reach the das
   assert.ok(statuses.length >= 1 && statuses.every((s) => s === 200), JSON.stringify(statuses));
 
   const shop = await until("the conversions on the dashboard", async () => {
+    // `null` until the aggregate has published its first snapshot.
     const snap = await json("/api/dashboard");
-    const c = snap.shop.conversions_1h;
+    const c = snap?.shop?.conversions_1h;
+    if (!c) return undefined;
     return c.add_to_cart >= 1 && c.purchases >= 1 && c.searches >= 1 && c.begin_checkout >= 1 ? snap.shop : undefined;
   });
   assert.deepEqual(

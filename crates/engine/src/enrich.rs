@@ -479,7 +479,7 @@ pub fn country_from_ip(ip: &str) -> Option<String> {
     alpha2_to_alpha3(iptocc::country_code(ip)?)
 }
 
-fn alpha2_to_alpha3(alpha2: &str) -> Option<String> {
+pub(crate) fn alpha2_to_alpha3(alpha2: &str) -> Option<String> {
     celes::Country::from_alpha2(alpha2)
         .ok()
         .map(|c| c.alpha3.to_ascii_lowercase())

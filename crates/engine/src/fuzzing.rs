@@ -33,19 +33,27 @@ pub struct LogSummary {
     pub tsv: ReadSummary,
     /// The JSON-lines reader over the raw bytes.
     pub jsonl: ReadSummary,
+    /// The Snowplow enriched-event reader over the raw bytes.
+    pub snowplow: ReadSummary,
     /// The format [`LogReader`] detected (after gunzipping), if it could open the input.
     pub format: Option<LogFormat>,
     /// [`LogReader`] (gzip and format detection) over the same bytes.
     pub sniffed: ReadSummary,
 }
 
-/// Reads `data` with the TSV reader, the JSON-lines reader and the sniffing [`LogReader`],
+/// Reads `data` with the TSV reader, the JSON-lines reader, the Snowplow enriched-event reader
+/// and the sniffing [`LogReader`],
 /// checking that no reader panics, every click they yield is valid, every dead letter names
 /// its line and has a reason, and only a gzip stream can fail to read.
 pub fn fuzz_log_readers(data: &[u8]) -> LogSummary {
     let lines = count_lines(data);
     let tsv = summarize(TsvReader::new("fuzz.tsv", data), lines, false);
     let jsonl = summarize(JsonLinesReader::new("fuzz.jsonl", data), lines, false);
+    let snowplow = summarize(
+        crate::reader::snowplow::EnrichedReader::new("fuzz.tsv", data),
+        lines,
+        false,
+    );
     let is_gzip = data.starts_with(&[0x1f, 0x8b]);
     let (format, sniffed) = match LogReader::from_reader("fuzz.log", Cursor::new(data.to_vec())) {
         Ok(reader) => {
@@ -63,6 +71,7 @@ pub fn fuzz_log_readers(data: &[u8]) -> LogSummary {
         let same = match format {
             Some(LogFormat::Tsv) => &tsv,
             Some(LogFormat::JsonLines) => &jsonl,
+            Some(LogFormat::SnowplowEnriched) => &snowplow,
             None => unreachable!("checked above"),
         };
         assert_eq!(
@@ -74,6 +83,7 @@ pub fn fuzz_log_readers(data: &[u8]) -> LogSummary {
     LogSummary {
         tsv,
         jsonl,
+        snowplow,
         format,
         sniffed,
     }

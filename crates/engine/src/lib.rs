@@ -30,12 +30,14 @@ pub mod funnel;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lookups;
+pub mod loose;
 pub mod metrics;
 pub mod operator;
 pub mod pattern;
 pub mod reader;
 pub mod replay;
 pub mod session;
+pub mod snowplow;
 pub mod source;
 pub mod topics;
 pub mod topology;

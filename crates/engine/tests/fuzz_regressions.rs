@@ -122,6 +122,23 @@ fn tsv_reader_corpus_reads_without_panics() {
             [(4, "a add_to_cart event needs product.id".to_owned())]
         );
     });
+    // Snowplow enriched events (131 fields): page view, e-commerce add to cart, transaction and
+    // structured event taken; the page ping and the transaction item skipped.
+    expect(&corpus, "snowplow-enriched.tsv", fuzz_log_readers, |s| {
+        assert_eq!(s.format, Some(LogFormat::SnowplowEnriched));
+        let types: Vec<&str> = s.sniffed.clicks.iter().map(|c| c.event.as_str()).collect();
+        assert_eq!(
+            types,
+            ["page_view", "add_to_cart", "purchase", "play_video"]
+        );
+        assert!(reasons(&s).is_empty(), "{:?}", reasons(&s));
+        assert!(
+            s.sniffed
+                .clicks
+                .iter()
+                .all(|c| c.visitor == "sp-2b1a0c9d-8e7f-4a6b-9c5d-4e3f2a1b0c9d")
+        );
+    });
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! stream) is a [`ReaderError`].
 
 pub mod jsonl;
+pub mod snowplow;
 pub mod tsv;
 
 use std::fs::File;
@@ -107,13 +108,15 @@ pub enum ReaderError {
     },
 }
 
-/// The two log formats.
+/// The log formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Omniture/Hortonworks TSV.
     Tsv,
     /// JSON lines of clicks.
     JsonLines,
+    /// Snowplow enriched events (131-field TSV).
+    SnowplowEnriched,
 }
 
 /// A streaming reader over one log, whichever its format.
@@ -124,6 +127,7 @@ pub struct LogReader {
 enum Inner {
     Tsv(tsv::TsvReader<Box<dyn BufRead + Send>>),
     Json(jsonl::JsonLinesReader<Box<dyn BufRead + Send>>),
+    Snowplow(snowplow::EnrichedReader<Box<dyn BufRead + Send>>),
 }
 
 impl LogReader {
@@ -152,6 +156,9 @@ impl LogReader {
         let inner = match format {
             LogFormat::Tsv => Inner::Tsv(tsv::TsvReader::new(name, stream)),
             LogFormat::JsonLines => Inner::Json(jsonl::JsonLinesReader::new(name, stream)),
+            LogFormat::SnowplowEnriched => {
+                Inner::Snowplow(snowplow::EnrichedReader::new(name, stream))
+            }
         };
         Ok(LogReader { inner })
     }
@@ -161,6 +168,7 @@ impl LogReader {
         match self.inner {
             Inner::Tsv(_) => LogFormat::Tsv,
             Inner::Json(_) => LogFormat::JsonLines,
+            Inner::Snowplow(_) => LogFormat::SnowplowEnriched,
         }
     }
 }
@@ -177,6 +185,7 @@ impl LogReader {
         match self.inner {
             Inner::Tsv(mut r) => r.read_all(on_click, on_malformed),
             Inner::Json(mut r) => r.read_all(on_click, on_malformed),
+            Inner::Snowplow(mut r) => r.read_all(on_click, on_malformed),
         }
     }
 }
@@ -188,6 +197,7 @@ impl Iterator for LogReader {
         match &mut self.inner {
             Inner::Tsv(r) => r.next(),
             Inner::Json(r) => r.next(),
+            Inner::Snowplow(r) => r.next(),
         }
     }
 }
@@ -236,11 +246,21 @@ pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn BufR
     })
 }
 
-/// JSON lines start with `{` (after optional whitespace); everything else is read as TSV.
+/// JSON lines start with `{` (after optional whitespace); a first line of 131 tab-separated
+/// fields whose fourth is a timestamp is a Snowplow enriched event; everything else is read as
+/// the Omniture TSV.
 fn sniff_format(head: &[u8]) -> LogFormat {
     match head.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => LogFormat::JsonLines,
-        _ => LogFormat::Tsv,
+        _ => {
+            let first = head.split(|b| *b == b'\n').next().unwrap_or(head);
+            let first = first.strip_suffix(b"\r").unwrap_or(first);
+            if snowplow::looks_enriched(first) {
+                LogFormat::SnowplowEnriched
+            } else {
+                LogFormat::Tsv
+            }
+        }
     }
 }
 

@@ -28,12 +28,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use clickpulse_engine::click::Click;
-use clickpulse_engine::event::{
-    EventDetail, EventProduct, EventType, LineItem, Order, PropValue, with_url_utm,
-};
+use clickpulse_engine::event::{EventDetail, with_url_utm};
 use serde_json::{Map, Value};
 
-use super::values::{count, custom_type, namespaced, number, text, verified_visitor};
+use clickpulse_engine::snowplow::{self, SelfDescribing, context_entities, map_event};
+
+use super::values::{namespaced, verified_visitor};
 use super::{Identity, Mapped, ParsedEvents, Sender, admit, batch_len};
 use crate::{AppError, AppState};
 
@@ -140,44 +140,6 @@ fn fields_of_json(map: &Map<String, Value>) -> Result<Fields<'_>, String> {
     Ok(fields)
 }
 
-/// A self-describing JSON: `{"schema": "iglu:vendor/name/jsonschema/version", "data": ...}`.
-struct SelfDescribing<'a> {
-    vendor: &'a str,
-    name: &'a str,
-    data: &'a Value,
-}
-
-impl<'a> SelfDescribing<'a> {
-    fn of(value: &'a Value) -> Result<SelfDescribing<'a>, String> {
-        let schema = value["schema"]
-            .as_str()
-            .ok_or("a self-describing JSON without `schema`")?;
-        let mut parts = schema
-            .strip_prefix("iglu:")
-            .ok_or_else(|| format!("schema {schema:?} is not an iglu: URI"))?
-            .split('/');
-        let (Some(vendor), Some(name), Some("jsonschema"), Some(_version)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
-                "schema {schema:?} is not iglu:vendor/name/jsonschema/version"
-            ));
-        };
-        Ok(SelfDescribing {
-            vendor,
-            name,
-            data: &value["data"],
-        })
-    }
-
-    fn is(&self, vendor: &str, name: &str) -> bool {
-        self.vendor == vendor && self.name == name
-    }
-}
-
-const SNOWPLOW: &str = "com.snowplowanalytics.snowplow";
-const ECOMMERCE: &str = "com.snowplowanalytics.snowplow.ecommerce";
-
 /// A JSON field sent either plainly (`plain`) or base64url-encoded (`encoded`, padding optional).
 fn json_field(fields: &Fields<'_>, plain: &str, encoded: &str) -> Result<Option<Value>, String> {
     let text = if let Some(text) = fields.get(plain) {
@@ -195,126 +157,9 @@ fn json_field(fields: &Fields<'_>, plain: &str, encoded: &str) -> Result<Option<
         .map_err(|e| format!("field `{plain}`/`{encoded}` is not JSON: {e}"))
 }
 
-/// The entities of the event's contexts (`co`/`cx`: a `contexts` self-describing JSON whose
-/// data is an array of self-describing entities).
-fn contexts(fields: &Fields<'_>) -> Result<Vec<Value>, String> {
-    let Some(contexts) = json_field(fields, "co", "cx")? else {
-        return Ok(Vec::new());
-    };
-    let outer = SelfDescribing::of(&contexts).map_err(|e| format!("contexts: {e}"))?;
-    match outer.data {
-        Value::Array(entities) => Ok(entities.clone()),
-        _ => Err("contexts: `data` is not an array of entities".to_owned()),
-    }
-}
-
-/// A product of the e-commerce plugin's product entity.
-fn ecommerce_product(data: &Value) -> EventProduct {
-    EventProduct {
-        id: text(&data["id"]),
-        category: text(&data["category"]),
-        price: number(&data["price"]),
-        quantity: count(&data["quantity"]),
-        currency: text(&data["currency"]),
-    }
-}
-
-/// The event type and detail of a self-describing (`ue`) event, with the contexts' entities.
-fn unstructured(
-    event: &SelfDescribing<'_>,
-    entities: &[SelfDescribing<'_>],
-    detail: &mut EventDetail,
-) -> Result<Option<EventType>, String> {
-    let data = event.data;
-    let products = || {
-        entities
-            .iter()
-            .filter(|e| e.is(ECOMMERCE, "product"))
-            .map(|e| ecommerce_product(e.data))
-    };
-    if event.is(SNOWPLOW, "add_to_cart") || event.is(SNOWPLOW, "remove_from_cart") {
-        detail.product = Some(EventProduct {
-            id: text(&data["sku"]),
-            category: text(&data["category"]),
-            price: number(&data["unitPrice"]),
-            quantity: count(&data["quantity"]),
-            currency: text(&data["currency"]),
-        });
-        return Ok(Some(if event.name == "add_to_cart" {
-            EventType::AddToCart
-        } else {
-            EventType::RemoveFromCart
-        }));
-    }
-    if event.is(SNOWPLOW, "site_search") {
-        let terms: Vec<String> = data["terms"]
-            .as_array()
-            .map(|t| t.iter().filter_map(text).collect())
-            .unwrap_or_default();
-        if terms.is_empty() {
-            return Err("site_search without `terms`".to_owned());
-        }
-        detail.query = Some(terms.join(" "));
-        return Ok(Some(EventType::Search));
-    }
-    if event.is(ECOMMERCE, "snowplow_ecommerce_action") {
-        let action = data["type"].as_str().unwrap_or("");
-        return Ok(match action {
-            "add_to_cart" | "remove_from_cart" => {
-                detail.product = Some(
-                    products()
-                        .next()
-                        .ok_or_else(|| format!("{action} without a product entity"))?,
-                );
-                Some(if action == "add_to_cart" {
-                    EventType::AddToCart
-                } else {
-                    EventType::RemoveFromCart
-                })
-            }
-            "checkout_step" => {
-                let step = entities
-                    .iter()
-                    .find(|e| e.is(ECOMMERCE, "checkout_step"))
-                    .and_then(|e| count(&e.data["step"]));
-                // The first step is where a checkout begins; the later ones are counted.
-                (step.unwrap_or(1) <= 1).then_some(EventType::BeginCheckout)
-            }
-            "transaction" => {
-                let transaction = entities
-                    .iter()
-                    .find(|e| e.is(ECOMMERCE, "transaction"))
-                    .ok_or("transaction without a transaction entity")?
-                    .data;
-                let items = products()
-                    .map(|p| {
-                        Ok(LineItem {
-                            product_id: p.id.ok_or("a product entity without `id`")?,
-                            category: p.category,
-                            price: p.price,
-                            quantity: p.quantity.unwrap_or(1),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                detail.order = Some(Order {
-                    id: text(&transaction["transaction_id"])
-                        .ok_or("transaction without `transaction_id`")?,
-                    revenue: number(&transaction["revenue"])
-                        .ok_or("transaction without a numeric `revenue`")?,
-                    currency: text(&transaction["currency"]),
-                    items,
-                });
-                Some(EventType::Purchase)
-            }
-            "" => return Err("snowplow_ecommerce_action without `type`".to_owned()),
-            // product_view, list_view, list_click, promo_view, promo_click, refund, trns_error:
-            // a product page's view is its page view.
-            _ => None,
-        });
-    }
-    // Any other self-describing event (link_click, submit_form, a shop's own): a custom event
-    // named after its schema; its data is not taken apart.
-    Ok(Some(custom_type(event.name)?))
+/// The event's contexts (`co`/`cx`: a `contexts` self-describing JSON), if it has any.
+fn contexts(fields: &Fields<'_>) -> Result<Option<Value>, String> {
+    json_field(fields, "co", "cx")
 }
 
 /// Which visitor an event is: the Clickpulse identity context's visitor when its token is
@@ -357,24 +202,12 @@ fn to_click(
     identity: Option<&Identity>,
 ) -> Result<Mapped, String> {
     let kind = fields.get("e").map_or("", |e| e.as_ref());
-    match kind {
-        "pv" | "se" | "ue" | "tr" => {}
-        "pp" => return Ok(Mapped::Ignored("page_ping")),
-        "ti" => return Ok(Mapped::Ignored("transaction_item")),
-        "" => return Err("missing field `e` (the event type)".to_owned()),
-        other => {
-            return Err(format!(
-                "event type e={:?} is not one of pv, pp, se, ue, tr, ti",
-                other.chars().take(20).collect::<String>()
-            ));
-        }
-    }
     let context_values = contexts(fields)?;
     let entities = context_values
-        .iter()
-        .map(SelfDescribing::of)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("contexts: {e}"))?;
+        .as_ref()
+        .map(context_entities)
+        .transpose()?
+        .unwrap_or_default();
     let given = |key: &str| fields.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     let mut detail = EventDetail {
         session_id: given("sid").map(str::to_owned),
@@ -382,57 +215,15 @@ fn to_click(
         page_title: given("page").map(str::to_owned),
         ..EventDetail::default()
     };
-    let event = match kind {
-        "pv" => EventType::PageView,
-        "se" => {
-            let action = given("se_ac").ok_or("a structured event without `se_ac`")?;
-            for (key, field) in [
-                ("category", "se_ca"),
-                ("label", "se_la"),
-                ("property", "se_pr"),
-            ] {
-                if let Some(v) = given(field) {
-                    detail
-                        .properties
-                        .insert(key.to_owned(), PropValue::Text(v.to_owned()));
-                }
-            }
-            if let Some(v) = given("se_va") {
-                let value = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| format!("se_va {v:?} is not a number"))?;
-                detail
-                    .properties
-                    .insert("value".to_owned(), PropValue::Number(value));
-            }
-            custom_type(action)?
-        }
-        "ue" => {
-            let outer = json_field(fields, "ue_pr", "ue_px")?
-                .ok_or("a self-describing event without `ue_pr` or `ue_px`")?;
-            let outer = SelfDescribing::of(&outer).map_err(|e| format!("ue: {e}"))?;
-            let inner = SelfDescribing::of(outer.data).map_err(|e| format!("ue: {e}"))?;
-            match unstructured(&inner, &entities, &mut detail)? {
-                Some(event) => event,
-                None => return Ok(Mapped::Ignored("ecommerce_action")),
-            }
-        }
-        _ => {
-            // A transaction (the classic e-commerce API): its items come as `ti` events.
-            detail.order = Some(Order {
-                id: given("tr_id")
-                    .ok_or("a transaction without `tr_id`")?
-                    .to_owned(),
-                revenue: given("tr_tt")
-                    .and_then(|t| t.parse::<f64>().ok())
-                    .ok_or("a transaction without a numeric `tr_tt`")?,
-                currency: given("tr_cu").map(str::to_owned),
-                items: Vec::new(),
-            });
-            EventType::Purchase
-        }
+    let unstruct = if kind == "ue" {
+        json_field(fields, "ue_pr", "ue_px")?
+    } else {
+        None
+    };
+    let field = |key: &str| given(key).map(str::to_owned);
+    let event = match map_event(kind, &field, unstruct.as_ref(), &entities, &mut detail)? {
+        snowplow::Mapped::Event(event) => event,
+        snowplow::Mapped::Ignored(what) => return Ok(Mapped::Ignored(what)),
     };
     // A page view is of a page; a server-side tracker's cart or order event often has none: it
     // is then placed at the app (`snowplow://shop/`).
@@ -585,6 +376,7 @@ pub(crate) fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
 #[cfg(test)]
 mod tests {
     use clickpulse_engine::click::Gender;
+    use clickpulse_engine::event::{EventType, PropValue};
 
     use super::*;
 

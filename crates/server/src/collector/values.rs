@@ -1,66 +1,11 @@
-//! What the other trackers' protocols share: reading loosely typed JSON values, event names in
-//! snake case, and the Clickpulse identity a page attaches.
+//! What the other trackers' protocols share: the Clickpulse identity a page attaches, tracker
+//! ids as visitors, and (from the engine) loosely typed JSON values and snake-case names.
 
 use clickpulse_engine::click::Gender;
-use clickpulse_engine::event::EventType;
+pub(crate) use clickpulse_engine::loose::{count, custom_type, number, snake_case, text};
 use serde_json::Value;
 
 use super::Identity;
-
-/// A non-blank text (trimmed), or a number as its text.
-pub(crate) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A number, or a text that is one.
-pub(crate) fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A whole, non-negative number that fits a `u32`.
-pub(crate) fn count(value: &Value) -> Option<u32> {
-    number(value)
-        .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX))
-        .map(|n| n as u32)
-}
-
-/// `Product Added` → `product_added`, `linkClick` → `link_click`, `submit-form` → `submit_form`.
-pub(crate) fn snake_case(name: &str) -> String {
-    let mut snake = String::with_capacity(name.len());
-    let mut previous_lower = false;
-    for c in name.trim().chars() {
-        if c.is_ascii_uppercase() {
-            if previous_lower {
-                snake.push('_');
-            }
-            snake.push(c.to_ascii_lowercase());
-            previous_lower = false;
-        } else if c.is_ascii_alphanumeric() {
-            snake.push(c);
-            previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        } else {
-            if !snake.ends_with('_') && !snake.is_empty() {
-                snake.push('_');
-            }
-            previous_lower = false;
-        }
-    }
-    snake.trim_end_matches('_').to_owned()
-}
-
-/// A custom event type named after `name` in snake case (an error when that is not a valid
-/// name: too long, or no letter to start with).
-pub(crate) fn custom_type(name: &str) -> Result<EventType, String> {
-    EventType::parse(&snake_case(name)).map_err(|e| e.to_string())
-}
 
 /// The visitor a page's Clickpulse identity (`{"visitor", "token", "gender"?, "age"?}`, named
 /// `what` in errors) names, when its token is that visitor's, with the gender and age it gives.
@@ -119,23 +64,6 @@ pub(crate) fn namespaced(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_become_identifiers() {
-        for (name, want) in [
-            ("Play Video", "play_video"),
-            ("linkClick", "link_click"),
-            ("submit-form", "submit_form"),
-            ("add_gift_wrap", "add_gift_wrap"),
-            ("Product Added", "product_added"),
-            ("orderId", "order_id"),
-        ] {
-            assert_eq!(snake_case(name), want);
-            assert_eq!(custom_type(name).unwrap(), EventType::parse(want).unwrap());
-        }
-        assert!(custom_type("!!!").is_err());
-        assert!(custom_type(&"a".repeat(60)).is_err());
-    }
 
     #[test]
     fn loose_values() {
