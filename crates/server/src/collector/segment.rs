@@ -25,13 +25,15 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use clickpulse_engine::click::Click;
 use clickpulse_engine::event::{
-    EventDetail, EventProduct, EventType, LineItem, Order, PropValue, Utm, with_url_utm,
+    EventDetail, EventProduct, EventType, LineItem, Order, PropValue, Utm,
 };
 use serde_json::{Map, Value, json};
 
-use super::values::{count, custom_type, namespaced, number, snake_case, text, verified_visitor};
+use super::values::{
+    TrackedClick, Who, count, custom_type, just, namespaced, number, snake_case, text,
+    verified_visitor,
+};
 use super::{Identity, Mapped, ParsedEvents, Rejected, Sender, admit_within, batch_len};
 use crate::{AppError, AppState};
 
@@ -258,21 +260,21 @@ fn visitor_of(
     ip: &str,
     user_agent: &str,
     identity: Option<&Identity>,
-) -> Result<String, String> {
+) -> Result<Who, String> {
     let context = &message["context"]["clickpulse"];
     if !context.is_null() {
-        return verified_visitor(context, "context.clickpulse", identity).map(|v| v.0);
+        return verified_visitor(context, "context.clickpulse", identity);
     }
     if sender.trusted
         && let Some(user) = text(&message["userId"])
     {
-        return Ok(user);
+        return Ok(just(user));
     }
     if let Some(anonymous) = text(&message["anonymousId"]) {
-        return namespaced("seg-", "anonymousId", &anonymous, b".:");
+        return namespaced("seg-", "anonymousId", &anonymous, b".:").map(just);
     }
     match identity {
-        Some(identity) => Ok(identity.anonymous_id(ts_ms, ip, user_agent)),
+        Some(identity) => Ok(just(identity.anonymous_id(ts_ms, ip, user_agent))),
         None => Err("the message names no visitor (`anonymousId`)".to_owned()),
     }
 }
@@ -366,31 +368,17 @@ fn to_click(
         _ => sender.ip.to_owned(),
     };
     let user_agent = text(&context["userAgent"]).unwrap_or_else(|| sender.user_agent.to_owned());
-    let visitor = visitor_of(message, ts_ms, sender, &ip, &user_agent, identity)?;
-    let (gender, age) = match &context["clickpulse"] {
-        Value::Null => (None, None),
-        clickpulse => {
-            let (_, gender, age) = verified_visitor(clickpulse, "context.clickpulse", identity)?;
-            (gender, age)
-        }
-    };
-    let detail = (!detail.is_empty()).then(|| Box::new(detail));
-    let click = Click {
+    let who = visitor_of(message, ts_ms, sender, &ip, &user_agent, identity)?;
+    let click = TrackedClick {
         ts_ms,
-        visitor,
-        detail: with_url_utm(&url, detail),
+        who,
         url,
         ip,
         user_agent,
-        city: None,
-        country: None,
-        region: None,
-        gender,
-        age,
         event,
+        detail,
     };
-    click.validate().map_err(|e| e.to_string())?;
-    Ok(Mapped::Click(Box::new(click)))
+    Ok(Mapped::Click(Box::new(click.into_click()?)))
 }
 
 /// `POST /v1/{path}`.
@@ -446,7 +434,7 @@ pub(crate) async fn post(
 
 #[cfg(test)]
 mod tests {
-    use clickpulse_engine::click::Gender;
+    use clickpulse_engine::click::{Click, Gender};
 
     use super::*;
 

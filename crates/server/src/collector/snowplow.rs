@@ -27,13 +27,12 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use clickpulse_engine::click::Click;
-use clickpulse_engine::event::{EventDetail, with_url_utm};
+use clickpulse_engine::event::EventDetail;
 use serde_json::{Map, Value};
 
 use clickpulse_engine::snowplow::{self, SelfDescribing, context_entities, map_event};
 
-use super::values::{namespaced, verified_visitor};
+use super::values::{TrackedClick, Who, just, namespaced, verified_visitor};
 use super::{Identity, Mapped, ParsedEvents, Sender, admit, batch_len};
 use crate::{AppError, AppState};
 
@@ -174,21 +173,21 @@ fn visitor_of(
     ip: &str,
     user_agent: &str,
     identity: Option<&Identity>,
-) -> Result<String, String> {
+) -> Result<Who, String> {
     let given = |key: &str| fields.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     if let Some(context) = entities.iter().find(|e| e.is("io.clickpulse", "identity")) {
-        return verified_visitor(context.data, "the identity context", identity).map(|v| v.0);
+        return verified_visitor(context.data, "the identity context", identity);
     }
     if sender.trusted
         && let Some(uid) = given("uid")
     {
-        return Ok(uid.to_owned());
+        return Ok(just(uid.to_owned()));
     }
     if let Some(duid) = given("duid") {
-        return namespaced("sp-", "duid", duid, b"");
+        return namespaced("sp-", "duid", duid, b"").map(just);
     }
     match identity {
-        Some(identity) => Ok(identity.anonymous_id(ts_ms, ip, user_agent)),
+        Some(identity) => Ok(just(identity.anonymous_id(ts_ms, ip, user_agent))),
         None => Err("the event names no visitor (`duid`)".to_owned()),
     }
 }
@@ -252,34 +251,18 @@ fn to_click(
         _ => sender.ip.to_owned(),
     };
     let user_agent = given("ua").unwrap_or(sender.user_agent).to_owned();
-    let visitor = visitor_of(fields, &entities, ts_ms, sender, &ip, &user_agent, identity)?;
-    // The Clickpulse identity (verified above) may say the visitor's gender and age, as
-    // `POST /collect` may.
-    let (gender, age) = match entities.iter().find(|e| e.is("io.clickpulse", "identity")) {
-        Some(context) => {
-            let (_, gender, age) =
-                verified_visitor(context.data, "the identity context", identity)?;
-            (gender, age)
-        }
-        None => (None, None),
-    };
-    let detail = (!detail.is_empty()).then(|| Box::new(detail));
-    let click = Click {
+    // The Clickpulse identity may say the visitor's gender and age, as `POST /collect` may.
+    let who = visitor_of(fields, &entities, ts_ms, sender, &ip, &user_agent, identity)?;
+    let click = TrackedClick {
         ts_ms,
-        visitor,
+        who,
         url: url.to_owned(),
         ip,
         user_agent,
-        city: None,
-        country: None,
-        region: None,
-        gender,
-        age,
         event,
-        detail: with_url_utm(url, detail),
+        detail,
     };
-    click.validate().map_err(|e| e.to_string())?;
-    Ok(Mapped::Click(Box::new(click)))
+    Ok(Mapped::Click(Box::new(click.into_click()?)))
 }
 
 /// `POST /com.snowplowanalytics.snowplow/tp2`.
@@ -375,7 +358,7 @@ pub(crate) fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
 
 #[cfg(test)]
 mod tests {
-    use clickpulse_engine::click::Gender;
+    use clickpulse_engine::click::{Click, Gender};
     use clickpulse_engine::event::{EventType, PropValue};
 
     use super::*;

@@ -38,6 +38,49 @@ pub(crate) fn verified_visitor(
     Ok((visitor.to_owned(), gender, age))
 }
 
+/// Who an event is: the visitor, and the gender and age a verified Clickpulse identity gave.
+pub(crate) type Who = (String, Option<Gender>, Option<u32>);
+
+/// A tracker's own id as a visitor nobody vouched for further (no gender or age).
+pub(crate) fn just(visitor: String) -> Who {
+    (visitor, None, None)
+}
+
+/// The click another tracker's event becomes, validated.
+pub(crate) struct TrackedClick {
+    pub(crate) ts_ms: i64,
+    pub(crate) who: Who,
+    pub(crate) url: String,
+    pub(crate) ip: String,
+    pub(crate) user_agent: String,
+    pub(crate) event: clickpulse_engine::event::EventType,
+    pub(crate) detail: clickpulse_engine::event::EventDetail,
+}
+
+impl TrackedClick {
+    /// The click (campaign parameters from the URL where none were given), if it is valid.
+    pub(crate) fn into_click(self) -> Result<clickpulse_engine::click::Click, String> {
+        let (visitor, gender, age) = self.who;
+        let detail = (!self.detail.is_empty()).then(|| Box::new(self.detail));
+        let click = clickpulse_engine::click::Click {
+            ts_ms: self.ts_ms,
+            visitor,
+            detail: clickpulse_engine::event::with_url_utm(&self.url, detail),
+            url: self.url,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            city: None,
+            country: None,
+            region: None,
+            gender,
+            age,
+            event: self.event,
+        };
+        click.validate().map_err(|e| e.to_string())?;
+        Ok(click)
+    }
+}
+
 /// A tracker's own id for the browser (`field`) as a visitor id in the tracker's namespace
 /// (`prefix`): no tracker can name a Clickpulse visitor.
 pub(crate) fn namespaced(
