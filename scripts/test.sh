@@ -45,6 +45,12 @@ fi
 # moto (Apache-2.0) serves S3 on loopback: tansu's durable storage for the broker-restart test.
 export CLICKPULSE_MOTO="$CACHE/venv/bin/moto_server"
 [ -x "$CLICKPULSE_MOTO" ] || "$CACHE/venv/bin/pip" install -q 'moto[server]==5.2.5'
+# PostgreSQL's server programs (initdb, pg_ctl, psql): the change data capture tests start a
+# private server with wal_level = logical (tests/common/postgres.rs).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${CLICKPULSE_PG_BIN:-}" ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 
 echo "== format and lints"
 cargo fmt --all -- --check

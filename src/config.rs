@@ -98,6 +98,18 @@ pub(crate) fn check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
                 config.web.listen,
                 config.web.time_zone
             );
+            if let Some(pg) = &config.postgres {
+                println!(
+                    "{file}: postgres {}@{}:{}/{}, slot {}, publication {}, {} table mapping(s)",
+                    pg.user,
+                    pg.host,
+                    pg.port,
+                    pg.database,
+                    pg.slot,
+                    pg.publication,
+                    pg.tables.len()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         (_, errors) => {

@@ -20,6 +20,7 @@ use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
+use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{EmbeddedRuntime, Pending, Runtime, Wiring, spawn_embedded};
@@ -130,6 +131,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 OfferTokens::new(offer_secret.as_bytes()),
                 Some(Arc::from(admin_token.as_str())),
             )),
+        },
+        postgres: PostgresSettings {
+            config: config.postgres.clone(),
         },
     };
     let dashboard = DashboardHandle::default();

@@ -23,6 +23,7 @@ use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
+use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{DistributedRuntime, Runtime, Wiring};
@@ -55,7 +56,13 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let mut stages = BTreeSet::new();
     for s in &args.stages {
         match s.as_str() {
-            "all" => stages.extend(STAGES.iter().map(|x| x.name)),
+            // Every stage; the PostgreSQL source where it is configured.
+            "all" => stages.extend(
+                STAGES
+                    .iter()
+                    .map(|x| x.name)
+                    .filter(|&n| n != "postgres" || config.postgres.is_some()),
+            ),
             s => match STAGES.iter().find(|x| x.name == s) {
                 Some(x) => {
                     stages.insert(x.name);
@@ -258,6 +265,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         collector: CollectorSettings {
             queue: config.web.collector_queue,
             identity,
+        },
+        postgres: PostgresSettings {
+            config: config.postgres.clone(),
         },
     };
     let sinks = SinkSettings {

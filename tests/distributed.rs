@@ -613,12 +613,7 @@ fn post_raw(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u1
 #[test]
 fn snowplow_and_segment_events_flow_through_the_distributed_pipeline() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("one-view.jsonl");
-    std::fs::write(
-        &log,
-        "{\"ts_ms\": 1330588819000, \"visitor\": \"quiet\", \"url\": \"http://www.acme.com/\"}\n",
-    )
-    .unwrap();
+    let log = one_view_log(dir.path());
     let mut c = Cluster::start(
         "",
         &format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
@@ -682,4 +677,88 @@ fn snowplow_and_segment_events_flow_through_the_distributed_pipeline() {
         enrich["known_visitor_events"], 2,
         "the Segment visitor is linked: {enrich}"
     );
+}
+
+/// The PostgreSQL source in distributed mode: its events reach enrichment exactly once,
+/// across `kill -9` of the source while a 20,000-row transaction streams in and a standby
+/// taking over the slot (after the lease expires) from the saved position.
+#[test]
+fn postgres_changes_flow_through_the_distributed_pipeline_exactly_once_across_a_kill() {
+    use common::postgres::{MAPPING, Postgres, SCHEMA};
+    let pg = Postgres::start();
+    pg.sql(SCHEMA);
+    let dir = tempfile::tempdir().unwrap();
+    let log = one_view_log(dir.path());
+    let mut c = Cluster::start_spec(clickpulse_chaos::Spec {
+        replay: format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+        extra: format!("{}{MAPPING}", pg.config_table()),
+        ..Default::default()
+    });
+    c.worker("replay,collector,enrich,detect,aggregate,web", "main");
+    let first = c.worker("postgres", "pg-a");
+    let port = c.web_port;
+    wait_for(Duration::from_secs(60), "the cluster serves", || {
+        get_json(port, "/api/health")
+    });
+    wait_until("the source to hold its slot", || {
+        (pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1").then_some(())
+    });
+    pg.sql(
+        "BEGIN;
+         INSERT INTO orders VALUES (1, 'pg-v1', 59.90, 'EUR', 'paid', '2012-03-01 08:01:00+00');
+         INSERT INTO order_lines VALUES (1, 1, 'p-a', 19.95, 2), (1, 2, 'p-b', 20, 1);
+         COMMIT;",
+    );
+    pg.sql("INSERT INTO cart_items (visitor_id, product_id, quantity) VALUES ('pg-v2', 'c-1', 1)");
+    let enrich_events = |stats: &Value| stats["stages"]["enrich"]["details"]["events"].as_u64();
+    wait_until("the first changes to reach enrichment", || {
+        (enrich_events(&get_json(port, "/api/stats")?)? >= 3).then_some(())
+    });
+    pg.sql(
+        "INSERT INTO cart_items (visitor_id, product_id, quantity) \
+         SELECT 'pg-big' || (n % 50), 'big-' || n, 1 FROM generate_series(1, 20000) n",
+    );
+    // Killed once it has published part of the large transaction (or all of it).
+    wait_until("the source to publish the large transaction", || {
+        let stats = get_json(port, "/api/stats")?;
+        (enrich_events(&stats)? > 3).then_some(())
+    });
+    c.workers[first].kill();
+    c.worker("postgres", "pg-b");
+    let total = 1 + 2 + 20_000;
+    let stats = wait_until("every change to reach enrichment", || {
+        let stats = get_json(port, "/api/stats")?;
+        (enrich_events(&stats)? >= total).then_some(stats)
+    });
+    let enrich = &stats["stages"]["enrich"]["details"];
+    assert_eq!(
+        enrich_events(&stats),
+        Some(total),
+        "nothing twice: {enrich}"
+    );
+    assert_eq!(
+        enrich["duplicate_inputs"].as_u64().unwrap_or(0),
+        0,
+        "{enrich}"
+    );
+    let purchases = wait_until("the purchase on the dashboard", || {
+        let d = get_json(
+            port,
+            &format!("/api/dashboard?viewer={}", clickpulse_chaos::VIEWER_TOKEN),
+        )?;
+        let n = d["shop"]["conversions_1h"]["purchases"].as_u64()?;
+        (n >= 1).then_some(n)
+    });
+    assert_eq!(purchases, 1);
+}
+
+/// A log of one page view at the start of the bundled log's day, in `dir`.
+fn one_view_log(dir: &Path) -> std::path::PathBuf {
+    let log = dir.join("one-view.jsonl");
+    std::fs::write(
+        &log,
+        "{\"ts_ms\": 1330588819000, \"visitor\": \"quiet\", \"url\": \"http://www.acme.com/\"}\n",
+    )
+    .unwrap();
+    log
 }

@@ -713,6 +713,11 @@
       }
       case "collector":
         return summary(d, [["accepted", "accepted"], ["rejected", "rejected"]]);
+      case "postgres":
+        return [
+          summary(d, [["transactions", "transactions"], ["ignored", "rows ignored"]])[0],
+          d.position ? `Slot ${d.slot} at ${d.position}` : "",
+        ].filter(Boolean);
       case "enrich":
         return summary(d, [["known_visitor_events", "known visitors"], ["unknown_product_events", "unknown products"]]);
       case "detect": {
@@ -755,7 +760,9 @@
       setText(cell.querySelector("dd"), fmtInt(value));
       cell.classList.toggle("is-bad", (key === "errors" || key === "dead_letters") && isNum(value) && value > 0);
     }
-    CP.replaceChildren(node.querySelector(".node__extra"), stage ? stageExtra(name, stage) : ["Not part of this process"]);
+    // The change data capture source runs only where `[postgres]` is configured.
+    const absent = name === "postgres" ? "Not configured ([postgres] in the configuration)" : "Not part of this process";
+    CP.replaceChildren(node.querySelector(".node__extra"), stage ? stageExtra(name, stage) : [absent]);
   }
 
   function renderTopicNode(name, topic) {

@@ -66,6 +66,7 @@ impl DistributedDeployment {
             replay: format!("speed = \"{:.0}\"\nlogs = [{}]", spec.speed, logs.join(", ")),
             patterns: spec.patterns.clone(),
             redis_cluster: false,
+            extra: String::new(),
         };
         Ok(DistributedDeployment {
             cluster: Cluster::start(spec.tools.clone(), &cluster_spec)?,

@@ -335,6 +335,8 @@ pub struct Spec {
     pub patterns: PathBuf,
     /// Run Redis as a three-node Redis Cluster instead of one server.
     pub redis_cluster: bool,
+    /// Further tables, appended to the config (`[postgres]`, …).
+    pub extra: String,
 }
 
 /// A throwaway distributed deployment on loopback (see the crate docs).
@@ -440,6 +442,8 @@ original_time = true
 [web]
 listen = "127.0.0.1:{web}"
 viewer_token = "{viewer}"
+
+{extra}
 "#,
             broker = c.broker_port,
             redis = c.redis_port,
@@ -451,6 +455,7 @@ viewer_token = "{viewer}"
             kafka = spec.kafka,
             pipeline = spec.pipeline,
             replay = spec.replay,
+            extra = spec.extra,
         );
         std::fs::write(&c.config, config).map_err(io("write the config"))?;
         let mut load = Command::new(&c.tools.clickpulse);

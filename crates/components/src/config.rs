@@ -40,10 +40,15 @@ pub struct Config {
     /// The embedded runtime's data dir.
     #[serde(default)]
     pub embedded: EmbeddedConfig,
+    /// PostgreSQL change data capture (none: the source does not run).
+    #[serde(default)]
+    pub postgres: Option<crate::sources::postgres::PostgresConfig>,
 }
 
 /// The tables of [`Config`], in the file's documented order.
-pub const TABLES: [&str; 6] = ["kafka", "redis", "pipeline", "replay", "web", "embedded"];
+pub const TABLES: [&str; 7] = [
+    "kafka", "redis", "pipeline", "replay", "web", "embedded", "postgres",
+];
 
 /// `[pipeline]`: the operators.
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +347,10 @@ fn web_problems(web: &WebConfig) -> Vec<String> {
         .collect()
 }
 
+fn postgres_problems(postgres: &Option<crate::sources::postgres::PostgresConfig>) -> Vec<String> {
+    postgres.as_ref().map(|p| p.problems()).unwrap_or_default()
+}
+
 fn embedded_problems(embedded: &EmbeddedConfig) -> Vec<String> {
     if embedded.partitions == 0 {
         vec!["embedded.partitions must be at least 1".to_owned()]
@@ -413,8 +422,17 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
     let replay = table!(replay: ReplayConfig, replay_problems);
     let web = table!(web: WebConfig, web_problems);
     let embedded = table!(embedded: EmbeddedConfig, embedded_problems);
-    let (Some(kafka), Some(redis), Some(pipeline), Some(replay), Some(web), Some(embedded)) =
-        (kafka, redis, pipeline, replay, web, embedded)
+    let postgres =
+        table!(postgres: Option<crate::sources::postgres::PostgresConfig>, postgres_problems);
+    let (
+        Some(kafka),
+        Some(redis),
+        Some(pipeline),
+        Some(replay),
+        Some(web),
+        Some(embedded),
+        Some(postgres),
+    ) = (kafka, redis, pipeline, replay, web, embedded, postgres)
     else {
         return (None, errors);
     };
@@ -425,6 +443,7 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         replay,
         web,
         embedded,
+        postgres,
     };
     (Some(config), errors)
 }

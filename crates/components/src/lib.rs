@@ -24,6 +24,7 @@ use clickpulse_server::AppState;
 
 pub mod clock;
 pub mod config;
+pub mod fuzzing;
 pub mod operators;
 pub mod sinks;
 pub mod sources;

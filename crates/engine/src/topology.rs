@@ -108,6 +108,16 @@ pub const PIPELINE: Topology = Topology {
             instances: Instances::Replicated,
         },
         Stage {
+            name: "postgres",
+            kind: StageKind::Source,
+            description: "Turns the shop database's orders and carts into events (change data capture)",
+            inputs: &[],
+            outputs: &[Topic::ClickData],
+            sinks: &[],
+            dead_letters: false,
+            instances: Instances::SingleActive,
+        },
+        Stage {
             name: "enrich",
             kind: StageKind::Operator,
             description: "Adds product and visitor data to every click",
@@ -280,6 +290,7 @@ mod tests {
             [
                 "replay",
                 "collector",
+                "postgres",
                 "enrich",
                 "detect",
                 "aggregate",

@@ -7,10 +7,11 @@ use clickpulse_engine::topology::{PIPELINE, Stage};
 use crate::{ComponentError, Wiring};
 
 pub mod collector;
+pub mod postgres;
 pub mod replay;
 
 /// Every source, in the topology's order.
-pub static SOURCES: &[Source] = &[replay::SOURCE, collector::SOURCE];
+pub static SOURCES: &[Source] = &[replay::SOURCE, collector::SOURCE, postgres::SOURCE];
 
 /// What each source is started with (each source's own part).
 pub struct SourceSettings {
@@ -18,6 +19,8 @@ pub struct SourceSettings {
     pub replay: replay::ReplaySettings,
     /// The HTTP collector's.
     pub collector: collector::CollectorSettings,
+    /// The PostgreSQL change data capture's.
+    pub postgres: postgres::PostgresSettings,
 }
 
 /// A source plug-in.

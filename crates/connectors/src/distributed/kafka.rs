@@ -20,6 +20,8 @@ use super::{DistributedError, KafkaConfig};
 
 /// Header carrying the input offset (or replay position) a record was produced from.
 pub const LINEAGE_HEADER: &str = "clickpulse-src";
+/// The header carrying a record's [`OutRecord::origin`].
+pub const ORIGIN_HEADER: &str = "clickpulse-origin";
 
 /// librdkafka properties shared by every client.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -261,6 +263,10 @@ pub struct OutRecord<'a> {
     pub value: &'a [u8],
     /// Lineage (input offset or replay position).
     pub lineage: Option<u64>,
+    /// Its position at an external source other than the replay (the PostgreSQL source's
+    /// event count), in a header of its own: the consumers' duplicate check reads lineage only,
+    /// and two writers' lineages in one partition would not rise together.
+    pub origin: Option<u64>,
 }
 
 impl BatchProducer {
@@ -281,17 +287,24 @@ impl BatchProducer {
     /// Sends `record` as part of `acks`, waiting while the local queue is full.
     pub fn send(&self, record: &OutRecord<'_>, acks: &Arc<Acks>) -> Result<(), DistributedError> {
         let lineage = record.lineage.map(|l| l.to_string());
+        let origin = record.origin.map(|o| o.to_string());
         acks.remaining.fetch_add(1, Ordering::SeqCst);
         loop {
             let mut r = BaseRecord::with_opaque_to(record.topic, acks.clone())
                 .partition(record.partition)
                 .key(record.key)
                 .payload(record.value);
-            if let Some(l) = &lineage {
-                r = r.headers(OwnedHeaders::new().insert(Header {
-                    key: LINEAGE_HEADER,
-                    value: Some(l.as_str()),
-                }));
+            if lineage.is_some() || origin.is_some() {
+                let mut headers = OwnedHeaders::new();
+                for (key, value) in [(LINEAGE_HEADER, &lineage), (ORIGIN_HEADER, &origin)] {
+                    if let Some(v) = value {
+                        headers = headers.insert(Header {
+                            key,
+                            value: Some(v.as_str()),
+                        });
+                    }
+                }
+                r = r.headers(headers);
             }
             match self.inner.send(r) {
                 Ok(()) => return Ok(()),
@@ -304,6 +317,30 @@ impl BatchProducer {
                 }
             }
         }
+    }
+
+    /// Sends a dead letter to `config`'s dead-letter topic (keyed and partitioned by its
+    /// source) as part of `acks`.
+    pub fn send_dead_letter(
+        &self,
+        config: &KafkaConfig,
+        letter: &clickpulse_engine::DeadLetter,
+        acks: &Arc<Acks>,
+    ) -> Result<(), DistributedError> {
+        let value = clickpulse_engine::codec::encode(letter);
+        let partition =
+            clickpulse_engine::topics::partition_for(&letter.source, config.dead_letter_partitions);
+        self.send(
+            &OutRecord {
+                topic: &config.topics.dead_letters,
+                partition: partition as i32,
+                key: &letter.source,
+                value: &value,
+                lineage: None,
+                origin: None,
+            },
+            acks,
+        )
     }
 
     /// Waits until every record of `acks` is acknowledged; `Err` with the first failure.
@@ -348,6 +385,26 @@ pub fn scan_lineage(
     partition: i32,
     from: i64,
 ) -> Result<Option<u64>, DistributedError> {
+    scan_header(config, topic, partition, from, LINEAGE_HEADER)
+}
+
+/// [`scan_lineage`] for the origin header ([`OutRecord::origin`]).
+pub fn scan_origin(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<Option<u64>, DistributedError> {
+    scan_header(config, topic, partition, from, ORIGIN_HEADER)
+}
+
+fn scan_header(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    header: &str,
+) -> Result<Option<u64>, DistributedError> {
     let consumer: BaseConsumer = client_config(config)
         .set("group.id", format!("{}-scan", config.group_prefix))
         .set("enable.auto.commit", "false")
@@ -376,7 +433,7 @@ pub fn scan_lineage(
             Some(Ok(m)) => {
                 read += 1;
                 last_progress = Instant::now();
-                newest = newest.max(lineage_of(&m));
+                newest = newest.max(header_u64(&m, header));
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => {
@@ -406,8 +463,13 @@ pub fn scan_lineage(
 
 /// The lineage header of a record: the input position it was produced from.
 pub fn lineage_of<M: Message>(m: &M) -> Option<u64> {
+    header_u64(m, LINEAGE_HEADER)
+}
+
+/// A header of a record, as a number.
+fn header_u64<M: Message>(m: &M, name: &str) -> Option<u64> {
     m.headers()?.iter().find_map(|h| {
-        (h.key == LINEAGE_HEADER)
+        (h.key == name)
             .then_some(h.value)
             .flatten()
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())

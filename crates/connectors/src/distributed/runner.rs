@@ -762,6 +762,7 @@ pub fn run_stage<O: Operator>(
                     key: &out.key,
                     value: &out.value,
                     lineage: Some(lineage),
+                    origin: None,
                 },
                 &acks,
             );

@@ -87,6 +87,7 @@ impl ClickSink for KafkaSink {
                 key,
                 value,
                 lineage: None,
+                origin: None,
             };
             if let Err(error) = self.producer.send(&record, &acks) {
                 self.stage.error();

@@ -118,19 +118,7 @@ pub fn run(
         let mut sent = 0usize;
         if !progress.cursor.dead_letters_written {
             for letter in &input.malformed {
-                let value = codec::encode(letter);
-                let partition =
-                    topics::partition_for(&letter.source, ctx.kafka.dead_letter_partitions);
-                producer.send(
-                    &OutRecord {
-                        topic: &ctx.kafka.topics.dead_letters,
-                        partition: partition as i32,
-                        key: &letter.source,
-                        value: &value,
-                        lineage: None,
-                    },
-                    &acks,
-                )?;
+                producer.send_dead_letter(&ctx.kafka, letter, &acks)?;
             }
             progress.cursor.malformed = input.malformed.len() as u64;
             progress.cursor.dead_letters_written = true;
@@ -157,6 +145,7 @@ pub fn run(
                         key: click.visitor,
                         value: &value,
                         lineage: Some(position),
+                        origin: None,
                     },
                     &acks,
                 )?;

@@ -1,0 +1,193 @@
+//! The source over Kafka: one active instance per deployment (a Redis lease: a slot has one
+//! reader). Each transaction's events are published to `click-data`, keyed by visitor, each
+//! carrying its source position (the count of events before it) in the lineage header; once the
+//! brokers acknowledged them, the progress (the transaction's end, the counts, the output
+//! offsets) is saved to Redis, and only then is the slot's confirmed position moved past it. A
+//! restarted instance scans each partition's tail from the saved offsets and skips the events it
+//! finds there, so a crash between publishing and saving duplicates nothing; the slot resends
+//! everything after the saved transaction, so nothing is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clickpulse_connectors::distributed::DistributedError;
+use clickpulse_connectors::distributed::kafka::{Acks, BatchProducer, OutRecord, scan_origin};
+use clickpulse_connectors::distributed::runner::{LEASE_TTL, WorkerContext};
+use clickpulse_connectors::distributed::store::RedisStore;
+use clickpulse_engine::codec;
+use clickpulse_engine::replay::EventClock;
+use clickpulse_engine::topics;
+use tracing::warn;
+
+use super::config::PostgresConfig;
+use super::stream::{Followed, follow};
+use super::{PostgresError, Progress, STAGE};
+use crate::clock::{CLOCK_KEY, PublishedClock};
+
+const PROGRESS_KEY: &str = "postgres";
+
+fn load(store: &mut RedisStore) -> Result<Progress, DistributedError> {
+    match store.get(PROGRESS_KEY)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DistributedError::Corrupt {
+            key: store.key(PROGRESS_KEY),
+            message: e.to_string(),
+        }),
+        None => Ok(Progress::default()),
+    }
+}
+
+/// Follows the slot into `click-data` until shutdown or the lease is lost.
+pub fn run(
+    ctx: &WorkerContext,
+    config: &PostgresConfig,
+    clock: &EventClock,
+) -> Result<(), PostgresError> {
+    let mut store = RedisStore::open(&ctx.redis, Some(ctx.shutdown.clone()))?;
+    while !store.lease(STAGE, &ctx.worker_id, LEASE_TTL)? {
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let mut progress = load(&mut store)?;
+    let topic = ctx.kafka.topics.click_data.clone();
+    let partitions = ctx.kafka.partitions;
+    // The newest source position already in each partition (a previous instance may have
+    // published after its last save).
+    let scan = |progress: &Progress| -> Result<Vec<Option<u64>>, DistributedError> {
+        (0..partitions)
+            .map(|q| {
+                let from = progress.outputs.get(&q).copied().unwrap_or(0);
+                scan_origin(&ctx.kafka, &topic, q as i32, from)
+            })
+            .collect()
+    };
+    let mut published = scan(&progress)?;
+    let metrics = &ctx.metrics;
+    progress.record(metrics, config, false);
+    // The lease is renewed and the counters published beside the stream, which may wait long
+    // for a transaction; losing the lease stops the stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
+    let keeper = {
+        let (stop, lost, redis) = (stop.clone(), lost.clone(), ctx.redis.clone());
+        let (shutdown, worker, metrics) =
+            (ctx.shutdown.clone(), ctx.worker_id.clone(), metrics.clone());
+        thread::Builder::new()
+            .name("postgres-lease".into())
+            .spawn(move || -> Result<(), DistributedError> {
+                let mut store = RedisStore::open(&redis, None)?;
+                let mut renewed = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if shutdown.load(Ordering::Relaxed) {
+                        stop.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    if renewed.elapsed() > LEASE_TTL / 4 {
+                        match store.lease(STAGE, &worker, LEASE_TTL) {
+                            Ok(true) => renewed = Instant::now(),
+                            Ok(false) => {
+                                lost.store(true, Ordering::SeqCst);
+                                stop.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                            Err(error) => warn!(%error, "Cannot renew the postgres lease."),
+                        }
+                    }
+                    if let Err(error) = store.publish_metrics(STAGE, &worker, &metrics.snapshot()) {
+                        warn!(%error, "Cannot publish the postgres source's metrics.");
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+                Ok(())
+            })
+            .map_err(|e| DistributedError::Corrupt {
+                key: "postgres-lease thread".into(),
+                message: e.to_string(),
+            })?
+    };
+    let mut producer = BatchProducer::new(&ctx.kafka)?;
+    let outcome = follow(
+        config,
+        progress.end_lsn,
+        &stop,
+        |_| metrics.error(),
+        |txn| -> Result<(), DistributedError> {
+            // The replay's clock where one runs, else the wall clock.
+            if let Ok(Some(bytes)) = store.get(CLOCK_KEY)
+                && let Ok(published) = serde_json::from_slice::<PublishedClock>(&bytes)
+            {
+                published.apply(clock);
+            }
+            let end_lsn = txn.end_lsn;
+            let mapped = txn.map(clock.now_ms());
+            loop {
+                let acks = Acks::new();
+                for (i, click) in mapped.clicks.iter().enumerate() {
+                    let position = progress.events + i as u64;
+                    let q = topics::partition_for(&click.visitor, partitions);
+                    if published[q as usize].is_some_and(|p| position <= p) {
+                        continue;
+                    }
+                    let value = codec::encode(click);
+                    producer.send(
+                        &OutRecord {
+                            topic: &topic,
+                            partition: q as i32,
+                            key: &click.visitor,
+                            value: &value,
+                            lineage: None,
+                            origin: Some(position),
+                        },
+                        &acks,
+                    )?;
+                }
+                for letter in &mapped.dead_letters {
+                    producer.send_dead_letter(&ctx.kafka, letter, &acks)?;
+                }
+                match producer.wait(&acks) {
+                    Ok(()) => {
+                        for ((t, q), next) in acks.positions() {
+                            if t == topic {
+                                let e = progress.outputs.entry(q as u32).or_insert(0);
+                                *e = (*e).max(next);
+                            }
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        // A new producer, and a scan for what did get through.
+                        metrics.error();
+                        warn!(%error, "Publishing a transaction failed; retrying it.");
+                        thread::sleep(Duration::from_secs(1));
+                        producer = BatchProducer::new(&ctx.kafka)?;
+                        published = scan(&progress)?;
+                    }
+                }
+            }
+            progress.advance(&mapped, end_lsn);
+            store.set(
+                PROGRESS_KEY,
+                &serde_json::to_vec(&progress).expect("progress serializes"),
+            )?;
+            progress.record(metrics, config, true);
+            Ok(())
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let kept = keeper.join().expect("the lease thread panicked");
+    let _ = store.publish_metrics(STAGE, &ctx.worker_id, &metrics.snapshot());
+    match outcome {
+        Ok(()) if lost.load(Ordering::SeqCst) => {
+            Err(DistributedError::LeaseLost(STAGE.into()).into())
+        }
+        Ok(()) => {
+            let _ = store.release(STAGE, &ctx.worker_id);
+            kept.map_err(Into::into)
+        }
+        Err(Followed::Commit(e)) => Err(e.into()),
+        Err(Followed::Stream(e)) => Err(e.into()),
+    }
+}
