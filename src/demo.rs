@@ -22,6 +22,7 @@ use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
 use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
+use clickpulse_components::sources::snowplow::SnowplowSettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{EmbeddedRuntime, Pending, Runtime, Wiring, spawn_embedded};
 use clickpulse_connectors::embedded::EmbeddedStore;
@@ -134,6 +135,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         },
         postgres: PostgresSettings {
             config: config.postgres.clone(),
+        },
+        snowplow: SnowplowSettings {
+            config: config.snowplow.clone(),
         },
     };
     let dashboard = DashboardHandle::default();

@@ -25,6 +25,7 @@ use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
 use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
+use clickpulse_components::sources::snowplow::SnowplowSettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{DistributedRuntime, Runtime, Wiring};
 use clickpulse_connectors::distributed::kafka::ensure_topics;
@@ -56,12 +57,13 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let mut stages = BTreeSet::new();
     for s in &args.stages {
         match s.as_str() {
-            // Every stage; the PostgreSQL source where it is configured.
+            // Every stage; the PostgreSQL and Snowplow topic sources where they are configured.
             "all" => stages.extend(
                 STAGES
                     .iter()
                     .map(|x| x.name)
-                    .filter(|&n| n != "postgres" || config.postgres.is_some()),
+                    .filter(|&n| n != "postgres" || config.postgres.is_some())
+                    .filter(|&n| n != "snowplow" || config.snowplow.is_some()),
             ),
             s => match STAGES.iter().find(|x| x.name == s) {
                 Some(x) => {
@@ -268,6 +270,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         },
         postgres: PostgresSettings {
             config: config.postgres.clone(),
+        },
+        snowplow: SnowplowSettings {
+            config: config.snowplow.clone(),
         },
     };
     let sinks = SinkSettings {

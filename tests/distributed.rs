@@ -762,3 +762,80 @@ fn one_view_log(dir: &Path) -> std::path::PathBuf {
     .unwrap();
     log
 }
+
+/// A Snowplow pipeline's enriched events from its Kafka topic: every event kept reaches
+/// enrichment exactly once across `kill -9` of the source mid-way and a standby's takeover.
+#[test]
+fn snowplow_enriched_events_from_a_topic_flow_exactly_once_across_a_kill() {
+    use clickpulse_engine::reader::snowplow::{EnrichedLine, parse_line};
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    let lines = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/tsv_reader/snowplow-enriched.tsv"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    let kept = lines
+        .iter()
+        .filter(|l| matches!(parse_line(l.as_bytes()), EnrichedLine::Click(_)))
+        .count() as u64;
+    assert!(kept >= 2, "the seed has events to keep");
+    let copies = 2_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let log = one_view_log(dir.path());
+    let mut c = Cluster::start_spec(clickpulse_chaos::Spec {
+        replay: format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+        extra: "[snowplow]\nenriched_topic = \"snowplow-enriched-good\"\n".to_owned(),
+        ..Default::default()
+    });
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", c.broker_port))
+        .create()
+        .unwrap();
+    for i in 0..copies {
+        for (j, line) in lines.iter().enumerate() {
+            let key = format!("{i}-{j}");
+            let record = BaseRecord::to("snowplow-enriched-good")
+                .key(&key)
+                .payload(line.as_bytes());
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    c.worker("replay,collector,enrich,detect,aggregate,web", "main");
+    let first = c.worker("snowplow", "sp-a");
+    let port = c.web_port;
+    let source_events = |stats: &Value| stats["stages"]["snowplow"]["events"].as_u64();
+    wait_until("the source to publish part of the topic", || {
+        (source_events(&get_json(port, "/api/stats")?)? > 0).then_some(())
+    });
+    c.workers[first].kill();
+    c.worker("snowplow", "sp-b");
+    let total = 1 + kept * copies;
+    let stats = wait_until("every kept event to reach enrichment", || {
+        let stats = get_json(port, "/api/stats")?;
+        // The source's own count once the standby's numbers replace the killed worker's.
+        (stats["stages"]["enrich"]["details"]["events"].as_u64()? >= total
+            && source_events(&stats)? == kept * copies)
+            .then_some(stats)
+    });
+    let enrich = &stats["stages"]["enrich"]["details"];
+    assert_eq!(
+        enrich["events"].as_u64(),
+        Some(total),
+        "nothing twice: {enrich}"
+    );
+    let ignored = &stats["stages"]["snowplow"]["details"]["ignored"];
+    let ignored: u64 = ignored
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(
+        kept * copies + ignored,
+        lines.len() as u64 * copies,
+        "every record accounted for"
+    );
+}

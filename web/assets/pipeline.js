@@ -718,6 +718,8 @@
           summary(d, [["transactions", "transactions"], ["ignored", "rows ignored"]])[0],
           d.position ? `Slot ${d.slot} at ${d.position}` : "",
         ].filter(Boolean);
+      case "snowplow":
+        return d.topic ? [`Topic ${d.topic}`] : [];
       case "enrich":
         return summary(d, [["known_visitor_events", "known visitors"], ["unknown_product_events", "unknown products"]]);
       case "detect": {
@@ -760,8 +762,11 @@
       setText(cell.querySelector("dd"), fmtInt(value));
       cell.classList.toggle("is-bad", (key === "errors" || key === "dead_letters") && isNum(value) && value > 0);
     }
-    // The change data capture source runs only where `[postgres]` is configured.
-    const absent = name === "postgres" ? "Not configured ([postgres] in the configuration)" : "Not part of this process";
+    // The change data capture and enriched-topic sources run only where they are configured.
+    const absent = {
+      postgres: "Not configured ([postgres] in the configuration)",
+      snowplow: "Distributed mode, with [snowplow] enriched_topic",
+    }[name] || "Not part of this process";
     CP.replaceChildren(node.querySelector(".node__extra"), stage ? stageExtra(name, stage) : [absent]);
   }
 

@@ -43,11 +43,15 @@ pub struct Config {
     /// PostgreSQL change data capture (none: the source does not run).
     #[serde(default)]
     pub postgres: Option<crate::sources::postgres::PostgresConfig>,
+    /// A Snowplow pipeline's enriched events topic (distributed; none: the source does not
+    /// run).
+    #[serde(default)]
+    pub snowplow: Option<crate::sources::snowplow::SnowplowConfig>,
 }
 
 /// The tables of [`Config`], in the file's documented order.
-pub const TABLES: [&str; 7] = [
-    "kafka", "redis", "pipeline", "replay", "web", "embedded", "postgres",
+pub const TABLES: [&str; 8] = [
+    "kafka", "redis", "pipeline", "replay", "web", "embedded", "postgres", "snowplow",
 ];
 
 /// `[pipeline]`: the operators.
@@ -300,6 +304,8 @@ pub fn problems(config: &Config) -> Vec<String> {
     problems.extend(replay_problems(&config.replay));
     problems.extend(web_problems(&config.web));
     problems.extend(embedded_problems(&config.embedded));
+    problems.extend(postgres_problems(&config.postgres));
+    problems.extend(snowplow_problems(&config.snowplow));
     problems
 }
 
@@ -349,6 +355,10 @@ fn web_problems(web: &WebConfig) -> Vec<String> {
 
 fn postgres_problems(postgres: &Option<crate::sources::postgres::PostgresConfig>) -> Vec<String> {
     postgres.as_ref().map(|p| p.problems()).unwrap_or_default()
+}
+
+fn snowplow_problems(snowplow: &Option<crate::sources::snowplow::SnowplowConfig>) -> Vec<String> {
+    snowplow.as_ref().map(|s| s.problems()).unwrap_or_default()
 }
 
 fn embedded_problems(embedded: &EmbeddedConfig) -> Vec<String> {
@@ -424,6 +434,8 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
     let embedded = table!(embedded: EmbeddedConfig, embedded_problems);
     let postgres =
         table!(postgres: Option<crate::sources::postgres::PostgresConfig>, postgres_problems);
+    let snowplow =
+        table!(snowplow: Option<crate::sources::snowplow::SnowplowConfig>, snowplow_problems);
     let (
         Some(kafka),
         Some(redis),
@@ -432,7 +444,10 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         Some(web),
         Some(embedded),
         Some(postgres),
-    ) = (kafka, redis, pipeline, replay, web, embedded, postgres)
+        Some(snowplow),
+    ) = (
+        kafka, redis, pipeline, replay, web, embedded, postgres, snowplow,
+    )
     else {
         return (None, errors);
     };
@@ -444,6 +459,7 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         web,
         embedded,
         postgres,
+        snowplow,
     };
     (Some(config), errors)
 }

@@ -7,11 +7,18 @@ use clickpulse_engine::topology::{PIPELINE, Stage};
 use crate::{ComponentError, Wiring};
 
 pub mod collector;
+mod origin;
 pub mod postgres;
 pub mod replay;
+pub mod snowplow;
 
 /// Every source, in the topology's order.
-pub static SOURCES: &[Source] = &[replay::SOURCE, collector::SOURCE, postgres::SOURCE];
+pub static SOURCES: &[Source] = &[
+    replay::SOURCE,
+    collector::SOURCE,
+    postgres::SOURCE,
+    snowplow::SOURCE,
+];
 
 /// What each source is started with (each source's own part).
 pub struct SourceSettings {
@@ -21,6 +28,8 @@ pub struct SourceSettings {
     pub collector: collector::CollectorSettings,
     /// The PostgreSQL change data capture's.
     pub postgres: postgres::PostgresSettings,
+    /// The Snowplow enriched topic's.
+    pub snowplow: snowplow::SnowplowSettings,
 }
 
 /// A source plug-in.

@@ -486,3 +486,82 @@ pub fn offsets_list(
     }
     Ok(tpl)
 }
+
+/// One record of an outside topic.
+#[derive(Debug, Clone)]
+pub struct InRecord {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+/// Reads every partition of a topic written outside Clickpulse (a Snowplow pipeline's enriched
+/// stream) from offsets the caller keeps: no consumer group, so nothing is committed to the
+/// brokers and the caller saves the offsets with what it made of the records.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    /// The topic's partitions.
+    pub partitions: Vec<i32>,
+}
+
+impl TopicReader {
+    /// Reads `topic` from `next` (each partition's next offset; from its beginning where none).
+    /// `Ok(None)` while the topic does not exist.
+    pub fn open(
+        config: &KafkaConfig,
+        topic: &str,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<Option<Self>, DistributedError> {
+        let consumer: BaseConsumer = client_config(config)
+            .set("group.id", format!("{}-reader", config.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            let offset = next
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            tpl.add_partition_offset(topic, p, offset)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Some(TopicReader {
+            consumer,
+            partitions,
+        }))
+    }
+
+    /// Up to `max` records, waiting at most `wait` for the first.
+    pub fn poll(&self, max: usize, wait: Duration) -> Result<Vec<InRecord>, DistributedError> {
+        let mut records = Vec::new();
+        let mut timeout = wait;
+        while records.len() < max {
+            match self.consumer.poll(timeout) {
+                Some(Ok(m)) => records.push(InRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        Ok(records)
+    }
+}

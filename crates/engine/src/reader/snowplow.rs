@@ -152,6 +152,29 @@ impl<R: BufRead> Iterator for EnrichedReader<R> {
     }
 }
 
+/// One enriched event on its own (a record of a Snowplow pipeline's enriched stream).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnrichedLine {
+    /// An event kept, as a click.
+    Click(Box<Click>),
+    /// An event not kept, counted by what it was (`page_ping`, `transaction_item`, …).
+    Ignored(&'static str),
+    /// Not an enriched event: why.
+    Bad(String),
+}
+
+/// Maps one enriched event line (its trailing newline optional), as the log reader does.
+pub fn parse_line(bytes: &[u8]) -> EnrichedLine {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    match parse_event(bytes) {
+        Ok(Some(click)) => EnrichedLine::Click(Box::new(click)),
+        Ok(None) => EnrichedLine::Ignored("empty"),
+        Err(Skip::Ignored(what)) => EnrichedLine::Ignored(what),
+        Err(Skip::Bad(reason)) => EnrichedLine::Bad(reason),
+    }
+}
+
 enum Skip {
     Ignored(&'static str),
     Bad(String),

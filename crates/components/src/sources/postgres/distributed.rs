@@ -1,11 +1,9 @@
 //! The source over Kafka: one active instance per deployment (a Redis lease: a slot has one
-//! reader). Each transaction's events are published to `click-data`, keyed by visitor, each
-//! carrying its source position (the count of events before it) in the lineage header; once the
-//! brokers acknowledged them, the progress (the transaction's end, the counts, the output
-//! offsets) is saved to Redis, and only then is the slot's confirmed position moved past it. A
-//! restarted instance scans each partition's tail from the saved offsets and skips the events it
-//! finds there, so a crash between publishing and saving duplicates nothing; the slot resends
-//! everything after the saved transaction, so nothing is lost.
+//! reader). Each transaction's events are published exactly once
+//! ([`OriginPublisher`]); once the brokers acknowledged them the progress (the transaction's
+//! end, the counts, the output offsets) is saved to Redis, and only then is the slot's
+//! confirmed position moved past it, so the slot resends everything after the saved
+//! transaction and nothing is lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,18 +11,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clickpulse_connectors::distributed::DistributedError;
-use clickpulse_connectors::distributed::kafka::{Acks, BatchProducer, OutRecord, scan_origin};
 use clickpulse_connectors::distributed::runner::{LEASE_TTL, WorkerContext};
 use clickpulse_connectors::distributed::store::RedisStore;
-use clickpulse_engine::codec;
 use clickpulse_engine::replay::EventClock;
-use clickpulse_engine::topics;
 use tracing::warn;
 
 use super::config::PostgresConfig;
 use super::stream::{Followed, follow};
 use super::{PostgresError, Progress, STAGE};
 use crate::clock::{CLOCK_KEY, PublishedClock};
+use crate::sources::origin::OriginPublisher;
 
 const PROGRESS_KEY: &str = "postgres";
 
@@ -52,19 +48,6 @@ pub fn run(
         thread::sleep(Duration::from_millis(500));
     }
     let mut progress = load(&mut store)?;
-    let topic = ctx.kafka.topics.click_data.clone();
-    let partitions = ctx.kafka.partitions;
-    // The newest source position already in each partition (a previous instance may have
-    // published after its last save).
-    let scan = |progress: &Progress| -> Result<Vec<Option<u64>>, DistributedError> {
-        (0..partitions)
-            .map(|q| {
-                let from = progress.outputs.get(&q).copied().unwrap_or(0);
-                scan_origin(&ctx.kafka, &topic, q as i32, from)
-            })
-            .collect()
-    };
-    let mut published = scan(&progress)?;
     let metrics = &ctx.metrics;
     progress.record(metrics, config, false);
     // The lease is renewed and the counters published beside the stream, which may wait long
@@ -108,7 +91,7 @@ pub fn run(
                 message: e.to_string(),
             })?
     };
-    let mut producer = BatchProducer::new(&ctx.kafka)?;
+    let mut publisher = OriginPublisher::new(ctx, &progress.outputs)?;
     let outcome = follow(
         config,
         progress.end_lsn,
@@ -123,50 +106,15 @@ pub fn run(
             }
             let end_lsn = txn.end_lsn;
             let mapped = txn.map(clock.now_ms());
-            loop {
-                let acks = Acks::new();
-                for (i, click) in mapped.clicks.iter().enumerate() {
-                    let position = progress.events + i as u64;
-                    let q = topics::partition_for(&click.visitor, partitions);
-                    if published[q as usize].is_some_and(|p| position <= p) {
-                        continue;
-                    }
-                    let value = codec::encode(click);
-                    producer.send(
-                        &OutRecord {
-                            topic: &topic,
-                            partition: q as i32,
-                            key: &click.visitor,
-                            value: &value,
-                            lineage: None,
-                            origin: Some(position),
-                        },
-                        &acks,
-                    )?;
-                }
-                for letter in &mapped.dead_letters {
-                    producer.send_dead_letter(&ctx.kafka, letter, &acks)?;
-                }
-                match producer.wait(&acks) {
-                    Ok(()) => {
-                        for ((t, q), next) in acks.positions() {
-                            if t == topic {
-                                let e = progress.outputs.entry(q as u32).or_insert(0);
-                                *e = (*e).max(next);
-                            }
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        // A new producer, and a scan for what did get through.
-                        metrics.error();
-                        warn!(%error, "Publishing a transaction failed; retrying it.");
-                        thread::sleep(Duration::from_secs(1));
-                        producer = BatchProducer::new(&ctx.kafka)?;
-                        published = scan(&progress)?;
-                    }
-                }
-            }
+            let mut outputs = std::mem::take(&mut progress.outputs);
+            publisher.publish(
+                progress.events,
+                &mapped.clicks,
+                &mapped.dead_letters,
+                &mut outputs,
+                metrics,
+            )?;
+            progress.outputs = outputs;
             progress.advance(&mapped, end_lsn);
             store.set(
                 PROGRESS_KEY,
