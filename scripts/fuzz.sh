@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the log readers, the collector's JSON, the Snowplow endpoints' parsers, the PostgreSQL
+# Fuzzes the log readers, the collector's JSON, the Snowplow and Segment endpoints' parsers, the PostgreSQL
 # source's pgoutput decoder and mapping, and the pattern parser with cargo fuzz
 # (libFuzzer), each for the given number of seconds (default 60), one after the other.
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets=(tsv_reader collector_json pattern_parser snowplow_tp2 pgoutput)
+targets=(tsv_reader collector_json pattern_parser snowplow_tp2 segment pgoutput)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

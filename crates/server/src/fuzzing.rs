@@ -1,4 +1,4 @@
-//! The harnesses shared by the `collector_json` and `snowplow_tp2` fuzz targets
+//! The harnesses shared by the `collector_json`, `snowplow_tp2` and `segment` fuzz targets
 //! (`fuzz/fuzz_targets/`) and the regression tests that replay their corpora under plain
 //! `cargo test` (`crates/server/tests/fuzz_regressions.rs`). Not part of the stable API.
 
@@ -101,22 +101,54 @@ pub fn fuzz_snowplow(data: &[u8]) -> Result<Vec<Click>, String> {
         "a query string is one event"
     );
     check_accepted(&query.body.clicks);
-    let result = parse_post(data, FUZZ_TS_MS, &sender, Some(&identity)).map(|parsed| {
-        let ignored = parsed.ignored.values().sum::<u64>() as usize;
-        let events = parsed.body.clicks.len() + parsed.body.rejected.len() + ignored;
-        assert!((1..=MAX_BATCH).contains(&events), "{events} events");
-        let mut indices: Vec<usize> = parsed.body.rejected.iter().map(|r| r.index).collect();
-        for r in &parsed.body.rejected {
-            assert!(
-                r.reason.starts_with(&format!("event {}: ", r.index)),
-                "a rejected event names itself: {r:?}"
-            );
-        }
-        indices.dedup();
-        assert_eq!(indices.len(), parsed.body.rejected.len(), "each event once");
-        check_accepted(&parsed.body.clicks);
-        parsed.body.clicks
-    });
+    let result = parse_post(data, FUZZ_TS_MS, &sender, Some(&identity))
+        .map(|parsed| check_parsed(parsed, "event"));
+    if let Err(reason) = &result {
+        assert!(!reason.is_empty(), "a refused body gets a reason");
+    }
+    result
+}
+
+/// A tracker's parsed request: 1 to [`MAX_BATCH`] events, each accepted as a valid click,
+/// counted as ignored, or rejected once with a reason naming it (`{noun} {index}: …`).
+fn check_parsed(parsed: crate::collector::ParsedEvents, noun: &str) -> Vec<Click> {
+    let ignored = parsed.ignored.values().sum::<u64>() as usize;
+    let events = parsed.body.clicks.len() + parsed.body.rejected.len() + ignored;
+    assert!((1..=MAX_BATCH).contains(&events), "{events} events");
+    let mut indices: Vec<usize> = parsed.body.rejected.iter().map(|r| r.index).collect();
+    for r in &parsed.body.rejected {
+        assert!(
+            r.reason.starts_with(&format!("{noun} {}: ", r.index)),
+            "a rejected event names itself: {r:?}"
+        );
+    }
+    indices.dedup();
+    assert_eq!(indices.len(), parsed.body.rejected.len(), "each event once");
+    check_accepted(&parsed.body.clicks);
+    parsed.body.clicks
+}
+
+/// The Segment endpoints on arbitrary bytes: the first byte picks the endpoint (`batch`,
+/// `track`, `page`, `identify`, `screen`, `t`, …), the rest is the body. An accepted body's
+/// messages are valid clicks, counted as ignored, or rejected with a reason naming them, once;
+/// a refused body gets a reason.
+pub fn fuzz_segment(data: &[u8]) -> Result<Vec<Click>, String> {
+    const PATHS: [&str; 8] = [
+        "batch", "track", "page", "identify", "screen", "b", "t", "p",
+    ];
+    let Some((&pick, body)) = data.split_first() else {
+        return Err("no input".to_owned());
+    };
+    let path = PATHS[usize::from(pick) % PATHS.len()];
+    let sender = crate::collector::Sender {
+        ip: FUZZ_IP,
+        user_agent: FUZZ_USER_AGENT,
+        trusted: false,
+        token: None,
+    };
+    let identity = crate::collector::Identity::new(crate::offers::OfferTokens::new(b"fuzz"));
+    let result = crate::collector::segment::parse(path, body, FUZZ_TS_MS, &sender, Some(&identity))
+        .map(|parsed| check_parsed(parsed, "message"));
     if let Err(reason) = &result {
         assert!(!reason.is_empty(), "a refused body gets a reason");
     }

@@ -203,3 +203,25 @@ fn snowplow_corpus_and_regressions_have_their_outcome() {
         );
     }
 }
+
+/// The `segment` corpus (and its regressions, if any) through its harness, with the seeds'
+/// outcomes.
+#[test]
+fn the_segment_corpus_keeps_its_invariants_and_outcomes() {
+    use clickpulse_server::fuzzing::fuzz_segment;
+    let seeds = target_inputs("corpus", "segment");
+    let outcome = |name: &str| fuzz_segment(&seeds[name]).map(|clicks| clicks.len());
+    // identify, page, add, order; the screen is counted, not kept.
+    assert_eq!(outcome("batch-ecommerce.json"), Ok(4));
+    assert_eq!(outcome("track-search.json"), Ok(1));
+    assert_eq!(outcome("page.json"), Ok(1));
+    // A track without `event`, a number, a page without a URL: each refused alone, with its reason.
+    assert_eq!(outcome("batch-bad-messages.json"), Ok(0));
+    assert!(outcome("not-json.txt").unwrap_err().contains("not JSON"));
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/segment");
+    if regressions.exists() {
+        for bytes in target_inputs("regressions", "segment").values() {
+            let _ = fuzz_segment(bytes);
+        }
+    }
+}
