@@ -80,13 +80,7 @@ fn check_accepted(clicks: &[Click]) {
 /// once; a refused body gets a reason.
 pub fn fuzz_snowplow(data: &[u8]) -> Result<Vec<Click>, String> {
     use crate::collector::snowplow::{parse_post, parse_query};
-    let sender = crate::collector::Sender {
-        ip: FUZZ_IP,
-        user_agent: FUZZ_USER_AGENT,
-        trusted: false,
-        token: None,
-    };
-    let identity = crate::collector::Identity::new(crate::offers::OfferTokens::new(b"fuzz"));
+    let (sender, identity) = tracker_request();
     let query = parse_query(
         &String::from_utf8_lossy(data),
         FUZZ_TS_MS,
@@ -107,6 +101,21 @@ pub fn fuzz_snowplow(data: &[u8]) -> Result<Vec<Click>, String> {
         assert!(!reason.is_empty(), "a refused body gets a reason");
     }
     result
+}
+
+/// An untrusted sender without a token, and the identity rules the harnesses check against.
+fn tracker_request() -> (
+    crate::collector::Sender<'static>,
+    crate::collector::Identity,
+) {
+    let sender = crate::collector::Sender {
+        ip: FUZZ_IP,
+        user_agent: FUZZ_USER_AGENT,
+        trusted: false,
+        token: None,
+    };
+    let identity = crate::collector::Identity::new(crate::offers::OfferTokens::new(b"fuzz"));
+    (sender, identity)
 }
 
 /// A tracker's parsed request: 1 to [`MAX_BATCH`] events, each accepted as a valid click,
@@ -140,13 +149,7 @@ pub fn fuzz_segment(data: &[u8]) -> Result<Vec<Click>, String> {
         return Err("no input".to_owned());
     };
     let path = PATHS[usize::from(pick) % PATHS.len()];
-    let sender = crate::collector::Sender {
-        ip: FUZZ_IP,
-        user_agent: FUZZ_USER_AGENT,
-        trusted: false,
-        token: None,
-    };
-    let identity = crate::collector::Identity::new(crate::offers::OfferTokens::new(b"fuzz"));
+    let (sender, identity) = tracker_request();
     let result = crate::collector::segment::parse(path, body, FUZZ_TS_MS, &sender, Some(&identity))
         .map(|parsed| check_parsed(parsed, "message"));
     if let Err(reason) = &result {
