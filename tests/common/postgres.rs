@@ -124,6 +124,27 @@ impl Postgres {
         pg
     }
 
+    /// Restarts the server (a fast shutdown: every connection is cut, as in a failover or an
+    /// upgrade).
+    pub fn restart(&self) {
+        let data = self.dir.path().join("pg");
+        // With its log file: a server started without one holds this process's pipes open.
+        let log = self.dir.path().join("log");
+        as_owner(
+            &pg_bin("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+        );
+    }
+
     /// Runs `sql` in database `shop` (one `psql -c`: one transaction unless it says otherwise)
     /// and returns what it printed (unaligned, tuples only).
     pub fn sql(&self, sql: &str) -> String {

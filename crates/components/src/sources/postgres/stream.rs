@@ -204,6 +204,7 @@ pub(crate) fn follow<E>(
     let mut mapper = Mapper::new(config);
     let mut pause = Duration::from_millis(200);
     while !shutdown.load(Ordering::Relaxed) {
+        let before = committed;
         let outcome = runtime.block_on(session(
             config,
             &mut committed,
@@ -212,8 +213,13 @@ pub(crate) fn follow<E>(
             &mut commit,
         ));
         match outcome {
-            Ok(()) => return Ok(()),
+            Ok(()) if shutdown.load(Ordering::Relaxed) => return Ok(()),
+            Ok(()) => {}
             Err(Followed::Stream(StreamError::Replication(error))) => {
+                if committed > before {
+                    // The session had worked: a new failure starts the pauses over.
+                    pause = Duration::from_millis(200);
+                }
                 let error = StreamError::Replication(error);
                 on_error(&error);
                 warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64, "PostgreSQL replication failed; reconnecting.");
@@ -227,6 +233,17 @@ pub(crate) fn follow<E>(
         }
     }
     Ok(())
+}
+
+/// The longest a connection may take to be set up and the stream to start.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest the stream may stay silent: the server sends a keepalive after half its
+/// `wal_sender_timeout` (60 s by default) of quiet, so longer means the connection is gone.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn timed_out<E>(what: &str) -> Followed<E> {
+    PgWireError::Internal(format!("timed out: {what}")).into()
 }
 
 /// Why [`follow`] returned.
@@ -251,17 +268,27 @@ async fn session<E>(
     shutdown: &AtomicBool,
     commit: &mut impl FnMut(Committed<'_>) -> Result<(), E>,
 ) -> Result<(), Followed<E>> {
-    let mut client =
-        ReplicationClient::connect_gated(replication_config(config, *committed)).await?;
-    let confirmed = prepare(&mut client, config)
+    // Setting up is bounded: a server that accepted the connection and never answers (one
+    // going down or coming up) is tried again rather than waited for.
+    let setup = async {
+        let mut client =
+            ReplicationClient::connect_gated(replication_config(config, *committed)).await?;
+        let confirmed = prepare(&mut client, config)
+            .await
+            .map_err(Followed::Stream)?;
+        Ok::<_, Followed<E>>((client, confirmed))
+    };
+    let (mut client, confirmed) = tokio::time::timeout(SETUP_TIMEOUT, setup)
         .await
-        .map_err(Followed::Stream)?;
+        .map_err(|_| timed_out("connecting and preparing the slot"))??;
     if *committed != 0 && confirmed > *committed {
         warn!(slot = %config.slot, confirmed = %Lsn::from_u64(confirmed), committed = %Lsn::from_u64(*committed),
             "The slot is past Clickpulse's own position: something else consumed it, and the transactions in between are not read.");
     }
     client.start().await?;
-    client.wait_started().await?;
+    tokio::time::timeout(SETUP_TIMEOUT, client.wait_started())
+        .await
+        .map_err(|_| timed_out("starting the replication stream"))??;
     mapper.reconnected();
     info!(slot = %config.slot, from = %Lsn::from_u64((*committed).max(confirmed)), "PostgreSQL replication started.");
     let mut txn: Vec<Change> = Vec::new();
@@ -269,17 +296,25 @@ async fn session<E>(
     let mut ignored = 0u64;
     let mut in_txn = false;
     let mut final_lsn = 0u64;
+    let mut heard = std::time::Instant::now();
     loop {
         if shutdown.load(Ordering::Relaxed) {
             client.stop();
             return Ok(());
         }
         let event = match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
+            Err(_) if heard.elapsed() > SILENCE_TIMEOUT => {
+                return Err(timed_out("the stream: no message or keepalive"));
+            }
             Err(_) => continue,
             Ok(event) => event?,
         };
+        heard = std::time::Instant::now();
         let Some(event) = event else {
-            return Ok(());
+            // The server ended the stream without being asked to: reconnect.
+            return Err(
+                PgWireError::Internal("the server ended the replication stream".into()).into(),
+            );
         };
         match event {
             ReplicationEvent::Begin { final_lsn: lsn, .. } => {
