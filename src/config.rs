@@ -110,6 +110,12 @@ pub(crate) fn check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
                     pg.tables.len()
                 );
             }
+            if let Some(sp) = &config.snowplow {
+                println!(
+                    "{file}: snowplow enriched events from topic {}",
+                    sp.enriched_topic
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         (_, errors) => {
