@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicUsize;
 
 use clickpulse_connectors::distributed::DistributedError;
 use clickpulse_connectors::embedded::StoreError;
+use clickpulse_engine::error_chain;
 use clickpulse_engine::metrics::StageMetrics;
 use pgwire_replication::Lsn;
 use serde::{Deserialize, Serialize};
@@ -109,18 +110,6 @@ impl Progress {
             }),
         );
     }
-}
-
-/// An error with its causes, one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 fn start(settings: &super::SourceSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {

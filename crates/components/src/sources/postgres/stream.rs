@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use super::config::{PostgresConfig, qualified};
 use super::mapping::{Change, Mapped, Mapper};
-use super::{error_chain, pgoutput};
+use super::pgoutput;
+use clickpulse_engine::error_chain;
 use clickpulse_engine::reader::DeadLetter;
 
 /// Why the stream stopped.
