@@ -72,7 +72,11 @@ fn main() {
             hub: hub.clone(),
             tokens,
         }),
-        ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
+        ..AppState::new(
+            Arc::new(PipelineMetrics::default()),
+            "embedded",
+            Arc::new(clickpulse_components::PIPELINE.clone()),
+        )
     };
     let limits = ServerLimits::default();
     let router = clickpulse_server::app_with(state, &limits);

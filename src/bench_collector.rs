@@ -134,7 +134,7 @@ fn embedded<T>(
     let dir = TempDir::new()?;
     let store = Arc::new(EmbeddedStore::open(
         &dir.0,
-        &clickpulse_engine::topology::PIPELINE.partitions(4),
+        &clickpulse_components::PIPELINE.partitions(4),
     )?);
     let metrics = Arc::new(PipelineMetrics::default());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -147,7 +147,11 @@ fn embedded<T>(
                 run_collector(&store, &queue_rx, &m, &shutdown, &RunnerConfig::default())
             })?
     };
-    let mut state = AppState::new(metrics, "embedded");
+    let mut state = AppState::new(
+        metrics,
+        "embedded",
+        Arc::new(clickpulse_components::PIPELINE.clone()),
+    );
     // The dashboard's stream, for `--streams` (nothing publishes to it: it stays open).
     state.dashboard = Some(clickpulse_engine::window::DashboardHandle::default());
     state.collector = Some(Collector {

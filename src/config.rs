@@ -98,23 +98,8 @@ pub(crate) fn check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
                 config.web.listen,
                 config.web.time_zone
             );
-            if let Some(pg) = &config.postgres {
-                println!(
-                    "{file}: postgres {}@{}:{}/{}, slot {}, publication {}, {} table mapping(s)",
-                    pg.user,
-                    pg.host,
-                    pg.port,
-                    pg.database,
-                    pg.slot,
-                    pg.publication,
-                    pg.tables.len()
-                );
-            }
-            if let Some(sp) = &config.snowplow {
-                println!(
-                    "{file}: snowplow enriched events from topic {}",
-                    sp.enriched_topic
-                );
+            for (_, summary) in config.sources.summaries() {
+                println!("{file}: {summary}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -217,7 +202,9 @@ mod tests {
     #[test]
     fn the_example_config_is_a_valid_config_with_the_defaults() {
         let text = include_str!("../config/clickpulse.example.toml");
-        let config: Config = toml::from_str(text).expect("the example parses");
+        let (config, errors) = clickpulse_components::config::check("example.toml", text);
+        assert_eq!(errors, Vec::<String>::new());
+        let config = config.expect("the example parses");
         assert_eq!(
             config.web.collect_rate,
             clickpulse_components::config::DEFAULT_COLLECT_RATE

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clickpulse_components::PIPELINE;
 use clickpulse_components::operators::aggregate::AggregateSettings;
 use clickpulse_components::operators::detect::DetectSettings;
 use clickpulse_components::operators::enrich::EnrichSettings;
@@ -20,9 +21,7 @@ use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
-use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
-use clickpulse_components::sources::snowplow::SnowplowSettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{EmbeddedRuntime, Pending, Runtime, Wiring, spawn_embedded};
 use clickpulse_connectors::embedded::EmbeddedStore;
@@ -32,7 +31,6 @@ use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::pattern::{PatternDir, PatternRegistry, TransitionLog};
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::topics::Topic;
-use clickpulse_engine::topology::PIPELINE;
 use clickpulse_engine::window::DashboardHandle;
 use clickpulse_server::offers::OfferTokens;
 use clickpulse_server::{AppState, PatternAdmin};
@@ -117,7 +115,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         ..RunnerConfig::default()
     };
     let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
-    let mut state = AppState::new(metrics.clone(), "embedded");
+    let mut state = AppState::new(metrics.clone(), "embedded", Arc::new(PIPELINE.clone()));
     let settings = SourceSettings {
         replay: ReplaySettings {
             options: config.replay.options().map_err(anyhow::Error::msg)?,
@@ -133,12 +131,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
                 Some(Arc::from(admin_token.as_str())),
             )),
         },
-        postgres: PostgresSettings {
-            config: config.postgres.clone(),
-        },
-        snowplow: SnowplowSettings {
-            config: config.snowplow.clone(),
-        },
+        tables: config.sources.clone(),
     };
     let dashboard = DashboardHandle::default();
     let operator_settings = OperatorSettings {

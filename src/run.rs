@@ -15,6 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clickpulse_components::PIPELINE;
 use clickpulse_components::operators::aggregate::AggregateSettings;
 use clickpulse_components::operators::detect::DetectSettings;
 use clickpulse_components::operators::enrich::EnrichSettings;
@@ -23,9 +24,7 @@ use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
-use clickpulse_components::sources::postgres::PostgresSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
-use clickpulse_components::sources::snowplow::SnowplowSettings;
 use clickpulse_components::sources::{self, SourceSettings};
 use clickpulse_components::{DistributedRuntime, Runtime, Wiring};
 use clickpulse_connectors::distributed::kafka::ensure_topics;
@@ -49,31 +48,25 @@ use clickpulse_connectors::shutdown::Shutdown;
 /// A worker's metrics older than this are ignored by the web stage.
 const STALE_MS: i64 = 5_000;
 
-/// Every stage a `run` process can host, from the one topology.
-const STAGES: &[clickpulse_engine::topology::Stage] = clickpulse_engine::topology::PIPELINE.stages;
-
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let config = crate::config::load(&args.config)?;
     let mut stages = BTreeSet::new();
     for s in &args.stages {
         match s.as_str() {
-            // Every stage; the PostgreSQL and Snowplow topic sources where they are configured.
+            // Every stage; the sources with a table of their own where it is configured.
             "all" => stages.extend(
-                STAGES
-                    .iter()
-                    .map(|x| x.name)
-                    .filter(|&n| n != "postgres" || config.postgres.is_some())
-                    .filter(|&n| n != "snowplow" || config.snowplow.is_some()),
+                PIPELINE
+                    .stage_names()
+                    .into_iter()
+                    .filter(|&n| sources::source(n).is_none_or(|s| s.configured(&config.sources))),
             ),
-            s => match STAGES.iter().find(|x| x.name == s) {
+            s => match PIPELINE.stage(s) {
                 Some(x) => {
                     stages.insert(x.name);
                 }
                 None => bail!(
                     "unknown stage {s:?}; expected one of {}, all",
-                    clickpulse_engine::topology::PIPELINE
-                        .stage_names()
-                        .join(", ")
+                    PIPELINE.stage_names().join(", ")
                 ),
             },
         }
@@ -187,7 +180,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     let mut catalogue = None;
     // The offer secret (signs visitor tokens), where HTTP is served.
     let mut offer_secret = None;
-    let mut state = AppState::new(metrics.clone(), "distributed");
+    let mut state = AppState::new(metrics.clone(), "distributed", Arc::new(PIPELINE.clone()));
     state.cors_origins = config.web.cors_origins.clone();
     state.shop_tracker = config.web.shop_tracker;
     state.segment_write_keys = config.web.segment_write_keys.clone();
@@ -268,12 +261,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             queue: config.web.collector_queue,
             identity,
         },
-        postgres: PostgresSettings {
-            config: config.postgres.clone(),
-        },
-        snowplow: SnowplowSettings {
-            config: config.snowplow.clone(),
-        },
+        tables: config.sources.clone(),
     };
     let sinks = SinkSettings {
         dashboard: DashboardSettings {
@@ -352,7 +340,7 @@ fn poll_cluster(
     while !shutdown.load(Ordering::Relaxed) {
         let round = (|| -> Result<(), DistributedError> {
             let now = clickpulse_engine::replay::wall_clock_ms();
-            for stage in STAGES.iter().map(|x| x.name) {
+            for stage in PIPELINE.stage_names() {
                 // A worker that stopped reporting (killed, or gone after a graceful stop) no
                 // longer counts: its partitions' totals are carried by their new owner.
                 let workers: Vec<WorkerStats> = store

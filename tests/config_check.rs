@@ -82,3 +82,48 @@ fn a_syntax_error_is_named_with_its_line() {
     );
     assert!(stderr.contains("1 error(s) in"), "{stderr}");
 }
+
+#[test]
+fn a_source_s_own_table_is_checked_with_the_rest_and_summarised() {
+    // A source plug-in's table (here the Snowplow topic's and PostgreSQL's) is read by the same
+    // check: its type's mistakes with their line, its own problems, beside the core tables'.
+    let text = "\
+[web]
+time_zone = \"Mars/Olympus\"
+
+[snowplow]
+enriched_topic = \"\"
+
+[postgres]
+database = \"shop\"
+slott = \"x\"
+";
+    let (ok, _, stderr, file, _tmp) = check(text);
+    assert!(!ok);
+    let f = file.display();
+    for expected in [
+        format!("error: {f}: web.time_zone: \"Mars/Olympus\" is not a time zone"),
+        format!("error: {f}: [snowplow] enriched_topic must not be empty"),
+        format!("error: {f}:9:1: unknown field `slott`"),
+    ] {
+        assert!(stderr.contains(&expected), "{expected}\nin\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s) in"), "{stderr}");
+
+    let (ok, stdout, stderr, file, _tmp) = check(
+        "[snowplow]\nenriched_topic = \"enriched\"\n\n[postgres]\ndatabase = \"shop\"\n\n\
+             [[postgres.table]]\nname = \"carts\"\nevent = \"search\"\nvisitor = \"visitor_id\"\nfields = { query = \"q\" }\n",
+    );
+    assert!(ok, "{stderr}");
+    let f = file.display();
+    assert!(
+        stdout.contains(&format!(
+            "{f}: snowplow enriched events from topic enriched"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{f}: postgres postgres@")),
+        "{stdout}"
+    );
+}

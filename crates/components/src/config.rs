@@ -18,41 +18,39 @@ use clickpulse_server::collector::Identity;
 use clickpulse_server::offers::OfferTokens;
 use serde::Deserialize;
 
-/// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+use crate::sources::{SOURCES, SourceTables};
+
+/// The whole configuration: the core tables, and the tables of the sources that have one
+/// ([`crate::sources::SourceTable`]). Read by [`check`].
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     /// The brokers and topics (distributed).
-    #[serde(default)]
     pub kafka: KafkaConfig,
     /// Redis (distributed).
-    #[serde(default)]
     pub redis: RedisConfig,
     /// The operators.
-    #[serde(default)]
     pub pipeline: PipelineConfig,
     /// The log replay.
-    #[serde(default)]
     pub replay: ReplayConfig,
     /// The HTTP server: pages, collector, offer delivery.
-    #[serde(default)]
     pub web: WebConfig,
     /// The embedded runtime's data dir.
-    #[serde(default)]
     pub embedded: EmbeddedConfig,
-    /// PostgreSQL change data capture (none: the source does not run).
-    #[serde(default)]
-    pub postgres: Option<crate::sources::postgres::PostgresConfig>,
-    /// A Snowplow pipeline's enriched events topic (distributed; none: the source does not
-    /// run).
-    #[serde(default)]
-    pub snowplow: Option<crate::sources::snowplow::SnowplowConfig>,
+    /// The tables of the sources that have one, where present (`[postgres]`, `[snowplow]`):
+    /// a source with a table runs only where it is configured.
+    pub sources: SourceTables,
 }
 
-/// The tables of [`Config`], in the file's documented order.
-pub const TABLES: [&str; 8] = [
-    "kafka", "redis", "pipeline", "replay", "web", "embedded", "postgres", "snowplow",
-];
+/// The core tables of [`Config`], in the file's documented order.
+pub const CORE_TABLES: [&str; 6] = ["kafka", "redis", "pipeline", "replay", "web", "embedded"];
+
+/// Every table a file may have: the core tables, then the sources' ([`SOURCES`]).
+pub fn tables() -> Vec<&'static str> {
+    CORE_TABLES
+        .into_iter()
+        .chain(SOURCES.iter().filter_map(|s| Some(s.table.as_ref()?.name)))
+        .collect()
+}
 
 /// `[pipeline]`: the operators.
 #[derive(Debug, Clone, Deserialize)]
@@ -304,8 +302,11 @@ pub fn problems(config: &Config) -> Vec<String> {
     problems.extend(replay_problems(&config.replay));
     problems.extend(web_problems(&config.web));
     problems.extend(embedded_problems(&config.embedded));
-    problems.extend(postgres_problems(&config.postgres));
-    problems.extend(snowplow_problems(&config.snowplow));
+    for source in SOURCES {
+        if let Some(table) = &source.table {
+            problems.extend(config.sources.problems(table.name));
+        }
+    }
     problems
 }
 
@@ -353,14 +354,6 @@ fn web_problems(web: &WebConfig) -> Vec<String> {
         .collect()
 }
 
-fn postgres_problems(postgres: &Option<crate::sources::postgres::PostgresConfig>) -> Vec<String> {
-    postgres.as_ref().map(|p| p.problems()).unwrap_or_default()
-}
-
-fn snowplow_problems(snowplow: &Option<crate::sources::snowplow::SnowplowConfig>) -> Vec<String> {
-    snowplow.as_ref().map(|s| s.problems()).unwrap_or_default()
-}
-
 fn embedded_problems(embedded: &EmbeddedConfig) -> Vec<String> {
     if embedded.partitions == 0 {
         vec!["embedded.partitions must be at least 1".to_owned()]
@@ -389,14 +382,15 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         Err(e) => return (None, vec![de(e)]),
     };
     let mut errors = Vec::new();
+    let tables = tables();
     for (key, _) in doc.get_ref() {
-        if !TABLES.contains(&key.get_ref().as_ref()) {
+        if !tables.contains(&key.get_ref().as_ref()) {
             errors.push(at(
                 Some(key.span()),
                 &format!(
                     "unknown table `{}`; expected one of {}",
                     key.get_ref(),
-                    TABLES.join(", ")
+                    tables.join(", ")
                 ),
             ));
         }
@@ -432,10 +426,22 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
     let replay = table!(replay: ReplayConfig, replay_problems);
     let web = table!(web: WebConfig, web_problems);
     let embedded = table!(embedded: EmbeddedConfig, embedded_problems);
-    let postgres =
-        table!(postgres: Option<crate::sources::postgres::PostgresConfig>, postgres_problems);
-    let snowplow =
-        table!(snowplow: Option<crate::sources::snowplow::SnowplowConfig>, snowplow_problems);
+    let mut sources = Some(SourceTables::default());
+    for table in SOURCES.iter().filter_map(|s| s.table.as_ref()) {
+        match table.parse(text) {
+            Ok(Some(parsed)) => {
+                errors.extend(parsed.problems.iter().map(|p| format!("{file}: {p}")));
+                if let Some(sources) = &mut sources {
+                    sources.add(parsed);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                errors.push(de(e));
+                sources = None;
+            }
+        }
+    }
     let (
         Some(kafka),
         Some(redis),
@@ -443,11 +449,8 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         Some(replay),
         Some(web),
         Some(embedded),
-        Some(postgres),
-        Some(snowplow),
-    ) = (
-        kafka, redis, pipeline, replay, web, embedded, postgres, snowplow,
-    )
+        Some(sources),
+    ) = (kafka, redis, pipeline, replay, web, embedded, sources)
     else {
         return (None, errors);
     };
@@ -458,8 +461,7 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         replay,
         web,
         embedded,
-        postgres,
-        snowplow,
+        sources,
     };
     (Some(config), errors)
 }

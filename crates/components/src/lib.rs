@@ -6,12 +6,14 @@
 //! metrics and event clock, the HTTP server's state (where an HTTP source mounts itself) and
 //! the runtime it runs on.
 //!
-//! Adding a source is one folder under `src/sources/` and one line in [`sources::SOURCES`]
-//! (and a stage in the topology, which a test keeps in step with the registry); an operator or
-//! a sink likewise under `src/operators/` or `src/sinks/`.
+//! Adding a source is one folder under `src/sources/` and one line in [`sources::SOURCES`]: the
+//! folder declares the source's stage of the topology ([`PIPELINE`] puts them in front of the
+//! operators) and, if it has settings of its own, its table of `clickpulse.toml`
+//! ([`sources::SourceTable`]), which `config check` validates and `demo` and `run` hand it. An
+//! operator or a sink is a folder under `src/operators/` or `src/sinks/`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use clickpulse_connectors::distributed::DistributedError;
 use clickpulse_connectors::distributed::runner::WorkerContext;
@@ -20,6 +22,7 @@ use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 use clickpulse_connectors::shutdown::Shutdown;
 use clickpulse_engine::metrics::PipelineMetrics;
 use clickpulse_engine::replay::EventClock;
+use clickpulse_engine::topology::Topology;
 use clickpulse_server::AppState;
 
 pub mod clock;
@@ -28,6 +31,10 @@ pub mod fuzzing;
 pub mod operators;
 pub mod sinks;
 pub mod sources;
+
+/// The pipeline: every source's stage, in the registry's order, in front of the operators.
+pub static PIPELINE: LazyLock<Topology> =
+    LazyLock::new(|| Topology::with_sources(sources::SOURCES.iter().map(|s| s.stage)));
 
 /// Why a plug-in could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +64,14 @@ pub enum ComponentError {
         stage: &'static str,
         /// What it lacks.
         what: &'static str,
+    },
+    /// It was told to run without its table of the configuration.
+    #[error("stage {stage} needs a [{table}] table in the configuration")]
+    Unconfigured {
+        /// The stage.
+        stage: &'static str,
+        /// The table.
+        table: &'static str,
     },
     /// The embedded store failed.
     #[error(transparent)]
@@ -167,5 +182,31 @@ impl std::fmt::Display for DiskHint {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clickpulse_engine::topics::Topic;
+
+    use super::*;
+
+    #[test]
+    fn the_pipeline_is_sound() {
+        assert_eq!(PIPELINE.problems(), Vec::<String>::new());
+        assert_eq!(
+            PIPELINE.stage_names(),
+            [
+                "replay",
+                "collector",
+                "postgres",
+                "snowplow",
+                "enrich",
+                "detect",
+                "aggregate",
+                "web"
+            ]
+        );
+        assert_eq!(PIPELINE.consumers_of(Topic::ClickData), ["enrich"]);
     }
 }

@@ -1,7 +1,9 @@
 //! The pipeline's topology, declared once: its stages, what each reads and writes, how many
-//! instances it runs, and where results leave the pipeline. `demo`, `run`, `chaos` and the
-//! tests take the stage list and the consumers of each topic from here, and `GET
-//! /api/topology` serves it to the pipeline view, which draws its diagram from it.
+//! instances it runs, and where results leave the pipeline. The operators, topics and sinks are
+//! declared here; each source plug-in declares its own stage, and the components' registry puts
+//! them together (`clickpulse_components::PIPELINE`). `demo`, `run`, `chaos` and the tests take
+//! the stage list and the consumers of each topic from that, and `GET /api/topology` serves it
+//! to the pipeline view, which draws its diagram from it.
 
 use serde::Serialize;
 
@@ -73,138 +75,113 @@ pub struct Sink {
 }
 
 /// The whole pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Topology {
     /// Every stage, sources first, in data-flow order.
-    pub stages: &'static [Stage],
+    pub stages: Vec<Stage>,
     /// Every topic.
     pub topics: &'static [TopicNode],
     /// Every sink.
     pub sinks: &'static [Sink],
 }
 
-/// Clickpulse's pipeline: replay and collector → click-data → enrich → enriched-click-data →
-/// detect (→ special-offers) and aggregate → the dashboard; special-offers → web → popups.
-pub const PIPELINE: Topology = Topology {
-    stages: &[
-        Stage {
-            name: "replay",
-            kind: StageKind::Source,
-            description: "Replays the bundled clickstream log in event-time order",
-            inputs: &[],
-            outputs: &[Topic::ClickData],
-            sinks: &[],
-            dead_letters: false,
-            instances: Instances::SingleActive,
-        },
-        Stage {
-            name: "collector",
-            kind: StageKind::Source,
-            description: "Takes live page views from POST /collect",
-            inputs: &[],
-            outputs: &[Topic::ClickData],
-            sinks: &[],
-            dead_letters: false,
-            instances: Instances::Replicated,
-        },
-        Stage {
-            name: "postgres",
-            kind: StageKind::Source,
-            description: "Turns the shop database's orders and carts into events (change data capture)",
-            inputs: &[],
-            outputs: &[Topic::ClickData],
-            sinks: &[],
-            dead_letters: false,
-            instances: Instances::SingleActive,
-        },
-        Stage {
-            name: "snowplow",
-            kind: StageKind::Source,
-            description: "Reads a Snowplow pipeline's enriched events from its Kafka topic",
-            inputs: &[],
-            outputs: &[Topic::ClickData],
-            sinks: &[],
-            dead_letters: false,
-            instances: Instances::SingleActive,
-        },
-        Stage {
-            name: "enrich",
-            kind: StageKind::Operator,
-            description: "Adds product and visitor data to every click",
-            inputs: &[Topic::ClickData],
-            outputs: &[Topic::EnrichedClickData],
-            sinks: &[],
-            dead_letters: true,
-            instances: Instances::Group,
-        },
-        Stage {
-            name: "detect",
-            kind: StageKind::Operator,
-            description: "Runs the behaviour patterns' state machines",
-            inputs: &[Topic::EnrichedClickData],
-            outputs: &[Topic::SpecialOffers],
-            sinks: &[],
-            dead_letters: true,
-            instances: Instances::Group,
-        },
-        Stage {
-            name: "aggregate",
-            kind: StageKind::Operator,
-            description: "Event-time windows behind the dashboard",
-            inputs: &[Topic::EnrichedClickData, Topic::SpecialOffers],
-            outputs: &[],
-            sinks: &["dashboard"],
-            dead_letters: true,
-            instances: Instances::SingleActive,
-        },
-        Stage {
-            name: "web",
-            kind: StageKind::Operator,
-            description: "Delivers offers to browsers over Server-Sent Events",
-            inputs: &[Topic::SpecialOffers],
-            outputs: &[],
-            sinks: &["popups"],
-            dead_letters: true,
-            instances: Instances::Replicated,
-        },
-    ],
-    topics: &[
-        TopicNode {
-            name: Topic::ClickData,
-            dead: false,
-        },
-        TopicNode {
-            name: Topic::EnrichedClickData,
-            dead: false,
-        },
-        TopicNode {
-            name: Topic::SpecialOffers,
-            dead: false,
-        },
-        TopicNode {
-            name: Topic::DeadLetters,
-            dead: true,
-        },
-    ],
-    sinks: &[
-        Sink {
-            name: "dashboard",
-            label: "Dashboard",
-            href: "/",
-            link_text: "Open dashboard",
-        },
-        Sink {
-            name: "popups",
-            label: "Browser popups",
-            href: "/shop",
-            link_text: "Open the shop",
-        },
-    ],
-};
+/// Clickpulse's operators: click-data → enrich → enriched-click-data → detect (→
+/// special-offers) and aggregate → the dashboard; special-offers → web → popups. The sources
+/// in front of them are plug-ins, each declaring its own stage ([`Topology::with_sources`]).
+pub const OPERATORS: &[Stage] = &[
+    Stage {
+        name: "enrich",
+        kind: StageKind::Operator,
+        description: "Adds product and visitor data to every click",
+        inputs: &[Topic::ClickData],
+        outputs: &[Topic::EnrichedClickData],
+        sinks: &[],
+        dead_letters: true,
+        instances: Instances::Group,
+    },
+    Stage {
+        name: "detect",
+        kind: StageKind::Operator,
+        description: "Runs the behaviour patterns' state machines",
+        inputs: &[Topic::EnrichedClickData],
+        outputs: &[Topic::SpecialOffers],
+        sinks: &[],
+        dead_letters: true,
+        instances: Instances::Group,
+    },
+    Stage {
+        name: "aggregate",
+        kind: StageKind::Operator,
+        description: "Event-time windows behind the dashboard",
+        inputs: &[Topic::EnrichedClickData, Topic::SpecialOffers],
+        outputs: &[],
+        sinks: &["dashboard"],
+        dead_letters: true,
+        instances: Instances::SingleActive,
+    },
+    Stage {
+        name: "web",
+        kind: StageKind::Operator,
+        description: "Delivers offers to browsers over Server-Sent Events",
+        inputs: &[Topic::SpecialOffers],
+        outputs: &[],
+        sinks: &["popups"],
+        dead_letters: true,
+        instances: Instances::Replicated,
+    },
+];
+
+/// Every topic of the pipeline.
+pub const TOPICS: &[TopicNode] = &[
+    TopicNode {
+        name: Topic::ClickData,
+        dead: false,
+    },
+    TopicNode {
+        name: Topic::EnrichedClickData,
+        dead: false,
+    },
+    TopicNode {
+        name: Topic::SpecialOffers,
+        dead: false,
+    },
+    TopicNode {
+        name: Topic::DeadLetters,
+        dead: true,
+    },
+];
+
+/// Where the pipeline's results leave it.
+pub const SINKS: &[Sink] = &[
+    Sink {
+        name: "dashboard",
+        label: "Dashboard",
+        href: "/",
+        link_text: "Open dashboard",
+    },
+    Sink {
+        name: "popups",
+        label: "Browser popups",
+        href: "/shop",
+        link_text: "Open the shop",
+    },
+];
 
 impl Topology {
+    /// The pipeline with these source stages in front of its [`OPERATORS`].
+    pub fn with_sources(sources: impl IntoIterator<Item = Stage>) -> Self {
+        Topology {
+            stages: sources
+                .into_iter()
+                .chain(OPERATORS.iter().copied())
+                .collect(),
+            topics: TOPICS,
+            sinks: SINKS,
+        }
+    }
+
     /// The stage called `name`.
-    pub fn stage(&self, name: &str) -> Option<&'static Stage> {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
     }
 
@@ -292,24 +269,28 @@ impl Topology {
 mod tests {
     use super::*;
 
+    /// A source as the plug-ins declare theirs.
+    const LOG: Stage = Stage {
+        name: "log",
+        kind: StageKind::Source,
+        description: "",
+        inputs: &[],
+        outputs: &[Topic::ClickData],
+        sinks: &[],
+        dead_letters: false,
+        instances: Instances::SingleActive,
+    };
+
     #[test]
-    fn the_pipeline_is_sound() {
-        assert_eq!(PIPELINE.problems(), Vec::<String>::new());
+    fn the_operators_behind_a_source_are_sound() {
+        let pipeline = Topology::with_sources([LOG]);
+        assert_eq!(pipeline.problems(), Vec::<String>::new());
         assert_eq!(
-            PIPELINE.stage_names(),
-            [
-                "replay",
-                "collector",
-                "postgres",
-                "snowplow",
-                "enrich",
-                "detect",
-                "aggregate",
-                "web"
-            ]
+            pipeline.stage_names(),
+            ["log", "enrich", "detect", "aggregate", "web"]
         );
         assert_eq!(
-            PIPELINE.consumed_topics(),
+            pipeline.consumed_topics(),
             vec![
                 (Topic::ClickData, vec!["enrich"]),
                 (Topic::EnrichedClickData, vec!["detect", "aggregate"]),
@@ -317,15 +298,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            PIPELINE.operators(),
+            pipeline.operators(),
             ["enrich", "detect", "aggregate", "web"]
+        );
+        assert_eq!(
+            Topology::with_sources([]).problems(),
+            ["topic \"click-data\" has no writer"]
         );
     }
 
     #[test]
     fn problems_are_found() {
-        const BROKEN: Topology = Topology {
-            stages: &[
+        let broken = Topology {
+            stages: vec![
                 Stage {
                     name: "a",
                     kind: StageKind::Operator,
@@ -354,7 +339,7 @@ mod tests {
             sinks: &[],
         };
         assert_eq!(
-            BROKEN.problems(),
+            broken.problems(),
             [
                 "stage \"a\" names undeclared topic \"click-data\"",
                 "stage \"a\" names undeclared sink \"void\"",

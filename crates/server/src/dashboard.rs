@@ -113,7 +113,11 @@ mod tests {
         });
         let router = crate::app(AppState {
             dashboard: Some(handle.clone()),
-            ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
+            ..AppState::new(
+                Arc::new(PipelineMetrics::default()),
+                "embedded",
+                Arc::new(clickpulse_engine::topology::Topology::with_sources([])),
+            )
         });
         let response = router
             .clone()

@@ -35,6 +35,7 @@ pub mod privacy;
 pub mod rate;
 pub mod static_files;
 
+use clickpulse_engine::topology::Topology;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub metrics: Arc<PipelineMetrics>,
     /// What runs: `embedded` or `distributed`, shown in stats.
     pub mode: &'static str,
+    /// The pipeline's stages, topics and sinks (`GET /api/topology`).
+    pub topology: Arc<Topology>,
     /// The pattern registry and its directory, when the detection stage runs here.
     pub patterns: Option<patterns::PatternAdmin>,
     /// The bearer token admin endpoints require.
@@ -110,11 +113,12 @@ impl std::str::FromStr for ShopTracker {
 }
 
 impl AppState {
-    /// A state with only metrics: every optional part off.
-    pub fn new(metrics: Arc<PipelineMetrics>, mode: &'static str) -> Self {
+    /// A state with only metrics and the topology: every optional part off.
+    pub fn new(metrics: Arc<PipelineMetrics>, mode: &'static str, topology: Arc<Topology>) -> Self {
         AppState {
             metrics,
             mode,
+            topology,
             patterns: None,
             admin_token: None,
             dashboard: None,
@@ -296,8 +300,8 @@ async fn health() -> Json<Value> {
 }
 
 /// The pipeline's stages, topics and sinks (the pipeline view draws its diagram from it).
-async fn topology() -> Json<clickpulse_engine::topology::Topology> {
-    Json(clickpulse_engine::topology::PIPELINE)
+async fn topology(State(state): State<AppState>) -> Json<Topology> {
+    Json(state.topology.as_ref().clone())
 }
 
 /// What every page needs to know of the site: its time zone, and the shop's tracker.
@@ -380,7 +384,11 @@ mod tests {
         metrics
             .stage("enrich")
             .record(42, 1, json!({"unknown_product_events": 3}));
-        let router = app(AppState::new(metrics, "embedded"));
+        let router = app(AppState::new(
+            metrics,
+            "embedded",
+            Arc::new(Topology::with_sources([])),
+        ));
         let (status, body) = get_json(router.clone(), "/api/health").await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
         let (status, body) = get_json(router.clone(), "/api/site").await;

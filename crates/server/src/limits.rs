@@ -572,7 +572,11 @@ mod tests {
     }
 
     fn state() -> AppState {
-        let mut state = AppState::new(Arc::new(PipelineMetrics::default()), "embedded");
+        let mut state = AppState::new(
+            Arc::new(PipelineMetrics::default()),
+            "embedded",
+            Arc::new(clickpulse_engine::topology::Topology::with_sources([])),
+        );
         state.collector = Some(Collector {
             sink: Arc::new(Instant202),
             clock: Arc::new(EventClock::default()),

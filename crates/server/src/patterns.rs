@@ -361,7 +361,11 @@ mod tests {
         let router = crate::app(AppState {
             patterns: Some(admin.clone()),
             admin_token: Some(Arc::from("secret")),
-            ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
+            ..AppState::new(
+                Arc::new(PipelineMetrics::default()),
+                "embedded",
+                Arc::new(clickpulse_engine::topology::Topology::with_sources([])),
+            )
         });
         (tmp, admin, router)
     }

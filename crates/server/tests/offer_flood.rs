@@ -41,7 +41,11 @@ async fn start(hub: OfferHub, tokens: OfferTokens) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let state = AppState {
         web: Some(WebDelivery { hub, tokens }),
-        ..AppState::new(Arc::new(PipelineMetrics::default()), "embedded")
+        ..AppState::new(
+            Arc::new(PipelineMetrics::default()),
+            "embedded",
+            Arc::new(clickpulse_engine::topology::Topology::with_sources([])),
+        )
     };
     let limits = ServerLimits::default();
     let router = clickpulse_server::app_with(state, &limits);

@@ -7,7 +7,9 @@
 use clickpulse_connectors::distributed::runner::{Placement, run_stage};
 use clickpulse_connectors::embedded::runner::run_operator;
 use clickpulse_engine::operator::Operator;
-use clickpulse_engine::topology::{Instances, PIPELINE};
+use clickpulse_engine::topology::Instances;
+
+use crate::PIPELINE;
 
 use crate::config::PipelineConfig;
 use crate::{ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};

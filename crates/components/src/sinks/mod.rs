@@ -1,7 +1,7 @@
 //! Sinks: where results leave the pipeline (the topology's sinks). Each is a folder (its
 //! settings, its implementation for each runtime) and a line in [`SINKS`].
 
-use clickpulse_engine::topology::PIPELINE;
+use crate::PIPELINE;
 
 use crate::{ComponentError, Wiring};
 

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clickpulse_server::collector::{Collector, Identity};
 
+use clickpulse_engine::topics::Topic;
+use clickpulse_engine::topology::{Instances, Stage, StageKind};
+
 use super::Source;
 use crate::{ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};
 
@@ -15,7 +18,17 @@ pub mod embedded;
 
 /// The registry's entry.
 pub const SOURCE: Source = Source {
-    name: "collector",
+    stage: Stage {
+        name: "collector",
+        kind: StageKind::Source,
+        description: "Takes live page views from POST /collect",
+        inputs: &[],
+        outputs: &[Topic::ClickData],
+        sinks: &[],
+        dead_letters: false,
+        instances: Instances::Replicated,
+    },
+    table: None,
     start,
     newest_event_time: embedded::newest_event_time,
 };

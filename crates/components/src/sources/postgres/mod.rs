@@ -17,7 +17,10 @@ use pgwire_replication::Lsn;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Source;
+use clickpulse_engine::topics::Topic;
+use clickpulse_engine::topology::{Instances, Stage, StageKind};
+
+use super::{Source, SourceTable, Table};
 use crate::{ComponentError, Runtime, Wiring};
 
 pub mod config;
@@ -34,16 +37,40 @@ pub(crate) const STAGE: &str = "postgres";
 
 /// The registry's entry.
 pub const SOURCE: Source = Source {
-    name: STAGE,
+    stage: Stage {
+        name: STAGE,
+        kind: StageKind::Source,
+        description: "Turns the shop database's orders and carts into events (change data capture)",
+        inputs: &[],
+        outputs: &[Topic::ClickData],
+        sinks: &[],
+        dead_letters: false,
+        instances: Instances::SingleActive,
+    },
+    table: Some(Table::of::<PostgresConfig>()),
     start,
     newest_event_time: embedded::newest_event_time,
 };
 
-/// The source's settings.
-#[derive(Clone, Default)]
-pub struct PostgresSettings {
-    /// `[postgres]`, checked (`None`: the source is not configured and does not run).
-    pub config: Option<PostgresConfig>,
+impl SourceTable for PostgresConfig {
+    const NAME: &'static str = STAGE;
+
+    fn problems(&self) -> Vec<String> {
+        PostgresConfig::problems(self)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "postgres {}@{}:{}/{}, slot {}, publication {}, {} table mapping(s)",
+            self.user,
+            self.host,
+            self.port,
+            self.database,
+            self.slot,
+            self.publication,
+            self.tables.len()
+        )
+    }
 }
 
 /// Why the source stopped.
@@ -113,16 +140,7 @@ impl Progress {
 }
 
 fn start(settings: &super::SourceSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {
-    let Some(config) = settings.postgres.config.clone() else {
-        return match wiring.runtime {
-            // Not configured: the demo runs without it.
-            Runtime::Embedded(_) => Ok(()),
-            Runtime::Distributed(_) => Err(ComponentError::Missing {
-                stage: STAGE,
-                what: "a [postgres] table in the configuration",
-            }),
-        };
-    };
+    let config: PostgresConfig = super::table(settings, STAGE)?;
     let (clock, metrics) = (wiring.clock.clone(), wiring.metrics.stage(STAGE));
     let spawn = |stop: &clickpulse_connectors::shutdown::Shutdown,
                  work: Box<dyn FnOnce() -> Result<(), PostgresError> + Send>| {

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clickpulse_connectors::replay_cursor::{ReplayInput, ReplayOptions};
 
+use clickpulse_engine::topics::Topic;
+use clickpulse_engine::topology::{Instances, Stage, StageKind};
+
 use super::Source;
 use crate::{BoxError, ComponentError, Runtime, Wiring, spawn_distributed, spawn_embedded};
 
@@ -15,7 +18,17 @@ pub mod embedded;
 
 /// The registry's entry.
 pub const SOURCE: Source = Source {
-    name: "replay",
+    stage: Stage {
+        name: "replay",
+        kind: StageKind::Source,
+        description: "Replays the bundled clickstream log in event-time order",
+        inputs: &[],
+        outputs: &[Topic::ClickData],
+        sinks: &[],
+        dead_letters: false,
+        instances: Instances::SingleActive,
+    },
+    table: None,
     start,
     newest_event_time: embedded::newest_event_time,
 };

@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Source;
+use clickpulse_engine::topics::Topic;
+use clickpulse_engine::topology::{Instances, Stage, StageKind};
+
+use super::{Source, SourceTable, Table};
 use crate::{ComponentError, Runtime, Wiring};
 
 pub mod distributed;
@@ -17,7 +20,17 @@ pub(crate) const STAGE: &str = "snowplow";
 
 /// The registry's entry.
 pub const SOURCE: Source = Source {
-    name: STAGE,
+    stage: Stage {
+        name: STAGE,
+        kind: StageKind::Source,
+        description: "Reads a Snowplow pipeline's enriched events from its Kafka topic",
+        inputs: &[],
+        outputs: &[Topic::ClickData],
+        sinks: &[],
+        dead_letters: false,
+        instances: Instances::SingleActive,
+    },
+    table: Some(Table::of::<SnowplowConfig>()),
     start,
     newest_event_time: |_| Ok(None),
 };
@@ -31,34 +44,27 @@ pub struct SnowplowConfig {
     pub enriched_topic: String,
 }
 
-impl SnowplowConfig {
-    /// What the types cannot say.
-    pub fn problems(&self) -> Vec<String> {
+impl SourceTable for SnowplowConfig {
+    const NAME: &'static str = STAGE;
+
+    fn problems(&self) -> Vec<String> {
         if self.enriched_topic.trim().is_empty() {
             vec!["[snowplow] enriched_topic must not be empty".to_owned()]
         } else {
             Vec::new()
         }
     }
-}
 
-/// The source's settings.
-#[derive(Clone, Default)]
-pub struct SnowplowSettings {
-    /// `[snowplow]` (`None`: the source is not configured and does not run).
-    pub config: Option<SnowplowConfig>,
+    fn summary(&self) -> String {
+        format!(
+            "snowplow enriched events from topic {}",
+            self.enriched_topic
+        )
+    }
 }
 
 fn start(settings: &super::SourceSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {
-    let Some(config) = settings.snowplow.config.clone() else {
-        return match wiring.runtime {
-            Runtime::Embedded(_) => Ok(()),
-            Runtime::Distributed(_) => Err(ComponentError::Missing {
-                stage: STAGE,
-                what: "a [snowplow] table with enriched_topic in the configuration",
-            }),
-        };
-    };
+    let config: SnowplowConfig = super::table(settings, STAGE)?;
     match &wiring.runtime {
         Runtime::Embedded(_) => Err(ComponentError::Missing {
             stage: STAGE,
