@@ -839,3 +839,55 @@ fn snowplow_enriched_events_from_a_topic_flow_exactly_once_across_a_kill() {
         "every record accounted for"
     );
 }
+
+/// A quiet shop, distributed: one visitor adds something to the cart and nothing else happens
+/// anywhere. Detection's deadlines follow the replay's published clock (less the idle timeout)
+/// once its inputs are idle, so the cart-abandonment offer comes when the clock passes its 15
+/// minutes; it used to wait for the next event on every partition (here: forever).
+#[test]
+fn in_a_quiet_distributed_shop_the_cart_abandonment_offer_comes_after_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = far_away_log(dir.path());
+    let patterns = dir.path().join("patterns");
+    std::fs::create_dir(&patterns).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/cart-abandonment.toml"),
+        patterns.join("cart-abandonment.toml"),
+    )
+    .unwrap();
+    // At 60× the 15 minutes pass in 15 s of wall time; the 2 s idle timeout is 2 minutes of
+    // event time.
+    let mut c = Cluster::start_spec_with(
+        clickpulse_chaos::Spec {
+            pipeline: "idle_timeout_ms = 2000".to_owned(),
+            replay: format!(
+                "speed = \"60\"\noriginal_time = false\nlogs = [\"{}\"]",
+                log.display()
+            ),
+            ..clickpulse_chaos::Spec::default()
+        },
+        &patterns,
+    );
+    c.worker("all", "all");
+    let port = c.web_port;
+    let clock = || {
+        wait_until("the event clock", || {
+            get_json(port, "/api/stats")?["clock"]["now_ms"].as_i64()
+        })
+    };
+    wait_until("the replay's clock at 60x", || {
+        let stats = get_json(port, "/api/stats")?;
+        (stats["clock"]["rate"].as_f64()? == 60.0).then_some(())
+    });
+    let (visitor, token) = new_identity(port);
+    let offers = subscribe(port, &visitor, &token);
+    collect_add_to_cart(port, &visitor, &token);
+    let added_ms = clock();
+    let offer = next_offer(&offers, "the cart-abandonment offer in a quiet shop");
+    assert_eq!(offer["pattern"], "cart-abandonment", "{offer}");
+    assert_eq!(offer["visitor"], visitor.as_str());
+    assert!(
+        clock() >= added_ms + 15 * 60_000 - 1_000,
+        "not before the deadline (the add was stamped at most a second before {added_ms})"
+    );
+}

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
@@ -16,31 +15,6 @@ use clickpulse_chaos::get_json;
 use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-const DAY_MS: i64 = 86_400_000;
-
-/// A JSON-lines log whose views all fall twelve hours of the day away from now: the live replay
-/// neither warms up with them nor reaches them during the test, so the windows hold live clicks
-/// only.
-fn far_away_log(dir: &Path) -> std::path::PathBuf {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let day = now - now.rem_euclid(DAY_MS) - 30 * DAY_MS;
-    let at = day + (now + DAY_MS / 2).rem_euclid(DAY_MS);
-    let path = dir.join("far.jsonl");
-    let mut out = std::fs::File::create(&path).unwrap();
-    for i in 0..20 {
-        writeln!(
-            out,
-            r#"{{"ts_ms":{},"visitor":"replayed-{i}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#,
-            at + i * 1_000
-        )
-        .unwrap();
-    }
-    path
-}
 
 fn start(dir: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
     let listen = format!("127.0.0.1:{port}");
@@ -248,16 +222,7 @@ fn in_a_quiet_shop_the_cart_abandonment_offer_comes_when_the_clock_passes_its_de
     let mut demo = start(dir.to_str().unwrap(), port, &log, &["--speed", "60"]);
     let (visitor, token) = new_identity(port);
     let offers = subscribe(port, &visitor, &token);
-    let body = serde_json::json!({
-        "type": "add_to_cart", "visitor": visitor, "token": token,
-        "url": "http://www.acme.com/SH55126545/VD55177927",
-        "product": {"id": "VD55177927", "price": 25.0, "quantity": 1},
-    });
-    let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
-        .send(body.to_string().as_str())
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 202);
+    collect_add_to_cart(port, &visitor, &token);
     let added_ms = clock(port);
     let offer = next_offer(&offers, "the cart-abandonment offer in a quiet shop");
     assert_eq!(offer["pattern"], "cart-abandonment", "{offer}");

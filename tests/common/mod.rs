@@ -351,3 +351,43 @@ pub fn assert_aggregate_read_the_log_and_its_offers(status: &Value) -> u64 {
     );
     offers
 }
+
+/// A JSON-lines log whose views all fall twelve hours of the day away from now: the live replay
+/// neither warms up with them nor reaches them during the test, so the windows hold live clicks
+/// only.
+pub fn far_away_log(dir: &Path) -> std::path::PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    const DAY_MS: i64 = 86_400_000;
+    let day = now - now.rem_euclid(DAY_MS) - 30 * DAY_MS;
+    let at = day + (now + DAY_MS / 2).rem_euclid(DAY_MS);
+    let path = dir.join("far.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    for i in 0..20 {
+        writeln!(
+            out,
+            r#"{{"ts_ms":{},"visitor":"replayed-{i}","url":"http://www.acme.com/SH55126545/VD55149415"}}"#,
+            at + i * 1_000
+        )
+        .unwrap();
+    }
+    path
+}
+
+/// Sends an add to cart of one product through the collector as `visitor` with its `token`
+/// (202 expected).
+pub fn collect_add_to_cart(port: u16, visitor: &str, token: &str) {
+    let body = serde_json::json!({
+        "type": "add_to_cart", "visitor": visitor, "token": token,
+        "url": "http://www.acme.com/SH55126545/VD55177927",
+        "product": {"id": "VD55177927", "price": 25.0, "quantity": 1},
+    });
+    let status = ureq::post(&format!("http://127.0.0.1:{port}/collect"))
+        .send(body.to_string().as_str())
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+}

@@ -339,6 +339,20 @@ pub struct Spec {
     pub extra: String,
 }
 
+/// A table's `lines`, then each of `defaults` (key, value) that they do not set themselves.
+fn with_defaults(lines: &str, defaults: &[(&str, &str)]) -> String {
+    let sets = |key: &str| {
+        lines
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    let mut table = lines.trim_end().to_owned();
+    for (key, value) in defaults.iter().filter(|(k, _)| !sets(k)) {
+        table.push_str(&format!("\n{key} = {value}"));
+    }
+    table
+}
+
 /// A throwaway distributed deployment on loopback (see the crate docs).
 pub struct Cluster {
     /// Holds the config, the Redis files and every process's log.
@@ -431,12 +445,9 @@ cluster = {cluster}
 
 [pipeline]
 patterns = "{patterns}"
-allowed_lateness_ms = 2000
-idle_timeout_ms = 30000
 {pipeline}
 
 [replay]
-original_time = true
 {replay}
 
 [web]
@@ -453,8 +464,14 @@ viewer_token = "{viewer}"
             viewer = VIEWER_TOKEN,
             patterns = spec.patterns.display(),
             kafka = spec.kafka,
-            pipeline = spec.pipeline,
-            replay = spec.replay,
+            pipeline = with_defaults(
+                &spec.pipeline,
+                &[
+                    ("allowed_lateness_ms", "2000"),
+                    ("idle_timeout_ms", "30000")
+                ]
+            ),
+            replay = with_defaults(&spec.replay, &[("original_time", "true")]),
             extra = spec.extra,
         );
         std::fs::write(&c.config, config).map_err(io("write the config"))?;
@@ -800,5 +817,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Workers first: they would otherwise log connection errors while the services stop.
         self.workers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_spec_s_own_lines_win_over_the_defaults() {
+        assert_eq!(
+            super::with_defaults(
+                "speed = \"60\"\noriginal_time = false",
+                &[("original_time", "true")]
+            ),
+            "speed = \"60\"\noriginal_time = false"
+        );
+        assert_eq!(
+            super::with_defaults("", &[("a", "1"), ("b", "2")]),
+            "\na = 1\nb = 2"
+        );
     }
 }

@@ -18,6 +18,11 @@ pub struct PublishedClock {
     pub wall_ms: i64,
     /// Event-time ms per wall ms.
     pub rate: f64,
+    /// The replay's next unpublished event time as of this anchor (`None`: nothing left to
+    /// publish). Events it publishes later are at or after it, also after a restart, which
+    /// resumes from a saved position behind it and skips what it finds published.
+    #[serde(default)]
+    pub next_ms: Option<i64>,
 }
 
 impl PublishedClock {

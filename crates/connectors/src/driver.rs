@@ -666,6 +666,7 @@ mod tests {
         *frontier.lock().unwrap() = Some(Frontier {
             low_ms: 20 * S as i64,
             drained: false,
+            exact: true,
         });
         d.poll();
         d.process(record(0, 0, "k", &n(10 * S)), t0);
@@ -679,6 +680,7 @@ mod tests {
         *frontier.lock().unwrap() = Some(Frontier {
             low_ms: 600 * S as i64,
             drained: true,
+            exact: true,
         });
         d.poll();
         d.tick(t0);
@@ -687,6 +689,7 @@ mod tests {
         *frontier.lock().unwrap() = Some(Frontier {
             low_ms: 700 * S as i64,
             drained: false,
+            exact: true,
         });
         d.poll();
         d.process(record(0, 1, "k", &n(900 * S)), t0);

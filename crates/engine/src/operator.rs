@@ -131,7 +131,8 @@ pub struct EventTimeRules {
     pub allowed_lateness_ms: i64,
     /// Wall-clock silence after which a partition is idle.
     pub idle_timeout: std::time::Duration,
-    /// The sources' event-time frontier (live and embedded only).
+    /// The sources' event-time frontier (live only: embedded a promise, distributed an
+    /// estimate from the published clock; see [`crate::window::Frontier::exact`]).
     pub frontier: Option<crate::window::dashboard::FrontierFn>,
 }
 
@@ -235,8 +236,8 @@ pub trait Operator: Send {
 
     /// Called at the start of every poll, before the runner reads the inputs: the place to
     /// sample what must be known before them (the aggregate's sources' frontier: anything
-    /// published before it is then in the batch, or shows as a backlog). No-op by default; the
-    /// embedded runner calls it (the distributed one has no frontier to sample).
+    /// published before it is then in the batch, or shows as a backlog). No-op by default; both
+    /// runners call it.
     fn on_poll(&mut self) {}
 
     /// Called when the runner's watermark passes every value it had before: the place for

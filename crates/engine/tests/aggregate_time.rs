@@ -137,7 +137,11 @@ struct Sources(Arc<Mutex<Option<Frontier>>>);
 
 impl Sources {
     fn set(&self, low_ms: i64, drained: bool) {
-        *self.0.lock().unwrap() = Some(Frontier { low_ms, drained });
+        *self.0.lock().unwrap() = Some(Frontier {
+            low_ms,
+            drained,
+            exact: true,
+        });
     }
 }
 

@@ -638,7 +638,11 @@ pub fn run_stage<O: Operator>(
             }
             last_lease = Instant::now();
         }
-        // 1. Poll.
+        // 1. Poll, after sampling what must be known before the inputs are read (the
+        // frontier, `TaskDriver::poll`).
+        for task in s.tasks.values_mut() {
+            task.driver.poll();
+        }
         let mut batch: Vec<Polled> = Vec::new();
         // This batch's next offset per input partition, and the tasks' stored ones as of its
         // start (the tasks' maps change only when the batch is processed, or on a rebalance).

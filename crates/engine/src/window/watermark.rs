@@ -22,6 +22,8 @@
 //! catches up). The watermark never passes that, so a replay's catch-up is never late behind a
 //! live click; and when nothing published is still on its way, the watermark follows it, so the
 //! windows move on with the clock through a quiet stream instead of waiting for the next event.
+//! Across processes the frontier is an estimate ([`Frontier::exact`] false): it moves the
+//! watermark of a stage whose inputs are all idle on with the clock, and holds nothing back.
 //!
 //! What the watermark is computed from (each partition's newest event time) is checkpointed with
 //! it ([`Watermarks::partition_times`], [`Watermarks::restore_partitions`]): a stage restarted
@@ -54,6 +56,11 @@ pub struct Frontier {
     /// Nothing published is still on its way to the stage: every queue and topic upstream of it
     /// is empty (checked after `low_ms` was read, upstream first).
     pub drained: bool,
+    /// Whether `low_ms` is a promise (one process sees every source and queue: embedded) or an
+    /// estimate (distributed: the replay's published clock less the idle timeout, which leaves
+    /// room for what is still on its way). An estimate never holds the watermark back; it only
+    /// moves it on once every input partition is idle, the way the idle rule does.
+    pub exact: bool,
 }
 
 impl Frontier {
@@ -243,6 +250,13 @@ impl Watermarks {
         };
         let candidate = match frontier {
             None => candidate,
+            Some(f) if !f.exact => {
+                if active.is_empty() && f.drained {
+                    candidate.max(Some(f.cap()))
+                } else {
+                    candidate
+                }
+            }
             Some(f) => {
                 let cap = f.cap();
                 let quiet = f.drained && !self.partitions.values().any(|c| c.backlog);
@@ -433,6 +447,46 @@ mod tests {
         // Never backwards.
         w.observe(1, 70_000, t0 + Duration::from_secs(31));
         assert_eq!(w.advance(t0 + Duration::from_secs(31)), Some(120_000));
+    }
+
+    #[test]
+    fn an_estimated_frontier_moves_only_an_idle_stream_on_and_holds_nothing_back() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let estimate = |low_ms: i64| {
+            Some(Frontier {
+                low_ms,
+                drained: true,
+                exact: false,
+            })
+        };
+        let mut w = Watermarks::new(5_000, Duration::from_secs(10));
+        w.observe(0, 100_000, t0);
+        w.observe(1, 90_000, t0);
+        // Active inputs decide, above or below the estimate.
+        assert_eq!(w.advance_with(t0, estimate(50_000)), Some(85_000));
+        assert_eq!(w.advance_with(t0, estimate(500_000)), Some(85_000));
+        // Every input idle: the newest event, then on with the estimate as it grows.
+        for s in 1..=10 {
+            w.advance_with(at(s), estimate(100_000));
+        }
+        assert_eq!(w.advance_with(at(10), estimate(100_000)), Some(100_000));
+        assert_eq!(w.advance_with(at(11), estimate(700_500)), Some(700_000));
+        // A partition with unread records is not idle; an estimate without its inputs drained
+        // moves nothing.
+        w.set_backlog(0, true);
+        assert_eq!(w.advance_with(at(12), estimate(900_000)), Some(700_000));
+        w.set_backlog(0, false);
+        let not_drained = Frontier {
+            low_ms: 900_000,
+            drained: false,
+            exact: false,
+        };
+        assert_eq!(w.advance_with(at(13), Some(not_drained)), Some(700_000));
+        // An event: its partition is active again and decides; the estimate waits for the next
+        // silence.
+        w.observe(1, 800_000, at(14));
+        assert_eq!(w.advance_with(at(14), estimate(2_000_000)), Some(795_000));
     }
 
     /// The stage polls once a second from `t0 + first` to `t0 + last` seconds.

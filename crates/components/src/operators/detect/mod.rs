@@ -45,20 +45,28 @@ fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), Com
         }
     };
     let distributed = matches!(wiring.runtime, Runtime::Distributed(_));
-    // Deadlines follow the windows' rules of time. Distributed, a quiet stream moves them on by
-    // idleness alone: the sources' frontier is not shared across processes (RELIABILITY.md,
-    // "Time").
+    // Deadlines follow the windows' rules of time, and live the sources' frontier: embedded a
+    // promise, distributed an estimate from the published clock that moves a quiet stream on
+    // (RELIABILITY.md, "Time").
+    let idle_timeout = Duration::from_millis(settings.pipeline.idle_timeout_ms(distributed));
+    let frontier = match &mut wiring.runtime {
+        Runtime::Embedded(rt) if settings.live => Some(super::frontier::live_frontier(
+            rt.store,
+            wiring.clock,
+            rt.pending.clone(),
+        )),
+        Runtime::Distributed(rt) if settings.live => Some(super::frontier::published_frontier(
+            &(rt.worker)(STAGE),
+            wiring.stop,
+            "detect-clock",
+            idle_timeout,
+        )?),
+        _ => None,
+    };
     let rules = EventTimeRules {
         allowed_lateness_ms: settings.pipeline.allowed_lateness_ms,
-        idle_timeout: Duration::from_millis(settings.pipeline.idle_timeout_ms(distributed)),
-        frontier: match &mut wiring.runtime {
-            Runtime::Embedded(rt) if settings.live => Some(super::frontier::live_frontier(
-                rt.store,
-                wiring.clock,
-                rt.pending.clone(),
-            )),
-            _ => None,
-        },
+        idle_timeout,
+        frontier,
     };
     run_on(wiring, STAGE, String::new(), move || {
         DetectOperator::new(registry.clone())

@@ -189,6 +189,9 @@ pub fn run(
                 ts_ms: ts,
                 wall_ms: wall_clock_ms() - wall.elapsed().as_millis() as i64,
                 rate,
+                next_ms: plan
+                    .at(progress.cursor.position)
+                    .map(|(index, shift)| input.clicks.ts_ms(index) + shift),
             };
             store.set(
                 CLOCK_KEY,
