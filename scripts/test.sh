@@ -52,6 +52,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${CLICKPULSE_P
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 
+# Prometheus (Debian's package, Apache-2.0): tests/prometheus.rs and the distributed suite start
+# a private server scraping `GET /metrics` (tests/common/prometheus.rs).
+if ! command -v prometheus >/dev/null 2>&1 && [ -z "${CLICKPULSE_PROMETHEUS:-}" ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -272,6 +272,10 @@ pub(crate) struct RunArgs {
     /// This worker's id in metrics and leases [default: host name and process id].
     #[arg(long, value_name = "ID")]
     pub(crate) worker_id: Option<String>,
+    /// Also serve `GET /metrics` (Prometheus) on this address: for a process that serves no
+    /// pages (its stages are neither web nor collector), or to scrape on a port of its own.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

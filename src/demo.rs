@@ -116,6 +116,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
     };
     let (offer_secret, _) = secret_file(&dir.join("offer-secret"), 32)?;
     let mut state = AppState::new(metrics.clone(), "embedded", Arc::new(PIPELINE.clone()));
+    state.telemetry = Arc::new(clickpulse_server::telemetry::Telemetry::new(
+        metrics.clone(),
+        PIPELINE.stage_names(),
+        Some(clock.clone()),
+    ));
     let settings = SourceSettings {
         replay: ReplaySettings {
             options: config.replay.options().map_err(anyhow::Error::msg)?,

@@ -37,6 +37,7 @@ use clickpulse_engine::pattern::{PatternDir, PatternRegistry, TransitionLog, Tra
 use clickpulse_engine::replay::EventClock;
 use clickpulse_engine::window::DashboardHandle;
 use clickpulse_server::offers::OfferTokens;
+use clickpulse_server::telemetry::Telemetry;
 use clickpulse_server::{AppState, PatternAdmin};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -181,6 +182,13 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     // The offer secret (signs visitor tokens), where HTTP is served.
     let mut offer_secret = None;
     let mut state = AppState::new(metrics.clone(), "distributed", Arc::new(PIPELINE.clone()));
+    // `/metrics` exports what this process does itself: its stages, not the cluster view the
+    // web stage keeps for `/api/stats`.
+    state.telemetry = Arc::new(Telemetry::new(
+        metrics.clone(),
+        stages.iter().copied().collect(),
+        Some(clock.clone()),
+    ));
     state.cors_origins = config.web.cors_origins.clone();
     state.shop_tracker = config.web.shop_tracker;
     state.segment_write_keys = config.web.segment_write_keys.clone();
@@ -295,6 +303,22 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         .build()?;
     let listen = config.web.listen;
     let result = runtime.block_on(async {
+        if let Some(address) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for /metrics"))?;
+            info!(address = %listener.local_addr()?, "Serving /metrics.");
+            let router = clickpulse_server::metrics_app(state.clone());
+            let until = stop.clone();
+            tokio::spawn(async move {
+                let until = async move {
+                    until.wait(Duration::from_millis(200), || false).await;
+                };
+                if let Err(error) = clickpulse_server::serve(listener, router, until).await {
+                    warn!(%error, "The /metrics listener failed.");
+                }
+            });
+        }
         if serve_http {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -891,3 +891,55 @@ fn in_a_quiet_distributed_shop_the_cart_abandonment_offer_comes_after_its_deadli
         "not before the deadline (the add was stamped at most a second before {added_ms})"
     );
 }
+
+/// Every process of a distributed deployment serves `GET /metrics` (the web stage on its HTTP
+/// port, the others with `--metrics-listen`), and a real Prometheus scraping all of them sums
+/// each stage once: a process exports only the stages it hosts, not the web stage's cluster
+/// view.
+#[test]
+fn a_real_prometheus_scrapes_every_process_of_a_deployment() {
+    use common::prometheus::Prometheus;
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_slice(dir.path(), 20_000);
+    let (_, offers, events) = backtest(&[&log]);
+    assert!(!offers.is_empty(), "the test pattern fires on the slice");
+    let mut c = Cluster::start(
+        "",
+        &format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+    );
+    let mut targets = vec![format!("127.0.0.1:{}", c.web_port)];
+    c.worker("web", "web");
+    for stage in ["replay", "enrich", "detect", "aggregate"] {
+        let address = format!("127.0.0.1:{}", free_port());
+        c.worker_with(
+            stage,
+            stage,
+            &["--metrics-listen".to_owned(), address.clone()],
+        );
+        targets.push(address);
+    }
+    let prometheus = Prometheus::start(&targets);
+    prometheus.wait_for(r#"count(up{job="clickpulse"} == 1)"#, |v| v == 5.0);
+    for stage in ["replay", "enrich", "detect", "aggregate"] {
+        // One process exports each stage, with everything it processed.
+        prometheus.wait_for(
+            &format!(r#"count(clickpulse_stage_events_total{{stage="{stage}"}})"#),
+            |v| v == 1.0,
+        );
+        // (The aggregation also counts the offers it reads.)
+        prometheus.wait_for(
+            &format!(r#"sum(clickpulse_stage_events_total{{stage="{stage}"}})"#),
+            |v| v == events as f64 || (stage == "aggregate" && v >= events as f64),
+        );
+    }
+    prometheus.wait_for(r#"sum(clickpulse_offers_total{stage="detect"})"#, |v| {
+        v == offers.len() as f64
+    });
+    prometheus.wait_for(
+        r#"sum(clickpulse_stage_batch_duration_seconds_count{stage="enrich"})"#,
+        |v| v > 0.0,
+    );
+    prometheus.wait_for(r#"clickpulse_offer_latency_seconds_count"#, |v| {
+        v == offers.len() as f64
+    });
+}

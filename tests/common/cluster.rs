@@ -70,6 +70,11 @@ impl Cluster {
         self.0.worker(stage, id).unwrap()
     }
 
+    /// A worker with more `clickpulse run` arguments.
+    pub fn worker_with(&mut self, stage: &str, id: &str, extra: &[String]) -> usize {
+        self.0.worker_with(stage, id, extra).unwrap()
+    }
+
     pub fn start_redis(&mut self) {
         self.0.start_redis().unwrap()
     }

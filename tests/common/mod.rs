@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod postgres;
+pub mod prometheus;
 
 /// The binary under test.
 pub fn bin() -> PathBuf {

@@ -661,7 +661,12 @@ viewer_token = "{viewer}"
 
     /// Starts `clickpulse run --stage {stage}` as worker `id`; returns its index.
     pub fn worker(&mut self, stage: &str, id: &str) -> Result<usize> {
-        let args = vec![
+        self.worker_with(stage, id, &[])
+    }
+
+    /// [`Cluster::worker`] with more arguments for `clickpulse run` (`--metrics-listen ADDR`).
+    pub fn worker_with(&mut self, stage: &str, id: &str, extra: &[String]) -> Result<usize> {
+        let mut args = vec![
             "run".into(),
             "--stage".into(),
             stage.into(),
@@ -670,6 +675,7 @@ viewer_token = "{viewer}"
             "--config".into(),
             self.config.display().to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
         let proc = Proc::start(id, self.dir.path(), &self.tools.clickpulse, args, env)?;
         self.workers.push(proc);

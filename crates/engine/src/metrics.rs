@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -26,6 +27,13 @@ pub struct StageMetrics {
     done: AtomicBool,
     details: Mutex<Value>,
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    batch_seconds: Histogram,
+    commit_seconds: Histogram,
+}
+
+/// Duration buckets from half a millisecond to about 16 s, doubling.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 16)
 }
 
 impl StageMetrics {
@@ -39,7 +47,29 @@ impl StageMetrics {
             done: AtomicBool::new(false),
             details: Mutex::new(json!({})),
             samples: Mutex::new(VecDeque::new()),
+            batch_seconds: Histogram::new(duration_buckets()),
+            commit_seconds: Histogram::new(duration_buckets()),
         }
+    }
+
+    /// Counts how long one batch took, from reading its records to committing its results.
+    pub fn observe_batch(&self, took: Duration) {
+        self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts how long one commit took (the store's transaction, or the brokers' and Redis').
+    pub fn observe_commit(&self, took: Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The batch durations so far.
+    pub fn batch_seconds(&self) -> &Histogram {
+        &self.batch_seconds
+    }
+
+    /// The commit durations so far.
+    pub fn commit_seconds(&self) -> &Histogram {
+        &self.commit_seconds
     }
 
     /// The stage's name.
@@ -171,8 +201,8 @@ pub const POSITION_FIELDS: &[&str] = &[
     "pass",
 ];
 
-/// Combines several tasks' or workers' details: amounts are summed, [`POSITION_FIELDS`] take the
-/// most advanced value, anything else is the first one's.
+/// Combines several tasks' or workers' details: amounts are summed (also inside objects, key by
+/// key), [`POSITION_FIELDS`] take the most advanced value, anything else is the first one's.
 pub fn merge_details(values: &[Value]) -> Value {
     let mut merged = serde_json::Map::new();
     for v in values {
@@ -195,6 +225,10 @@ pub fn merge_details(values: &[Value]) -> Value {
                         merged.insert(k.clone(), json!(a + b));
                     }
                 }
+                // Per-key amounts (detection's offers per pattern): merged key by key.
+                (Some(a @ Value::Object(_)), Value::Object(_)) => {
+                    *a = merge_details(&[a.clone(), x.clone()]);
+                }
                 (None, _) => {
                     merged.insert(k.clone(), x.clone());
                 }
@@ -211,6 +245,7 @@ pub struct PipelineMetrics {
     started: Instant,
     stages: Mutex<Vec<Arc<StageMetrics>>>,
     topics: Mutex<Value>,
+    offer_latency: Histogram,
 }
 
 impl Default for PipelineMetrics {
@@ -219,11 +254,26 @@ impl Default for PipelineMetrics {
             started: Instant::now(),
             stages: Mutex::new(Vec::new()),
             topics: Mutex::new(json!({})),
+            offer_latency: Histogram::new(duration_buckets()),
         }
     }
 }
 
 impl PipelineMetrics {
+    /// Counts an offer delivered to the browsers `behind_ms` of event time after it was earned
+    /// (its completing click or its deadline), the event clock running at `rate`: the latency
+    /// in wall time.
+    pub fn observe_offer_delivery(&self, behind_ms: i64, rate: f64) {
+        let rate = if rate > 0.0 { rate } else { 1.0 };
+        self.offer_latency
+            .observe(behind_ms.max(0) as f64 / 1000.0 / rate);
+    }
+
+    /// The click-to-offer latencies so far.
+    pub fn offer_latency_seconds(&self) -> &Histogram {
+        &self.offer_latency
+    }
+
     /// The metrics of stage `name`, created on first use.
     pub fn stage(&self, name: &'static str) -> Arc<StageMetrics> {
         let mut stages = self.stages.lock().expect("metrics lock");
@@ -238,6 +288,11 @@ impl PipelineMetrics {
     /// Replaces the topic summary (record counts per topic).
     pub fn set_topics(&self, topics: Value) {
         *self.topics.lock().expect("metrics lock") = topics;
+    }
+
+    /// Every stage's metrics, in the order they were first asked for.
+    pub fn stages(&self) -> Vec<Arc<StageMetrics>> {
+        self.stages.lock().expect("metrics lock").clone()
     }
 
     /// Every stage and topic as JSON.
@@ -263,6 +318,19 @@ impl PipelineMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_per_key_are_summed_key_by_key() {
+        // Two detect tasks' offers per pattern: the first task's alone hid the second's.
+        let merged = merge_details(&[
+            json!({"offers": 3, "offers_by_pattern": {"a": 2, "b": 1}}),
+            json!({"offers": 2, "offers_by_pattern": {"a": 1, "c": 1}}),
+        ]);
+        assert_eq!(
+            merged,
+            json!({"offers": 5, "offers_by_pattern": {"a": 3, "b": 1, "c": 1}})
+        );
+    }
 
     #[test]
     fn positions_combine_to_the_most_advanced_and_amounts_to_their_sum() {

@@ -34,6 +34,7 @@ mod patterns;
 pub mod privacy;
 pub mod rate;
 pub mod static_files;
+pub mod telemetry;
 
 use clickpulse_engine::topology::Topology;
 use std::future::Future;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub mode: &'static str,
     /// The pipeline's stages, topics and sinks (`GET /api/topology`).
     pub topology: Arc<Topology>,
+    /// What `GET /metrics` exports: this process's stages and requests.
+    pub telemetry: Arc<telemetry::Telemetry>,
     /// The pattern registry and its directory, when the detection stage runs here.
     pub patterns: Option<patterns::PatternAdmin>,
     /// The bearer token admin endpoints require.
@@ -113,9 +116,15 @@ impl std::str::FromStr for ShopTracker {
 }
 
 impl AppState {
-    /// A state with only metrics and the topology: every optional part off.
+    /// A state with only metrics and the topology: every optional part off, `/metrics`
+    /// exporting every stage of the topology without an event clock.
     pub fn new(metrics: Arc<PipelineMetrics>, mode: &'static str, topology: Arc<Topology>) -> Self {
         AppState {
+            telemetry: Arc::new(telemetry::Telemetry::new(
+                metrics.clone(),
+                topology.stage_names(),
+                None,
+            )),
             metrics,
             mode,
             topology,
@@ -135,6 +144,19 @@ impl AppState {
 }
 
 pub use patterns::{PatternAdmin, watch_funnels, watch_patterns};
+
+/// A router with only `GET /metrics` and `GET /api/health`: for a process that serves no pages
+/// (`run --metrics-listen`).
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(telemetry::metrics))
+        .route("/api/health", get(health))
+        .layer(axum::middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            telemetry::track,
+        ))
+        .with_state(state)
+}
 
 /// The catalogue as the shop shows it (the home page is not a product).
 pub fn shop_products(lookups: &clickpulse_engine::lookups::Lookups) -> Vec<serde_json::Value> {
@@ -268,7 +290,12 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
         )
         .route("/api/dashboard", get(dashboard::snapshot))
         .route("/api/dashboard/stream", get(dashboard::stream))
+        .route("/metrics", get(telemetry::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            telemetry::track,
+        ))
         .with_state(state);
     limits::apply(router, limits)
 }

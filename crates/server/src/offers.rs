@@ -164,6 +164,7 @@ impl HubState {
 /// Maps an offer name to its popup picture's URL.
 type ImageFor = dyn Fn(&str) -> Option<String> + Send + Sync;
 type ContentFor = dyn Fn(&Offer) -> Option<OfferContent> + Send + Sync;
+type OnDelivery = dyn Fn(&Offer) + Send + Sync;
 
 /// Fans offers out to subscribed browsers, once per `offer_id`.
 #[derive(Clone)]
@@ -171,6 +172,7 @@ pub struct OfferHub {
     state: Arc<Mutex<HubState>>,
     image_for: Arc<ImageFor>,
     content_for: Arc<ContentFor>,
+    on_delivery: Option<Arc<OnDelivery>>,
 }
 
 /// What an offer shows, from the active patterns: the `[offers.<name>]` of the pattern that
@@ -227,7 +229,15 @@ impl OfferHub {
             state: Arc::new(Mutex::new(HubState::default())),
             image_for: Arc::new(image_for),
             content_for: Arc::new(|_| None),
+            on_delivery: None,
         }
+    }
+
+    /// The same hub, calling `on_delivery` with every offer it delivers (not the duplicates):
+    /// where the latency metrics are taken.
+    pub fn with_observer(mut self, on_delivery: impl Fn(&Offer) + Send + Sync + 'static) -> Self {
+        self.on_delivery = Some(Arc::new(on_delivery));
+        self
     }
 
     /// The same hub, showing what `content_for(offer)` says (the pattern's `[offers.<name>]`,
@@ -289,6 +299,9 @@ impl OfferHub {
         if !s.mark_seen(&offer.offer_id) {
             s.duplicates += 1;
             return false;
+        }
+        if let Some(observe) = &self.on_delivery {
+            observe(&offer);
         }
         let now = s.last_at.map_or(now, |last| last.max(now));
         s.last_at = Some(now);

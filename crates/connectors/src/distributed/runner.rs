@@ -946,13 +946,12 @@ pub fn run_stage<O: Operator>(
             }
         }
         if !batch.is_empty() {
-            let steps = [
-                started,
-                polled_at,
-                processed_at,
-                published_at,
-                Instant::now(),
-            ];
+            let committed_at = Instant::now();
+            // Publishing waits for the brokers' acknowledgements: with Redis' transaction it
+            // is the batch's commit.
+            ctx.metrics.observe_commit(committed_at - processed_at);
+            ctx.metrics.observe_batch(committed_at - polled_at);
+            let steps = [started, polled_at, processed_at, published_at, committed_at];
             for (i, total) in s.step_seconds.iter_mut().enumerate() {
                 *total += (steps[i + 1] - steps[i]).as_secs_f64();
             }

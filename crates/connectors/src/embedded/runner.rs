@@ -125,12 +125,16 @@ pub fn commit_with_retry(
 ) -> Result<(), StoreError> {
     let mut backoff = Duration::from_millis(50);
     loop {
+        let started = Instant::now();
         let result = match lazy {
             Some(max_delay) => store.commit_lazily(batch, max_delay),
             None => store.commit(batch),
         };
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics.observe_commit(started.elapsed());
+                return Ok(());
+            }
             Err(error) => {
                 metrics.error();
                 if shutdown.load(Ordering::Relaxed) || error.is_fatal_io() {
@@ -301,6 +305,7 @@ pub fn run_operator<O: Operator>(
         } else {
             deferred.append(&mut batch.offsets);
         }
+        metrics.observe_batch(now.elapsed());
         metrics.record(task.events, task.dead_letters, task.op().stats());
     }
     task.close();

@@ -46,8 +46,12 @@ fn start(settings: &super::SinkSettings, wiring: &mut Wiring<'_>) -> Result<(), 
     let settings = &settings.popups;
     let tokens = required(&settings.tokens, STAGE, "the offer secret")?;
     let registry = required(&settings.registry, STAGE, "the patterns")?;
+    let (metrics, clock) = (wiring.metrics.clone(), wiring.clock.clone());
     let hub = OfferHub::new(clickpulse_server::static_files::offer_image)
-        .with_content(clickpulse_server::offers::content_from(registry));
+        .with_content(clickpulse_server::offers::content_from(registry))
+        .with_observer(move |offer| {
+            metrics.observe_offer_delivery(clock.now_ms() - offer.ts_ms, clock.rate())
+        });
     wiring.http.web = Some(WebDelivery {
         hub: hub.clone(),
         tokens,
