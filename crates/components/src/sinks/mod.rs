@@ -7,6 +7,7 @@ use crate::{ComponentError, Wiring};
 
 pub mod dashboard_store;
 pub mod offer_hub;
+pub mod webhook;
 
 /// Every sink, in the topology's order.
 pub static SINKS: &[Sink] = &[dashboard_store::SINK, offer_hub::SINK];
