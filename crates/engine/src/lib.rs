@@ -20,6 +20,7 @@
 //! - [`metrics`]: live per-stage counters the HTTP server reports.
 //! - [`session`]: the session rule the dashboard and the patterns share.
 
+pub mod alert;
 pub mod click;
 pub mod click_log;
 pub mod codec;
