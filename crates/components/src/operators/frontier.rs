@@ -78,8 +78,8 @@ pub fn published_frontier(
     spawn_distributed(stop, stage, move || {
         let mut store = RedisStore::open(&redis, None)?;
         while !shutdown.load(Ordering::Relaxed) {
-            // A failed read keeps the last clock (Redis restarting): the estimate then lags,
-            // which only delays deadlines.
+            // A failed read keeps the last anchor (Redis restarting): the clock runs on from
+            // it, as the collectors' does, never past the replay's next event.
             match store.get(CLOCK_KEY) {
                 Ok(Some(bytes)) => match serde_json::from_slice::<PublishedClock>(&bytes) {
                     Ok(published) => {
