@@ -841,9 +841,10 @@ fn snowplow_enriched_events_from_a_topic_flow_exactly_once_across_a_kill() {
 }
 
 /// A quiet shop, distributed: one visitor adds something to the cart and nothing else happens
-/// anywhere. Detection's deadlines follow the replay's published clock (less the idle timeout)
-/// once its inputs are idle, so the cart-abandonment offer comes when the clock passes its 15
-/// minutes; it used to wait for the next event on every partition (here: forever).
+/// anywhere. Detection's deadlines and the dashboard's windows follow the replay's published
+/// clock (less the idle timeout) once their inputs are idle, so the cart-abandonment offer comes
+/// when the clock passes its 15 minutes; it used to wait for the next event on every partition
+/// (here: forever).
 #[test]
 fn in_a_quiet_distributed_shop_the_cart_abandonment_offer_comes_after_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,6 +891,13 @@ fn in_a_quiet_distributed_shop_the_cart_abandonment_offer_comes_after_its_deadli
         clock() >= added_ms + 15 * 60_000 - 1_000,
         "not before the deadline (the add was stamped at most a second before {added_ms})"
     );
+    // The dashboard's windows move on with the clock too: the aggregation's watermark passes
+    // the deadline, where idleness alone would leave it at the add.
+    wait_until("the aggregation's watermark past the deadline", || {
+        let stats = get_json(port, "/api/stats")?;
+        let watermark = stats["stages"]["aggregate"]["details"]["watermark_ms"].as_i64()?;
+        (watermark >= added_ms + 15 * 60_000).then_some(())
+    });
 }
 
 /// Every process of a distributed deployment serves `GET /metrics` (the web stage on its HTTP

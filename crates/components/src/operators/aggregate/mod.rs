@@ -1,7 +1,8 @@
 //! The dashboard aggregation: exact event-time windows over `enriched-click-data` and
 //! `special-offers`, published to the dashboard store (a sink). One active instance
-//! (distributed: a Redis lease; the others wait as standbys). Live and embedded, the windows
-//! also follow the event clock through quiet minutes ([`super::frontier::live_frontier`]).
+//! (distributed: a Redis lease; the others wait as standbys). Live, the windows also follow the
+//! event clock through quiet minutes ([`super::frontier::live_frontier`] embedded,
+//! [`super::frontier::published_frontier`] distributed).
 
 use std::time::Duration;
 
@@ -41,14 +42,21 @@ fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), Com
         partitions,
         max_keys: pipeline.max_dashboard_keys,
     };
-    // Distributed, quiet minutes close by idleness: the sources' frontier is not shared
-    // across processes (RELIABILITY.md, "Time").
+    // Live, quiet minutes close with the clock: embedded by the sources' frontier, distributed
+    // by the estimate from the published clock once every input is idle (RELIABILITY.md,
+    // "Time").
     let frontier = match &mut wiring.runtime {
         Runtime::Embedded(rt) if live => Some(super::frontier::live_frontier(
             rt.store,
             wiring.clock,
             rt.pending.clone(),
         )),
+        Runtime::Distributed(rt) if live => Some(super::frontier::published_frontier(
+            &(rt.worker)(STAGE),
+            wiring.stop,
+            "aggregate-clock",
+            window.idle_timeout,
+        )?),
         _ => None,
     };
     let dashboard = settings.dashboard.clone();
