@@ -48,6 +48,9 @@ pub(crate) enum Command {
     /// Work with `clickpulse.toml`, the distributed pipeline's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Webhooks: a new signing secret; send the dead letters again.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Fault injection: run the pipeline as child processes, `kill -9` them at random moments,
     /// restart them, and compare the result with an uninterrupted backtest (exit 1 on any
     /// difference).
@@ -305,6 +308,38 @@ pub(crate) enum ConfigCommand {
     /// column): unknown tables and keys, wrong types, values out of range, the Redis URL, the
     /// replay speed, the time zone. Connects to nothing.
     Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// Print a new signing secret (`whsec_…`) for a `[[webhooks.endpoint]]` and its receiver.
+    Secret(WebhooksSecretArgs),
+    /// Send the webhooks' dead letters again: asks the process that runs the webhooks stage
+    /// (`POST /api/webhooks/replay`, admin token) to put them back into its outbox, with their
+    /// attempts reset and the same `webhook-id`s.
+    Replay(Box<WebhooksReplayArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WebhooksSecretArgs {}
+
+#[derive(Debug, Args)]
+pub(crate) struct WebhooksReplayArgs {
+    /// The configuration (its `web.listen` and admin token say where and how to ask).
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The process to ask [default: http://<web.listen>].
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Only this endpoint's dead letters.
+    #[arg(long)]
+    pub(crate) endpoint: Option<String>,
+    /// Only this delivery (its `webhook-id`, the offer id).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// Also re-enable endpoints a `410 Gone` disabled.
+    #[arg(long)]
+    pub(crate) enable: bool,
 }
 
 #[derive(Debug, Args)]

@@ -101,6 +101,7 @@ pub(crate) fn check(args: crate::cli::ConfigCheckArgs) -> Result<ExitCode> {
             for (_, summary) in config.sources.summaries() {
                 println!("{file}: {summary}");
             }
+            println!("{file}: {}", config.webhooks.summary());
             Ok(ExitCode::SUCCESS)
         }
         (_, errors) => {

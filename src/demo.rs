@@ -19,6 +19,7 @@ use clickpulse_components::operators::enrich::EnrichSettings;
 use clickpulse_components::operators::{self, OperatorSettings};
 use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
+use clickpulse_components::sinks::webhook::WebhookSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
@@ -162,6 +163,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
             registry: Some(registry.clone()),
             tokens: Some(OfferTokens::new(offer_secret.as_bytes())),
             instance: "web-0".to_owned(),
+        },
+        webhooks: WebhookSettings {
+            config: config.webhooks.clone(),
+            registry: Some(registry.clone()),
         },
     };
     // The sources and sinks, from their registries: what the sources accept and have not
@@ -364,6 +369,9 @@ fn caught_up(metrics: &PipelineMetrics, replayed: u64) -> bool {
         .and_then(|p| p.as_u64())
         == Some(0)
         && metrics.stage("web").lag() == 0
+        // Every offer is in the webhooks' outbox (not necessarily delivered: that may take a
+        // receiver's day; the outbox is durable, so a next start goes on with it).
+        && metrics.stage("webhooks").lag() == 0
 }
 
 /// A random secret kept in `path` (hex, mode 0600): read if present, else generated. Returns

@@ -33,6 +33,7 @@ mod patterns_cmd;
 mod run;
 mod status;
 mod verify;
+mod webhooks_cmd;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,8 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Config(cli::ConfigCommand::Check(args)) => config::check(args),
         cli::Command::Chaos(args) => chaos::run(args),
+        cli::Command::Webhooks(cli::WebhooksCommand::Secret(args)) => webhooks_cmd::secret(args),
+        cli::Command::Webhooks(cli::WebhooksCommand::Replay(args)) => webhooks_cmd::replay(*args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,7 @@ use clickpulse_components::operators::enrich::EnrichSettings;
 use clickpulse_components::operators::{self, OperatorSettings};
 use clickpulse_components::sinks::dashboard_store::DashboardSettings;
 use clickpulse_components::sinks::offer_hub::OfferHubSettings;
+use clickpulse_components::sinks::webhook::WebhookSettings;
 use clickpulse_components::sinks::{self, SinkSettings};
 use clickpulse_components::sources::collector::CollectorSettings;
 use clickpulse_components::sources::replay::ReplaySettings;
@@ -100,8 +101,11 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(())
     };
 
-    // Patterns (detect and web).
-    let pattern_parts = if stages.contains("detect") || stages.contains("web") {
+    // Patterns (detect, web, and webhooks: the offers' titles go into the bodies).
+    let pattern_parts = if ["detect", "web", "webhooks"]
+        .iter()
+        .any(|s| stages.contains(*s))
+    {
         let dir = PatternDir::new(
             &config
                 .pipeline
@@ -206,21 +210,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         let lookups = Lookups::from_parts(Vec::new(), products);
         state.products = Arc::new(clickpulse_server::shop_products(&lookups));
         catalogue = Some(Arc::new(crate::patterns_cmd::catalogue_of(&lookups)));
-        let admin = match config.web.admin_token.clone() {
-            Some(t) => t,
-            None => {
-                let (token, created) =
-                    store.hash_get_or_init("secrets", "admin_token", || random_hex(24))?;
-                if created {
-                    eprintln!(
-                        "Generated an admin token (kept in Redis key {}; shown only now): {token}",
-                        store.key("secrets")
-                    );
-                }
-                token
-            }
-        };
-        state.admin_token = Some(Arc::from(admin.as_str()));
+        state.admin_token = Some(Arc::from(admin_token(&mut store, &config)?.as_str()));
         let (secret, _) = store.hash_get_or_init("secrets", "offer_secret", || random_hex(32))?;
         offer_secret = Some(OfferTokens::new(secret.as_bytes()));
         state.privacy = Some(clickpulse_server::privacy::Privacy::new(
@@ -258,6 +248,11 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
             state.admin_token.clone(),
         )
     });
+    if state.admin_token.is_none() && stages.contains("webhooks") {
+        // `POST /api/webhooks/replay` (on `--metrics-listen`) needs it.
+        let mut store = RedisStore::open(&config.redis, Some(shutdown.clone()))?;
+        state.admin_token = Some(Arc::from(admin_token(&mut store, &config)?.as_str()));
+    }
     let replay = config.replay.clone();
     let settings = SourceSettings {
         replay: ReplaySettings {
@@ -281,6 +276,12 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
                 .map(|(_, registry, _)| registry.clone()),
             tokens: offer_secret,
             instance: config.web.instance.clone(),
+        },
+        webhooks: WebhookSettings {
+            config: config.webhooks.clone(),
+            registry: pattern_parts
+                .as_ref()
+                .map(|(_, registry, _)| registry.clone()),
         },
     };
     let mut wiring = Wiring {
@@ -424,4 +425,23 @@ fn record_cluster_stage(stage: &clickpulse_engine::metrics::StageMetrics, worker
     stage.record(total, sum(|s| s.dead_letters), merged);
     stage.set_lag(sum(|s| s.lag));
     stage.set_done(workers.iter().any(|w| w.stats.done));
+}
+
+/// The admin token: configured, else the one kept in Redis, else a new one (kept there and
+/// shown once).
+fn admin_token(
+    store: &mut RedisStore,
+    config: &clickpulse_components::config::Config,
+) -> Result<String> {
+    if let Some(token) = config.web.admin_token.clone() {
+        return Ok(token);
+    }
+    let (token, created) = store.hash_get_or_init("secrets", "admin_token", || random_hex(24))?;
+    if created {
+        eprintln!(
+            "Generated an admin token (kept in Redis key {}; shown only now): {token}",
+            store.key("secrets")
+        );
+    }
+    Ok(token)
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod postgres;
 pub mod prometheus;
+pub mod receiver;
 
 /// The binary under test.
 pub fn bin() -> PathBuf {

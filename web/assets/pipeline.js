@@ -734,6 +734,16 @@
         return summary(d, [["late_events", "late"], ["pending", "pending"]]);
       case "web":
         return summary(d, [["delivered", "delivered"], ["subscribers", "connected"]]);
+      case "webhooks": {
+        // Summed over the endpoints; none configured says so.
+        const endpoints = d.endpoints && typeof d.endpoints === "object" ? Object.values(d.endpoints) : [];
+        if (!endpoints.length) return ["No endpoints ([[webhooks.endpoint]])"];
+        const total = (key) => endpoints.reduce((n, e) => n + (isNum(e[key]) ? e[key] : 0), 0);
+        const off = endpoints.filter((e) => e.disabled === true).length;
+        const line = summary({ delivered: total("delivered"), pending: total("pending"), dead: total("dead_letters") },
+          [["delivered", "delivered"], ["pending", "pending"], ["dead", "dead letters"]]);
+        return off ? [...line, `${fmtInt(off)} disabled (410)`] : line;
+      }
       default:
         return [];
     }

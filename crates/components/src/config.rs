@@ -18,6 +18,7 @@ use clickpulse_server::collector::Identity;
 use clickpulse_server::offers::OfferTokens;
 use serde::Deserialize;
 
+use crate::sinks::webhook::config::WebhooksConfig;
 use crate::sources::{SOURCES, SourceTables};
 
 /// The whole configuration: the core tables, and the tables of the sources that have one
@@ -36,13 +37,17 @@ pub struct Config {
     pub web: WebConfig,
     /// The embedded runtime's data dir.
     pub embedded: EmbeddedConfig,
+    /// Where offers go by webhook.
+    pub webhooks: WebhooksConfig,
     /// The tables of the sources that have one, where present (`[postgres]`, `[snowplow]`):
     /// a source with a table runs only where it is configured.
     pub sources: SourceTables,
 }
 
 /// The core tables of [`Config`], in the file's documented order.
-pub const CORE_TABLES: [&str; 6] = ["kafka", "redis", "pipeline", "replay", "web", "embedded"];
+pub const CORE_TABLES: [&str; 7] = [
+    "kafka", "redis", "pipeline", "replay", "web", "embedded", "webhooks",
+];
 
 /// Every table a file may have: the core tables, then the sources' ([`SOURCES`]).
 pub fn tables() -> Vec<&'static str> {
@@ -302,6 +307,7 @@ pub fn problems(config: &Config) -> Vec<String> {
     problems.extend(replay_problems(&config.replay));
     problems.extend(web_problems(&config.web));
     problems.extend(embedded_problems(&config.embedded));
+    problems.extend(config.webhooks.problems());
     for source in SOURCES {
         if let Some(table) = &source.table {
             problems.extend(config.sources.problems(table.name));
@@ -360,6 +366,10 @@ fn embedded_problems(embedded: &EmbeddedConfig) -> Vec<String> {
     } else {
         Vec::new()
     }
+}
+
+fn webhooks_problems(webhooks: &WebhooksConfig) -> Vec<String> {
+    webhooks.problems()
 }
 
 /// Every problem of a `clickpulse.toml`, each with its file and (where it has one) line and
@@ -426,6 +436,7 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
     let replay = table!(replay: ReplayConfig, replay_problems);
     let web = table!(web: WebConfig, web_problems);
     let embedded = table!(embedded: EmbeddedConfig, embedded_problems);
+    let webhooks = table!(webhooks: WebhooksConfig, webhooks_problems);
     let mut sources = Some(SourceTables::default());
     for table in SOURCES.iter().filter_map(|s| s.table.as_ref()) {
         match table.parse(text) {
@@ -449,8 +460,11 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         Some(replay),
         Some(web),
         Some(embedded),
+        Some(webhooks),
         Some(sources),
-    ) = (kafka, redis, pipeline, replay, web, embedded, sources)
+    ) = (
+        kafka, redis, pipeline, replay, web, embedded, webhooks, sources,
+    )
     else {
         return (None, errors);
     };
@@ -461,6 +475,7 @@ pub fn check(file: &str, text: &str) -> (Option<Config>, Vec<String>) {
         replay,
         web,
         embedded,
+        webhooks,
         sources,
     };
     (Some(config), errors)

@@ -73,6 +73,14 @@ pub enum ComponentError {
         /// The table.
         table: &'static str,
     },
+    /// Its table of the configuration is wrong.
+    #[error("stage {stage}: {problems}")]
+    Invalid {
+        /// The stage.
+        stage: &'static str,
+        /// Every problem, one per line.
+        problems: String,
+    },
     /// The embedded store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -204,7 +212,8 @@ mod tests {
                 "enrich",
                 "detect",
                 "aggregate",
-                "web"
+                "web",
+                "webhooks"
             ]
         );
         assert_eq!(PIPELINE.consumers_of(Topic::ClickData), ["enrich"]);

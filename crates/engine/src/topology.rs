@@ -86,7 +86,8 @@ pub struct Topology {
 }
 
 /// Clickpulse's operators: click-data → enrich → enriched-click-data → detect (→
-/// special-offers) and aggregate → the dashboard; special-offers → web → popups. The sources
+/// special-offers) and aggregate → the dashboard; special-offers → web → popups, and → webhooks
+/// → the shop's endpoints. The sources
 /// in front of them are plug-ins, each declaring its own stage ([`Topology::with_sources`]).
 pub const OPERATORS: &[Stage] = &[
     Stage {
@@ -129,6 +130,16 @@ pub const OPERATORS: &[Stage] = &[
         dead_letters: true,
         instances: Instances::Replicated,
     },
+    Stage {
+        name: "webhooks",
+        kind: StageKind::Operator,
+        description: "Sends offers, signed, to the shop's own systems, retrying until delivered",
+        inputs: &[Topic::SpecialOffers],
+        outputs: &[],
+        sinks: &["shop-systems"],
+        dead_letters: true,
+        instances: Instances::SingleActive,
+    },
 ];
 
 /// Every topic of the pipeline.
@@ -164,6 +175,12 @@ pub const SINKS: &[Sink] = &[
         label: "Browser popups",
         href: "/shop",
         link_text: "Open the shop",
+    },
+    Sink {
+        name: "shop-systems",
+        label: "The shop's systems",
+        href: "/api/webhooks",
+        link_text: "Deliveries",
     },
 ];
 
@@ -256,6 +273,11 @@ impl Topology {
                 ));
             }
         }
+        for k in self.sinks {
+            if self.stages.iter().any(|s| s.name == k.name) {
+                problems.push(format!("sink {:?} has the name of a stage", k.name));
+            }
+        }
         for t in self.topics.iter().filter(|t| !t.dead) {
             if !self.stages.iter().any(|s| s.outputs.contains(&t.name)) {
                 problems.push(format!("topic {:?} has no writer", t.name.name()));
@@ -287,19 +309,19 @@ mod tests {
         assert_eq!(pipeline.problems(), Vec::<String>::new());
         assert_eq!(
             pipeline.stage_names(),
-            ["log", "enrich", "detect", "aggregate", "web"]
+            ["log", "enrich", "detect", "aggregate", "web", "webhooks"]
         );
         assert_eq!(
             pipeline.consumed_topics(),
             vec![
                 (Topic::ClickData, vec!["enrich"]),
                 (Topic::EnrichedClickData, vec!["detect", "aggregate"]),
-                (Topic::SpecialOffers, vec!["aggregate", "web"]),
+                (Topic::SpecialOffers, vec!["aggregate", "web", "webhooks"]),
             ]
         );
         assert_eq!(
             pipeline.operators(),
-            ["enrich", "detect", "aggregate", "web"]
+            ["enrich", "detect", "aggregate", "web", "webhooks"]
         );
         assert_eq!(
             Topology::with_sources([]).problems(),
@@ -336,7 +358,12 @@ mod tests {
                 name: Topic::SpecialOffers,
                 dead: false,
             }],
-            sinks: &[],
+            sinks: &[Sink {
+                name: "a",
+                label: "",
+                href: "",
+                link_text: "",
+            }],
         };
         assert_eq!(
             broken.problems(),
@@ -344,6 +371,7 @@ mod tests {
                 "stage \"a\" names undeclared topic \"click-data\"",
                 "stage \"a\" names undeclared sink \"void\"",
                 "stage \"a\" is declared twice",
+                "sink \"a\" has the name of a stage",
                 "topic \"special-offers\" has no writer",
             ]
         );

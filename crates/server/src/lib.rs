@@ -35,6 +35,7 @@ pub mod privacy;
 pub mod rate;
 pub mod static_files;
 pub mod telemetry;
+pub mod webhooks;
 
 use clickpulse_engine::topology::Topology;
 use std::future::Future;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub collector: Option<collector::Collector>,
     /// Offer delivery, when the web stage runs here.
     pub web: Option<offers::WebDelivery>,
+    /// The webhooks stage's replay requests, when it runs here.
+    pub webhooks: Option<webhooks::WebhookControl>,
     /// The product catalogue for the shop.
     pub products: Arc<Vec<Value>>,
     /// Origins allowed to call `POST /collect` from other sites (`*` for any).
@@ -133,6 +136,7 @@ impl AppState {
             dashboard: None,
             collector: None,
             web: None,
+            webhooks: None,
             products: Arc::new(Vec::new()),
             cors_origins: Vec::new(),
             privacy: None,
@@ -145,12 +149,17 @@ impl AppState {
 
 pub use patterns::{PatternAdmin, watch_funnels, watch_patterns};
 
-/// A router with only `GET /metrics` and `GET /api/health`: for a process that serves no pages
-/// (`run --metrics-listen`).
+/// A router with only `GET /metrics`, `GET /api/health` and the webhooks' routes: for a process
+/// that serves no pages (`run --metrics-listen`).
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(telemetry::metrics))
         .route("/api/health", get(health))
+        .route("/api/webhooks", get(webhooks::status))
+        .route(
+            "/api/webhooks/replay",
+            axum::routing::post(webhooks::replay),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.telemetry.clone(),
             telemetry::track,
@@ -290,6 +299,11 @@ pub fn app_with(state: AppState, limits: &limits::ServerLimits) -> Router {
         )
         .route("/api/dashboard", get(dashboard::snapshot))
         .route("/api/dashboard/stream", get(dashboard::stream))
+        .route("/api/webhooks", get(webhooks::status))
+        .route(
+            "/api/webhooks/replay",
+            axum::routing::post(webhooks::replay),
+        )
         .route("/metrics", get(telemetry::metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

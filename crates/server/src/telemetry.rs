@@ -237,6 +237,53 @@ impl Collector for PipelineCollector {
                 )?;
             }
         }
+        // The webhooks stage's deliveries, per endpoint (a configured name: bounded).
+        let webhooks: Vec<(&str, &serde_json::Map<String, serde_json::Value>)> = snapshots
+            .iter()
+            .filter_map(|(stage, stats)| Some((*stage, stats.details["endpoints"].as_object()?)))
+            .filter(|(stage, _)| *stage == "webhooks")
+            .collect();
+        if !webhooks.is_empty() {
+            let mut deliveries = encoder.encode_descriptor(
+                "webhook_deliveries",
+                "Webhook attempts settled, by endpoint and outcome: delivered (2xx), retried (a \
+                 failure to be tried again), dead_lettered (out of attempts, or a 410).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (_, endpoints) in &webhooks {
+                for (endpoint, counts) in endpoints.iter() {
+                    for outcome in ["delivered", "retried", "dead_lettered"] {
+                        ConstCounter::new(counts[outcome].as_u64().unwrap_or(0)).encode(
+                            deliveries.encode_family(&[
+                                ("endpoint", endpoint.as_str()),
+                                ("outcome", outcome),
+                            ])?,
+                        )?;
+                    }
+                }
+            }
+            for (name, help, field) in [
+                (
+                    "webhook_pending",
+                    "Deliveries in the outbox (waiting or under way), by endpoint.",
+                    "pending",
+                ),
+                (
+                    "webhook_dead_letters",
+                    "Dead-lettered deliveries kept for `webhooks replay`, by endpoint.",
+                    "dead_letters",
+                ),
+            ] {
+                let mut gauge = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (_, endpoints) in &webhooks {
+                    for (endpoint, counts) in endpoints.iter() {
+                        ConstGauge::new(counts[field].as_i64().unwrap_or(0))
+                            .encode(gauge.encode_family(&[("endpoint", endpoint.as_str())])?)?;
+                    }
+                }
+            }
+        }
         // Delivered here (a web stage): the click-to-offer latency as the browsers see it.
         if self.stages.contains(&"web") {
             let family = encoder.encode_descriptor(
@@ -287,6 +334,23 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert!(!text.contains("enrich"), "{text}");
+        assert!(!text.contains("webhook"), "no webhooks stage here: {text}");
+        let metrics = Arc::new(PipelineMetrics::default());
+        metrics.stage("webhooks").record(
+            3,
+            0,
+            json!({"endpoints": {"crm": {"delivered": 2, "retried": 5, "dead_lettered": 1, "pending": 4, "dead_letters": 1}}}),
+        );
+        let text = Telemetry::new(metrics, vec!["webhooks"], None).encode();
+        for line in [
+            "clickpulse_webhook_deliveries_total{endpoint=\"crm\",outcome=\"delivered\"} 2",
+            "clickpulse_webhook_deliveries_total{endpoint=\"crm\",outcome=\"retried\"} 5",
+            "clickpulse_webhook_deliveries_total{endpoint=\"crm\",outcome=\"dead_lettered\"} 1",
+            "clickpulse_webhook_pending{endpoint=\"crm\"} 4",
+            "clickpulse_webhook_dead_letters{endpoint=\"crm\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
         assert!(!text.contains("offer_latency"), "no web stage here: {text}");
     }
 }

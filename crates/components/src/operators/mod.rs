@@ -2,7 +2,7 @@
 //! settings, what it needs from each runtime, its tests) and a line in [`OPERATORS`]; the
 //! operator itself — a pure, synchronous core — lives in `clickpulse-engine`, and the runtimes
 //! drive it through the one task driver. The web stage, which delivers offers, is the offer hub
-//! sink's (`sinks::offer_hub`).
+//! sink's (`sinks::offer_hub`), and the webhooks stage the webhook sink's (`sinks::webhook`).
 
 use clickpulse_connectors::distributed::runner::{Placement, run_stage};
 use clickpulse_connectors::embedded::runner::run_operator;
@@ -124,6 +124,7 @@ mod tests {
             .collect();
         let mut started: Vec<&str> = OPERATORS.iter().map(|o| o.name).collect();
         started.push(crate::sinks::offer_hub::STAGE);
+        started.push(crate::sinks::webhook::sender::STAGE);
         assert_eq!(started, topology);
     }
 

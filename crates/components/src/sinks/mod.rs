@@ -10,7 +10,7 @@ pub mod offer_hub;
 pub mod webhook;
 
 /// Every sink, in the topology's order.
-pub static SINKS: &[Sink] = &[dashboard_store::SINK, offer_hub::SINK];
+pub static SINKS: &[Sink] = &[dashboard_store::SINK, offer_hub::SINK, webhook::SINK];
 
 /// What each sink is started with (each sink's own part).
 pub struct SinkSettings {
@@ -18,6 +18,8 @@ pub struct SinkSettings {
     pub dashboard: dashboard_store::DashboardSettings,
     /// The offer hub's.
     pub popups: offer_hub::OfferHubSettings,
+    /// The webhooks'.
+    pub webhooks: webhook::WebhookSettings,
 }
 
 /// A sink plug-in.
@@ -56,5 +58,6 @@ mod tests {
         assert_eq!(registry, topology);
         assert_eq!(writers("dashboard").collect::<Vec<_>>(), ["aggregate"]);
         assert_eq!(writers("popups").collect::<Vec<_>>(), ["web"]);
+        assert_eq!(writers("shop-systems").collect::<Vec<_>>(), ["webhooks"]);
     }
 }

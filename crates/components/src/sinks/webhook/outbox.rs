@@ -298,6 +298,29 @@ impl Outbox {
         }
     }
 
+    /// The pending entry of `endpoint`/`id`.
+    pub fn get(&self, endpoint: &str, id: &str) -> Option<&Entry> {
+        self.entries.get(&(endpoint.to_owned(), id.to_owned()))
+    }
+
+    /// Re-enables `endpoint` after a 410 (a replay asked to); whether it was disabled.
+    pub fn enable(&mut self, endpoint: &str) -> bool {
+        self.disabled.remove(endpoint)
+    }
+
+    /// Puts a dead-lettered entry back, due at `now_ms` with its attempts reset; `false` when
+    /// it is pending already or its endpoint is disabled.
+    pub fn requeue(&mut self, mut entry: Entry, now_ms: i64) -> bool {
+        let key = (entry.endpoint.clone(), entry.id.clone());
+        if self.disabled.contains(&entry.endpoint) || self.entries.contains_key(&key) {
+            return false;
+        }
+        entry.attempts = 0;
+        entry.due_ms = now_ms;
+        self.insert(entry);
+        true
+    }
+
     /// Whether `endpoint` was disabled by a 410.
     pub fn is_disabled(&self, endpoint: &str) -> bool {
         self.disabled.contains(endpoint)

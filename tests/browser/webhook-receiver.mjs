@@ -1,0 +1,63 @@
+// A shop's webhook receiver for the tests: verifies every message with the Standard Webhooks
+// spec's own library (npm `standardwebhooks`), as a shop's would, and fails on purpose by plan.
+//
+//   node webhook-receiver.mjs PORT LOG PLAN
+//
+// WEBHOOK_SECRET holds the secret it verifies with. PLAN is a JSON file mapping a path to
+// {"attempts": [...], "then": "..."}: the n-th request for one webhook-id on that path gets
+// attempts[n], later ones "then" (default "ok"). Each is "ok" (204), a status ("500", "410",
+// "400"), "429:S" (429 with Retry-After: S) or "timeout" (no answer, the socket held open).
+// Every request is appended to LOG as a JSON line {path, id, n, verified, answer, body}; the
+// counts start from what LOG holds, so a restarted receiver carries on with the plan. Prints
+// "listening" once it is.
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { Webhook } from "standardwebhooks";
+
+const [port, log, planFile] = process.argv.slice(2);
+const plan = JSON.parse(readFileSync(planFile, "utf8"));
+const webhook = new Webhook(process.env.WEBHOOK_SECRET);
+const seen = new Map();
+if (existsSync(log)) {
+  for (const line of readFileSync(log, "utf8").split("\n")) {
+    if (!line) continue;
+    const { path, id } = JSON.parse(line);
+    const key = `${path} ${id}`;
+    seen.set(key, (seen.get(key) ?? 0) + 1);
+  }
+}
+
+const server = createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    const body = Buffer.concat(chunks).toString("utf8");
+    const id = req.headers["webhook-id"] ?? "";
+    let verified = true;
+    let parsed = null;
+    try {
+      parsed = webhook.verify(body, req.headers);
+    } catch (e) {
+      verified = false;
+    }
+    const key = `${req.url} ${id}`;
+    const n = seen.get(key) ?? 0;
+    seen.set(key, n + 1);
+    const rule = plan[req.url] ?? {};
+    let answer = (rule.attempts ?? [])[n] ?? rule.then ?? "ok";
+    if (!verified) answer = "400";
+    appendFileSync(
+      log,
+      JSON.stringify({ path: req.url, id, n, verified, answer, body: parsed }) + "\n",
+    );
+    if (answer === "timeout") return; // never answered; the sender gives up
+    if (answer === "ok") {
+      res.writeHead(204).end();
+    } else if (answer.startsWith("429:")) {
+      res.writeHead(429, { "retry-after": answer.slice(4) }).end("slow down");
+    } else {
+      res.writeHead(Number(answer)).end("planned failure");
+    }
+  });
+});
+server.listen(Number(port), "127.0.0.1", () => console.log("listening"));

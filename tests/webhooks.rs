@@ -1,0 +1,291 @@
+//! Offers out to a shop's own systems by webhook, embedded: a receiver that verifies every
+//! message with the Standard Webhooks spec's npm library fails on purpose (a 500, a timeout, a
+//! 429 with `Retry-After`), is stopped and restarted, and the demo is killed with `kill -9` and
+//! restarted; every offer still arrives, signed, at least once, with its offer id as its
+//! `webhook-id`. An endpoint that answers 400 dead-letters each offer after its attempts and one
+//! that answers 410 is disabled; `clickpulse webhooks replay` sends them again once they mend.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::receiver::Receiver;
+use common::*;
+use serde_json::{Value, json};
+
+fn offer_ids(offers: &Path, pattern: Option<&str>) -> BTreeSet<String> {
+    std::fs::read_to_string(offers)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|o| pattern.is_none_or(|p| o["pattern"] == p))
+        .map(|o| o["offer_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn config(receiver: &Receiver) -> String {
+    format!(
+        r#"
+[webhooks]
+allow_loopback = true
+
+[[webhooks.endpoint]]
+name = "crm"
+url = "{crm}"
+patterns = ["cart-abandonment"]
+secrets = ["{secret}"]
+timeout_ms = 1000
+max_in_flight = 8
+retry_schedule = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
+
+[[webhooks.endpoint]]
+name = "bad"
+url = "{bad}"
+secrets = ["{secret}"]
+retry_schedule = ["100ms", "100ms"]
+
+[[webhooks.endpoint]]
+name = "gone"
+url = "{gone}"
+patterns = ["cart-abandonment"]
+secrets = ["{secret}"]
+"#,
+        crm = receiver.url("/crm"),
+        bad = receiver.url("/bad"),
+        gone = receiver.url("/gone"),
+        secret = receiver.secret,
+    )
+}
+
+fn webhooks(demo: &Demo) -> Option<Value> {
+    demo.get("/api/webhooks")
+}
+
+#[test]
+fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = interactions_log(tmp.path(), 150, 1_500, 3);
+    let offers_file = tmp.path().join("offers.jsonl");
+    // The shipped patterns, in a directory of the test's own (the demo watches it).
+    let patterns = tmp.path().join("patterns");
+    std::fs::create_dir(&patterns).unwrap();
+    for f in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, patterns.join(f.file_name().unwrap())).unwrap();
+    }
+    run_ok(&[
+        "backtest",
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--offers-out",
+        offers_file.to_str().unwrap(),
+    ]);
+    let (all, carts) = (
+        offer_ids(&offers_file, None),
+        offer_ids(&offers_file, Some("cart-abandonment")),
+    );
+    assert!(carts.len() >= 2 && all.len() > carts.len(), "{all:?}");
+
+    let plan = json!({
+        "/crm": {"attempts": ["500", "timeout", "429:1"], "then": "ok"},
+        "/bad": {"then": "400"},
+        "/gone": {"then": "410"},
+    });
+    let mut receiver = Receiver::start(tmp.path(), &plan);
+    let config_file = tmp.path().join("clickpulse.toml");
+    std::fs::write(&config_file, config(&receiver)).unwrap();
+    let dir = tmp.path().join("data");
+    let (dir, config_path) = (dir.to_str().unwrap(), config_file.to_str().unwrap());
+    let args = [
+        "--config",
+        config_path,
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--speed",
+        "max",
+    ];
+    let mut demo = Demo::start(dir, &args);
+    let dir_path = tmp.path().join("data");
+
+    // The receiver goes away while the first deliveries are being retried, and comes back.
+    wait_until("the first attempts", || {
+        (receiver
+            .requests()
+            .iter()
+            .filter(|r| r["path"] == "/crm")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    receiver.stop();
+    wait_until("attempts to meet a closed port", || {
+        let crm = &webhooks(&demo)?["endpoints"]["crm"];
+        (crm["retried"].as_u64()? >= 4).then_some(())
+    });
+    receiver.restart(&plan);
+
+    // The demo is killed with deliveries pending, and restarted on its data dir.
+    wait_until("a first delivery", || {
+        (!receiver.delivered("/crm").is_empty()).then_some(())
+    });
+    demo.child.kill().unwrap();
+    demo.child.wait().unwrap();
+    let demo = Demo::start(dir, &args);
+
+    wait_until("every cart offer at the CRM", || {
+        (receiver.delivered("/crm") == carts).then_some(())
+    });
+    wait_until("every offer dead-lettered at the broken endpoint", || {
+        let bad = &webhooks(&demo)?["endpoints"]["bad"];
+        (bad["dead_letters"].as_u64()? == all.len() as u64 && bad["pending"] == 0).then_some(())
+    });
+    let status = wait_until("the gone endpoint disabled", || {
+        let gone = webhooks(&demo)?["endpoints"]["gone"].clone();
+        (gone["disabled"] == true && gone["pending"] == 0).then_some(gone)
+    });
+    assert!(status["dead_letters"].as_u64().unwrap() >= 1);
+
+    let requests = receiver.requests();
+    assert!(
+        requests.iter().all(|r| r["verified"] == true),
+        "every message verifies with the spec's library"
+    );
+    for r in requests.iter().filter(|r| r["answer"] == "ok") {
+        // The body is the offer, and the webhook-id its offer id.
+        assert_eq!(r["body"]["type"], "offer.created");
+        assert_eq!(r["body"]["data"]["offer_id"], r["id"]);
+        assert!(r["body"]["data"]["title"].is_string(), "{r}");
+    }
+    let crm_attempts = |id: &str| {
+        requests
+            .iter()
+            .filter(|r| r["path"] == "/crm" && r["id"] == id)
+            .count()
+    };
+    for id in &carts {
+        assert!(crm_attempts(id) >= 4, "{id}: 500, timeout, 429, then ok");
+    }
+    // Every offer reached the broken endpoint (the others of its three attempts may have met
+    // the stopped receiver); its dead letters are checked on the topic at the end.
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r["path"] == "/bad")
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect::<BTreeSet<_>>(),
+        all
+    );
+
+    // Both endpoints mended: the replay sends their dead letters again, the same ids.
+    let mended = json!({"/crm": {"then": "ok"}, "/bad": {"then": "ok"}, "/gone": {"then": "ok"}});
+    receiver.restart(&mended);
+    let url = format!("http://127.0.0.1:{}", demo.port);
+    let replay = |extra: &[&str]| {
+        let mut args = vec![
+            "webhooks",
+            "replay",
+            "--url",
+            &url,
+            "--admin-token",
+            ADMIN_TOKEN,
+        ];
+        args.extend_from_slice(extra);
+        String::from_utf8_lossy(&run_ok(&args).stdout).to_string()
+    };
+    let printed = replay(&["--endpoint", "bad"]);
+    assert!(
+        printed.contains(&format!("re-queued {} deliveries", all.len())),
+        "{printed}"
+    );
+    wait_until("the replayed dead letters delivered", || {
+        (receiver.delivered("/bad") == all).then_some(())
+    });
+    let enabled = replay(&["--endpoint", "gone", "--enable"]);
+    assert!(enabled.contains("re-enabled endpoint gone"), "{enabled}");
+    wait_until("the gone endpoint's dead letters delivered", || {
+        let delivered = receiver.delivered("/gone");
+        (!delivered.is_empty() && delivered.is_subset(&carts)).then_some(())
+    });
+    // Prometheus sees the deliveries by endpoint and outcome.
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let delivered_bad = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"clickpulse_webhook_deliveries_total{endpoint="bad",outcome="delivered"} "#,
+            )
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(delivered_bad, Some(all.len() as u64), "{metrics}");
+    // A replay without the admin token is refused.
+    let refused = std::process::Command::new(bin())
+        .args([
+            "webhooks",
+            "replay",
+            "--url",
+            &url,
+            "--admin-token",
+            "wrong",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{refused:?}"
+    );
+
+    // The dead letters on the topic: each offer's at the broken endpoint after its three
+    // attempts, with the reason; the gone endpoint's with the 410.
+    sigterm(&demo.child);
+    let mut demo = demo;
+    wait_exit(&mut demo.child, "the demo to stop");
+    let dumped = run_ok(&[
+        "topics",
+        "dump",
+        "dead-letters",
+        "--data-dir",
+        dir_path.to_str().unwrap(),
+    ]);
+    let letters: Vec<Value> = String::from_utf8(dumped.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bad: BTreeSet<String> = letters
+        .iter()
+        .filter(|l| l["source"] == "webhooks/bad")
+        .inspect(|l| {
+            assert_eq!(l["position"], 3, "{l}");
+            assert!(
+                l["reason"].as_str().unwrap().contains("answered 400"),
+                "{l}"
+            );
+        })
+        .map(|l| {
+            // "webhook <id> to <endpoint>: <why>"
+            let reason = l["reason"].as_str().unwrap();
+            reason["webhook ".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(bad, all);
+    assert!(
+        letters.iter().any(|l| l["source"] == "webhooks/gone"
+            && l["reason"].as_str().unwrap().contains("410 Gone")),
+        "{letters:?}"
+    );
+}
