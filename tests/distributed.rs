@@ -161,6 +161,84 @@ fn a_log_with_interactions_gives_the_backtest_s_cart_offers_and_dashboard() {
 }
 
 #[test]
+fn offers_reach_a_webhook_receiver_across_a_killed_sender_and_replay_from_its_standby() {
+    use common::receiver::Receiver;
+    let dir = tempfile::tempdir().unwrap();
+    let log = interactions_log(dir.path(), 150, 1_500, 3);
+    let (_, patterns) = backtest_with_cart_offers(&log);
+    let (dashboard, offers, events) = backtest_with(&[&log], &patterns);
+    // Slow answers, one at a time: the sender is killed with deliveries still to make.
+    let plan = serde_json::json!({
+        "/crm": {"attempts": ["500"], "then": "slow:150"},
+        "/bad": {"then": "400"},
+    });
+    let mut receiver = Receiver::start(dir.path(), &plan);
+    let extra = format!(
+        "[webhooks]\nallow_loopback = true\n\n{}\n{}",
+        receiver.endpoint(
+            "crm",
+            "/crm",
+            "max_in_flight = 1\nretry_schedule = [\"500ms\"]"
+        ),
+        receiver.endpoint("bad", "/bad", "retry_schedule = [\"100ms\"]"),
+    );
+    let mut c = Cluster::start_spec_with(
+        clickpulse_chaos::Spec {
+            replay: format!("speed = \"max\"\nlogs = [\"{}\"]", log.display()),
+            extra,
+            ..clickpulse_chaos::Spec::default()
+        },
+        &patterns,
+    );
+    let sender = |c: &mut Cluster, id: &str| {
+        let port = free_port();
+        let args = [
+            "--metrics-listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--admin-token".to_owned(),
+            ADMIN_TOKEN.to_owned(),
+        ];
+        (c.worker_with("webhooks", id, &args), port)
+    };
+    let (a, _) = sender(&mut c, "webhooks-a");
+    for stage in ["web", "replay", "enrich", "detect", "aggregate"] {
+        c.worker(stage, stage);
+    }
+    wait_until("the first deliveries", || {
+        (receiver.delivered("/crm").len() >= 3).then_some(())
+    });
+    // A standby waits for the lease; the active sender is killed mid-way.
+    let (_, standby_port) = sender(&mut c, "webhooks-b");
+    c.workers[a].kill();
+    let before = receiver.delivered("/crm").len();
+    assert!(before < offers.len(), "killed with deliveries to make");
+    c.wait_until_done(events, &dashboard, Duration::from_secs(150));
+    assert_offers(&c, &offers);
+    wait_until("every offer at the receiver", || {
+        (receiver.delivered("/crm") == offers).then_some(())
+    });
+    wait_until("the broken endpoint's dead letters at the standby", || {
+        let status = get_json(standby_port, "/api/webhooks")?;
+        let bad = &status["endpoints"]["bad"];
+        (bad["dead_letters"].as_u64()? == offers.len() as u64).then_some(())
+    });
+    receiver.restart(&serde_json::json!({"/bad": {"then": "ok"}}));
+    let url = format!("http://127.0.0.1:{standby_port}");
+    let printed = common::receiver::replay(&url, &["--endpoint", "bad"]);
+    assert!(
+        printed.contains(&format!("re-queued {} deliveries", offers.len())),
+        "{printed}"
+    );
+    wait_until("the replayed dead letters delivered", || {
+        (receiver.delivered("/bad") == offers).then_some(())
+    });
+    assert!(
+        receiver.requests().iter().all(|r| r["verified"] == true),
+        "every message verifies with the spec's library"
+    );
+}
+
+#[test]
 fn a_killed_detect_worker_hands_its_partitions_over_without_duplicates() {
     let (dashboard, offers, events) = backtest(&[]);
     assert_eq!(events, 116_607);

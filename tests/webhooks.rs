@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::receiver::Receiver;
+use common::receiver::{Receiver, replay};
 use common::*;
 use serde_json::{Value, json};
 
@@ -25,36 +25,13 @@ fn offer_ids(offers: &Path, pattern: Option<&str>) -> BTreeSet<String> {
 }
 
 fn config(receiver: &Receiver) -> String {
+    let crm = "patterns = [\"cart-abandonment\"]\ntimeout_ms = 1000\nmax_in_flight = 8\n\
+               retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]";
     format!(
-        r#"
-[webhooks]
-allow_loopback = true
-
-[[webhooks.endpoint]]
-name = "crm"
-url = "{crm}"
-patterns = ["cart-abandonment"]
-secrets = ["{secret}"]
-timeout_ms = 1000
-max_in_flight = 8
-retry_schedule = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
-
-[[webhooks.endpoint]]
-name = "bad"
-url = "{bad}"
-secrets = ["{secret}"]
-retry_schedule = ["100ms", "100ms"]
-
-[[webhooks.endpoint]]
-name = "gone"
-url = "{gone}"
-patterns = ["cart-abandonment"]
-secrets = ["{secret}"]
-"#,
-        crm = receiver.url("/crm"),
-        bad = receiver.url("/bad"),
-        gone = receiver.url("/gone"),
-        secret = receiver.secret,
+        "[webhooks]\nallow_loopback = true\n\n{}\n{}\n{}",
+        receiver.endpoint("crm", "/crm", crm),
+        receiver.endpoint("bad", "/bad", "retry_schedule = [\"100ms\", \"100ms\"]"),
+        receiver.endpoint("gone", "/gone", "patterns = [\"cart-abandonment\"]"),
     )
 }
 
@@ -185,19 +162,7 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
     let mended = json!({"/crm": {"then": "ok"}, "/bad": {"then": "ok"}, "/gone": {"then": "ok"}});
     receiver.restart(&mended);
     let url = format!("http://127.0.0.1:{}", demo.port);
-    let replay = |extra: &[&str]| {
-        let mut args = vec![
-            "webhooks",
-            "replay",
-            "--url",
-            &url,
-            "--admin-token",
-            ADMIN_TOKEN,
-        ];
-        args.extend_from_slice(extra);
-        String::from_utf8_lossy(&run_ok(&args).stdout).to_string()
-    };
-    let printed = replay(&["--endpoint", "bad"]);
+    let printed = replay(&url, &["--endpoint", "bad"]);
     assert!(
         printed.contains(&format!("re-queued {} deliveries", all.len())),
         "{printed}"
@@ -205,7 +170,7 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
     wait_until("the replayed dead letters delivered", || {
         (receiver.delivered("/bad") == all).then_some(())
     });
-    let enabled = replay(&["--endpoint", "gone", "--enable"]);
+    let enabled = replay(&url, &["--endpoint", "gone", "--enable"]);
     assert!(enabled.contains("re-enabled endpoint gone"), "{enabled}");
     wait_until("the gone endpoint's dead letters delivered", || {
         let delivered = receiver.delivered("/gone");

@@ -6,7 +6,8 @@
 // WEBHOOK_SECRET holds the secret it verifies with. PLAN is a JSON file mapping a path to
 // {"attempts": [...], "then": "..."}: the n-th request for one webhook-id on that path gets
 // attempts[n], later ones "then" (default "ok"). Each is "ok" (204), a status ("500", "410",
-// "400"), "429:S" (429 with Retry-After: S) or "timeout" (no answer, the socket held open).
+// "400"), "429:S" (429 with Retry-After: S), "slow:MS" (204 after MS ms) or "timeout" (no
+// answer, the socket held open).
 // Every request is appended to LOG as a JSON line {path, id, n, verified, answer, body}; the
 // counts start from what LOG holds, so a restarted receiver carries on with the plan. Prints
 // "listening" once it is.
@@ -45,13 +46,16 @@ const server = createServer((req, res) => {
     seen.set(key, n + 1);
     const rule = plan[req.url] ?? {};
     let answer = (rule.attempts ?? [])[n] ?? rule.then ?? "ok";
+    const delivered = answer === "ok" || answer.startsWith("slow:");
     if (!verified) answer = "400";
     appendFileSync(
       log,
-      JSON.stringify({ path: req.url, id, n, verified, answer, body: parsed }) + "\n",
+      JSON.stringify({ path: req.url, id, n, verified, answer: delivered ? "ok" : answer, body: parsed }) + "\n",
     );
     if (answer === "timeout") return; // never answered; the sender gives up
-    if (answer === "ok") {
+    if (answer.startsWith("slow:")) {
+      setTimeout(() => res.writeHead(204).end(), Number(answer.slice(5)));
+    } else if (answer === "ok") {
       res.writeHead(204).end();
     } else if (answer.startsWith("429:")) {
       res.writeHead(429, { "retry-after": answer.slice(4) }).end("slow down");

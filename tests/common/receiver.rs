@@ -39,6 +39,16 @@ impl Receiver {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// A `[[webhooks.endpoint]]` named `name` posting to `path` on it, signed with its
+    /// secret, with more `lines` (`retry_schedule = [...]`, ...).
+    pub fn endpoint(&self, name: &str, path: &str, lines: &str) -> String {
+        format!(
+            "[[webhooks.endpoint]]\nname = \"{name}\"\nurl = \"{}\"\nsecrets = [\"{}\"]\n{lines}\n",
+            self.url(path),
+            self.secret
+        )
+    }
+
     /// Stops it (connections are refused until it is started again).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -94,4 +104,18 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `clickpulse webhooks replay --url URL --admin-token … EXTRA…`; its standard output.
+pub fn replay(url: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "webhooks",
+        "replay",
+        "--url",
+        url,
+        "--admin-token",
+        super::ADMIN_TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    String::from_utf8_lossy(&super::run_ok(&args).stdout).to_string()
 }
