@@ -45,10 +45,17 @@ pub(crate) fn run(args: ChaosArgs) -> Result<ExitCode> {
                 patterns: args.patterns.clone(),
                 speed,
                 deadline: args.deadline,
+                config: args.config.clone(),
             },
             work.path(),
         )),
         ChaosMode::Distributed => {
+            if args.config.is_some() {
+                anyhow::bail!(
+                    "--config is for --mode embedded (a distributed run generates its own \
+                     configuration)"
+                );
+            }
             let patterns = match &args.patterns {
                 Some(p) => std::path::absolute(p)?,
                 None => {

@@ -531,6 +531,10 @@ pub(crate) struct ChaosArgs {
     /// watermark), keeps the work dir and exits 1, instead of waiting for ever.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub(crate) deadline: std::time::Duration,
+    /// Embedded mode: the pipeline's configuration (`[webhooks]` endpoints, …); the report
+    /// then lists the webhook deliveries still in the outbox at the end (`webhooks_pending`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Distributed mode: do not restart the broker during the run (Redis is still restarted).
     #[arg(long)]
     pub(crate) skip_broker_restart: bool,

@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::receiver::Receiver;
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A pattern that fires a few hundred times on the bundled log.
 const PATTERNS: &str = "tests/data/offer-patterns";
@@ -178,6 +179,19 @@ fn kills_on_a_log_with_interactions_change_no_offer_and_no_dashboard_figure() {
     let work = tempfile::tempdir().unwrap();
     let log = interactions_log(work.path(), 1_000, 10_000, 6);
     let (_, patterns) = backtest_with_cart_offers(&log);
+    let offers = offer_ids(&backtest_offers(&log, &patterns), None);
+    // The webhooks stage is killed with the rest: every offer reaches the receiver or is
+    // still in the outbox, none is lost.
+    let receiver = Receiver::start(work.path(), &json!({"/crm": {"attempts": ["500"]}}));
+    let config = work.path().join("clickpulse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhooks]\nallow_loopback = true\n\n{}",
+            receiver.endpoint("crm", "/crm", "retry_schedule = [\"200ms\"]")
+        ),
+    )
+    .unwrap();
     let runs = work.path().join("runs");
     std::fs::create_dir(&runs).unwrap();
     let (status, report, stderr) = chaos_with(
@@ -189,6 +203,8 @@ fn kills_on_a_log_with_interactions_change_no_offer_and_no_dashboard_figure() {
             "7",
             "--log",
             log.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
         ],
         &patterns,
     );
@@ -196,6 +212,22 @@ fn kills_on_a_log_with_interactions_change_no_offer_and_no_dashboard_figure() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["snapshot_equal"], true, "{report}");
     assert_eq!(report["unfinished"], Value::Null, "{report}");
+    let mut reached = receiver.delivered("/crm");
+    assert!(!reached.is_empty());
+    for pending in report["webhooks_pending"].as_array().unwrap() {
+        reached.insert(
+            pending
+                .as_str()
+                .unwrap()
+                .strip_prefix("crm/")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let lost: Vec<&String> = offers.difference(&reached).collect();
+    assert!(lost.is_empty(), "{} offers lost: {lost:?}", lost.len());
+    assert!(reached.is_subset(&offers));
+    assert!(receiver.requests().iter().all(|r| r["verified"] == true));
 }
 
 /// A run that cannot finish in time stops what it started, says which stages were not done,

@@ -14,16 +14,6 @@ use common::receiver::{Receiver, replay};
 use common::*;
 use serde_json::{Value, json};
 
-fn offer_ids(offers: &Path, pattern: Option<&str>) -> BTreeSet<String> {
-    std::fs::read_to_string(offers)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|o| pattern.is_none_or(|p| o["pattern"] == p))
-        .map(|o| o["offer_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn config(receiver: &Receiver) -> String {
     let crm = "patterns = [\"cart-abandonment\"]\ntimeout_ms = 1000\nmax_in_flight = 8\n\
                retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]";
@@ -43,7 +33,6 @@ fn webhooks(demo: &Demo) -> Option<Value> {
 fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let log = interactions_log(tmp.path(), 150, 1_500, 3);
-    let offers_file = tmp.path().join("offers.jsonl");
     // The shipped patterns, in a directory of the test's own (the demo watches it).
     let patterns = tmp.path().join("patterns");
     std::fs::create_dir(&patterns).unwrap();
@@ -51,18 +40,10 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
         let f = f.unwrap().path();
         std::fs::copy(&f, patterns.join(f.file_name().unwrap())).unwrap();
     }
-    run_ok(&[
-        "backtest",
-        "--log",
-        log.to_str().unwrap(),
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--offers-out",
-        offers_file.to_str().unwrap(),
-    ]);
+    let offers = backtest_offers(&log, &patterns);
     let (all, carts) = (
-        offer_ids(&offers_file, None),
-        offer_ids(&offers_file, Some("cart-abandonment")),
+        offer_ids(&offers, None),
+        offer_ids(&offers, Some("cart-abandonment")),
     );
     assert!(carts.len() >= 2 && all.len() > carts.len(), "{all:?}");
 

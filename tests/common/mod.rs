@@ -393,3 +393,33 @@ pub fn collect_add_to_cart(port: u16, visitor: &str, token: &str) {
         .status();
     assert_eq!(status.as_u16(), 202);
 }
+
+/// Every offer `clickpulse backtest` makes on `log` with the patterns of `patterns`, as JSON
+/// (its `--offers-out` lines).
+pub fn backtest_offers(log: &Path, patterns: &Path) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("offers.jsonl");
+    run_ok(&[
+        "backtest",
+        "--log",
+        log.to_str().unwrap(),
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--offers-out",
+        file.to_str().unwrap(),
+    ]);
+    std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The ids of `offers` (of `pattern` only, when given).
+pub fn offer_ids(offers: &[Value], pattern: Option<&str>) -> std::collections::BTreeSet<String> {
+    offers
+        .iter()
+        .filter(|o| pattern.is_none_or(|p| o["pattern"] == p))
+        .map(|o| o["offer_id"].as_str().unwrap().to_owned())
+        .collect()
+}

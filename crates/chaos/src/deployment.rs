@@ -100,6 +100,9 @@ pub struct Observed {
     pub store_checks: u32,
     /// Services restarted besides the pipeline's own processes.
     pub service_restarts: Vec<&'static str>,
+    /// Webhook deliveries still in the outbox at the end (`endpoint/offer id`): with every
+    /// delivery the receiver got, each offer must be one or the other (none lost).
+    pub webhooks_pending: BTreeSet<String>,
 }
 
 /// A pipeline the schedule can run, kill and inspect: the embedded one
@@ -223,6 +226,7 @@ impl Outcome {
             "snapshot_equal": snapshot_equal,
             "store_checks": o.store_checks,
             "service_restarts": o.service_restarts,
+            "webhooks_pending": o.webhooks_pending,
             "kill_points": self.kill_points,
             "replay_speed": self.speed.round(),
             "elapsed_ms": self.elapsed.as_millis() as u64,

@@ -160,6 +160,8 @@ impl Deployment for DistributedDeployment {
             dashboard: self.cluster.dashboard(),
             store_checks: 0,
             service_restarts: self.service_restarts.clone(),
+            // No webhooks stage runs here (`chaos --config` is embedded only).
+            webhooks_pending: Default::default(),
         })
     }
 

@@ -29,6 +29,8 @@ pub struct EmbeddedSpec {
     pub speed: f64,
     /// The run's deadline (for the report of an unfinished run).
     pub deadline: Duration,
+    /// The pipeline's configuration file (`[webhooks]`, …), if any.
+    pub config: Option<PathBuf>,
 }
 
 /// `clickpulse demo` lives on one data dir in `work`, each logging to `work/pipeline.log`.
@@ -86,6 +88,9 @@ impl EmbeddedDeployment {
         }
         if let Some(p) = &self.spec.patterns {
             a.extend(["--patterns".into(), p.display().to_string()]);
+        }
+        if let Some(c) = &self.spec.config {
+            a.extend(["--config".into(), c.display().to_string()]);
         }
         a
     }
@@ -263,6 +268,8 @@ impl Deployment for EmbeddedDeployment {
             })?;
         let dashboard = clickpulse_components::sinks::dashboard_store::embedded_snapshot(&store)
             .map_err(inspect("the dashboard snapshot"))?;
+        let webhooks_pending = clickpulse_components::sinks::webhook::pending_embedded(&store)
+            .map_err(inspect("the webhooks' outbox"))?;
         Ok(Observed {
             events_in: records(topics::CLICK_DATA),
             events_out: records(topics::ENRICHED_CLICK_DATA),
@@ -271,6 +278,7 @@ impl Deployment for EmbeddedDeployment {
             dashboard,
             store_checks: self.store_checks,
             service_restarts: Vec::new(),
+            webhooks_pending,
         })
     }
 }

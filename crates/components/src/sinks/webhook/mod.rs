@@ -12,7 +12,11 @@ pub mod outbox;
 pub mod sender;
 pub mod signature;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use clickpulse_connectors::embedded::runner::operator_state_with_prefix;
+use clickpulse_connectors::embedded::{EmbeddedStore, StoreError};
 
 use clickpulse_engine::pattern::PatternRegistry;
 
@@ -76,4 +80,15 @@ fn start(settings: &super::SinkSettings, wiring: &mut Wiring<'_>) -> Result<(), 
         }
         op
     })
+}
+
+/// The deliveries in the embedded webhooks stage's outbox as of its last commit, as
+/// `endpoint/offer id` (for inspection: `chaos` reports them).
+pub fn pending_embedded(store: &EmbeddedStore) -> Result<BTreeSet<String>, StoreError> {
+    Ok(
+        operator_state_with_prefix(store, STAGE, sender::ENTRY_PREFIX)?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix(sender::ENTRY_PREFIX).map(str::to_owned))
+            .collect(),
+    )
 }
