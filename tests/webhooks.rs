@@ -15,13 +15,21 @@ use common::*;
 use serde_json::{Value, json};
 
 fn config(receiver: &Receiver) -> String {
-    let crm = "patterns = [\"cart-abandonment\"]\ntimeout_ms = 1000\nmax_in_flight = 8\n\
-               retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]";
+    let patient =
+        "retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]";
+    let crm = format!(
+        "patterns = [\"cart-abandonment\"]\ntimeout_ms = 1000\nmax_in_flight = 8\n{patient}"
+    );
     format!(
-        "[webhooks]\nallow_loopback = true\n\n{}\n{}\n{}",
-        receiver.endpoint("crm", "/crm", crm),
+        "[webhooks]\nallow_loopback = true\n\n{}\n{}\n{}\n{}",
+        receiver.endpoint("crm", "/crm", &crm),
         receiver.endpoint("bad", "/bad", "retry_schedule = [\"100ms\", \"100ms\"]"),
         receiver.endpoint("gone", "/gone", "patterns = [\"cart-abandonment\"]"),
+        format_args!(
+            "[[webhooks.slack]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"offer\"]\n\
+             patterns = [\"cart-abandonment\"]\n{patient}\n",
+            receiver.url("/slack")
+        ),
     )
 }
 
@@ -51,6 +59,7 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
         "/crm": {"attempts": ["500", "timeout", "429:1"], "then": "ok"},
         "/bad": {"then": "400"},
         "/gone": {"then": "410"},
+        "/slack": {"slack": true, "attempts": ["429:1"], "then": "ok"},
     });
     let mut receiver = Receiver::start(tmp.path(), &plan);
     let config_file = tmp.path().join("clickpulse.toml");
@@ -108,12 +117,29 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
     });
     assert!(status["dead_letters"].as_u64().unwrap() >= 1);
 
+    // Slack got digests of the cart offers, within its limits and without visitor ids.
+    wait_until("every cart offer in a Slack digest", || {
+        let got: BTreeSet<String> = receiver
+            .requests()
+            .iter()
+            .filter(|r| r["path"] == "/slack" && r["answer"] == "ok")
+            .flat_map(|r| r["items"].as_array().unwrap().clone())
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect();
+        (got == carts).then_some(())
+    });
     let requests = receiver.requests();
+    for r in requests.iter().filter(|r| r["path"] == "/slack") {
+        assert!(!r["body"].to_string().contains("\"visitor\""), "{r}");
+    }
     assert!(
         requests.iter().all(|r| r["verified"] == true),
         "every message verifies with the spec's library"
     );
-    for r in requests.iter().filter(|r| r["answer"] == "ok") {
+    for r in requests
+        .iter()
+        .filter(|r| r["answer"] == "ok" && r["path"] != "/slack")
+    {
         // The body is the offer, and the webhook-id its offer id.
         assert_eq!(r["body"]["type"], "offer.created");
         assert_eq!(r["body"]["data"]["offer_id"], r["id"]);
@@ -140,7 +166,12 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
     );
 
     // Both endpoints mended: the replay sends their dead letters again, the same ids.
-    let mended = json!({"/crm": {"then": "ok"}, "/bad": {"then": "ok"}, "/gone": {"then": "ok"}});
+    let mended = json!({
+        "/crm": {"then": "ok"},
+        "/bad": {"then": "ok"},
+        "/gone": {"then": "ok"},
+        "/slack": {"slack": true},
+    });
     receiver.restart(&mended);
     let url = format!("http://127.0.0.1:{}", demo.port);
     let printed = replay(&url, &["--endpoint", "bad"]);

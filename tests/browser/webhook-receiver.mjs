@@ -8,7 +8,10 @@
 // attempts[n], later ones "then" (default "ok"). Each is "ok" (204), a status ("500", "410",
 // "400"), "429:S" (429 with Retry-After: S), "slow:MS" (204 after MS ms) or "timeout" (no
 // answer, the socket held open).
-// Every request is appended to LOG as a JSON line {path, id, n, verified, answer, body}; the
+// A path whose rule has "slack": true takes Slack messages instead: not signed; "verified"
+// says whether it is one Slack takes (text, at most 50 blocks), and "items" lists its sections'
+// block ids. Every request is appended to LOG as a JSON line {path, id, n, verified, answer,
+// body, items}; the
 // counts start from what LOG holds, so a restarted receiver carries on with the plan. Prints
 // "listening" once it is.
 import { appendFileSync, existsSync, readFileSync } from "node:fs";
@@ -33,24 +36,33 @@ const server = createServer((req, res) => {
   req.on("data", (c) => chunks.push(c));
   req.on("end", () => {
     const body = Buffer.concat(chunks).toString("utf8");
-    const id = req.headers["webhook-id"] ?? "";
+    const rule = plan[req.url] ?? {};
+    let id = req.headers["webhook-id"] ?? "";
     let verified = true;
     let parsed = null;
+    let items;
     try {
-      parsed = webhook.verify(body, req.headers);
+      if (rule.slack) {
+        parsed = JSON.parse(body);
+        const blocks = parsed.blocks ?? [];
+        verified = typeof parsed.text === "string" && blocks.length <= 50;
+        items = blocks.filter((b) => b.block_id).map((b) => b.block_id);
+        id = items.join(",");
+      } else {
+        parsed = webhook.verify(body, req.headers);
+      }
     } catch (e) {
       verified = false;
     }
     const key = `${req.url} ${id}`;
     const n = seen.get(key) ?? 0;
     seen.set(key, n + 1);
-    const rule = plan[req.url] ?? {};
     let answer = (rule.attempts ?? [])[n] ?? rule.then ?? "ok";
     const delivered = answer === "ok" || answer.startsWith("slow:");
     if (!verified) answer = "400";
     appendFileSync(
       log,
-      JSON.stringify({ path: req.url, id, n, verified, answer: delivered ? "ok" : answer, body: parsed }) + "\n",
+      JSON.stringify({ path: req.url, id, n, verified, answer: delivered ? "ok" : answer, body: parsed, items }) + "\n",
     );
     if (answer === "timeout") return; // never answered; the sender gives up
     if (answer.startsWith("slow:")) {

@@ -21,6 +21,45 @@ pub struct WebhooksConfig {
     pub allow: Vec<ipnet::IpNet>,
     /// The endpoints (`[[webhooks.endpoint]]`).
     pub endpoint: Vec<EndpointConfig>,
+    /// Slack incoming webhooks (`[[webhooks.slack]]`).
+    pub slack: Vec<SlackConfig>,
+}
+
+/// One `[[webhooks.slack]]`: digests posted to a Slack incoming webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Its name (as an endpoint's; the two share one namespace).
+    pub name: String,
+    /// The incoming webhook's URL (`https://hooks.slack.com/services/…`; it is the secret).
+    pub url: Option<String>,
+    /// An environment variable holding the URL instead (to keep it out of the file).
+    pub url_env: Option<String>,
+    /// What it is sent: `offer` (digests of the offers) [required].
+    pub events: Vec<EventKind>,
+    /// Only the offers of these patterns [default: every pattern's].
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// The least time between two messages, in ms (Slack takes about one a second per
+    /// webhook; what arrives meanwhile is merged into the next) [default: 1000].
+    #[serde(default = "default_min_interval_ms")]
+    pub min_interval_ms: u64,
+    /// Most offers in one message (1 to 49) [default: 20].
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// How long one attempt may take, in ms [default: 15000].
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The delays before each retry [default: the endpoints' default].
+    pub retry_schedule: Option<Vec<String>>,
+}
+
+fn default_min_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_max_items() -> usize {
+    20
 }
 
 /// What an endpoint is sent.
@@ -80,11 +119,27 @@ pub const MAX_ENDPOINTS: usize = 32;
 /// Most attempts under way at once for one endpoint.
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// What kind of receiver an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// Standard Webhooks: one signed message per offer.
+    Webhook,
+    /// A Slack incoming webhook: digests, at most one message per `min_interval`.
+    Slack {
+        /// The least time between two messages.
+        min_interval: Duration,
+        /// Most offers per message.
+        max_items: usize,
+    },
+}
+
 /// An endpoint as the sender uses it.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Its name.
     pub name: String,
+    /// Webhook or Slack.
+    pub kind: EndpointKind,
     /// Its URL.
     pub url: String,
     /// Whether it takes offers.
@@ -125,10 +180,10 @@ impl WebhooksConfig {
     ) -> Result<Vec<Endpoint>, Vec<String>> {
         let mut problems = Vec::new();
         let mut endpoints = Vec::new();
-        if self.endpoint.len() > MAX_ENDPOINTS {
+        if self.endpoint.len() + self.slack.len() > MAX_ENDPOINTS {
             problems.push(format!(
                 "webhooks: at most {MAX_ENDPOINTS} endpoints, not {}",
-                self.endpoint.len()
+                self.endpoint.len() + self.slack.len()
             ));
         }
         for (i, e) in self.endpoint.iter().enumerate() {
@@ -177,34 +232,87 @@ impl WebhooksConfig {
             if e.max_in_flight == 0 || e.max_in_flight > MAX_IN_FLIGHT {
                 problems.push(format!("{at}.max_in_flight: 1 to {MAX_IN_FLIGHT}"));
             }
-            let schedule = match &e.retry_schedule {
-                None => SCHEDULE.to_vec(),
-                Some(delays) => {
-                    let mut parsed = Vec::new();
-                    for d in delays {
-                        match humantime::parse_duration(d) {
-                            Ok(d) if d <= Duration::from_secs(7 * 24 * 3600) => parsed.push(d),
-                            Ok(_) => {
-                                problems.push(format!("{at}.retry_schedule: {d:?} is over a week"))
-                            }
-                            Err(err) => problems.push(format!("{at}.retry_schedule: {d:?}: {err}")),
-                        }
-                    }
-                    if delays.len() > 20 {
-                        problems.push(format!("{at}.retry_schedule: at most 20 retries"));
-                    }
-                    parsed
-                }
-            };
+            let schedule = parse_schedule(&at, e.retry_schedule.as_deref(), &mut problems);
             if problems.len() == before {
                 endpoints.push(Endpoint {
                     name: e.name.clone(),
+                    kind: EndpointKind::Webhook,
                     url: e.url.clone(),
                     offers: e.events.contains(&EventKind::Offer),
                     patterns: e.patterns.clone(),
                     secrets,
                     timeout: Duration::from_millis(e.timeout_ms),
                     max_in_flight: e.max_in_flight,
+                    retry: RetryPolicy {
+                        schedule,
+                        ..RetryPolicy::default()
+                    },
+                });
+            }
+        }
+        for (i, e) in self.slack.iter().enumerate() {
+            let at = format!("webhooks.slack[{i}] ({:?})", e.name);
+            let before = problems.len();
+            if let Err(problem) = check_name(&e.name) {
+                problems.push(format!("{at}.name: {problem}"));
+            }
+            let taken = self.endpoint.iter().any(|o| o.name == e.name)
+                || self.slack[..i].iter().any(|o| o.name == e.name);
+            if taken {
+                problems.push(format!("{at}.name: used by an earlier endpoint"));
+            }
+            let url = match (&e.url, &e.url_env) {
+                (Some(url), None) => Some(url.clone()),
+                (None, Some(var)) => {
+                    let url = env(var);
+                    if url.is_none() {
+                        problems.push(format!(
+                            "{at}.url_env: the environment variable {var} is not set"
+                        ));
+                    }
+                    url
+                }
+                _ => {
+                    problems.push(format!("{at}: give one of `url` and `url_env`"));
+                    None
+                }
+            };
+            if let Some(url) = &url
+                && let Err(problem) = check_url(url)
+            {
+                // Not the URL itself: it is the webhook's secret.
+                problems.push(format!(
+                    "{at}.url: {}",
+                    problem.replace(url.as_str(), "the URL")
+                ));
+            }
+            if e.events.is_empty() {
+                problems.push(format!("{at}.events: name what it is sent ([\"offer\"])"));
+            }
+            if e.min_interval_ms > 3_600_000 {
+                problems.push(format!("{at}.min_interval_ms: at most 3600000"));
+            }
+            if !(1..=super::slack::MAX_ITEMS).contains(&e.max_items) {
+                problems.push(format!("{at}.max_items: 1 to {}", super::slack::MAX_ITEMS));
+            }
+            if e.timeout_ms == 0 || e.timeout_ms > 120_000 {
+                problems.push(format!("{at}.timeout_ms: 1 to 120000"));
+            }
+            let schedule = parse_schedule(&at, e.retry_schedule.as_deref(), &mut problems);
+            if let (Some(url), true) = (url, problems.len() == before) {
+                endpoints.push(Endpoint {
+                    name: e.name.clone(),
+                    kind: EndpointKind::Slack {
+                        min_interval: Duration::from_millis(e.min_interval_ms),
+                        max_items: e.max_items,
+                    },
+                    url,
+                    offers: e.events.contains(&EventKind::Offer),
+                    patterns: e.patterns.clone(),
+                    secrets: Vec::new(),
+                    timeout: Duration::from_millis(e.timeout_ms),
+                    // One message at a time.
+                    max_in_flight: e.max_items,
                     retry: RetryPolicy {
                         schedule,
                         ..RetryPolicy::default()
@@ -228,16 +336,57 @@ impl WebhooksConfig {
 
     /// A line for `config check`.
     pub fn summary(&self) -> String {
-        if self.endpoint.is_empty() {
+        if self.endpoint.is_empty() && self.slack.is_empty() {
             return "webhooks: no endpoints".to_owned();
         }
-        let names: Vec<&str> = self.endpoint.iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .endpoint
+            .iter()
+            .map(|e| e.name.as_str())
+            .chain(self.slack.iter().map(|e| e.name.as_str()))
+            .collect();
         format!(
             "webhooks: {} endpoint(s): {}",
             names.len(),
             names.join(", ")
         )
     }
+}
+
+fn check_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("1 to 64 letters, digits, `-` or `_`")
+    }
+}
+
+/// A `retry_schedule`'s delays (the spec's schedule when not given).
+fn parse_schedule(
+    at: &str,
+    delays: Option<&[String]>,
+    problems: &mut Vec<String>,
+) -> Vec<Duration> {
+    let Some(delays) = delays else {
+        return SCHEDULE.to_vec();
+    };
+    if delays.len() > 20 {
+        problems.push(format!("{at}.retry_schedule: at most 20 retries"));
+    }
+    let mut parsed = Vec::new();
+    for d in delays {
+        match humantime::parse_duration(d) {
+            Ok(d) if d <= Duration::from_secs(7 * 24 * 3600) => parsed.push(d),
+            Ok(_) => problems.push(format!("{at}.retry_schedule: {d:?} is over a week")),
+            Err(err) => problems.push(format!("{at}.retry_schedule: {d:?}: {err}")),
+        }
+    }
+    parsed
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -330,6 +479,61 @@ mod tests {
             toml::from_str::<WebhooksConfig>("[[endpoint]]\nname='a'\nurl='http://x'\nsecret='x'")
                 .is_err(),
             "unknown fields are errors"
+        );
+    }
+
+    #[test]
+    fn a_slack_webhook_takes_its_url_from_the_environment_and_never_shows_it() {
+        let config = parse(
+            r#"
+            [[slack]]
+            name = "ops"
+            url_env = "OPS_SLACK"
+            events = ["offer"]
+            max_items = 10
+            "#,
+        );
+        let url = "https://hooks.slack.com/services/T0/B0/secret";
+        let endpoints = config
+            .endpoints(&|var| (var == "OPS_SLACK").then(|| url.to_owned()))
+            .unwrap();
+        assert_eq!(endpoints[0].url, url);
+        assert!(endpoints[0].secrets.is_empty());
+        assert_eq!(
+            endpoints[0].kind,
+            EndpointKind::Slack {
+                min_interval: Duration::from_secs(1),
+                max_items: 10
+            }
+        );
+        let broken = parse(
+            r#"
+            [[endpoint]]
+            name = "ops"
+            url = "https://crm.example.com/"
+            secrets_env = "S"
+            [[slack]]
+            name = "ops"
+            url = "ftp://hooks.slack.com/services/secret"
+            events = []
+            max_items = 50
+            "#,
+        );
+        let problems = broken
+            .endpoints(&|_| Some(Secret::generate().to_text()))
+            .unwrap_err()
+            .join("\n");
+        for expected in [
+            "webhooks.slack[0] (\"ops\").name: used by an earlier endpoint",
+            "only http:// and https://",
+            "events: name what it is sent",
+            "max_items: 1 to 49",
+        ] {
+            assert!(problems.contains(expected), "{expected} in:\n{problems}");
+        }
+        assert!(
+            !problems.contains("secret"),
+            "the URL is not shown: {problems}"
         );
     }
 }

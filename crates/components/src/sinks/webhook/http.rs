@@ -19,7 +19,7 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::address::AddressPolicy;
-use super::config::Endpoint;
+use super::config::{Endpoint, EndpointKind};
 use super::outbox::{Entry, Outcome, parse_retry_after};
 use super::signature::signature_header;
 
@@ -144,22 +144,28 @@ fn work(
     }
 }
 
-/// One signed `POST` of `entry`.
+/// One `POST` of `entry`: signed per Standard Webhooks, or to Slack as it is.
 pub fn attempt(agent: &ureq::Agent, endpoint: &Endpoint, entry: &Entry) -> Outcome {
     let timestamp = unix_ms() / 1000;
-    let signature = signature_header(
-        &endpoint.secrets,
-        &entry.id,
-        timestamp,
-        entry.body.as_bytes(),
-    );
-    let sent = agent
+    let request = agent
         .post(&endpoint.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &entry.id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .send(entry.body.as_bytes());
+        .header("content-type", "application/json");
+    let request = match endpoint.kind {
+        EndpointKind::Slack { .. } => request,
+        EndpointKind::Webhook => request
+            .header("webhook-id", &entry.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature_header(
+                    &endpoint.secrets,
+                    &entry.id,
+                    timestamp,
+                    entry.body.as_bytes(),
+                ),
+            ),
+    };
+    let sent = request.send(entry.body.as_bytes());
     match sent {
         Ok(mut response) => {
             let status = response.status().as_u16();

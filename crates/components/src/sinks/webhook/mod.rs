@@ -11,6 +11,7 @@ pub mod http;
 pub mod outbox;
 pub mod sender;
 pub mod signature;
+pub mod slack;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

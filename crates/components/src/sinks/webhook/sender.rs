@@ -29,9 +29,9 @@ use clickpulse_engine::topics::Topic;
 use clickpulse_server::webhooks::{ControlInbox, ReplayFilter, ReplayReport};
 use serde_json::{Value, json};
 
-use super::config::Endpoint;
+use super::config::{Endpoint, EndpointKind};
 use super::http::Transport;
-use super::outbox::{Entry, Outbox, Settled};
+use super::outbox::{Entry, Outbox, Outcome, Settled};
 
 /// The stage's name.
 pub const STAGE: &str = "webhooks";
@@ -92,6 +92,9 @@ struct Lane {
     /// Ids whose pending or dead entry changed since the last checkpoint.
     touched: BTreeSet<String>,
     disabled_touched: bool,
+    /// Slack: the digest under way (its id, the offers it holds), and when the next may go.
+    batch: Option<(String, Vec<String>)>,
+    next_send_ms: i64,
 }
 
 /// The webhooks stage.
@@ -120,6 +123,8 @@ impl WebhookOperator {
                     counts: Counts::default(),
                     touched: BTreeSet::new(),
                     disabled_touched: false,
+                    batch: None,
+                    next_send_ms: i64::MIN,
                 })
                 .collect(),
             transport,
@@ -221,6 +226,32 @@ fn dead_letter(entry: &Entry, reason: &str) -> DeadLetter {
 }
 
 impl Lane {
+    /// Records what the attempt of `id` got.
+    fn settle(&mut self, id: &str, outcome: Outcome, now_ms: i64, out: &mut Emitter) {
+        let name = self.endpoint.name.clone();
+        let attempts = self.outbox.get(&name, id).map_or(0, |e| e.attempts);
+        let j = jitter(&name, id, attempts);
+        match self.outbox.settle(&name, id, outcome, now_ms, j) {
+            Settled::Delivered(entry) => {
+                self.counts.delivered += 1;
+                self.touched.insert(entry.id);
+            }
+            Settled::Retrying(entry) => {
+                self.counts.retried += 1;
+                self.touched.insert(entry.id);
+            }
+            Settled::DeadLetter(entry) => self.bury(entry, now_ms, out),
+            Settled::Disabled(entries) => {
+                tracing::warn!(endpoint = %name, "Webhook endpoint answered 410 Gone: disabled.");
+                self.disabled_touched = true;
+                for entry in entries {
+                    self.bury(entry, now_ms, out);
+                }
+            }
+            Settled::Unknown => {}
+        }
+    }
+
     fn bury(&mut self, mut entry: Entry, now_ms: i64, out: &mut Emitter) {
         let reason = entry
             .last_error
@@ -305,36 +336,16 @@ impl Operator for WebhookOperator {
             let Some(lane) = self.lane(&finished.endpoint) else {
                 continue;
             };
-            let attempts = lane
-                .outbox
-                .get(&finished.endpoint, &finished.id)
-                .map_or(0, |e| e.attempts);
-            let j = jitter(&finished.endpoint, &finished.id, attempts);
-            let settled = lane.outbox.settle(
-                &finished.endpoint,
-                &finished.id,
-                finished.outcome,
-                now_ms,
-                j,
-            );
-            match settled {
-                Settled::Delivered(entry) => {
-                    lane.counts.delivered += 1;
-                    lane.touched.insert(entry.id);
+            // A Slack digest settles every offer it held.
+            let ids = match lane.batch.take() {
+                Some((batch, ids)) if batch == finished.id => ids,
+                other => {
+                    lane.batch = other;
+                    vec![finished.id]
                 }
-                Settled::Retrying(entry) => {
-                    lane.counts.retried += 1;
-                    lane.touched.insert(entry.id);
-                }
-                Settled::DeadLetter(entry) => lane.bury(entry, now_ms, out),
-                Settled::Disabled(entries) => {
-                    tracing::warn!(endpoint = %lane.endpoint.name, "Webhook endpoint answered 410 Gone: disabled.");
-                    lane.disabled_touched = true;
-                    for entry in entries {
-                        lane.bury(entry, now_ms, out);
-                    }
-                }
-                Settled::Unknown => {}
+            };
+            for id in ids {
+                lane.settle(&id, finished.outcome.clone(), now_ms, out);
             }
         }
         while let Some(request) = self.control.as_mut().and_then(ControlInbox::try_next) {
@@ -343,8 +354,32 @@ impl Operator for WebhookOperator {
         }
         for lane in &mut self.lanes {
             let limit = lane.endpoint.max_in_flight;
-            for entry in lane.outbox.take_due(now_ms, |_| limit) {
-                self.transport.send(entry);
+            match lane.endpoint.kind {
+                EndpointKind::Webhook => {
+                    for entry in lane.outbox.take_due(now_ms, |_| limit) {
+                        self.transport.send(entry);
+                    }
+                }
+                EndpointKind::Slack { min_interval, .. } => {
+                    if lane.batch.is_some() || now_ms < lane.next_send_ms {
+                        continue;
+                    }
+                    let entries = lane.outbox.take_due(now_ms, |_| limit);
+                    let Some(first) = entries.first() else {
+                        continue;
+                    };
+                    let batch = format!("digest-{}", first.id);
+                    self.transport.send(Entry {
+                        endpoint: lane.endpoint.name.clone(),
+                        id: batch.clone(),
+                        body: super::slack::digest(&entries),
+                        attempts: first.attempts,
+                        due_ms: now_ms,
+                        last_error: None,
+                    });
+                    lane.batch = Some((batch, entries.into_iter().map(|e| e.id).collect()));
+                    lane.next_send_ms = now_ms + min_interval.as_millis() as i64;
+                }
             }
         }
     }
@@ -450,7 +485,7 @@ mod tests {
     use clickpulse_engine::operator::process_one;
 
     use super::super::http::Finished;
-    use super::super::outbox::{Outcome, RetryPolicy};
+    use super::super::outbox::RetryPolicy;
     use super::*;
 
     /// Records what is sent; the test decides each outcome.
@@ -488,6 +523,7 @@ mod tests {
     fn endpoint(name: &str, patterns: &[&str]) -> Endpoint {
         Endpoint {
             name: name.to_owned(),
+            kind: EndpointKind::Webhook,
             url: "https://example.com/hook".to_owned(),
             offers: true,
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
@@ -736,5 +772,81 @@ mod tests {
                 .checkpoint()
                 .contains(&("entry/crm/o-1".to_owned(), None))
         );
+    }
+
+    fn slack(name: &str) -> Endpoint {
+        Endpoint {
+            kind: EndpointKind::Slack {
+                min_interval: Duration::from_secs(1),
+                max_items: 3,
+            },
+            secrets: Vec::new(),
+            max_in_flight: 3,
+            ..endpoint(name, &[])
+        }
+    }
+
+    #[test]
+    fn slack_gets_one_digest_a_second_of_what_piled_up_and_retries_it_whole() {
+        let mut h = Harness::new(vec![slack("ops")]);
+        h.offer("o-1", "cart", 0);
+        h.tick(0);
+        let first = h.rec.sent.lock().unwrap().clone();
+        h.rec.sent();
+        assert_eq!(first.len(), 1);
+        let message: Value = serde_json::from_str(&first[0].body).unwrap();
+        assert_eq!(message["text"], "1 new offer");
+        // Four more arrive while it is out: nothing is sent before it settles, nor within a
+        // second of the last message.
+        for id in ["o-2", "o-3", "o-4", "o-5"] {
+            h.offer(id, "cart", 0);
+        }
+        h.tick(0);
+        assert!(h.rec.sent().is_empty());
+        h.rec.answer("ops", &first[0].id, Outcome::Delivered);
+        h.tick(0);
+        assert!(
+            h.rec.sent().is_empty(),
+            "within a second of the last message"
+        );
+        h.tick(1);
+        let second = h.rec.sent.lock().unwrap().clone();
+        h.rec.sent();
+        assert_eq!(second.len(), 1);
+        let message: Value = serde_json::from_str(&second[0].body).unwrap();
+        assert_eq!(message["text"], "3 new offers", "at most max_items");
+        let ids: Vec<&str> = message["blocks"].as_array().unwrap()[1..]
+            .iter()
+            .map(|b| b["block_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["o-2", "o-3", "o-4"]);
+        // Rate-limited: every offer of the digest waits for the Retry-After.
+        h.rec.answer(
+            "ops",
+            &second[0].id,
+            Outcome::Failed {
+                reason: "the endpoint answered 429".into(),
+                retry_after: Some(Duration::from_secs(30)),
+            },
+        );
+        h.tick(2);
+        let third: Vec<Entry> = std::mem::take(&mut *h.rec.sent.lock().unwrap());
+        let message: Value = serde_json::from_str(&third[0].body).unwrap();
+        assert_eq!(
+            message["text"], "1 new offer",
+            "o-5, the one not in the digest"
+        );
+        h.rec.answer("ops", &third[0].id, Outcome::Delivered);
+        h.tick(3);
+        h.tick(31);
+        assert!(h.rec.sent().is_empty(), "the Retry-After is 30 s from 2 s");
+        h.tick(32);
+        let again: Vec<Entry> = std::mem::take(&mut *h.rec.sent.lock().unwrap());
+        let message: Value = serde_json::from_str(&again[0].body).unwrap();
+        assert_eq!(message["text"], "3 new offers");
+        h.rec.answer("ops", &again[0].id, Outcome::Delivered);
+        h.tick(33);
+        assert_eq!(h.op.stats()["endpoints"]["ops"]["delivered"], 5);
+        assert_eq!(h.op.stats()["endpoints"]["ops"]["pending"], 0);
     }
 }
