@@ -39,6 +39,9 @@ pub(crate) fn run(args: BacktestArgs) -> Result<ExitCode> {
 pub(crate) struct BacktestReport {
     /// Per pattern: who could get its offer and who got one.
     pub(crate) audience: BTreeMap<String, Audience>,
+    /// With `--alerts`: each rule's firings and resolutions, in event time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) alerts: Option<Vec<clickpulse_engine::alert::AlertEvent>>,
     /// The dashboard's snapshot at the end (or as of `--until`).
     pub(crate) dashboard: DashboardSnapshot,
     /// Wall time of the run, without reading the lookups and patterns.
@@ -110,6 +113,14 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
         .sliding_windows_on_read()
         .with_funnels(clickpulse_engine::funnel::FunnelRegistry::new(funnels))
         .with_funnel_totals();
+    let mut alerts = match &args.alerts {
+        Some(path) => Some((
+            clickpulse_engine::alert::AlertEvaluator::new(inputs::read_alerts(path)?),
+            None::<i64>,
+            Vec::new(),
+        )),
+        None => None,
+    };
     let mut write_error = None;
     let started = Instant::now();
     let input = inputs::read_logs(&args.logs, |letter| {
@@ -145,6 +156,9 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
     let mut memo = LogMemo::new(log);
     for i in 0..log.first_at_or_after(until.saturating_add(1)) {
         let click = log.get(i);
+        if let Some((evaluator, minute, events)) = alerts.as_mut() {
+            judge_minutes(&mut dashboard, evaluator, minute, events, click.ts_ms);
+        }
         // As live: an identify event links its visitor and goes no further; a linked visitor's
         // events are enriched with its user's record (outside the memo, which is by visitor).
         if let Some(user) = clickpulse_engine::event::identified_user(click.event, click.detail) {
@@ -171,6 +185,17 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
         visitor_flags[log.visitor_id(i) as usize] |= if known { SEEN | KNOWN } else { SEEN };
     }
     let count = |flag: u8| visitor_flags.iter().filter(|&&f| f & flag != 0).count();
+    // With --until, the minutes up to it are judged too; without, the log's last minute is
+    // not (live, it would still be open), and the dashboard ends as it would without alerts.
+    if let (Some((evaluator, minute, events)), Some(t)) = (alerts.as_mut(), args.until) {
+        judge_minutes(
+            &mut dashboard,
+            evaluator,
+            minute,
+            events,
+            t.saturating_add(JUDGE_AFTER_MS),
+        );
+    }
     match args.until {
         Some(t) => dashboard.advance_to(t),
         None => dashboard.flush(),
@@ -207,6 +232,7 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
     let counters = enrich.counters();
     let events = counters.events;
     let report = BacktestReport {
+        alerts: alerts.map(|(_, _, events)| events),
         dashboard: dashboard.snapshot(),
         late_events: dashboard.counters().1,
         offers: offers.len(),
@@ -227,6 +253,35 @@ pub(crate) fn backtest(args: &BacktestArgs) -> Result<(BacktestReport, Vec<Offer
         events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
     };
     Ok((report, offers))
+}
+
+/// How far past a minute's end the log must be before the minute is judged: the dashboard's
+/// watermark moves in whole seconds, and an event at or before the watermark that arrives after
+/// it moved would count as late, so every event of the second that starts the next minute is in
+/// first.
+const JUDGE_AFTER_MS: i64 = 1_000;
+
+/// Judges every whole minute of event time that ends [`JUDGE_AFTER_MS`] or more before `ts_ms`
+/// and was not judged yet: the dashboard's watermark moves to the minute's end (the log is in
+/// time order, so the minute is final), and the rules take the snapshot.
+fn judge_minutes(
+    dashboard: &mut DashboardAggregator,
+    evaluator: &mut clickpulse_engine::alert::AlertEvaluator,
+    minute: &mut Option<i64>,
+    events: &mut Vec<clickpulse_engine::alert::AlertEvent>,
+    ts_ms: i64,
+) {
+    let this = ts_ms.div_euclid(60_000) * 60_000;
+    let Some(mut current) = *minute else {
+        *minute = Some(this);
+        return;
+    };
+    while current + 60_000 + JUDGE_AFTER_MS <= ts_ms {
+        dashboard.advance_to(current + 60_000);
+        events.extend(evaluator.minute(current, &dashboard.snapshot()));
+        current += 60_000;
+    }
+    *minute = Some(current);
 }
 
 fn write_offers(path: &std::path::Path, offers: &[Offer]) -> Result<()> {
@@ -280,6 +335,19 @@ fn print_summary(report: &BacktestReport, until: Option<i64>) {
             thousands(n),
             per_day(n)
         );
+    }
+    if let Some(alerts) = &report.alerts {
+        println!("alert transitions       {}", alerts.len());
+        for a in alerts {
+            let at = chrono::DateTime::from_timestamp_millis(a.ts_ms).map_or_else(
+                || a.ts_ms.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+            );
+            let against = a
+                .against
+                .map_or(String::new(), |v| format!(" (against {v})"));
+            println!("  {at}  {} {}: {}{against}", a.alert, a.state, a.value);
+        }
     }
     println!(
         "throughput              {} events/s ({} ms)",

@@ -268,6 +268,7 @@ fn backtest(logs: &[std::path::PathBuf], runs: usize) -> Result<ExitCode> {
             data: None,
             until: None,
             patterns: None,
+            alerts: None,
             funnels: None,
             interactions: false,
             offers_out: None,

@@ -127,6 +127,7 @@ fn reference(args: &ChaosArgs) -> Result<Reference> {
         data: None,
         until: None,
         patterns: args.patterns.clone(),
+        alerts: None,
         funnels: None,
         interactions: false,
         offers_out: None,

@@ -220,6 +220,11 @@ pub(crate) struct BacktestArgs {
     /// [default: the shop funnel].
     #[arg(long, value_name = "FILE_OR_DIR")]
     pub(crate) funnels: Option<PathBuf>,
+    /// Alert rule file or directory (`*.toml`): the report lists when each would have fired
+    /// and resolved (`alerts`), judging each minute of event time once it is final (days and
+    /// minutes in UTC).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) alerts: Option<PathBuf>,
     /// Add the shop interactions the demo's live replay adds to the bundled log (the same
     /// events: searches, carts, checkouts and orders derived from the log's sessions).
     #[arg(long)]

@@ -223,6 +223,40 @@ pub(crate) fn read_funnels(path: Option<&Path>) -> Result<clickpulse_engine::fun
     })
 }
 
+/// The alert rules of a file, or of a directory's `*.toml` files (in name order).
+pub(crate) fn read_alerts(path: &Path) -> Result<Vec<clickpulse_engine::alert::CheckedRule>> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut rules = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let rule = clickpulse_engine::alert::AlertRule::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if rules
+            .iter()
+            .any(|r: &clickpulse_engine::alert::CheckedRule| r.rule.name == rule.rule.name)
+        {
+            anyhow::bail!(
+                "{}: a second alert named {:?}",
+                file.display(),
+                rule.rule.name
+            );
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
 pub(crate) fn read_patterns(path: Option<&Path>) -> Result<PatternSet> {
     let set = match path {
         Some(path) => PatternSet::load(path),

@@ -5,6 +5,7 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 #[test]
 fn real_log_counts_are_exact() {
@@ -318,4 +319,110 @@ fn the_text_summary_shows_each_patterns_audience_and_share() {
         assert!(section[2].contains("% of the audience"), "{text}");
         assert!(section[3].contains("per day"), "{text}");
     }
+}
+
+/// `backtest --alerts`: a threshold rule (no purchase in 30 minutes) and a baseline rule (page
+/// views far from their exponentially weighted mean) fire and resolve where a hand-made log
+/// says they must, judged minute by minute of event time.
+#[test]
+fn a_threshold_and_a_baseline_alert_fire_and_resolve_in_the_backtest() {
+    use std::fmt::Write as _;
+    let tmp = tempfile::tempdir().unwrap();
+    // 2026-03-16 00:00 UTC; four hours: ten views a minute (one a minute in minutes 150 to
+    // 169) and a purchase every five minutes (none in minutes 60 to 119).
+    let t0: i64 = 1_773_619_200_000;
+    let minute = 60_000;
+    let mut log = String::new();
+    for m in 0..240i64 {
+        let views = if (150..170).contains(&m) { 1 } else { 10 };
+        for k in 0..views {
+            let line = serde_json::json!({
+                "ts_ms": t0 + m * minute + k * 1_000,
+                "visitor": format!("v-{m}-{k}"),
+                "url": "http://www.acme.com/",
+            });
+            writeln!(log, "{line}").unwrap();
+        }
+        if m % 5 == 0 && !(60..120).contains(&m) {
+            let line = serde_json::json!({
+                "type": "purchase",
+                "ts_ms": t0 + m * minute + 30_000,
+                "visitor": format!("v-{m}-0"),
+                "url": "http://www.acme.com/checkout/done",
+                "order": {"id": format!("o-{m}"), "revenue": 20.0, "currency": "USD", "items": []},
+            });
+            writeln!(log, "{line}").unwrap();
+        }
+    }
+    let log_file = tmp.path().join("shop.jsonl");
+    std::fs::write(&log_file, log).unwrap();
+    let alerts = tmp.path().join("alerts");
+    std::fs::create_dir(&alerts).unwrap();
+    std::fs::write(
+        alerts.join("no-purchases.toml"),
+        "name = \"no-purchases\"\nmetric = \"purchases\"\nover = \"30m\"\n\
+         condition = { below = { value = 1 } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        alerts.join("traffic-drop.toml"),
+        "name = \"traffic-drop\"\nmetric = \"page_views\"\n\
+         condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.1, warmup = 30 } }\n",
+    )
+    .unwrap();
+    let report = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log_file.to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ]);
+    let events = report["alerts"].as_array().unwrap();
+    let of = |name: &str| -> Vec<(String, i64, f64)> {
+        events
+            .iter()
+            .filter(|e| e["alert"] == name)
+            .map(|e| {
+                (
+                    e["state"].as_str().unwrap().to_owned(),
+                    (e["ts_ms"].as_i64().unwrap() - t0) / minute,
+                    e["value"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The last purchase before the gap is in minute 55: the 30 minutes ending with minute 85
+    // hold none; minute 120's resolves it.
+    assert_eq!(
+        of("no-purchases"),
+        [("firing".into(), 86, 0.0), ("resolved".into(), 121, 1.0)],
+        "{events:?}"
+    );
+    // The drop fires at its first minute (150, judged at its end) and resolves after it.
+    let drop = of("traffic-drop");
+    assert_eq!(drop[0], ("firing".into(), 151, 1.0), "{drop:?}");
+    assert!(
+        drop.iter()
+            .any(|(state, at, _)| state == "resolved" && *at > 151),
+        "{drop:?}"
+    );
+    // The shipped rules parse and run.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts");
+    let with_shipped = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log_file.to_str().unwrap(),
+        "--alerts",
+        shipped.to_str().unwrap(),
+    ]);
+    assert!(with_shipped["alerts"].is_array());
+    // Without --alerts the report has none (and the run does no per-minute work).
+    let plain = run_json(&["backtest", "--json", "--log", log_file.to_str().unwrap()]);
+    assert!(plain.get("alerts").is_none());
+    assert_eq!(
+        plain["dashboard"], report["dashboard"],
+        "judging changes no figure"
+    );
 }

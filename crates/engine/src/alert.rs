@@ -32,7 +32,42 @@ pub struct AlertRule {
     /// excluded; an end before the start spans midnight). Outside it the rule is resolved.
     #[serde(default)]
     pub between: Option<[String; 2]>,
+    /// For a per-minute metric ([`COUNTERS`]): the value is its sum over this many whole
+    /// minutes up to the sample (`"30m"`) [default: one minute].
+    #[serde(default, with = "humantime_serde_opt")]
+    pub over: Option<Duration>,
 }
+
+/// The metrics counted per minute of event time, summed over a rule's `over`.
+pub const COUNTERS: &[(&str, &str)] = &[
+    ("page_views", "page views"),
+    ("add_to_carts", "add-to-cart events"),
+    ("checkouts", "begin-checkout events"),
+    ("purchases", "purchases"),
+    ("revenue", "revenue, all currencies together, in units"),
+];
+
+/// The metrics read from the dashboard as they are at the sample.
+pub const GAUGES: &[(&str, &str)] = &[
+    (
+        "active_visitors_5m",
+        "distinct visitors in the last 5 minutes",
+    ),
+    (
+        "active_visitors_30m",
+        "distinct visitors in the last 30 minutes",
+    ),
+    ("active_sessions", "sessions open"),
+    ("offers_1h", "offers in the last hour"),
+    ("searches_1h", "searches in the last hour"),
+    (
+        "bounce_rate_1h",
+        "single-page sessions among those ended in the last hour (0 to 1)",
+    ),
+];
+
+/// The most a rule's `over` may be.
+pub const MAX_OVER: Duration = Duration::from_secs(24 * 3600);
 
 /// What makes a value wrong.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -172,6 +207,31 @@ impl AlertRule {
                 return Err(problem(format!("resolve {r} is below the ratio {ratio}")));
             }
             _ => {}
+        }
+        let counter = COUNTERS.iter().any(|(m, _)| *m == self.metric);
+        if !counter && !GAUGES.iter().any(|(m, _)| *m == self.metric) {
+            let names: Vec<&str> = COUNTERS.iter().chain(GAUGES).map(|(m, _)| *m).collect();
+            return Err(problem(format!(
+                "unknown metric {:?}; expected one of {}",
+                self.metric,
+                names.join(", ")
+            )));
+        }
+        if let Some(over) = self.over {
+            if !counter {
+                return Err(problem(format!(
+                    "over is for the per-minute metrics ({}), not {}",
+                    COUNTERS
+                        .iter()
+                        .map(|(m, _)| *m)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.metric
+                )));
+            }
+            if over.as_secs() % 60 != 0 || over.is_zero() || over > MAX_OVER {
+                return Err(problem("over is whole minutes, from 1m to 24h".to_owned()));
+            }
         }
         let window = match &self.between {
             None => None,
@@ -367,6 +427,157 @@ impl AlertState {
     }
 }
 
+/// A transition of one rule, as reported (backtest `--alerts`, the alert sinks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// The rule.
+    pub alert: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// The sample's event time (the end of the minute it judged).
+    pub ts_ms: i64,
+    /// The metric's value.
+    pub value: f64,
+    /// What it was judged against (firing only; `None` when it has no single value).
+    pub against: Option<f64>,
+}
+
+/// The rules over the dashboard, sampled once per minute of event time: at the end of each
+/// minute, when the dashboard's watermark has passed it (so the minute is final), each rule
+/// takes its metric's value (a per-minute count summed over its `over`, or a gauge) and its
+/// site-local day and minute (UTC here; the site's zone is the caller's).
+#[derive(Debug, Clone, Default)]
+pub struct AlertEvaluator {
+    rules: Vec<Judged>,
+    utc_offset_ms: i64,
+}
+
+/// A rule, its state, and its metric's recent per-minute values `(minute, value)`.
+type Judged = (CheckedRule, AlertState, VecDeque<(i64, f64)>);
+
+impl AlertEvaluator {
+    /// An evaluator of `rules`.
+    pub fn new(rules: Vec<CheckedRule>) -> Self {
+        AlertEvaluator {
+            rules: rules
+                .into_iter()
+                .map(|r| (r, AlertState::default(), VecDeque::new()))
+                .collect(),
+            utc_offset_ms: 0,
+        }
+    }
+
+    /// Judges the minute starting at `minute_ms` with `snapshot`, the dashboard as of its end.
+    pub fn minute(
+        &mut self,
+        minute_ms: i64,
+        snapshot: &crate::window::DashboardSnapshot,
+    ) -> Vec<AlertEvent> {
+        let end = minute_ms + 60_000;
+        let local = end - 1 + self.utc_offset_ms;
+        let (day, minute) = (
+            local.div_euclid(86_400_000),
+            (local.rem_euclid(86_400_000) / 60_000) as u16,
+        );
+        let mut events = Vec::new();
+        for (rule, state, history) in &mut self.rules {
+            let value = match counter_in_minute(&rule.rule.metric, minute_ms, snapshot) {
+                Some(count) => {
+                    let over_ms = rule.rule.over.map_or(60_000, |d| d.as_millis() as i64);
+                    history.push_back((minute_ms, count));
+                    while history
+                        .front()
+                        .is_some_and(|(m, _)| *m <= minute_ms - over_ms)
+                    {
+                        history.pop_front();
+                    }
+                    history.iter().map(|(_, v)| v).sum()
+                }
+                None => gauge(&rule.rule.metric, snapshot),
+            };
+            let sample = Sample {
+                ts_ms: end,
+                day,
+                minute,
+                value,
+            };
+            let event = |state: &str, value: f64, against: Option<f64>, ts_ms: i64| AlertEvent {
+                alert: rule.rule.name.clone(),
+                state: state.to_owned(),
+                ts_ms,
+                value,
+                against,
+            };
+            match state.observe(rule, sample) {
+                Some(Transition::Firing {
+                    value,
+                    against,
+                    ts_ms,
+                }) => events.push(event(
+                    "firing",
+                    value,
+                    against.is_finite().then_some(against),
+                    ts_ms,
+                )),
+                Some(Transition::Resolved { value, ts_ms }) => {
+                    events.push(event("resolved", value, None, ts_ms))
+                }
+                None => {}
+            }
+        }
+        events
+    }
+}
+
+/// A per-minute metric's count in the minute starting at `minute_ms` (0 when the dashboard's
+/// chart has no such minute: nothing happened); `None` for a gauge.
+fn counter_in_minute(
+    metric: &str,
+    minute_ms: i64,
+    s: &crate::window::DashboardSnapshot,
+) -> Option<f64> {
+    let conversions = s
+        .shop
+        .conversions_per_minute
+        .iter()
+        .find(|m| m.start_ms == minute_ms);
+    Some(match metric {
+        "page_views" => s
+            .page_views_per_minute
+            .iter()
+            .find(|m| m.start_ms == minute_ms)
+            .map_or(0.0, |m| m.views as f64),
+        "add_to_carts" => conversions.map_or(0.0, |m| m.add_to_cart as f64),
+        "checkouts" => conversions.map_or(0.0, |m| m.begin_checkout as f64),
+        "purchases" => conversions.map_or(0.0, |m| m.purchases as f64),
+        "revenue" => conversions.map_or(0.0, |m| {
+            m.revenue.iter().map(|r| r.hundredths as f64).sum::<f64>() / 100.0
+        }),
+        _ => return None,
+    })
+}
+
+fn gauge(metric: &str, s: &crate::window::DashboardSnapshot) -> f64 {
+    let shop = &s.shop;
+    match metric {
+        "active_visitors_5m" => s.active_visitors_5m as f64,
+        "active_visitors_30m" => s.active_visitors_30m as f64,
+        "active_sessions" => shop.active_sessions as f64,
+        "offers_1h" => s.offers_by_pattern_1h.values().sum::<u64>() as f64,
+        "searches_1h" => shop.conversions_1h.searches as f64,
+        "bounce_rate_1h" => {
+            let ended = shop.sessions_1h.ended;
+            if ended > 0 {
+                shop.sessions_1h.bounces as f64 / ended as f64
+            } else {
+                0.0
+            }
+        }
+        // Checked with the rule.
+        _ => f64::NAN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +614,8 @@ mod tests {
         let r = rule(
             r#"
 name = "no-purchases"
-metric = "purchases_30m"
+metric = "purchases"
+over = "30m"
 condition = { below = { value = 1, resolve = 2 } }
 for = "10m"
 min_interval = "1h"
@@ -449,7 +661,7 @@ between = ["09:00", "18:00"]
         let r = rule(
             r#"
 name = "traffic-drop"
-metric = "views_per_minute"
+metric = "page_views"
 condition = { below_usual = { ratio = 0.5, resolve = 0.8, days = 7 } }
 "#,
         );
@@ -472,7 +684,7 @@ condition = { below_usual = { ratio = 0.5, resolve = 0.8, days = 7 } }
         let ewma = rule(
             r#"
 name = "revenue-spike"
-metric = "revenue_per_minute"
+metric = "revenue"
 condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.2, warmup = 5 } }
 "#,
         );
@@ -496,7 +708,7 @@ condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.2, warmup = 5 
             values in proptest::collection::vec((1i64..30, 0u8..5), 1..200),
         ) {
             let r = rule(
-                "name = \"a\"\nmetric = \"m\"\ncondition = { below = { value = 2, resolve = 3 } }\n\
+                "name = \"a\"\nmetric = \"page_views\"\ncondition = { below = { value = 2, resolve = 3 } }\n\
                  for = \"5m\"\nmin_interval = \"30m\"\nbetween = [\"08:00\", \"20:00\"]",
             );
             let mut state = AlertState::default();
@@ -530,25 +742,42 @@ condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.2, warmup = 5 
     fn a_rule_that_cannot_work_is_named_with_its_problem() {
         for (text, problem) in [
             (
-                "name = \"a\"\nmetric = \"m\"\ncondition = { below = { value = 2, resolve = 1 } }",
+                "name = \"a\"\nmetric = \"page_views\"\ncondition = { below = { value = 2, resolve = 1 } }",
                 "alert a: resolve 1 is below the threshold 2",
             ),
             (
-                "name = \"a\"\nmetric = \"m\"\ncondition = { deviates = { deviations = 3, alpha = 0 } }",
+                "name = \"a\"\nmetric = \"page_views\"\ncondition = { deviates = { deviations = 3, alpha = 0 } }",
                 "alert a: alpha 0 is not in (0, 1]",
             ),
             (
-                "name = \"a\"\nmetric = \"m\"\ncondition = { above = { value = 1 } }\nbetween = [\"9:00\", \"18:00\"]",
+                "name = \"a\"\nmetric = \"page_views\"\ncondition = { above = { value = 1 } }\nbetween = [\"9:00\", \"18:00\"]",
                 "alert a: \"9:00\" is not HH:MM",
             ),
             (
-                "name = \"a\"\nmetric = \"m\"\ncondition = { below_usual = { ratio = 0.5, days = 0 } }",
+                "name = \"a\"\nmetric = \"page_views\"\ncondition = { below_usual = { ratio = 0.5, days = 0 } }",
                 "alert a: days must be at least 1",
+            ),
+            (
+                "name = \"a\"\nmetric = \"active_sessions\"\nover = \"5m\"\ncondition = { below = { value = 1 } }",
+                "alert a: over is for the per-minute metrics (page_views, add_to_carts, checkouts, purchases, revenue), not active_sessions",
+            ),
+            (
+                "name = \"a\"\nmetric = \"purchases\"\nover = \"90s\"\ncondition = { below = { value = 1 } }",
+                "alert a: over is whole minutes, from 1m to 24h",
             ),
         ] {
             assert_eq!(AlertRule::parse(text).unwrap_err().to_string(), problem);
         }
-        assert!(AlertRule::parse("name = \"a\"\nmetric = \"m\"\ncondition = { below = { value = 1 } }\nfor = \"soon\"").is_err());
-        assert!(AlertRule::parse("name = \"a\"\nmetric = \"m\"\ncondition = { below = { value = 1 } }\nevery = \"1m\"").is_err());
+        assert!(AlertRule::parse("name = \"a\"\nmetric = \"page_views\"\ncondition = { below = { value = 1 } }\nfor = \"soon\"").is_err());
+        assert!(AlertRule::parse("name = \"a\"\nmetric = \"page_views\"\ncondition = { below = { value = 1 } }\nevery = \"1m\"").is_err());
+        let unknown = AlertRule::parse(
+            "name = \"a\"\nmetric = \"views\"\ncondition = { below = { value = 1 } }",
+        );
+        assert!(
+            unknown
+                .unwrap_err()
+                .problem
+                .starts_with("unknown metric \"views\"; expected one of page_views, ")
+        );
     }
 }
