@@ -55,7 +55,7 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    /// Starts `endpoint.max_in_flight` worker threads per endpoint. They end when the
+    /// Starts `endpoint.max_in_flight` worker threads per endpoint (one per Slack webhook). They end when the
     /// transport is dropped (after the attempt under way, whose outcome is then dropped: the
     /// delivery is still in the outbox's last checkpoint, so it is tried again).
     pub fn start(endpoints: &[Endpoint], policy: &AddressPolicy) -> std::io::Result<Self> {
@@ -65,7 +65,12 @@ impl HttpTransport {
             let (tx, rx) = channel::<Entry>();
             let rx = Arc::new(Mutex::new(rx));
             let endpoint = Arc::new(endpoint.clone());
-            for n in 0..endpoint.max_in_flight {
+            // A Slack webhook has one message under way at a time.
+            let workers = match endpoint.kind {
+                EndpointKind::Slack { .. } => 1,
+                EndpointKind::Webhook => endpoint.max_in_flight,
+            };
+            for n in 0..workers {
                 let (rx, report, endpoint) = (rx.clone(), report.clone(), endpoint.clone());
                 let agent = agent(&endpoint, policy.clone());
                 std::thread::Builder::new()
