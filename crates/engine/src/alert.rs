@@ -455,6 +455,13 @@ pub struct AlertEvaluator {
 /// A rule, its state, and its metric's recent per-minute values `(minute, value)`.
 type Judged = (CheckedRule, AlertState, VecDeque<(i64, f64)>);
 
+/// What a rule's checkpoint holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    state: AlertState,
+    history: VecDeque<(i64, f64)>,
+}
+
 impl AlertEvaluator {
     /// An evaluator of `rules`.
     pub fn new(rules: Vec<CheckedRule>) -> Self {
@@ -465,6 +472,36 @@ impl AlertEvaluator {
                 .collect(),
             utc_offset_ms: 0,
         }
+    }
+
+    /// Each rule's state, by rule name, to persist with the offsets (a restart then judges
+    /// exactly as an uninterrupted run).
+    pub fn checkpoint(&self) -> Vec<(String, Vec<u8>)> {
+        self.rules
+            .iter()
+            .map(|(rule, state, history)| {
+                let saved = Saved {
+                    state: state.clone(),
+                    history: history.clone(),
+                };
+                // postcard, not JSON: a float must come back bit for bit, or a restored baseline
+                // would judge a hair differently from the uninterrupted one.
+                (rule.rule.name.clone(), crate::codec::encode(&saved))
+            })
+            .collect()
+    }
+
+    /// Restores the state of rule `name` as [`AlertEvaluator::checkpoint`] gave it (a rule no
+    /// longer loaded is ignored).
+    pub fn restore(&mut self, name: &str, bytes: &[u8]) -> Result<(), crate::codec::DecodeError> {
+        let saved: Saved = crate::codec::decode(bytes)?;
+        if let Some((_, state, history)) =
+            self.rules.iter_mut().find(|(r, _, _)| r.rule.name == name)
+        {
+            *state = saved.state;
+            *history = saved.history;
+        }
+        Ok(())
     }
 
     /// Judges the minute starting at `minute_ms` with `snapshot`, the dashboard as of its end.
@@ -696,6 +733,46 @@ condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.2, warmup = 5 
         assert_eq!(run(&ewma, &samples), [("firing", 30), ("resolved", 31)]);
         // Within the warm-up nothing is judged.
         assert_eq!(run(&ewma, &[(0, 10.0), (1, 1_000.0)]), []);
+    }
+
+    proptest::proptest! {
+        /// An evaluator checkpointed and restored at any minute judges the rest exactly as one
+        /// that ran through (its baselines and its `over` history included).
+        #[test]
+        fn a_restart_judges_exactly_as_an_uninterrupted_run(
+            views in proptest::collection::vec(0u64..20, 2..120),
+            cut in 0usize..120,
+        ) {
+            let rules = || vec![
+                rule("name = \"low\"\nmetric = \"page_views\"\nover = \"5m\"\n\
+                      condition = { below = { value = 20, resolve = 30 } }\nfor = \"2m\""),
+                rule("name = \"odd\"\nmetric = \"page_views\"\n\
+                      condition = { deviates = { deviations = 2, alpha = 0.2, warmup = 5 } }"),
+            ];
+            let snapshot = |m: usize| crate::window::DashboardSnapshot {
+                page_views_per_minute: vec![crate::window::snapshot::MinuteViews {
+                    start_ms: m as i64 * 60_000,
+                    views: views[m],
+                    is_final: true,
+                }],
+                ..Default::default()
+            };
+            let mut through = AlertEvaluator::new(rules());
+            let all: Vec<AlertEvent> = (0..views.len())
+                .flat_map(|m| through.minute(m as i64 * 60_000, &snapshot(m)))
+                .collect();
+            let cut = cut.min(views.len());
+            let mut first = AlertEvaluator::new(rules());
+            let mut events: Vec<AlertEvent> = (0..cut)
+                .flat_map(|m| first.minute(m as i64 * 60_000, &snapshot(m)))
+                .collect();
+            let mut restarted = AlertEvaluator::new(rules());
+            for (name, bytes) in first.checkpoint() {
+                restarted.restore(&name, &bytes).unwrap();
+            }
+            events.extend((cut..views.len()).flat_map(|m| restarted.minute(m as i64 * 60_000, &snapshot(m))));
+            proptest::prop_assert_eq!(events, all);
+        }
     }
 
     proptest::proptest! {
