@@ -190,6 +190,11 @@ pub(crate) struct ConfigArgs {
     /// ./funnels; seeded with the shop funnel] (`pipeline.funnels`).
     #[arg(long, value_name = "DIR")]
     pub(crate) funnels: Option<PathBuf>,
+    /// Alert rule directory (`*.toml`, read at start; docs/alerts.md): their transitions go to
+    /// the webhook endpoints and Slack webhooks that take `alert` [default: none]
+    /// (`pipeline.alerts`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) alerts: Option<PathBuf>,
     /// Bearer token for admin endpoints [default: generated at first start, kept in
     /// DATA_DIR/admin-token (embedded) or Redis (distributed)] (`web.admin_token`).
     #[arg(long, env = "CLICKPULSE_ADMIN_TOKEN", hide_env_values = true)]

@@ -71,6 +71,7 @@ fn apply(args: &ConfigArgs, config: &mut Config) {
     set(&mut pipeline.max_dashboard_keys, &args.max_dashboard_keys);
     set_some(&mut pipeline.patterns, &args.patterns);
     set_some(&mut pipeline.funnels, &args.funnels);
+    set_some(&mut pipeline.alerts, &args.alerts);
     extend(&mut web.cors_origins, &args.cors_origins);
     set_some(&mut web.viewer_token, &args.viewer_token);
     set(&mut web.time_zone, &args.time_zone);

@@ -153,6 +153,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode> {
         aggregate: AggregateSettings {
             dashboard: dashboard.clone(),
             funnels: Some(funnels.clone()),
+            alerts: match &config.pipeline.alerts {
+                Some(dir) => crate::inputs::read_alerts(dir)?,
+                None => Vec::new(),
+            },
         },
     };
     let sinks = SinkSettings {

@@ -178,6 +178,10 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         aggregate: AggregateSettings {
             dashboard: aggregate_dashboard.clone(),
             funnels,
+            alerts: match &config.pipeline.alerts {
+                Some(dir) if stages.contains("aggregate") => crate::inputs::read_alerts(dir)?,
+                _ => Vec::new(),
+            },
         },
     };
 

@@ -326,50 +326,9 @@ fn the_text_summary_shows_each_patterns_audience_and_share() {
 /// says they must, judged minute by minute of event time.
 #[test]
 fn a_threshold_and_a_baseline_alert_fire_and_resolve_in_the_backtest() {
-    use std::fmt::Write as _;
     let tmp = tempfile::tempdir().unwrap();
-    // 2026-03-16 00:00 UTC; four hours: ten views a minute (one a minute in minutes 150 to
-    // 169) and a purchase every five minutes (none in minutes 60 to 119).
-    let t0: i64 = 1_773_619_200_000;
+    let (log_file, t0, alerts) = alerts_log(tmp.path());
     let minute = 60_000;
-    let mut log = String::new();
-    for m in 0..240i64 {
-        let views = if (150..170).contains(&m) { 1 } else { 10 };
-        for k in 0..views {
-            let line = serde_json::json!({
-                "ts_ms": t0 + m * minute + k * 1_000,
-                "visitor": format!("v-{m}-{k}"),
-                "url": "http://www.acme.com/",
-            });
-            writeln!(log, "{line}").unwrap();
-        }
-        if m % 5 == 0 && !(60..120).contains(&m) {
-            let line = serde_json::json!({
-                "type": "purchase",
-                "ts_ms": t0 + m * minute + 30_000,
-                "visitor": format!("v-{m}-0"),
-                "url": "http://www.acme.com/checkout/done",
-                "order": {"id": format!("o-{m}"), "revenue": 20.0, "currency": "USD", "items": []},
-            });
-            writeln!(log, "{line}").unwrap();
-        }
-    }
-    let log_file = tmp.path().join("shop.jsonl");
-    std::fs::write(&log_file, log).unwrap();
-    let alerts = tmp.path().join("alerts");
-    std::fs::create_dir(&alerts).unwrap();
-    std::fs::write(
-        alerts.join("no-purchases.toml"),
-        "name = \"no-purchases\"\nmetric = \"purchases\"\nover = \"30m\"\n\
-         condition = { below = { value = 1 } }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        alerts.join("traffic-drop.toml"),
-        "name = \"traffic-drop\"\nmetric = \"page_views\"\n\
-         condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.1, warmup = 30 } }\n",
-    )
-    .unwrap();
     let report = run_json(&[
         "backtest",
         "--json",

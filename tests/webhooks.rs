@@ -266,3 +266,71 @@ fn offers_reach_a_verifying_receiver_through_failures_restarts_and_kill_9() {
         "{letters:?}"
     );
 }
+
+/// Alert rules judged live by the aggregation reach a receiver that takes alerts: the same
+/// firings and resolutions, at the same event times, as `backtest --alerts` predicts.
+#[test]
+fn alert_transitions_reach_the_receiver_as_the_backtest_predicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _, alerts) = alerts_log(tmp.path());
+    let report = run_json(&[
+        "backtest",
+        "--json",
+        "--log",
+        log.to_str().unwrap(),
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ]);
+    let expected: BTreeSet<String> = report["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "alert-{}-{}-{}",
+                a["alert"].as_str().unwrap(),
+                a["state"].as_str().unwrap(),
+                a["ts_ms"]
+            )
+        })
+        .collect();
+    assert!(expected.len() >= 3, "{expected:?}");
+    let receiver = Receiver::start(tmp.path(), &json!({}));
+    let config = tmp.path().join("clickpulse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhooks]\nallow_loopback = true\n\n{}",
+            receiver.endpoint("ops", "/ops", "events = [\"alert\"]")
+        ),
+    )
+    .unwrap();
+    let dir = tmp.path().join("data");
+    let _demo = Demo::start(
+        dir.to_str().unwrap(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+            "--alerts",
+            alerts.to_str().unwrap(),
+            "--speed",
+            "max",
+            // A few minutes of the log per batch: each minute is judged from the windows.
+            "--batch-size",
+            "40",
+        ],
+    );
+    wait_until("the alerts at the receiver", || {
+        (receiver.delivered("/ops") == expected).then_some(())
+    });
+    for r in receiver.requests() {
+        assert_eq!(r["verified"], true);
+        let kind = r["body"]["type"].as_str().unwrap();
+        assert_eq!(
+            kind,
+            format!("alert.{}", r["body"]["data"]["state"].as_str().unwrap())
+        );
+    }
+}

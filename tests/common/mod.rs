@@ -423,3 +423,54 @@ pub fn offer_ids(offers: &[Value], pattern: Option<&str>) -> std::collections::B
         .map(|o| o["offer_id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A hand-made shop log for alert rules, and a directory with two rules for it; returns the
+/// log, its first minute (2026-03-16 00:00 UTC) and the directory. Four hours: ten views a
+/// minute (one a minute in minutes 150 to 169) and a purchase every five minutes (none in
+/// minutes 60 to 119). `no-purchases` (none in 30 minutes) then fires at the end of minute 85
+/// and resolves at the end of minute 120; `traffic-drop` (page views far from their
+/// exponentially weighted mean) fires at the end of minute 150.
+pub fn alerts_log(dir: &Path) -> (PathBuf, i64, PathBuf) {
+    use std::fmt::Write as _;
+    let t0: i64 = 1_773_619_200_000;
+    let minute = 60_000;
+    let mut log = String::new();
+    for m in 0..240i64 {
+        let views = if (150..170).contains(&m) { 1 } else { 10 };
+        for k in 0..views {
+            let line = serde_json::json!({
+                "ts_ms": t0 + m * minute + k * 1_000,
+                "visitor": format!("v-{m}-{k}"),
+                "url": "http://www.acme.com/",
+            });
+            writeln!(log, "{line}").unwrap();
+        }
+        if m % 5 == 0 && !(60..120).contains(&m) {
+            let line = serde_json::json!({
+                "type": "purchase",
+                "ts_ms": t0 + m * minute + 30_000,
+                "visitor": format!("v-{m}-0"),
+                "url": "http://www.acme.com/checkout/done",
+                "order": {"id": format!("o-{m}"), "revenue": 20.0, "currency": "USD", "items": []},
+            });
+            writeln!(log, "{line}").unwrap();
+        }
+    }
+    let log_file = dir.join("alerting-shop.jsonl");
+    std::fs::write(&log_file, log).unwrap();
+    let alerts = dir.join("alerts");
+    std::fs::create_dir_all(&alerts).unwrap();
+    std::fs::write(
+        alerts.join("no-purchases.toml"),
+        "name = \"no-purchases\"\nmetric = \"purchases\"\nover = \"30m\"\n\
+         condition = { below = { value = 1 } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        alerts.join("traffic-drop.toml"),
+        "name = \"traffic-drop\"\nmetric = \"page_views\"\n\
+         condition = { deviates = { deviations = 4, resolve = 2, alpha = 0.1, warmup = 30 } }\n",
+    )
+    .unwrap();
+    (log_file, t0, alerts)
+}

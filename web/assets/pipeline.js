@@ -48,7 +48,7 @@
       }));
     const topics = (Array.isArray(body.topics) ? body.topics : [])
       .filter((t) => t && typeof t.name === "string" && t.name)
-      .map((t) => ({ name: t.name, dead: t.dead === true }));
+      .map((t) => ({ name: t.name, dead: t.dead === true, side: t.side === true }));
     const sinks = (Array.isArray(body.sinks) ? body.sinks : [])
       .filter((k) => k && typeof k.name === "string" && k.name)
       .map((k) => ({ name: k.name, label: k.label || k.name, href: k.href || "", linkText: k.link_text || "" }));
@@ -195,14 +195,17 @@
   const STACK_GAP = 56; // vertical room between two boxes of a band
   const DEAD_GAP = 56; // room above the dead-letter topic
 
-  /** Column of every node: longest path from a node without inputs (dead-letter edges aside). */
+  /** Column of every node: longest path from a node without inputs (dead-letter edges aside).
+   * A side topic (alerts: written by one stage, read by a stage beside it) shares its writer's
+   * column and does not push its readers right. */
   function columns() {
     const live = topo.edges.filter((e) => !e.dead);
+    const side = new Set(topo.topics.filter((t) => t.side).map((t) => t.name));
     const names = topo.order.filter((n) => !(topo.deadTopic && n === topo.deadTopic.name));
     const depth = new Map(names.map((n) => [n, 0]));
     for (let round = 0; round < names.length; round++) {
       let changed = false;
-      for (const e of live) {
+      for (const e of live.filter((x) => !side.has(x.from) && !side.has(x.to))) {
         if (!depth.has(e.from) || !depth.has(e.to)) continue;
         const d = depth.get(e.from) + 1;
         if (d > depth.get(e.to)) {
@@ -211,6 +214,10 @@
         }
       }
       if (!changed) break; // (a cycle stops after names.length rounds)
+    }
+    for (const t of side) {
+      const writers = live.filter((e) => e.to === t && depth.has(e.from)).map((e) => depth.get(e.from));
+      if (depth.has(t)) depth.set(t, writers.length ? Math.max(...writers) : 0);
     }
     const cols = [];
     for (const n of names) (cols[depth.get(n)] = cols[depth.get(n)] || []).push(n);

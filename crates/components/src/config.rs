@@ -79,6 +79,8 @@ pub struct PipelineConfig {
     /// Funnel directory, watched for changes [default: embedded, `DATA_DIR/funnels`;
     /// distributed, `./funnels`; seeded with the shop funnel when empty].
     pub funnels: Option<PathBuf>,
+    /// Alert rule directory (`*.toml`, read at start; see docs/alerts.md) [default: none].
+    pub alerts: Option<PathBuf>,
 }
 
 /// The idle timeout's default in one process: every stage is in it, so silence is silence.
@@ -96,6 +98,7 @@ impl Default for PipelineConfig {
             max_dashboard_keys: clickpulse_engine::window::dashboard::DEFAULT_MAX_KEYS,
             patterns: None,
             funnels: None,
+            alerts: None,
         }
     }
 }

@@ -18,15 +18,18 @@ pub enum Topic {
     SpecialOffers,
     /// Records that could not be processed, with the reason and where they came from.
     DeadLetters,
+    /// Alert rules' transitions (firing, resolved), from the aggregation.
+    Alerts,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 4] = [
+    pub const ALL: [Topic; 5] = [
         Topic::ClickData,
         Topic::EnrichedClickData,
         Topic::SpecialOffers,
         Topic::DeadLetters,
+        Topic::Alerts,
     ];
 
     /// Its logical name: the embedded store's table and the default Kafka topic.
@@ -36,6 +39,7 @@ impl Topic {
             Topic::EnrichedClickData => "enriched-click-data",
             Topic::SpecialOffers => "special-offers",
             Topic::DeadLetters => "dead-letters",
+            Topic::Alerts => "alerts",
         }
     }
 
@@ -65,6 +69,8 @@ pub const ENRICHED_CLICK_DATA: &str = Topic::EnrichedClickData.name();
 pub const SPECIAL_OFFERS: &str = Topic::SpecialOffers.name();
 /// [`Topic::DeadLetters`]'s name.
 pub const DEAD_LETTERS: &str = Topic::DeadLetters.name();
+/// [`Topic::Alerts`]'s name.
+pub const ALERTS: &str = Topic::Alerts.name();
 
 /// The partition of `key` among `partitions`, exactly as Kafka's Java client computes it.
 pub fn partition_for(key: &str, partitions: u32) -> u32 {

@@ -59,6 +59,9 @@ pub struct TopicNode {
     pub name: Topic,
     /// Whether it is the dead-letter topic.
     pub dead: bool,
+    /// Whether it is a side channel between stages of one column (the alerts: the pipeline
+    /// view draws it beside its writer).
+    pub side: bool,
 }
 
 /// Where results leave the pipeline.
@@ -115,7 +118,7 @@ pub const OPERATORS: &[Stage] = &[
         kind: StageKind::Operator,
         description: "Event-time windows behind the dashboard",
         inputs: &[Topic::EnrichedClickData, Topic::SpecialOffers],
-        outputs: &[],
+        outputs: &[Topic::Alerts],
         sinks: &["dashboard"],
         dead_letters: true,
         instances: Instances::SingleActive,
@@ -133,8 +136,8 @@ pub const OPERATORS: &[Stage] = &[
     Stage {
         name: "webhooks",
         kind: StageKind::Operator,
-        description: "Sends offers, signed, to the shop's own systems, retrying until delivered",
-        inputs: &[Topic::SpecialOffers],
+        description: "Sends offers and alerts, signed, to the shop's own systems, retrying until delivered",
+        inputs: &[Topic::SpecialOffers, Topic::Alerts],
         outputs: &[],
         sinks: &["shop-systems"],
         dead_letters: true,
@@ -147,18 +150,27 @@ pub const TOPICS: &[TopicNode] = &[
     TopicNode {
         name: Topic::ClickData,
         dead: false,
+        side: false,
     },
     TopicNode {
         name: Topic::EnrichedClickData,
         dead: false,
+        side: false,
     },
     TopicNode {
         name: Topic::SpecialOffers,
         dead: false,
+        side: false,
     },
     TopicNode {
         name: Topic::DeadLetters,
         dead: true,
+        side: false,
+    },
+    TopicNode {
+        name: Topic::Alerts,
+        dead: false,
+        side: true,
     },
 ];
 
@@ -317,6 +329,7 @@ mod tests {
                 (Topic::ClickData, vec!["enrich"]),
                 (Topic::EnrichedClickData, vec!["detect", "aggregate"]),
                 (Topic::SpecialOffers, vec!["aggregate", "web", "webhooks"]),
+                (Topic::Alerts, vec!["webhooks"]),
             ]
         );
         assert_eq!(
@@ -357,6 +370,7 @@ mod tests {
             topics: &[TopicNode {
                 name: Topic::SpecialOffers,
                 dead: false,
+                side: false,
             }],
             sinks: &[Sink {
                 name: "a",

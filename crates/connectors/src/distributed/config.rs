@@ -62,6 +62,8 @@ pub struct TopicNames {
     pub special_offers: String,
     /// Records that could not be processed.
     pub dead_letters: String,
+    /// Alert rules' transitions.
+    pub alerts: String,
 }
 
 impl Default for TopicNames {
@@ -71,6 +73,7 @@ impl Default for TopicNames {
             enriched_click_data: topics::ENRICHED_CLICK_DATA.to_owned(),
             special_offers: topics::SPECIAL_OFFERS.to_owned(),
             dead_letters: "clickpulse-dead-letters".to_owned(),
+            alerts: "clickpulse-alerts".to_owned(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl TopicNames {
             Topic::EnrichedClickData => &self.enriched_click_data,
             Topic::SpecialOffers => &self.special_offers,
             Topic::DeadLetters => &self.dead_letters,
+            Topic::Alerts => &self.alerts,
         }
     }
 
@@ -183,6 +187,7 @@ impl KafkaConfig {
             &t.enriched_click_data,
             &t.special_offers,
             &t.dead_letters,
+            &t.alerts,
         ];
         for (i, a) in names.iter().enumerate() {
             if a.is_empty() {

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::alert::AlertEvaluator;
+
 use super::MINUTE_MS;
 use super::buckets::{Buckets, PaneAggregate, Panes, Sliding, WindowSpec};
 use super::shop::{ShopEvent, ShopState, ShopWindows};
@@ -1161,6 +1163,10 @@ pub struct AggregateOperator {
     started: bool,
     /// The funnels counted, if any.
     funnels: Option<FunnelRegistry>,
+    /// The alert rules, judged once per minute of event time when the watermark has passed it,
+    /// and the start of the next minute to judge.
+    alerts: Option<(AlertEvaluator, Option<i64>)>,
+    alerts_dirty: bool,
 }
 
 /// The parts of a window state read back so far.
@@ -1278,7 +1284,39 @@ impl AggregateOperator {
             written: Written::default(),
             restoring: None,
             funnels: None,
+            alerts: None,
+            alerts_dirty: false,
         }
+    }
+
+    /// Judges `evaluator`'s rules each minute (their transitions go to the `alerts` topic).
+    pub fn with_alerts(mut self, evaluator: AlertEvaluator) -> Self {
+        self.alerts = Some((evaluator, None));
+        self
+    }
+
+    /// Judges every minute the watermark has passed since the last: from the per-minute charts
+    /// (the last 15 minutes, exact) and, for the gauges, the dashboard as of now.
+    fn judge_alerts(&mut self, out: &mut Emitter) {
+        let Some((evaluator, next)) = self.alerts.as_mut() else {
+            return;
+        };
+        let Some(watermark) = self.core.now() else {
+            return;
+        };
+        let mut minute = *next.get_or_insert(watermark.div_euclid(MINUTE_MS) * MINUTE_MS);
+        if minute + MINUTE_MS > watermark {
+            return;
+        }
+        let snapshot = self.core.snapshot();
+        while minute + MINUTE_MS <= watermark {
+            for event in evaluator.minute(minute, &snapshot) {
+                out.emit(Topic::Alerts, &event.alert.clone(), &event);
+            }
+            minute += MINUTE_MS;
+        }
+        *next = Some(minute);
+        self.alerts_dirty = true;
     }
 
     /// Counts the funnels of `registry` (hot-reloaded: a new set counts from the events that
@@ -1326,6 +1364,10 @@ impl AggregateOperator {
 }
 
 const STATE_KEY: &str = "state";
+/// State key prefix of an alert rule's state.
+const ALERT_PREFIX: &str = "alert/";
+/// State key of the next minute the alert rules judge.
+const ALERTS_NEXT_KEY: &str = "alerts-next";
 /// See [`AggregateOperator::checkpoint_interval`].
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// The aggregate's state key of the dashboard snapshot at its last checkpoint (for inspection:
@@ -1379,7 +1421,7 @@ impl Operator for AggregateOperator {
         self.sampled = self.frontier.as_ref().and_then(|f| f());
     }
 
-    fn on_tick(&mut self, wall: Instant, _out: &mut Emitter) {
+    fn on_tick(&mut self, wall: Instant, out: &mut Emitter) {
         self.settle(wall);
         let frontier = self.sampled.take();
         // A reloaded funnel set shows at once, even while no event arrives.
@@ -1388,6 +1430,7 @@ impl Operator for AggregateOperator {
             self.dirty = true;
             self.publish();
         }
+        self.judge_alerts(out);
     }
 
     /// A checkpoint writes what changed, at most twice a second under load (a crash re-reads
@@ -1405,6 +1448,18 @@ impl Operator for AggregateOperator {
     /// when an offer for it arrives. Bytes written per view stay constant however long the
     /// windows are (`clickpulse bench windows` measures them).
     fn checkpoint(&mut self, changes: &mut StateChanges) {
+        if let (Some((evaluator, next)), true) = (&self.alerts, self.alerts_dirty) {
+            self.alerts_dirty = false;
+            for (name, bytes) in evaluator.checkpoint() {
+                changes.push((format!("{ALERT_PREFIX}{name}"), Some(bytes)));
+            }
+            if let Some(next) = next {
+                changes.push((
+                    ALERTS_NEXT_KEY.to_owned(),
+                    Some(next.to_string().into_bytes()),
+                ));
+            }
+        }
         if !self.dirty {
             return;
         }
@@ -1489,6 +1544,25 @@ impl Operator for AggregateOperator {
                 .map(|n| n.parse::<i64>().map_err(|e| bad(e.to_string())))
                 .transpose()
         };
+        if let Some(name) = key.strip_prefix(ALERT_PREFIX) {
+            if let Some((evaluator, _)) = self.alerts.as_mut() {
+                evaluator
+                    .restore(name, value)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            return Ok(());
+        }
+        if key == ALERTS_NEXT_KEY {
+            if let Some((_, next)) = self.alerts.as_mut() {
+                *next = Some(
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| bad("not a minute".to_owned()))?,
+                );
+            }
+            return Ok(());
+        }
         let r = self.restoring.get_or_insert_with(Restoring::default);
         if key == STATE_KEY {
             r.head = parse(value).map_err(bad)?;

@@ -26,6 +26,8 @@ pub struct AggregateSettings {
     pub dashboard: DashboardHandle,
     /// The funnels the dashboard counts (hot-reloaded), if any.
     pub funnels: Option<FunnelRegistry>,
+    /// The alert rules judged each minute (their transitions go to the `alerts` topic).
+    pub alerts: Vec<clickpulse_engine::alert::CheckedRule>,
 }
 
 fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), ComponentError> {
@@ -61,8 +63,14 @@ fn start(settings: &OperatorSettings, wiring: &mut Wiring<'_>) -> Result<(), Com
     };
     let dashboard = settings.dashboard.clone();
     let funnels = settings.funnels.clone();
+    let alerts = settings.alerts.clone();
     run_on(wiring, STAGE, String::new(), move || {
         let mut aggregator = AggregateOperator::new(window, dashboard.clone());
+        if !alerts.is_empty() {
+            aggregator = aggregator.with_alerts(clickpulse_engine::alert::AlertEvaluator::new(
+                alerts.clone(),
+            ));
+        }
         if let Some(funnels) = &funnels {
             aggregator = aggregator.with_funnels(funnels.clone());
         }

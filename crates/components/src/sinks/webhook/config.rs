@@ -35,7 +35,8 @@ pub struct SlackConfig {
     pub url: Option<String>,
     /// An environment variable holding the URL instead (to keep it out of the file).
     pub url_env: Option<String>,
-    /// What it is sent: `offer` (digests of the offers) [required].
+    /// What it is sent: `alert` (each firing and resolution), `offer` (digests of the offers)
+    /// [required].
     pub events: Vec<EventKind>,
     /// Only the offers of these patterns [default: every pattern's].
     #[serde(default)]
@@ -68,6 +69,8 @@ fn default_max_items() -> usize {
 pub enum EventKind {
     /// Every offer a pattern makes (`offer.created`).
     Offer,
+    /// Every alert rule's firing and resolution (`alert.firing`, `alert.resolved`).
+    Alert,
 }
 
 /// One `[[webhooks.endpoint]]`.
@@ -78,7 +81,7 @@ pub struct EndpointConfig {
     pub name: String,
     /// Where to `POST` (`http://` or `https://`).
     pub url: String,
-    /// What it is sent [default: offers].
+    /// What it is sent: `offer`, `alert` [default: offers].
     #[serde(default = "default_events")]
     pub events: Vec<EventKind>,
     /// Only the offers of these patterns [default: every pattern's].
@@ -144,6 +147,8 @@ pub struct Endpoint {
     pub url: String,
     /// Whether it takes offers.
     pub offers: bool,
+    /// Whether it takes alerts.
+    pub alerts: bool,
     /// The patterns whose offers it takes (empty: all).
     pub patterns: Vec<String>,
     /// Its secrets, each signing every message.
@@ -239,6 +244,7 @@ impl WebhooksConfig {
                     kind: EndpointKind::Webhook,
                     url: e.url.clone(),
                     offers: e.events.contains(&EventKind::Offer),
+                    alerts: e.events.contains(&EventKind::Alert),
                     patterns: e.patterns.clone(),
                     secrets,
                     timeout: Duration::from_millis(e.timeout_ms),
@@ -287,7 +293,9 @@ impl WebhooksConfig {
                 ));
             }
             if e.events.is_empty() {
-                problems.push(format!("{at}.events: name what it is sent ([\"offer\"])"));
+                problems.push(format!(
+                    "{at}.events: name what it is sent ([\"alert\"], [\"offer\"] or both)"
+                ));
             }
             if e.min_interval_ms > 3_600_000 {
                 problems.push(format!("{at}.min_interval_ms: at most 3600000"));
@@ -308,6 +316,7 @@ impl WebhooksConfig {
                     },
                     url,
                     offers: e.events.contains(&EventKind::Offer),
+                    alerts: e.events.contains(&EventKind::Alert),
                     patterns: e.patterns.clone(),
                     secrets: Vec::new(),
                     timeout: Duration::from_millis(e.timeout_ms),

@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use clickpulse_engine::alert::AlertEvent;
 use clickpulse_engine::operator::{
     Context, Emitter, Operator, RecordError, RestoreError, StateChanges,
 };
@@ -168,6 +169,34 @@ impl WebhookOperator {
         json!({"type": "offer.created", "timestamp": timestamp, "data": data}).to_string()
     }
 
+    /// Puts an alert's transition in the outbox of every endpoint that takes alerts, as
+    /// `alert.firing` or `alert.resolved`; its id (rule, state, event time) is the same when
+    /// the aggregation emits it again after a restart.
+    fn take_alert(&mut self, alert: &AlertEvent, now_ms: i64) {
+        let id = format!("alert-{}-{}-{}", alert.alert, alert.state, alert.ts_ms);
+        let timestamp = chrono::DateTime::from_timestamp_millis(alert.ts_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        let body = json!({
+            "type": format!("alert.{}", alert.state),
+            "timestamp": timestamp,
+            "data": alert,
+        })
+        .to_string();
+        for lane in self.lanes.iter_mut().filter(|l| l.endpoint.alerts) {
+            if lane.dead.contains_key(&id) {
+                continue;
+            }
+            if lane
+                .outbox
+                .enqueue(&lane.endpoint.name, &id, body.clone(), now_ms)
+                .is_some()
+            {
+                lane.counts.enqueued += 1;
+                lane.touched.insert(id.clone());
+            }
+        }
+    }
+
     fn replay(&mut self, filter: &ReplayFilter, now_ms: i64) -> Result<ReplayReport, String> {
         if let Some(name) = &filter.endpoint
             && !self.lanes.iter().any(|l| l.endpoint.name == *name)
@@ -286,10 +315,15 @@ impl Operator for WebhookOperator {
     }
 
     fn input_topics(&self) -> Vec<Topic> {
-        vec![Topic::SpecialOffers]
+        vec![Topic::SpecialOffers, Topic::Alerts]
     }
 
     fn process_record(&mut self, value: &[u8], ctx: &mut Context<'_>) -> Result<(), RecordError> {
+        if ctx.topic == Topic::Alerts {
+            let alert: AlertEvent = clickpulse_engine::codec::decode(value)?;
+            self.take_alert(&alert, self.anchor.unix_ms(ctx.now));
+            return Ok(());
+        }
         let offer: Offer = clickpulse_engine::codec::decode(value)?;
         if !self
             .lanes
@@ -526,6 +560,7 @@ mod tests {
             kind: EndpointKind::Webhook,
             url: "https://example.com/hook".to_owned(),
             offers: true,
+            alerts: false,
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
             secrets: vec![super::super::signature::Secret::generate()],
             timeout: Duration::from_secs(1),

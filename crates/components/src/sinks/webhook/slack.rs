@@ -18,22 +18,36 @@ const MAX_SECTION_CHARS: usize = 2_900;
 
 /// The Slack message for `entries` (each an offer's webhook body).
 pub fn digest(entries: &[Entry]) -> String {
-    let n = entries.len();
-    let header = if n == 1 {
-        "1 new offer".to_owned()
-    } else {
-        format!("{n} new offers")
+    let bodies: Vec<Value> = entries
+        .iter()
+        .map(|e| serde_json::from_str(&e.body).unwrap_or(Value::Null))
+        .collect();
+    let is_alert = |b: &Value| b["type"].as_str().is_some_and(|t| t.starts_with("alert."));
+    let alerts = bodies.iter().filter(|b| is_alert(b)).count();
+    let offers = entries.len() - alerts;
+    let plural = |n: usize, one: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {one}s"),
+    };
+    let header = match (alerts, offers) {
+        (0, n) => plural(n, "new offer"),
+        (a, 0) => plural(a, "alert"),
+        (a, o) => format!("{}, {}", plural(a, "alert"), plural(o, "new offer")),
     };
     let mut blocks = vec![json!({
         "type": "section",
         "text": {"type": "mrkdwn", "text": format!("*{header}*")},
     })];
-    for entry in entries.iter().take(MAX_ITEMS) {
-        let body: Value = serde_json::from_str(&entry.body).unwrap_or(Value::Null);
+    for (entry, body) in entries.iter().zip(&bodies).take(MAX_ITEMS) {
+        let text = if is_alert(body) {
+            alert_line(&body["data"])
+        } else {
+            line(&body["data"])
+        };
         blocks.push(json!({
             "type": "section",
             "block_id": entry.id,
-            "text": {"type": "mrkdwn", "text": line(&body["data"])},
+            "text": {"type": "mrkdwn", "text": text},
         }));
     }
     json!({"text": header, "blocks": blocks}).to_string()
@@ -56,6 +70,32 @@ fn line(offer: &Value) -> String {
     }
     if text.chars().count() > MAX_SECTION_CHARS {
         text = text.chars().take(MAX_SECTION_CHARS).collect::<String>() + "…";
+    }
+    text
+}
+
+/// An alert's line: `:red_circle: *no-purchases* firing: 0 (threshold 1) · 14:03 UTC`.
+fn alert_line(alert: &Value) -> String {
+    let firing = alert["state"] == "firing";
+    let mut text = format!(
+        "{} *{}* {}: {}",
+        if firing {
+            ":red_circle:"
+        } else {
+            ":large_green_circle:"
+        },
+        escape(alert["alert"].as_str().unwrap_or("?")),
+        if firing { "firing" } else { "resolved" },
+        alert["value"]
+    );
+    if let Some(against) = alert["against"].as_f64() {
+        text.push_str(&format!(" (against {against})"));
+    }
+    if let Some(at) = alert["ts_ms"]
+        .as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    {
+        text.push_str(&format!(" · {} UTC", at.format("%H:%M")));
     }
     text
 }
@@ -105,5 +145,23 @@ mod tests {
             "• *cart-abandonment* — Hi · product p-1 · 22:13:20 UTC"
         );
         assert_eq!(one["text"], "1 new offer");
+    }
+
+    #[test]
+    fn alerts_and_offers_share_a_digest() {
+        let alert = Entry {
+            id: "alert-no-purchases-firing-1".into(),
+            body: json!({"type": "alert.firing", "data": {
+                "alert": "no-purchases", "state": "firing", "ts_ms": 1_700_000_000_000i64,
+                "value": 0.0, "against": 1.0}})
+            .to_string(),
+            ..entry("x", "")
+        };
+        let message: Value = serde_json::from_str(&digest(&[alert, entry("o", "Hi")])).unwrap();
+        assert_eq!(message["text"], "1 alert, 1 new offer");
+        assert_eq!(
+            message["blocks"][1]["text"]["text"],
+            ":red_circle: *no-purchases* firing: 0.0 (against 1) · 22:13 UTC"
+        );
     }
 }
