@@ -81,10 +81,11 @@ impl Receiver {
         self.child = Some(child);
     }
 
-    /// Every request it got, in order.
+    /// Every request it got, in order (a line it is still writing is left for the next read).
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
