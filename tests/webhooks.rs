@@ -15,8 +15,12 @@ use common::*;
 use serde_json::{Value, json};
 
 fn config(receiver: &Receiver) -> String {
-    let patient =
-        "retry_schedule = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]";
+    // Patient enough to outlast the receiver's stop and the demo's restart on a slow machine
+    // (20 retries, about a minute), never waiting long once the receiver is back.
+    let patient = format!(
+        "retry_schedule = [\"1s\", \"2s\", {}]",
+        vec!["\"3s\""; 18].join(", ")
+    );
     let crm = format!(
         "patterns = [\"cart-abandonment\"]\ntimeout_ms = 1000\nmax_in_flight = 8\n{patient}"
     );
