@@ -183,15 +183,10 @@ fn kills_on_a_log_with_interactions_change_no_offer_and_no_dashboard_figure() {
     // The webhooks stage is killed with the rest: every offer reaches the receiver or is
     // still in the outbox, none is lost.
     let receiver = Receiver::start(work.path(), &json!({"/crm": {"attempts": ["500"]}}));
-    let config = work.path().join("clickpulse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[webhooks]\nallow_loopback = true\n\n{}",
-            receiver.endpoint("crm", "/crm", "retry_schedule = [\"200ms\"]")
-        ),
-    )
-    .unwrap();
+    let config = Receiver::write_config(
+        work.path(),
+        &[receiver.endpoint("crm", "/crm", "retry_schedule = [\"200ms\"]")],
+    );
     let runs = work.path().join("runs");
     std::fs::create_dir(&runs).unwrap();
     let (status, report, stderr) = chaos_with(

@@ -300,15 +300,10 @@ fn alert_transitions_reach_the_receiver_as_the_backtest_predicts() {
         .collect();
     assert!(expected.len() >= 3, "{expected:?}");
     let receiver = Receiver::start(tmp.path(), &json!({}));
-    let config = tmp.path().join("clickpulse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[webhooks]\nallow_loopback = true\n\n{}",
-            receiver.endpoint("ops", "/ops", "events = [\"alert\"]")
-        ),
-    )
-    .unwrap();
+    let config = Receiver::write_config(
+        tmp.path(),
+        &[receiver.endpoint("ops", "/ops", "events = [\"alert\"]")],
+    );
     let dir = tmp.path().join("data");
     let _demo = Demo::start(
         dir.to_str().unwrap(),

@@ -49,6 +49,18 @@ impl Receiver {
         )
     }
 
+    /// Writes `dir/clickpulse.toml`: a `[webhooks]` table allowing loopback, with `endpoints`
+    /// (from [`Receiver::endpoint`]); returns its path.
+    pub fn write_config(dir: &Path, endpoints: &[String]) -> PathBuf {
+        let path = dir.join("clickpulse.toml");
+        let text = format!(
+            "[webhooks]\nallow_loopback = true\n\n{}",
+            endpoints.join("\n")
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     /// Stops it (connections are refused until it is started again).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
